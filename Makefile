@@ -1,0 +1,36 @@
+# falrt — the two commands of the quick start are `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run stop test proto lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+proto: $(STAMP)
+	$(BIN)/python scripts/protogen.py
+
+run: $(STAMP)
+	$(BIN)/python scripts/run_local.py
+
+stop: $(STAMP)
+	$(BIN)/python scripts/run_local.py --stop
+
+test: $(STAMP)
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check falrt shim cli tests bench examples
+	$(BIN)/mypy falrt shim cli
+
+bench: $(STAMP)
+	$(BIN)/python bench/overhead.py --out bench/overhead.json
+
+clean:
+	rm -rf $(VENV) build *.egg-info

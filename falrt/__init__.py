@@ -1,0 +1,18 @@
+"""falrt: a self-hosted, gRPC-native serverless runtime for ML inference.
+
+Importing `falrt` gives the SDK a user app needs (`falrt.App`, `falrt.endpoint`, the
+exceptions). It imports nothing of the control plane, because the runner shim imports it
+inside every runner.
+"""
+
+from falrt.errors import FalrtError, RequestCancelledError, ValidationFailedError
+from falrt.sdk.app import App, RequestContext, endpoint
+
+__all__ = [
+    "App",
+    "FalrtError",
+    "RequestCancelledError",
+    "RequestContext",
+    "ValidationFailedError",
+    "endpoint",
+]

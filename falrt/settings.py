@@ -1,0 +1,70 @@
+"""Server settings: one frozen, typed object built once at the edge (the CLI) and passed down.
+
+Nothing else in the control plane reads `os.environ`. Durations end in `_s`, sizes in `_bytes`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import msgspec
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+DEFAULT_OWNER = "local"
+
+
+def default_data_dir() -> Path:
+    """`$XDG_DATA_HOME/falrt`, or `~/.local/share/falrt`."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "falrt"
+
+
+class AppDefaults(msgspec.Struct, frozen=True):
+    """Server defaults for app settings the app leaves unset (fal's server defaults)."""
+
+    keep_alive_s: float = 60.0
+    min_concurrency: int = 0
+    max_concurrency: int = 2
+    concurrency_buffer: int = 0
+    concurrency_buffer_perc: float = 0.0
+    scaling_delay_s: float = 0.0
+    max_multiplexing: int = 1
+    request_timeout_s: float = 3600.0
+    startup_timeout_s: float = 600.0
+    termination_grace_period_s: float = 5.0
+
+
+class ServerSettings(msgspec.Struct, frozen=True):
+    """Everything `falrt server` is configured with."""
+
+    listen: str = DEFAULT_LISTEN
+    data_dir: Path = msgspec.field(default_factory=default_data_dir)
+    owner: str = DEFAULT_OWNER
+    backend: str = "process"
+    store: str = "sqlite"
+    # Python interpreter that runs runners of apps without requirements (the server's own).
+    runner_python: str = ""
+    app_defaults: AppDefaults = AppDefaults()
+    max_message_bytes: int = 64 * 1024 * 1024
+    max_bundle_bytes: int = 256 * 1024 * 1024
+    # How long the server waits for runners to finish when it stops.
+    shutdown_grace_s: float = 5.0
+    # Runner liveness: a runner silent for this long is considered gone.
+    heartbeat_interval_s: float = 5.0
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "falrt.db"
+
+    @property
+    def bundles_dir(self) -> Path:
+        return self.data_dir / "bundles"
+
+    @property
+    def venvs_dir(self) -> Path:
+        return self.data_dir / "venvs"
+
+    @property
+    def runner_logs_dir(self) -> Path:
+        return self.data_dir / "runners"

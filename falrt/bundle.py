@@ -1,0 +1,229 @@
+"""App bundles: a deterministic gzipped tar of an app file and its local modules.
+
+`pack` runs on the deploying machine (the CLI); `unpack` runs on the server and treats the
+archive as hostile input. A bundle is content-addressed: the same files give the same bytes,
+hence the same SHA-256.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import importlib.util
+import io
+import os
+import shutil
+import sys
+import tarfile
+import tempfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from types import ModuleType
+
+from falrt.errors import InvalidArgumentError
+
+_SKIPPED_DIRS = frozenset({"__pycache__", ".git"})
+_SKIPPED_SUFFIXES = frozenset({".pyc", ".pyo"})
+# The runtime provides falrt itself; a checkout of it next to an app is never bundled.
+_RUNTIME_PACKAGES = frozenset({"falrt"})
+_CHUNK_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A packed app: the archive bytes and their hex SHA-256."""
+
+    data: bytes
+    sha256: str
+
+
+def pack(app_file: Path) -> Bundle:
+    """Packs `app_file` and the local modules it imports into a deterministic bundle.
+
+    The app file is imported (unless a module from it is already loaded) so that its local
+    imports show up in `sys.modules`; every loaded module whose file lives under the app
+    file's folder is included (a package with all its files). Entries are named relative to
+    that folder. Same files -> same bytes. Raises whatever importing the app file raises.
+    """
+    app_file = app_file.resolve()
+    root = app_file.parent
+    _ensure_imported(app_file)
+    files = sorted({app_file, *_local_module_files(root)})
+    data = _archive(root, files)
+    return Bundle(data=data, sha256=hashlib.sha256(data).hexdigest())
+
+
+def _ensure_imported(app_file: Path) -> None:
+    """Imports `app_file` under a private name unless some loaded module already is it."""
+    if any(_module_path(m) == app_file for m in list(sys.modules.values())):
+        return
+    name = f"_falrt_bundle_{app_file.stem}"
+    spec = importlib.util.spec_from_file_location(name, app_file)
+    if spec is None or spec.loader is None:
+        raise InvalidArgumentError(f"cannot import {app_file}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    with _on_sys_path(app_file.parent):
+        spec.loader.exec_module(module)
+
+
+@contextlib.contextmanager
+def _on_sys_path(folder: Path) -> Iterator[None]:
+    """Puts `folder` first on `sys.path` for the duration, so sibling modules import."""
+    entry = str(folder)
+    sys.path.insert(0, entry)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):
+            sys.path.remove(entry)
+
+
+def _module_path(module: ModuleType) -> Path | None:
+    file = getattr(module, "__file__", None)
+    return Path(file).resolve() if isinstance(file, str) else None
+
+
+def _local_module_files(root: Path) -> set[Path]:
+    """Files of loaded modules under `root`: module files, and all files of packages."""
+    files: set[Path] = set()
+    for name, module in list(sys.modules.items()):
+        path = _module_path(module)
+        if path is None or name.partition(".")[0] in _RUNTIME_PACKAGES:
+            continue
+        if not _is_bundleable(root, path):
+            continue
+        if hasattr(module, "__path__"):
+            files.update(_package_files(root, path.parent))
+        else:
+            files.add(path)
+    return files
+
+
+def _is_bundleable(root: Path, path: Path) -> bool:
+    """True for a source file under `root`, outside hidden folders, caches and venvs."""
+    if not path.is_relative_to(root) or not path.is_file():
+        return False
+    parts = path.relative_to(root).parts
+    if any(p in _SKIPPED_DIRS or p.startswith(".") or p == "site-packages" for p in parts):
+        return False
+    return path.suffix not in _SKIPPED_SUFFIXES
+
+
+def _package_files(root: Path, package_dir: Path) -> set[Path]:
+    return {p for p in package_dir.rglob("*") if _is_bundleable(root, p)}
+
+
+def _archive(root: Path, files: list[Path]) -> bytes:
+    """A gzipped tar of `files` (sorted by entry name) with all metadata normalised."""
+    buffer = io.BytesIO()
+    with (
+        gzip.GzipFile(filename="", mode="wb", fileobj=buffer, mtime=0, compresslevel=9) as gz,
+        tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
+        for path in sorted(files, key=lambda p: p.relative_to(root).as_posix()):
+            content = path.read_bytes()
+            tar.addfile(_entry(path.relative_to(root).as_posix(), len(content)),
+                        io.BytesIO(content))
+    return buffer.getvalue()
+
+
+def _entry(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = 0
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.type = tarfile.REGTYPE
+    return info
+
+
+def unpack(data: bytes, dest: Path, *, max_bytes: int, max_files: int = 10000) -> None:
+    """Safely extracts the bundle `data` into the folder `dest`.
+
+    Only regular files and folders are accepted; absolute names, `..` escapes, links,
+    devices, more than `max_files` entries or more than `max_bytes` of content raise
+    `InvalidArgumentError`, and nothing is left behind. The archive is extracted into a
+    temporary sibling folder, then renamed to `dest` atomically. If `dest` exists already it
+    is assumed to hold the same content (bundles are content-addressed) and is kept.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        _extract(data, tmp, max_bytes=max_bytes, max_files=max_files)
+        _publish(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _publish(tmp: Path, dest: Path) -> None:
+    """Renames `tmp` to `dest`; a `dest` already there (another unpack won) is kept."""
+    if dest.exists():
+        return
+    try:
+        os.rename(tmp, dest)
+    except OSError:
+        if not dest.is_dir():
+            raise
+
+
+def _extract(data: bytes, root: Path, *, max_bytes: int, max_files: int) -> None:
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r|gz") as tar:
+            _extract_members(tar, root, max_bytes=max_bytes, max_files=max_files)
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise InvalidArgumentError(f"bundle is not a valid gzipped tar: {exc}") from exc
+    except (FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
+        # A file and a folder (or two files) claim the same name.
+        raise InvalidArgumentError(f"bundle has conflicting entries: {exc}") from exc
+
+
+def _extract_members(tar: tarfile.TarFile, root: Path, *, max_bytes: int, max_files: int) -> None:
+    total_bytes = 0
+    seen: set[str] = set()
+    for count, member in enumerate(tar, start=1):
+        if count > max_files:
+            raise InvalidArgumentError(f"bundle has more than {max_files} entries")
+        target = _checked_target(root, member, seen)
+        if member.isdir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        total_bytes += member.size
+        if total_bytes > max_bytes:
+            raise InvalidArgumentError(f"bundle content is larger than {max_bytes} bytes")
+        _write_file(tar, member, target)
+
+
+def _checked_target(root: Path, member: tarfile.TarInfo, seen: set[str]) -> Path:
+    """Where `member` goes under `root`; raises for unsafe names, kinds and duplicates."""
+    if not (member.isfile() or member.isdir()):
+        raise InvalidArgumentError(
+            f"bundle entry {member.name!r}: only regular files and folders are allowed "
+            "(no links or devices)"
+        )
+    name = PurePosixPath(member.name)
+    if not member.name or name.is_absolute() or ".." in name.parts or "\x00" in member.name:
+        raise InvalidArgumentError(f"bundle entry {member.name!r}: path escapes the bundle")
+    key = name.as_posix()
+    if key in seen and not member.isdir():
+        raise InvalidArgumentError(f"bundle entry {member.name!r} appears twice")
+    seen.add(key)
+    target = root.joinpath(*name.parts)
+    if not target.resolve().is_relative_to(root.resolve()):
+        raise InvalidArgumentError(f"bundle entry {member.name!r}: path escapes the bundle")
+    return target
+
+
+def _write_file(tar: tarfile.TarFile, member: tarfile.TarInfo, target: Path) -> None:
+    source = tar.extractfile(member)
+    if source is None:
+        raise InvalidArgumentError(f"bundle entry {member.name!r} has no content")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with target.open("xb") as out:
+        while chunk := source.read(_CHUNK_BYTES):
+            out.write(chunk)
+    target.chmod(0o644)

@@ -1,0 +1,137 @@
+"""App bundles: deterministic packing and hostile-archive extraction."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import sys
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from falrt.bundle import pack, unpack
+from falrt.errors import InvalidArgumentError
+
+
+@pytest.fixture
+def app_dir(tmp_path: Path) -> Iterator[Path]:
+    """A folder with an app file that imports a local module and a local package."""
+    root = tmp_path / "proj"
+    (root / "helpers_pkg" / "__pycache__").mkdir(parents=True)
+    (root / "helpers_pkg" / "__init__.py").write_text("from helpers_pkg.inner import VALUE\n")
+    (root / "helpers_pkg" / "inner.py").write_text("VALUE = 1\n")
+    (root / "helpers_pkg" / "weights.txt").write_text("data\n")
+    (root / "helpers_pkg" / "__pycache__" / "inner.cpython-311.pyc").write_bytes(b"junk")
+    (root / "localmod_b.py").write_text("B = 2\n")
+    (root / "unused.py").write_text("raise SystemExit('never imported')\n")
+    (root / "app.py").write_text("import json\nimport helpers_pkg\nimport localmod_b\n")
+    yield root
+    for name in [n for n in sys.modules if n.startswith(("helpers_pkg", "localmod_b"))]:
+        del sys.modules[name]
+
+
+def _names(data: bytes) -> list[str]:
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        return tar.getnames()
+
+
+def test_pack_includes_the_app_and_its_local_modules_only(app_dir: Path) -> None:
+    bundle = pack(app_dir / "app.py")
+    assert _names(bundle.data) == [
+        "app.py",
+        "helpers_pkg/__init__.py",
+        "helpers_pkg/inner.py",
+        "helpers_pkg/weights.txt",
+        "localmod_b.py",
+    ]
+
+
+def test_pack_is_deterministic(app_dir: Path) -> None:
+    first = pack(app_dir / "app.py")
+    (app_dir / "app.py").touch()
+    second = pack(app_dir / "app.py")
+    assert first.data == second.data
+    assert first.sha256 == second.sha256
+    assert len(first.sha256) == 64
+
+
+def test_pack_normalises_entry_metadata(app_dir: Path) -> None:
+    with tarfile.open(fileobj=io.BytesIO(pack(app_dir / "app.py").data), mode="r:gz") as tar:
+        for member in tar.getmembers():
+            assert (member.mtime, member.uid, member.gid) == (0, 0, 0)
+            assert (member.uname, member.gname, member.mode) == ("", "", 0o644)
+
+
+def test_unpack_restores_the_packed_files(app_dir: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "out"
+    unpack(pack(app_dir / "app.py").data, dest, max_bytes=1 << 20)
+    assert (dest / "helpers_pkg" / "inner.py").read_text() == "VALUE = 1\n"
+    assert (dest / "app.py").exists()
+
+
+def test_unpack_keeps_an_existing_destination(app_dir: Path, tmp_path: Path) -> None:
+    data = pack(app_dir / "app.py").data
+    dest = tmp_path / "out"
+    unpack(data, dest, max_bytes=1 << 20)
+    unpack(data, dest, max_bytes=1 << 20)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "proj"]
+
+
+def _tar(*members: tuple[tarfile.TarInfo, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with gzip.GzipFile(fileobj=buffer, mode="wb") as gz, tarfile.open(fileobj=gz, mode="w") as tar:
+        for info, content in members:
+            info.size = len(content) if info.isfile() else 0
+            tar.addfile(info, io.BytesIO(content) if info.isfile() else None)
+    return buffer.getvalue()
+
+
+def _file(name: str, content: bytes = b"x") -> tuple[tarfile.TarInfo, bytes]:
+    return tarfile.TarInfo(name), content
+
+
+def _link(name: str, target: str, kind: bytes) -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = target
+    return info, b""
+
+
+@pytest.mark.parametrize("name", ["../evil.py", "a/../../evil.py", "/etc/evil.py"])
+def test_unpack_rejects_a_path_that_escapes(tmp_path: Path, name: str) -> None:
+    with pytest.raises(InvalidArgumentError, match="escapes"):
+        unpack(_tar(_file("ok.py"), _file(name)), tmp_path / "out", max_bytes=1 << 20)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("kind", [tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.CHRTYPE])
+def test_unpack_rejects_links_and_devices(tmp_path: Path, kind: bytes) -> None:
+    data = _tar(_link("link", "/etc/passwd", kind))
+    with pytest.raises(InvalidArgumentError, match="no links or devices"):
+        unpack(data, tmp_path / "out", max_bytes=1 << 20)
+    assert not (tmp_path / "out").exists()
+
+
+def test_unpack_rejects_content_over_the_size_limit(tmp_path: Path) -> None:
+    data = _tar(_file("a.bin", b"x" * 600), _file("b.bin", b"y" * 600))
+    with pytest.raises(InvalidArgumentError, match="larger than 1000 bytes"):
+        unpack(data, tmp_path / "out", max_bytes=1000)
+    assert not (tmp_path / "out").exists()
+
+
+def test_unpack_rejects_too_many_entries(tmp_path: Path) -> None:
+    data = _tar(*(_file(f"f{i}.py") for i in range(4)))
+    with pytest.raises(InvalidArgumentError, match="more than 3 entries"):
+        unpack(data, tmp_path / "out", max_bytes=1 << 20, max_files=3)
+
+
+def test_unpack_rejects_bytes_that_are_not_a_bundle(tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgumentError, match="not a valid gzipped tar"):
+        unpack(b"definitely not gzip", tmp_path / "out", max_bytes=1 << 20)
+
+
+def test_unpack_rejects_duplicate_entries(tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgumentError, match="twice"):
+        unpack(_tar(_file("a.py"), _file("a.py")), tmp_path / "out", max_bytes=1 << 20)

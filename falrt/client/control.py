@@ -1,0 +1,85 @@
+"""A small blocking client of the Control service, for the CLI.
+
+It returns the protobuf replies as they are (the CLI renders them); every gRPC failure
+surfaces as a falrt exception.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterator
+from types import TracebackType
+
+import grpc
+
+from falrt.client.connection import CHANNEL_OPTIONS, resolve_host
+from falrt.client.rpc_errors import translate_rpc_errors
+from falrt.v1 import control_pb2, control_pb2_grpc
+
+DEPLOY_CHUNK_BYTES = 1024 * 1024
+
+
+class ControlClient:
+    """Deploys apps and reads apps and runners. Close it (or use `with`)."""
+
+    def __init__(self, host: str | None = None) -> None:
+        self.host = resolve_host(host)
+        self._channel = grpc.insecure_channel(self.host, options=CHANNEL_OPTIONS)
+        self._stub = control_pb2_grpc.ControlStub(self._channel)
+
+    def close(self) -> None:
+        """Closes the channel. Idempotent."""
+        self._channel.close()
+
+    def __enter__(self) -> ControlClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def deploy(
+        self, header: control_pb2.DeployHeader, bundle: bytes
+    ) -> Generator[control_pb2.DeployResponse, None, None]:
+        """Streams `header` then `bundle` in 1 MiB chunks; yields progress, logs, the result.
+
+        Closing the generator early cancels the deploy call.
+        """
+        call = self._stub.Deploy(_deploy_requests(header, bundle))
+        try:
+            with translate_rpc_errors():
+                yield from call
+        finally:
+            call.cancel()
+
+    def list_apps(self) -> list[control_pb2.AppInfo]:
+        with translate_rpc_errors():
+            return list(self._stub.ListApps(control_pb2.ListAppsRequest()).apps)
+
+    def get_app(self, name: str) -> control_pb2.AppInfo:
+        """Raises `NotFoundError` when there is no such app."""
+        with translate_rpc_errors():
+            reply: control_pb2.GetAppResponse = self._stub.GetApp(
+                control_pb2.GetAppRequest(name=name)
+            )
+        return reply.app
+
+    def delete_app(self, name: str) -> None:
+        """Raises `NotFoundError` when there is no such app."""
+        with translate_rpc_errors():
+            self._stub.DeleteApp(control_pb2.DeleteAppRequest(name=name))
+
+    def list_runners(self, app_name: str = "") -> list[control_pb2.RunnerInfo]:
+        """All runners, or only those of `app_name`."""
+        with translate_rpc_errors():
+            reply = self._stub.ListRunners(control_pb2.ListRunnersRequest(app_name=app_name))
+        return list(reply.runners)
+
+
+def _deploy_requests(
+    header: control_pb2.DeployHeader, bundle: bytes
+) -> Iterator[control_pb2.DeployRequest]:
+    yield control_pb2.DeployRequest(header=header)
+    for offset in range(0, len(bundle), DEPLOY_CHUNK_BYTES):
+        yield control_pb2.DeployRequest(chunk=bundle[offset : offset + DEPLOY_CHUNK_BYTES])

@@ -1,0 +1,209 @@
+"""The blocking Python client of the Queue service.
+
+A `SyncClient` owns one gRPC channel; it is safe to use from several threads. Every gRPC
+failure surfaces as a falrt exception (`falrt.errors`); a server that cannot be reached
+raises `UnavailableError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import grpc
+
+from falrt.client.connection import CHANNEL_OPTIONS, resolve_host
+from falrt.client.messages import (
+    CancelOutcome,
+    read_cancel,
+    read_result,
+    remaining_s,
+    run_request,
+    stream_request,
+    submit_request,
+)
+from falrt.client.payload import decode_payload
+from falrt.client.rpc_errors import translate_rpc_errors
+from falrt.client.status import Completed, Status, status_from_proto
+from falrt.errors import FalrtError, InternalError, RequestTimeoutError
+from falrt.v1 import queue_pb2, queue_pb2_grpc
+
+
+@dataclass(frozen=True)
+class RequestHandle:
+    """A submitted request: its id, its position when stored, and shortcuts to the client."""
+
+    client: SyncClient
+    request_id: str
+    queue_position: int
+
+    def status(self, *, with_logs: bool = False) -> Status:
+        return self.client.status(self.request_id, with_logs=with_logs)
+
+    def watch(self, *, with_logs: bool = True) -> Generator[Status, None, None]:
+        return self.client.watch(self.request_id, with_logs=with_logs)
+
+    def result(self) -> Any:
+        return self.client.result(self.request_id)
+
+    def cancel(self) -> CancelOutcome:
+        return self.client.cancel(self.request_id)
+
+    def get(self) -> Any:
+        """Waits until the request completes; its output, or its error raised."""
+        return self.client.wait(self.request_id).output_or_raise()
+
+
+class SyncClient:
+    """Calls deployed apps through the queue or directly. Close it (or use `with`)."""
+
+    def __init__(self, host: str | None = None) -> None:
+        self.host = resolve_host(host)
+        self._channel = grpc.insecure_channel(self.host, options=CHANNEL_OPTIONS)
+        self._stub = queue_pb2_grpc.QueueStub(self._channel)
+
+    def close(self) -> None:
+        """Closes the channel; calls in flight are cancelled. Idempotent."""
+        self._channel.close()
+
+    def __enter__(self) -> SyncClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def submit(
+        self, endpoint_id: str, arguments: Any, *, path: str = "/", priority: str = "normal"
+    ) -> RequestHandle:
+        """Stores a request durably on the server; returns once it is stored."""
+        request = submit_request(endpoint_id, arguments, path, priority)
+        with translate_rpc_errors():
+            reply = self._stub.Submit(request)
+        return RequestHandle(self, reply.request_id, reply.queue_position)
+
+    def watch(
+        self, request_id: str, *, with_logs: bool = True, timeout: float | None = None
+    ) -> Generator[Status, None, None]:
+        """Yields the request's statuses until (and including) `Completed`.
+
+        `timeout` bounds the whole watch (`RequestTimeoutError` when it passes). Closing the
+        iterator early cancels the underlying stream.
+        """
+        call = self._stub.Watch(
+            queue_pb2.WatchRequest(request_id=request_id, with_logs=with_logs), timeout=timeout
+        )
+        try:
+            with translate_rpc_errors():
+                for reply in call:
+                    status = status_from_proto(reply.state)
+                    yield status
+                    if isinstance(status, Completed):
+                        return
+        finally:
+            call.cancel()
+        raise InternalError(f"watch of request {request_id} ended before it completed")
+
+    def wait(self, request_id: str, *, timeout: float | None = None) -> Completed:
+        """Blocks until the request completes; its final status."""
+        return self._follow(request_id, False, None, timeout)
+
+    def status(self, request_id: str, *, with_logs: bool = False) -> Status:
+        """The request's current status (with all its log lines when `with_logs`)."""
+        with translate_rpc_errors():
+            reply = self._stub.GetStatus(
+                queue_pb2.GetStatusRequest(request_id=request_id, with_logs=with_logs)
+            )
+        return status_from_proto(reply.state)
+
+    def result(self, request_id: str) -> Any:
+        """The decoded output of a completed request.
+
+        Raises the request's own error if it failed, `NotCompletedError` if it has not
+        completed, `NotFoundError` for an unknown id.
+        """
+        with translate_rpc_errors():
+            reply = self._stub.GetResult(queue_pb2.GetResultRequest(request_id=request_id))
+        return read_result(reply)
+
+    def cancel(self, request_id: str) -> CancelOutcome:
+        """Asks for cancellation; fal's answer word. Idempotent."""
+        with translate_rpc_errors():
+            reply = self._stub.Cancel(queue_pb2.CancelRequest(request_id=request_id))
+        return read_cancel(reply)
+
+    def run(
+        self, endpoint_id: str, arguments: Any, *, path: str = "/", timeout: float | None = None
+    ) -> Any:
+        """Direct call (no queue record, no retries); the decoded output."""
+        request = run_request(endpoint_id, arguments, path)
+        with translate_rpc_errors():
+            reply = self._stub.Run(request, timeout=timeout)
+        return decode_payload(reply.output)
+
+    def stream(
+        self, endpoint_id: str, arguments: Any, *, path: str = "/", timeout: float | None = None
+    ) -> Generator[Any, None, None]:
+        """Direct call of a streaming endpoint: each partial output, decoded, in order."""
+        call = self._stub.Stream(stream_request(endpoint_id, arguments, path), timeout=timeout)
+        try:
+            with translate_rpc_errors():
+                for reply in call:
+                    yield decode_payload(reply.output)
+        finally:
+            call.cancel()
+
+    def subscribe(
+        self,
+        endpoint_id: str,
+        arguments: Any,
+        *,
+        path: str = "/",
+        with_logs: bool = False,
+        on_enqueue: Callable[[str], None] | None = None,
+        on_queue_update: Callable[[Status], None] | None = None,
+        client_timeout: float | None = None,
+    ) -> Any:
+        """Submits, follows the request to completion, returns its output or raises its error.
+
+        `on_enqueue(request_id)` runs once stored; `on_queue_update(status)` for every status.
+        After `client_timeout` seconds the request is cancelled (best effort) and
+        `RequestTimeoutError` is raised.
+        """
+        started = time.monotonic()
+        handle = self.submit(endpoint_id, arguments, path=path)
+        if on_enqueue is not None:
+            on_enqueue(handle.request_id)
+        remaining = remaining_s(started, client_timeout)
+        try:
+            completed = self._follow(handle.request_id, with_logs, on_queue_update, remaining)
+        except RequestTimeoutError:
+            self._cancel_quietly(handle.request_id)
+            raise RequestTimeoutError(
+                f"request {handle.request_id} did not complete within {client_timeout} s"
+            ) from None
+        return completed.output_or_raise()
+
+    def _follow(
+        self, request_id: str, with_logs: bool,
+        on_queue_update: Callable[[Status], None] | None, timeout: float | None,
+    ) -> Completed:
+        statuses = self.watch(request_id, with_logs=with_logs, timeout=timeout)
+        with contextlib.closing(statuses):
+            for status in statuses:
+                if on_queue_update is not None:
+                    on_queue_update(status)
+                if isinstance(status, Completed):
+                    return status
+        raise InternalError(f"watch of request {request_id} ended before it completed")
+
+    def _cancel_quietly(self, request_id: str) -> None:
+        with contextlib.suppress(FalrtError):
+            self.cancel(request_id)
+

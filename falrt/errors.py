@@ -176,12 +176,12 @@ def trailing_metadata(info: common_pb2.ErrorInfo) -> tuple[tuple[str, str | byte
 
 def from_rpc_error(error: grpc.RpcError) -> FalrtError:
     """The falrt exception behind a failed call (client side)."""
-    metadata = dict(error.trailing_metadata() or ())  # type: ignore[attr-defined]
+    metadata: dict[str, str | bytes] = dict(error.trailing_metadata() or ())  # type: ignore[arg-type, attr-defined, unused-ignore]
     raw = metadata.get(ERROR_BIN_KEY)
     if isinstance(raw, bytes):
         return from_proto(common_pb2.ErrorInfo.FromString(raw))
-    code: grpc.StatusCode = error.code()  # type: ignore[attr-defined]
-    details: str = error.details() or code.name  # type: ignore[attr-defined]
+    code: grpc.StatusCode = error.code()  # type: ignore[attr-defined, unused-ignore]
+    details: str = error.details() or code.name  # type: ignore[attr-defined, unused-ignore]
     for cls in _BY_TYPE.values():
         if cls.code is code and cls.error_type == metadata.get(ERROR_TYPE_KEY, cls.error_type):
             return cls(details)

@@ -1,0 +1,53 @@
+"""The backend contract: start a runner, learn when it exits, stop it.
+
+A backend knows nothing of requests. The server gives it a `RunnerSpec`; the runner it
+starts dials the server back over RunnerLink with the spec's id and token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class RunnerSpec:
+    """Everything needed to start one runner of one revision."""
+
+    runner_id: str
+    token: str
+    server_address: str
+    python: str  # interpreter of the revision's environment
+    bundle_dir: Path
+    entrypoint: str  # "module:Class"
+    max_multiplexing: int
+    grace_period_s: float
+    log_path: Path
+    machine_type: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+
+
+class RunnerProcess(Protocol):
+    """A started runner."""
+
+    @property
+    def exit_code(self) -> int | None:
+        """The exit status once the runner has exited, else None."""
+
+    async def wait(self) -> int:
+        """Waits until the runner has exited; returns its exit status."""
+
+    def terminate(self) -> None:
+        """Asks the runner to stop gracefully (SIGTERM). Idempotent."""
+
+    def kill(self) -> None:
+        """Stops the runner now (SIGKILL). Idempotent."""
+
+
+class Backend(Protocol):
+    async def start(self, spec: RunnerSpec) -> RunnerProcess:
+        """Starts a runner; returns once it is launched (not once it is ready)."""
+
+    async def close(self) -> None:
+        """Releases the backend's resources. Idempotent."""

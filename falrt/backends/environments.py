@@ -1,0 +1,117 @@
+"""Python environments for runners of the process backend, cached by requirements hash.
+
+An app without requirements runs on the server's own interpreter (no environment is
+created). An app with requirements gets a virtual environment under `venvs/<key>/`, where
+`key` hashes the interpreter version and the sorted requirement specifiers. The
+environment sees the server's site-packages (through a .pth file that calls
+`site.addsitedir`, so the falrt shim and its dependencies are importable) and has the
+app's requirements installed on top with pip; a requirement already satisfied there is not
+installed again. A finished environment carries a `.ready` marker; one without it is
+rebuilt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+from falrt.errors import InvalidArgumentError
+
+LineSink = Callable[[str], Awaitable[None]]
+READY = ".ready"
+
+
+def environment_key(requirements: Sequence[str]) -> str:
+    """"" for no requirements, else a stable hash of the interpreter and the requirements."""
+    if not requirements:
+        return ""
+    spec = json.dumps([sys.version_info[:2], sorted(r.strip() for r in requirements)])
+    return hashlib.sha256(spec.encode()).hexdigest()[:20]
+
+
+class EnvironmentBuilder:
+    """Builds and caches environments; one build per key at a time."""
+
+    def __init__(self, venvs_dir: Path, base_python: str) -> None:
+        self._dir = venvs_dir
+        self._base_python = base_python
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def python_for(self, key: str) -> str:
+        """The interpreter of a built environment ("" key: the server's)."""
+        return self._base_python if not key else str(self._dir / key / "bin" / "python")
+
+    def is_ready(self, key: str) -> bool:
+        return not key or (self._dir / key / READY).exists()
+
+    async def ensure(self, requirements: Sequence[str], on_line: LineSink) -> str:
+        """Builds the environment for `requirements` unless cached; returns its key.
+
+        Raises InvalidArgumentError when pip cannot install the requirements.
+        """
+        key = environment_key(requirements)
+        if not key:
+            return key
+        async with self._locks.setdefault(key, asyncio.Lock()):
+            if await asyncio.to_thread(self.is_ready, key):
+                await on_line(f"environment {key} is cached")
+                return key
+            await self._build(key, requirements, on_line)
+        return key
+
+    async def _build(self, key: str, requirements: Sequence[str], on_line: LineSink) -> None:
+        target = self._dir / key
+        await asyncio.to_thread(_reset_dir, target)
+        await on_line(f"creating environment {key}")
+        await _stream(
+            [self._base_python, "-m", "venv", "--without-pip", str(target)], on_line
+        )
+        await asyncio.to_thread(_link_base_site, self._base_python, target)
+        await on_line(f"installing {' '.join(requirements)}")
+        code = await _stream(
+            [self._base_python, "-m", "pip", "--python", str(target / "bin" / "python"),
+             "install", "--no-input", "--disable-pip-version-check", "--progress-bar", "off",
+             *requirements],
+            on_line,
+        )
+        if code != 0:
+            raise InvalidArgumentError(
+                f"installing the requirements failed (pip exit status {code}); "
+                "see the build log above"
+            )
+        await asyncio.to_thread((target / READY).write_text, "")
+
+
+def _reset_dir(path: Path) -> None:
+    if path.exists():
+        shutil.rmtree(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _link_base_site(base_python: str, target: Path) -> None:
+    """Makes the base interpreter's site-packages visible inside the environment."""
+    out = subprocess.run(
+        [base_python, "-c", "import json, site; print(json.dumps(site.getsitepackages()))"],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    dirs = json.loads(out)
+    site_dir = next((target / "lib").glob("python*/site-packages"))
+    lines = [f"import site; site.addsitedir({d!r})" for d in dirs]
+    (site_dir / "_falrt_base.pth").write_text("\n".join(lines) + "\n")
+
+
+async def _stream(argv: list[str], on_line: LineSink) -> int:
+    """Runs a command, passing each output line to `on_line`; returns its exit status."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    assert proc.stdout is not None
+    async for raw in proc.stdout:
+        await on_line(raw.decode(errors="replace").rstrip())
+    return await proc.wait()

@@ -1,0 +1,99 @@
+"""The `process` backend: every runner is a local subprocess running the shim.
+
+The runner's stdout and stderr go to its log file (the server never reads a runner's pipes
+on the event loop). Each runner gets its own process group, so stopping it also stops
+anything its app spawned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+from typing import BinaryIO
+
+from falrt.backends.base import RunnerProcess, RunnerSpec
+
+
+class LocalProcess:
+    """A runner subprocess."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self._proc = proc
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    @property
+    def exit_code(self) -> int | None:
+        return self._proc.returncode
+
+    async def wait(self) -> int:
+        return await self._proc.wait()
+
+    def terminate(self) -> None:
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, sig: signal.Signals) -> None:
+        if self._proc.returncode is not None:
+            return
+        try:
+            if sig is signal.SIGKILL:
+                os.killpg(self._proc.pid, sig)  # the app's children go too
+            else:
+                self._proc.send_signal(sig)
+        except ProcessLookupError:
+            return
+
+
+class ProcessBackend:
+    """Starts runners as subprocesses of the server."""
+
+    async def start(self, spec: RunnerSpec) -> RunnerProcess:
+        log_file = await asyncio.to_thread(_open_log, spec)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                spec.python, "-m", "falrt.shim",
+                cwd=spec.bundle_dir,
+                env=_runner_env(spec),
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        finally:
+            log_file.close()
+        return LocalProcess(proc)
+
+    async def close(self) -> None:
+        return None
+
+
+def _open_log(spec: RunnerSpec) -> BinaryIO:
+    spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+    return open(spec.log_path, "ab", buffering=0)
+
+
+def _runner_env(spec: RunnerSpec) -> dict[str, str]:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("FALRT_") and key not in ("PYTHONPATH", "VIRTUAL_ENV")
+    }
+    env.update(spec.env)
+    env.update(
+        FALRT_SERVER=spec.server_address,
+        FALRT_RUNNER_ID=spec.runner_id,
+        FALRT_RUNNER_TOKEN=spec.token,
+        FALRT_BUNDLE_DIR=str(spec.bundle_dir),
+        FALRT_ENTRYPOINT=spec.entrypoint,
+        FALRT_MAX_MULTIPLEXING=str(spec.max_multiplexing),
+        FALRT_GRACE_PERIOD_S=str(spec.grace_period_s),
+        PYTHONUNBUFFERED="1",
+    )
+    return env

@@ -1,0 +1,132 @@
+"""The public Control service: deploy, apps, runners. Converts at the edge."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from grpc import aio
+
+from falrt import errors
+from falrt.server import convert
+from falrt.server.apps import AppState
+from falrt.server.deploy import BuildLog, Deployed, Deployer, DeployEvent, DeployPlan, Progress
+from falrt.server.fleet import Fleet
+from falrt.server.rpc import server_stream, unary
+from falrt.server.runners import RunnerState
+from falrt.server.scheduler import Scheduler
+from falrt.v1 import common_pb2, control_pb2, control_pb2_grpc
+
+Context = aio.ServicerContext[Any, Any]
+_STAGES = {
+    "UPLOAD": control_pb2.DEPLOY_STAGE_UPLOAD,
+    "BUILD": control_pb2.DEPLOY_STAGE_BUILD,
+    "ROLLOUT": control_pb2.DEPLOY_STAGE_ROLLOUT,
+    "DONE": control_pb2.DEPLOY_STAGE_DONE,
+}
+
+
+class ControlService(control_pb2_grpc.ControlServicer):
+    def __init__(self, scheduler: Scheduler, fleet: Fleet, deployer: Deployer) -> None:
+        self._scheduler = scheduler
+        self._fleet = fleet
+        self._deployer = deployer
+
+    @server_stream
+    async def Deploy(
+        self, request_iterator: AsyncIterator[control_pb2.DeployRequest], context: Context
+    ) -> AsyncIterator[control_pb2.DeployResponse]:
+        first = await anext(request_iterator, None)
+        if first is None or first.WhichOneof("item") != "header":
+            raise errors.InvalidArgumentError("a deploy starts with a DeployHeader")
+        plan = _plan(first.header)
+        async for event in self._deployer.deploy(plan, _chunks(request_iterator)):
+            yield _deploy_response(event)
+
+    @unary
+    async def ListApps(
+        self, request: control_pb2.ListAppsRequest, context: Context
+    ) -> control_pb2.ListAppsResponse:
+        apps = sorted(self._scheduler.apps.values(), key=lambda app: app.name)
+        return control_pb2.ListAppsResponse(apps=[self._app_info(app) for app in apps])
+
+    @unary
+    async def GetApp(
+        self, request: control_pb2.GetAppRequest, context: Context
+    ) -> control_pb2.GetAppResponse:
+        return control_pb2.GetAppResponse(app=self._app_info(self._app(request.name)))
+
+    @unary
+    async def DeleteApp(
+        self, request: control_pb2.DeleteAppRequest, context: Context
+    ) -> control_pb2.DeleteAppResponse:
+        await self._scheduler.delete_app(self._app(request.name).name)
+        return control_pb2.DeleteAppResponse()
+
+    @unary
+    async def ListRunners(
+        self, request: control_pb2.ListRunnersRequest, context: Context
+    ) -> control_pb2.ListRunnersResponse:
+        if request.app_name:
+            self._app(request.app_name)
+        runners = sorted(self._fleet.runners.values(), key=lambda r: (r.app_name, r.started_at))
+        return control_pb2.ListRunnersResponse(runners=[
+            convert.runner_info(r) for r in runners
+            if not request.app_name or r.app_name == request.app_name
+        ])
+
+    def _app(self, name: str) -> AppState:
+        app = self._scheduler.apps.get(name)
+        if app is None:
+            raise errors.NotFoundError(f"no app named {name!r}; `falrt apps list` shows the apps")
+        return app
+
+    def _app_info(self, app: AppState) -> control_pb2.AppInfo:
+        revision = app.revision
+        active = [r for r in self._fleet.runners_of(app.name)
+                  if r.state is not RunnerState.TERMINATED]
+        return control_pb2.AppInfo(
+            name=app.name,
+            endpoint_id=f"{self._scheduler.settings.owner}/{app.name}",
+            revision_id=revision.revision_id,
+            entrypoint=revision.entrypoint,
+            settings=convert.app_settings(revision.config),
+            endpoints=[convert.endpoint_spec(e) for e in revision.endpoints],
+            created_at=convert.timestamp(app.record.created_at),
+            updated_at=convert.timestamp(app.record.updated_at),
+            active_runners=len(active),
+            queue_size=self._scheduler.queue_size(app.name),
+        )
+
+
+def _plan(header: control_pb2.DeployHeader) -> DeployPlan:
+    return DeployPlan(
+        app_name=header.app_name,
+        entrypoint=header.entrypoint,
+        bundle_sha256=header.bundle_sha256.lower(),
+        bundle_size=header.bundle_size,
+        config=convert.app_config(header.settings),
+        endpoints=tuple(convert.endpoint_record(e) for e in header.endpoints),
+        message=header.message,
+    )
+
+
+async def _chunks(requests: AsyncIterator[control_pb2.DeployRequest]) -> AsyncIterator[bytes]:
+    async for request in requests:
+        if request.WhichOneof("item") != "chunk":
+            raise errors.InvalidArgumentError("only bundle chunks may follow the DeployHeader")
+        yield request.chunk
+
+
+def _deploy_response(event: DeployEvent) -> control_pb2.DeployResponse:
+    match event:
+        case Progress(stage=stage, message=message, fraction=fraction):
+            return control_pb2.DeployResponse(progress=control_pb2.DeployProgress(
+                stage=_STAGES[stage], message=message, fraction=fraction))
+        case BuildLog(line=line):
+            return control_pb2.DeployResponse(log=common_pb2.LogLine(message=line, source="build"))
+        case Deployed(endpoint_id=endpoint_id, app_name=app_name, revision_id=revision_id):
+            return control_pb2.DeployResponse(result=control_pb2.DeployResult(
+                endpoint_id=endpoint_id, app_name=app_name, revision_id=revision_id))
+        case _:
+            raise AssertionError(f"unexpected deploy event {event!r}")

@@ -1,0 +1,171 @@
+"""Conversions between protobuf messages and the control plane's plain records.
+
+The only module of the server core that knows the generated types' shapes besides the
+servicers; each converter has a round trip in tests/test_convert.py.
+"""
+
+from __future__ import annotations
+
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from falrt.server.runners import RunnerHandle
+from falrt.server.work import QueuedRequest
+from falrt.store.records import (
+    AppConfig,
+    EndpointRecord,
+    ErrorRecord,
+    LogRecord,
+    Outcome,
+    Priority,
+    Status,
+)
+from falrt.v1 import common_pb2, control_pb2, queue_pb2, runner_pb2
+
+_OPTIONAL_FIELDS = (
+    "num_gpus", "keep_alive_s", "min_concurrency", "max_concurrency", "concurrency_buffer",
+    "concurrency_buffer_perc", "scaling_delay_s", "max_multiplexing", "request_timeout_s",
+    "startup_timeout_s", "termination_grace_period_s",
+)
+
+
+def timestamp(seconds: float) -> Timestamp:
+    ts = Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+def duration(seconds: float) -> Duration:
+    d = Duration()
+    d.FromNanoseconds(int(seconds * 1e9))
+    return d
+
+
+def priority(value: int) -> Priority:
+    return Priority.LOW if value == common_pb2.PRIORITY_LOW else Priority.NORMAL
+
+
+def log_record(line: common_pb2.LogLine) -> LogRecord:
+    return LogRecord(line.timestamp.ToNanoseconds() / 1e9, line.message, line.source)
+
+
+def log_line(record: LogRecord) -> common_pb2.LogLine:
+    return common_pb2.LogLine(
+        timestamp=timestamp(record.timestamp), message=record.message, source=record.source
+    )
+
+
+def error_record(info: common_pb2.ErrorInfo) -> ErrorRecord:
+    return ErrorRecord(
+        error_type=info.error_type,
+        message=info.message,
+        grpc_code=info.grpc_code,
+        field_errors=tuple((f.location, f.message) for f in info.field_errors),
+        traceback=info.traceback,
+    )
+
+
+def error_info(record: ErrorRecord) -> common_pb2.ErrorInfo:
+    return common_pb2.ErrorInfo(
+        error_type=record.error_type,
+        message=record.message,
+        grpc_code=record.grpc_code,
+        field_errors=[common_pb2.FieldError(location=loc, message=msg)
+                      for loc, msg in record.field_errors],
+        traceback=record.traceback,
+    )
+
+
+def outcome(result: runner_pb2.Result) -> Outcome:
+    """A runner's Result as an Outcome (the output bytes are not decoded)."""
+    return Outcome(
+        output=result.output.data,
+        content_type=result.output.content_type,
+        error=error_record(result.error) if result.HasField("error") else None,
+        inference_time_s=result.inference_time.ToNanoseconds() / 1e9,
+    )
+
+
+def metrics(record: Outcome) -> common_pb2.RequestMetrics:
+    return common_pb2.RequestMetrics(inference_time=duration(record.inference_time_s))
+
+
+def request_state(
+    item: QueuedRequest, *, position: int, logs: list[LogRecord], waiting_reason: str
+) -> queue_pb2.RequestState:
+    state = queue_pb2.RequestState(
+        request_id=item.request_id,
+        status=int(item.status),  # type: ignore[arg-type]
+        queue_position=position if item.status is Status.IN_QUEUE else 0,
+        logs=[log_line(r) for r in logs],
+        waiting_reason=waiting_reason if item.status is Status.IN_QUEUE else "",
+    )
+    if item.status is Status.COMPLETED and item.outcome is not None:
+        _fill_outcome(state, item.outcome)
+    return state
+
+
+def _fill_outcome(
+    message: queue_pb2.RequestState | queue_pb2.GetResultResponse, record: Outcome
+) -> None:
+    if record.error is not None:
+        message.error.CopyFrom(error_info(record.error))
+    else:
+        message.output.data = record.output
+        message.output.content_type = record.content_type
+    message.metrics.CopyFrom(metrics(record))
+
+
+def result_response(request_id: str, record: Outcome) -> queue_pb2.GetResultResponse:
+    response = queue_pb2.GetResultResponse(request_id=request_id)
+    _fill_outcome(response, record)
+    return response
+
+
+def app_config(settings: control_pb2.AppSettings) -> AppConfig:
+    optional = {name: getattr(settings, name) for name in _OPTIONAL_FIELDS
+                if settings.HasField(name)}  # type: ignore[arg-type]
+    return AppConfig(
+        requirements=tuple(settings.requirements),
+        machine_types=tuple(settings.machine_types),
+        app_auth=settings.app_auth,
+        **optional,
+    )
+
+
+def app_settings(config: AppConfig) -> control_pb2.AppSettings:
+    message = control_pb2.AppSettings(
+        requirements=config.requirements, machine_types=config.machine_types,
+        app_auth=config.app_auth,
+    )
+    for name in _OPTIONAL_FIELDS:
+        value = getattr(config, name)
+        if value is not None:
+            setattr(message, name, value)
+    return message
+
+
+def endpoint_record(spec: control_pb2.EndpointSpec) -> EndpointRecord:
+    return EndpointRecord(spec.path, spec.name, int(spec.kind), spec.input_schema_json,
+                          spec.output_schema_json)
+
+
+def endpoint_spec(record: EndpointRecord) -> control_pb2.EndpointSpec:
+    return control_pb2.EndpointSpec(
+        path=record.path, name=record.name, kind=record.kind,  # type: ignore[arg-type]
+        input_schema_json=record.input_schema_json, output_schema_json=record.output_schema_json,
+    )
+
+
+def runner_info(runner: RunnerHandle) -> control_pb2.RunnerInfo:
+    return control_pb2.RunnerInfo(
+        runner_id=runner.runner_id,
+        app_name=runner.app_name,
+        revision_id=runner.revision_id,
+        state=int(runner.state),  # type: ignore[arg-type]
+        in_flight_request_ids=list(runner.in_flight),
+        max_multiplexing=runner.max_multiplexing,
+        started_at=timestamp(runner.started_at),
+        state_since=timestamp(runner.state_since),
+        machine_type=runner.machine_type,
+    )

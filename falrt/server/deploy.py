@@ -1,0 +1,191 @@
+"""The deploy pipeline: receive and verify a bundle, build its environment, make a revision
+live. It yields plain progress events; the Control servicer turns them into messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from falrt import bundle, errors
+from falrt.backends.environments import EnvironmentBuilder
+from falrt.server.scheduler import Scheduler
+from falrt.settings import ServerSettings
+from falrt.store.records import AppConfig, AppRecord, EndpointRecord, Revision
+
+APP_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+ENTRYPOINT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*:[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class DeployPlan:
+    """What the client asked to deploy (the DeployHeader, converted)."""
+
+    app_name: str
+    entrypoint: str
+    bundle_sha256: str
+    bundle_size: int
+    config: AppConfig
+    endpoints: tuple[EndpointRecord, ...]
+    message: str
+
+
+@dataclass(frozen=True)
+class Progress:
+    stage: str  # "UPLOAD", "BUILD", "ROLLOUT", "DONE"
+    message: str
+    fraction: float = 0.0
+
+
+@dataclass(frozen=True)
+class BuildLog:
+    line: str
+
+
+@dataclass(frozen=True)
+class Deployed:
+    endpoint_id: str
+    app_name: str
+    revision_id: str
+
+
+DeployEvent = Progress | BuildLog | Deployed
+
+
+class Deployer:
+    def __init__(
+        self, scheduler: Scheduler, environments: EnvironmentBuilder, settings: ServerSettings
+    ) -> None:
+        self._scheduler = scheduler
+        self._environments = environments
+        self._settings = settings
+
+    async def deploy(
+        self, plan: DeployPlan, chunks: AsyncIterator[bytes]
+    ) -> AsyncIterator[DeployEvent]:
+        """Runs the whole pipeline. Raises InvalidArgumentError for a bad plan or bundle."""
+        self._check(plan)
+        data = bytearray()
+        async for event in self._receive(plan, chunks, data):
+            yield event
+        await asyncio.to_thread(
+            bundle.unpack, bytes(data), self._settings.bundles_dir / plan.bundle_sha256,
+            max_bytes=self._settings.max_bundle_bytes,
+        )
+        module = plan.entrypoint.partition(":")[0]
+        if not (self._settings.bundles_dir / plan.bundle_sha256 / f"{module}.py").is_file():
+            raise errors.InvalidArgumentError(f"the bundle has no module {module}.py")
+        yield Progress("BUILD", "building the environment")
+        built: list[str] = []
+        async for event in self._build(plan.config, built):
+            yield event
+        env_key = built[0]
+        yield Progress("ROLLOUT", "activating the new revision")
+        revision = await self._activate(plan, env_key)
+        endpoint_id = f"{self._settings.owner}/{plan.app_name}"
+        yield Progress("DONE", f"{endpoint_id} serves revision {revision.revision_id}", 1.0)
+        yield Deployed(endpoint_id, plan.app_name, revision.revision_id)
+
+    def _check(self, plan: DeployPlan) -> None:
+        if not APP_NAME.match(plan.app_name):
+            raise errors.InvalidArgumentError(
+                f"invalid app name {plan.app_name!r}: use lowercase letters, digits and "
+                "dashes (at most 63), starting and ending with a letter or digit"
+            )
+        if not ENTRYPOINT.match(plan.entrypoint):
+            raise errors.InvalidArgumentError(f"invalid entrypoint {plan.entrypoint!r}")
+        if not 0 < plan.bundle_size <= self._settings.max_bundle_bytes:
+            raise errors.InvalidArgumentError(
+                f"bundle size {plan.bundle_size} is outside 1..{self._settings.max_bundle_bytes}"
+            )
+        if not plan.endpoints:
+            raise errors.InvalidArgumentError("the app declares no endpoint")
+        paths = [e.path for e in plan.endpoints]
+        if any(not p.startswith("/") for p in paths) or len(set(paths)) != len(paths):
+            raise errors.InvalidArgumentError(f"endpoint paths must be unique and start with /: {paths}")
+        _check_config(plan.config)
+
+    async def _receive(
+        self, plan: DeployPlan, chunks: AsyncIterator[bytes], data: bytearray
+    ) -> AsyncIterator[DeployEvent]:
+        digest = hashlib.sha256()
+        reported = 0.0
+        async for chunk in chunks:
+            if len(data) + len(chunk) > plan.bundle_size:
+                raise errors.InvalidArgumentError("the bundle is larger than its header says")
+            data.extend(chunk)
+            digest.update(chunk)
+            fraction = len(data) / plan.bundle_size
+            if fraction - reported >= 0.1 or fraction == 1.0:
+                reported = fraction
+                yield Progress("UPLOAD", f"received {len(data)} of {plan.bundle_size} bytes",
+                               fraction)
+        if len(data) != plan.bundle_size:
+            raise errors.InvalidArgumentError(
+                f"the bundle ended after {len(data)} of {plan.bundle_size} bytes"
+            )
+        if digest.hexdigest() != plan.bundle_sha256:
+            raise errors.InvalidArgumentError("the bundle's SHA-256 does not match its header")
+
+    async def _build(self, config: AppConfig, result: list[str]) -> AsyncIterator[DeployEvent]:
+        """Builds the environment, yielding its log lines as they come; appends its key."""
+        lines: asyncio.Queue[str | None] = asyncio.Queue()
+
+        async def sink(line: str) -> None:
+            await lines.put(line)
+
+        async def build() -> str:
+            try:
+                return await self._environments.ensure(config.requirements, sink)
+            finally:
+                await lines.put(None)
+
+        task = asyncio.ensure_future(build())
+        try:
+            while (line := await lines.get()) is not None:
+                yield BuildLog(line)
+            result.append(await task)
+        finally:
+            task.cancel()
+
+    async def _activate(self, plan: DeployPlan, env_key: str) -> Revision:
+        now = time.time()
+        revision = Revision(
+            revision_id=f"rev-{uuid.uuid4().hex[:12]}", app_name=plan.app_name,
+            entrypoint=plan.entrypoint, bundle_sha256=plan.bundle_sha256, env_key=env_key,
+            config=plan.config, endpoints=plan.endpoints, message=plan.message, created_at=now,
+        )
+        existing = self._scheduler.apps.get(plan.app_name)
+        created = existing.record.created_at if existing else now
+        record = AppRecord(plan.app_name, revision.revision_id, created, now)
+        await self._scheduler.store.deploy(revision, record)
+        self._scheduler.activate(record, revision)
+        return revision
+
+
+def _check_config(config: AppConfig) -> None:
+    counts = {
+        "min_concurrency": config.min_concurrency,
+        "max_concurrency": config.max_concurrency,
+        "concurrency_buffer": config.concurrency_buffer,
+    }
+    for name, value in counts.items():
+        if value is not None and value < 0:
+            raise errors.InvalidArgumentError(f"{name} must be >= 0, got {value}")
+    if config.max_multiplexing is not None and config.max_multiplexing < 1:
+        raise errors.InvalidArgumentError("max_multiplexing must be >= 1")
+    low, high = config.min_concurrency, config.max_concurrency
+    if low is not None and high is not None and low > high:
+        raise errors.InvalidArgumentError(
+            f"min_concurrency ({low}) is larger than max_concurrency ({high})"
+        )
+    for name in ("keep_alive_s", "scaling_delay_s", "request_timeout_s", "startup_timeout_s",
+                 "termination_grace_period_s", "concurrency_buffer_perc"):
+        value = getattr(config, name)
+        if value is not None and value < 0:
+            raise errors.InvalidArgumentError(f"{name} must be >= 0, got {value}")

@@ -1,0 +1,309 @@
+"""The runner side of the control plane: start, attach, scale, stop.
+
+The fleet applies the autoscaler's decisions through a backend, keeps every runner's
+state, and tells the scheduler when capacity appears (a runner attached, a slot freed) or
+vanishes (a runner's stream ended). Its loop never dies: a failure for one app is logged
+and the other apps are still scaled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+from falrt import errors
+from falrt.autoscaler.policy import RunnerView, ScalingContext, ScalingDecision, decide
+from falrt.backends.base import Backend, RunnerSpec
+from falrt.backends.environments import EnvironmentBuilder
+from falrt.server.apps import AppState
+from falrt.server.runners import (
+    ALIVE_STATES,
+    SERVING_STATES,
+    CloseEvent,
+    DrainEvent,
+    RunnerHandle,
+    RunnerState,
+)
+from falrt.server.scheduler import Scheduler
+from falrt.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+CRASH_BACKOFF_STEP_S = 30.0
+CRASH_BACKOFF_CAP_S = 600.0
+
+
+class Fleet:
+    """All runners of this server. See the module docstring."""
+
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        backend: Backend,
+        environments: EnvironmentBuilder,
+        settings: ServerSettings,
+    ) -> None:
+        self.scheduler = scheduler
+        self.backend = backend
+        self.environments = environments
+        self.settings = settings
+        self.address = ""  # set once the server is bound
+        self.runners: dict[str, RunnerHandle] = {}
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closing = False
+
+    # -- queries -----------------------------------------------------------------------
+
+    def runners_of(self, app_name: str) -> list[RunnerHandle]:
+        return [r for r in self.runners.values() if r.app_name == app_name]
+
+    def pick_runner(self, app: AppState) -> RunnerHandle | None:
+        """The live-revision runner with the most free slots, or None."""
+        best: RunnerHandle | None = None
+        for runner in self.runners.values():
+            if runner.app_name != app.name or runner.revision_id != app.revision.revision_id:
+                continue
+            if runner.free_slots > 0 and (best is None or runner.free_slots > best.free_slots):
+                best = runner
+        return best
+
+    # -- the scaling loop --------------------------------------------------------------
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Scales every app until cancelled; wakes on events or when a deadline passes."""
+        while True:
+            next_check: float | None = None
+            for app in list(self.scheduler.apps.values()):
+                try:
+                    decision = self._scale(app)
+                except Exception:
+                    log.exception("scaling app %s failed", app.name)
+                    continue
+                if decision.next_check_s is not None:
+                    next_check = min(next_check or decision.next_check_s, decision.next_check_s)
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=next_check)
+            except TimeoutError:
+                pass
+
+    def _scale(self, app: AppState) -> ScalingDecision:
+        now = time.monotonic()
+        runners = [r for r in self.runners_of(app.name)
+                   if r.revision_id == app.revision.revision_id]
+        ctx = ScalingContext(
+            settings=app.settings.scaling,
+            now=now,
+            queued_since=tuple(item.enqueued_at for item in app.queue.items()),
+            runners=tuple(_view(r) for r in runners),
+            backoff_until=app.backoff_until,
+        )
+        decision = decide(ctx)
+        if decision.start or decision.stop:
+            log.info("scale %s: desired=%d start=%d stop=%s", app.name, decision.desired,
+                     decision.start, list(decision.stop))
+        for _ in range(decision.start):
+            self._spawn(self._start_runner(app))
+        for runner_id in decision.stop:
+            self.stop(self.runners[runner_id])
+        return decision
+
+    # -- starting ----------------------------------------------------------------------
+
+    async def _start_runner(self, app: AppState) -> None:
+        revision = app.revision
+        runner = RunnerHandle(
+            runner_id=f"r-{secrets.token_hex(6)}",
+            app_name=app.name,
+            revision_id=revision.revision_id,
+            token=secrets.token_urlsafe(24),
+            max_multiplexing=app.settings.scaling.max_multiplexing,
+            machine_type=app.settings.machine_type,
+        )
+        self.runners[runner.runner_id] = runner
+        spec = RunnerSpec(
+            runner_id=runner.runner_id,
+            token=runner.token,
+            server_address=self.address,
+            python=self.environments.python_for(revision.env_key),
+            bundle_dir=self.settings.bundles_dir / revision.bundle_sha256,
+            entrypoint=revision.entrypoint,
+            max_multiplexing=runner.max_multiplexing,
+            grace_period_s=app.settings.grace_period_s,
+            log_path=self.log_path(runner.runner_id),
+            machine_type=runner.machine_type,
+        )
+        try:
+            runner.process = await self.backend.start(spec)
+        except Exception as exc:
+            log.exception("starting a runner of %s failed", app.name)
+            self._startup_failed(runner, f"could not start: {exc}")
+            return
+        runner.set_state(RunnerState.SETUP)
+        asyncio.get_running_loop().call_later(
+            app.settings.startup_timeout_s, self._startup_deadline, runner
+        )
+        self._spawn(self._watch_exit(runner))
+
+    def log_path(self, runner_id: str) -> Path:
+        return self.settings.runner_logs_dir / f"{runner_id}.log"
+
+    def _startup_deadline(self, runner: RunnerHandle) -> None:
+        if runner.state in (RunnerState.PENDING, RunnerState.SETUP) and runner.process:
+            log.warning("runner %s did not finish setup in time; killing it", runner.runner_id)
+            runner.process.kill()
+
+    async def _watch_exit(self, runner: RunnerHandle) -> None:
+        assert runner.process is not None
+        code = await runner.process.wait()
+        if not runner.attached and not self._closing:
+            tail = await asyncio.to_thread(_last_error_line, self.log_path(runner.runner_id))
+            self._startup_failed(runner, f"exit status {code}: {tail}")
+        self._terminated(runner)
+
+    def _startup_failed(self, runner: RunnerHandle, reason: str) -> None:
+        self.runners.pop(runner.runner_id, None)
+        app = self.scheduler.apps.get(runner.app_name)
+        if app is None or app.revision.revision_id != runner.revision_id:
+            return
+        app.startup_failures += 1
+        delay = min(CRASH_BACKOFF_STEP_S * app.startup_failures, CRASH_BACKOFF_CAP_S)
+        app.backoff_until = time.monotonic() + delay
+        app.last_startup_error = reason
+        log.warning("runner %s of %s failed to start (%s); next start in %.0f s",
+                    runner.runner_id, app.name, reason, delay)
+        self.scheduler.on_startup_failure(app)
+        self.wake()
+
+    # -- the runner link ---------------------------------------------------------------
+
+    def attach(self, runner_id: str, token: str, slots: int) -> RunnerHandle:
+        """A runner said Hello. Raises PermissionDenied-like errors for strangers."""
+        runner = self.runners.get(runner_id)
+        if runner is None or not hmac.compare_digest(runner.token, token):
+            raise errors.InvalidArgumentError("unknown runner or wrong token")
+        if runner.attached:
+            raise errors.InvalidArgumentError(f"runner {runner_id} is already attached")
+        runner.attached = True
+        runner.max_multiplexing = max(1, min(slots, runner.max_multiplexing))
+        runner.set_state(RunnerState.IDLE)
+        runner.idle_since = time.monotonic()
+        app = self.scheduler.apps.get(runner.app_name)
+        if app is not None and app.revision.revision_id == runner.revision_id:
+            app.startup_failures, app.backoff_until, app.last_startup_error = 0, 0.0, ""
+        if app is not None:
+            self.scheduler.dispatch(app)
+        return runner
+
+    def detached(self, runner: RunnerHandle) -> None:
+        """The runner's stream ended: fail over its work and make sure it exits."""
+        if runner.state is not RunnerState.TERMINATED:
+            runner.set_state(RunnerState.TERMINATING)
+        self.scheduler.on_runner_lost(runner)
+        if runner.process is not None and runner.process.exit_code is None:
+            self._spawn(self._reap(runner, grace_s=self._grace(runner)))
+        self.wake()
+
+    def runner_draining(self, runner: RunnerHandle) -> None:
+        """The runner stopped taking work on its own (it got SIGTERM)."""
+        runner.set_state(RunnerState.DRAINING)
+        self.wake()
+
+    # -- stopping ----------------------------------------------------------------------
+
+    def stop(self, runner: RunnerHandle) -> None:
+        """Gracefully stops a runner: no new work, in-flight finish, then it exits."""
+        if runner.state in (RunnerState.DRAINING, RunnerState.TERMINATING,
+                            RunnerState.TERMINATED):
+            return
+        runner.set_state(RunnerState.DRAINING if runner.in_flight else RunnerState.TERMINATING)
+        if runner.attached:
+            runner.outbox.put_nowait(DrainEvent())
+        elif runner.process is not None:
+            runner.process.terminate()
+        self._spawn(self._reap(runner, grace_s=self._grace(runner) + 5.0))
+
+    def stop_app(self, app_name: str) -> None:
+        for runner in self.runners_of(app_name):
+            runner.outbox.put_nowait(CloseEvent())
+            if runner.process is not None:
+                runner.process.kill()
+
+    def retire_old_revisions(self, app: AppState) -> None:
+        for runner in self.runners_of(app.name):
+            if runner.revision_id != app.revision.revision_id:
+                self.stop(runner)
+
+    async def _reap(self, runner: RunnerHandle, *, grace_s: float) -> None:
+        """Kills the runner if it has not exited `grace_s` after being asked to stop."""
+        if runner.process is None:
+            return
+        try:
+            await asyncio.wait_for(runner.process.wait(), timeout=grace_s)
+        except TimeoutError:
+            log.warning("runner %s did not exit in %.0f s; killing it", runner.runner_id, grace_s)
+            runner.process.kill()
+
+    def _terminated(self, runner: RunnerHandle) -> None:
+        runner.set_state(RunnerState.TERMINATED)
+        self.runners.pop(runner.runner_id, None)
+        if runner.in_flight:
+            self.scheduler.on_runner_lost(runner)
+        self.wake()
+
+    def _grace(self, runner: RunnerHandle) -> float:
+        app = self.scheduler.apps.get(runner.app_name)
+        return app.settings.grace_period_s if app else self.settings.shutdown_grace_s
+
+    async def close(self) -> None:
+        """Stops every runner (gracefully, then by force) and waits for them to exit."""
+        self._closing = True
+        for runner in list(self.runners.values()):
+            self.stop(runner)
+        waits = [r.process.wait() for r in self.runners.values() if r.process is not None]
+        if waits:
+            await asyncio.wait([asyncio.ensure_future(w) for w in waits],
+                               timeout=self.settings.shutdown_grace_s + 6.0)
+        for runner in self.runners.values():
+            if runner.process is not None:
+                runner.process.kill()
+        for task in list(self._tasks):
+            task.cancel()
+        await self.backend.close()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def _view(runner: RunnerHandle) -> RunnerView:
+    idle = runner.state is RunnerState.IDLE and not runner.in_flight
+    return RunnerView(
+        runner_id=runner.runner_id,
+        alive=runner.state in ALIVE_STATES,
+        in_flight=len(runner.in_flight),
+        idle_since=runner.idle_since if idle else None,
+        served=runner.served,
+    )
+
+
+def _last_error_line(path: Path) -> str:
+    """The last non-empty line of a runner's log (usually the exception of a failed setup)."""
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "no log"
+    return lines[-1][:500] if lines else "no output"
+
+
+__all__ = ["SERVING_STATES", "Fleet"]

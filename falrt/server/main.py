@@ -1,0 +1,112 @@
+"""`falrt server`: assembles the store, scheduler, fleet and gRPC services, and runs them.
+
+Shutdown is ordered: stop scaling, drain runners (their in-flight requests finish while the
+server still serves their streams), stop the gRPC server, flush store writes, close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from typing import Any
+
+import grpc
+import uvloop
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from falrt.backends import create_backend
+from falrt.backends.environments import EnvironmentBuilder
+from falrt.server.control_service import ControlService
+from falrt.server.deploy import Deployer
+from falrt.server.fleet import Fleet
+from falrt.server.queue_service import QueueService
+from falrt.server.runner_link import RunnerLinkService
+from falrt.server.scheduler import Scheduler
+from falrt.settings import ServerSettings
+from falrt.store import create_store
+from falrt.v1 import control_pb2, control_pb2_grpc, queue_pb2, queue_pb2_grpc, runner_pb2_grpc
+
+log = logging.getLogger(__name__)
+SERVICES = (
+    queue_pb2.DESCRIPTOR.services_by_name["Queue"].full_name,
+    control_pb2.DESCRIPTOR.services_by_name["Control"].full_name,
+)
+
+
+def run(settings: ServerSettings) -> None:
+    """Runs the server until SIGTERM or SIGINT. Blocks."""
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    uvloop.run(serve(settings))
+
+
+async def serve(settings: ServerSettings) -> None:
+    store = create_store(settings)
+    await store.open()
+    scheduler = Scheduler(store, settings)
+    environments = EnvironmentBuilder(settings.venvs_dir, settings.runner_python or sys.executable)
+    fleet = Fleet(scheduler, create_backend(settings.backend), environments, settings)
+    scheduler.fleet = fleet
+    requeued = await scheduler.load()
+    server, health_servicer = _grpc_server(settings, scheduler, fleet, environments)
+    port = server.add_insecure_port(settings.listen)
+    await server.start()
+    host = settings.listen.rpartition(":")[0]
+    fleet.address = f"{_dial_host(host)}:{port}"
+    scaler = asyncio.ensure_future(fleet.run())
+    log.info("loaded %d apps, %d unfinished requests", len(scheduler.apps), requeued)
+    print(f"falrt server listening on {host}:{port}", flush=True)
+    await _until_signalled()
+    log.info("shutting down")
+    await health_servicer.enter_graceful_shutdown()
+    scaler.cancel()
+    await fleet.close()
+    await server.stop(grace=2.0)
+    await scheduler.drain_background()
+    await store.close()
+
+
+def _grpc_server(
+    settings: ServerSettings, scheduler: Scheduler, fleet: Fleet, environments: EnvironmentBuilder
+) -> tuple[aio.Server, Any]:
+    size = settings.max_message_bytes
+    server = aio.server(options=[
+        ("grpc.max_receive_message_length", size),
+        ("grpc.max_send_message_length", size),
+    ])
+    queue_pb2_grpc.add_QueueServicer_to_server(QueueService(scheduler), server)
+    deployer = Deployer(scheduler, environments, settings)
+    control_pb2_grpc.add_ControlServicer_to_server(
+        ControlService(scheduler, fleet, deployer), server
+    )
+    runner_pb2_grpc.add_RunnerLinkServicer_to_server(RunnerLinkService(fleet, scheduler), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in (*SERVICES, ""):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(
+        (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    return server, health_servicer
+
+
+def _dial_host(host: str) -> str:
+    """The host runners dial: loopback when the server listens on every interface."""
+    return "127.0.0.1" if host in ("", "0.0.0.0", "[::]") else host
+
+
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+__all__ = ["grpc", "run", "serve"]

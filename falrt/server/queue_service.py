@@ -1,0 +1,151 @@
+"""The public Queue service: the queue path (Submit, Watch, GetStatus, GetResult, Cancel)
+and the direct path (Run, Stream). Converts at the edge and calls the scheduler.
+
+Payload bytes pass through untouched: the server never decodes or re-encodes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from grpc import aio
+
+from falrt import errors
+from falrt.server import convert
+from falrt.server.rpc import abort, server_stream, unary
+from falrt.server.scheduler import Scheduler
+from falrt.server.work import DirectCall, QueuedRequest
+from falrt.store.records import Outcome, Status
+from falrt.v1 import queue_pb2, queue_pb2_grpc
+
+Context = aio.ServicerContext[Any, Any]
+_CANCEL_OUTCOMES = {
+    "CANCELLATION_REQUESTED": queue_pb2.CANCEL_OUTCOME_CANCELLATION_REQUESTED,
+    "ALREADY_COMPLETED": queue_pb2.CANCEL_OUTCOME_ALREADY_COMPLETED,
+    "NOT_FOUND": queue_pb2.CANCEL_OUTCOME_NOT_FOUND,
+}
+
+
+class QueueService(queue_pb2_grpc.QueueServicer):
+    def __init__(self, scheduler: Scheduler) -> None:
+        self._scheduler = scheduler
+
+    @unary
+    async def Submit(
+        self, request: queue_pb2.SubmitRequest, context: Context
+    ) -> queue_pb2.SubmitResponse:
+        request_id, position = await self._scheduler.submit(
+            request.endpoint_id, request.path or "/", request.input.data,
+            request.input.content_type, convert.priority(request.priority),
+        )
+        return queue_pb2.SubmitResponse(request_id=request_id, queue_position=position)
+
+    @server_stream
+    async def Watch(
+        self, request: queue_pb2.WatchRequest, context: Context
+    ) -> AsyncIterator[queue_pb2.WatchResponse]:
+        item = await self._find(request.request_id)
+        sent_logs = 0
+        last: tuple[Any, ...] = ()
+        while True:
+            position = self._scheduler.position(item)
+            key = (item.status, position, len(item.logs), item.waiting_reason)
+            if key != last:
+                logs = item.logs[sent_logs:] if request.with_logs else []
+                sent_logs = len(item.logs)
+                last = key
+                yield queue_pb2.WatchResponse(state=convert.request_state(
+                    item, position=position, logs=logs, waiting_reason=item.waiting_reason
+                ))
+            if item.status is Status.COMPLETED:
+                return
+            await self._changed(item)
+
+    async def _changed(self, item: QueuedRequest) -> None:
+        waits = [item.changed.wait()]
+        app = self._scheduler.apps.get(item.app_name)
+        if item.status is Status.IN_QUEUE and app is not None:
+            waits.append(app.queue.changed.wait())
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+
+    @unary
+    async def GetStatus(
+        self, request: queue_pb2.GetStatusRequest, context: Context
+    ) -> queue_pb2.GetStatusResponse:
+        item = await self._find(request.request_id)
+        return queue_pb2.GetStatusResponse(state=convert.request_state(
+            item, position=self._scheduler.position(item),
+            logs=item.logs if request.with_logs else [], waiting_reason=item.waiting_reason,
+        ))
+
+    @unary
+    async def GetResult(
+        self, request: queue_pb2.GetResultRequest, context: Context
+    ) -> queue_pb2.GetResultResponse:
+        item = await self._find(request.request_id)
+        if item.status is not Status.COMPLETED or item.outcome is None:
+            raise errors.NotCompletedError(
+                f"request {item.request_id} is not completed yet (status "
+                f"{item.status.name}); watch it or ask again later"
+            )
+        return convert.result_response(item.request_id, item.outcome)
+
+    @unary
+    async def Cancel(
+        self, request: queue_pb2.CancelRequest, context: Context
+    ) -> queue_pb2.CancelResponse:
+        outcome = await self._scheduler.cancel(request.request_id)
+        return queue_pb2.CancelResponse(outcome=_CANCEL_OUTCOMES[outcome])
+
+    @unary
+    async def Run(self, request: queue_pb2.RunRequest, context: Context) -> queue_pb2.RunResponse:
+        call = self._scheduler.call_direct(
+            request.endpoint_id, request.path or "/", request.input.data,
+            request.input.content_type, stream=False,
+        )
+        outcome = await self._wait(call)
+        await _raise_error(context, outcome)
+        response = queue_pb2.RunResponse(request_id=call.request_id)
+        response.output.data = outcome.output
+        response.output.content_type = outcome.content_type
+        response.metrics.CopyFrom(convert.metrics(outcome))
+        return response
+
+    @server_stream
+    async def Stream(
+        self, request: queue_pb2.StreamRequest, context: Context
+    ) -> AsyncIterator[queue_pb2.StreamResponse]:
+        call = self._scheduler.call_direct(
+            request.endpoint_id, request.path or "/", request.input.data,
+            request.input.content_type, stream=True,
+        )
+        assert call.partials is not None
+        try:
+            while (partial := await call.partials.get()) is not None:
+                response = queue_pb2.StreamResponse()
+                response.output.data, response.output.content_type = partial
+                yield response
+        except asyncio.CancelledError:
+            self._scheduler.abandon(call)
+            raise
+        await _raise_error(context, call.done.result())
+
+    async def _wait(self, call: DirectCall) -> Outcome:
+        try:
+            return await asyncio.shield(call.done)
+        except asyncio.CancelledError:
+            self._scheduler.abandon(call)
+            raise
+
+    async def _find(self, request_id: str) -> QueuedRequest:
+        item = await self._scheduler.lookup(request_id)
+        if item is None:
+            raise errors.NotFoundError(f"no request with id {request_id!r}")
+        return item
+
+
+async def _raise_error(context: Context, outcome: Outcome) -> None:
+    if outcome.error is not None:
+        await abort(context, convert.error_info(outcome.error))

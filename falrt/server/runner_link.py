@@ -1,0 +1,125 @@
+"""The internal RunnerLink service: one bidirectional stream per runner.
+
+The runner's first message must be Hello with the id and token the server gave it; any
+other first message, or a wrong token, ends the stream with PERMISSION_DENIED. After that,
+one task reads the runner's messages and hands them to the scheduler, while the RPC
+itself writes the runner's outbox (assignments, cancels, drain) to the stream in order.
+When either side ends, the runner's in-flight work is failed over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from falrt import errors
+from falrt.server import convert
+from falrt.server.fleet import Fleet
+from falrt.server.runners import (
+    AssignEvent,
+    CancelEvent,
+    CloseEvent,
+    DrainEvent,
+    OutboxEvent,
+    RunnerHandle,
+)
+from falrt.server.scheduler import Scheduler
+from falrt.v1 import common_pb2, runner_pb2, runner_pb2_grpc
+
+log = logging.getLogger(__name__)
+Context = aio.ServicerContext[Any, Any]
+HELLO_TIMEOUT_S = 30.0
+
+
+class RunnerLinkService(runner_pb2_grpc.RunnerLinkServicer):
+    def __init__(self, fleet: Fleet, scheduler: Scheduler) -> None:
+        self._fleet = fleet
+        self._scheduler = scheduler
+
+    async def Attach(
+        self, request_iterator: AsyncIterator[runner_pb2.RunnerMessage], context: Context
+    ) -> AsyncIterator[runner_pb2.ServerMessage]:
+        runner = await self._hello(request_iterator, context)
+        reader = asyncio.ensure_future(self._read(runner, request_iterator))
+        try:
+            while not isinstance(event := await runner.outbox.get(), CloseEvent):
+                yield _message(event)
+        finally:
+            reader.cancel()
+            self._fleet.detached(runner)
+
+    async def _hello(
+        self, messages: AsyncIterator[runner_pb2.RunnerMessage], context: Context
+    ) -> RunnerHandle:
+        try:
+            first = await asyncio.wait_for(anext(messages), HELLO_TIMEOUT_S)
+        except (TimeoutError, StopAsyncIteration):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "expected Hello first")
+        if first.WhichOneof("event") != "hello":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "expected Hello first")
+        hello = first.hello
+        try:
+            return self._fleet.attach(hello.runner_id, hello.token, hello.slots)
+        except errors.FalrtError as exc:
+            log.warning("refused a runner stream: %s", exc)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        raise AssertionError("unreachable")
+
+    async def _read(
+        self, runner: RunnerHandle, messages: AsyncIterator[runner_pb2.RunnerMessage]
+    ) -> None:
+        try:
+            async for message in messages:
+                self._handle(runner, message)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("runner %s stream failed", runner.runner_id)
+        finally:
+            runner.outbox.put_nowait(CloseEvent())
+
+    def _handle(self, runner: RunnerHandle, message: runner_pb2.RunnerMessage) -> None:
+        match message.WhichOneof("event"):
+            case "result":
+                result = message.result
+                self._scheduler.on_result(runner, result.request_id, convert.outcome(result))
+            case "log":
+                entry = message.log
+                if entry.request_id:
+                    self._scheduler.on_log(runner, entry.request_id, convert.log_record(entry.line))
+                else:
+                    log.info("[%s] %s", runner.runner_id, entry.line.message)
+            case "partial":
+                partial = message.partial
+                self._scheduler.on_partial(runner, partial.request_id, partial.output.data,
+                                           partial.output.content_type)
+            case "heartbeat":
+                pass  # a live stream is the liveness signal; the beat keeps proxies from idling
+            case "state_change":
+                if message.state_change.state == common_pb2.RUNNER_STATE_DRAINING:
+                    self._fleet.runner_draining(runner)
+            case other:
+                raise errors.InvalidArgumentError(f"unexpected runner message {other!r}")
+
+
+def _message(event: OutboxEvent) -> runner_pb2.ServerMessage:
+    match event:
+        case AssignEvent(item=item):
+            message = runner_pb2.ServerMessage()
+            assign = message.assign
+            assign.request_id, assign.path = item.request_id, item.path
+            assign.input.data, assign.input.content_type = item.input, item.content_type
+            return message
+        case CancelEvent(request_id=request_id):
+            return runner_pb2.ServerMessage(
+                cancel=runner_pb2.CancelAssignment(request_id=request_id)
+            )
+        case DrainEvent():
+            return runner_pb2.ServerMessage(drain=runner_pb2.Drain())
+        case _:
+            raise AssertionError(f"unexpected outbox event {event!r}")

@@ -1,0 +1,111 @@
+"""Runners as the server sees them, and the events the server sends them.
+
+A `RunnerHandle` is created when the server asks a backend for a runner and lives until
+the runner is TERMINATED. Its `outbox` carries plain events to the RunnerLink servicer,
+which turns them into protobuf messages on the runner's stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from dataclasses import dataclass, field
+
+from falrt.backends.base import RunnerProcess
+from falrt.server.work import WorkItem
+
+
+class RunnerState(enum.IntEnum):
+    """fal's runner states; the values match falrt.v1.RunnerState."""
+
+    PENDING = 1
+    IMAGE_PULL = 2
+    SETUP = 3
+    CRASH_BACKOFF = 4
+    IDLE = 5
+    RUNNING = 6
+    DRAINING = 7
+    TERMINATING = 8
+    TERMINATED = 9
+
+
+# States in which a runner counts as capacity (present or coming).
+ALIVE_STATES = frozenset(
+    {RunnerState.PENDING, RunnerState.IMAGE_PULL, RunnerState.SETUP, RunnerState.IDLE,
+     RunnerState.RUNNING}
+)
+# States in which a runner may be given new work.
+SERVING_STATES = frozenset({RunnerState.IDLE, RunnerState.RUNNING})
+
+
+@dataclass(frozen=True)
+class AssignEvent:
+    item: WorkItem
+
+
+@dataclass(frozen=True)
+class CancelEvent:
+    request_id: str
+
+
+@dataclass(frozen=True)
+class DrainEvent:
+    pass
+
+
+@dataclass(frozen=True)
+class CloseEvent:
+    """Ends the runner's stream from the server side (the runner is being killed)."""
+
+
+OutboxEvent = AssignEvent | CancelEvent | DrainEvent | CloseEvent
+
+
+@dataclass(eq=False)
+class RunnerHandle:
+    """One runner: identity, state, in-flight work and the channel to its stream."""
+
+    runner_id: str
+    app_name: str
+    revision_id: str
+    token: str
+    max_multiplexing: int
+    machine_type: str
+    state: RunnerState = RunnerState.PENDING
+    started_at: float = field(default_factory=time.time)
+    state_since: float = field(default_factory=time.time)
+    idle_since: float = field(default_factory=time.monotonic)
+    served: int = 0
+    in_flight: dict[str, WorkItem] = field(default_factory=dict)
+    outbox: asyncio.Queue[OutboxEvent] = field(default_factory=asyncio.Queue)
+    process: RunnerProcess | None = None
+    attached: bool = False
+
+    @property
+    def free_slots(self) -> int:
+        if self.state not in SERVING_STATES:
+            return 0
+        return self.max_multiplexing - len(self.in_flight)
+
+    def set_state(self, state: RunnerState) -> None:
+        if state is not self.state:
+            self.state = state
+            self.state_since = time.time()
+
+    def assign(self, item: WorkItem) -> None:
+        """Takes a slot for `item` and sends it to the runner."""
+        self.in_flight[item.request_id] = item
+        item.runner_id = self.runner_id
+        self.set_state(RunnerState.RUNNING)
+        self.outbox.put_nowait(AssignEvent(item))
+
+    def release(self, request_id: str) -> WorkItem | None:
+        """Frees the slot of a finished request; None if it was not in flight here."""
+        item = self.in_flight.pop(request_id, None)
+        if item is not None:
+            self.served += 1
+            if not self.in_flight and self.state is RunnerState.RUNNING:
+                self.set_state(RunnerState.IDLE)
+                self.idle_since = time.monotonic()
+        return item

@@ -1,0 +1,349 @@
+"""The request side of the control plane: apps, the queue, dispatch, results.
+
+The scheduler owns every app's queue and the table of live requests. It hands work to
+runners with free slots (`dispatch`), takes results back (`on_result`), and re-queues the
+work of runners that vanish. It never imports generated code; servicers convert at the
+edge. Everything runs on the server's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
+
+from falrt import errors
+from falrt.server.apps import AppState, EffectiveSettings
+from falrt.server.runners import CancelEvent, RunnerHandle
+from falrt.server.work import DirectCall, QueuedRequest, WorkItem
+from falrt.settings import ServerSettings
+from falrt.store.base import Store
+from falrt.store.records import (
+    AppRecord,
+    ErrorRecord,
+    LogRecord,
+    Outcome,
+    Priority,
+    RequestRecord,
+    Revision,
+    Status,
+)
+
+if TYPE_CHECKING:
+    from falrt.server.fleet import Fleet
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 10
+MAX_LOG_LINES = 10_000
+CONTENT_TYPES = frozenset({"application/json", "application/msgpack"})
+# Completed requests stay in memory this long for watchers; later reads go to the store.
+COMPLETED_IN_MEMORY_S = 120.0
+
+
+def error_record(error: errors.FalrtError) -> ErrorRecord:
+    return ErrorRecord(error.error_type, error.message, error.code.value[0],
+                       error.field_errors, error.traceback)
+
+
+class Scheduler:
+    """Apps, queues and requests. See the module docstring."""
+
+    def __init__(self, store: Store, settings: ServerSettings) -> None:
+        self.store = store
+        self.settings = settings
+        self.apps: dict[str, AppState] = {}
+        self.fleet: Fleet | None = None
+        self._requests: dict[str, QueuedRequest] = {}
+        self._seq = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- startup -----------------------------------------------------------------------
+
+    async def load(self) -> int:
+        """Loads apps and unfinished requests from the store; returns how many re-queued."""
+        for app_record in await self.store.list_apps():
+            revision = await self.store.get_revision(app_record.revision_id)
+            if revision is not None:
+                self.activate(app_record, revision)
+        self._seq = await self.store.max_seq()
+        pending = await self.store.load_unfinished()
+        for record in pending:
+            app = self.apps.get(record.app_name)
+            if app is None:
+                continue
+            item = QueuedRequest.from_record(record)
+            if item.status is Status.IN_PROGRESS:
+                item.status = Status.IN_QUEUE
+                await self.store.requeue(item.request_id, item.attempts)
+            self._requests[item.request_id] = item
+            app.queue.push(item)
+        return len(pending)
+
+    # -- apps --------------------------------------------------------------------------
+
+    def activate(self, record: AppRecord, revision: Revision) -> AppState:
+        """Makes `revision` the app's live one; runners of older revisions are retired."""
+        settings = EffectiveSettings.resolve(revision.config, self.settings.app_defaults)
+        app = self.apps.get(record.name)
+        if app is None:
+            app = self.apps[record.name] = AppState(record, revision, settings)
+        else:
+            app.record, app.revision, app.settings = record, revision, settings
+            app.startup_failures, app.backoff_until, app.last_startup_error = 0, 0.0, ""
+        if self.fleet is not None:
+            self.fleet.retire_old_revisions(app)
+            self.fleet.wake()
+        return app
+
+    def resolve(self, endpoint_id: str, path: str) -> AppState:
+        """The app an endpoint id names, checked to serve `path`. Raises NotFoundError."""
+        owner, _, name = endpoint_id.partition("/")
+        app = self.apps.get(name) if owner == self.settings.owner else None
+        if app is None:
+            raise errors.NotFoundError(
+                f"no app with endpoint id {endpoint_id!r} (ids look like "
+                f"'{self.settings.owner}/APP'; `falrt apps list` shows the apps)"
+            )
+        if path not in app.paths:
+            known = ", ".join(sorted(app.paths))
+            raise errors.NotFoundError(f"app {name!r} has no endpoint {path!r}; it serves {known}")
+        return app
+
+    async def delete_app(self, name: str) -> None:
+        app = self.apps.pop(name, None)
+        if app is None:
+            raise errors.NotFoundError(f"no app named {name!r}")
+        gone = errors.NotFoundError(f"app {name!r} was deleted")
+        for item in app.queue.items():
+            app.queue.remove(item)
+            self._finish(item, Outcome(error=error_record(gone)), store=False)
+        if self.fleet is not None:
+            self.fleet.stop_app(name)
+        await self.store.delete_app(name)
+
+    # -- the queue path ----------------------------------------------------------------
+
+    async def submit(
+        self, endpoint_id: str, path: str, data: bytes, content_type: str, priority: Priority
+    ) -> tuple[str, int]:
+        """Stores a request, queues it, dispatches; returns its id and queue position."""
+        app = self.resolve(endpoint_id, path)
+        record = RequestRecord(
+            request_id=str(uuid.uuid4()), app_name=app.name, path=path, input=data,
+            content_type=_content_type(content_type), priority=priority,
+            seq=self._next_seq(), created_at=time.time(),
+        )
+        await self.store.insert_request(record)
+        item = QueuedRequest.from_record(record)
+        self._requests[item.request_id] = item
+        app = self.apps.get(app.name, app)
+        app.queue.push(item)
+        position = app.queue.position(item)
+        self.dispatch(app)
+        return item.request_id, position
+
+    async def lookup(self, request_id: str) -> QueuedRequest | None:
+        """A request by id: from memory, else from the store (completed ones)."""
+        item = self._requests.get(request_id)
+        if item is not None:
+            return item
+        record = await self.store.get_request(request_id)
+        return None if record is None else QueuedRequest.from_record(record)
+
+    def position(self, item: QueuedRequest) -> int:
+        app = self.apps.get(item.app_name)
+        return app.queue.position(item) if app and item in app.queue else 0
+
+    async def cancel(self, request_id: str) -> str:
+        """fal's cancel: CANCELLATION_REQUESTED, ALREADY_COMPLETED or NOT_FOUND."""
+        item = await self.lookup(request_id)
+        if item is None:
+            return "NOT_FOUND"
+        if item.status is Status.COMPLETED or item.outcome is not None:
+            return "ALREADY_COMPLETED"
+        item.cancel_requested = True
+        app = self.apps.get(item.app_name)
+        if app is not None and app.queue.remove(item):
+            cancelled = errors.RequestCancelledError("cancelled while queued")
+            self._finish(item, Outcome(error=error_record(cancelled)))
+        else:
+            self._send_cancel(item)
+        return "CANCELLATION_REQUESTED"
+
+    # -- the direct path ---------------------------------------------------------------
+
+    def call_direct(
+        self, endpoint_id: str, path: str, data: bytes, content_type: str, *, stream: bool
+    ) -> DirectCall:
+        """Queues a direct call (not stored, never retried); the caller awaits `done`."""
+        app = self.resolve(endpoint_id, path)
+        item = DirectCall(
+            request_id=str(uuid.uuid4()), app_name=app.name, path=path, input=data,
+            content_type=_content_type(content_type), priority=Priority.NORMAL,
+            seq=self._next_seq(), partials=asyncio.Queue() if stream else None,
+        )
+        app.queue.push(item)
+        self.dispatch(app)
+        return item
+
+    def abandon(self, item: DirectCall) -> None:
+        """The caller of a direct call went away: drop it from the queue or cancel it."""
+        app = self.apps.get(item.app_name)
+        if item.done.done() or (app is not None and app.queue.remove(item)):
+            return
+        item.cancel_requested = True
+        self._send_cancel(item)
+
+    # -- dispatch ----------------------------------------------------------------------
+
+    def dispatch(self, app: AppState) -> None:
+        """Hands queued work to runners with free slots, in queue order."""
+        if self.fleet is None:
+            return
+        while (item := app.queue.peek()) is not None:
+            runner = self.fleet.pick_runner(app)
+            if runner is None:
+                break
+            app.queue.remove(item)
+            runner.assign(item)
+            if isinstance(item, QueuedRequest):
+                item.status, item.waiting_reason = Status.IN_PROGRESS, ""
+                item.attempts += 1
+                self._background(self.store.mark_started(item.request_id, item.attempts))
+                item.changed.fire()
+        self.fleet.wake()
+
+    def _send_cancel(self, item: WorkItem) -> None:
+        runner = self.fleet.runners.get(item.runner_id) if self.fleet else None
+        if runner is not None and item.request_id in runner.in_flight:
+            runner.outbox.put_nowait(CancelEvent(item.request_id))
+
+    # -- what runners report -----------------------------------------------------------
+
+    def on_log(self, runner: RunnerHandle, request_id: str, line: LogRecord) -> None:
+        item = runner.in_flight.get(request_id)
+        if isinstance(item, QueuedRequest) and len(item.logs) < MAX_LOG_LINES:
+            item.logs.append(line)
+            item.changed.fire()
+
+    def on_partial(self, runner: RunnerHandle, request_id: str, data: bytes, ctype: str) -> None:
+        item = runner.in_flight.get(request_id)
+        if isinstance(item, DirectCall) and item.partials is not None:
+            item.partials.put_nowait((data, ctype))
+        elif isinstance(item, QueuedRequest):
+            item.last_partial = (data, ctype)
+
+    def on_result(self, runner: RunnerHandle, request_id: str, outcome: Outcome) -> None:
+        item = runner.release(request_id)
+        if item is None:
+            log.warning("runner %s sent a result for unknown request %s", runner.runner_id,
+                        request_id)
+            return
+        app = self.apps.get(item.app_name)
+        never_ran = outcome.error is not None and outcome.error.error_type == "runner_disconnected"
+        if never_ran and app is not None and not item.cancel_requested:
+            self._requeue(app, item, count_attempt=False)
+        else:
+            self._finish(item, outcome)
+        if app is not None:
+            self.dispatch(app)
+
+    def on_runner_lost(self, runner: RunnerHandle) -> None:
+        """The runner's stream ended: its in-flight work is retried or failed."""
+        lost = errors.RunnerDisconnectedError(f"runner {runner.runner_id} went away")
+        for request_id in list(runner.in_flight):
+            item = runner.in_flight.pop(request_id)
+            app = self.apps.get(item.app_name)
+            retry = (isinstance(item, QueuedRequest) and item.attempts < MAX_ATTEMPTS
+                     and not item.cancel_requested and app is not None)
+            if retry and app is not None:
+                self._requeue(app, item, count_attempt=True)
+            else:
+                self._finish(item, Outcome(error=error_record(lost)))
+        app = self.apps.get(runner.app_name)
+        if app is not None:
+            self.dispatch(app)
+
+    def on_startup_failure(self, app: AppState) -> None:
+        """Tells watchers of the app's queued requests why they still wait."""
+        reason = app.waiting_reason()
+        for item in app.queue.items():
+            if isinstance(item, QueuedRequest):
+                item.waiting_reason = reason
+        app.queue.changed.fire()
+
+    # -- completion --------------------------------------------------------------------
+
+    def _requeue(self, app: AppState, item: WorkItem, *, count_attempt: bool) -> None:
+        item.runner_id = ""
+        if isinstance(item, QueuedRequest):
+            item.status = Status.IN_QUEUE
+            if not count_attempt:
+                item.attempts -= 1
+            self._background(self.store.requeue(item.request_id, item.attempts))
+            item.changed.fire()
+        app.queue.push(item)
+
+    def _finish(self, item: WorkItem, outcome: Outcome, *, store: bool = True) -> None:
+        if isinstance(item, DirectCall):
+            if not item.done.done():
+                item.done.set_result(outcome)
+                if item.partials is not None:
+                    item.partials.put_nowait(None)
+        elif isinstance(item, QueuedRequest) and item.outcome is None:
+            item.outcome = _with_logs(item, outcome)
+            self._background(self._complete(item, store=store))
+
+    async def _complete(self, item: QueuedRequest, *, store: bool) -> None:
+        assert item.outcome is not None
+        if store:
+            await self.store.complete(item.request_id, item.outcome, time.time())
+        item.status = Status.COMPLETED
+        item.changed.fire()
+        asyncio.get_running_loop().call_later(
+            COMPLETED_IN_MEMORY_S, self._requests.pop, item.request_id, None
+        )
+
+    def _background(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background store write failed", exc_info=task.exception())
+
+    async def drain_background(self) -> None:
+        """Waits for pending store writes (used at shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def queue_size(self, name: str) -> int:
+        app = self.apps.get(name)
+        return len(app.queue) if app else 0
+
+
+def _content_type(value: str) -> str:
+    value = value or "application/json"
+    if value not in CONTENT_TYPES:
+        raise errors.InvalidArgumentError(
+            f"unsupported content type {value!r}: use application/json or application/msgpack"
+        )
+    return value
+
+
+def _with_logs(item: QueuedRequest, outcome: Outcome) -> Outcome:
+    output, ctype = outcome.output, outcome.content_type
+    if not output and outcome.error is None and item.last_partial is not None:
+        output, ctype = item.last_partial
+    return Outcome(output=output, content_type=ctype, error=outcome.error,
+                   inference_time_s=outcome.inference_time_s, logs=tuple(item.logs))

@@ -1,0 +1,50 @@
+"""The store contract: durable apps, revisions and queued requests.
+
+Every method is a coroutine and safe to call from the server's event loop: no
+implementation blocks the loop. A method returns only once its write is durable, so a
+caller may acknowledge what it wrote (Submit answers after `insert_request`).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from falrt.store.records import AppRecord, Outcome, RequestRecord, Revision
+
+
+class Store(Protocol):
+    async def open(self) -> None:
+        """Creates or migrates the schema. Called once before any other method."""
+
+    async def close(self) -> None:
+        """Flushes pending writes and releases the store. Idempotent."""
+
+    async def deploy(self, revision: Revision, app: AppRecord) -> None:
+        """Stores a new revision and points its app at it, atomically."""
+
+    async def get_revision(self, revision_id: str) -> Revision | None: ...
+
+    async def list_apps(self) -> list[AppRecord]: ...
+
+    async def delete_app(self, name: str) -> None:
+        """Deletes the app, its revisions and its requests."""
+
+    async def insert_request(self, request: RequestRecord) -> None:
+        """Stores a new request durably."""
+
+    async def mark_started(self, request_id: str, attempts: int) -> None:
+        """Records that an attempt started (status IN_PROGRESS)."""
+
+    async def requeue(self, request_id: str, attempts: int) -> None:
+        """Puts a request back to IN_QUEUE, keeping its place (seq)."""
+
+    async def complete(self, request_id: str, outcome: Outcome, completed_at: float) -> None:
+        """Stores a request's outcome durably (status COMPLETED)."""
+
+    async def get_request(self, request_id: str) -> RequestRecord | None: ...
+
+    async def load_unfinished(self) -> list[RequestRecord]:
+        """Requests not COMPLETED, in queue order (seq)."""
+
+    async def max_seq(self) -> int:
+        """The largest seq ever stored (0 when none)."""

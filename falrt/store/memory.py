@@ -1,0 +1,70 @@
+"""In-memory store: the Store contract without durability, for unit tests and ephemeral use."""
+
+from __future__ import annotations
+
+import copy
+
+from falrt.store.records import AppRecord, Outcome, RequestRecord, Revision, Status
+
+
+class MemoryStore:
+    """Keeps everything in dicts. Returns copies so callers cannot alias stored state."""
+
+    def __init__(self) -> None:
+        self._apps: dict[str, AppRecord] = {}
+        self._revisions: dict[str, Revision] = {}
+        self._requests: dict[str, RequestRecord] = {}
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def deploy(self, revision: Revision, app: AppRecord) -> None:
+        self._revisions[revision.revision_id] = revision
+        existing = self._apps.get(app.name)
+        created = existing.created_at if existing else app.created_at
+        self._apps[app.name] = AppRecord(app.name, app.revision_id, created, app.updated_at)
+
+    async def get_revision(self, revision_id: str) -> Revision | None:
+        return self._revisions.get(revision_id)
+
+    async def list_apps(self) -> list[AppRecord]:
+        return sorted(self._apps.values(), key=lambda app: app.name)
+
+    async def delete_app(self, name: str) -> None:
+        self._apps.pop(name, None)
+        self._revisions = {k: v for k, v in self._revisions.items() if v.app_name != name}
+        self._requests = {k: v for k, v in self._requests.items() if v.app_name != name}
+
+    async def insert_request(self, request: RequestRecord) -> None:
+        self._requests[request.request_id] = copy.copy(request)
+
+    async def mark_started(self, request_id: str, attempts: int) -> None:
+        self._set(request_id, Status.IN_PROGRESS, attempts)
+
+    async def requeue(self, request_id: str, attempts: int) -> None:
+        self._set(request_id, Status.IN_QUEUE, attempts)
+
+    def _set(self, request_id: str, status: Status, attempts: int) -> None:
+        record = self._requests.get(request_id)
+        if record is not None and record.status is not Status.COMPLETED:
+            record.status, record.attempts = status, attempts
+
+    async def complete(self, request_id: str, outcome: Outcome, completed_at: float) -> None:
+        record = self._requests.get(request_id)
+        if record is not None:
+            record.status, record.outcome = Status.COMPLETED, outcome
+            record.completed_at = completed_at
+
+    async def get_request(self, request_id: str) -> RequestRecord | None:
+        record = self._requests.get(request_id)
+        return None if record is None else copy.copy(record)
+
+    async def load_unfinished(self) -> list[RequestRecord]:
+        pending = [r for r in self._requests.values() if r.status is not Status.COMPLETED]
+        return [copy.copy(r) for r in sorted(pending, key=lambda r: r.seq)]
+
+    async def max_seq(self) -> int:
+        return max((r.seq for r in self._requests.values()), default=0)

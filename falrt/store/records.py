@@ -1,0 +1,115 @@
+"""Plain records the store keeps. No generated code here: servicers convert at the edge."""
+
+from __future__ import annotations
+
+import enum
+
+import msgspec
+
+
+class Status(enum.IntEnum):
+    """A request's status; the values match falrt.v1.RequestStatus."""
+
+    IN_QUEUE = 1
+    IN_PROGRESS = 2
+    COMPLETED = 3
+
+
+class Priority(enum.IntEnum):
+    """Queue priority; the values match falrt.v1.Priority. Lower value goes first."""
+
+    NORMAL = 1
+    LOW = 2
+
+
+class AppConfig(msgspec.Struct, frozen=True, omit_defaults=True):
+    """An app's settings as its code declares them; None means the server default."""
+
+    requirements: tuple[str, ...] = ()
+    machine_types: tuple[str, ...] = ()
+    num_gpus: int | None = None
+    app_auth: str = ""
+    keep_alive_s: float | None = None
+    min_concurrency: int | None = None
+    max_concurrency: int | None = None
+    concurrency_buffer: int | None = None
+    concurrency_buffer_perc: float | None = None
+    scaling_delay_s: float | None = None
+    max_multiplexing: int | None = None
+    request_timeout_s: float | None = None
+    startup_timeout_s: float | None = None
+    termination_grace_period_s: float | None = None
+
+
+class EndpointRecord(msgspec.Struct, frozen=True):
+    path: str
+    name: str
+    kind: int
+    input_schema_json: str = ""
+    output_schema_json: str = ""
+
+
+class Revision(msgspec.Struct, frozen=True):
+    """One immutable deploy of an app."""
+
+    revision_id: str
+    app_name: str
+    entrypoint: str
+    bundle_sha256: str
+    env_key: str
+    config: AppConfig
+    endpoints: tuple[EndpointRecord, ...]
+    message: str
+    created_at: float
+
+
+class AppRecord(msgspec.Struct, frozen=True):
+    """An app: a name pointing at its live revision."""
+
+    name: str
+    revision_id: str
+    created_at: float
+    updated_at: float
+
+
+class LogRecord(msgspec.Struct, frozen=True, array_like=True):
+    timestamp: float
+    message: str
+    source: str
+
+
+class ErrorRecord(msgspec.Struct, frozen=True):
+    """A typed failure, as falrt.v1.ErrorInfo carries it."""
+
+    error_type: str
+    message: str
+    grpc_code: int
+    field_errors: tuple[tuple[str, str], ...] = ()
+    traceback: str = ""
+
+
+class Outcome(msgspec.Struct, frozen=True):
+    """How a request ended: output bytes (untouched) or an error."""
+
+    output: bytes = b""
+    content_type: str = ""
+    error: ErrorRecord | None = None
+    inference_time_s: float = 0.0
+    logs: tuple[LogRecord, ...] = ()
+
+
+class RequestRecord(msgspec.Struct):
+    """A queued request as stored. `seq` orders the queue (FIFO within a priority)."""
+
+    request_id: str
+    app_name: str
+    path: str
+    input: bytes
+    content_type: str
+    priority: Priority
+    seq: int
+    created_at: float
+    status: Status = Status.IN_QUEUE
+    attempts: int = 0
+    outcome: Outcome | None = None
+    completed_at: float | None = None

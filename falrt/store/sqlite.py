@@ -1,0 +1,249 @@
+"""SQLite store: one file, one writer thread, group commit.
+
+All statements run on one dedicated thread that owns the connection. Callers on the event
+loop hand it work and await a future; the thread takes every job waiting in its queue,
+runs them in one transaction and commits once (group commit), so many concurrent submits
+share one fsync. The journal is WAL with `synchronous=FULL`: a write that has been
+acknowledged survives a crash of the process or of the machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+
+from falrt.store.records import AppRecord, Outcome, RequestRecord, Revision, Status
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS apps (
+  name TEXT PRIMARY KEY, revision_id TEXT NOT NULL, created_at REAL NOT NULL,
+  updated_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS revisions (
+  revision_id TEXT PRIMARY KEY, app_name TEXT NOT NULL, created_at REAL NOT NULL,
+  data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS requests (
+  request_id TEXT PRIMARY KEY, app_name TEXT NOT NULL, seq INTEGER NOT NULL,
+  status INTEGER NOT NULL, attempts INTEGER NOT NULL, created_at REAL NOT NULL,
+  completed_at REAL, data BLOB NOT NULL, outcome BLOB);
+CREATE INDEX IF NOT EXISTS requests_unfinished ON requests (status, seq);
+CREATE INDEX IF NOT EXISTS requests_app ON requests (app_name);
+"""
+
+_Job = tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]
+_encode = msgspec.msgpack.Encoder().encode
+_revision = msgspec.msgpack.Decoder(Revision)
+_request = msgspec.msgpack.Decoder(RequestRecord)
+_outcome = msgspec.msgpack.Decoder(Outcome)
+
+
+class SQLiteStore:
+    """The embedded store. See the module docstring for the threading model."""
+
+    def __init__(self, path: Path, *, max_batch: int = 512) -> None:
+        self._path = path
+        self._max_batch = max_batch
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def open(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._thread = threading.Thread(target=self._writer, name="falrt-sqlite", daemon=True)
+        self._thread.start()
+        await self._run(lambda conn: conn.executescript(SCHEMA))
+
+    async def close(self) -> None:
+        if self._thread is None:
+            return
+        self._jobs.put(None)
+        await asyncio.to_thread(self._thread.join)
+        self._thread = None
+
+    def _run(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        if self._loop is None or self._thread is None:
+            raise RuntimeError("store is not open")
+        future: asyncio.Future[T] = self._loop.create_future()
+        self._jobs.put((fn, future))
+        return future
+
+    # -- the writer thread -------------------------------------------------------------
+
+    def _writer(self) -> None:
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        try:
+            while (batch := self._take_batch()) is not None:
+                self._run_batch(conn, batch)
+        finally:
+            conn.close()
+
+    def _take_batch(self) -> list[_Job] | None:
+        first = self._jobs.get()
+        if first is None:
+            return None
+        batch = [first]
+        while len(batch) < self._max_batch:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                self._jobs.put(None)  # finish this batch, then stop
+                break
+            batch.append(job)
+        return batch
+
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
+        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for fn, future in batch:
+                try:
+                    results.append((future, fn(conn), None))
+                except sqlite3.Error as exc:
+                    results.append((future, None, exc))
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            log.exception("sqlite commit failed")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            results = [(future, None, exc) for _, future in batch]
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(_resolve_all, results)
+
+    # -- apps and revisions ------------------------------------------------------------
+
+    async def deploy(self, revision: Revision, app: AppRecord) -> None:
+        data = _encode(revision)
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO revisions VALUES (?, ?, ?, ?)",
+                (revision.revision_id, revision.app_name, revision.created_at, data),
+            )
+            conn.execute(
+                "INSERT INTO apps VALUES (?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
+                "revision_id = excluded.revision_id, updated_at = excluded.updated_at",
+                (app.name, app.revision_id, app.created_at, app.updated_at),
+            )
+
+        await self._run(write)
+
+    async def get_revision(self, revision_id: str) -> Revision | None:
+        row = await self._run(
+            lambda conn: conn.execute(
+                "SELECT data FROM revisions WHERE revision_id = ?", (revision_id,)
+            ).fetchone()
+        )
+        return None if row is None else _revision.decode(row[0])
+
+    async def list_apps(self) -> list[AppRecord]:
+        rows = await self._run(
+            lambda conn: conn.execute("SELECT * FROM apps ORDER BY name").fetchall()
+        )
+        return [AppRecord(*row) for row in rows]
+
+    async def delete_app(self, name: str) -> None:
+        def write(conn: sqlite3.Connection) -> None:
+            for table in ("apps WHERE name", "revisions WHERE app_name", "requests WHERE app_name"):
+                conn.execute(f"DELETE FROM {table} = ?", (name,))
+
+        await self._run(write)
+
+    # -- requests ----------------------------------------------------------------------
+
+    async def insert_request(self, request: RequestRecord) -> None:
+        data = _encode(request)
+        row = (request.request_id, request.app_name, request.seq, int(request.status),
+               request.attempts, request.created_at, data)
+        await self._run(
+            lambda conn: conn.execute(
+                "INSERT INTO requests (request_id, app_name, seq, status, attempts, "
+                "created_at, data) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                row,
+            )
+        )
+
+    async def mark_started(self, request_id: str, attempts: int) -> None:
+        await self._set_status(request_id, Status.IN_PROGRESS, attempts)
+
+    async def requeue(self, request_id: str, attempts: int) -> None:
+        await self._set_status(request_id, Status.IN_QUEUE, attempts)
+
+    def _set_status(self, request_id: str, status: Status, attempts: int) -> asyncio.Future[Any]:
+        return self._run(
+            lambda conn: conn.execute(
+                "UPDATE requests SET status = ?, attempts = ? WHERE request_id = ? "
+                "AND status != ?",
+                (int(status), attempts, request_id, int(Status.COMPLETED)),
+            )
+        )
+
+    async def complete(self, request_id: str, outcome: Outcome, completed_at: float) -> None:
+        data = _encode(outcome)
+        await self._run(
+            lambda conn: conn.execute(
+                "UPDATE requests SET status = ?, completed_at = ?, outcome = ? "
+                "WHERE request_id = ?",
+                (int(Status.COMPLETED), completed_at, data, request_id),
+            )
+        )
+
+    async def get_request(self, request_id: str) -> RequestRecord | None:
+        row = await self._run(
+            lambda conn: conn.execute(
+                f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE request_id = ?", (request_id,)
+            ).fetchone()
+        )
+        return None if row is None else _request_from_row(row)
+
+    async def load_unfinished(self) -> list[RequestRecord]:
+        rows = await self._run(
+            lambda conn: conn.execute(
+                f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE status != ? ORDER BY seq",
+                (int(Status.COMPLETED),),
+            ).fetchall()
+        )
+        return [_request_from_row(row) for row in rows]
+
+    async def max_seq(self) -> int:
+        row = await self._run(
+            lambda conn: conn.execute("SELECT COALESCE(MAX(seq), 0) FROM requests").fetchone()
+        )
+        return int(row[0])
+
+
+_REQUEST_COLUMNS = "data, status, attempts, completed_at, outcome"
+
+
+def _request_from_row(row: tuple[bytes, int, int, float | None, bytes | None]) -> RequestRecord:
+    data, status, attempts, completed_at, outcome = row
+    record = _request.decode(data)
+    record.status = Status(status)
+    record.attempts = attempts
+    record.completed_at = completed_at
+    record.outcome = None if outcome is None else _outcome.decode(outcome)
+    return record
+
+
+def _resolve_all(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for future, value, error in results:
+        if future.done():
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)

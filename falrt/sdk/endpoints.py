@@ -1,0 +1,156 @@
+"""The `@endpoint` decorator and endpoint discovery on App classes.
+
+An endpoint is a method decorated with `@endpoint("/path")`, sync or async, plain or a
+generator (a generator streams: every yielded item is one partial output). It takes exactly one
+input parameter annotated with a model type (msgspec Struct or pydantic model) and returns (or
+yields) a model type; annotations are read with `typing.get_type_hints`, so string annotations
+work as long as the names are defined in the method's module.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import enum
+import inspect
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from falrt.sdk.codec import Codec, codec_for, is_model_type
+
+__all__ = ["Endpoint", "EndpointKind", "collect_endpoints", "endpoint", "endpoint_path"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_MARK = "__falrt_endpoint_path__"
+_STREAM_ORIGINS = (
+    collections.abc.Iterator,
+    collections.abc.Iterable,
+    collections.abc.Generator,
+    collections.abc.AsyncIterator,
+    collections.abc.AsyncIterable,
+    collections.abc.AsyncGenerator,
+)
+
+
+class EndpointKind(enum.Enum):
+    """How an endpoint answers: one output, or a stream of partial outputs."""
+
+    UNARY = "unary"
+    STREAM = "stream"
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One endpoint of an App class, resolved at class creation.
+
+    `name` is the method name (look it up on an instance to call it); `is_async` says whether
+    calling it gives a coroutine (unary) or an async iterator (stream).
+    """
+
+    path: str
+    name: str
+    kind: EndpointKind
+    is_async: bool
+    input_type: type[Any]
+    output_type: type[Any]
+    input_codec: Codec
+    output_codec: Codec
+
+
+def endpoint(path: str) -> Callable[[F], F]:
+    """Marks an App method as the handler of `path` (which must start with "/").
+
+    Raises ValueError for a malformed path; the method's signature is checked when its class
+    is created (TypeError).
+    """
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise ValueError(f"endpoint path must be a string starting with '/', got {path!r}")
+
+    def mark(fn: F) -> F:
+        setattr(fn, _MARK, path)
+        return fn
+
+    return mark
+
+
+def endpoint_path(obj: object) -> str | None:
+    """The path `obj` was marked with by `@endpoint`, or None."""
+    path = getattr(obj, _MARK, None)
+    return path if isinstance(path, str) else None
+
+
+def _stream_item_type(fn: Callable[..., Any], annotation: Any) -> Any:
+    """The item type of a generator's return annotation (`Iterator[Out]` -> `Out`)."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin not in _STREAM_ORIGINS or not args:
+        raise TypeError(
+            f"generator endpoint {fn.__qualname__} must be annotated as returning "
+            f"Iterator[Output] or AsyncIterator[Output], got {annotation!r}"
+        )
+    return args[0]
+
+
+def _io_types(fn: Callable[..., Any], streams: bool) -> tuple[type[Any], type[Any]]:
+    """The (input, output) model types of an endpoint method. Raises TypeError."""
+    params = list(inspect.signature(fn).parameters.values())[1:]
+    if len(params) != 1:
+        raise TypeError(f"endpoint {fn.__qualname__} must take exactly one input parameter")
+    try:
+        hints = typing.get_type_hints(fn)
+    except NameError as exc:
+        raise TypeError(f"cannot resolve the annotations of {fn.__qualname__}: {exc}") from exc
+    input_type = hints.get(params[0].name)
+    output_type = hints.get("return")
+    if streams and output_type is not None:
+        output_type = _stream_item_type(fn, output_type)
+    for role, tp in (("input", input_type), ("output", output_type)):
+        if not is_model_type(tp):
+            raise TypeError(
+                f"endpoint {fn.__qualname__}: the {role} must be annotated with a "
+                f"msgspec.Struct or pydantic model, got {tp!r}"
+            )
+    return typing.cast(type[Any], input_type), typing.cast(type[Any], output_type)
+
+
+def _describe_method(name: str, fn: Callable[..., Any], path: str) -> Endpoint:
+    """Builds the Endpoint of one decorated method. Raises TypeError."""
+    is_async_gen = inspect.isasyncgenfunction(fn)
+    streams = is_async_gen or inspect.isgeneratorfunction(fn)
+    input_type, output_type = _io_types(fn, streams)
+    return Endpoint(
+        path=path,
+        name=name,
+        kind=EndpointKind.STREAM if streams else EndpointKind.UNARY,
+        is_async=is_async_gen or inspect.iscoroutinefunction(fn),
+        input_type=input_type,
+        output_type=output_type,
+        input_codec=codec_for(input_type),
+        output_codec=codec_for(output_type),
+    )
+
+
+def collect_endpoints(cls: type) -> dict[str, Endpoint]:
+    """The endpoints of a class (its own and inherited), by path, in definition order.
+
+    Raises TypeError for duplicate paths or a malformed endpoint method.
+    """
+    found: dict[str, Endpoint] = {}
+    seen: set[str] = set()
+    for klass in cls.__mro__:
+        for name, attr in vars(klass).items():
+            if name in seen:
+                continue
+            seen.add(name)
+            path = endpoint_path(attr)
+            if path is None:
+                continue
+            if path in found:
+                raise TypeError(
+                    f"{cls.__qualname__}: path {path!r} is served by both "
+                    f"{found[path].name}() and {name}()"
+                )
+            found[path] = _describe_method(name, attr, path)
+    return found

@@ -1,0 +1,443 @@
+"""Tests of the SDK: App options, endpoints, codecs, descriptions, wire conversion, loader."""
+
+import asyncio
+import json
+import sys
+import textwrap
+import threading
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+
+import falrt
+from falrt.errors import InvalidArgumentError, ValidationFailedError
+from falrt.sdk.app import instantiate
+from falrt.sdk.codec import codec_for, is_msgpack
+from falrt.sdk.context import RequestContext, request_var
+from falrt.sdk.endpoints import EndpointKind
+from falrt.sdk.loader import load_app_class, load_app_ref, parse_app_ref
+from falrt.sdk.options import kebab_case
+from falrt.sdk.spec import AppSettingsSpec, describe
+from falrt.sdk.wire import (
+    endpoint_from_proto,
+    endpoints_to_proto,
+    settings_from_proto,
+    settings_to_proto,
+    to_deploy_header,
+)
+from falrt.v1 import control_pb2
+
+
+class Item(msgspec.Struct):
+    size: int
+
+
+class Input(msgspec.Struct):
+    name: str
+    count: int = 1
+    items: list[Item] = []
+
+
+class Output(msgspec.Struct):
+    text: str
+
+
+class MyTextApp(falrt.App, keep_alive=300, max_concurrency=4):
+    machine_type = ["GPU-H100", "GPU-A100"]
+    requirements = ["numpy"]
+    request_timeout = 30
+
+    @falrt.endpoint("/")
+    def generate(self, inp: Input) -> Output:
+        return Output(text=inp.name * inp.count)
+
+    @falrt.endpoint("/async")
+    async def agenerate(self, inp: Input) -> Output:
+        return Output(text=inp.name)
+
+    @falrt.endpoint("/stream")
+    def stream(self, inp: Input) -> Iterator[Output]:
+        yield Output(text=inp.name)
+
+    @falrt.endpoint("/astream")
+    async def astream(self, inp: Input) -> AsyncIterator[Output]:
+        yield Output(text=inp.name)
+
+
+def test_options_come_from_class_attributes_and_class_keywords() -> None:
+    assert MyTextApp.keep_alive == 300
+    assert MyTextApp.max_concurrency == 4
+    assert MyTextApp.request_timeout == 30
+    assert MyTextApp.machine_type == ["GPU-H100", "GPU-A100"]
+    assert MyTextApp.min_concurrency is None
+    assert falrt.App.keep_alive is None
+
+
+@pytest.mark.parametrize(
+    ("class_name", "expected"),
+    [
+        ("MyTextApp", "my-text-app"),
+        ("HTTPServer", "http-server"),
+        ("Hello", "hello"),
+        ("App2Go", "app2-go"),
+        ("my_app", "my-app"),
+    ],
+)
+def test_default_app_name_is_kebab_case_of_the_class_name(class_name: str, expected: str) -> None:
+    assert kebab_case(class_name) == expected
+
+
+def test_app_name_attribute_overrides_the_default() -> None:
+    class Named(falrt.App, app_name="text-to-image"):
+        pass
+
+    assert Named.resolved_app_name() == "text-to-image"
+    assert MyTextApp.resolved_app_name() == "my-text-app"
+
+
+def test_overriding_init_is_refused_at_class_creation() -> None:
+    with pytest.raises(TypeError, match="setup"):
+
+        class Bad(falrt.App):
+            def __init__(self) -> None:
+                pass
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        ({"keep_alive": "300"}, TypeError),
+        ({"max_multiplexing": 2.5}, TypeError),
+        ({"max_multiplexing": True}, TypeError),
+        ({"max_multiplexing": 0}, ValueError),
+        ({"requirements": "numpy"}, TypeError),
+        ({"machine_type": 3}, TypeError),
+        ({"machine_type": []}, ValueError),
+        ({"app_auth": "everyone"}, ValueError),
+        ({"app_name": "Not Kebab"}, ValueError),
+        ({"request_timeout": 0}, ValueError),
+        ({"min_concurrency": 3, "max_concurrency": 1}, ValueError),
+        ({"no_such_option": 1}, TypeError),
+    ],
+)
+def test_bad_option_values_fail_at_class_creation(
+    options: dict[str, object], error: type[Exception]
+) -> None:
+    with pytest.raises(error):
+        type("Bad", (falrt.App,), {}, **options)
+
+
+def test_bad_class_attribute_types_fail_with_the_option_name() -> None:
+    with pytest.raises(TypeError, match="keep_alive"):
+
+        class Bad(falrt.App):
+            keep_alive = "forever"  # type: ignore[assignment]
+
+
+def test_apps_are_not_instantiated_outside_a_runner() -> None:
+    with pytest.raises(RuntimeError, match="runner"):
+        MyTextApp()
+    app = instantiate(MyTextApp)
+    assert isinstance(app, MyTextApp)
+    assert app.current_request is None
+    with pytest.raises(TypeError):
+        instantiate(Input)  # type: ignore[type-var]
+
+
+def test_endpoints_are_discovered_with_kind_and_types() -> None:
+    eps = MyTextApp.endpoints()
+    assert set(eps) == {"/", "/async", "/stream", "/astream"}
+    cases = {
+        "/": ("generate", EndpointKind.UNARY, False),
+        "/async": ("agenerate", EndpointKind.UNARY, True),
+        "/stream": ("stream", EndpointKind.STREAM, False),
+        "/astream": ("astream", EndpointKind.STREAM, True),
+    }
+    for path, (name, kind, is_async) in cases.items():
+        assert (eps[path].name, eps[path].kind, eps[path].is_async) == (name, kind, is_async)
+        assert eps[path].input_type is Input
+        assert eps[path].output_type is Output
+
+
+def test_subclasses_inherit_endpoints() -> None:
+    class Child(MyTextApp):
+        @falrt.endpoint("/extra")
+        def extra(self, inp: Input) -> Output:
+            return Output(text="x")
+
+    assert set(Child.endpoints()) == {"/", "/async", "/stream", "/astream", "/extra"}
+
+
+def test_duplicate_paths_are_refused() -> None:
+    with pytest.raises(TypeError, match="'/'"):
+
+        class Dup(falrt.App):
+            @falrt.endpoint("/")
+            def one(self, inp: Input) -> Output:
+                return Output(text="1")
+
+            @falrt.endpoint("/")
+            def two(self, inp: Input) -> Output:
+                return Output(text="2")
+
+
+def test_paths_must_start_with_a_slash() -> None:
+    with pytest.raises(ValueError, match="'/'"):
+        falrt.endpoint("predict")
+
+
+def test_endpoints_need_model_annotations() -> None:
+    with pytest.raises(TypeError, match="input"):
+
+        class NoModel(falrt.App):
+            @falrt.endpoint("/")
+            def run(self, inp: dict) -> Output:  # type: ignore[type-arg]
+                return Output(text="")
+
+    with pytest.raises(TypeError, match="output"):
+
+        class NoReturn(falrt.App):
+            @falrt.endpoint("/")
+            def run(self, inp: Input):  # type: ignore[no-untyped-def]
+                return Output(text="")
+
+    with pytest.raises(TypeError, match="exactly one"):
+
+        class TwoParams(falrt.App):
+            @falrt.endpoint("/")
+            def run(self, a: Input, b: Input) -> Output:
+                return Output(text="")
+
+    with pytest.raises(TypeError, match="Iterator"):
+
+        class BadStream(falrt.App):
+            @falrt.endpoint("/")
+            def run(self, inp: Input) -> Output:  # type: ignore[misc]
+                yield Output(text="")
+
+
+def _field_errors(data: bytes, content_type: str = "") -> tuple[tuple[str, str], ...]:
+    with pytest.raises(ValidationFailedError) as info:
+        codec_for(Input).decode(data, is_msgpack(content_type))
+    return info.value.field_errors
+
+
+def test_missing_field_is_reported_at_its_path() -> None:
+    assert _field_errors(b"{}") == (("$.name", "field required"),)
+
+
+def test_wrong_type_is_reported_at_its_path() -> None:
+    [(loc, msg)] = _field_errors(b'{"name": "a", "count": "x"}')
+    assert loc == "$.count"
+    assert "int" in msg
+
+
+def test_nested_errors_are_reported_at_their_path() -> None:
+    [(loc, _)] = _field_errors(b'{"name": "a", "items": [{"size": 1}, {"size": "big"}]}')
+    assert loc == "$.items[1].size"
+    assert _field_errors(b'{"name": "a", "items": [{}]}') == (
+        ("$.items[0].size", "field required"),
+    )
+
+
+def test_malformed_json_and_wrong_document_type_are_reported_at_the_root() -> None:
+    assert _field_errors(b'{"name": ')[0][0] == "$"
+    assert _field_errors(b"[1]")[0][0] == "$"
+
+
+def test_msgpack_input_is_decoded_and_validated() -> None:
+    codec = codec_for(Input)
+    value = codec.decode(msgspec.msgpack.encode({"name": "a"}), True)
+    assert value == Input(name="a")
+    assert _field_errors(msgspec.msgpack.encode({"count": 1}), "application/msgpack") == (
+        ("$.name", "field required"),
+    )
+
+
+def test_unknown_content_types_are_refused() -> None:
+    with pytest.raises(InvalidArgumentError, match="text/plain"):
+        is_msgpack("text/plain")
+
+
+def test_outputs_encode_as_json_or_msgpack() -> None:
+    codec = codec_for(Output)
+    assert json.loads(codec.encode(Output(text="hi"), False)) == {"text": "hi"}
+    assert msgspec.msgpack.decode(codec.encode(Output(text="hi"), True)) == {"text": "hi"}
+
+
+def test_pydantic_models_are_supported_when_installed() -> None:
+    pydantic = pytest.importorskip("pydantic")
+
+    class PIn(pydantic.BaseModel):  # type: ignore[name-defined,misc]
+        name: str
+        items: list[int] = []
+
+    codec = codec_for(PIn)
+    assert codec.decode(b'{"name": "a"}', False).name == "a"
+    with pytest.raises(ValidationFailedError) as info:
+        codec.decode(b'{"name": "a", "items": [1, "x"]}', False)
+    assert info.value.field_errors[0][0] == "$.items[1]"
+    assert json.loads(codec.encode(PIn(name="b"), False)) == {"name": "b", "items": []}
+
+
+def test_describe_reports_name_entrypoint_settings_and_schemas() -> None:
+    desc = describe(MyTextApp)
+    assert desc.app_name == "my-text-app"
+    assert desc.entrypoint == f"{__name__}:MyTextApp"
+    assert desc.requirements == ("numpy",)
+    assert desc.settings == AppSettingsSpec(
+        machine_types=("GPU-H100", "GPU-A100"),
+        keep_alive_s=300.0,
+        max_concurrency=4,
+        request_timeout_s=30.0,
+    )
+    by_path = {ep.path: ep for ep in desc.endpoints}
+    assert by_path["/stream"].kind == "stream"
+    assert by_path["/"].kind == "unary"
+    schema = json.loads(by_path["/"].input_schema_json)
+    assert schema["$defs"]["Input"]["required"] == ["name"]
+    assert "Output" in json.loads(by_path["/"].output_schema_json)["$defs"]
+
+
+def test_describe_refuses_non_apps() -> None:
+    with pytest.raises(TypeError):
+        describe(Input)  # type: ignore[arg-type]
+
+
+def test_settings_round_trip_through_proto_with_unset_fields_left_unset() -> None:
+    desc = describe(MyTextApp)
+    message = settings_to_proto(desc.settings, desc.requirements)
+    assert list(message.requirements) == ["numpy"]
+    assert list(message.machine_types) == ["GPU-H100", "GPU-A100"]
+    assert message.keep_alive_s == 300.0
+    assert not message.HasField("min_concurrency")
+    assert not message.HasField("max_multiplexing")
+    assert settings_from_proto(message) == desc.settings
+    again = control_pb2.AppSettings.FromString(message.SerializeToString())
+    assert settings_from_proto(again) == desc.settings
+
+
+def test_zero_values_survive_the_proto_round_trip() -> None:
+    settings = AppSettingsSpec(min_concurrency=0, scaling_delay_s=0.0, app_auth="public")
+    message = settings_to_proto(settings)
+    assert message.HasField("min_concurrency")
+    assert settings_from_proto(message) == settings
+
+
+def test_endpoints_round_trip_through_proto() -> None:
+    desc = describe(MyTextApp)
+    messages = endpoints_to_proto(desc.endpoints)
+    kinds = {m.path: m.kind for m in messages}
+    assert kinds["/astream"] == control_pb2.ENDPOINT_KIND_STREAM
+    assert kinds["/"] == control_pb2.ENDPOINT_KIND_UNARY
+    assert tuple(endpoint_from_proto(m) for m in messages) == desc.endpoints
+    with pytest.raises(ValueError):
+        endpoint_from_proto(control_pb2.EndpointSpec(path="/"))
+
+
+def test_deploy_header_carries_the_description() -> None:
+    header = to_deploy_header(describe(MyTextApp), bundle_sha256="ab" * 32, bundle_size=10)
+    assert header.app_name == "my-text-app"
+    assert header.entrypoint == f"{__name__}:MyTextApp"
+    assert header.bundle_size == 10
+    assert len(header.endpoints) == 4
+    assert header.settings.max_concurrency == 4
+
+
+def test_current_request_follows_the_context_in_tasks_and_threads() -> None:
+    app = instantiate(MyTextApp)
+
+    async def serve(request_id: str) -> str | None:
+        request_var.set(RequestContext(request_id, "/"))
+        await asyncio.sleep(0)
+        in_thread = await asyncio.to_thread(lambda: app.current_request)
+        assert in_thread is not None
+        current = app.current_request
+        assert current is not None and in_thread.request_id == current.request_id
+        return current.request_id
+
+    async def main() -> list[str | None]:
+        return list(await asyncio.gather(serve("a"), serve("b")))
+
+    assert asyncio.run(main()) == ["a", "b"]
+    assert app.current_request is None
+
+
+def test_request_context_reports_cancellation() -> None:
+    cancel = threading.Event()
+    ctx = RequestContext("r", "/", cancel)
+    assert not ctx.cancelled
+    assert not ctx.wait_cancelled(0)
+    cancel.set()
+    assert ctx.cancelled
+    assert ctx.wait_cancelled(0)
+
+
+APP_SOURCE = """
+import msgspec
+import falrt
+import helper
+
+class In(msgspec.Struct):
+    name: str
+
+class Out(msgspec.Struct):
+    text: str
+
+class Hello(falrt.App):
+    @falrt.endpoint("/")
+    def run(self, inp: In) -> Out:
+        return Out(text=helper.GREETING + inp.name)
+
+NOT_AN_APP = 3
+"""
+
+
+@pytest.fixture
+def app_dir(tmp_path: Path) -> Iterator[Path]:
+    (tmp_path / "helloapp.py").write_text(textwrap.dedent(APP_SOURCE))
+    (tmp_path / "helper.py").write_text("GREETING = 'hi '\n")
+    saved_path = list(sys.path)
+    yield tmp_path
+    sys.path[:] = saved_path
+    for name in ("helloapp", "helper"):
+        sys.modules.pop(name, None)
+
+
+def test_loader_imports_a_file_with_its_local_modules(app_dir: Path) -> None:
+    cls = load_app_ref(f"{app_dir / 'helloapp.py'}::Hello")
+    assert cls.__name__ == "Hello"
+    assert describe(cls).entrypoint == "helloapp:Hello"
+    assert load_app_class(app_dir / "helloapp.py").__name__ == "Hello"
+
+
+def test_loader_imports_module_references(app_dir: Path) -> None:
+    sys.path.insert(0, str(app_dir))
+    assert load_app_ref("helloapp:Hello").__name__ == "Hello"
+
+
+@pytest.mark.parametrize(
+    ("ref", "message"),
+    [
+        ("missing.py::Hello", "does not exist"),
+        ("helloapp.py::Nope", "no class 'Nope'"),
+        ("helloapp.py::NOT_AN_APP", "not a falrt.App"),
+        ("helper.py", "0 App classes"),
+    ],
+)
+def test_loader_errors_are_clear(app_dir: Path, ref: str, message: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=message):
+        load_app_ref(str(app_dir / ref))
+
+
+def test_loader_reports_unknown_modules() -> None:
+    with pytest.raises(InvalidArgumentError, match="not found"):
+        load_app_ref("no_such_module_xyz:App")
+
+
+def test_app_references_are_parsed() -> None:
+    assert parse_app_ref("examples/hello.py::Hello") == ("examples/hello.py", "Hello")
+    assert parse_app_ref("hello:Hello") == ("hello", "Hello")
+    assert parse_app_ref("hello.py") == ("hello.py", None)

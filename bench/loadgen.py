@@ -1,0 +1,174 @@
+"""Closed-loop load and the call functions bench/overhead.py measures with.
+
+`measure(call, concurrency, calls)` runs `concurrency` workers that each make calls back to
+back until `calls` calls are done (or the time cap passes), after a warm-up, and reports
+p50, p99 and requests per second. Every target is called through the same kind of grpc.aio
+channel (or raw HTTP/1.1 connection) from this one process, so their figures compare.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import grpc
+
+from falrt.v1 import common_pb2, queue_pb2, queue_pb2_grpc
+
+Call = Callable[[], Awaitable[None]]
+CALL_TIMEOUT_S = 60.0
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+]
+
+
+@dataclass(frozen=True)
+class Figures:
+    p50_ms: float
+    p99_ms: float
+    rps: float
+    calls: int
+    errors: int
+
+    def as_json(self) -> dict[str, float | int]:
+        return {"p50_ms": round(self.p50_ms, 3), "p99_ms": round(self.p99_ms, 3),
+                "rps": round(self.rps, 1), "calls": self.calls, "errors": self.errors}
+
+
+async def measure(
+    call: Call, concurrency: int, calls: int, *, warmup: int, cap_s: float
+) -> Figures:
+    """Latency and throughput of `call` with `concurrency` callers at once."""
+    await asyncio.gather(*(_loop(call, warmup, [], [0], None) for _ in range(concurrency)))
+    latencies: list[float] = []
+    errors = [0]
+    per_worker = max(1, calls // concurrency)
+    deadline = time.perf_counter() + cap_s
+    started = time.perf_counter()
+    await asyncio.gather(
+        *(_loop(call, per_worker, latencies, errors, deadline) for _ in range(concurrency))
+    )
+    elapsed = time.perf_counter() - started
+    return _figures(latencies, errors[0], elapsed)
+
+
+async def _loop(
+    call: Call, n: int, latencies: list[float], errors: list[int], deadline: float | None
+) -> None:
+    for _ in range(n):
+        if deadline is not None and time.perf_counter() > deadline:
+            return
+        started = time.perf_counter()
+        try:
+            await call()
+        except (grpc.RpcError, OSError, asyncio.IncompleteReadError, CallFailed):
+            errors[0] += 1
+            continue
+        latencies.append(time.perf_counter() - started)
+
+
+def _figures(latencies: list[float], errors: int, elapsed: float) -> Figures:
+    if len(latencies) < 2:
+        return Figures(float("nan"), float("nan"), 0.0, len(latencies), errors)
+    cuts = statistics.quantiles(latencies, n=100, method="inclusive")
+    return Figures(
+        p50_ms=statistics.median(latencies) * 1000, p99_ms=cuts[98] * 1000,
+        rps=len(latencies) / elapsed, calls=len(latencies), errors=errors,
+    )
+
+
+class CallFailed(Exception):
+    """The call answered, but with an error (a falrt request that COMPLETED with one)."""
+
+
+# -- call functions -------------------------------------------------------------------------
+
+
+def grpc_bytes_call(channel: grpc.aio.Channel, method: str, body: bytes) -> Call:
+    """A unary call of a bare server's generic bytes method."""
+    stub = channel.unary_unary(method)
+
+    async def call() -> None:
+        await stub(body, timeout=CALL_TIMEOUT_S)
+
+    return call
+
+
+def payload(body: bytes) -> common_pb2.Payload:
+    return common_pb2.Payload(data=body, content_type="application/json")
+
+
+def falrt_direct_call(channel: grpc.aio.Channel, endpoint_id: str, body: bytes) -> Call:
+    """`Queue.Run` through the generated stub: one direct call."""
+    stub = queue_pb2_grpc.QueueStub(channel)
+    request = queue_pb2.RunRequest(endpoint_id=endpoint_id, path="/", input=payload(body))
+
+    async def call() -> None:
+        await stub.Run(request, timeout=CALL_TIMEOUT_S)
+
+    return call
+
+
+def falrt_queue_call(channel: grpc.aio.Channel, endpoint_id: str, body: bytes) -> Call:
+    """`Queue.Submit`, then `Queue.Watch` until the request is COMPLETED."""
+    stub = queue_pb2_grpc.QueueStub(channel)
+    request = queue_pb2.SubmitRequest(endpoint_id=endpoint_id, path="/", input=payload(body))
+    completed = common_pb2.REQUEST_STATUS_COMPLETED
+
+    async def call() -> None:
+        submitted = await stub.Submit(request, timeout=CALL_TIMEOUT_S)
+        watch = stub.Watch(
+            queue_pb2.WatchRequest(request_id=submitted.request_id), timeout=CALL_TIMEOUT_S
+        )
+        try:
+            async for update in watch:
+                if update.state.status == completed:
+                    if update.state.HasField("error"):
+                        raise CallFailed(update.state.error.message)
+                    return
+        finally:
+            watch.cancel()
+        raise CallFailed(f"watch of {submitted.request_id} ended before COMPLETED")
+
+    return call
+
+
+class HttpConnections:
+    """One keep-alive HTTP/1.1 connection per worker, for the raw HTTP baseline."""
+
+    def __init__(self, port: int, path: str = "/") -> None:
+        self._port = port
+        self._path = path
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self._all: list[asyncio.StreamWriter] = []
+
+    def call(self, body: bytes) -> Call:
+        request = (b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                   b"Content-Length: %d\r\n\r\n%s" % (self._path.encode(), len(body), body))
+
+        async def call() -> None:
+            reader, writer = await self._take()
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:"))
+            await reader.readexactly(length)
+            self._idle.append((reader, writer))
+
+        return call
+
+    async def _take(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self._idle:
+            return self._idle.pop()
+        reader, writer = await asyncio.open_connection("127.0.0.1", self._port)
+        self._all.append(writer)
+        return reader, writer
+
+    async def close(self) -> None:
+        for writer in self._all:
+            writer.close()
+        self._idle.clear()

@@ -43,31 +43,48 @@ class Bundle:
 def pack(app_file: Path) -> Bundle:
     """Packs `app_file` and the local modules it imports into a deterministic bundle.
 
-    The app file is imported (unless a module from it is already loaded) so that its local
-    imports show up in `sys.modules`; every loaded module whose file lives under the app
+    The app file is imported (`import_app_file`) so that its local imports show up in
+    `sys.modules`; every loaded module whose file lives under the app
     file's folder is included (a package with all its files). Entries are named relative to
     that folder. Same files -> same bytes. Raises whatever importing the app file raises.
     """
     app_file = app_file.resolve()
     root = app_file.parent
-    _ensure_imported(app_file)
+    import_app_file(app_file)
     files = sorted({app_file, *_local_module_files(root)})
     data = _archive(root, files)
     return Bundle(data=data, sha256=hashlib.sha256(data).hexdigest())
 
 
-def _ensure_imported(app_file: Path) -> None:
-    """Imports `app_file` under a private name unless some loaded module already is it."""
-    if any(_module_path(m) == app_file for m in list(sys.modules.values())):
-        return
-    name = f"_falrt_bundle_{app_file.stem}"
+def import_app_file(app_file: Path) -> ModuleType:
+    """The module of `app_file`, imported as its file stem with its folder on `sys.path`.
+
+    An already imported module of that file is returned as it is. Raises
+    `InvalidArgumentError` when another module of that name is imported already, and
+    whatever executing the file raises.
+    """
+    app_file = app_file.resolve()
+    name = app_file.stem
+    existing = sys.modules.get(name)
+    if existing is not None:
+        if _module_path(existing) == app_file:
+            return existing
+        raise InvalidArgumentError(
+            f"cannot import {app_file} as module {name!r}: another module of that name is "
+            "already imported; rename the app file"
+        )
     spec = importlib.util.spec_from_file_location(name, app_file)
     if spec is None or spec.loader is None:
         raise InvalidArgumentError(f"cannot import {app_file}: not a Python file")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    with _on_sys_path(app_file.parent):
-        spec.loader.exec_module(module)
+    try:
+        with _on_sys_path(app_file.parent):
+            spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
 
 
 @contextlib.contextmanager

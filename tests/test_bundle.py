@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from falrt.bundle import pack, unpack
+from falrt.bundle import import_app_file, pack, unpack
 from falrt.errors import InvalidArgumentError
 
 
@@ -28,7 +28,8 @@ def app_dir(tmp_path: Path) -> Iterator[Path]:
     (root / "unused.py").write_text("raise SystemExit('never imported')\n")
     (root / "app.py").write_text("import json\nimport helpers_pkg\nimport localmod_b\n")
     yield root
-    for name in [n for n in sys.modules if n.startswith(("helpers_pkg", "localmod_b"))]:
+    local = ("app", "helpers_pkg", "localmod_b")
+    for name in [n for n in sys.modules if n.partition(".")[0] in local]:
         del sys.modules[name]
 
 
@@ -62,6 +63,16 @@ def test_pack_normalises_entry_metadata(app_dir: Path) -> None:
         for member in tar.getmembers():
             assert (member.mtime, member.uid, member.gid) == (0, 0, 0)
             assert (member.uname, member.gname, member.mode) == ("", "", 0o644)
+
+
+def test_importing_an_app_file_registers_it_under_its_stem(app_dir: Path) -> None:
+    module = import_app_file(app_dir / "app.py")
+    assert module is sys.modules["app"]
+    assert import_app_file(app_dir / "app.py") is module
+    (app_dir / "other").mkdir()
+    (app_dir / "other" / "app.py").write_text("")
+    with pytest.raises(InvalidArgumentError, match="another module of that name"):
+        import_app_file(app_dir / "other" / "app.py")
 
 
 def test_unpack_restores_the_packed_files(app_dir: Path, tmp_path: Path) -> None:

@@ -1,0 +1,120 @@
+"""`falrt call`: call a deployed endpoint through the queue, directly, or as a stream."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import click
+import msgspec
+
+from falrt.client import Completed, InProgress, LogLine, Queued, Status, SyncClient
+from falrt.client.endpoint import split_endpoint_ref
+from falrt.errors import FalrtError, InvalidArgumentError
+
+from .context import CliContext, pass_cli
+from .errors import Interrupted, reporting_errors
+from .render import print_json, stderr
+
+
+def parse_data(ctx: click.Context, param: click.Parameter, value: str) -> Any:
+    """The `--data` option: JSON text, or `@path` of a JSON file; a usage error otherwise."""
+    try:
+        text = Path(value[1:]).read_bytes() if value.startswith("@") else value.encode()
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read {value[1:]}: {exc.strerror}") from exc
+    try:
+        return msgspec.json.decode(text)
+    except msgspec.DecodeError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}") from exc
+
+
+def parse_endpoint(ref: str, path: str | None) -> tuple[str, str]:
+    """`(endpoint_id, path)` from the arguments; a usage error for a malformed id."""
+    try:
+        return split_endpoint_ref(ref, path)
+    except InvalidArgumentError as exc:
+        raise click.BadParameter(exc.message, param_hint="ENDPOINT_ID") from exc
+
+
+@click.command()
+@click.argument("endpoint_ref", metavar="ENDPOINT_ID")
+@click.argument("path", required=False)
+@click.option("--data", "arguments", default="{}", show_default=True, callback=parse_data,
+              help="input as JSON, or @file.json")
+@click.option("--sync", "mode", flag_value="sync",
+              help="call directly (Queue.Run): no queue record, no retries")
+@click.option("--stream", "mode", flag_value="stream",
+              help="call a streaming endpoint; print each partial output as a JSON line")
+@click.option("--timeout", type=float, default=None, help="seconds to wait for the output")
+@pass_cli
+def call(
+    cli: CliContext, endpoint_ref: str, path: str | None, arguments: Any, mode: str | None,
+    timeout: float | None,
+) -> None:
+    """Call ENDPOINT_ID (owner/app[/path]) and print its output as JSON on stdout.
+
+    Through the queue by default: queue position and log lines go to stderr while it waits;
+    Ctrl-C cancels the request.
+    """
+    endpoint_id, path = parse_endpoint(endpoint_ref, path)
+    with reporting_errors(cli.host), SyncClient(cli.host) as client:
+        if mode == "sync":
+            print_json(client.run(endpoint_id, arguments, path=path, timeout=timeout))
+        elif mode == "stream":
+            for partial in client.stream(endpoint_id, arguments, path=path, timeout=timeout):
+                print_json(partial, indent=0)
+        else:
+            print_json(_through_queue(client, endpoint_id, path, arguments, timeout))
+
+
+def _through_queue(
+    client: SyncClient, endpoint_id: str, path: str, arguments: Any, timeout: float | None
+) -> Any:
+    reporter = QueueReporter()
+    try:
+        return client.subscribe(
+            endpoint_id, arguments, path=path, with_logs=True, on_enqueue=reporter.enqueued,
+            on_queue_update=reporter.update, client_timeout=timeout,
+        )
+    except KeyboardInterrupt:
+        if reporter.request_id is None:
+            raise Interrupted("interrupted before the request was stored") from None
+        with contextlib.suppress(FalrtError):
+            client.cancel(reporter.request_id)
+        raise Interrupted(f"interrupted: cancellation of {reporter.request_id} requested") from None
+
+
+class QueueReporter:
+    """Tells a person on stderr where a queued request stands, without repeating itself."""
+
+    def __init__(self) -> None:
+        self.request_id: str | None = None
+        self._last: tuple[str, int] | None = None
+
+    def enqueued(self, request_id: str) -> None:
+        self.request_id = request_id
+        stderr.print(f"request {request_id}", style="bold", highlight=False)
+
+    def update(self, status: Status) -> None:
+        match status:
+            case Queued(position=position, waiting_reason=reason):
+                self._say(("queued", position), f"in queue, position {position}"
+                          + (f" ({reason})" if reason else ""))
+            case InProgress(logs=logs):
+                self._say(("running", 0), "in progress")
+                self._logs(logs)
+            case Completed(logs=logs, inference_time_s=seconds):
+                self._logs(logs)
+                timing = f" in {seconds:.3f} s" if seconds is not None else ""
+                self._say(("done", 0), f"completed{timing}")
+
+    def _say(self, key: tuple[str, int], text: str) -> None:
+        if key != self._last:
+            self._last = key
+            stderr.print(text, style="cyan", highlight=False)
+
+    def _logs(self, logs: tuple[LogLine, ...]) -> None:
+        for line in logs:
+            stderr.print(f"  {line.message}", style="dim", markup=False, highlight=False)

@@ -1,0 +1,117 @@
+"""`falrt deploy FILE::CLASS`: pack an app, stream it to the server, follow the rollout."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TypeGuard
+
+import click
+
+from falrt.bundle import Bundle, import_app_file, pack
+from falrt.client.control import ControlClient
+from falrt.errors import FalrtError
+from falrt.sdk.app import App
+from falrt.sdk.spec import describe
+from falrt.sdk.wire import to_deploy_header
+from falrt.v1 import control_pb2
+
+from .context import CliContext, pass_cli
+from .errors import CliError, InvalidInput, reporting_errors
+from .render import OutputFormat, output_option, print_json, stderr
+
+
+def parse_app_ref(ref: str) -> tuple[Path, str | None]:
+    """`path.py::Class` (or `path.py` with one App class) -> (file, class name or None)."""
+    file, _, class_name = ref.partition("::")
+    path = Path(file)
+    if path.suffix != ".py" or not path.is_file():
+        raise click.BadParameter(f"{file!r} is not a Python file", param_hint="FILE::CLASS")
+    return path, class_name or None
+
+
+def load_app_class(path: Path, class_name: str | None) -> type[App]:
+    """Imports the app file and picks its App class; `InvalidInput` when that fails."""
+    try:
+        module = import_app_file(path)
+    except FalrtError:
+        raise
+    except Exception as exc:  # user code: any failure is the app's, reported as such
+        raise InvalidInput(f"cannot import {path}: {type(exc).__name__}: {exc}") from exc
+    apps: dict[str, type[App]] = {
+        name: value for name, value in vars(module).items() if _is_app_class(value)
+    }
+    if class_name is None:
+        if len(apps) != 1:
+            raise InvalidInput(f"{path} defines {len(apps)} App classes; name one: "
+                               f"{path}::{'|'.join(sorted(apps)) or 'Class'}")
+        return next(iter(apps.values()))
+    if class_name not in apps:
+        raise InvalidInput(f"{path} has no App class {class_name!r}")
+    return apps[class_name]
+
+
+def _is_app_class(value: object) -> TypeGuard[type[App]]:
+    return isinstance(value, type) and issubclass(value, App) and value is not App
+
+
+def build_header(
+    cls: type[App], bundle: Bundle, *, app_name: str | None, message: str
+) -> control_pb2.DeployHeader:
+    """The first message of the deploy stream, describing `cls` and its bundle."""
+    return to_deploy_header(
+        describe(cls), bundle_sha256=bundle.sha256, bundle_size=len(bundle.data),
+        message=message, app_name=app_name,
+    )
+
+
+@click.command()
+@click.argument("app_ref", metavar="FILE::CLASS")
+@click.option("--app-name", default=None, help="deploy under this name (default: the class's)")
+@click.option("--message", default="", help="a note stored with the revision")
+@output_option
+@pass_cli
+def deploy(
+    cli: CliContext, app_ref: str, app_name: str | None, message: str, output: OutputFormat
+) -> None:
+    """Deploy the App class CLASS of FILE; print its endpoint id when it serves."""
+    path, class_name = parse_app_ref(app_ref)
+    with reporting_errors(cli.host):
+        cls = load_app_class(path, class_name)
+        bundle = pack(path)
+        header = build_header(cls, bundle, app_name=app_name, message=message)
+        stderr.print(f"deploying {header.app_name} ({len(bundle.data)} bytes, "
+                     f"sha256 {bundle.sha256[:12]})", highlight=False)
+        with ControlClient(cli.host) as control:
+            result = follow_deploy(control.deploy(header, bundle.data))
+    if output == "json":
+        print_json({"endpoint_id": result.endpoint_id, "app_name": result.app_name,
+                    "revision_id": result.revision_id, "status": "deployed"})
+        return
+    stderr.print(f"deployed {result.app_name}, revision {result.revision_id}", style="green",
+                 highlight=False)
+    click.echo(result.endpoint_id)
+
+
+def follow_deploy(responses: Iterable[control_pb2.DeployResponse]) -> control_pb2.DeployResult:
+    """Shows progress and build logs on stderr; the final result. CliError if none came."""
+    result: control_pb2.DeployResult | None = None
+    with stderr.status("uploading") as spinner:
+        for response in responses:
+            item = response.WhichOneof("item")
+            if item == "progress":
+                spinner.update(_progress_text(response.progress))
+            elif item == "log":
+                stderr.print(f"  {response.log.message}", style="dim", markup=False,
+                             highlight=False)
+            elif item == "result":
+                result = response.result
+    if result is None:
+        raise CliError("the server ended the deploy without a result")
+    return result
+
+
+def _progress_text(progress: control_pb2.DeployProgress) -> str:
+    stage = control_pb2.DeployStage.Name(progress.stage).removeprefix("DEPLOY_STAGE_")
+    percent = f" {progress.fraction:.0%}" if progress.fraction else ""
+    return f"{stage}{percent} {progress.message}".rstrip()

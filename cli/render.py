@@ -1,0 +1,74 @@
+"""Rendering for people (rich tables and progress on stderr) and scripts (JSON on stdout).
+
+Only the CLI prints. Results go to stdout; progress, logs and tables' decorations for people
+go where each function says.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import click
+import msgspec
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+from rich.console import Console
+from rich.table import Table
+
+OutputFormat = Literal["table", "json"]
+
+output_option = click.option(
+    "--output",
+    "output",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="table for people, json for scripts",
+)
+
+stdout = Console(soft_wrap=True)
+stderr = Console(stderr=True, soft_wrap=True)
+
+
+def print_json(value: Any, *, indent: int = 2) -> None:
+    """`value` as JSON on stdout (`indent=0`: one compact line)."""
+    encoded = msgspec.json.encode(value)
+    text = msgspec.json.format(encoded, indent=indent) if indent else encoded
+    click.echo(text.decode())
+
+
+def proto_dict(message: Message) -> dict[str, Any]:
+    """A protobuf message as a JSON-ready dict with the proto's field names."""
+    return json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+
+
+def print_protos(messages: Sequence[Message]) -> None:
+    print_json([proto_dict(m) for m in messages])
+
+
+def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """A table on stdout."""
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    stdout.print(table)
+
+
+def age(timestamp: Timestamp, now: datetime | None = None) -> str:
+    """How long ago `timestamp` was, e.g. "4m12s"; "-" when unset."""
+    if not timestamp.seconds and not timestamp.nanos:
+        return "-"
+    now = now or datetime.now(UTC)
+    seconds = max(0, int((now - timestamp.ToDatetime(tzinfo=UTC)).total_seconds()))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"

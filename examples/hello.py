@@ -31,5 +31,7 @@ class Hello(falrt.App):
     @falrt.endpoint("/")
     def greet(self, request: Input) -> Output:
         # Printed lines are captured per request and reach the watcher as logs.
-        print(f"greeting {request.name}")
+        context = self.current_request
+        request_id = context.request_id if context is not None else "-"
+        print(f"greeting {request.name} (request {request_id})")
         return Output(greeting=self.template.format(name=request.name))

@@ -53,9 +53,9 @@ def call(
     cli: CliContext, endpoint_ref: str, path: str | None, arguments: Any, mode: str | None,
     timeout: float | None,
 ) -> None:
-    """Call ENDPOINT_ID (owner/app[/path]) and print its output as JSON on stdout.
+    """Call an endpoint; print its output as JSON.
 
-    Through the queue by default: queue position and log lines go to stderr while it waits;
+    ENDPOINT_ID is owner/app, or owner/app/sub/path. Through the queue by default: queue position and log lines go to stderr while it waits;
     Ctrl-C cancels the request.
     """
     endpoint_id, path = parse_endpoint(endpoint_ref, path)

@@ -74,7 +74,11 @@ def build_header(
 def deploy(
     cli: CliContext, app_ref: str, app_name: str | None, message: str, output: OutputFormat
 ) -> None:
-    """Deploy the App class CLASS of FILE; print its endpoint id when it serves."""
+    """Deploy an app; print its endpoint id.
+
+    FILE::CLASS names the App class (FILE alone when it defines just one). Progress and
+    build logs go to stderr.
+    """
     path, class_name = parse_app_ref(app_ref)
     with reporting_errors(cli.host):
         cls = load_app_class(path, class_name)

@@ -16,6 +16,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 
 OutputFormat = Literal["table", "json"]
@@ -52,13 +53,14 @@ def print_protos(messages: Sequence[Message]) -> None:
 
 
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    """A table on stdout."""
+    """A table on stdout; cells never wrap, so ids stay whole and copyable."""
     table = Table(title=title, title_justify="left")
     for column in columns:
-        table.add_column(column, overflow="fold")
+        table.add_column(column, no_wrap=True)
     for row in rows:
         table.add_row(*row)
-    stdout.print(table)
+    needed = Measurement.get(stdout, stdout.options, table).maximum
+    stdout.print(table, width=max(stdout.width, needed))
 
 
 def age(timestamp: Timestamp, now: datetime | None = None) -> str:

@@ -55,8 +55,8 @@ def call(
 ) -> None:
     """Call an endpoint; print its output as JSON.
 
-    ENDPOINT_ID is owner/app, or owner/app/sub/path. Through the queue by default: queue position and log lines go to stderr while it waits;
-    Ctrl-C cancels the request.
+    ENDPOINT_ID is owner/app, or owner/app/sub/path. Through the queue by default: queue
+    position and log lines go to stderr while it waits; Ctrl-C cancels the request.
     """
     endpoint_id, path = parse_endpoint(endpoint_ref, path)
     with reporting_errors(cli.host), SyncClient(cli.host) as client:

@@ -128,15 +128,16 @@ async def _stop(proc: asyncio.subprocess.Process) -> None:
         await proc.wait()
 
 
-def falrt_bin() -> str:
-    beside = Path(sys.executable).parent / "falrt"
-    return str(beside) if beside.exists() else "falrt"
+def falrt_cli(*args: str) -> list[str]:
+    """The `falrt` command on this interpreter, so that the server and its runners use it too
+    (with torch, when this interpreter has it)."""
+    return [sys.executable, "-c", "from falrt.cli.main import main; main()", *args]
 
 
 async def deploy(address: str, target: str) -> str:
     """Deploys `target` with the CLI; the endpoint id it prints."""
     proc = await asyncio.create_subprocess_exec(
-        falrt_bin(), "deploy", target, cwd=REPO, env={**os.environ, "FALRT_HOST": address},
+        *falrt_cli("deploy", target), cwd=REPO, env={**os.environ, "FALRT_HOST": address},
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     out, err = await proc.communicate()
@@ -202,8 +203,8 @@ async def run_all(plan: Plan, progress: Callable[[str], None]) -> dict[str, Any]
         if plan.mlp:
             progress("mlp: bare servers")
             results["mlp"] = await measure_bare(plan, "mlp", MLP_BODY, tmp)
-        server_argv = [falrt_bin(), "server", "--listen", "127.0.0.1:0",
-                       "--data-dir", str(tmp / "data")]
+        server_argv = falrt_cli("server", "--listen", "127.0.0.1:0", "--data-dir",
+                                str(tmp / "data"))
         pattern = r"falrt server listening on (\S+)"
         async with process(server_argv, pattern, tmp / "server.log") as ready:
             address = ready.group(1)

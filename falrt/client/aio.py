@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, cast
+from typing import Any
 
 import grpc
 
@@ -64,15 +64,14 @@ class AsyncClient:
     def __init__(self, host: str | None = None) -> None:
         self.host = resolve_host(host)
         self._channel: grpc.aio.Channel | None = None
+        # The generated stub's overload on an aio channel gives the async type.
         self._stub_cache: queue_pb2_grpc.QueueAsyncStub | None = None
 
     @property
     def _stub(self) -> queue_pb2_grpc.QueueAsyncStub:
         if self._stub_cache is None:
             self._channel = grpc.aio.insecure_channel(self.host, options=CHANNEL_OPTIONS)
-            # The generated stub's async overload types it; at runtime it is one class.
-            stub = queue_pb2_grpc.QueueStub(self._channel)
-            self._stub_cache = cast("queue_pb2_grpc.QueueAsyncStub", stub)
+            self._stub_cache = queue_pb2_grpc.QueueStub(self._channel)
         return self._stub_cache
 
     async def close(self) -> None:

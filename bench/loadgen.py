@@ -9,6 +9,7 @@ channel (or raw HTTP/1.1 connection) from this one process, so their figures com
 from __future__ import annotations
 
 import asyncio
+import logging
 import statistics
 import time
 from collections.abc import Awaitable, Callable
@@ -18,6 +19,7 @@ import grpc
 
 from falrt.v1 import common_pb2, queue_pb2, queue_pb2_grpc
 
+log = logging.getLogger(__name__)
 Call = Callable[[], Awaitable[None]]
 CALL_TIMEOUT_S = 60.0
 CHANNEL_OPTIONS = [
@@ -65,10 +67,18 @@ async def _loop(
         started = time.perf_counter()
         try:
             await call()
-        except (grpc.RpcError, OSError, asyncio.IncompleteReadError, CallFailed):
+        except (grpc.RpcError, OSError, asyncio.IncompleteReadError, CallFailed) as exc:
             errors[0] += 1
+            if errors[0] <= 3:
+                log.warning("call failed: %s", _describe(exc))
             continue
         latencies.append(time.perf_counter() - started)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _figures(latencies: list[float], errors: int, elapsed: float) -> Figures:

@@ -8,12 +8,15 @@ anything its app spawned.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import signal
 import subprocess
 from typing import BinaryIO
 
 from falrt.backends.base import RunnerProcess, RunnerSpec
+
+PR_SET_PDEATHSIG = 1
 
 
 class LocalProcess:
@@ -65,6 +68,7 @@ class ProcessBackend:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         finally:
             log_file.close()
@@ -77,6 +81,16 @@ class ProcessBackend:
 def _open_log(spec: RunnerSpec) -> BinaryIO:
     spec.log_path.parent.mkdir(parents=True, exist_ok=True)
     return open(spec.log_path, "ab", buffering=0)
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: the kernel kills it if the server process dies.
+
+    A runner whose server was killed can serve nothing (its requests are re-queued when
+    the server restarts), so it must not linger, holding a GPU or a lock.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _runner_env(spec: RunnerSpec) -> dict[str, str]:

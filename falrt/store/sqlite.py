@@ -62,7 +62,7 @@ class SQLiteStore:
         self._path.parent.mkdir(parents=True, exist_ok=True)
         self._thread = threading.Thread(target=self._writer, name="falrt-sqlite", daemon=True)
         self._thread.start()
-        await self._run(lambda conn: conn.executescript(SCHEMA))
+        await self._run(lambda conn: None)  # the schema is in place once this returns
 
     async def close(self) -> None:
         if self._thread is None:
@@ -84,6 +84,7 @@ class SQLiteStore:
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
+        conn.executescript(SCHEMA)
         try:
             while (batch := self._take_batch()) is not None:
                 self._run_batch(conn, batch)

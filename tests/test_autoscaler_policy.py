@@ -1,0 +1,79 @@
+"""The scaling rule as a table: context -> decision. No clock is patched: `now` is data."""
+
+from __future__ import annotations
+
+import pytest
+
+from falrt.autoscaler.policy import (
+    FRESH_REAP_S,
+    RunnerView,
+    ScalingContext,
+    ScalingDecision,
+    ScalingSettings,
+    decide,
+)
+
+BASE = ScalingSettings(min_concurrency=0, max_concurrency=4, concurrency_buffer=0,
+                       concurrency_buffer_perc=0, keep_alive_s=60, scaling_delay_s=0,
+                       max_multiplexing=1)
+
+
+def settings(**changes: float) -> ScalingSettings:
+    return ScalingSettings(**{**BASE.__dict__, **changes})  # type: ignore[arg-type]
+
+
+def idle(runner_id: str, since: float, served: int = 1) -> RunnerView:
+    return RunnerView(runner_id, alive=True, in_flight=0, idle_since=since, served=served)
+
+
+def busy(runner_id: str, in_flight: int = 1) -> RunnerView:
+    return RunnerView(runner_id, alive=True, in_flight=in_flight, idle_since=None, served=1)
+
+
+CASES = [
+    ("no traffic, no runners: nothing", settings(), [], [], ScalingDecision(0)),
+    ("one queued request starts one runner", settings(), [100.0], [], ScalingDecision(1, start=1)),
+    ("burst is capped by max_concurrency", settings(), [100.0] * 9, [],
+     ScalingDecision(4, start=4)),
+    ("multiplexing divides demand", settings(max_multiplexing=4), [100.0] * 9, [],
+     ScalingDecision(3, start=3)),
+    ("min_concurrency keeps runners without traffic", settings(min_concurrency=2), [], [],
+     ScalingDecision(2, start=2)),
+    ("buffer adds warm runners on top of demand", settings(concurrency_buffer=1), [100.0], [],
+     ScalingDecision(2, start=2)),
+    ("percentage buffer wins when larger", settings(concurrency_buffer=1,
+     concurrency_buffer_perc=200), [100.0] * 2, [], ScalingDecision(4, start=4)),
+    ("a starting runner counts as capacity", settings(), [100.0],
+     [RunnerView("r1", alive=True, in_flight=0, idle_since=None, served=0)],
+     ScalingDecision(1)),
+    ("idle runner within keep_alive stays", settings(), [], [idle("r1", since=50.0)],
+     ScalingDecision(0, next_check_s=10.0)),
+    ("idle runner past keep_alive stops", settings(), [], [idle("r1", since=30.0)],
+     ScalingDecision(0, stop=("r1",))),
+    ("busy runner never stops", settings(), [], [busy("r1")], ScalingDecision(1)),
+    ("fresh runner that never served is reaped after 10 s", settings(), [],
+     [idle("r1", since=100.0 - FRESH_REAP_S, served=0)], ScalingDecision(0, stop=("r1",))),
+    ("no fresh reap when a minimum is set", settings(min_concurrency=1), [],
+     [idle("r1", since=0.0, served=0)], ScalingDecision(1)),
+    ("longest idle stops first", settings(), [], [idle("r1", since=20.0), idle("r2", since=10.0),
+     busy("r3")], ScalingDecision(1, stop=("r2", "r1"))),
+    ("scaling_delay holds young requests back", settings(scaling_delay_s=5), [98.0], [],
+     ScalingDecision(0, next_check_s=3.0)),
+    ("scaling_delay passed: start", settings(scaling_delay_s=5), [94.0], [],
+     ScalingDecision(1, start=1)),
+]
+
+
+@pytest.mark.parametrize(("name", "scaling", "queued", "runners", "expected"), CASES,
+                         ids=[c[0] for c in CASES])
+def test_scaling_rule(name: str, scaling: ScalingSettings, queued: list[float],
+                      runners: list[RunnerView], expected: ScalingDecision) -> None:
+    ctx = ScalingContext(settings=scaling, now=100.0, queued_since=tuple(queued),
+                         runners=tuple(runners))
+    assert decide(ctx) == expected
+
+
+def test_crash_backoff_defers_starts_until_it_ends() -> None:
+    ctx = ScalingContext(settings=BASE, now=100.0, queued_since=(90.0,), runners=(),
+                         backoff_until=130.0)
+    assert decide(ctx) == ScalingDecision(1, start=0, next_check_s=30.0)

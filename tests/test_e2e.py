@@ -1,0 +1,154 @@
+"""End to end: a real server, real runner subprocesses, the real CLI and client."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import grpc
+import pytest
+
+from falrt import errors
+from falrt.client import Completed, InProgress, Queued, SyncClient
+from falrt.v1 import common_pb2, queue_pb2, queue_pb2_grpc
+from tests.fifo import make_gate, release
+from tests.harness import ServerProcess, wait_for
+
+
+@pytest.fixture(scope="module")
+def client(server: ServerProcess) -> SyncClient:
+    return SyncClient(server.address)
+
+
+@pytest.fixture(scope="module")
+def hello(server: ServerProcess) -> str:
+    return server.deploy("examples/hello.py::Hello")
+
+
+@pytest.fixture(scope="module")
+def gated(server: ServerProcess) -> str:
+    return server.deploy("tests/apps/gated.py::Gated")
+
+
+def test_deploy_prints_the_endpoint_id(hello: str) -> None:
+    assert hello == "local/hello"
+
+
+def test_queue_path_returns_the_output(client: SyncClient, hello: str) -> None:
+    assert client.subscribe(hello, {"name": "queue"}) == {"greeting": "Hello, queue!"}
+
+
+def test_direct_path_returns_the_output(client: SyncClient, hello: str) -> None:
+    assert client.run(hello, {"name": "direct"}) == {"greeting": "Hello, direct!"}
+
+
+def test_stream_yields_each_partial_output(server: ServerProcess, client: SyncClient) -> None:
+    endpoint = server.deploy("examples/stream.py::Tokens")
+    parts = list(client.stream(endpoint, {"sentence": "one two three", "delay_s": 0}))
+    assert [p["token"] for p in parts] == ["one", "two", "three"]
+    assert parts[-1]["text_so_far"] == "one two three"
+
+
+def test_cli_stream_prints_one_json_line_per_partial(server: ServerProcess) -> None:
+    endpoint = server.deploy("examples/stream.py::Tokens")
+    out = server.cli("call", endpoint, "--stream", "--data",
+                     '{"sentence": "a b", "delay_s": 0}').stdout
+    assert [json.loads(line)["token"] for line in out.splitlines()] == ["a", "b"]
+
+
+def test_handler_logs_reach_the_watcher(client: SyncClient, hello: str) -> None:
+    handle = client.submit(hello, {"name": "logs"})
+    updates = list(client.watch(handle.request_id, with_logs=True))
+    final = updates[-1]
+    assert isinstance(final, Completed)
+    messages = [line.message for u in updates if isinstance(u, InProgress | Completed)
+                for line in u.logs]
+    assert any(m.startswith("greeting logs") for m in messages), messages
+
+
+def test_cli_call_prints_output_and_logs(server: ServerProcess, hello: str) -> None:
+    result = server.cli("call", hello, "--data", '{"name": "cli"}')
+    assert json.loads(result.stdout) == {"greeting": "Hello, cli!"}
+    assert "greeting cli" in result.stderr
+
+
+def test_validation_error_is_invalid_argument_naming_the_field(
+    server: ServerProcess, client: SyncClient, hello: str
+) -> None:
+    with pytest.raises(errors.ValidationFailedError) as queued:
+        client.subscribe(hello, {"name": 5})
+    assert queued.value.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert [loc for loc, _ in queued.value.field_errors] == ["$.name"]
+    with pytest.raises(errors.ValidationFailedError) as direct:
+        client.run(hello, {})
+    assert [loc for loc, _ in direct.value.field_errors] == ["$.name"]
+    with grpc.insecure_channel(server.address) as channel:
+        stub = queue_pb2_grpc.QueueStub(channel)
+        with pytest.raises(grpc.RpcError) as raw:
+            stub.Run(queue_pb2.RunRequest(
+                endpoint_id=hello, input=common_pb2.Payload(data=b'{"name": []}')))
+    assert raw.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "$.name" in raw.value.details()
+
+
+def test_unknown_endpoint_id_is_not_found(server: ServerProcess, client: SyncClient) -> None:
+    with pytest.raises(errors.NotFoundError):
+        client.submit("local/no-such-app", {})
+    with grpc.insecure_channel(server.address) as channel:
+        stub = queue_pb2_grpc.QueueStub(channel)
+        with pytest.raises(grpc.RpcError) as raw:
+            stub.Submit(queue_pb2.SubmitRequest(endpoint_id="local/no-such-app"))
+    assert raw.value.code() is grpc.StatusCode.NOT_FOUND
+    assert dict(raw.value.trailing_metadata())["falrt-error-type"] == "not_found"
+    result = server.cli("call", "local/no-such-app", "--data", "{}", check=False)
+    assert result.returncode != 0
+    assert "no-such-app" in result.stderr
+
+
+def test_handler_exception_completes_with_error_and_runner_keeps_serving(
+    client: SyncClient, gated: str
+) -> None:
+    with pytest.raises(errors.RunnerServerError) as failed:
+        client.subscribe(gated, {"text": "bad", "fail": True})
+    assert "failing on purpose for bad" in str(failed.value)
+    status = client.status(client.submit(gated, {"text": "x", "fail": True}).request_id)
+    assert isinstance(status, Queued | InProgress | Completed)
+    after = client.subscribe(gated, {"text": "good"})
+    first = client.subscribe(gated, {"text": "again"})
+    assert after["text"] == "good"
+    assert after["runner"] == first["runner"]  # max_concurrency 1: the same runner served all
+
+
+def test_queue_positions_count_the_requests_ahead(
+    client: SyncClient, gated: str, tmp_path: Path
+) -> None:
+    gates = [make_gate(tmp_path / f"gate{i}") for i in range(5)]
+    handles = [client.submit(gated, {"text": f"r{i}", "gate": str(g)})
+               for i, g in enumerate(gates)]
+    ids = [h.request_id for h in handles]
+    wait_for(lambda: isinstance(client.status(ids[0]), InProgress), what="r0 in progress")
+    seen: list[object] = []
+    watcher = threading.Thread(target=lambda: seen.extend(client.watch(ids[4])))
+    watcher.start()
+    assert [client.status(i) for i in ids[1:]] == [Queued(position=p) for p in range(4)]
+    for done, gate in enumerate(gates):
+        release(gate)
+        assert client.wait(ids[done], timeout=60).output["text"] == f"r{done}"
+        if done < 4:
+            wait_for(lambda d=done: isinstance(client.status(ids[d + 1]), InProgress),
+                     what="next request in progress")
+            rest = [client.status(i) for i in ids[done + 2:]]
+            assert rest == [Queued(position=p) for p in range(len(rest))]
+    watcher.join(timeout=30)
+    positions = [s.position for s in seen if isinstance(s, Queued)]
+    assert positions == [3, 2, 1, 0]
+    assert isinstance(seen[-1], Completed)
+
+
+def test_runners_and_apps_are_listed(server: ServerProcess, hello: str, gated: str) -> None:
+    apps = json.loads(server.cli("apps", "list", "--output", "json").stdout)
+    names = {app["name"] for app in apps}
+    assert {"hello", "gated"} <= names
+    runners = json.loads(server.cli("runners", "list", "--output", "json").stdout)
+    assert any(r["app_name"] == "gated" for r in runners)

@@ -1,0 +1,57 @@
+"""Durability: requests stored before a SIGKILL are served after the restart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from falrt.client import Queued, SyncClient
+from tests.fifo import make_gate, release
+from tests.harness import ServerProcess
+
+SLOW_START_APP = '''
+import msgspec
+import falrt
+
+class Input(msgspec.Struct):
+    n: int
+
+class Output(msgspec.Struct):
+    n: int
+
+class SlowStart(falrt.App):
+    app_name = "slow-start"
+    max_multiplexing = 4
+
+    def setup(self) -> None:
+        with open({gate!r}, "rb") as gate:  # held until the test lets setup finish
+            gate.read(1)
+
+    @falrt.endpoint("/")
+    def double(self, request: Input) -> Output:
+        return Output(n=request.n * 2)
+'''
+
+
+def test_queued_requests_survive_a_sigkill_of_the_server(tmp_path: Path) -> None:
+    gate = make_gate(tmp_path / "setup-gate")
+    app_file = tmp_path / "app" / "slow_start.py"
+    app_file.parent.mkdir()
+    app_file.write_text(SLOW_START_APP.format(gate=str(gate)))
+    data_dir = tmp_path / "data"
+    first = ServerProcess(data_dir, tmp_path / "first.log").start()
+    try:
+        endpoint = first.deploy(f"{app_file}::SlowStart")
+        with SyncClient(first.address) as client:
+            ids = [client.submit(endpoint, {"n": n}).request_id for n in range(3)]
+            assert [client.status(i) for i in ids] == [Queued(position=p) for p in range(3)]
+    finally:
+        first.kill()
+    second = ServerProcess(data_dir, tmp_path / "second.log").start()
+    try:
+        with SyncClient(second.address) as client:
+            assert all(isinstance(client.status(i), Queued) for i in ids)
+            release(gate)  # the new server's runner finishes setup
+            outputs = [client.wait(i, timeout=60).output for i in ids]
+        assert outputs == [{"n": 0}, {"n": 2}, {"n": 4}]
+    finally:
+        second.stop()

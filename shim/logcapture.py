@@ -1,0 +1,137 @@
+"""Routes what a handler prints or logs to its request's log (RunnerLog messages).
+
+`install()` replaces `sys.stdout`/`sys.stderr` with `RoutedStream`s and adds a
+`RequestLogHandler` to the root logger. Both look up the `LogTarget` bound in the current
+context (`bind`): the runner binds one per request in the request's task, and the context is
+copied into the worker thread of a sync handler, so output is attributed correctly under
+multiplexing. Output outside any request (setup, teardown, the shim itself, threads the
+handler started on its own) goes to the real stderr, which the server keeps as the runner's
+log. One RunnerLog per line; a line without its newline yet is held until the newline comes
+or the request ends (`LogTarget.flush`).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import sys
+from collections.abc import Callable
+from contextvars import ContextVar
+from typing import TextIO
+
+from falrt.v1 import runner_pb2
+
+from . import wire
+
+__all__ = ["LogTarget", "RequestLogHandler", "RoutedStream", "bind", "install"]
+
+Emit = Callable[[runner_pb2.RunnerMessage], None]
+
+_target: ContextVar[LogTarget | None] = ContextVar("falrt_log_target", default=None)
+
+
+class LogTarget:
+    """The log of one request. Callable from the loop or the request's worker thread
+    (one writer at a time, as a handler runs in one thread at a time)."""
+
+    __slots__ = ("_emit", "_pending", "request_id")
+
+    def __init__(self, request_id: str, emit: Emit) -> None:
+        self.request_id = request_id
+        self._emit = emit
+        self._pending: dict[str, str] = {}
+
+    def write(self, source: str, text: str) -> None:
+        """Adds stream text; emits every completed line."""
+        if "\n" not in text:
+            if text:
+                self._pending[source] = self._pending.get(source, "") + text
+            return
+        lines = (self._pending.pop(source, "") + text).split("\n")
+        for line in lines[:-1]:
+            self._emit(wire.log_message(self.request_id, line.rstrip("\r"), source))
+        if lines[-1]:
+            self._pending[source] = lines[-1]
+
+    def record(self, source: str, message: str) -> None:
+        """Emits a whole message (e.g. a logging record), one RunnerLog per line."""
+        for line in message.splitlines() or [""]:
+            self._emit(wire.log_message(self.request_id, line, source))
+
+    def flush(self) -> None:
+        """Emits held partial lines. Called when the request ends, before its Result."""
+        pending, self._pending = self._pending, {}
+        for source, text in pending.items():
+            self._emit(wire.log_message(self.request_id, text, source))
+
+
+def bind(target: LogTarget) -> None:
+    """Makes `target` receive the output of the current context (task or thread)."""
+    _target.set(target)
+
+
+class RoutedStream(io.TextIOBase):
+    """A text stream that writes to the bound request's log, else to `fallback`."""
+
+    def __init__(self, source: str, fallback: TextIO) -> None:
+        super().__init__()
+        self._source = source
+        self._fallback = fallback
+
+    def write(self, s: str) -> int:
+        target = _target.get()
+        if target is None:
+            return self._fallback.write(s)
+        target.write(self._source, s)
+        return len(s)
+
+    def writable(self) -> bool:
+        return True
+
+    def flush(self) -> None:
+        self._fallback.flush()
+
+    def fileno(self) -> int:
+        return self._fallback.fileno()
+
+    def isatty(self) -> bool:
+        return False
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]  # read-only, as on real streams
+        return self._fallback.encoding
+
+
+class RequestLogHandler(logging.Handler):
+    """Sends log records made while serving a request to its log (source = level name);
+    other records go to `fallback` as timestamped lines."""
+
+    def __init__(self, fallback: TextIO) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(message)s"))
+        self._fallback = logging.StreamHandler(fallback)
+        self._fallback.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        )
+
+    def emit(self, record: logging.LogRecord) -> None:
+        target = _target.get()
+        if target is None:
+            self._fallback.handle(record)
+            return
+        try:
+            target.record(record.levelname, self.format(record))
+        except Exception:
+            self.handleError(record)
+
+
+def install() -> TextIO:
+    """Routes sys.stdout, sys.stderr and root logging; returns the real stderr. Once per process."""
+    real_stderr = sys.__stderr__ or sys.stderr
+    sys.stdout = RoutedStream("stdout", real_stderr)
+    sys.stderr = RoutedStream("stderr", real_stderr)
+    root = logging.getLogger()
+    root.addHandler(RequestLogHandler(real_stderr))
+    if root.level == logging.WARNING:
+        root.setLevel(logging.INFO)
+    return real_stderr

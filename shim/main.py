@@ -1,0 +1,86 @@
+"""The runner shim's entry point: `python -m falrt.shim`.
+
+Order: route stdout/stderr/logging (`logcapture`), read settings (exit 2 when malformed),
+put the bundle dir first on sys.path, import the entrypoint, instantiate the App and run
+`setup()` in the main thread with FALRT_RUNNER_STATE=SETUP (on any exception: traceback on
+stderr, exit 3), then FALRT_RUNNER_STATE=RUNNING and serve on uvloop until shutdown.
+Exit codes: 0 after a shutdown or when the server went away, 2 bad settings, 3 import or
+setup failed, 4 the server refused the runner.
+
+This package imports nothing of the control plane: only falrt.sdk, falrt.errors, the
+generated falrt.v1 code, grpc, uvloop and msgspec.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from typing import NoReturn, TextIO
+
+import uvloop
+
+from falrt.sdk.app import App, instantiate
+from falrt.sdk.loader import load_app_ref
+
+from . import logcapture
+from .session import RunnerSession
+from .settings import SettingsError, ShimSettings
+
+__all__ = ["EXIT_BAD_SETTINGS", "EXIT_SETUP_FAILED", "main"]
+
+EXIT_BAD_SETTINGS = 2
+EXIT_SETUP_FAILED = 3
+STATE_VAR = "FALRT_RUNNER_STATE"
+
+
+def start_app(settings: ShimSettings) -> App:
+    """Imports the entrypoint and runs `setup()`. Raises whatever user code raises."""
+    bundle = str(settings.bundle_dir)
+    if bundle in sys.path:
+        sys.path.remove(bundle)
+    sys.path.insert(0, bundle)
+    os.environ[STATE_VAR] = "SETUP"
+    app = instantiate(load_app_ref(settings.entrypoint))
+    app.setup()
+    os.environ[STATE_VAR] = "RUNNING"
+    return app
+
+
+async def serve(session: RunnerSession) -> int:
+    """Runs the session with SIGTERM/SIGINT starting its shutdown sequence."""
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, session.request_shutdown)
+    return await session.run()
+
+
+def _exit_now(code: int, stderr: TextIO) -> NoReturn:
+    """Leaves without joining handler threads that shutdown abandoned."""
+    stderr.flush()
+    os._exit(code)
+
+
+def main() -> int:
+    """Runs a runner to completion; returns the process exit code."""
+    real_stderr = logcapture.install()
+    try:
+        settings = ShimSettings.from_environ()
+    except SettingsError as exc:
+        print(f"falrt.shim: {exc}", file=real_stderr)
+        return EXIT_BAD_SETTINGS
+    try:
+        app = start_app(settings)
+    except BaseException:
+        traceback.print_exc(file=real_stderr)
+        return EXIT_SETUP_FAILED
+    pool = ThreadPoolExecutor(settings.max_multiplexing, thread_name_prefix="falrt-handler")
+    session = RunnerSession(settings, app, pool)
+    code = uvloop.run(serve(session))
+    if session.threads_abandoned:
+        return _exit_now(code, real_stderr)
+    pool.shutdown(wait=True)
+    return code

@@ -1,0 +1,364 @@
+"""One runner's life on the RunnerLink stream: attach, serve, drain, tear down.
+
+`RunnerSession.run()` dials the server, opens `RunnerLink.Attach`, sends Hello, and then:
+- reads server events: Assign starts a request task (kept in `_inflight` by request id),
+  CancelAssignment cancels one, Drain starts the shutdown sequence;
+- beats every `heartbeat_s` with the free slot count;
+- sends everything through one `Outbox` (one writer: order is guaranteed).
+
+Admission (take capacity before work): an Assign is refused with a Result, never queued,
+when the runner is draining (RunnerDisconnectedError: the server re-queues it), when all
+`max_multiplexing` slots are busy (UnavailableError), or when the path is unknown
+(NotFoundError). A slot is released exactly once, when the handler has really stopped, just
+before the request's Result is queued.
+
+Cancellation of a request: an async handler's task is cancelled; a sync handler's
+`RequestContext.cancelled` turns true and the thread runs on until the handler returns.
+Either way the request then ends with a RequestCancelledError Result.
+
+Shutdown (SIGTERM, or Drain without `handle_exit`), idempotent:
+`handle_exit()` (in a thread) -> StateChange DRAINING -> no new work -> in-flight requests
+finish within the grace period (then their tasks are cancelled, no Result: the server fails
+them over) -> FALRT_RUNNER_STATE=TERMINATING, StateChange TERMINATING -> `teardown()` ->
+flush -> half-close -> wait for the server to close. If the stream breaks at any point,
+in-flight work is cancelled at once, `teardown()` runs, and `run()` returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from falrt.errors import (
+    FalrtError,
+    NotFoundError,
+    RequestCancelledError,
+    RunnerDisconnectedError,
+    RunnerServerError,
+    UnavailableError,
+)
+from falrt.sdk.app import App
+from falrt.sdk.codec import is_msgpack
+from falrt.sdk.context import RequestContext, request_var
+from falrt.sdk.endpoints import Endpoint, EndpointKind
+from falrt.v1 import common_pb2, runner_pb2, runner_pb2_grpc
+
+from . import logcapture, wire
+from .invoke import Invoker
+from .outbox import Outbox
+from .settings import ShimSettings
+
+__all__ = ["EXIT_REFUSED", "RunnerSession"]
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_REFUSED = 4  # the server refused the runner (bad token, bad Hello)
+CLOSE_TIMEOUT_S = 5.0
+_REFUSED_CODES = (
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.INVALID_ARGUMENT,
+)
+
+
+class _Inflight:
+    """A request being served. `client_cancelled`: the server cancelled it (answer with
+    client_cancelled). `abandoned`: shutdown gave up on it (no answer)."""
+
+    __slots__ = ("abandoned", "cancel", "client_cancelled", "in_thread", "log", "task")
+
+    def __init__(self, request_id: str, outbox: Outbox, in_thread: bool) -> None:
+        self.cancel = threading.Event()
+        self.log = logcapture.LogTarget(request_id, outbox.offer_from_any_thread)
+        self.in_thread = in_thread
+        self.client_cancelled = False
+        self.abandoned = False
+        self.task: asyncio.Task[None] | None = None
+
+
+def handler_error(exc: BaseException) -> RunnerServerError:
+    """The error a handler exception travels as: "ExcType: msg" plus its traceback."""
+    text = "".join(traceback.format_exception(exc))
+    return RunnerServerError(f"{type(exc).__name__}: {exc}", traceback=text)
+
+
+class RunnerSession:
+    """Serves one App instance over one Attach stream. Loop-affine; see the module docstring."""
+
+    def __init__(self, settings: ShimSettings, app: App, pool: Executor) -> None:
+        self._settings = settings
+        self._app = app
+        self._endpoints: dict[str, Endpoint] = dict(type(app).endpoints())
+        inline = settings.sync_handlers == "loop"
+        self._invoker = Invoker(app, None if inline else pool)
+        self._in_thread = not inline
+        self._inflight: dict[str, _Inflight] = {}
+        self._shutdown: asyncio.Task[None] | None = None
+        self._call: Any = None
+        self._outbox: Outbox | None = None
+        self._lost = asyncio.Event()
+        self._call_cancelled = False
+        self.exit_code = EXIT_OK
+        self.threads_abandoned = False
+
+    @property
+    def outbox(self) -> Outbox:
+        assert self._outbox is not None, "the session is not running"
+        return self._outbox
+
+    # -- the stream ------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Serves until the stream ends and shutdown completed; returns the exit code."""
+        self._outbox = Outbox(asyncio.get_running_loop())
+        limit = self._settings.max_message_bytes
+        options = [
+            ("grpc.max_send_message_length", limit),
+            ("grpc.max_receive_message_length", limit),
+        ]
+        async with aio.insecure_channel(self._settings.server, options=options) as channel:
+            self._call = runner_pb2_grpc.RunnerLinkStub(channel).Attach()
+            await self.outbox.send(self._hello())
+            helpers = [
+                asyncio.create_task(self.outbox.pump(self._call)),
+                asyncio.create_task(self._heartbeat()),
+            ]
+            await self._read(self._call)
+            self._lost.set()
+            await self._start_shutdown(handle_exit=False)
+            for task in helpers:
+                task.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+        return self.exit_code
+
+    def _hello(self) -> runner_pb2.RunnerMessage:
+        s = self._settings
+        return wire.hello(s.runner_id, s.token, s.max_multiplexing, list(self._endpoints))
+
+    async def _read(self, call: Any) -> None:
+        """Handles server events until the stream ends (for any reason)."""
+        try:
+            async for message in call:
+                try:
+                    event = wire.event_from_proto(message)
+                except wire.UnknownEvent as exc:
+                    log.warning("%s", exc)
+                    continue
+                await self._on_event(event)
+        except aio.AioRpcError as exc:
+            self._report_stream_end(exc)
+        except asyncio.CancelledError:
+            if not self._call_cancelled:
+                raise
+
+    def _report_stream_end(self, exc: aio.AioRpcError) -> None:
+        code = exc.code()
+        if code in _REFUSED_CODES:
+            self.exit_code = EXIT_REFUSED
+            log.error("the server refused this runner: %s: %s", code.name, exc.details())
+        elif self._shutdown is None:
+            log.warning("runner stream ended: %s: %s", code.name, exc.details())
+
+    async def _on_event(self, event: wire.ServerEvent) -> None:
+        match event:
+            case wire.Assign():
+                await self._admit(event)
+            case wire.Cancel(request_id=request_id):
+                self._cancel(request_id)
+            case wire.Drain():
+                self.request_shutdown(handle_exit=False)
+            case _:
+                raise AssertionError(f"unhandled server event {event!r}")
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.heartbeat_s)
+            free = self._settings.max_multiplexing - len(self._inflight)
+            await self.outbox.send(wire.heartbeat(max(free, 0)))
+
+    # -- requests --------------------------------------------------------------------
+
+    def _refusal(self, assign: wire.Assign) -> FalrtError | None:
+        if self._shutdown is not None:
+            return RunnerDisconnectedError("runner is draining; retry on another runner")
+        if len(self._inflight) >= self._settings.max_multiplexing:
+            slots = self._settings.max_multiplexing
+            return UnavailableError(f"runner has no free slot ({slots} in flight)")
+        if assign.path not in self._endpoints:
+            known = ", ".join(sorted(self._endpoints))
+            return NotFoundError(f"path {assign.path!r} not found (known paths: {known})")
+        return None
+
+    async def _admit(self, assign: wire.Assign) -> None:
+        if assign.request_id in self._inflight:
+            log.warning("ignored a second Assign of request %s", assign.request_id)
+            return
+        refusal = self._refusal(assign)
+        if refusal is not None:
+            await self.outbox.send(wire.error_result(assign.request_id, refusal))
+            return
+        ep = self._endpoints[assign.path]
+        entry = _Inflight(assign.request_id, self.outbox, self._in_thread and not ep.is_async)
+        self._inflight[assign.request_id] = entry
+        entry.task = asyncio.create_task(self._serve(assign, ep, entry))
+
+    def _cancel(self, request_id: str) -> None:
+        entry = self._inflight.get(request_id)
+        if entry is None or entry.client_cancelled:
+            return
+        entry.client_cancelled = True
+        entry.cancel.set()
+        if not entry.in_thread:
+            # Scheduled, not immediate: a task cancelled before its first step would never
+            # enter _serve's try block, and its slot would leak.
+            asyncio.get_running_loop().call_soon(self._cancel_task, request_id, entry)
+
+    def _cancel_task(self, request_id: str, entry: _Inflight) -> None:
+        if self._inflight.get(request_id) is entry and entry.task is not None:
+            entry.task.cancel()
+
+    async def _serve(self, assign: wire.Assign, ep: Endpoint, entry: _Inflight) -> None:
+        """One request, in its own task: validate, run, answer. Frees the slot exactly once."""
+        request_var.set(RequestContext(assign.request_id, assign.path, entry.cancel))
+        logcapture.bind(entry.log)
+        try:
+            message = await self._outcome(assign, ep, entry)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if entry.abandoned or not entry.client_cancelled or task is None:
+                raise
+            task.uncancel()
+            message = wire.error_result(assign.request_id, RequestCancelledError("cancelled"))
+        finally:
+            entry.log.flush()
+            del self._inflight[assign.request_id]
+        await self.outbox.send(message)
+
+    async def _outcome(
+        self, assign: wire.Assign, ep: Endpoint, entry: _Inflight
+    ) -> runner_pb2.RunnerMessage:
+        request_id = assign.request_id
+        started = time.perf_counter()
+        try:
+            msgpack = is_msgpack(assign.content_type)
+            value = ep.input_codec.decode(assign.data, msgpack)
+            started = time.perf_counter()
+            output = await self._run_handler(assign, ep, entry, value, msgpack)
+        except FalrtError as exc:
+            return wire.error_result(request_id, exc, time.perf_counter() - started)
+        except Exception as exc:
+            return wire.error_result(request_id, handler_error(exc), time.perf_counter() - started)
+        if entry.client_cancelled:
+            return wire.error_result(request_id, RequestCancelledError("cancelled"))
+        content_type = assign.content_type or "application/json"
+        return wire.ok_result(request_id, output, content_type, time.perf_counter() - started)
+
+    async def _run_handler(
+        self, assign: wire.Assign, ep: Endpoint, entry: _Inflight, value: Any, msgpack: bool
+    ) -> bytes | None:
+        if ep.kind is EndpointKind.UNARY:
+            return await self._invoker.unary(ep, value, msgpack)
+        content_type = assign.content_type or "application/json"
+
+        async def send(data: bytes) -> None:
+            await self.outbox.send(wire.partial(assign.request_id, data, content_type))
+
+        await self._invoker.stream(ep, value, msgpack, send, entry.cancel)
+        return None
+
+    # -- shutdown --------------------------------------------------------------------
+
+    def request_shutdown(self, handle_exit: bool = True) -> None:
+        """Starts the shutdown sequence (SIGTERM: with handle_exit). Idempotent."""
+        if self._shutdown is None:
+            self._shutdown = asyncio.create_task(self._shut_down(handle_exit))
+
+    async def _start_shutdown(self, handle_exit: bool) -> None:
+        self.request_shutdown(handle_exit)
+        assert self._shutdown is not None
+        await self._shutdown
+
+    async def _shut_down(self, handle_exit: bool) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._settings.grace_period_s
+        exit_hook = _in_thread(self._app.handle_exit) if handle_exit else None
+        await self._send_state(common_pb2.RUNNER_STATE_DRAINING)
+        await self._wait_inflight(deadline)
+        if exit_hook is not None:
+            await _finish_hook(exit_hook, "handle_exit", max(deadline - loop.time(), 0.0))
+        os.environ["FALRT_RUNNER_STATE"] = "TERMINATING"
+        await self._send_state(common_pb2.RUNNER_STATE_TERMINATING)
+        await _finish_hook(_in_thread(self._app.teardown), "teardown", None)
+        await self._close_stream()
+
+    async def _send_state(self, state: common_pb2.RunnerState.ValueType) -> None:
+        if not self._lost.is_set():
+            await self.outbox.send(wire.state_change(state))
+
+    async def _wait_inflight(self, deadline: float) -> None:
+        """Waits for in-flight requests until `deadline` or the stream is lost, then
+        abandons what is left."""
+        loop = asyncio.get_running_loop()
+        lost = asyncio.create_task(self._lost.wait())
+        try:
+            while self._inflight and not self._lost.is_set():
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                tasks = {e.task for e in self._inflight.values() if e.task is not None}
+                await asyncio.wait({*tasks, lost}, timeout=remaining, return_when="FIRST_COMPLETED")
+        finally:
+            lost.cancel()
+        await self._abandon_inflight()
+
+    async def _abandon_inflight(self) -> None:
+        tasks = []
+        for entry in list(self._inflight.values()):
+            entry.abandoned = True
+            entry.cancel.set()
+            self.threads_abandoned |= entry.in_thread
+            if entry.task is not None:
+                entry.task.cancel()
+                tasks.append(entry.task)
+        if tasks:
+            await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT_S)
+
+    async def _close_stream(self) -> None:
+        if self._lost.is_set() or self._call is None:
+            return
+        if await self.outbox.flush(CLOSE_TIMEOUT_S):
+            try:
+                await self._call.done_writing()
+            except Exception as exc:  # the stream is already gone
+                log.debug("half-close failed: %r", exc)
+        try:
+            await asyncio.wait_for(self._lost.wait(), CLOSE_TIMEOUT_S)
+        except TimeoutError:
+            self._call_cancelled = True
+            self._call.cancel()
+
+
+def _in_thread(hook: Callable[[], None]) -> asyncio.Future[None]:
+    """Runs a lifecycle hook in a one-off thread (not the handler pool, which may be busy)."""
+    return asyncio.ensure_future(asyncio.to_thread(hook))
+
+
+async def _finish_hook(future: asyncio.Future[None], name: str, timeout_s: float | None) -> None:
+    """Awaits a hook; its exception or overrun is logged, never raised."""
+    try:
+        await asyncio.wait_for(asyncio.shield(future), timeout_s)
+    except TimeoutError:
+        log.warning("%s() still running after the grace period; going on", name)
+    except Exception:
+        log.exception("%s() raised", name)

@@ -1,0 +1,101 @@
+"""The runner shim's settings: one frozen object built once from the environment.
+
+This is the only module of the shim that reads `os.environ`. The server's backend sets:
+
+| Variable                  | Meaning                                             | Default     |
+|---------------------------|-----------------------------------------------------|-------------|
+| FALRT_SERVER              | host:port of the server's RunnerLink service        | required    |
+| FALRT_RUNNER_ID           | this runner's id (sent in Hello)                    | required    |
+| FALRT_RUNNER_TOKEN        | this runner's token (sent in Hello)                 | required    |
+| FALRT_ENTRYPOINT          | "module:Class", module = a .py file in the bundle   | required    |
+| FALRT_BUNDLE_DIR          | absolute path of the extracted bundle               | the cwd     |
+| FALRT_MAX_MULTIPLEXING    | requests served at once (slots), >= 1               | 1           |
+| FALRT_GRACE_PERIOD_S      | seconds in-flight requests get after SIGTERM/Drain  | 5           |
+| FALRT_HEARTBEAT_S         | seconds between heartbeats                          | 5           |
+| FALRT_SYNC_HANDLERS       | where sync handlers run: "thread", "loop", "auto"   | auto        |
+
+"auto" runs sync handlers in the worker pool (see `falrt.shim.invoke` for why).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal, cast
+
+import msgspec
+
+__all__ = ["SettingsError", "ShimSettings"]
+
+SyncMode = Literal["thread", "loop", "auto"]
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+class SettingsError(ValueError):
+    """A FALRT_* variable is missing or malformed."""
+
+
+def _required(env: Mapping[str, str], name: str) -> str:
+    value = env.get(name, "")
+    if not value:
+        raise SettingsError(f"{name} is not set")
+    return value
+
+
+def _number(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
+    raw = env.get(name, "")
+    try:
+        value = float(raw) if raw else default
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _slots(env: Mapping[str, str]) -> int:
+    raw = env.get("FALRT_MAX_MULTIPLEXING", "") or "1"
+    if not raw.isdigit() or int(raw) < 1:
+        raise SettingsError(f"FALRT_MAX_MULTIPLEXING must be an integer >= 1, got {raw!r}")
+    return int(raw)
+
+
+def _sync_mode(env: Mapping[str, str]) -> SyncMode:
+    raw = env.get("FALRT_SYNC_HANDLERS", "") or "auto"
+    if raw in ("thread", "loop", "auto"):
+        return cast(SyncMode, raw)
+    raise SettingsError(f"FALRT_SYNC_HANDLERS must be thread, loop or auto, got {raw!r}")
+
+
+class ShimSettings(msgspec.Struct, frozen=True):
+    """Everything the shim is configured with."""
+
+    server: str
+    runner_id: str
+    token: str
+    entrypoint: str
+    bundle_dir: Path
+    max_multiplexing: int = 1
+    grace_period_s: float = 5.0
+    heartbeat_s: float = 5.0
+    sync_handlers: SyncMode = "auto"
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+
+    @classmethod
+    def from_environ(cls, env: Mapping[str, str] = os.environ) -> ShimSettings:
+        """Reads the FALRT_* variables. Raises SettingsError naming the bad variable."""
+        entrypoint = _required(env, "FALRT_ENTRYPOINT")
+        if entrypoint.count(":") != 1 or entrypoint.startswith(":"):
+            raise SettingsError(f"FALRT_ENTRYPOINT must be module:Class, got {entrypoint!r}")
+        return cls(
+            server=_required(env, "FALRT_SERVER"),
+            runner_id=_required(env, "FALRT_RUNNER_ID"),
+            token=_required(env, "FALRT_RUNNER_TOKEN"),
+            entrypoint=entrypoint,
+            bundle_dir=Path(env.get("FALRT_BUNDLE_DIR") or os.getcwd()).resolve(),
+            max_multiplexing=_slots(env),
+            grace_period_s=_number(env, "FALRT_GRACE_PERIOD_S", 5.0, 0.0),
+            heartbeat_s=_number(env, "FALRT_HEARTBEAT_S", 5.0, 0.01),
+            sync_handlers=_sync_mode(env),
+        )

@@ -7,9 +7,8 @@ End-to-end tests against the real server live with the server's tests.
 
 from __future__ import annotations
 
-import asyncio
-import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -48,39 +47,42 @@ SCRIPTS: dict[str, list[Status]] = {
 }
 
 
+def _abort(context: Any, error: FalrtError) -> None:
+    context.set_trailing_metadata(trailing_metadata(to_proto(error)))
+    context.abort(error.code, error.message)
+
+
 class CallQueue(queue_pb2_grpc.QueueServicer):
     """`local/<script>` runs a script of SCRIPTS; `local/invalid` fails validation."""
 
-    async def Submit(self, request: Any, context: Any) -> queue_pb2.SubmitResponse:
+    def Submit(self, request: Any, context: Any) -> queue_pb2.SubmitResponse:
         if request.endpoint_id == "local/invalid":
             error = ValidationFailedError("input is invalid", field_errors=[("$.name", "required")])
-            await context.abort(error.code, error.message,
-                                trailing_metadata=trailing_metadata(to_proto(error)))
+            _abort(context, error)
         return queue_pb2.SubmitResponse(request_id=request.endpoint_id.split("/")[1])
 
-    async def Watch(self, request: Any, context: Any) -> AsyncIterator[queue_pb2.WatchResponse]:
+    def Watch(self, request: Any, context: Any) -> Iterator[queue_pb2.WatchResponse]:
         for status in SCRIPTS[request.request_id]:
             yield queue_pb2.WatchResponse(state=status_to_proto(status, request.request_id))
 
-    async def GetStatus(self, request: Any, context: Any) -> queue_pb2.GetStatusResponse:
+    def GetStatus(self, request: Any, context: Any) -> queue_pb2.GetStatusResponse:
         state = status_to_proto(InProgress(logs=(LOG,)), request.request_id)
         return queue_pb2.GetStatusResponse(state=state)
 
-    async def GetResult(self, request: Any, context: Any) -> queue_pb2.GetResultResponse:
+    def GetResult(self, request: Any, context: Any) -> queue_pb2.GetResultResponse:
         error = NotCompletedError(f"request {request.request_id} is IN_PROGRESS")
-        await context.abort(error.code, error.message,
-                            trailing_metadata=trailing_metadata(to_proto(error)))
+        _abort(context, error)
         raise AssertionError("abort returns only by raising")
 
-    async def Cancel(self, request: Any, context: Any) -> queue_pb2.CancelResponse:
+    def Cancel(self, request: Any, context: Any) -> queue_pb2.CancelResponse:
         outcome = (queue_pb2.CANCEL_OUTCOME_NOT_FOUND if request.request_id == "nope"
                    else queue_pb2.CANCEL_OUTCOME_ALREADY_COMPLETED)
         return queue_pb2.CancelResponse(outcome=outcome)
 
-    async def Run(self, request: Any, context: Any) -> queue_pb2.RunResponse:
+    def Run(self, request: Any, context: Any) -> queue_pb2.RunResponse:
         return queue_pb2.RunResponse(output=request.input)
 
-    async def Stream(self, request: Any, context: Any) -> AsyncIterator[queue_pb2.StreamResponse]:
+    def Stream(self, request: Any, context: Any) -> Iterator[queue_pb2.StreamResponse]:
         for index in range(2):
             data = msgspec.json.encode({"i": index, "path": request.path})
             yield queue_pb2.StreamResponse(output=common_pb2.Payload(data=data))
@@ -88,24 +90,17 @@ class CallQueue(queue_pb2_grpc.QueueServicer):
 
 @pytest.fixture(scope="module")
 def host() -> Iterator[str]:
-    """Address of a CallQueue server on port 0, served from its own loop in a thread."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
+    """Address of a CallQueue server on port 0.
 
-    async def start() -> tuple[grpc.aio.Server, int]:
-        server = grpc.aio.server()
-        queue_pb2_grpc.add_QueueServicer_to_server(CallQueue(), server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        return server, port
-
-    server, port = asyncio.run_coroutine_threadsafe(start(), loop).result()
+    A sync gRPC server: an asyncio one stopped on another thread's loop shuts gRPC's asyncio
+    layer down and cancels the sync channels of later tests in this process.
+    """
+    server = grpc.server(ThreadPoolExecutor(max_workers=4))
+    queue_pb2_grpc.add_QueueServicer_to_server(CallQueue(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
     yield f"127.0.0.1:{port}"
-    asyncio.run_coroutine_threadsafe(server.stop(None), loop).result()
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join()
-    loop.close()
+    server.stop(None)
 
 
 def falrt(*args: str, env: dict[str, str] | None = None) -> Result:

@@ -36,7 +36,7 @@ def mlp_handler() -> Handler:
     import msgspec
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-    import mlp  # type: ignore[import-not-found]
+    import mlp
     import torch
 
     torch.set_num_threads(1)  # as MLP.setup() does
@@ -55,11 +55,11 @@ def mlp_handler() -> Handler:
 
 
 async def serve_grpc(handle: Handler, port: int) -> None:
-    async def call(body: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    async def call(body: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
         return handle(body)
 
     # No serializers: the method takes and returns raw bytes.
-    method = grpc.unary_unary_rpc_method_handler(call)
+    method: grpc.RpcMethodHandler[bytes, bytes] = grpc.unary_unary_rpc_method_handler(call)
     service, name = ECHO_METHOD.strip("/").split("/")
     server = grpc.aio.server()
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(service, {name: method})])

@@ -100,7 +100,7 @@ class CallFailed(Exception):
 
 def grpc_bytes_call(channel: grpc.aio.Channel, method: str, body: bytes) -> Call:
     """A unary call of a bare server's generic bytes method."""
-    stub = channel.unary_unary(method)
+    stub: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(method)
 
     async def call() -> None:
         await stub(body, timeout=CALL_TIMEOUT_S)

@@ -53,14 +53,14 @@ def test_requests_move_through_their_statuses(make_store: Callable[[], Store]) -
         store = make_store()
         await store.open()
         await asyncio.gather(*(store.insert_request(request(s)) for s in range(1, 51)))
-        await store.mark_started("id1", 1)
+        await store.requeue("id1", 1)
         outcome = Outcome(error=ErrorRecord("runner_server_error", "boom", 13),
                           logs=(LogRecord(3.0, "line", "stdout"),))
         await store.complete("id2", outcome, 4.0)
-        await store.mark_started("id2", 2)  # a late write never reopens a completed request
+        await store.requeue("id2", 2)  # a late write never reopens a completed request
         unfinished = await store.load_unfinished()
         assert [r.seq for r in unfinished] == [1, *range(3, 51)]
-        assert unfinished[0].status is Status.IN_PROGRESS and unfinished[0].attempts == 1
+        assert unfinished[0].status is Status.IN_QUEUE and unfinished[0].attempts == 1
         done = await store.get_request("id2")
         assert done is not None and done.status is Status.COMPLETED and done.outcome == outcome
         assert await store.max_seq() == 50

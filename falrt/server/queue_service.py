@@ -59,6 +59,7 @@ class QueueService(queue_pb2_grpc.QueueServicer):
                 yield queue_pb2.WatchResponse(state=convert.request_state(
                     item, position=position, logs=logs, waiting_reason=item.waiting_reason
                 ))
+                continue  # the request may have moved on while this update was sent
             if item.status is Status.COMPLETED:
                 return
             await self._changed(item)

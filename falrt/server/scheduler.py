@@ -137,14 +137,30 @@ class Scheduler:
             content_type=_content_type(content_type), priority=priority,
             seq=self._next_seq(), created_at=time.time(),
         )
-        await self.store.insert_request(record)
+        # The write and the first attempt overlap: the runner may start while the row is
+        # being committed, but Submit answers only once it is durable, and the outcome is
+        # written only after it (see _complete).
         item = QueuedRequest.from_record(record)
+        item.stored = asyncio.ensure_future(self.store.insert_request(record))
         self._requests[item.request_id] = item
-        app = self.apps.get(app.name, app)
         app.queue.push(item)
         position = app.queue.position(item)
         self.dispatch(app)
+        try:
+            await asyncio.shield(item.stored)
+        except Exception as exc:
+            self._withdraw(app, item)
+            log.exception("storing request %s failed", item.request_id)
+            raise errors.InternalError("the request could not be stored; try again") from exc
         return item.request_id, position
+
+    def _withdraw(self, app: AppState, item: QueuedRequest) -> None:
+        """Forgets a request that was never acknowledged (its insert failed)."""
+        self._requests.pop(item.request_id, None)
+        item.cancel_requested = True
+        item.outcome = Outcome(error=error_record(errors.InternalError("not stored")))
+        if not app.queue.remove(item):
+            self._send_cancel(item)
 
     async def lookup(self, request_id: str) -> QueuedRequest | None:
         """A request by id: from memory, else from the store (completed ones)."""
@@ -212,8 +228,9 @@ class Scheduler:
             runner.assign(item)
             if isinstance(item, QueuedRequest):
                 item.status, item.waiting_reason = Status.IN_PROGRESS, ""
+                # Not written to the store: after a crash every unfinished request is
+                # re-queued anyway, and attempts are stored when a request is re-queued.
                 item.attempts += 1
-                self._background(self.store.mark_started(item.request_id, item.attempts))
                 item.changed.fire()
         self.fleet.wake()
 
@@ -300,6 +317,8 @@ class Scheduler:
 
     async def _complete(self, item: QueuedRequest, *, store: bool) -> None:
         assert item.outcome is not None
+        if item.stored is not None:
+            await item.stored  # the outcome's UPDATE must follow the request's INSERT
         if store:
             await self.store.complete(item.request_id, item.outcome, time.time())
         item.status = Status.COMPLETED

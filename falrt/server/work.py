@@ -68,6 +68,8 @@ class QueuedRequest(WorkItem):
     outcome: Outcome | None = None
     waiting_reason: str = ""
     changed: Signal = field(default_factory=Signal)
+    # The INSERT of a new request, while it is being committed (None once loaded).
+    stored: asyncio.Future[None] | None = None
 
     @property
     def durable(self) -> bool:

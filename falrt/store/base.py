@@ -32,9 +32,6 @@ class Store(Protocol):
     async def insert_request(self, request: RequestRecord) -> None:
         """Stores a new request durably."""
 
-    async def mark_started(self, request_id: str, attempts: int) -> None:
-        """Records that an attempt started (status IN_PROGRESS)."""
-
     async def requeue(self, request_id: str, attempts: int) -> None:
         """Puts a request back to IN_QUEUE, keeping its place (seq)."""
 

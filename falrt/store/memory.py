@@ -41,16 +41,10 @@ class MemoryStore:
     async def insert_request(self, request: RequestRecord) -> None:
         self._requests[request.request_id] = copy.copy(request)
 
-    async def mark_started(self, request_id: str, attempts: int) -> None:
-        self._set(request_id, Status.IN_PROGRESS, attempts)
-
     async def requeue(self, request_id: str, attempts: int) -> None:
-        self._set(request_id, Status.IN_QUEUE, attempts)
-
-    def _set(self, request_id: str, status: Status, attempts: int) -> None:
         record = self._requests.get(request_id)
         if record is not None and record.status is not Status.COMPLETED:
-            record.status, record.attempts = status, attempts
+            record.status, record.attempts = Status.IN_QUEUE, attempts
 
     async def complete(self, request_id: str, outcome: Outcome, completed_at: float) -> None:
         record = self._requests.get(request_id)

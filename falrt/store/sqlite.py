@@ -178,18 +178,12 @@ class SQLiteStore:
             )
         )
 
-    async def mark_started(self, request_id: str, attempts: int) -> None:
-        await self._set_status(request_id, Status.IN_PROGRESS, attempts)
-
     async def requeue(self, request_id: str, attempts: int) -> None:
-        await self._set_status(request_id, Status.IN_QUEUE, attempts)
-
-    def _set_status(self, request_id: str, status: Status, attempts: int) -> asyncio.Future[Any]:
-        return self._run(
+        await self._run(
             lambda conn: conn.execute(
                 "UPDATE requests SET status = ?, attempts = ? WHERE request_id = ? "
                 "AND status != ?",
-                (int(status), attempts, request_id, int(Status.COMPLETED)),
+                (int(Status.IN_QUEUE), attempts, request_id, int(Status.COMPLETED)),
             )
         )
 

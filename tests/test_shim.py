@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import sys
 import textwrap
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -137,13 +138,16 @@ class Link(runner_pb2_grpc.RunnerLinkServicer):
     """The server side of one runner's stream: runner messages go to `inbox` (None when the
     runner's side ended); messages put in `outbox` go to the runner (None closes)."""
 
-    def __init__(self) -> None:
+    def __init__(self, refuse: bool = False) -> None:
         self.inbox: asyncio.Queue[runner_pb2.RunnerMessage | None] = asyncio.Queue()
         self.outbox: asyncio.Queue[runner_pb2.ServerMessage | None] = asyncio.Queue()
+        self.refuse = refuse
 
     async def Attach(
         self, request_iterator: AsyncIterator[runner_pb2.RunnerMessage], context: Any
     ) -> AsyncIterator[runner_pb2.ServerMessage]:
+        if self.refuse:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "bad runner token")
         reader = asyncio.ensure_future(self._read(request_iterator))
         try:
             while (message := await self.outbox.get()) is not None:
@@ -244,9 +248,9 @@ class Runner:
 
 
 @contextlib.asynccontextmanager
-async def shim(root: Path, **env: str) -> AsyncIterator[Runner]:
+async def shim(root: Path, refuse: bool = False, **env: str) -> AsyncIterator[Runner]:
     """Starts a RunnerLink server on port 0 and a shim subprocess attached to it."""
-    link = Link()
+    link = Link(refuse)
     server = grpc.aio.server()
     runner_pb2_grpc.add_RunnerLinkServicer_to_server(link, server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -599,3 +603,42 @@ def test_bad_settings_exit_2(tmp_path: Path) -> None:
             assert "FALRT_MAX_MULTIPLEXING" in runner.stderr()
 
     run(main)
+
+
+def test_sync_handlers_can_run_inline_on_the_loop(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with shim(tmp_path, FALRT_SYNC_HANDLERS="loop") as runner:
+            await attached(runner)
+            runner.assign("i1", "/", {"name": "inline"})
+            assert output(await runner.result("i1")) == {"text": "hello inline"}
+            runner.assign("i2", "/gen", {"name": "y", "n": 2})
+            await runner.result("i2")
+            partials = [m.partial.output.data for m in runner.seen if m.HasField("partial")]
+            assert [json.loads(p) for p in partials] == [{"text": "y0"}, {"text": "y1"}]
+            runner.assign("i3", "/log", {"name": "q"})
+            await runner.result("i3")
+            await runner.log_line("i3", "printed i3")
+
+    run(main)
+
+
+def test_a_runner_the_server_refuses_exits_4(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with shim(tmp_path, refuse=True) as runner:
+            assert await runner.exit_code() == 4
+            assert "PERMISSION_DENIED" in runner.stderr()
+            assert runner.marked("teardown") == ["TERMINATING"]
+
+    run(main)
+
+
+def test_the_shim_imports_nothing_of_the_control_plane() -> None:
+    code = (
+        "import sys, falrt.shim.main\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('click', 'rich') or "
+        "m.startswith(('falrt.server', 'falrt.store', 'falrt.backends', 'falrt.client', "
+        "'falrt.autoscaler', 'falrt.cli', 'falrt.settings'))]\n"
+        "assert not bad, bad\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

@@ -107,7 +107,9 @@ class Deployer:
             raise errors.InvalidArgumentError("the app declares no endpoint")
         paths = [e.path for e in plan.endpoints]
         if any(not p.startswith("/") for p in paths) or len(set(paths)) != len(paths):
-            raise errors.InvalidArgumentError(f"endpoint paths must be unique and start with /: {paths}")
+            raise errors.InvalidArgumentError(
+                f"endpoint paths must be unique and start with /: {paths}"
+            )
         _check_config(plan.config)
 
     async def _receive(

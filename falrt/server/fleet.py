@@ -9,6 +9,7 @@ and the other apps are still scaled.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import secrets
@@ -91,10 +92,8 @@ class Fleet:
                 if decision.next_check_s is not None:
                     next_check = min(next_check or decision.next_check_s, decision.next_check_s)
             self._wake.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=next_check)
-            except TimeoutError:
-                pass
 
     def _scale(self, app: AppState) -> ScalingDecision:
         now = time.monotonic()

@@ -152,3 +152,27 @@ def test_runners_and_apps_are_listed(server: ServerProcess, hello: str, gated: s
     assert {"hello", "gated"} <= names
     runners = json.loads(server.cli("runners", "list", "--output", "json").stdout)
     assert any(r["app_name"] == "gated" for r in runners)
+
+
+def test_each_revision_records_its_endpoint_schemas(server: ServerProcess, hello: str) -> None:
+    app = json.loads(server.cli("apps", "get", "hello", "--output", "json").stdout)
+    (endpoint,) = app["endpoints"]
+    schema = json.loads(endpoint["input_schema_json"])
+    assert "name" in json.dumps(schema)
+    assert app["revision_id"].startswith("rev-")
+
+
+def test_health_and_reflection_are_served(server: ServerProcess) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    with grpc.insecure_channel(server.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "falrt.v1.Queue", "falrt.v1.Control"):
+            reply = health.Check(health_pb2.HealthCheckRequest(service=service))
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        (reply,) = list(reflect.ServerReflectionInfo(iter([request])))
+        names = {s.name for s in reply.list_services_response.service}
+    assert {"falrt.v1.Queue", "falrt.v1.Control"} <= names

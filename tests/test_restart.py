@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
-from falrt.client import Queued, SyncClient
+from falrt.client import InProgress, Queued, SyncClient
 from tests.fifo import make_gate, release
-from tests.harness import ServerProcess
+from tests.harness import ServerProcess, wait_for
 
 SLOW_START_APP = '''
 import msgspec
@@ -53,5 +54,24 @@ def test_queued_requests_survive_a_sigkill_of_the_server(tmp_path: Path) -> None
             release(gate)  # the new server's runner finishes setup
             outputs = [client.wait(i, timeout=60).output for i in ids]
         assert outputs == [{"n": 0}, {"n": 2}, {"n": 4}]
+    finally:
+        second.stop()
+
+
+def test_sigterm_lets_in_flight_requests_finish_and_keeps_their_results(tmp_path: Path) -> None:
+    gate = make_gate(tmp_path / "request-gate")
+    data_dir = tmp_path / "data"
+    first = ServerProcess(data_dir, tmp_path / "first.log").start()
+    endpoint = first.deploy("tests/apps/gated.py::Gated")
+    with SyncClient(first.address) as client:
+        request_id = client.submit(endpoint, {"text": "late", "gate": str(gate)}).request_id
+        wait_for(lambda: isinstance(client.status(request_id), InProgress), what="in progress")
+        first.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        release(gate)  # within the grace period: the runner drains, the result is kept
+    assert first.proc.wait(timeout=60) == 0  # type: ignore[union-attr]
+    second = ServerProcess(data_dir, tmp_path / "second.log").start()
+    try:
+        with SyncClient(second.address) as client:
+            assert client.result(request_id)["text"] == "late"
     finally:
         second.stop()

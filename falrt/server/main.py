@@ -55,6 +55,8 @@ async def serve(settings: ServerSettings) -> None:
     scheduler.fleet = fleet
     requeued = await scheduler.load()
     server, health_servicer = _grpc_server(settings, scheduler, fleet, environments)
+    for name in (*SERVICES, ""):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     port = server.add_insecure_port(settings.listen)
     await server.start()
     host = settings.listen.rpartition(":")[0]
@@ -88,8 +90,6 @@ def _grpc_server(
     runner_pb2_grpc.add_RunnerLinkServicer_to_server(RunnerLinkService(fleet, scheduler), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in (*SERVICES, ""):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection(
         (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )

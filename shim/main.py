@@ -14,6 +14,7 @@ generated falrt.v1 code, grpc, uvloop and msgspec.
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import os
 import signal
 import sys
@@ -67,6 +68,7 @@ def _exit_now(code: int, stderr: TextIO) -> NoReturn:
 def main() -> int:
     """Runs a runner to completion; returns the process exit code."""
     real_stderr = logcapture.install()
+    faulthandler.enable(file=real_stderr)  # a crash in native code still leaves a traceback
     try:
         settings = ShimSettings.from_environ()
     except SettingsError as exc:

@@ -413,6 +413,16 @@ def test_loader_imports_a_file_with_its_local_modules(app_dir: Path) -> None:
     assert load_app_class(app_dir / "helloapp.py").__name__ == "Hello"
 
 
+def test_loader_refuses_a_file_whose_module_name_is_taken(app_dir: Path) -> None:
+    other = app_dir / "elsewhere"
+    other.mkdir()
+    (other / "helloapp.py").write_text(textwrap.dedent(APP_SOURCE))
+    first = load_app_ref(f"{app_dir / 'helloapp.py'}::Hello")
+    assert load_app_ref(f"{app_dir / 'helloapp.py'}::Hello") is first
+    with pytest.raises(InvalidArgumentError, match="already imported"):
+        load_app_ref(f"{other / 'helloapp.py'}::Hello")
+
+
 def test_loader_imports_module_references(app_dir: Path) -> None:
     sys.path.insert(0, str(app_dir))
     assert load_app_ref("helloapp:Hello").__name__ == "Hello"

@@ -2,7 +2,9 @@
 
 References:
 - `path/to/app.py::MyApp` or `path/to/app.py` (a file; module name = file stem, the file's
-  folder is put first on `sys.path` so its local modules import);
+  folder is put first on `sys.path` so its local modules import; importing the same file
+  again returns the same module, a different module already imported under that name is
+  an error);
 - `module:MyApp` or `module` (an importable module, e.g. the entrypoint inside a bundle).
 Without a class name, the module must define exactly one App subclass.
 
@@ -42,7 +44,16 @@ def _import_file(path: Path) -> ModuleType:
     """Imports a .py file as module `path.stem`, with its folder first on sys.path."""
     if not path.is_file():
         raise InvalidArgumentError(f"app file {str(path)!r} does not exist")
-    folder = str(path.resolve().parent)
+    path = path.resolve()
+    existing = sys.modules.get(path.stem)
+    if existing is not None:
+        if getattr(existing, "__file__", None) == str(path):
+            return existing
+        raise InvalidArgumentError(
+            f"cannot import {str(path)!r} as module {path.stem!r}: another module of that "
+            "name is already imported; rename the app file"
+        )
+    folder = str(path.parent)
     if folder in sys.path:
         sys.path.remove(folder)
     sys.path.insert(0, folder)

@@ -28,6 +28,7 @@ from falrt.sdk.app import App, instantiate
 from falrt.sdk.loader import load_app_ref
 
 from . import logcapture
+from .parent import die_with_parent
 from .session import RunnerSession
 from .settings import SettingsError, ShimSettings
 
@@ -74,6 +75,7 @@ def main() -> int:
     except SettingsError as exc:
         print(f"falrt.shim: {exc}", file=real_stderr)
         return EXIT_BAD_SETTINGS
+    die_with_parent(settings.parent_pid)
     try:
         app = start_app(settings)
     except BaseException:

@@ -13,6 +13,7 @@ This is the only module of the shim that reads `os.environ`. The server's backen
 | FALRT_GRACE_PERIOD_S      | seconds in-flight requests get after SIGTERM/Drain  | 5           |
 | FALRT_HEARTBEAT_S         | seconds between heartbeats                          | 5           |
 | FALRT_SYNC_HANDLERS       | where sync handlers run: "thread", "loop", "auto"   | auto        |
+| FALRT_PARENT_PID          | die with this process (Linux; process backend)      | unset       |
 
 "auto" runs sync handlers in the worker pool (see `falrt.shim.invoke` for why).
 """
@@ -61,6 +62,15 @@ def _slots(env: Mapping[str, str]) -> int:
     return int(raw)
 
 
+def _parent_pid(env: Mapping[str, str]) -> int | None:
+    raw = env.get("FALRT_PARENT_PID", "")
+    if not raw:
+        return None
+    if not raw.isdigit():
+        raise SettingsError(f"FALRT_PARENT_PID must be a process id, got {raw!r}")
+    return int(raw)
+
+
 def _sync_mode(env: Mapping[str, str]) -> SyncMode:
     raw = env.get("FALRT_SYNC_HANDLERS", "") or "auto"
     if raw in ("thread", "loop", "auto"):
@@ -80,6 +90,7 @@ class ShimSettings(msgspec.Struct, frozen=True):
     grace_period_s: float = 5.0
     heartbeat_s: float = 5.0
     sync_handlers: SyncMode = "auto"
+    parent_pid: int | None = None
     max_message_bytes: int = MAX_MESSAGE_BYTES
 
     @classmethod
@@ -93,6 +104,7 @@ class ShimSettings(msgspec.Struct, frozen=True):
             runner_id=_required(env, "FALRT_RUNNER_ID"),
             token=_required(env, "FALRT_RUNNER_TOKEN"),
             entrypoint=entrypoint,
+            parent_pid=_parent_pid(env),
             bundle_dir=Path(env.get("FALRT_BUNDLE_DIR") or os.getcwd()).resolve(),
             max_multiplexing=_slots(env),
             grace_period_s=_number(env, "FALRT_GRACE_PERIOD_S", 5.0, 0.0),

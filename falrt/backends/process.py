@@ -2,21 +2,19 @@
 
 The runner's stdout and stderr go to its log file (the server never reads a runner's pipes
 on the event loop). Each runner gets its own process group, so stopping it also stops
-anything its app spawned.
+anything its app spawned, and it is told the server's pid so that it dies with the server.
+Nothing runs between fork and exec (no preexec_fn: the server has threads).
 """
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import os
 import signal
 import subprocess
 from typing import BinaryIO
 
 from falrt.backends.base import RunnerProcess, RunnerSpec
-
-PR_SET_PDEATHSIG = 1
 
 
 class LocalProcess:
@@ -68,7 +66,6 @@ class ProcessBackend:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
             )
         finally:
             log_file.close()
@@ -81,16 +78,6 @@ class ProcessBackend:
 def _open_log(spec: RunnerSpec) -> BinaryIO:
     spec.log_path.parent.mkdir(parents=True, exist_ok=True)
     return open(spec.log_path, "ab", buffering=0)
-
-
-def _die_with_parent() -> None:
-    """Runs in the child before exec: the kernel kills it if the server process dies.
-
-    A runner whose server was killed can serve nothing (its requests are re-queued when
-    the server restarts), so it must not linger, holding a GPU or a lock.
-    """
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _runner_env(spec: RunnerSpec) -> dict[str, str]:
@@ -108,6 +95,8 @@ def _runner_env(spec: RunnerSpec) -> dict[str, str]:
         FALRT_ENTRYPOINT=spec.entrypoint,
         FALRT_MAX_MULTIPLEXING=str(spec.max_multiplexing),
         FALRT_GRACE_PERIOD_S=str(spec.grace_period_s),
+        # The runner dies with the server (see falrt.shim.parent).
+        FALRT_PARENT_PID=str(os.getpid()),
         PYTHONUNBUFFERED="1",
     )
     return env

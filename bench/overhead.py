@@ -57,9 +57,6 @@ BASELINES = Path(__file__).resolve().parent / "baselines.py"
 ECHO_METHOD = "/bench.Echo/Call"
 NOOP_BODY = b'{"value": 1}'
 MLP_BODY = json.dumps({"features": [((i * 37) % 101) / 101 for i in range(256)]}).encode()
-# gRPC's fork handlers off in the servers, which fork runners and pip while gRPC threads
-# run: with them on, children were seen to die of SIGSEGV between fork and exec.
-CHILD_ENV = {"GRPC_ENABLE_FORK_SUPPORT": "false", **os.environ}
 START_DEADLINE_S = 120.0
 RUNNER_DEADLINE_S = 600.0  # the mlp app's first runner may build its environment
 TARGETS_ECHO_C1 = {"falrt_direct": 3.0, "falrt_queue": 6.0}
@@ -95,7 +92,7 @@ async def process(argv: list[str], ready: str, log: Path) -> AsyncIterator[re.Ma
     with log.open("ab") as out:
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True, env=CHILD_ENV,
+            start_new_session=True,
         )
     try:
         yield await _wait_for_line(proc, re.compile(ready), log)

@@ -108,19 +108,11 @@ def start_server(listen: str) -> tuple[int, str]:
     with LOG.open("ab") as log:
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            env=server_env(),
             start_new_session=True,  # Ctrl-C in this terminal must not stop the server
         )
     address = wait_until_listening(proc, log_start)
     STATE.write_text(json.dumps({"pid": proc.pid, "address": address}))
     return proc.pid, address
-
-
-def server_env() -> dict[str, str]:
-    """The server's environment. gRPC's fork handlers are turned off: the server forks
-    runner and pip subprocesses while gRPC threads run, and with the handlers on, a child
-    was seen to die of SIGSEGV between fork and exec (exit status -11, no output)."""
-    return {"GRPC_ENABLE_FORK_SUPPORT": "false", **os.environ}
 
 
 def wait_until_listening(proc: subprocess.Popen[bytes], log_start: int) -> str:

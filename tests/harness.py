@@ -87,7 +87,9 @@ class ServerProcess:
             self.proc.kill()
             raise
 
-    def cli(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, check: bool = True, timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
         """Runs the `falrt` CLI against this server."""
         result = subprocess.run(
             [FALRT, "--host", self.address, *args],

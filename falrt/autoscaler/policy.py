@@ -72,7 +72,8 @@ def decide(ctx: ScalingContext) -> ScalingDecision:
     waits = [t + s.scaling_delay_s - ctx.now for t in ctx.queued_since if t > ready_cutoff]
     if len(alive) < desired:
         if ctx.now < ctx.backoff_until:
-            return ScalingDecision(desired, next_check_s=_soonest(waits, ctx.backoff_until - ctx.now))
+            backoff_left = ctx.backoff_until - ctx.now
+            return ScalingDecision(desired, next_check_s=_soonest(waits, backoff_left))
         return ScalingDecision(desired, start=desired - len(alive), next_check_s=_soonest(waits))
     stop, expiries = _expired_idle(ctx, len(alive) - desired)
     return ScalingDecision(desired, stop=stop, next_check_s=_soonest(waits, *expiries))

@@ -1,0 +1,121 @@
+"""Bad input and broken apps: clear errors, the right gRPC status, a server that goes on."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from falrt.client import Completed, Queued, SyncClient
+from falrt.v1 import control_pb2, control_pb2_grpc
+from tests.fifo import make_gate, release
+from tests.harness import ServerProcess, wait_for
+
+BROKEN_SETUP = '''
+import msgspec
+import falrt
+
+class Input(msgspec.Struct):
+    x: int
+
+class Broken(falrt.App):
+    app_name = "broken"
+
+    def setup(self) -> None:
+        raise RuntimeError("the model file is missing")
+
+    @falrt.endpoint("/")
+    def run(self, request: Input) -> Input:
+        return request
+'''
+
+
+def _bundle(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def _deploy(address: str, bundle: bytes, *, sha256: str | None = None,
+            app_name: str = "raw") -> list[control_pb2.DeployResponse]:
+    header = control_pb2.DeployHeader(
+        app_name=app_name, entrypoint="app:App", bundle_size=len(bundle),
+        bundle_sha256=sha256 or hashlib.sha256(bundle).hexdigest(),
+        endpoints=[control_pb2.EndpointSpec(path="/", name="run")],
+    )
+
+    def requests() -> Iterator[control_pb2.DeployRequest]:
+        yield control_pb2.DeployRequest(header=header)
+        yield control_pb2.DeployRequest(chunk=bundle)
+
+    with grpc.insecure_channel(address) as channel:
+        return list(control_pb2_grpc.ControlStub(channel).Deploy(requests()))
+
+
+@pytest.mark.parametrize(
+    ("bundle", "sha256", "app_name", "reason"),
+    [
+        (_bundle({"app.py": b""}), "0" * 64, "raw", "SHA-256"),
+        (_bundle({"../escape.py": b"x", "app.py": b""}), None, "raw", "escape"),
+        (_bundle({"other.py": b""}), None, "raw", "app.py"),
+        (b"not a tar archive", None, "raw", "gzipped tar"),
+        (_bundle({"app.py": b""}), None, "Bad Name!", "app name"),
+    ],
+    ids=["hash mismatch", "path escape", "no module", "not a tar", "bad app name"],
+)
+def test_a_bad_deploy_is_invalid_argument_and_the_server_goes_on(
+    server: ServerProcess, bundle: bytes, sha256: str | None, app_name: str, reason: str
+) -> None:
+    with pytest.raises(grpc.RpcError) as failed:
+        _deploy(server.address, bundle, sha256=sha256, app_name=app_name)
+    assert failed.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert reason.lower() in failed.value.details().lower()
+    assert server.cli("apps", "list").returncode == 0
+
+
+def test_a_failing_setup_keeps_requests_queued_and_says_why(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    app_file = tmp_path / "app" / "broken.py"
+    app_file.parent.mkdir()
+    app_file.write_text(BROKEN_SETUP)
+    endpoint = server.deploy(f"{app_file}::Broken")
+    with SyncClient(server.address) as client:
+        request_id = client.submit(endpoint, {"x": 1}).request_id
+
+        def reason() -> str:
+            status = client.status(request_id)
+            assert isinstance(status, Queued)
+            return status.waiting_reason
+
+        assert "the model file is missing" in wait_for(reason, what="a waiting reason")
+        assert client.cancel(request_id) == "CANCELLATION_REQUESTED"
+        final = client.wait(request_id, timeout=30)
+        assert final.error is not None and final.error.error_type == "client_cancelled"
+
+
+def test_cancel_answers_as_fal_does(server: ServerProcess, tmp_path: Path) -> None:
+    endpoint = server.deploy("tests/apps/gated.py::Gated")
+    gate = make_gate(tmp_path / "gate")
+    with SyncClient(server.address) as client:
+        running = client.submit(endpoint, {"text": "holds the slot", "gate": str(gate)})
+        queued = client.submit(endpoint, {"text": "never runs"})
+        assert client.cancel(queued.request_id) == "CANCELLATION_REQUESTED"
+        cancelled = client.wait(queued.request_id, timeout=30)
+        assert isinstance(cancelled, Completed) and cancelled.error is not None
+        assert cancelled.error.error_type == "client_cancelled"
+        assert client.cancel(queued.request_id) == "ALREADY_COMPLETED"
+        assert client.cancel("no-such-request") == "NOT_FOUND"
+        release(gate)
+        assert client.wait(running.request_id, timeout=60).output["text"] == "holds the slot"
+        logs = client.status(queued.request_id, with_logs=True)
+        assert isinstance(logs, Completed) and not logs.logs  # it never ran

@@ -58,7 +58,8 @@ ECHO_METHOD = "/bench.Echo/Call"
 NOOP_BODY = b'{"value": 1}'
 MLP_BODY = json.dumps({"features": [((i * 37) % 101) / 101 for i in range(256)]}).encode()
 START_DEADLINE_S = 120.0
-RUNNER_DEADLINE_S = 600.0  # the mlp app's first runner may build its environment
+DEPLOY_DEADLINE_S = 300.0  # building the mlp app's environment may install torch
+RUNNER_DEADLINE_S = 300.0  # the mlp app's first runner may build its environment
 TARGETS_ECHO_C1 = {"falrt_direct": 3.0, "falrt_queue": 6.0}
 
 
@@ -140,7 +141,13 @@ async def deploy(address: str, target: str) -> str:
         *falrt_cli("deploy", target), cwd=REPO, env={**os.environ, "FALRT_HOST": address},
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
-    out, err = await proc.communicate()
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), DEPLOY_DEADLINE_S)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise RuntimeError(f"falrt deploy {target}: no answer within "
+                           f"{DEPLOY_DEADLINE_S:.0f} s") from None
     lines = out.decode().split()
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"falrt deploy {target} failed:\n{err.decode()[-3000:]}")
@@ -192,6 +199,16 @@ async def measure_falrt(plan: Plan, address: str, target: str, body: bytes) -> d
             "falrt_direct": await plan.run(direct),
             "falrt_queue": await plan.run(falrt_queue_call(channel, endpoint_id, body)),
         }
+
+
+async def run_guarded(plan: Plan, progress: Callable[[str], None]) -> dict[str, Any]:
+    """`run_all`, cancelled by SIGTERM or SIGINT so that every server it started is stopped."""
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    return await run_all(plan, progress)
 
 
 async def run_all(plan: Plan, progress: Callable[[str], None]) -> dict[str, Any]:
@@ -310,7 +327,10 @@ def main() -> None:
               "(pip install -e '.[torch]' to measure it)", file=sys.stderr)
         plan.mlp = False
     started = time.monotonic()
-    results = uvloop.run(run_all(plan, lambda s: print(f"-- {s}", file=sys.stderr)))
+    try:
+        results = uvloop.run(run_guarded(plan, lambda s: print(f"-- {s}", file=sys.stderr)))
+    except asyncio.CancelledError:
+        sys.exit("interrupted; the servers it started were stopped")
     print_table(results)
     report = to_json(results, plan)
     print(json.dumps(report["ratios"], indent=2))

@@ -21,7 +21,8 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
-from falrt.errors import InvalidArgumentError
+from falrt import errors
+from falrt.backends.spawn import run_streaming
 
 LineSink = Callable[[str], Awaitable[None]]
 READY = ".ready"
@@ -69,19 +70,21 @@ class EnvironmentBuilder:
         target = self._dir / key
         await asyncio.to_thread(_reset_dir, target)
         await on_line(f"creating environment {key}")
-        await _stream(
+        code = await run_streaming(
             [self._base_python, "-m", "venv", "--without-pip", str(target)], on_line
         )
+        if code != 0:
+            raise errors.InternalError(f"creating the environment failed (exit status {code})")
         await asyncio.to_thread(_link_base_site, self._base_python, target)
         await on_line(f"installing {' '.join(requirements)}")
-        code = await _stream(
+        code = await run_streaming(
             [self._base_python, "-m", "pip", "--python", str(target / "bin" / "python"),
              "install", "--no-input", "--disable-pip-version-check", "--progress-bar", "off",
              *requirements],
             on_line,
         )
         if code != 0:
-            raise InvalidArgumentError(
+            raise errors.InvalidArgumentError(
                 f"installing the requirements failed (pip exit status {code}); "
                 "see the build log above"
             )
@@ -101,17 +104,9 @@ def _link_base_site(base_python: str, target: Path) -> None:
         check=True, capture_output=True, text=True,
     ).stdout
     dirs = json.loads(out)
-    site_dir = next((target / "lib").glob("python*/site-packages"))
+    site_dirs = list((target / "lib").glob("python*/site-packages"))
+    if len(site_dirs) != 1:
+        raise errors.InternalError(f"unexpected environment layout under {target}")
+    site_dir = site_dirs[0]
     lines = [f"import site; site.addsitedir({d!r})" for d in dirs]
     (site_dir / "_falrt_base.pth").write_text("\n".join(lines) + "\n")
-
-
-async def _stream(argv: list[str], on_line: LineSink) -> int:
-    """Runs a command, passing each output line to `on_line`; returns its exit status."""
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    assert proc.stdout is not None
-    async for raw in proc.stdout:
-        await on_line(raw.decode(errors="replace").rstrip())
-    return await proc.wait()

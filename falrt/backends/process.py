@@ -15,41 +15,31 @@ import subprocess
 from typing import BinaryIO
 
 from falrt.backends.base import RunnerProcess, RunnerSpec
+from falrt.backends.spawn import Child, spawn
 
 
 class LocalProcess:
     """A runner subprocess."""
 
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self._proc = proc
+    def __init__(self, child: Child) -> None:
+        self._child = child
 
     @property
     def pid(self) -> int:
-        return self._proc.pid
+        return self._child.pid
 
     @property
     def exit_code(self) -> int | None:
-        return self._proc.returncode
+        return self._child.exit_code
 
     async def wait(self) -> int:
-        return await self._proc.wait()
+        return await self._child.wait()
 
     def terminate(self) -> None:
-        self._signal(signal.SIGTERM)
+        self._child.send_signal(signal.SIGTERM)
 
     def kill(self) -> None:
-        self._signal(signal.SIGKILL)
-
-    def _signal(self, sig: signal.Signals) -> None:
-        if self._proc.returncode is not None:
-            return
-        try:
-            if sig is signal.SIGKILL:
-                os.killpg(self._proc.pid, sig)  # the app's children go too
-            else:
-                self._proc.send_signal(sig)
-        except ProcessLookupError:
-            return
+        self._child.send_signal(signal.SIGKILL, group=True)  # the app's children go too
 
 
 class ProcessBackend:
@@ -58,18 +48,14 @@ class ProcessBackend:
     async def start(self, spec: RunnerSpec) -> RunnerProcess:
         log_file = await asyncio.to_thread(_open_log, spec)
         try:
-            proc = await asyncio.create_subprocess_exec(
-                spec.python, "-m", "falrt.shim",
-                cwd=spec.bundle_dir,
-                env=_runner_env(spec),
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
+            child = await spawn(
+                [spec.python, "-m", "falrt.shim"],
+                cwd=spec.bundle_dir, env=_runner_env(spec), stdout=log_file,
+                stderr=subprocess.STDOUT, new_session=True,
             )
         finally:
             log_file.close()
-        return LocalProcess(proc)
+        return LocalProcess(child)
 
     async def close(self) -> None:
         return None

@@ -16,7 +16,7 @@ Cancellation of a request: an async handler's task is cancelled; a sync handler'
 `RequestContext.cancelled` turns true and the thread runs on until the handler returns.
 Either way the request then ends with a RequestCancelledError Result.
 
-Shutdown (SIGTERM, or Drain without `handle_exit`), idempotent:
+Shutdown (SIGTERM or Drain; a lost stream skips `handle_exit`), idempotent:
 `handle_exit()` (in a thread) -> StateChange DRAINING -> no new work -> in-flight requests
 finish within the grace period (then their tasks are cancelled, no Result: the server fails
 them over) -> FALRT_RUNNER_STATE=TERMINATING, StateChange TERMINATING -> `teardown()` ->
@@ -177,7 +177,7 @@ class RunnerSession:
             case wire.Cancel(request_id=request_id):
                 self._cancel(request_id)
             case wire.Drain():
-                self.request_shutdown(handle_exit=False)
+                self.request_shutdown()  # as in fal, every stop of a runner calls handle_exit
             case _:
                 raise AssertionError(f"unhandled server event {event!r}")
 

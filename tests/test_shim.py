@@ -556,7 +556,7 @@ def test_sigterm_cancels_requests_still_running_after_the_grace_period(tmp_path:
     run(main)
 
 
-def test_drain_from_the_server_shuts_down_without_handle_exit(tmp_path: Path) -> None:
+def test_drain_from_the_server_runs_handle_exit_then_tears_down(tmp_path: Path) -> None:
     async def main() -> None:
         async with shim(tmp_path) as runner:
             await attached(runner)
@@ -566,7 +566,7 @@ def test_drain_from_the_server_shuts_down_without_handle_exit(tmp_path: Path) ->
                 pass
             assert await runner.exit_code() == 0
             assert runner.marked("teardown") == ["TERMINATING"]
-            assert runner.marked("handle_exit") == []
+            assert runner.marked("handle_exit") == [""]
 
     run(main)
 

@@ -1,9 +1,10 @@
 """Closed-loop load and the call functions bench/overhead.py measures with.
 
-`measure(call, concurrency, calls)` runs `concurrency` workers that each make calls back to
-back until `calls` calls are done (or the time cap passes), after a warm-up, and reports
-p50, p99 and requests per second. Every target is called through the same kind of grpc.aio
-channel (or raw HTTP/1.1 connection) from this one process, so their figures compare.
+`measure_interleaved(calls, concurrency, total)` runs, for each target in turn and in
+alternating rounds, `concurrency` workers that each make calls back to back (after a
+warm-up), and reports p50, p99 and requests per second per target. Every target is called
+through the same kind of grpc.aio channel (or raw HTTP/1.1 connection) from this one
+process, so their figures compare.
 """
 
 from __future__ import annotations
@@ -41,21 +42,32 @@ class Figures:
                 "rps": round(self.rps, 1), "calls": self.calls, "errors": self.errors}
 
 
-async def measure(
-    call: Call, concurrency: int, calls: int, *, warmup: int, cap_s: float
-) -> Figures:
-    """Latency and throughput of `call` with `concurrency` callers at once."""
-    await asyncio.gather(*(_loop(call, warmup, [], [0], None) for _ in range(concurrency)))
-    latencies: list[float] = []
-    errors = [0]
-    per_worker = max(1, calls // concurrency)
-    deadline = time.perf_counter() + cap_s
-    started = time.perf_counter()
-    await asyncio.gather(
-        *(_loop(call, per_worker, latencies, errors, deadline) for _ in range(concurrency))
-    )
-    elapsed = time.perf_counter() - started
-    return _figures(latencies, errors[0], elapsed)
+async def measure_interleaved(
+    calls: dict[str, Call], concurrency: int, total: int, *, warmup: int, cap_s: float,
+    rounds: int = 5,
+) -> dict[str, Figures]:
+    """`measure` for several targets at once, in alternating rounds.
+
+    Each round gives every target `total / rounds` calls in turn, so a slow spell of the
+    (shared) machine falls on all targets alike instead of on whichever ran at that time:
+    the ratios between targets stay fair even when absolute figures drift.
+    """
+    for call in calls.values():
+        await asyncio.gather(*(_loop(call, warmup, [], [0], None) for _ in range(concurrency)))
+    latencies: dict[str, list[float]] = {name: [] for name in calls}
+    errors = {name: [0] for name in calls}
+    elapsed = dict.fromkeys(calls, 0.0)
+    per_worker = max(1, total // rounds // concurrency)
+    for _ in range(rounds):
+        for name, call in calls.items():
+            started = time.perf_counter()
+            deadline = started + cap_s / rounds
+            await asyncio.gather(*(
+                _loop(call, per_worker, latencies[name], errors[name], deadline)
+                for _ in range(concurrency)
+            ))
+            elapsed[name] += time.perf_counter() - started
+    return {name: _figures(latencies[name], errors[name][0], elapsed[name]) for name in calls}
 
 
 async def _loop(

@@ -49,7 +49,7 @@ from loadgen import (
     falrt_direct_call,
     falrt_queue_call,
     grpc_bytes_call,
-    measure,
+    measure_interleaved,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,12 +74,15 @@ class Plan:
         self.http: bool = not args.no_http
         self.mlp: bool = not args.no_mlp
 
-    async def run(self, call: Call) -> dict[str, Figures]:
-        results = {}
+    async def run(self, calls: dict[str, Call]) -> dict[str, dict[str, Figures]]:
+        """Figures per target, then per concurrency level (as strings)."""
+        results: dict[str, dict[str, Figures]] = {name: {} for name in calls}
         for level in self.levels:
-            results[str(level)] = await measure(
-                call, level, self.calls, warmup=self.warmup, cap_s=self.cap_s
+            figures = await measure_interleaved(
+                calls, level, self.calls, warmup=self.warmup, cap_s=self.cap_s * len(calls)
             )
+            for name, value in figures.items():
+                results[name][str(level)] = value
         return results
 
 
@@ -170,35 +173,34 @@ async def first_success(call: Call, what: str) -> None:
 # -- the sections ---------------------------------------------------------------------------
 
 
-async def measure_bare(plan: Plan, kind: str, body: bytes, tmp: Path) -> dict[str, Any]:
-    """grpc_echo (and http_raw) figures of the bare servers of `kind` ("echo" or "mlp")."""
-    argv = [sys.executable, str(BASELINES), f"grpc-{kind}"]
-    out: dict[str, Any] = {}
-    async with process(argv, r"listening on (\d+)", tmp / f"grpc-{kind}.log") as ready:
-        target = f"127.0.0.1:{ready.group(1)}"
-        async with grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
-            out["grpc_echo"] = await plan.run(grpc_bytes_call(channel, ECHO_METHOD, body))
-    if plan.http:
-        argv[-1] = f"http-{kind}"
-        async with process(argv, r"listening on (\d+)", tmp / f"http-{kind}.log") as ready:
-            connections = HttpConnections(int(ready.group(1)))
-            try:
-                out["http_raw"] = await plan.run(connections.call(body))
-            finally:
-                await connections.close()
-    return out
-
-
-async def measure_falrt(plan: Plan, address: str, target: str, body: bytes) -> dict[str, Any]:
-    """falrt_direct and falrt_queue figures of the app `target` deployed on `address`."""
+async def measure_section(
+    plan: Plan, kind: str, body: bytes, tmp: Path, address: str, target: str
+) -> dict[str, Any]:
+    """Every target of one section ("echo" or "mlp"), all up at once, measured interleaved:
+    the bare grpc.aio server (`grpc_echo`), raw HTTP (`http_raw`), and the falrt app `target`
+    on the server at `address` called directly (`falrt_direct`) and through the queue
+    (`falrt_queue`)."""
     endpoint_id = await deploy(address, target)
-    async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
-        direct = falrt_direct_call(channel, endpoint_id, body)
-        await first_success(direct, endpoint_id)
-        return {
-            "falrt_direct": await plan.run(direct),
-            "falrt_queue": await plan.run(falrt_queue_call(channel, endpoint_id, body)),
-        }
+    argv = [sys.executable, str(BASELINES), f"grpc-{kind}"]
+    async with contextlib.AsyncExitStack() as stack:
+        ready = await stack.enter_async_context(
+            process(argv, r"listening on (\d+)", tmp / f"grpc-{kind}.log"))
+        bare = await stack.enter_async_context(grpc.aio.insecure_channel(
+            f"127.0.0.1:{ready.group(1)}", options=CHANNEL_OPTIONS))
+        channel = await stack.enter_async_context(
+            grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS))
+        calls = {"grpc_echo": grpc_bytes_call(bare, ECHO_METHOD, body)}
+        if plan.http:
+            http = await stack.enter_async_context(
+                process([*argv[:-1], f"http-{kind}"], r"listening on (\d+)",
+                        tmp / f"http-{kind}.log"))
+            connections = HttpConnections(int(http.group(1)))
+            stack.push_async_callback(connections.close)
+            calls["http_raw"] = connections.call(body)
+        calls["falrt_direct"] = falrt_direct_call(channel, endpoint_id, body)
+        calls["falrt_queue"] = falrt_queue_call(channel, endpoint_id, body)
+        await first_success(calls["falrt_direct"], endpoint_id)
+        return await plan.run(calls)
 
 
 async def run_guarded(plan: Plan, progress: Callable[[str], None]) -> dict[str, Any]:
@@ -215,23 +217,19 @@ async def run_all(plan: Plan, progress: Callable[[str], None]) -> dict[str, Any]
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="falrt-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        progress("echo: bare servers")
-        results["echo"] = await measure_bare(plan, "echo", NOOP_BODY, tmp)
-        if plan.mlp:
-            progress("mlp: bare servers")
-            results["mlp"] = await measure_bare(plan, "mlp", MLP_BODY, tmp)
         server_argv = falrt_cli("server", "--listen", "127.0.0.1:0", "--data-dir",
                                 str(tmp / "data"))
         pattern = r"falrt server listening on (\S+)"
         async with process(server_argv, pattern, tmp / "server.log") as ready:
             address = ready.group(1)
-            progress(f"echo: falrt server on {address}, examples/noop.py")
-            results["echo"].update(await measure_falrt(plan, address, "examples/noop.py::Noop",
-                                                       NOOP_BODY))
+            progress(f"echo: bare servers and examples/noop.py on falrt at {address}")
+            results["echo"] = await measure_section(plan, "echo", NOOP_BODY, tmp, address,
+                                                    "examples/noop.py::Noop")
             if plan.mlp:
-                progress("mlp: examples/mlp.py (the first runner may build its environment)")
-                results["mlp"].update(await measure_falrt(plan, address, "examples/mlp.py::MLP",
-                                                          MLP_BODY))
+                progress("mlp: bare servers and examples/mlp.py (the first runner may build "
+                         "its environment)")
+                results["mlp"] = await measure_section(plan, "mlp", MLP_BODY, tmp, address,
+                                                       "examples/mlp.py::MLP")
     return results
 
 

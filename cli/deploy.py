@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TypeGuard
 
 import click
 
-from falrt.bundle import Bundle, import_app_file, pack
+from falrt.bundle import Bundle, pack
 from falrt.client.control import ControlClient
 from falrt.errors import FalrtError
+from falrt.sdk import loader as sdk_loader
 from falrt.sdk.app import App
 from falrt.sdk.spec import describe
 from falrt.sdk.wire import to_deploy_header
@@ -33,26 +33,11 @@ def parse_app_ref(ref: str) -> tuple[Path, str | None]:
 def load_app_class(path: Path, class_name: str | None) -> type[App]:
     """Imports the app file and picks its App class; `InvalidInput` when that fails."""
     try:
-        module = import_app_file(path)
+        return sdk_loader.load_app_class(path, class_name)
     except FalrtError:
         raise
     except Exception as exc:  # user code: any failure is the app's, reported as such
         raise InvalidInput(f"cannot import {path}: {type(exc).__name__}: {exc}") from exc
-    apps: dict[str, type[App]] = {
-        name: value for name, value in vars(module).items() if _is_app_class(value)
-    }
-    if class_name is None:
-        if len(apps) != 1:
-            raise InvalidInput(f"{path} defines {len(apps)} App classes; name one: "
-                               f"{path}::{'|'.join(sorted(apps)) or 'Class'}")
-        return next(iter(apps.values()))
-    if class_name not in apps:
-        raise InvalidInput(f"{path} has no App class {class_name!r}")
-    return apps[class_name]
-
-
-def _is_app_class(value: object) -> TypeGuard[type[App]]:
-    return isinstance(value, type) and issubclass(value, App) and value is not App
 
 
 def build_header(

@@ -7,10 +7,8 @@ hence the same SHA-256.
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import hashlib
-import importlib.util
 import io
 import os
 import shutil
@@ -18,12 +16,12 @@ import sys
 import tarfile
 import tempfile
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from types import ModuleType
 
 from falrt.errors import InvalidArgumentError
+from falrt.sdk.loader import import_app_file
 
 _SKIPPED_DIRS = frozenset({"__pycache__", ".git"})
 _SKIPPED_SUFFIXES = frozenset({".pyc", ".pyo"})
@@ -43,10 +41,10 @@ class Bundle:
 def pack(app_file: Path) -> Bundle:
     """Packs `app_file` and the local modules it imports into a deterministic bundle.
 
-    The app file is imported (`import_app_file`) so that its local imports show up in
-    `sys.modules`; every loaded module whose file lives under the app
-    file's folder is included (a package with all its files). Entries are named relative to
-    that folder. Same files -> same bytes. Raises whatever importing the app file raises.
+    The app file is imported (`falrt.sdk.loader.import_app_file`) so that its local imports
+    show up in `sys.modules`; every loaded module whose file lives under the app file's
+    folder is included (a package with all its files). Entries are named relative to that
+    folder. Same files -> same bytes. Raises whatever importing the app file raises.
     """
     app_file = app_file.resolve()
     root = app_file.parent
@@ -54,49 +52,6 @@ def pack(app_file: Path) -> Bundle:
     files = sorted({app_file, *_local_module_files(root)})
     data = _archive(root, files)
     return Bundle(data=data, sha256=hashlib.sha256(data).hexdigest())
-
-
-def import_app_file(app_file: Path) -> ModuleType:
-    """The module of `app_file`, imported as its file stem with its folder on `sys.path`.
-
-    An already imported module of that file is returned as it is. Raises
-    `InvalidArgumentError` when another module of that name is imported already, and
-    whatever executing the file raises.
-    """
-    app_file = app_file.resolve()
-    name = app_file.stem
-    existing = sys.modules.get(name)
-    if existing is not None:
-        if _module_path(existing) == app_file:
-            return existing
-        raise InvalidArgumentError(
-            f"cannot import {app_file} as module {name!r}: another module of that name is "
-            "already imported; rename the app file"
-        )
-    spec = importlib.util.spec_from_file_location(name, app_file)
-    if spec is None or spec.loader is None:
-        raise InvalidArgumentError(f"cannot import {app_file}: not a Python file")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        with _on_sys_path(app_file.parent):
-            spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
-    return module
-
-
-@contextlib.contextmanager
-def _on_sys_path(folder: Path) -> Iterator[None]:
-    """Puts `folder` first on `sys.path` for the duration, so sibling modules import."""
-    entry = str(folder)
-    sys.path.insert(0, entry)
-    try:
-        yield
-    finally:
-        with contextlib.suppress(ValueError):
-            sys.path.remove(entry)
 
 
 def _module_path(module: ModuleType) -> Path | None:

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from falrt.bundle import import_app_file, pack, unpack
+from falrt.bundle import pack, unpack
 from falrt.errors import InvalidArgumentError
+from falrt.sdk.loader import import_app_file
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from types import ModuleType
 from falrt.errors import InvalidArgumentError
 from falrt.sdk.app import App
 
-__all__ = ["load_app_class", "load_app_ref", "parse_app_ref"]
+__all__ = ["import_app_file", "load_app_class", "load_app_ref", "parse_app_ref"]
 
 
 def parse_app_ref(ref: str) -> tuple[str, str | None]:
@@ -40,8 +40,13 @@ def parse_app_ref(ref: str) -> tuple[str, str | None]:
     return source, name or None
 
 
-def _import_file(path: Path) -> ModuleType:
-    """Imports a .py file as module `path.stem`, with its folder first on sys.path."""
+def import_app_file(path: Path) -> ModuleType:
+    """Imports a .py file as module `path.stem`, with its folder first on sys.path.
+
+    An already imported module of that file is returned as it is. Raises
+    `InvalidArgumentError` when the file is missing or another module of that name is
+    imported already, and whatever executing the file raises.
+    """
     if not path.is_file():
         raise InvalidArgumentError(f"app file {str(path)!r} does not exist")
     path = path.resolve()
@@ -113,7 +118,7 @@ def load_app_class(source: str | os.PathLike[str], class_name: str | None = None
     """Imports `source` (a .py file path or a module name) and returns its App class."""
     text = os.fspath(source)
     is_file = text.endswith(".py") or os.sep in text or Path(text).is_file()
-    module = _import_file(Path(text)) if is_file else _import_module(text)
+    module = import_app_file(Path(text)) if is_file else _import_module(text)
     return _pick_class(module, class_name)
 
 

@@ -119,3 +119,47 @@ def test_cancel_answers_as_fal_does(server: ServerProcess, tmp_path: Path) -> No
         assert client.wait(running.request_id, timeout=60).output["text"] == "holds the slot"
         logs = client.status(queued.request_id, with_logs=True)
         assert isinstance(logs, Completed) and not logs.logs  # it never ran
+
+
+SLOW_SETUP = '''
+import msgspec
+import falrt
+
+class Input(msgspec.Struct):
+    x: int
+
+class Stuck(falrt.App):
+    app_name = "stuck"
+    startup_timeout = 1
+
+    def setup(self) -> None:
+        with open({gate!r}, "rb") as gate:  # nobody ever writes: setup never ends
+            gate.read(1)
+
+    @falrt.endpoint("/")
+    def run(self, request: Input) -> Input:
+        return request
+'''
+
+
+def test_a_setup_past_startup_timeout_is_killed_and_reported(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    gate = make_gate(tmp_path / "never")
+    app_file = tmp_path / "app" / "stuck.py"
+    app_file.parent.mkdir()
+    app_file.write_text(SLOW_SETUP.format(gate=str(gate)))
+    endpoint = server.deploy(f"{app_file}::Stuck")
+    with SyncClient(server.address) as client:
+        request_id = client.submit(endpoint, {"x": 1}).request_id
+
+        def reason() -> str:
+            status = client.status(request_id)
+            assert isinstance(status, Queued)
+            return status.waiting_reason
+
+        text = wait_for(reason, what="a waiting reason")
+        assert "setup did not finish within 1 s (startup_timeout)" in text
+        runners = server.cli("runners", "list", "--app", "stuck", "--output", "json").stdout
+        assert runners.strip() in ("[]", "")  # the stuck runner is gone
+        client.cancel(request_id)

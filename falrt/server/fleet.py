@@ -36,6 +36,7 @@ from falrt.settings import ServerSettings
 log = logging.getLogger(__name__)
 
 CRASH_BACKOFF_STEP_S = 30.0
+STARTING_STATES = frozenset({RunnerState.PENDING, RunnerState.IMAGE_PULL, RunnerState.SETUP})
 CRASH_BACKOFF_CAP_S = 600.0
 
 
@@ -148,25 +149,31 @@ class Fleet:
             self._startup_failed(runner, f"could not start: {exc}")
             return
         runner.set_state(RunnerState.SETUP)
-        asyncio.get_running_loop().call_later(
-            app.settings.startup_timeout_s, self._startup_deadline, runner
+        timeout_s = app.settings.startup_timeout_s
+        deadline = asyncio.get_running_loop().call_later(
+            timeout_s, self._startup_deadline, runner, timeout_s
         )
-        self._spawn(self._watch_exit(runner))
+        self._spawn(self._watch_exit(runner, deadline))
 
     def log_path(self, runner_id: str) -> Path:
         return self.settings.runner_logs_dir / f"{runner_id}.log"
 
-    def _startup_deadline(self, runner: RunnerHandle) -> None:
-        if runner.state in (RunnerState.PENDING, RunnerState.SETUP) and runner.process:
+    def _startup_deadline(self, runner: RunnerHandle, timeout_s: float) -> None:
+        if runner.state in STARTING_STATES and runner.process is not None:
             log.warning("runner %s did not finish setup in time; killing it", runner.runner_id)
+            runner.startup_error = f"setup did not finish within {timeout_s:g} s (startup_timeout)"
             runner.process.kill()
 
-    async def _watch_exit(self, runner: RunnerHandle) -> None:
+    async def _watch_exit(self, runner: RunnerHandle, deadline: asyncio.TimerHandle) -> None:
         assert runner.process is not None
         code = await runner.process.wait()
-        if not runner.attached and not self._closing:
-            tail = await asyncio.to_thread(_last_error_line, self.log_path(runner.runner_id))
-            self._startup_failed(runner, f"exit status {code}: {tail}")
+        deadline.cancel()
+        # A runner that exits while starting, unless the server stopped it, failed to start.
+        if runner.state in STARTING_STATES and not self._closing:
+            reason = runner.startup_error or await asyncio.to_thread(
+                _last_error_line, self.log_path(runner.runner_id)
+            )
+            self._startup_failed(runner, f"exit status {code}: {reason}")
         self._terminated(runner)
 
     def _startup_failed(self, runner: RunnerHandle, reason: str) -> None:
@@ -192,6 +199,8 @@ class Fleet:
             raise errors.InvalidArgumentError("unknown runner or wrong token")
         if runner.attached:
             raise errors.InvalidArgumentError(f"runner {runner_id} is already attached")
+        if runner.state not in STARTING_STATES:
+            raise errors.InvalidArgumentError(f"runner {runner_id} is being stopped")
         runner.attached = True
         runner.max_multiplexing = max(1, min(slots, runner.max_multiplexing))
         runner.set_state(RunnerState.IDLE)

@@ -81,6 +81,7 @@ class RunnerHandle:
     outbox: asyncio.Queue[OutboxEvent] = field(default_factory=asyncio.Queue)
     process: RunnerProcess | None = None
     attached: bool = False
+    startup_error: str = ""  # set by the server when it gives up on the start
 
     @property
     def free_slots(self) -> int:

@@ -70,6 +70,26 @@ class AppSettings(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class RetryConfigEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     REQUIREMENTS_FIELD_NUMBER: _builtins.int
     MACHINE_TYPES_FIELD_NUMBER: _builtins.int
     NUM_GPUS_FIELD_NUMBER: _builtins.int
@@ -84,6 +104,8 @@ class AppSettings(_message.Message):
     REQUEST_TIMEOUT_S_FIELD_NUMBER: _builtins.int
     STARTUP_TIMEOUT_S_FIELD_NUMBER: _builtins.int
     TERMINATION_GRACE_PERIOD_S_FIELD_NUMBER: _builtins.int
+    SKIP_RETRY_CONDITIONS_FIELD_NUMBER: _builtins.int
+    RETRY_CONFIG_FIELD_NUMBER: _builtins.int
     num_gpus: _builtins.int
     app_auth: _builtins.str
     """"private", "public" or "shared"."""
@@ -105,6 +127,14 @@ class AppSettings(_message.Message):
     def machine_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Machine types in order of preference."""
 
+    @_builtins.property
+    def skip_retry_conditions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Failure conditions never retried: "timeout", "server_error", "connection_error"."""
+
+    @_builtins.property
+    def retry_config(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Extra attempts per failure condition (at most 10 attempts in all, always)."""
+
     def __init__(
         self,
         *,
@@ -122,10 +152,12 @@ class AppSettings(_message.Message):
         request_timeout_s: _builtins.float | None = ...,
         startup_timeout_s: _builtins.float | None = ...,
         termination_grace_period_s: _builtins.float | None = ...,
+        skip_retry_conditions: _abc.Iterable[_builtins.str] | None = ...,
+        retry_config: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_concurrency_buffer", b"_concurrency_buffer", "_concurrency_buffer_perc", b"_concurrency_buffer_perc", "_keep_alive_s", b"_keep_alive_s", "_max_concurrency", b"_max_concurrency", "_max_multiplexing", b"_max_multiplexing", "_min_concurrency", b"_min_concurrency", "_num_gpus", b"_num_gpus", "_request_timeout_s", b"_request_timeout_s", "_scaling_delay_s", b"_scaling_delay_s", "_startup_timeout_s", b"_startup_timeout_s", "_termination_grace_period_s", b"_termination_grace_period_s", "concurrency_buffer", b"concurrency_buffer", "concurrency_buffer_perc", b"concurrency_buffer_perc", "keep_alive_s", b"keep_alive_s", "max_concurrency", b"max_concurrency", "max_multiplexing", b"max_multiplexing", "min_concurrency", b"min_concurrency", "num_gpus", b"num_gpus", "request_timeout_s", b"request_timeout_s", "scaling_delay_s", b"scaling_delay_s", "startup_timeout_s", b"startup_timeout_s", "termination_grace_period_s", b"termination_grace_period_s"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_concurrency_buffer", b"_concurrency_buffer", "_concurrency_buffer_perc", b"_concurrency_buffer_perc", "_keep_alive_s", b"_keep_alive_s", "_max_concurrency", b"_max_concurrency", "_max_multiplexing", b"_max_multiplexing", "_min_concurrency", b"_min_concurrency", "_num_gpus", b"_num_gpus", "_request_timeout_s", b"_request_timeout_s", "_scaling_delay_s", b"_scaling_delay_s", "_startup_timeout_s", b"_startup_timeout_s", "_termination_grace_period_s", b"_termination_grace_period_s", "app_auth", b"app_auth", "concurrency_buffer", b"concurrency_buffer", "concurrency_buffer_perc", b"concurrency_buffer_perc", "keep_alive_s", b"keep_alive_s", "machine_types", b"machine_types", "max_concurrency", b"max_concurrency", "max_multiplexing", b"max_multiplexing", "min_concurrency", b"min_concurrency", "num_gpus", b"num_gpus", "request_timeout_s", b"request_timeout_s", "requirements", b"requirements", "scaling_delay_s", b"scaling_delay_s", "startup_timeout_s", b"startup_timeout_s", "termination_grace_period_s", b"termination_grace_period_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_concurrency_buffer", b"_concurrency_buffer", "_concurrency_buffer_perc", b"_concurrency_buffer_perc", "_keep_alive_s", b"_keep_alive_s", "_max_concurrency", b"_max_concurrency", "_max_multiplexing", b"_max_multiplexing", "_min_concurrency", b"_min_concurrency", "_num_gpus", b"_num_gpus", "_request_timeout_s", b"_request_timeout_s", "_scaling_delay_s", b"_scaling_delay_s", "_startup_timeout_s", b"_startup_timeout_s", "_termination_grace_period_s", b"_termination_grace_period_s", "app_auth", b"app_auth", "concurrency_buffer", b"concurrency_buffer", "concurrency_buffer_perc", b"concurrency_buffer_perc", "keep_alive_s", b"keep_alive_s", "machine_types", b"machine_types", "max_concurrency", b"max_concurrency", "max_multiplexing", b"max_multiplexing", "min_concurrency", b"min_concurrency", "num_gpus", b"num_gpus", "request_timeout_s", b"request_timeout_s", "requirements", b"requirements", "retry_config", b"retry_config", "scaling_delay_s", b"scaling_delay_s", "skip_retry_conditions", b"skip_retry_conditions", "startup_timeout_s", b"startup_timeout_s", "termination_grace_period_s", b"termination_grace_period_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__concurrency_buffer: _TypeAlias = _typing.Literal["concurrency_buffer"]  # noqa: Y015
     _WhichOneofArgType__concurrency_buffer: _TypeAlias = _typing.Literal["_concurrency_buffer", b"_concurrency_buffer"]  # noqa: Y015
@@ -624,3 +656,150 @@ class ListRunnersResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListRunnersResponse: _TypeAlias = ListRunnersResponse  # noqa: Y015
+
+@_typing.final
+class QueueSizeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APP_NAME_FIELD_NUMBER: _builtins.int
+    app_name: _builtins.str
+    def __init__(
+        self,
+        *,
+        app_name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_name", b"app_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueueSizeRequest: _TypeAlias = QueueSizeRequest  # noqa: Y015
+
+@_typing.final
+class QueueSizeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIZE_FIELD_NUMBER: _builtins.int
+    size: _builtins.int
+    """Requests IN_QUEUE."""
+    def __init__(
+        self,
+        *,
+        size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueueSizeResponse: _TypeAlias = QueueSizeResponse  # noqa: Y015
+
+@_typing.final
+class FlushQueueRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APP_NAME_FIELD_NUMBER: _builtins.int
+    app_name: _builtins.str
+    def __init__(
+        self,
+        *,
+        app_name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_name", b"app_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FlushQueueRequest: _TypeAlias = FlushQueueRequest  # noqa: Y015
+
+@_typing.final
+class FlushQueueResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FLUSHED_FIELD_NUMBER: _builtins.int
+    flushed: _builtins.int
+    """Requests removed from the queue."""
+    def __init__(
+        self,
+        *,
+        flushed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["flushed", b"flushed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FlushQueueResponse: _TypeAlias = FlushQueueResponse  # noqa: Y015
+
+@_typing.final
+class GetWebhookKeysRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetWebhookKeysRequest: _TypeAlias = GetWebhookKeysRequest  # noqa: Y015
+
+@_typing.final
+class WebhookKey(_message.Message):
+    """One Ed25519 public key, in JWK form (RFC 8037), as fal's JWKS serves them."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KTY_FIELD_NUMBER: _builtins.int
+    CRV_FIELD_NUMBER: _builtins.int
+    X_FIELD_NUMBER: _builtins.int
+    KID_FIELD_NUMBER: _builtins.int
+    kty: _builtins.str
+    """"OKP"."""
+    crv: _builtins.str
+    """"Ed25519"."""
+    x: _builtins.str
+    """The raw 32-byte public key, base64url without padding."""
+    kid: _builtins.str
+    """Key id."""
+    def __init__(
+        self,
+        *,
+        kty: _builtins.str = ...,
+        crv: _builtins.str = ...,
+        x: _builtins.str = ...,
+        kid: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["crv", b"crv", "kid", b"kid", "kty", b"kty", "x", b"x"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WebhookKey: _TypeAlias = WebhookKey  # noqa: Y015
+
+@_typing.final
+class GetWebhookKeysResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEYS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___WebhookKey]: ...
+    def __init__(
+        self,
+        *,
+        keys: _abc.Iterable[Global___WebhookKey] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keys", b"keys"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetWebhookKeysResponse: _TypeAlias = GetWebhookKeysResponse  # noqa: Y015

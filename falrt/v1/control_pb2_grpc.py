@@ -59,6 +59,21 @@ class ControlStub:
                 request_serializer=falrt_dot_v1_dot_control__pb2.ListRunnersRequest.SerializeToString,
                 response_deserializer=falrt_dot_v1_dot_control__pb2.ListRunnersResponse.FromString,
                 _registered_method=True)
+        self.QueueSize = channel.unary_unary(
+                '/falrt.v1.Control/QueueSize',
+                request_serializer=falrt_dot_v1_dot_control__pb2.QueueSizeRequest.SerializeToString,
+                response_deserializer=falrt_dot_v1_dot_control__pb2.QueueSizeResponse.FromString,
+                _registered_method=True)
+        self.FlushQueue = channel.unary_unary(
+                '/falrt.v1.Control/FlushQueue',
+                request_serializer=falrt_dot_v1_dot_control__pb2.FlushQueueRequest.SerializeToString,
+                response_deserializer=falrt_dot_v1_dot_control__pb2.FlushQueueResponse.FromString,
+                _registered_method=True)
+        self.GetWebhookKeys = channel.unary_unary(
+                '/falrt.v1.Control/GetWebhookKeys',
+                request_serializer=falrt_dot_v1_dot_control__pb2.GetWebhookKeysRequest.SerializeToString,
+                response_deserializer=falrt_dot_v1_dot_control__pb2.GetWebhookKeysResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -100,6 +115,27 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def QueueSize(self, request, context):
+        """How many requests of an app are queued.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FlushQueue(self, request, context):
+        """Removes every queued request of an app; each completes with client_cancelled.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetWebhookKeys(self, request, context):
+        """The public keys webhook signatures can be checked with.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -127,6 +163,21 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.ListRunners,
                     request_deserializer=falrt_dot_v1_dot_control__pb2.ListRunnersRequest.FromString,
                     response_serializer=falrt_dot_v1_dot_control__pb2.ListRunnersResponse.SerializeToString,
+            ),
+            'QueueSize': grpc.unary_unary_rpc_method_handler(
+                    servicer.QueueSize,
+                    request_deserializer=falrt_dot_v1_dot_control__pb2.QueueSizeRequest.FromString,
+                    response_serializer=falrt_dot_v1_dot_control__pb2.QueueSizeResponse.SerializeToString,
+            ),
+            'FlushQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.FlushQueue,
+                    request_deserializer=falrt_dot_v1_dot_control__pb2.FlushQueueRequest.FromString,
+                    response_serializer=falrt_dot_v1_dot_control__pb2.FlushQueueResponse.SerializeToString,
+            ),
+            'GetWebhookKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetWebhookKeys,
+                    request_deserializer=falrt_dot_v1_dot_control__pb2.GetWebhookKeysRequest.FromString,
+                    response_serializer=falrt_dot_v1_dot_control__pb2.GetWebhookKeysResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -264,6 +315,87 @@ class Control:
             '/falrt.v1.Control/ListRunners',
             falrt_dot_v1_dot_control__pb2.ListRunnersRequest.SerializeToString,
             falrt_dot_v1_dot_control__pb2.ListRunnersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QueueSize(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/falrt.v1.Control/QueueSize',
+            falrt_dot_v1_dot_control__pb2.QueueSizeRequest.SerializeToString,
+            falrt_dot_v1_dot_control__pb2.QueueSizeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FlushQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/falrt.v1.Control/FlushQueue',
+            falrt_dot_v1_dot_control__pb2.FlushQueueRequest.SerializeToString,
+            falrt_dot_v1_dot_control__pb2.FlushQueueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetWebhookKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/falrt.v1.Control/GetWebhookKeys',
+            falrt_dot_v1_dot_control__pb2.GetWebhookKeysRequest.SerializeToString,
+            falrt_dot_v1_dot_control__pb2.GetWebhookKeysResponse.FromString,
             options,
             channel_credentials,
             insecure,

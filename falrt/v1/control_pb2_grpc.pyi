@@ -43,6 +43,12 @@ class ControlStub:
     """Deletes an app: its runners stop and its queued requests end with an error."""
     ListRunners: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListRunnersRequest, _control_pb2.ListRunnersResponse]
     """Runners, optionally of one app."""
+    QueueSize: _grpc.UnaryUnaryMultiCallable[_control_pb2.QueueSizeRequest, _control_pb2.QueueSizeResponse]
+    """How many requests of an app are queued."""
+    FlushQueue: _grpc.UnaryUnaryMultiCallable[_control_pb2.FlushQueueRequest, _control_pb2.FlushQueueResponse]
+    """Removes every queued request of an app; each completes with client_cancelled."""
+    GetWebhookKeys: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetWebhookKeysRequest, _control_pb2.GetWebhookKeysResponse]
+    """The public keys webhook signatures can be checked with."""
 
 @_typing.type_check_only
 class ControlAsyncStub(ControlStub):
@@ -59,6 +65,12 @@ class ControlAsyncStub(ControlStub):
     """Deletes an app: its runners stop and its queued requests end with an error."""
     ListRunners: _aio.UnaryUnaryMultiCallable[_control_pb2.ListRunnersRequest, _control_pb2.ListRunnersResponse]  # type: ignore[assignment]
     """Runners, optionally of one app."""
+    QueueSize: _aio.UnaryUnaryMultiCallable[_control_pb2.QueueSizeRequest, _control_pb2.QueueSizeResponse]  # type: ignore[assignment]
+    """How many requests of an app are queued."""
+    FlushQueue: _aio.UnaryUnaryMultiCallable[_control_pb2.FlushQueueRequest, _control_pb2.FlushQueueResponse]  # type: ignore[assignment]
+    """Removes every queued request of an app; each completes with client_cancelled."""
+    GetWebhookKeys: _aio.UnaryUnaryMultiCallable[_control_pb2.GetWebhookKeysRequest, _control_pb2.GetWebhookKeysResponse]  # type: ignore[assignment]
+    """The public keys webhook signatures can be checked with."""
 
 class ControlServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -102,5 +114,29 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.ListRunnersResponse, _abc.Awaitable[_control_pb2.ListRunnersResponse]]:
         """Runners, optionally of one app."""
+
+    @_abc_1.abstractmethod
+    def QueueSize(
+        self,
+        request: _control_pb2.QueueSizeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.QueueSizeResponse, _abc.Awaitable[_control_pb2.QueueSizeResponse]]:
+        """How many requests of an app are queued."""
+
+    @_abc_1.abstractmethod
+    def FlushQueue(
+        self,
+        request: _control_pb2.FlushQueueRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.FlushQueueResponse, _abc.Awaitable[_control_pb2.FlushQueueResponse]]:
+        """Removes every queued request of an app; each completes with client_cancelled."""
+
+    @_abc_1.abstractmethod
+    def GetWebhookKeys(
+        self,
+        request: _control_pb2.GetWebhookKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.GetWebhookKeysResponse, _abc.Awaitable[_control_pb2.GetWebhookKeysResponse]]:
+        """The public keys webhook signatures can be checked with."""
 
 def add_ControlServicer_to_server(servicer: ControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -11,6 +11,7 @@ to say (field errors), `falrt-error-bin`: a serialized falrt.v1.ErrorInfo.
 from collections import abc as _abc
 from falrt.v1 import common_pb2 as _common_pb2
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -49,19 +50,70 @@ Global___CancelOutcome: _TypeAlias = CancelOutcome  # noqa: Y015
 class SubmitRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class RetryConfigEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ENDPOINT_ID_FIELD_NUMBER: _builtins.int
     PATH_FIELD_NUMBER: _builtins.int
     INPUT_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
+    NO_RETRY_FIELD_NUMBER: _builtins.int
+    RETRY_CONFIG_FIELD_NUMBER: _builtins.int
+    START_TIMEOUT_FIELD_NUMBER: _builtins.int
+    WEBHOOK_URL_FIELD_NUMBER: _builtins.int
+    MAX_QUEUE_LENGTH_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     endpoint_id: _builtins.str
     """"owner/app", e.g. "local/hello"."""
     path: _builtins.str
     """Endpoint path inside the app; "/" when empty."""
     priority: _common_pb2.Priority.ValueType
     """Queue priority (NORMAL when unspecified)."""
+    no_retry: _builtins.bool
+    """No retries at all for this request (fal's X-Fal-No-Retry). Wins over retry_config."""
+    webhook_url: _builtins.str
+    """POSTed fal's webhook payload, signed, when the request completes."""
+    max_queue_length: _builtins.int
+    """RESOURCE_EXHAUSTED when the app already has more than this many requests queued (0: no
+    limit).
+    """
+    idempotency_key: _builtins.str
+    """The same key from the same caller returns the first request's id instead of a new
+    request, so a client may retry Submit safely.
+    """
     @_builtins.property
     def input(self) -> _common_pb2.Payload:
         """The input, passed to the runner untouched."""
+
+    @_builtins.property
+    def retry_config(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Extra attempts per failure condition for this request (fal's X-Fal-Retry-Config):
+        keys "timeout", "server_error", "connection_error"; overrides the app's retry_config.
+        """
+
+    @_builtins.property
+    def start_timeout(self) -> _duration_pb2.Duration:
+        """Start deadline (fal's X-Fal-Request-Timeout): counted from Submit, covers queue wait and
+        failed attempts, checked only before an attempt starts; past it the request completes
+        with error type request_timeout.
+        """
 
     def __init__(
         self,
@@ -70,10 +122,16 @@ class SubmitRequest(_message.Message):
         path: _builtins.str = ...,
         input: _common_pb2.Payload | None = ...,
         priority: _common_pb2.Priority.ValueType = ...,
+        no_retry: _builtins.bool = ...,
+        retry_config: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        start_timeout: _duration_pb2.Duration | None = ...,
+        webhook_url: _builtins.str = ...,
+        max_queue_length: _builtins.int = ...,
+        idempotency_key: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "start_timeout", b"start_timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint_id", b"endpoint_id", "input", b"input", "path", b"path", "priority", b"priority"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint_id", b"endpoint_id", "idempotency_key", b"idempotency_key", "input", b"input", "max_queue_length", b"max_queue_length", "no_retry", b"no_retry", "path", b"path", "priority", b"priority", "retry_config", b"retry_config", "start_timeout", b"start_timeout", "webhook_url", b"webhook_url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -85,19 +143,23 @@ class SubmitResponse(_message.Message):
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     QUEUE_POSITION_FIELD_NUMBER: _builtins.int
+    DEDUPLICATED_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """The id to watch, fetch or cancel the request with."""
     queue_position: _builtins.int
     """Requests ahead of this one when it was stored."""
+    deduplicated: _builtins.bool
+    """True when an earlier Submit with the same idempotency key made this request."""
     def __init__(
         self,
         *,
         request_id: _builtins.str = ...,
         queue_position: _builtins.int = ...,
+        deduplicated: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["queue_position", b"queue_position", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deduplicated", b"deduplicated", "queue_position", b"queue_position", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -117,7 +117,17 @@ class Result(_message.Message):
     OUTPUT_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     INFERENCE_TIME_FIELD_NUMBER: _builtins.int
+    NEEDS_RETRY_FIELD_NUMBER: _builtins.int
+    STOP_RUNNER_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    needs_retry: _builtins.bool
+    """The handler asked for a retry (true) or forbade one (false); unset: the rules decide
+    (fal's X-Fal-Needs-Retry).
+    """
+    stop_runner: _builtins.bool
+    """The handler asked that this runner be stopped (true) or kept (false) whatever the
+    error (fal's x-fal-stop-runner).
+    """
     @_builtins.property
     def output(self) -> _common_pb2.Payload:
         """Set on success (for streams: empty; the partials were the output)."""
@@ -137,12 +147,21 @@ class Result(_message.Message):
         output: _common_pb2.Payload | None = ...,
         error: _common_pb2.ErrorInfo | None = ...,
         inference_time: _duration_pb2.Duration | None = ...,
+        needs_retry: _builtins.bool | None = ...,
+        stop_runner: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "inference_time", b"inference_time", "output", b"output"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_needs_retry", b"_needs_retry", "_stop_runner", b"_stop_runner", "error", b"error", "inference_time", b"inference_time", "needs_retry", b"needs_retry", "output", b"output", "stop_runner", b"stop_runner"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "inference_time", b"inference_time", "output", b"output", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_needs_retry", b"_needs_retry", "_stop_runner", b"_stop_runner", "error", b"error", "inference_time", b"inference_time", "needs_retry", b"needs_retry", "output", b"output", "request_id", b"request_id", "stop_runner", b"stop_runner"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__needs_retry: _TypeAlias = _typing.Literal["needs_retry"]  # noqa: Y015
+    _WhichOneofArgType__needs_retry: _TypeAlias = _typing.Literal["_needs_retry", b"_needs_retry"]  # noqa: Y015
+    _WhichOneofReturnType__stop_runner: _TypeAlias = _typing.Literal["stop_runner"]  # noqa: Y015
+    _WhichOneofArgType__stop_runner: _TypeAlias = _typing.Literal["_stop_runner", b"_stop_runner"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__needs_retry) -> _WhichOneofReturnType__needs_retry | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__stop_runner) -> _WhichOneofReturnType__stop_runner | None: ...
 
 Global___Result: _TypeAlias = Result  # noqa: Y015
 

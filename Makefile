@@ -22,8 +22,11 @@ run: $(STAMP)
 stop: $(STAMP)
 	$(BIN)/python scripts/run_local.py --stop
 
+# The tests need a real PostgreSQL: scripts/postgres.sh starts (or reuses) a private one,
+# unless FALRT_TEST_POSTGRES_DSN already names a database.
 test: $(STAMP)
-	$(BIN)/pytest
+	dsn=$${FALRT_TEST_POSTGRES_DSN:-$$(scripts/postgres.sh)} && \
+	  FALRT_TEST_POSTGRES_DSN=$$dsn $(BIN)/pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check falrt shim cli tests bench examples

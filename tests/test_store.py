@@ -1,15 +1,20 @@
-"""The store contract, on SQLite (a real file) and on the in-memory implementation."""
+"""The store contract, on SQLite (a real file), on PostgreSQL (a real server, a fresh database
+per test) and on the in-memory implementation: the same cases run on each."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import random
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from falrt.store.base import Store
 from falrt.store.memory import MemoryStore
+from falrt.store.postgres import PostgresStore
 from falrt.store.records import (
     AppConfig,
     AppRecord,
@@ -23,11 +28,15 @@ from falrt.store.records import (
     Status,
 )
 from falrt.store.sqlite import SQLiteStore
+from tests.postgres import fresh_database
 
-STORES: dict[str, Callable[[Path], Store]] = {
-    "sqlite": lambda tmp: SQLiteStore(tmp / "falrt.db"),
-    "memory": lambda tmp: MemoryStore(),
+# Each store from the test's temporary directory and its fresh PostgreSQL database's DSN.
+STORES: dict[str, Callable[[Path, str], Store]] = {
+    "sqlite": lambda tmp, dsn: SQLiteStore(tmp / "falrt.db"),
+    "memory": lambda tmp, dsn: MemoryStore(),
+    "postgres": lambda tmp, dsn: PostgresStore(dsn),
 }
+DURABLE = ("postgres", "sqlite")
 
 
 def request(seq: int, app: str = "a") -> RequestRecord:
@@ -43,9 +52,24 @@ def revision(rev: str, app: str = "a") -> Revision:
                     created_at=2.0)
 
 
+def _stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Store]]:
+    """Each call makes a new store object on the same place (file or database)."""
+    with ExitStack() as stack:
+        dsn = stack.enter_context(fresh_database()) if request.param == "postgres" else ""
+        yield lambda: STORES[request.param](tmp_path, dsn)
+
+
 @pytest.fixture(params=sorted(STORES))
-def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Store]:
-    return lambda: STORES[request.param](tmp_path)
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Store]]:
+    yield from _stores(request, tmp_path)
+
+
+@pytest.fixture(params=DURABLE)
+def make_durable_store(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Callable[[], Store]]:
+    """Stores that keep what they acknowledged when closed (or killed) and reopened."""
+    yield from _stores(request, tmp_path)
 
 
 def test_requests_move_through_their_statuses(make_store: Callable[[], Store]) -> None:
@@ -87,20 +111,178 @@ def test_deploy_points_the_app_at_the_revision(make_store: Callable[[], Store]) 
     asyncio.run(scenario())
 
 
-def test_sqlite_keeps_what_it_acknowledged_across_reopen(tmp_path: Path) -> None:
+def test_deploy_keeps_the_apps_creation_time(make_store: Callable[[], Store]) -> None:
+    async def scenario() -> None:
+        store = make_store()
+        await store.open()
+        await store.deploy(revision("r1"), AppRecord("a", "r1", 1.0, 1.0))
+        await store.deploy(revision("r2"), AppRecord("a", "r2", 5.0, 5.0))
+        assert await store.list_apps() == [AppRecord("a", "r2", 1.0, 5.0)]
+        await store.close()
+        await store.close()  # idempotent
+
+    asyncio.run(scenario())
+
+
+def test_delete_app_removes_its_revisions_and_requests_only(
+    make_store: Callable[[], Store],
+) -> None:
+    async def scenario() -> None:
+        store = make_store()
+        await store.open()
+        await store.deploy(revision("ra", "a"), AppRecord("a", "ra", 1.0, 1.0))
+        await store.deploy(revision("rb", "b"), AppRecord("b", "rb", 1.0, 1.0))
+        await asyncio.gather(store.insert_request(request(1, "a")),
+                             store.insert_request(request(2, "b")),
+                             store.insert_request(request(3, "a")))
+        await store.complete("id3", Outcome(output=b"{}"), 2.0)
+        await store.delete_app("a")
+        assert [a.name for a in await store.list_apps()] == ["b"]
+        assert await store.get_revision("ra") is None
+        assert await store.get_revision("rb") == revision("rb", "b")
+        assert await store.get_request("id1") is None and await store.get_request("id3") is None
+        assert [r.request_id for r in await store.load_unfinished()] == ["id2"]
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_requeue_and_complete_of_an_unknown_request_change_nothing(
+    make_store: Callable[[], Store],
+) -> None:
+    async def scenario() -> None:
+        store = make_store()
+        await store.open()
+        await store.requeue("ghost", 3)
+        await store.complete("ghost", Outcome(output=b"x"), 1.0)
+        assert await store.get_request("ghost") is None
+        assert await store.load_unfinished() == []
+        assert await store.max_seq() == 0
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_durable_stores_keep_what_they_acknowledged_across_reopen(
+    make_durable_store: Callable[[], Store],
+) -> None:
     async def write() -> None:
-        store = SQLiteStore(tmp_path / "falrt.db")
+        store = make_durable_store()
         await store.open()
         await store.insert_request(request(7))
+        await store.insert_request(request(8))
+        await store.requeue("id7", 2)
         await store.close()
 
     async def read() -> list[RequestRecord]:
-        store = SQLiteStore(tmp_path / "falrt.db")
-        await store.open()
+        store = make_durable_store()
+        await store.open()  # the schema exists already: opening again changes nothing
         try:
             return await store.load_unfinished()
         finally:
             await store.close()
 
     asyncio.run(write())
-    assert [r.request_id for r in asyncio.run(read())] == ["id7"]
+    assert [(r.request_id, r.attempts) for r in asyncio.run(read())] == [("id7", 2), ("id8", 0)]
+
+
+def test_500_concurrent_inserts_are_all_durable_and_in_seq_order(
+    make_durable_store: Callable[[], Store],
+) -> None:
+    seqs = list(range(1, 501))
+    random.Random(7).shuffle(seqs)  # arrival order is not queue order
+
+    async def write() -> None:
+        store = make_durable_store()
+        await store.open()
+        await asyncio.gather(*(store.insert_request(request(s)) for s in seqs))
+        await store.close()
+
+    async def read() -> tuple[list[RequestRecord], int]:
+        store = make_durable_store()
+        await store.open()
+        try:
+            return await store.load_unfinished(), await store.max_seq()
+        finally:
+            await store.close()
+
+    asyncio.run(write())
+    unfinished, max_seq = asyncio.run(read())
+    assert [r.seq for r in unfinished] == list(range(1, 501))
+    assert [r.request_id for r in unfinished] == [f"id{s}" for s in range(1, 501)]
+    assert unfinished[0] == request(1) and max_seq == 500
+
+
+def test_a_completed_outcome_with_bytes_output_and_logs_round_trips(
+    make_durable_store: Callable[[], Store],
+) -> None:
+    outcome = Outcome(output=bytes(range(256)) * 4, content_type="application/octet-stream",
+                      inference_time_s=0.25,
+                      logs=(LogRecord(1.5, "loading", "stdout"), LogRecord(1.75, "é\n", "stderr")))
+    failed = Outcome(error=ErrorRecord("bad_request", "no", 3, (("x", "missing"),), "tb"))
+
+    async def write() -> None:
+        store = make_durable_store()
+        await store.open()
+        await asyncio.gather(*(store.insert_request(request(s)) for s in (1, 2, 3)))
+        await asyncio.gather(store.complete("id1", outcome, 9.5),
+                             store.complete("id2", failed, 9.75))
+        await store.close()
+
+    async def read() -> tuple[RequestRecord | None, RequestRecord | None, list[RequestRecord]]:
+        store = make_durable_store()
+        await store.open()
+        try:
+            return (await store.get_request("id1"), await store.get_request("id2"),
+                    await store.load_unfinished())
+        finally:
+            await store.close()
+
+    asyncio.run(write())
+    done, error, unfinished = asyncio.run(read())
+    assert done is not None and done.status is Status.COMPLETED
+    assert done.outcome == outcome and done.completed_at == 9.5
+    assert error is not None and error.outcome == failed
+    assert [r.request_id for r in unfinished] == ["id3"]
+
+
+def test_a_failing_write_fails_alone_and_the_others_in_its_batch_land(
+    make_durable_store: Callable[[], Store],
+) -> None:
+    async def scenario() -> None:
+        store = make_durable_store()
+        await store.open()
+        await store.insert_request(request(1))
+        results = await asyncio.gather(
+            *(store.insert_request(request(s)) for s in (2, 1, 3, 4)), return_exceptions=True
+        )
+        assert [isinstance(r, Exception) for r in results] == [False, True, False, False]
+        assert [r.seq for r in await store.load_unfinished()] == [1, 2, 3, 4]
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_postgres_commits_concurrent_writes_together() -> None:
+    """Group commit: 500 concurrent inserts take far fewer than 500 transactions."""
+
+    async def current_xid(dsn: str) -> int:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return int(await conn.fetchval("SELECT pg_current_xact_id()::text::bigint"))
+        finally:
+            await conn.close()
+
+    async def scenario(dsn: str) -> int:
+        store = PostgresStore(dsn)
+        await store.open()
+        before = await current_xid(dsn)
+        await asyncio.gather(*(store.insert_request(request(s)) for s in range(1, 501)))
+        after = await current_xid(dsn)
+        assert await store.max_seq() == 500
+        await store.close()
+        return after - before - 1  # each xid probe takes one itself
+
+    with fresh_database() as dsn:
+        transactions = asyncio.run(scenario(dsn))
+    assert 1 <= transactions <= 50, f"{transactions} transactions for 500 inserts"

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# A private PostgreSQL server for the tests; prints its DSN on stdout (nothing else).
+#
+# Idempotent: a server already running in the data directory is reused. Installs Debian's
+# `postgresql` package when no PostgreSQL is found (needs root, as CI has). The server
+# listens on 127.0.0.1 only, on its own port and socket directory, with trust auth for one
+# role (`falrt`): it is for tests on this machine, not for anything else.
+#
+#   FALRT_PG_ROOT   where the cluster lives (default /tmp/falrt-postgres)
+#   FALRT_PG_PORT   its port (default 54329)
+set -euo pipefail
+
+ROOT=${FALRT_PG_ROOT:-/tmp/falrt-postgres}
+PORT=${FALRT_PG_PORT:-54329}
+DATA=$ROOT/data
+LOG=$ROOT/server.log
+DSN="postgresql://falrt@127.0.0.1:$PORT/falrt"
+
+say() { echo "postgres.sh: $*" >&2; }
+
+find_bin() {  # the newest installed PostgreSQL's bin directory
+  local dir
+  dir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
+  if [[ -z $dir ]] && command -v pg_ctl >/dev/null; then
+    dir=$(dirname "$(readlink -f "$(command -v pg_ctl)")")
+  fi
+  echo "$dir"
+}
+
+BIN=$(find_bin)
+if [[ -z $BIN || ! -x $BIN/initdb ]]; then
+  [[ $(id -u) == 0 ]] || { say "PostgreSQL is not installed; run as root or install it"; exit 1; }
+  say "installing PostgreSQL (Debian package)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >&2
+  apt-get install -y -qq --no-install-recommends postgresql >&2
+  BIN=$(find_bin)
+fi
+
+# initdb and postgres refuse to run as root: root runs them as the `postgres` user.
+as_owner() {
+  if [[ $(id -u) == 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+mkdir -p "$ROOT"
+if [[ $(id -u) == 0 ]]; then chown postgres: "$ROOT"; fi
+
+if ! as_owner "$BIN/pg_ctl" status -D "$DATA" >/dev/null 2>&1; then
+  if [[ ! -f $DATA/PG_VERSION ]]; then
+    say "creating a cluster in $DATA"
+    as_owner "$BIN/initdb" -D "$DATA" -U falrt --auth=trust --encoding=UTF8 --no-sync >/dev/null
+  fi
+  say "starting PostgreSQL on 127.0.0.1:$PORT"
+  as_owner "$BIN/pg_ctl" start -w -t 60 -D "$DATA" -l "$LOG" \
+    -o "-p $PORT -k $ROOT -c listen_addresses=127.0.0.1 -c max_connections=200" >&2
+fi
+
+if ! "$BIN/psql" -qtA -d "postgresql://falrt@127.0.0.1:$PORT/postgres" \
+    -c "SELECT 1 FROM pg_database WHERE datname = 'falrt'" | grep -q 1; then
+  "$BIN/createdb" -h 127.0.0.1 -p "$PORT" -U falrt falrt
+fi
+echo "$DSN"

@@ -15,6 +15,7 @@ from falrt.server.fleet import Fleet
 from falrt.server.rpc import server_stream, unary
 from falrt.server.runners import RunnerState
 from falrt.server.scheduler import Scheduler
+from falrt.server.webhooks import SigningKey
 from falrt.v1 import common_pb2, control_pb2, control_pb2_grpc
 
 Context = aio.ServicerContext[Any, Any]
@@ -27,10 +28,14 @@ _STAGES = {
 
 
 class ControlService(control_pb2_grpc.ControlServicer):
-    def __init__(self, scheduler: Scheduler, fleet: Fleet, deployer: Deployer) -> None:
+    def __init__(
+        self, scheduler: Scheduler, fleet: Fleet, deployer: Deployer,
+        webhook_key: SigningKey | None = None,
+    ) -> None:
         self._scheduler = scheduler
         self._fleet = fleet
         self._deployer = deployer
+        self._webhook_key = webhook_key
 
     @server_stream
     async def Deploy(
@@ -74,6 +79,15 @@ class ControlService(control_pb2_grpc.ControlServicer):
             convert.runner_info(r) for r in runners
             if not request.app_name or r.app_name == request.app_name
         ])
+
+    @unary
+    async def GetWebhookKeys(
+        self, request: control_pb2.GetWebhookKeysRequest, context: Context
+    ) -> control_pb2.GetWebhookKeysResponse:
+        keys = [] if self._webhook_key is None else [self._webhook_key.jwk()]
+        return control_pb2.GetWebhookKeysResponse(
+            keys=[control_pb2.WebhookKey(**jwk) for jwk in keys]
+        )
 
     def _app(self, name: str) -> AppState:
         app = self._scheduler.apps.get(name)

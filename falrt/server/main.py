@@ -26,6 +26,7 @@ from falrt.server.fleet import Fleet
 from falrt.server.queue_service import QueueService
 from falrt.server.runner_link import RunnerLinkService
 from falrt.server.scheduler import Scheduler
+from falrt.server.webhooks import KEY_FILE, SigningKey, WebhookSender
 from falrt.settings import ServerSettings
 from falrt.store import create_store
 from falrt.v1 import control_pb2, control_pb2_grpc, queue_pb2, queue_pb2_grpc, runner_pb2_grpc
@@ -49,12 +50,14 @@ def run(settings: ServerSettings) -> None:
 async def serve(settings: ServerSettings) -> None:
     store = create_store(settings)
     await store.open()
+    webhook_key = SigningKey.load_or_create(settings.data_dir / KEY_FILE)
+    webhooks = WebhookSender(webhook_key, settings.owner)
     scheduler = Scheduler(store, settings)
     environments = EnvironmentBuilder(settings.venvs_dir, settings.runner_python or sys.executable)
     fleet = Fleet(scheduler, create_backend(settings.backend), environments, settings)
     scheduler.fleet = fleet
     requeued = await scheduler.load()
-    server, health_servicer = _grpc_server(settings, scheduler, fleet, environments)
+    server, health_servicer = _grpc_server(settings, scheduler, fleet, environments, webhooks)
     for name in (*SERVICES, ""):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     port = server.add_insecure_port(settings.listen)
@@ -71,11 +74,13 @@ async def serve(settings: ServerSettings) -> None:
     await fleet.close()
     await server.stop(grace=2.0)
     await scheduler.drain_background()
+    await webhooks.close()
     await store.close()
 
 
 def _grpc_server(
-    settings: ServerSettings, scheduler: Scheduler, fleet: Fleet, environments: EnvironmentBuilder
+    settings: ServerSettings, scheduler: Scheduler, fleet: Fleet,
+    environments: EnvironmentBuilder, webhooks: WebhookSender,
 ) -> tuple[aio.Server, Any]:
     size = settings.max_message_bytes
     server = aio.server(options=[
@@ -85,7 +90,7 @@ def _grpc_server(
     queue_pb2_grpc.add_QueueServicer_to_server(QueueService(scheduler), server)
     deployer = Deployer(scheduler, environments, settings)
     control_pb2_grpc.add_ControlServicer_to_server(
-        ControlService(scheduler, fleet, deployer), server
+        ControlService(scheduler, fleet, deployer, webhooks.key), server
     )
     runner_pb2_grpc.add_RunnerLinkServicer_to_server(RunnerLinkService(fleet, scheduler), server)
     health_servicer = health.aio.HealthServicer()

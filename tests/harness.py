@@ -41,18 +41,23 @@ def wait_for(condition: Callable[[], T | None], timeout: float = 30.0, what: str
 
 
 class ServerProcess:
-    """A real `falrt server` subprocess. `address` is where it listens."""
+    """A real `falrt server` subprocess. `address` is where it listens.
 
-    def __init__(self, data_dir: Path, log_path: Path) -> None:
+    `store` is passed as `--store` when given (a PostgreSQL DSN, say); else the default.
+    """
+
+    def __init__(self, data_dir: Path, log_path: Path, store: str = "") -> None:
         self.data_dir = data_dir
         self.log_path = log_path
+        self.store = store
         self.proc: subprocess.Popen[str] | None = None
         self.address = ""
 
     def start(self, timeout: float = 30.0) -> ServerProcess:
         log = open(self.log_path, "a")  # noqa: SIM115 - lives as long as the server
+        store = ["--store", self.store] if self.store else []
         self.proc = subprocess.Popen(
-            [FALRT, "server", "--listen", "127.0.0.1:0", "--data-dir", str(self.data_dir)],
+            [FALRT, "server", "--listen", "127.0.0.1:0", "--data-dir", str(self.data_dir), *store],
             stdout=subprocess.PIPE, stderr=log, text=True, env=_env(),
         )
         log.close()
@@ -111,5 +116,6 @@ class ServerProcess:
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("FALRT_HOST", None)
+    env.pop("FALRT_STORE", None)  # a server uses the store its test names
     env["PYTHONUNBUFFERED"] = "1"
     return env

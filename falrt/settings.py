@@ -52,6 +52,11 @@ class ServerSettings(msgspec.Struct, frozen=True):
     shutdown_grace_s: float = 5.0
     # Runner liveness: a runner silent for this long is considered gone.
     heartbeat_interval_s: float = 5.0
+    # Backoff before a failed attempt is retried: base * 2 ** (attempts - 1), at most cap.
+    retry_backoff_base_s: float = 1.0
+    retry_backoff_cap_s: float = 30.0
+    # Completed requests are deleted this long after they completed.
+    result_retention_s: float = 24 * 3600.0
 
     @property
     def db_path(self) -> Path:

@@ -9,7 +9,10 @@ from __future__ import annotations
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from falrt import errors
+from falrt.server.retries import CONDITIONS
 from falrt.server.runners import RunnerHandle
+from falrt.server.scheduler import SubmitOptions, Verdict
 from falrt.server.work import QueuedRequest
 from falrt.store.records import (
     AppConfig,
@@ -43,6 +46,35 @@ def duration(seconds: float) -> Duration:
 
 def priority(value: int) -> Priority:
     return Priority.LOW if value == common_pb2.PRIORITY_LOW else Priority.NORMAL
+
+
+def submit_options(request: queue_pb2.SubmitRequest) -> SubmitOptions:
+    """The caller's options of a Submit, checked. Raises InvalidArgumentError."""
+    unknown = set(request.retry_config) - CONDITIONS
+    if unknown:
+        raise errors.InvalidArgumentError(
+            f"unknown retry condition(s) {sorted(unknown)}: use {sorted(CONDITIONS)}")
+    if any(n < 0 for n in request.retry_config.values()):
+        raise errors.InvalidArgumentError("retry_config budgets must be >= 0")
+    start_timeout_s = request.start_timeout.ToNanoseconds() / 1e9
+    if start_timeout_s < 0 or request.max_queue_length < 0:
+        raise errors.InvalidArgumentError("start_timeout and max_queue_length must be >= 0")
+    if len(request.idempotency_key) > 256:
+        raise errors.InvalidArgumentError("idempotency_key is longer than 256 characters")
+    return SubmitOptions(
+        priority=priority(request.priority), no_retry=request.no_retry,
+        retry_config=dict(request.retry_config), start_timeout_s=start_timeout_s,
+        webhook_url=request.webhook_url, max_queue_length=request.max_queue_length,
+        idempotency_key=request.idempotency_key,
+    )
+
+
+def verdict(result: runner_pb2.Result) -> Verdict:
+    """What the handler said about retrying and about its runner."""
+    return Verdict(
+        needs_retry=result.needs_retry if result.HasField("needs_retry") else None,
+        stop_runner=result.stop_runner if result.HasField("stop_runner") else None,
+    )
 
 
 def log_record(line: common_pb2.LogLine) -> LogRecord:
@@ -125,10 +157,16 @@ def result_response(request_id: str, record: Outcome) -> queue_pb2.GetResultResp
 def app_config(settings: control_pb2.AppSettings) -> AppConfig:
     optional = {name: getattr(settings, name) for name in _OPTIONAL_FIELDS
                 if settings.HasField(name)}  # type: ignore[arg-type]
+    unknown = (set(settings.skip_retry_conditions) | set(settings.retry_config)) - CONDITIONS
+    if unknown:
+        raise errors.InvalidArgumentError(
+            f"unknown retry condition(s) {sorted(unknown)}: use {sorted(CONDITIONS)}")
     return AppConfig(
         requirements=tuple(settings.requirements),
         machine_types=tuple(settings.machine_types),
         app_auth=settings.app_auth,
+        skip_retry_conditions=tuple(settings.skip_retry_conditions),
+        retry_config=dict(settings.retry_config),
         **optional,
     )
 
@@ -136,7 +174,8 @@ def app_config(settings: control_pb2.AppSettings) -> AppConfig:
 def app_settings(config: AppConfig) -> control_pb2.AppSettings:
     message = control_pb2.AppSettings(
         requirements=config.requirements, machine_types=config.machine_types,
-        app_auth=config.app_auth,
+        app_auth=config.app_auth, skip_retry_conditions=config.skip_retry_conditions,
+        retry_config=config.retry_config,
     )
     for name in _OPTIONAL_FIELDS:
         value = getattr(config, name)

@@ -240,6 +240,13 @@ class Fleet:
             runner.process.terminate()
         self._spawn(self._reap(runner, grace_s=self._grace(runner) + 5.0))
 
+    def kill(self, runner: RunnerHandle) -> None:
+        """Stops a runner now: its stream is closed and its process killed."""
+        runner.set_state(RunnerState.TERMINATING)
+        runner.outbox.put_nowait(CloseEvent())
+        if runner.process is not None:
+            runner.process.kill()
+
     def stop_app(self, app_name: str) -> None:
         for runner in self.runners_of(app_name):
             runner.outbox.put_nowait(CloseEvent())

@@ -36,11 +36,12 @@ class QueueService(queue_pb2_grpc.QueueServicer):
     async def Submit(
         self, request: queue_pb2.SubmitRequest, context: Context
     ) -> queue_pb2.SubmitResponse:
-        request_id, position = await self._scheduler.submit(
+        request_id, position, deduplicated = await self._scheduler.submit(
             request.endpoint_id, request.path or "/", request.input.data,
-            request.input.content_type, convert.priority(request.priority),
+            request.input.content_type, convert.submit_options(request),
         )
-        return queue_pb2.SubmitResponse(request_id=request_id, queue_position=position)
+        return queue_pb2.SubmitResponse(
+            request_id=request_id, queue_position=position, deduplicated=deduplicated)
 
     @server_stream
     async def Watch(

@@ -87,7 +87,8 @@ class RunnerLinkService(runner_pb2_grpc.RunnerLinkServicer):
         match message.WhichOneof("event"):
             case "result":
                 result = message.result
-                self._scheduler.on_result(runner, result.request_id, convert.outcome(result))
+                self._scheduler.on_result(runner, result.request_id, convert.outcome(result),
+                                          convert.verdict(result))
             case "log":
                 entry = message.log
                 if entry.request_id:

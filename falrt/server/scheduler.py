@@ -12,11 +12,14 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from falrt import errors
 from falrt.server.apps import AppState, EffectiveSettings
+from falrt.server.idempotency import IdempotencyKeys
+from falrt.server.retries import RetryContext, backoff_s, should_retry
 from falrt.server.runners import CancelEvent, RunnerHandle
 from falrt.server.work import DirectCall, QueuedRequest, WorkItem
 from falrt.settings import ServerSettings
@@ -37,11 +40,31 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_ATTEMPTS = 10
 MAX_LOG_LINES = 10_000
 CONTENT_TYPES = frozenset({"application/json", "application/msgpack"})
 # Completed requests stay in memory this long for watchers; later reads go to the store.
 COMPLETED_IN_MEMORY_S = 120.0
+
+
+@dataclass(frozen=True)
+class SubmitOptions:
+    """What a caller may ask for at Submit (see falrt.v1.SubmitRequest)."""
+
+    priority: Priority = Priority.NORMAL
+    no_retry: bool = False
+    retry_config: Mapping[str, int] = field(default_factory=dict)
+    start_timeout_s: float = 0.0
+    webhook_url: str = ""
+    max_queue_length: int = 0
+    idempotency_key: str = ""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a handler said about its failed attempt (see falrt.v1.Result)."""
+
+    needs_retry: bool | None = None
+    stop_runner: bool | None = None
 
 
 def error_record(error: errors.FalrtError) -> ErrorRecord:
@@ -60,6 +83,7 @@ class Scheduler:
         self._requests: dict[str, QueuedRequest] = {}
         self._seq = 0
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._keys = IdempotencyKeys()
 
     # -- startup -----------------------------------------------------------------------
 
@@ -80,7 +104,9 @@ class Scheduler:
                 item.status = Status.IN_QUEUE
                 await self.store.requeue(item.request_id, item.attempts)
             self._requests[item.request_id] = item
-            app.queue.push(item)
+            if item.idempotency_key:
+                self._keys.claim(item.idempotency_key, item.request_id)
+            self._enqueue(app, item)
         return len(pending)
 
     # -- apps --------------------------------------------------------------------------
@@ -128,14 +154,44 @@ class Scheduler:
     # -- the queue path ----------------------------------------------------------------
 
     async def submit(
-        self, endpoint_id: str, path: str, data: bytes, content_type: str, priority: Priority
-    ) -> tuple[str, int]:
-        """Stores a request, queues it, dispatches; returns its id and queue position."""
+        self, endpoint_id: str, path: str, data: bytes, content_type: str,
+        options: SubmitOptions,
+    ) -> tuple[str, int, bool]:
+        """Stores a request, queues it, dispatches; returns its id, its queue position, and
+        whether an earlier Submit with the same idempotency key made it."""
         app = self.resolve(endpoint_id, path)
+        limit = options.max_queue_length
+        if limit and len(app.queue) > limit:
+            raise errors.ResourceExhaustedError(
+                f"app {app.name!r} has {len(app.queue)} queued requests, more than the "
+                f"max_queue_length {limit} of this call; try again later"
+            )
+        key = options.idempotency_key
+        if not key:
+            return (*await self._store_and_queue(app, path, data, content_type, options), False)
+        earlier = await self._keys.reserve(key)
+        if earlier is not None:
+            return earlier, self.position_of(earlier), True
+        try:
+            earlier = await self.store.find_request_by_key(key)
+            if earlier is not None:
+                self._keys.claim(key, earlier)
+                return earlier, self.position_of(earlier), True
+            return (*await self._store_and_queue(app, path, data, content_type, options), False)
+        finally:
+            self._keys.settle(key)
+
+    async def _store_and_queue(
+        self, app: AppState, path: str, data: bytes, content_type: str, options: SubmitOptions
+    ) -> tuple[str, int]:
+        now = time.time()
         record = RequestRecord(
             request_id=str(uuid.uuid4()), app_name=app.name, path=path, input=data,
-            content_type=_content_type(content_type), priority=priority,
-            seq=self._next_seq(), created_at=time.time(),
+            content_type=_content_type(content_type), priority=options.priority,
+            seq=self._next_seq(), created_at=now, no_retry=options.no_retry,
+            retry_config=dict(options.retry_config), webhook_url=options.webhook_url,
+            start_deadline=now + options.start_timeout_s if options.start_timeout_s else None,
+            idempotency_key=options.idempotency_key,
         )
         # The write and the first attempt overlap: the runner may start while the row is
         # being committed, but Submit answers only once it is durable, and the outcome is
@@ -143,7 +199,9 @@ class Scheduler:
         item = QueuedRequest.from_record(record)
         item.stored = asyncio.ensure_future(self.store.insert_request(record))
         self._requests[item.request_id] = item
-        app.queue.push(item)
+        if item.idempotency_key:
+            self._keys.claim(item.idempotency_key, item.request_id)
+        self._enqueue(app, item)
         position = app.queue.position(item)
         self.dispatch(app)
         try:
@@ -154,9 +212,24 @@ class Scheduler:
             raise errors.InternalError("the request could not be stored; try again") from exc
         return item.request_id, position
 
+    def position_of(self, request_id: str) -> int:
+        item = self._requests.get(request_id)
+        return self.position(item) if item is not None else 0
+
+    def _enqueue(self, app: AppState, item: QueuedRequest) -> None:
+        """Queues a new or loaded request and arms its start deadline."""
+        app.queue.push(item)
+        if item.start_deadline is not None and item.deadline_timer is None:
+            delay = max(0.0, item.start_deadline - time.time())
+            item.deadline_timer = asyncio.get_running_loop().call_later(
+                delay, self._start_deadline_passed, item)
+
     def _withdraw(self, app: AppState, item: QueuedRequest) -> None:
         """Forgets a request that was never acknowledged (its insert failed)."""
         self._requests.pop(item.request_id, None)
+        item.stop_timers()
+        if item.idempotency_key:
+            self._keys.forget(item.idempotency_key, item.request_id)
         item.cancel_requested = True
         item.outcome = Outcome(error=error_record(errors.InternalError("not stored")))
         if not app.queue.remove(item):
@@ -183,12 +256,26 @@ class Scheduler:
             return "ALREADY_COMPLETED"
         item.cancel_requested = True
         app = self.apps.get(item.app_name)
-        if app is not None and app.queue.remove(item):
+        waiting = item.backoff_timer is not None or (app is not None and app.queue.remove(item))
+        if waiting:
             cancelled = errors.RequestCancelledError("cancelled while queued")
             self._finish(item, Outcome(error=error_record(cancelled)))
         else:
             self._send_cancel(item)
         return "CANCELLATION_REQUESTED"
+
+    def flush(self, name: str) -> int:
+        """Cancels every queued request of an app (they complete with client_cancelled)."""
+        app = self.apps.get(name)
+        if app is None:
+            raise errors.NotFoundError(f"no app named {name!r}")
+        flushed = errors.RequestCancelledError("removed from the queue by a flush")
+        items = [i for i in app.queue.items() if isinstance(i, QueuedRequest)]
+        for item in items:
+            app.queue.remove(item)
+            item.cancel_requested = True
+            self._finish(item, Outcome(error=error_record(flushed)))
+        return len(items)
 
     # -- the direct path ---------------------------------------------------------------
 
@@ -221,11 +308,17 @@ class Scheduler:
         if self.fleet is None:
             return
         while (item := app.queue.peek()) is not None:
+            if _past_deadline(item):
+                app.queue.remove(item)
+                self._finish(item, Outcome(error=error_record(_START_TIMEOUT)))
+                continue
             runner = self.fleet.pick_runner(app)
             if runner is None:
                 break
             app.queue.remove(item)
             runner.assign(item)
+            item.attempt_timer = asyncio.get_running_loop().call_later(
+                app.settings.request_timeout_s, self._attempt_timed_out, runner, item)
             if isinstance(item, QueuedRequest):
                 item.status, item.waiting_reason = Status.IN_PROGRESS, ""
                 # Not written to the store: after a crash every unfinished request is
@@ -254,33 +347,40 @@ class Scheduler:
         elif isinstance(item, QueuedRequest):
             item.last_partial = (data, ctype)
 
-    def on_result(self, runner: RunnerHandle, request_id: str, outcome: Outcome) -> None:
+    def on_result(
+        self, runner: RunnerHandle, request_id: str, outcome: Outcome,
+        verdict: Verdict = Verdict(),
+    ) -> None:
         item = runner.release(request_id)
         if item is None:
             log.warning("runner %s sent a result for unknown request %s", runner.runner_id,
                         request_id)
             return
+        item.stop_timers()
+        if verdict.stop_runner and self.fleet is not None:
+            self.fleet.stop(runner)
         app = self.apps.get(item.app_name)
         never_ran = outcome.error is not None and outcome.error.error_type == "runner_disconnected"
         if never_ran and app is not None and not item.cancel_requested:
             self._requeue(app, item, count_attempt=False)
-        else:
+        elif not (outcome.error is not None and self._retry(
+                item, "server_error" if verdict.needs_retry else None, verdict.needs_retry,
+                outcome.error)):
             self._finish(item, outcome)
         if app is not None:
             self.dispatch(app)
 
     def on_runner_lost(self, runner: RunnerHandle) -> None:
         """The runner's stream ended: its in-flight work is retried or failed."""
-        lost = errors.RunnerDisconnectedError(f"runner {runner.runner_id} went away")
+        lost = error_record(errors.RunnerDisconnectedError(
+            f"runner {runner.runner_id} went away"))
         for request_id in list(runner.in_flight):
             item = runner.in_flight.pop(request_id)
-            app = self.apps.get(item.app_name)
-            retry = (isinstance(item, QueuedRequest) and item.attempts < MAX_ATTEMPTS
-                     and not item.cancel_requested and app is not None)
-            if retry and app is not None:
-                self._requeue(app, item, count_attempt=True)
-            else:
-                self._finish(item, Outcome(error=error_record(lost)))
+            item.stop_timers()
+            condition, error = ("timeout", _timed_out(item)) if item.timed_out else (
+                "connection_error", lost)
+            if not self._retry(item, condition, None, error):
+                self._finish(item, Outcome(error=error))
         app = self.apps.get(runner.app_name)
         if app is not None:
             self.dispatch(app)
@@ -295,6 +395,61 @@ class Scheduler:
 
     # -- completion --------------------------------------------------------------------
 
+    def _retry(
+        self, item: WorkItem, condition: str | None, verdict: bool | None, error: ErrorRecord
+    ) -> bool:
+        """Schedules another attempt of a failed one when the retry rule allows it."""
+        if not isinstance(item, QueuedRequest) or item.cancel_requested:
+            return False
+        app = self.apps.get(item.app_name)
+        if app is None:
+            return False
+        if condition is not None:
+            item.failures[condition] = item.failures.get(condition, 0) + 1
+        config = app.revision.config
+        ctx = RetryContext(
+            attempts=item.attempts, condition=condition,
+            condition_failures=item.failures.get(condition or "", 0),
+            no_retry=item.no_retry, verdict=verdict, request_budget=item.retry_config,
+            app_budget=config.retry_config, skip_conditions=frozenset(config.skip_retry_conditions),
+        )
+        if not should_retry(ctx):
+            return False
+        delay = backoff_s(item.attempts, self.settings.retry_backoff_base_s,
+                          self.settings.retry_backoff_cap_s)
+        item.runner_id, item.status = "", Status.IN_QUEUE
+        item.waiting_reason = (f"attempt {item.attempts} failed ({error.error_type}: "
+                               f"{error.message}); retrying in {delay:.1f} s")
+        self._background(self.store.requeue(item.request_id, item.attempts))
+        item.backoff_timer = asyncio.get_running_loop().call_later(delay, self._retry_now, item)
+        item.changed.fire()
+        return True
+
+    def _retry_now(self, item: QueuedRequest) -> None:
+        item.backoff_timer = None
+        app = self.apps.get(item.app_name)
+        if item.outcome is not None or app is None:
+            return
+        self._enqueue(app, item)
+        self.dispatch(app)
+
+    def _attempt_timed_out(self, runner: RunnerHandle, item: WorkItem) -> None:
+        """An attempt ran past request_timeout: its runner is killed, as in fal."""
+        item.attempt_timer = None
+        if runner.in_flight.get(item.request_id) is not item or self.fleet is None:
+            return
+        log.warning("request %s ran past request_timeout on runner %s; killing the runner",
+                    item.request_id, runner.runner_id)
+        item.timed_out = True
+        self.fleet.kill(runner)
+
+    def _start_deadline_passed(self, item: QueuedRequest) -> None:
+        item.deadline_timer = None
+        app = self.apps.get(item.app_name)
+        waiting = item.backoff_timer is not None or (app is not None and app.queue.remove(item))
+        if waiting and item.outcome is None:
+            self._finish(item, Outcome(error=error_record(_START_TIMEOUT)))
+
     def _requeue(self, app: AppState, item: WorkItem, *, count_attempt: bool) -> None:
         item.runner_id = ""
         if isinstance(item, QueuedRequest):
@@ -306,6 +461,7 @@ class Scheduler:
         app.queue.push(item)
 
     def _finish(self, item: WorkItem, outcome: Outcome, *, store: bool = True) -> None:
+        item.stop_timers()
         if isinstance(item, DirectCall):
             if not item.done.done():
                 item.done.set_result(outcome)
@@ -323,9 +479,13 @@ class Scheduler:
             await self.store.complete(item.request_id, item.outcome, time.time())
         item.status = Status.COMPLETED
         item.changed.fire()
-        asyncio.get_running_loop().call_later(
-            COMPLETED_IN_MEMORY_S, self._requests.pop, item.request_id, None
-        )
+        asyncio.get_running_loop().call_later(COMPLETED_IN_MEMORY_S, self._forget, item)
+
+    def _forget(self, item: QueuedRequest) -> None:
+        """Drops a completed request from memory; later reads go to the store."""
+        self._requests.pop(item.request_id, None)
+        if item.idempotency_key:
+            self._keys.forget(item.idempotency_key, item.request_id)
 
     def _background(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.ensure_future(coro)
@@ -358,6 +518,20 @@ def _content_type(value: str) -> str:
             f"unsupported content type {value!r}: use application/json or application/msgpack"
         )
     return value
+
+
+_START_TIMEOUT = errors.RequestTimeoutError(
+    "the request's start_timeout passed before it could start")
+
+
+def _past_deadline(item: WorkItem) -> bool:
+    return (isinstance(item, QueuedRequest) and item.start_deadline is not None
+            and time.time() >= item.start_deadline)
+
+
+def _timed_out(item: WorkItem) -> ErrorRecord:
+    return error_record(errors.RequestTimeoutError(
+        f"attempt {getattr(item, 'attempts', 1)} ran past the app's request_timeout"))
 
 
 def _with_logs(item: QueuedRequest, outcome: Outcome) -> Outcome:

@@ -51,10 +51,18 @@ class WorkItem:
     enqueued_at: float = field(default_factory=time.monotonic)
     runner_id: str = ""
     cancel_requested: bool = False
+    # The running attempt's request_timeout timer, and whether it fired.
+    attempt_timer: asyncio.TimerHandle | None = None
+    timed_out: bool = False
 
     @property
     def durable(self) -> bool:
         return False
+
+    def stop_timers(self) -> None:
+        if self.attempt_timer is not None:
+            self.attempt_timer.cancel()
+            self.attempt_timer = None
 
 
 @dataclass(eq=False)
@@ -70,10 +78,27 @@ class QueuedRequest(WorkItem):
     changed: Signal = field(default_factory=Signal)
     # The INSERT of a new request, while it is being committed (None once loaded).
     stored: asyncio.Future[None] | None = None
+    # What the caller asked for at Submit.
+    no_retry: bool = False
+    retry_config: dict[str, int] = field(default_factory=dict)
+    start_deadline: float | None = None  # wall clock
+    webhook_url: str = ""
+    idempotency_key: str = ""
+    # Failures so far, per retry condition; timers of a scheduled retry and of the deadline.
+    failures: dict[str, int] = field(default_factory=dict)
+    backoff_timer: asyncio.TimerHandle | None = None
+    deadline_timer: asyncio.TimerHandle | None = None
 
     @property
     def durable(self) -> bool:
         return True
+
+    def stop_timers(self) -> None:
+        super().stop_timers()
+        for timer in (self.backoff_timer, self.deadline_timer):
+            if timer is not None:
+                timer.cancel()
+        self.backoff_timer = self.deadline_timer = None
 
     @classmethod
     def from_record(cls, record: RequestRecord) -> QueuedRequest:
@@ -89,6 +114,11 @@ class QueuedRequest(WorkItem):
             attempts=record.attempts,
             outcome=record.outcome,
             logs=list(record.outcome.logs) if record.outcome else [],
+            no_retry=record.no_retry,
+            retry_config=dict(record.retry_config),
+            start_deadline=record.start_deadline,
+            webhook_url=record.webhook_url,
+            idempotency_key=record.idempotency_key,
         )
 
 

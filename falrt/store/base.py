@@ -40,6 +40,12 @@ class Store(Protocol):
 
     async def get_request(self, request_id: str) -> RequestRecord | None: ...
 
+    async def find_request_by_key(self, idempotency_key: str) -> str | None:
+        """The id of the stored request made with this idempotency key, if any."""
+
+    async def delete_completed_before(self, completed_before: float) -> int:
+        """Deletes requests that completed before this wall-clock time; returns how many."""
+
     async def load_unfinished(self) -> list[RequestRecord]:
         """Requests not COMPLETED, in queue order (seq)."""
 

@@ -56,6 +56,19 @@ class MemoryStore:
         record = self._requests.get(request_id)
         return None if record is None else copy.copy(record)
 
+    async def find_request_by_key(self, idempotency_key: str) -> str | None:
+        for record in self._requests.values():
+            if record.idempotency_key == idempotency_key:
+                return record.request_id
+        return None
+
+    async def delete_completed_before(self, completed_before: float) -> int:
+        old = [k for k, r in self._requests.items()
+               if r.completed_at is not None and r.completed_at < completed_before]
+        for key in old:
+            del self._requests[key]
+        return len(old)
+
     async def load_unfinished(self) -> list[RequestRecord]:
         pending = [r for r in self._requests.values() if r.status is not Status.COMPLETED]
         return [copy.copy(r) for r in sorted(pending, key=lambda r: r.seq)]

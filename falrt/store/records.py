@@ -39,6 +39,8 @@ class AppConfig(msgspec.Struct, frozen=True, omit_defaults=True):
     request_timeout_s: float | None = None
     startup_timeout_s: float | None = None
     termination_grace_period_s: float | None = None
+    skip_retry_conditions: tuple[str, ...] = ()
+    retry_config: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 class EndpointRecord(msgspec.Struct, frozen=True):
@@ -113,3 +115,9 @@ class RequestRecord(msgspec.Struct):
     attempts: int = 0
     outcome: Outcome | None = None
     completed_at: float | None = None
+    # What the caller asked for at Submit (see falrt.v1.SubmitRequest).
+    no_retry: bool = False
+    retry_config: dict[str, int] = msgspec.field(default_factory=dict)
+    start_deadline: float | None = None  # wall-clock seconds
+    webhook_url: str = ""
+    idempotency_key: str = ""

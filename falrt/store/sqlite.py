@@ -35,10 +35,16 @@ CREATE TABLE IF NOT EXISTS revisions (
 CREATE TABLE IF NOT EXISTS requests (
   request_id TEXT PRIMARY KEY, app_name TEXT NOT NULL, seq INTEGER NOT NULL,
   status INTEGER NOT NULL, attempts INTEGER NOT NULL, created_at REAL NOT NULL,
-  completed_at REAL, data BLOB NOT NULL, outcome BLOB);
+  completed_at REAL, data BLOB NOT NULL, outcome BLOB, idempotency_key TEXT);
 CREATE INDEX IF NOT EXISTS requests_unfinished ON requests (status, seq);
 CREATE INDEX IF NOT EXISTS requests_app ON requests (app_name);
+CREATE INDEX IF NOT EXISTS requests_completed ON requests (completed_at)
+  WHERE completed_at IS NOT NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS requests_key ON requests (idempotency_key)
+  WHERE idempotency_key IS NOT NULL;
 """
+# Columns added after the first release, for files created before them.
+MIGRATIONS = {"idempotency_key": "ALTER TABLE requests ADD COLUMN idempotency_key TEXT"}
 
 _Job = tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]
 _encode = msgspec.msgpack.Encoder().encode
@@ -84,6 +90,7 @@ class SQLiteStore:
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
+        _migrate(conn)
         conn.executescript(SCHEMA)
         try:
             while (batch := self._take_batch()) is not None:
@@ -169,11 +176,11 @@ class SQLiteStore:
     async def insert_request(self, request: RequestRecord) -> None:
         data = _encode(request)
         row = (request.request_id, request.app_name, request.seq, int(request.status),
-               request.attempts, request.created_at, data)
+               request.attempts, request.created_at, data, request.idempotency_key or None)
         await self._run(
             lambda conn: conn.execute(
                 "INSERT INTO requests (request_id, app_name, seq, status, attempts, "
-                "created_at, data) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "created_at, data, idempotency_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 row,
             )
         )
@@ -205,6 +212,23 @@ class SQLiteStore:
         )
         return None if row is None else _request_from_row(row)
 
+    async def find_request_by_key(self, idempotency_key: str) -> str | None:
+        row = await self._run(
+            lambda conn: conn.execute(
+                "SELECT request_id FROM requests WHERE idempotency_key = ?", (idempotency_key,)
+            ).fetchone()
+        )
+        return None if row is None else str(row[0])
+
+    async def delete_completed_before(self, completed_before: float) -> int:
+        cursor = await self._run(
+            lambda conn: conn.execute(
+                "DELETE FROM requests WHERE completed_at IS NOT NULL AND completed_at < ?",
+                (completed_before,),
+            )
+        )
+        return int(cursor.rowcount)
+
     async def load_unfinished(self) -> list[RequestRecord]:
         rows = await self._run(
             lambda conn: conn.execute(
@@ -232,6 +256,15 @@ def _request_from_row(row: tuple[bytes, int, int, float | None, bytes | None]) -
     record.completed_at = completed_at
     record.outcome = None if outcome is None else _outcome.decode(outcome)
     return record
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(requests)")}
+    if not columns:
+        return  # a new file: the schema creates everything
+    for column, statement in MIGRATIONS.items():
+        if column not in columns:
+            conn.execute(statement)
 
 
 def _resolve_all(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:

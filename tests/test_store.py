@@ -10,6 +10,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import asyncpg
+import msgspec
 import pytest
 
 from falrt.store.base import Store
@@ -286,3 +287,35 @@ def test_postgres_commits_concurrent_writes_together() -> None:
     with fresh_database() as dsn:
         transactions = asyncio.run(scenario(dsn))
     assert 1 <= transactions <= 50, f"{transactions} transactions for 500 inserts"
+
+
+def test_a_request_is_found_by_its_idempotency_key(make_store: Callable[[], Store]) -> None:
+    async def scenario() -> None:
+        store = make_store()
+        await store.open()
+        keyed = msgspec.structs.replace(request(1), idempotency_key="caller:k1")
+        await asyncio.gather(store.insert_request(keyed), store.insert_request(request(2)))
+        assert await store.find_request_by_key("caller:k1") == "id1"
+        assert await store.find_request_by_key("caller:k2") is None
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_delete_completed_before_removes_only_old_results(
+    make_store: Callable[[], Store],
+) -> None:
+    async def scenario() -> None:
+        store = make_store()
+        await store.open()
+        await asyncio.gather(*(store.insert_request(request(s)) for s in (1, 2, 3)))
+        await asyncio.gather(store.complete("id1", Outcome(output=b"a"), 10.0),
+                             store.complete("id2", Outcome(output=b"b"), 20.0))
+        assert await store.delete_completed_before(15.0) == 1
+        assert await store.get_request("id1") is None
+        assert (await store.get_request("id2")) is not None
+        assert [r.request_id for r in await store.load_unfinished()] == ["id3"]
+        assert await store.delete_completed_before(15.0) == 0
+        await store.close()
+
+    asyncio.run(scenario())

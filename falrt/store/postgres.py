@@ -42,10 +42,15 @@ CREATE TABLE IF NOT EXISTS falrt.revisions (
 CREATE TABLE IF NOT EXISTS falrt.requests (
   request_id TEXT PRIMARY KEY, app_name TEXT NOT NULL, seq BIGINT NOT NULL,
   status SMALLINT NOT NULL, attempts INTEGER NOT NULL, created_at DOUBLE PRECISION NOT NULL,
-  completed_at DOUBLE PRECISION, data BYTEA NOT NULL, outcome BYTEA);
+  completed_at DOUBLE PRECISION, data BYTEA NOT NULL, outcome BYTEA, idempotency_key TEXT);
+ALTER TABLE falrt.requests ADD COLUMN IF NOT EXISTS idempotency_key TEXT;
 CREATE INDEX IF NOT EXISTS requests_seq ON falrt.requests (seq);
 CREATE INDEX IF NOT EXISTS requests_unfinished ON falrt.requests (seq) WHERE status <> 3;
 CREATE INDEX IF NOT EXISTS requests_app ON falrt.requests (app_name);
+CREATE INDEX IF NOT EXISTS requests_completed ON falrt.requests (completed_at)
+  WHERE completed_at IS NOT NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS requests_key ON falrt.requests (idempotency_key)
+  WHERE idempotency_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS revisions_app ON falrt.revisions (app_name);
 """
 # Any constant will do: it only has to be the same for every falrt server.
@@ -57,8 +62,8 @@ _UPSERT_APP = (
     "revision_id = EXCLUDED.revision_id, updated_at = EXCLUDED.updated_at"
 )
 _INSERT_REQUEST = (
-    "INSERT INTO falrt.requests (request_id, app_name, seq, status, attempts, created_at, data) "
-    "VALUES ($1, $2, $3, $4, $5, $6, $7)"
+    "INSERT INTO falrt.requests (request_id, app_name, seq, status, attempts, created_at, data, "
+    "idempotency_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
 )
 _REQUEUE = (
     "UPDATE falrt.requests SET status = $1, attempts = $2 WHERE request_id = $3 AND status <> $4"
@@ -203,6 +208,7 @@ class PostgresStore:
         await self._submit((_INSERT_REQUEST, (
             request.request_id, request.app_name, request.seq, int(request.status),
             request.attempts, request.created_at, _encode(request),
+            request.idempotency_key or None,
         )))
 
     async def requeue(self, request_id: str, attempts: int) -> None:
@@ -220,6 +226,20 @@ class PostgresStore:
             f"SELECT {_REQUEST_COLUMNS} FROM falrt.requests WHERE request_id = $1", request_id
         )
         return None if row is None else _request_from_row(row)
+
+    async def find_request_by_key(self, idempotency_key: str) -> str | None:
+        request_id = await self._readers.fetchval(
+            "SELECT request_id FROM falrt.requests WHERE idempotency_key = $1", idempotency_key
+        )
+        return None if request_id is None else str(request_id)
+
+    async def delete_completed_before(self, completed_before: float) -> int:
+        """Runs outside the writer (housekeeping is not latency-bound); committed on return."""
+        status = await self._readers.execute(
+            "DELETE FROM falrt.requests WHERE completed_at IS NOT NULL AND completed_at < $1",
+            completed_before,
+        )
+        return int(status.split()[-1])  # "DELETE <count>"
 
     async def load_unfinished(self) -> list[RequestRecord]:
         rows = await self._readers.fetch(

@@ -14,6 +14,7 @@ from .apps import apps
 from .call import call
 from .context import CliContext
 from .deploy import deploy
+from .queue import queue
 from .requests import requests
 from .runners import runners
 from .server import server
@@ -34,5 +35,5 @@ def main(ctx: click.Context, host: str) -> None:
     ctx.obj = CliContext(host=host)
 
 
-for command in (server, deploy, apps, runners, call, requests):
+for command in (server, deploy, apps, runners, call, requests, queue):
     main.add_command(command)

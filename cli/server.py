@@ -9,6 +9,8 @@ import click
 
 from falrt.settings import DEFAULT_LISTEN, DEFAULT_OWNER, ServerSettings
 
+_DEFAULTS = ServerSettings(data_dir=Path("."))
+
 
 @click.command()
 @click.option("--listen", envvar="FALRT_LISTEN", default=DEFAULT_LISTEN, show_default=True,
@@ -21,18 +23,35 @@ from falrt.settings import DEFAULT_LISTEN, DEFAULT_OWNER, ServerSettings
 @click.option("--store", envvar="FALRT_STORE", default="sqlite", show_default=True,
               help="sqlite (a file in the data dir), memory, or a postgresql://... DSN "
                    "(env FALRT_STORE)")
-def server(listen: str, data_dir: Path | None, owner: str, store: str) -> None:
+@click.option("--retry-backoff", "retry_backoff_base_s", envvar="FALRT_RETRY_BACKOFF_S",
+              type=click.FloatRange(min=0), default=_DEFAULTS.retry_backoff_base_s,
+              show_default=True,
+              help="seconds before the first retry of a failed attempt; doubles per attempt")
+@click.option("--retry-backoff-cap", "retry_backoff_cap_s", type=click.FloatRange(min=0),
+              default=_DEFAULTS.retry_backoff_cap_s, show_default=True,
+              help="the longest wait before a retry, in seconds")
+@click.option("--result-retention", "result_retention_s", envvar="FALRT_RESULT_RETENTION_S",
+              type=click.FloatRange(min=0), default=_DEFAULTS.result_retention_s,
+              show_default=True, help="seconds a completed request is kept")
+def server(
+    listen: str, data_dir: Path | None, owner: str, store: str, retry_backoff_base_s: float,
+    retry_backoff_cap_s: float, result_retention_s: float,
+) -> None:
     """Run the falrt server until interrupted."""
     from falrt.server.main import run  # the server's dependencies load only for this command
 
-    run(build_settings(listen=listen, data_dir=data_dir, owner=owner, store=store))
+    run(build_settings(
+        listen=listen, data_dir=data_dir, owner=owner, store=store,
+        retry_backoff_base_s=retry_backoff_base_s, retry_backoff_cap_s=retry_backoff_cap_s,
+        result_retention_s=result_retention_s,
+    ))
 
 
 def build_settings(
-    *, listen: str, data_dir: Path | None, owner: str, store: str = "sqlite"
+    *, listen: str, data_dir: Path | None, owner: str, store: str = "sqlite", **tuning: float
 ) -> ServerSettings:
     """Server settings from the command's options; unset options keep the defaults."""
-    overrides: dict[str, Any] = {"listen": listen, "owner": owner, "store": store}
+    overrides: dict[str, Any] = {"listen": listen, "owner": owner, "store": store, **tuning}
     if data_dir is not None:
         overrides["data_dir"] = data_dir.expanduser().resolve()
     return ServerSettings(**overrides)

@@ -230,7 +230,8 @@ class RunnerSession:
 
     async def _serve(self, assign: wire.Assign, ep: Endpoint, entry: _Inflight) -> None:
         """One request, in its own task: validate, run, answer. Frees the slot exactly once."""
-        request_var.set(RequestContext(assign.request_id, assign.path, entry.cancel))
+        context = RequestContext(assign.request_id, assign.path, entry.cancel)
+        request_var.set(context)
         logcapture.bind(entry.log)
         try:
             message = await self._outcome(assign, ep, entry)
@@ -243,6 +244,7 @@ class RunnerSession:
         finally:
             entry.log.flush()
             del self._inflight[assign.request_id]
+        wire.add_verdict(message, context.needs_retry, context.stop_runner)
         await self.outbox.send(message)
 
     async def _outcome(

@@ -122,6 +122,16 @@ def error_result(
     return out
 
 
+def add_verdict(
+    message: runner_pb2.RunnerMessage, needs_retry: bool | None, stop_runner: bool | None
+) -> None:
+    """Carries what the handler said about retrying and about its runner, when it said it."""
+    if needs_retry is not None:
+        message.result.needs_retry = needs_retry
+    if stop_runner is not None:
+        message.result.stop_runner = stop_runner
+
+
 def heartbeat(free_slots: int) -> runner_pb2.RunnerMessage:
     return runner_pb2.RunnerMessage(heartbeat=runner_pb2.Heartbeat(free_slots=free_slots))
 

@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -46,10 +46,13 @@ class ServerProcess:
     `store` is passed as `--store` when given (a PostgreSQL DSN, say); else the default.
     """
 
-    def __init__(self, data_dir: Path, log_path: Path, store: str = "") -> None:
+    def __init__(
+        self, data_dir: Path, log_path: Path, store: str = "", extra: Sequence[str] = ()
+    ) -> None:
         self.data_dir = data_dir
         self.log_path = log_path
         self.store = store
+        self.extra = list(extra)
         self.proc: subprocess.Popen[str] | None = None
         self.address = ""
 
@@ -57,7 +60,8 @@ class ServerProcess:
         log = open(self.log_path, "a")  # noqa: SIM115 - lives as long as the server
         store = ["--store", self.store] if self.store else []
         self.proc = subprocess.Popen(
-            [FALRT, "server", "--listen", "127.0.0.1:0", "--data-dir", str(self.data_dir), *store],
+            [FALRT, "server", "--listen", "127.0.0.1:0", "--data-dir", str(self.data_dir), *store,
+             *self.extra],
             stdout=subprocess.PIPE, stderr=log, text=True, env=_env(),
         )
         log.close()

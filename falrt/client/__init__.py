@@ -8,6 +8,7 @@ uses.
 from falrt.client.aio import AsyncClient, AsyncRequestHandle
 from falrt.client.control import ControlClient
 from falrt.client.endpoint import split_endpoint_ref
+from falrt.client.messages import QueueOptions
 from falrt.client.status import (
     Completed,
     InProgress,
@@ -25,6 +26,7 @@ __all__ = [
     "ControlClient",
     "InProgress",
     "LogLine",
+    "QueueOptions",
     "Queued",
     "RequestError",
     "RequestHandle",

@@ -12,19 +12,21 @@ import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Unpack
 
 import grpc
 
 from falrt.client.connection import CHANNEL_OPTIONS, resolve_host
 from falrt.client.messages import (
     CancelOutcome,
+    QueueOptions,
     read_cancel,
     read_result,
     remaining_s,
     run_request,
     stream_request,
     submit_request,
+    subscribe_options,
 )
 from falrt.client.payload import decode_payload
 from falrt.client.rpc_errors import translate_rpc_errors
@@ -90,10 +92,14 @@ class AsyncClient:
         await self.close()
 
     async def submit(
-        self, endpoint_id: str, arguments: Any, *, path: str = "/", priority: str = "normal"
+        self, endpoint_id: str, arguments: Any, *, path: str = "/",
+        **options: Unpack[QueueOptions],
     ) -> AsyncRequestHandle:
-        """Stores a request durably on the server; returns once it is stored."""
-        request = submit_request(endpoint_id, arguments, path, priority)
+        """Stores a request durably on the server; returns once it is stored.
+
+        `options` are the queue's per-request options (see `QueueOptions`).
+        """
+        request = submit_request(endpoint_id, arguments, path, options)
         with translate_rpc_errors():
             reply = await self._stub.Submit(request)
         return AsyncRequestHandle(self, reply.request_id, reply.queue_position)
@@ -179,6 +185,7 @@ class AsyncClient:
         on_enqueue: Callable[[str], None] | None = None,
         on_queue_update: Callable[[Status], None] | None = None,
         client_timeout: float | None = None,
+        **options: Unpack[QueueOptions],
     ) -> Any:
         """Submits, follows the request to completion, returns its output or raises its error.
 
@@ -187,7 +194,9 @@ class AsyncClient:
         `RequestTimeoutError` is raised.
         """
         started = time.monotonic()
-        handle = await self.submit(endpoint_id, arguments, path=path)
+        handle = await self.submit(
+            endpoint_id, arguments, path=path, **subscribe_options(options, client_timeout)
+        )
         if on_enqueue is not None:
             on_enqueue(handle.request_id)
         remaining = remaining_s(started, client_timeout)

@@ -76,6 +76,18 @@ class ControlClient:
             reply = self._stub.ListRunners(control_pb2.ListRunnersRequest(app_name=app_name))
         return list(reply.runners)
 
+    def queue_size(self, app_name: str) -> int:
+        """Requests of `app_name` waiting IN_QUEUE."""
+        with translate_rpc_errors():
+            reply = self._stub.QueueSize(control_pb2.QueueSizeRequest(app_name=app_name))
+        return reply.size
+
+    def flush_queue(self, app_name: str) -> int:
+        """Cancels every queued request of `app_name`; how many there were."""
+        with translate_rpc_errors():
+            reply = self._stub.FlushQueue(control_pb2.FlushQueueRequest(app_name=app_name))
+        return reply.flushed
+
 
 def _deploy_requests(
     header: control_pb2.DeployHeader, bundle: bytes

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Any, Literal, TypedDict
 
 from falrt.client.endpoint import normalize_path
 from falrt.client.payload import decode_payload, encode_arguments
@@ -21,18 +22,60 @@ _OUTCOMES: dict[int, CancelOutcome] = {
 }
 
 
+class QueueOptions(TypedDict, total=False):
+    """What a caller may ask of the queue for one request (fal's headers and parameters).
+
+    - `priority`: "normal" (default) or "low" (waits while any normal request is queued);
+    - `start_timeout`: seconds from Submit within which the request must start, queue wait
+      and failed attempts included (fal's X-Fal-Request-Timeout), else it completes with
+      request_timeout;
+    - `no_retry`: never retry this request (fal's X-Fal-No-Retry);
+    - `retry_config`: extra attempts per condition ("timeout", "server_error",
+      "connection_error"), e.g. {"timeout": 0} (fal's X-Fal-Retry-Config);
+    - `webhook_url`: POSTed the signed result on completion (fal's fal_webhook);
+    - `max_queue_length`: refuse (ResourceExhaustedError) when the app's queue is longer;
+    - `idempotency_key`: the same key returns the same request id, so a Submit may be retried.
+    """
+
+    priority: PriorityName
+    start_timeout: float | None
+    no_retry: bool
+    retry_config: Mapping[str, int]
+    webhook_url: str
+    max_queue_length: int
+    idempotency_key: str
+
+
 def submit_request(
-    endpoint_id: str, arguments: Any, path: str, priority: str
+    endpoint_id: str, arguments: Any, path: str, options: QueueOptions
 ) -> queue_pb2.SubmitRequest:
     """Raises `InvalidArgumentError` for an unknown priority or non-JSON arguments."""
+    priority = options.get("priority", "normal")
     if priority not in _PRIORITIES:
         raise InvalidArgumentError(f"priority must be 'normal' or 'low', not {priority!r}")
-    return queue_pb2.SubmitRequest(
+    request = queue_pb2.SubmitRequest(
         endpoint_id=endpoint_id,
         path=normalize_path(path),
         input=encode_arguments(arguments),
         priority=_PRIORITIES[priority],
+        no_retry=options.get("no_retry", False),
+        retry_config=dict(options.get("retry_config") or {}),
+        webhook_url=options.get("webhook_url", ""),
+        max_queue_length=options.get("max_queue_length", 0),
+        idempotency_key=options.get("idempotency_key", ""),
     )
+    start_timeout = options.get("start_timeout")
+    if start_timeout is not None:
+        request.start_timeout.FromNanoseconds(int(start_timeout * 1e9))
+    return request
+
+
+def subscribe_options(options: QueueOptions, client_timeout: float | None) -> QueueOptions:
+    """As fal's client: a client timeout without a start timeout becomes the start timeout,
+    so a request the caller stopped waiting for does not start later."""
+    if client_timeout is not None and options.get("start_timeout") is None:
+        return {**options, "start_timeout": client_timeout}
+    return options
 
 
 def run_request(endpoint_id: str, arguments: Any, path: str) -> queue_pb2.RunRequest:

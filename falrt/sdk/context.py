@@ -20,14 +20,23 @@ class RequestContext:
     `cancelled` turns true (once, never back) when the server cancels the request. A sync
     handler polls it to stop early; an async handler is cancelled by the runner instead
     (it sees `asyncio.CancelledError`), but may poll it too. Thread-safe.
+
+    A handler may also tell the server what to do when it fails (fal's `X-Fal-Needs-Retry`
+    and `x-fal-stop-runner`): set `needs_retry` to True (retry this request on a runner,
+    within the 10-attempt limit) or False (never retry it) before raising, and
+    `stop_runner` to True to have this runner replaced once the request ends (False keeps
+    it). None leaves the decision to the server's rules. `needs_retry` counts only when the
+    handler fails.
     """
 
-    __slots__ = ("_cancel", "path", "request_id")
+    __slots__ = ("_cancel", "needs_retry", "path", "request_id", "stop_runner")
 
     def __init__(self, request_id: str, path: str, cancel: threading.Event | None = None) -> None:
         self.request_id = request_id
         self.path = path
         self._cancel = cancel if cancel is not None else threading.Event()
+        self.needs_retry: bool | None = None
+        self.stop_runner: bool | None = None
 
     @property
     def cancelled(self) -> bool:

@@ -89,6 +89,20 @@ class ControlService(control_pb2_grpc.ControlServicer):
             keys=[control_pb2.WebhookKey(**jwk) for jwk in keys]
         )
 
+    @unary
+    async def QueueSize(
+        self, request: control_pb2.QueueSizeRequest, context: Context
+    ) -> control_pb2.QueueSizeResponse:
+        return control_pb2.QueueSizeResponse(
+            size=self._scheduler.queue_size(self._app(request.app_name).name))
+
+    @unary
+    async def FlushQueue(
+        self, request: control_pb2.FlushQueueRequest, context: Context
+    ) -> control_pb2.FlushQueueResponse:
+        return control_pb2.FlushQueueResponse(
+            flushed=self._scheduler.flush(self._app(request.app_name).name))
+
     def _app(self, name: str) -> AppState:
         app = self._scheduler.apps.get(name)
         if app is None:

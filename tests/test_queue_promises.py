@@ -1,0 +1,177 @@
+"""The queue's promises on a real server: retries, timeouts, deadlines, limits, idempotency."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from falrt import errors
+from falrt.client import Completed, InProgress, Queued, SyncClient
+from tests.fifo import make_gate
+from tests.harness import ServerProcess
+
+FAST_RETRIES = ["--retry-backoff", "0.05", "--retry-backoff-cap", "0.2"]
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A server that retries after 50 ms instead of 1 s."""
+    root = tmp_path_factory.mktemp("promises")
+    proc = ServerProcess(root / "data", root / "server.log", extra=FAST_RETRIES).start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def flaky(quick: ServerProcess) -> str:
+    return quick.deploy("tests/apps/flaky.py::Flaky")
+
+
+@pytest.fixture
+def client(quick: ServerProcess) -> Iterator[SyncClient]:
+    with SyncClient(quick.address) as c:
+        yield c
+
+
+def attempts(marks: Path, key: str) -> list[str]:
+    """The runner of each attempt of `key`, in order."""
+    files = sorted(marks.glob(f"{key}.*"), key=lambda p: int(p.name.split(".")[1]))
+    return [p.name.split(".", 2)[2] for p in files]
+
+
+def test_a_request_whose_runner_dies_is_retried_on_another_runner(
+    client: SyncClient, flaky: str, tmp_path: Path
+) -> None:
+    handle = client.submit(flaky, {"key": "crash", "marks": str(tmp_path), "crash_first": True})
+    statuses = list(client.watch(handle.request_id))
+    final = statuses[-1]
+    assert isinstance(final, Completed) and final.output["attempt"] == 2
+    runners = attempts(tmp_path, "crash")
+    assert len(runners) == 2 and runners[0] != runners[1]
+    kinds = [type(s) for s in statuses]
+    back = kinds.index(InProgress)
+    assert Queued in kinds[back:], "the watcher saw the request go back to the queue"
+
+
+def test_no_retry_ends_with_the_runner_error(
+    client: SyncClient, flaky: str, tmp_path: Path
+) -> None:
+    with pytest.raises(errors.RunnerDisconnectedError):
+        client.subscribe(flaky, {"key": "once", "marks": str(tmp_path), "crash_first": True},
+                         no_retry=True)
+    assert len(attempts(tmp_path, "once")) == 1
+
+
+def test_request_timeout_replaces_the_runner_and_retries(
+    client: SyncClient, flaky: str, tmp_path: Path
+) -> None:
+    out = client.subscribe(flaky, {"key": "slow", "marks": str(tmp_path), "hang_first_s": 60})
+    assert out["attempt"] == 2
+    runners = attempts(tmp_path, "slow")
+    assert runners[0] != runners[1]
+    with pytest.raises(errors.RequestTimeoutError):
+        client.subscribe(flaky, {"key": "slow2", "marks": str(tmp_path), "hang_first_s": 60},
+                         retry_config={"timeout": 0})
+    assert len(attempts(tmp_path, "slow2")) == 1
+
+
+def test_a_handler_may_ask_for_a_retry_or_forbid_one(
+    client: SyncClient, flaky: str, tmp_path: Path
+) -> None:
+    marks = str(tmp_path)
+    assert client.subscribe(flaky, {"key": "ask", "marks": marks, "verdict": "retry"}) == {
+        "attempt": 2, "runner": attempts(tmp_path, "ask")[1]}
+    with pytest.raises(errors.RunnerServerError):
+        client.subscribe(flaky, {"key": "never", "marks": marks, "verdict": "never"})
+    with pytest.raises(errors.RunnerServerError):
+        client.subscribe(flaky, {"key": "plain", "marks": marks, "fail": True})
+    assert len(attempts(tmp_path, "never")) == len(attempts(tmp_path, "plain")) == 1
+
+
+def test_no_request_gets_more_than_ten_attempts(
+    client: SyncClient, flaky: str, tmp_path: Path
+) -> None:
+    with pytest.raises(errors.RunnerServerError):
+        client.subscribe(flaky, {"key": "ten", "marks": str(tmp_path), "fail": True,
+                                 "verdict": "retry"})
+    assert len(attempts(tmp_path, "ten")) == 10
+
+
+def test_a_handler_may_ask_for_its_runner_to_be_replaced(
+    client: SyncClient, flaky: str, tmp_path: Path
+) -> None:
+    marks = str(tmp_path)
+    first = client.subscribe(flaky, {"key": "stop", "marks": marks, "stop_runner": True})
+    later = [client.subscribe(flaky, {"key": f"after{i}", "marks": marks})["runner"]
+             for i in range(3)]
+    assert first["runner"] not in later
+
+
+def test_a_start_timeout_ends_a_request_that_cannot_start(
+    quick: ServerProcess, client: SyncClient, tmp_path: Path
+) -> None:
+    gate = make_gate(tmp_path / "never")
+    app_file = tmp_path / "app" / "blocked.py"
+    app_file.parent.mkdir()
+    app_file.write_text(BLOCKED.format(gate=str(gate)))
+    endpoint = quick.deploy(f"{app_file}::Blocked")
+    handle = client.submit(endpoint, {"x": 1}, start_timeout=1.0)
+    final = client.wait(handle.request_id, timeout=30)
+    assert final.error is not None and final.error.error_type == "request_timeout"
+    assert "start_timeout" in final.error.message
+
+
+def test_max_queue_length_refuses_when_the_queue_is_longer(
+    client: SyncClient, tmp_path: Path, quick: ServerProcess
+) -> None:
+    gate = make_gate(tmp_path / "held")
+    app_file = tmp_path / "app" / "held.py"
+    app_file.parent.mkdir()
+    app_file.write_text(BLOCKED.format(gate=str(gate)).replace("Blocked", "Held").replace(
+        '"blocked"', '"held"'))
+    endpoint = quick.deploy(f"{app_file}::Held")
+    queued = [client.submit(endpoint, {"x": i}, max_queue_length=1) for i in range(2)]
+    with pytest.raises(errors.ResourceExhaustedError):
+        client.submit(endpoint, {"x": 3}, max_queue_length=1)
+    assert client.submit(endpoint, {"x": 4}).request_id  # no limit asked: stored
+    size = json.loads(quick.cli("queue", "size", "held", "--output", "json").stdout)
+    assert size == {"app": "held", "size": 3}
+    assert "flushed 3" in quick.cli("queue", "flush", "held").stdout
+    assert json.loads(quick.cli("queue", "size", "held", "--output", "json").stdout)["size"] == 0
+    final = client.wait(queued[0].request_id, timeout=30)
+    assert final.error is not None and final.error.error_type == "client_cancelled"
+
+
+def test_the_same_idempotency_key_returns_the_same_request(
+    client: SyncClient, flaky: str, tmp_path: Path
+) -> None:
+    body = {"key": "idem", "marks": str(tmp_path)}
+    first = client.submit(flaky, body, idempotency_key="order-42")
+    again = client.submit(flaky, body, idempotency_key="order-42")
+    other = client.submit(flaky, body | {"key": "idem2"}, idempotency_key="order-43")
+    assert again.request_id == first.request_id != other.request_id
+    assert client.wait(first.request_id, timeout=30).output["attempt"] == 1
+    assert len(attempts(tmp_path, "idem")) == 1
+
+
+BLOCKED = '''
+import msgspec
+import falrt
+
+class Input(msgspec.Struct):
+    x: int
+
+class Blocked(falrt.App):
+    app_name = "blocked"
+
+    def setup(self) -> None:
+        with open({gate!r}, "rb") as gate:  # held: no runner of this app ever gets ready
+            gate.read(1)
+
+    @falrt.endpoint("/")
+    def run(self, request: Input) -> Input:
+        return request
+'''

@@ -35,6 +35,7 @@ if [[ -z $BIN || ! -x $BIN/initdb ]]; then
   apt-get update -qq >&2
   apt-get install -y -qq --no-install-recommends postgresql >&2
   BIN=$(find_bin)
+  [[ -x $BIN/initdb ]] || { say "no initdb found after installing postgresql"; exit 1; }
 fi
 
 # initdb and postgres refuse to run as root: root runs them as the `postgres` user.
@@ -45,14 +46,18 @@ as_owner() {
 mkdir -p "$ROOT"
 if [[ $(id -u) == 0 ]]; then chown postgres: "$ROOT"; fi
 
-if ! as_owner "$BIN/pg_ctl" status -D "$DATA" >/dev/null 2>&1; then
+if ! "$BIN/pg_isready" -q -h 127.0.0.1 -p "$PORT"; then
   if [[ ! -f $DATA/PG_VERSION ]]; then
     say "creating a cluster in $DATA"
     as_owner "$BIN/initdb" -D "$DATA" -U falrt --auth=trust --encoding=UTF8 --no-sync >/dev/null
   fi
+  # Nothing answers on the port, so a pid file is stale (left by a session that ended; its
+  # pid may since belong to another process, which would stop PostgreSQL from starting).
+  rm -f "$DATA/postmaster.pid"
   say "starting PostgreSQL on 127.0.0.1:$PORT"
   as_owner "$BIN/pg_ctl" start -w -t 60 -D "$DATA" -l "$LOG" \
-    -o "-p $PORT -k $ROOT -c listen_addresses=127.0.0.1 -c max_connections=200" >&2
+    -o "-p $PORT -k $ROOT -c listen_addresses=127.0.0.1 -c max_connections=200" >&2 ||
+    { tail -n 20 "$LOG" >&2; exit 1; }
 fi
 
 if ! "$BIN/psql" -qtA -d "postgresql://falrt@127.0.0.1:$PORT/postgres" \

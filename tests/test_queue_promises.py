@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from falrt import errors
 from falrt.client import Completed, InProgress, Queued, SyncClient
 from tests.fifo import make_gate
-from tests.harness import ServerProcess
+from tests.harness import ServerProcess, wait_for
 
 FAST_RETRIES = ["--retry-backoff", "0.05", "--retry-backoff-cap", "0.2"]
 
@@ -175,3 +177,49 @@ class Blocked(falrt.App):
     def run(self, request: Input) -> Input:
         return request
 '''
+
+
+def test_a_completed_request_is_posted_to_its_webhook_signed(
+    quick: ServerProcess, client: SyncClient, flaky: str, tmp_path: Path
+) -> None:
+    from falrt.server.webhooks import verify
+    from falrt.v1 import control_pb2, control_pb2_grpc
+    from tests.test_webhooks import Receiver
+
+    receiver = Receiver()
+    try:
+        handle = client.submit(flaky, {"key": "hook", "marks": str(tmp_path)},
+                               webhook_url=receiver.url)
+        (delivery,) = receiver.wait_for(1, timeout=30)
+    finally:
+        receiver.close()
+    body = json.loads(delivery.body)
+    assert body["request_id"] == handle.request_id and body["status"] == "OK"
+    assert body["payload"]["attempt"] == 1
+    with grpc.insecure_channel(quick.address) as channel:
+        keys = control_pb2_grpc.ControlStub(channel).GetWebhookKeys(
+            control_pb2.GetWebhookKeysRequest()).keys
+    verify(keys[0].x, delivery.headers, delivery.body, now=time.time())
+    with pytest.raises(errors.InvalidArgumentError):
+        client.submit(flaky, {"key": "x", "marks": str(tmp_path)}, webhook_url="file:///etc")
+
+
+def test_results_are_deleted_after_the_retention_time(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "data", tmp_path / "server.log",
+                           extra=["--result-retention", "1"]).start()
+    try:
+        endpoint = server.deploy("examples/hello.py::Hello")
+        with SyncClient(server.address) as client:
+            handle = client.submit(endpoint, {"name": "short-lived"})
+            assert client.wait(handle.request_id, timeout=30).output is not None
+
+            def gone() -> bool:
+                try:
+                    client.status(handle.request_id)
+                except errors.NotFoundError:
+                    return True
+                return False
+
+            wait_for(gone, timeout=30, what="the result to expire")
+    finally:
+        server.stop()

@@ -13,6 +13,7 @@ from falrt import errors
 from falrt.server.retries import CONDITIONS
 from falrt.server.runners import RunnerHandle
 from falrt.server.scheduler import SubmitOptions, Verdict
+from falrt.server.webhooks import check_webhook_url
 from falrt.server.work import QueuedRequest
 from falrt.store.records import (
     AppConfig,
@@ -61,6 +62,8 @@ def submit_options(request: queue_pb2.SubmitRequest) -> SubmitOptions:
         raise errors.InvalidArgumentError("start_timeout and max_queue_length must be >= 0")
     if len(request.idempotency_key) > 256:
         raise errors.InvalidArgumentError("idempotency_key is longer than 256 characters")
+    if request.webhook_url:
+        check_webhook_url(request.webhook_url)
     return SubmitOptions(
         priority=priority(request.priority), no_retry=request.no_retry,
         retry_config=dict(request.retry_config), start_timeout_s=start_timeout_s,

@@ -56,6 +56,7 @@ async def serve(settings: ServerSettings) -> None:
     environments = EnvironmentBuilder(settings.venvs_dir, settings.runner_python or sys.executable)
     fleet = Fleet(scheduler, create_backend(settings.backend), environments, settings)
     scheduler.fleet = fleet
+    scheduler.webhooks = webhooks
     requeued = await scheduler.load()
     server, health_servicer = _grpc_server(settings, scheduler, fleet, environments, webhooks)
     for name in (*SERVICES, ""):
@@ -65,12 +66,14 @@ async def serve(settings: ServerSettings) -> None:
     host = settings.listen.rpartition(":")[0]
     fleet.address = f"{_dial_host(host)}:{port}"
     scaler = asyncio.ensure_future(fleet.run())
+    keeper = asyncio.ensure_future(scheduler.keep_house())
     log.info("loaded %d apps, %d unfinished requests", len(scheduler.apps), requeued)
     print(f"falrt server listening on {host}:{port}", flush=True)
     await _until_signalled()
     log.info("shutting down")
     await health_servicer.enter_graceful_shutdown()
     scaler.cancel()
+    keeper.cancel()
     await fleet.close()
     await server.stop(grace=2.0)
     await scheduler.drain_background()

@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from falrt import errors
 from falrt.server.apps import AppState, EffectiveSettings
@@ -44,6 +44,12 @@ MAX_LOG_LINES = 10_000
 CONTENT_TYPES = frozenset({"application/json", "application/msgpack"})
 # Completed requests stay in memory this long for watchers; later reads go to the store.
 COMPLETED_IN_MEMORY_S = 120.0
+
+
+class WebhookSink(Protocol):
+    """Where completed requests with a webhook URL go (falrt.server.webhooks.WebhookSender)."""
+
+    def submit(self, url: str, request_id: str, outcome: Outcome) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,7 @@ class Scheduler:
         self._seq = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._keys = IdempotencyKeys()
+        self.webhooks: WebhookSink | None = None
 
     # -- startup -----------------------------------------------------------------------
 
@@ -479,7 +486,27 @@ class Scheduler:
             await self.store.complete(item.request_id, item.outcome, time.time())
         item.status = Status.COMPLETED
         item.changed.fire()
-        asyncio.get_running_loop().call_later(COMPLETED_IN_MEMORY_S, self._forget, item)
+        if item.webhook_url and self.webhooks is not None:
+            self.webhooks.submit(item.webhook_url, item.request_id, item.outcome)
+        keep_s = min(COMPLETED_IN_MEMORY_S, self.settings.result_retention_s)
+        asyncio.get_running_loop().call_later(keep_s, self._forget, item)
+
+    async def keep_house(self) -> None:
+        """Deletes completed requests older than the retention time, until cancelled.
+
+        Runs every quarter of the retention time (at most every minute); a failure is
+        logged and the next round runs as usual.
+        """
+        retention_s = self.settings.result_retention_s
+        while True:
+            await asyncio.sleep(min(60.0, retention_s / 4))
+            try:
+                deleted = await self.store.delete_completed_before(time.time() - retention_s)
+            except Exception:
+                log.exception("deleting expired results failed")
+                continue
+            if deleted:
+                log.info("deleted %d results older than %.0f s", deleted, retention_s)
 
     def _forget(self, item: QueuedRequest) -> None:
         """Drops a completed request from memory; later reads go to the store."""

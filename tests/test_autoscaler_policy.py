@@ -68,12 +68,15 @@ CASES = [
                          ids=[c[0] for c in CASES])
 def test_scaling_rule(name: str, scaling: ScalingSettings, queued: list[float],
                       runners: list[RunnerView], expected: ScalingDecision) -> None:
-    ctx = ScalingContext(settings=scaling, now=100.0, queued_since=tuple(queued),
-                         runners=tuple(runners))
+    delay = scaling.scaling_delay_s
+    young = [t for t in queued if t > 100.0 - delay]
+    ctx = ScalingContext(settings=scaling, now=100.0, queued_ready=len(queued) - len(young),
+                         runners=tuple(runners),
+                         next_ready_s=min(young) + delay - 100.0 if young else None)
     assert decide(ctx) == expected
 
 
 def test_crash_backoff_defers_starts_until_it_ends() -> None:
-    ctx = ScalingContext(settings=BASE, now=100.0, queued_since=(90.0,), runners=(),
+    ctx = ScalingContext(settings=BASE, now=100.0, queued_ready=1, runners=(),
                          backoff_until=130.0)
     assert decide(ctx) == ScalingDecision(1, start=0, next_check_s=30.0)

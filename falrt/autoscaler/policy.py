@@ -2,7 +2,7 @@
 
 For one app at time `now` (monotonic seconds):
 
-    active   = requests in flight on its runners + queued requests older than scaling_delay
+    active   = requests in flight on its runners + queued requests that waited scaling_delay
     buffer   = max(concurrency_buffer, ceil(concurrency_buffer_perc / 100 * active))
     desired  = min(max_concurrency, max(min_concurrency, ceil(active / max_multiplexing) + buffer))
     alive    = runners PENDING, IMAGE_PULL, SETUP, IDLE or RUNNING
@@ -12,6 +12,8 @@ For one app at time `now` (monotonic seconds):
   keep_alive, longest idle first, at most `alive - desired` of them. A runner that never
   served a request is stopped after FRESH_REAP_S idle when the app sets neither
   min_concurrency nor a buffer (fal's rule).
+The caller counts `queued_ready` (and `next_ready_s`) from the app's queue; with no
+scaling_delay that is the queue's length, so a decision costs O(runners), not O(queue).
 - `next_check_s` says when the decision may change without any event (a keep-alive
   expiring, a queued request passing scaling_delay, a backoff ending).
 """
@@ -48,9 +50,10 @@ class RunnerView:
 class ScalingContext:
     settings: ScalingSettings
     now: float
-    queued_since: tuple[float, ...]  # monotonic enqueue time of each queued request
+    queued_ready: int  # queued requests that have waited at least scaling_delay
     runners: tuple[RunnerView, ...]
     backoff_until: float = 0.0
+    next_ready_s: float | None = None  # until the next queued request has waited that long
 
 
 @dataclass(frozen=True)
@@ -64,12 +67,10 @@ class ScalingDecision:
 def decide(ctx: ScalingContext) -> ScalingDecision:
     """The scaling decision for one app; see the module docstring for the rule."""
     s = ctx.settings
-    ready_cutoff = ctx.now - s.scaling_delay_s
-    queued = sum(1 for t in ctx.queued_since if t <= ready_cutoff)
-    active = queued + sum(r.in_flight for r in ctx.runners if r.alive)
+    active = ctx.queued_ready + sum(r.in_flight for r in ctx.runners if r.alive)
     desired = _desired(s, active)
     alive = [r for r in ctx.runners if r.alive]
-    waits = [t + s.scaling_delay_s - ctx.now for t in ctx.queued_since if t > ready_cutoff]
+    waits = [] if ctx.next_ready_s is None else [ctx.next_ready_s]
     if len(alive) < desired:
         if ctx.now < ctx.backoff_until:
             backoff_left = ctx.backoff_until - ctx.now

@@ -100,12 +100,14 @@ class Fleet:
         now = time.monotonic()
         runners = [r for r in self.runners_of(app.name)
                    if r.revision_id == app.revision.revision_id]
+        ready, next_ready_s = _queued_ready(app, now)
         ctx = ScalingContext(
             settings=app.settings.scaling,
             now=now,
-            queued_since=tuple(item.enqueued_at for item in app.queue.items()),
+            queued_ready=ready,
             runners=tuple(_view(r) for r in runners),
             backoff_until=app.backoff_until,
+            next_ready_s=next_ready_s,
         )
         decision = decide(ctx)
         if decision.start or decision.stop:
@@ -299,6 +301,17 @@ class Fleet:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _queued_ready(app: AppState, now: float) -> tuple[int, float | None]:
+    """Queued requests that waited scaling_delay, and the time until the next one has."""
+    delay = app.settings.scaling.scaling_delay_s
+    if delay <= 0:
+        return len(app.queue), None
+    cutoff = now - delay
+    times = [item.enqueued_at for item in app.queue.items()]
+    young = [t for t in times if t > cutoff]
+    return len(times) - len(young), (min(young) - cutoff if young else None)
 
 
 def _view(runner: RunnerHandle) -> RunnerView:

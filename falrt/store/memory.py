@@ -58,7 +58,7 @@ class MemoryStore:
 
     async def find_request_by_key(self, idempotency_key: str) -> str | None:
         for record in self._requests.values():
-            if record.idempotency_key == idempotency_key:
+            if idempotency_key and record.idempotency_key == idempotency_key:
                 return record.request_id
         return None
 

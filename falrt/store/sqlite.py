@@ -14,9 +14,9 @@ import logging
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import msgspec
 
@@ -46,7 +46,17 @@ CREATE UNIQUE INDEX IF NOT EXISTS requests_key ON requests (idempotency_key)
 # Columns added after the first release, for files created before them.
 MIGRATIONS = {"idempotency_key": "ALTER TABLE requests ADD COLUMN idempotency_key TEXT"}
 
-_Job = tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]
+class _Rows(NamedTuple):
+    """One row for a statement; consecutive jobs with the same statement run as one
+    `executemany` (hot-path writes: inserts, completions, re-queues)."""
+
+    sql: str
+    row: tuple[Any, ...]
+
+
+_Work = Callable[[sqlite3.Connection], Any] | _Rows
+_Job = tuple[_Work, asyncio.Future[Any]]
+_Result = tuple[asyncio.Future[Any], Any, BaseException | None]
 _encode = msgspec.msgpack.Encoder().encode
 _revision = msgspec.msgpack.Decoder(Revision)
 _request = msgspec.msgpack.Decoder(RequestRecord)
@@ -77,7 +87,7 @@ class SQLiteStore:
         await asyncio.to_thread(self._thread.join)
         self._thread = None
 
-    def _run(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+    def _run(self, fn: Callable[[sqlite3.Connection], T] | _Rows) -> asyncio.Future[T]:
         if self._loop is None or self._thread is None:
             raise RuntimeError("store is not open")
         future: asyncio.Future[T] = self._loop.create_future()
@@ -115,14 +125,11 @@ class SQLiteStore:
         return batch
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
-        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        results: list[_Result] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for fn, future in batch:
-                try:
-                    results.append((future, fn(conn), None))
-                except sqlite3.Error as exc:
-                    results.append((future, None, exc))
+            for group in _groups(batch):
+                results.extend(_execute(conn, group))
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             log.exception("sqlite commit failed")
@@ -177,32 +184,24 @@ class SQLiteStore:
         data = _encode(request)
         row = (request.request_id, request.app_name, request.seq, int(request.status),
                request.attempts, request.created_at, data, request.idempotency_key or None)
-        await self._run(
-            lambda conn: conn.execute(
-                "INSERT INTO requests (request_id, app_name, seq, status, attempts, "
-                "created_at, data, idempotency_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                row,
-            )
-        )
+        await self._run(_Rows(
+            "INSERT INTO requests (request_id, app_name, seq, status, attempts, "
+            "created_at, data, idempotency_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            row,
+        ))
 
     async def requeue(self, request_id: str, attempts: int) -> None:
-        await self._run(
-            lambda conn: conn.execute(
-                "UPDATE requests SET status = ?, attempts = ? WHERE request_id = ? "
-                "AND status != ?",
-                (int(Status.IN_QUEUE), attempts, request_id, int(Status.COMPLETED)),
-            )
-        )
+        await self._run(_Rows(
+            "UPDATE requests SET status = ?, attempts = ? WHERE request_id = ? AND status != ?",
+            (int(Status.IN_QUEUE), attempts, request_id, int(Status.COMPLETED)),
+        ))
 
     async def complete(self, request_id: str, outcome: Outcome, completed_at: float) -> None:
         data = _encode(outcome)
-        await self._run(
-            lambda conn: conn.execute(
-                "UPDATE requests SET status = ?, completed_at = ?, outcome = ? "
-                "WHERE request_id = ?",
-                (int(Status.COMPLETED), completed_at, data, request_id),
-            )
-        )
+        await self._run(_Rows(
+            "UPDATE requests SET status = ?, completed_at = ?, outcome = ? WHERE request_id = ?",
+            (int(Status.COMPLETED), completed_at, data, request_id),
+        ))
 
     async def get_request(self, request_id: str) -> RequestRecord | None:
         row = await self._run(
@@ -256,6 +255,48 @@ def _request_from_row(row: tuple[bytes, int, int, float | None, bytes | None]) -
     record.completed_at = completed_at
     record.outcome = None if outcome is None else _outcome.decode(outcome)
     return record
+
+
+def _groups(batch: list[_Job]) -> Iterator[list[_Job]]:
+    """Consecutive jobs with the same `_Rows` statement together; other jobs alone."""
+    group: list[_Job] = []
+    for job in batch:
+        if group and not _same_statement(group[0][0], job[0]):
+            yield group
+            group = []
+        group.append(job)
+    if group:
+        yield group
+
+
+def _same_statement(a: _Work, b: _Work) -> bool:
+    return isinstance(a, _Rows) and isinstance(b, _Rows) and a.sql == b.sql
+
+
+def _execute(conn: sqlite3.Connection, group: list[_Job]) -> list[_Result]:
+    """Runs a group: many rows in one executemany; if that fails, each job on its own, so
+    that one bad row fails alone."""
+    work = group[0][0]
+    if isinstance(work, _Rows) and len(group) > 1:
+        conn.execute("SAVEPOINT many")
+        try:
+            conn.executemany(work.sql, [job[0].row for job in group])  # type: ignore[union-attr]
+        except sqlite3.Error:
+            conn.execute("ROLLBACK TO many")
+        else:
+            conn.execute("RELEASE many")
+            return [(future, None, None) for _, future in group]
+        conn.execute("RELEASE many")
+    return [_execute_one(conn, job) for job in group]
+
+
+def _execute_one(conn: sqlite3.Connection, job: _Job) -> _Result:
+    work, future = job
+    try:
+        value = conn.execute(work.sql, work.row) if isinstance(work, _Rows) else work(conn)
+    except sqlite3.Error as exc:
+        return future, None, exc
+    return future, value, None
 
 
 def _migrate(conn: sqlite3.Connection) -> None:

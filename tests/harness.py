@@ -47,8 +47,10 @@ class ServerProcess:
     """
 
     def __init__(
-        self, data_dir: Path, log_path: Path, store: str = "", extra: Sequence[str] = ()
+        self, data_dir: Path, log_path: Path, store: str = "", extra: Sequence[str] = (),
+        listen: str = "127.0.0.1:0",
     ) -> None:
+        self.listen = listen
         self.data_dir = data_dir
         self.log_path = log_path
         self.store = store
@@ -60,7 +62,7 @@ class ServerProcess:
         log = open(self.log_path, "a")  # noqa: SIM115 - lives as long as the server
         store = ["--store", self.store] if self.store else []
         self.proc = subprocess.Popen(
-            [FALRT, "server", "--listen", "127.0.0.1:0", "--data-dir", str(self.data_dir), *store,
+            [FALRT, "server", "--listen", self.listen, "--data-dir", str(self.data_dir), *store,
              *self.extra],
             stdout=subprocess.PIPE, stderr=log, text=True, env=_env(),
         )

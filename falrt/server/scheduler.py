@@ -201,10 +201,12 @@ class Scheduler:
             idempotency_key=options.idempotency_key,
         )
         # The write and the first attempt overlap: the runner may start while the row is
-        # being committed, but Submit answers only once it is durable, and the outcome is
-        # written only after it (see _complete).
+        # being committed, but Submit answers only once it is durable. One turn of the loop
+        # lets the INSERT reach the store's queue before the request can complete, so the
+        # outcome's UPDATE, written later, lands after it (stores apply writes in order).
         item = QueuedRequest.from_record(record)
         item.stored = asyncio.ensure_future(self.store.insert_request(record))
+        await asyncio.sleep(0)
         self._requests[item.request_id] = item
         if item.idempotency_key:
             self._keys.claim(item.idempotency_key, item.request_id)
@@ -480,8 +482,6 @@ class Scheduler:
 
     async def _complete(self, item: QueuedRequest, *, store: bool) -> None:
         assert item.outcome is not None
-        if item.stored is not None:
-            await item.stored  # the outcome's UPDATE must follow the request's INSERT
         if store:
             await self.store.complete(item.request_id, item.outcome, time.time())
         item.status = Status.COMPLETED

@@ -2,7 +2,10 @@
 
 Every method is a coroutine and safe to call from the server's event loop: no
 implementation blocks the loop. A method returns only once its write is durable, so a
-caller may acknowledge what it wrote (Submit answers after `insert_request`).
+caller may acknowledge what it wrote (Submit answers after `insert_request`). Writes take
+effect in the order their coroutines first ran: a write started after another never lands
+before it (the scheduler relies on this to store an outcome while its request's INSERT is
+still being committed).
 """
 
 from __future__ import annotations

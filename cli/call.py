@@ -11,6 +11,7 @@ import msgspec
 
 from falrt.client import Completed, InProgress, LogLine, Queued, Status, SyncClient
 from falrt.client.endpoint import split_endpoint_ref
+from falrt.client.messages import PriorityName, QueueOptions
 from falrt.errors import FalrtError, InvalidArgumentError
 
 from .context import CliContext, pass_cli
@@ -47,11 +48,22 @@ def parse_endpoint(ref: str, path: str | None) -> tuple[str, str]:
               help="call directly (Queue.Run): no queue record, no retries")
 @click.option("--stream", "mode", flag_value="stream",
               help="call a streaming endpoint; print each partial output as a JSON line")
-@click.option("--timeout", type=float, default=None, help="seconds to wait for the output")
+@click.option("--timeout", type=float, default=None,
+              help="seconds to wait for the output (queue: then cancel; also the start timeout "
+                   "unless --start-timeout is given)")
+@click.option("--priority", type=click.Choice(["normal", "low"]), default="normal",
+              show_default=True, help="queue priority")
+@click.option("--start-timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="seconds within which the request must start, or it fails")
+@click.option("--no-retry", is_flag=True, help="never retry the request")
+@click.option("--webhook", "webhook_url", default=None, help="URL POSTed the result")
+@click.option("--idempotency-key", default=None,
+              help="resubmitting with the same key returns the same request")
 @pass_cli
 def call(
     cli: CliContext, endpoint_ref: str, path: str | None, arguments: Any, mode: str | None,
-    timeout: float | None,
+    timeout: float | None, priority: PriorityName, start_timeout: float | None,
+    no_retry: bool, webhook_url: str | None, idempotency_key: str | None,
 ) -> None:
     """Call an endpoint; print its output as JSON.
 
@@ -66,17 +78,25 @@ def call(
             for partial in client.stream(endpoint_id, arguments, path=path, timeout=timeout):
                 print_json(partial, indent=0)
         else:
-            print_json(_through_queue(client, endpoint_id, path, arguments, timeout))
+            options: QueueOptions = {"priority": priority, "no_retry": no_retry}
+            if start_timeout is not None:
+                options["start_timeout"] = start_timeout
+            if webhook_url:
+                options["webhook_url"] = webhook_url
+            if idempotency_key:
+                options["idempotency_key"] = idempotency_key
+            print_json(_through_queue(client, endpoint_id, path, arguments, timeout, options))
 
 
 def _through_queue(
-    client: SyncClient, endpoint_id: str, path: str, arguments: Any, timeout: float | None
+    client: SyncClient, endpoint_id: str, path: str, arguments: Any, timeout: float | None,
+    options: QueueOptions,
 ) -> Any:
     reporter = QueueReporter()
     try:
         return client.subscribe(
             endpoint_id, arguments, path=path, with_logs=True, on_enqueue=reporter.enqueued,
-            on_queue_update=reporter.update, client_timeout=timeout,
+            on_queue_update=reporter.update, client_timeout=timeout, **options,
         )
     except KeyboardInterrupt:
         if reporter.request_id is None:

@@ -223,3 +223,15 @@ def test_results_are_deleted_after_the_retention_time(tmp_path: Path) -> None:
             wait_for(gone, timeout=30, what="the result to expire")
     finally:
         server.stop()
+
+
+def test_the_cli_passes_queue_options(quick: ServerProcess, flaky: str, tmp_path: Path) -> None:
+    body = json.dumps({"key": "cli", "marks": str(tmp_path), "crash_first": True})
+    failed = quick.cli("call", flaky, "--data", body, "--no-retry", "--priority", "low",
+                       check=False)
+    assert failed.returncode != 0 and "runner_disconnected" in failed.stderr
+    again = json.dumps({"key": "cli2", "marks": str(tmp_path)})
+    first = quick.cli("call", flaky, "--data", again, "--idempotency-key", "cli-key")
+    second = quick.cli("call", flaky, "--data", again, "--idempotency-key", "cli-key")
+    assert json.loads(first.stdout) == json.loads(second.stdout)
+    assert len(attempts(tmp_path, "cli2")) == 1

@@ -12,7 +12,7 @@ import pytest
 
 from falrt import errors
 from falrt.client import Completed, InProgress, Queued, SyncClient
-from tests.fifo import make_gate
+from tests.fifo import make_gate, release
 from tests.harness import ServerProcess, wait_for
 
 FAST_RETRIES = ["--retry-backoff", "0.05", "--retry-backoff-cap", "0.2"]
@@ -235,3 +235,37 @@ def test_the_cli_passes_queue_options(quick: ServerProcess, flaky: str, tmp_path
     second = quick.cli("call", flaky, "--data", again, "--idempotency-key", "cli-key")
     assert json.loads(first.stdout) == json.loads(second.stdout)
     assert len(attempts(tmp_path, "cli2")) == 1
+
+
+@pytest.mark.parametrize("path", ["/async", "/sync"])
+def test_a_running_request_is_cancelled_and_its_runner_keeps_serving(
+    quick: ServerProcess, client: SyncClient, path: str
+) -> None:
+    endpoint = quick.deploy("tests/apps/waiter.py::Waiter")
+    handle = client.submit(endpoint, {"text": "forever", "wait": True}, path=path)
+    wait_for(lambda: isinstance(client.status(handle.request_id), InProgress),
+             what="the request running")
+    assert client.cancel(handle.request_id) == "CANCELLATION_REQUESTED"
+    final = client.wait(handle.request_id, timeout=30)
+    assert final.error is not None and final.error.error_type == "client_cancelled"
+    after = client.subscribe(endpoint, {"text": "next"}, path=path)
+    runners = json.loads(quick.cli("runners", "list", "--app", "waiter", "--output",
+                                   "json").stdout)
+    assert [r["runner_id"] for r in runners] == [after["runner"]]  # the same, still serving
+
+
+def test_low_priority_waits_while_normal_requests_are_queued(
+    quick: ServerProcess, client: SyncClient, tmp_path: Path
+) -> None:
+    endpoint = quick.deploy("tests/apps/gated.py::Gated")
+    gate = make_gate(tmp_path / "gate")
+    holder = client.submit(endpoint, {"text": "holder", "gate": str(gate)})
+    wait_for(lambda: isinstance(client.status(holder.request_id), InProgress),
+             what="the slot taken")
+    low = client.submit(endpoint, {"text": "low"}, priority="low")
+    normal = [client.submit(endpoint, {"text": f"n{i}"}) for i in range(2)]
+    assert [client.status(h.request_id) for h in (*normal, low)] == [
+        Queued(position=0), Queued(position=1), Queued(position=2)]
+    release(gate)
+    assert [client.wait(h.request_id, timeout=30).output["text"] for h in (*normal, low)] == [
+        "n0", "n1", "low"]

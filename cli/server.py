@@ -31,7 +31,7 @@ _DEFAULTS = ServerSettings(data_dir=Path("."))
               default=_DEFAULTS.retry_backoff_cap_s, show_default=True,
               help="the longest wait before a retry, in seconds")
 @click.option("--result-retention", "result_retention_s", envvar="FALRT_RESULT_RETENTION_S",
-              type=click.FloatRange(min=0), default=_DEFAULTS.result_retention_s,
+              type=click.FloatRange(min=1), default=_DEFAULTS.result_retention_s,
               show_default=True, help="seconds a completed request is kept")
 def server(
     listen: str, data_dir: Path | None, owner: str, store: str, retry_backoff_base_s: float,

@@ -494,12 +494,12 @@ class Scheduler:
     async def keep_house(self) -> None:
         """Deletes completed requests older than the retention time, until cancelled.
 
-        Runs every quarter of the retention time (at most every minute); a failure is
-        logged and the next round runs as usual.
+        Runs every quarter of the retention time (at least every minute, at most every
+        0.25 s); a failure is logged and the next round runs as usual.
         """
         retention_s = self.settings.result_retention_s
         while True:
-            await asyncio.sleep(min(60.0, retention_s / 4))
+            await asyncio.sleep(min(60.0, max(0.25, retention_s / 4)))
             try:
                 deleted = await self.store.delete_completed_before(time.time() - retention_s)
             except Exception:

@@ -36,7 +36,7 @@ def mlp_handler() -> Handler:
     import msgspec
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-    import mlp
+    import mlp  # type: ignore[import-not-found]  # examples/, put on the path just above
     import torch
 
     torch.set_num_threads(1)  # as MLP.setup() does

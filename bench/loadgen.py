@@ -1,4 +1,4 @@
-"""Closed-loop load and the call functions bench/overhead.py measures with.
+"""Closed-loop load and the call functions bench/overhead.py and bench/queue.py measure with.
 
 `measure_interleaved(calls, concurrency, total)` runs, for each target in turn and in
 alternating rounds, `concurrency` workers that each make calls back to back (after a
@@ -131,6 +131,17 @@ def falrt_direct_call(channel: grpc.aio.Channel, endpoint_id: str, body: bytes) 
 
     async def call() -> None:
         await stub.Run(request, timeout=CALL_TIMEOUT_S)
+
+    return call
+
+
+def falrt_submit_call(channel: grpc.aio.Channel, endpoint_id: str, body: bytes) -> Call:
+    """`Queue.Submit` alone: it answers once the request is durable."""
+    stub = queue_pb2_grpc.QueueStub(channel)
+    request = queue_pb2.SubmitRequest(endpoint_id=endpoint_id, path="/", input=payload(body))
+
+    async def call() -> None:
+        await stub.Submit(request, timeout=CALL_TIMEOUT_S)
 
     return call
 

@@ -27,20 +27,16 @@ import contextlib
 import importlib.util
 import json
 import math
-import os
-import platform
-import re
-import signal
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
 import uvloop
+from baselines import ECHO_METHOD
 from loadgen import (
     CHANNEL_OPTIONS,
     Call,
@@ -51,15 +47,19 @@ from loadgen import (
     grpc_bytes_call,
     measure_interleaved,
 )
+from servers import (
+    LISTENING,
+    baseline,
+    deploy,
+    falrt_server,
+    first_success,
+    guarded,
+    machine,
+    process,
+)
 
-REPO = Path(__file__).resolve().parents[1]
-BASELINES = Path(__file__).resolve().parent / "baselines.py"
-ECHO_METHOD = "/bench.Echo/Call"
 NOOP_BODY = b'{"value": 1}'
 MLP_BODY = json.dumps({"features": [((i * 37) % 101) / 101 for i in range(256)]}).encode()
-START_DEADLINE_S = 120.0
-DEPLOY_DEADLINE_S = 300.0  # building the mlp app's environment may install torch
-RUNNER_DEADLINE_S = 300.0  # the mlp app's first runner may build its environment
 TARGETS_ECHO_C1 = {"falrt_direct": 3.0, "falrt_queue": 6.0}
 
 
@@ -86,90 +86,6 @@ class Plan:
         return results
 
 
-# -- processes ------------------------------------------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def process(argv: list[str], ready: str, log: Path) -> AsyncIterator[re.Match[str]]:
-    """Runs `argv` (output to `log`) until the block ends; yields the match of the `ready`
-    pattern in its output. SIGTERM at the end, SIGKILL if it lingers."""
-    with log.open("ab") as out:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        yield await _wait_for_line(proc, re.compile(ready), log)
-    finally:
-        await _stop(proc)
-
-
-async def _wait_for_line(
-    proc: asyncio.subprocess.Process, pattern: re.Pattern[str], log: Path
-) -> re.Match[str]:
-    deadline = time.monotonic() + START_DEADLINE_S
-    while time.monotonic() < deadline:
-        match = pattern.search(log.read_text(errors="replace"))
-        if match:
-            return match
-        with contextlib.suppress(TimeoutError):
-            # Waiting on the process itself: an early exit ends the wait at once.
-            await asyncio.wait_for(proc.wait(), timeout=0.05)
-            raise RuntimeError(f"{log.name}: process exited ({proc.returncode}):\n"
-                               + log.read_text(errors="replace")[-3000:])
-    raise RuntimeError(f"{log.name}: not ready within {START_DEADLINE_S:.0f} s")
-
-
-async def _stop(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        await asyncio.wait_for(proc.wait(), timeout=15)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        await proc.wait()
-
-
-def falrt_cli(*args: str) -> list[str]:
-    """The `falrt` command on this interpreter, so that the server and its runners use it too
-    (with torch, when this interpreter has it)."""
-    return [sys.executable, "-c", "from falrt.cli.main import main; main()", *args]
-
-
-async def deploy(address: str, target: str) -> str:
-    """Deploys `target` with the CLI; the endpoint id it prints."""
-    proc = await asyncio.create_subprocess_exec(
-        *falrt_cli("deploy", target), cwd=REPO, env={**os.environ, "FALRT_HOST": address},
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), DEPLOY_DEADLINE_S)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise RuntimeError(f"falrt deploy {target}: no answer within "
-                           f"{DEPLOY_DEADLINE_S:.0f} s") from None
-    lines = out.decode().split()
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"falrt deploy {target} failed:\n{err.decode()[-3000:]}")
-    return lines[-1]
-
-
-async def first_success(call: Call, what: str) -> None:
-    """Calls until one call succeeds (the first starts a runner)."""
-    deadline = time.monotonic() + RUNNER_DEADLINE_S
-    while True:
-        try:
-            await call()
-            return
-        except grpc.RpcError:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{what}: no successful call within "
-                                   f"{RUNNER_DEADLINE_S:.0f} s") from None
-
-
 # -- the sections ---------------------------------------------------------------------------
 
 
@@ -181,10 +97,9 @@ async def measure_section(
     on the server at `address` called directly (`falrt_direct`) and through the queue
     (`falrt_queue`)."""
     endpoint_id = await deploy(address, target)
-    argv = [sys.executable, str(BASELINES), f"grpc-{kind}"]
     async with contextlib.AsyncExitStack() as stack:
         ready = await stack.enter_async_context(
-            process(argv, r"listening on (\d+)", tmp / f"grpc-{kind}.log"))
+            process(baseline(f"grpc-{kind}"), LISTENING, tmp / f"grpc-{kind}.log"))
         bare = await stack.enter_async_context(grpc.aio.insecure_channel(
             f"127.0.0.1:{ready.group(1)}", options=CHANNEL_OPTIONS))
         channel = await stack.enter_async_context(
@@ -192,8 +107,7 @@ async def measure_section(
         calls = {"grpc_echo": grpc_bytes_call(bare, ECHO_METHOD, body)}
         if plan.http:
             http = await stack.enter_async_context(
-                process([*argv[:-1], f"http-{kind}"], r"listening on (\d+)",
-                        tmp / f"http-{kind}.log"))
+                process(baseline(f"http-{kind}"), LISTENING, tmp / f"http-{kind}.log"))
             connections = HttpConnections(int(http.group(1)))
             stack.push_async_callback(connections.close)
             calls["http_raw"] = connections.call(body)
@@ -203,25 +117,11 @@ async def measure_section(
         return await plan.run(calls)
 
 
-async def run_guarded(plan: Plan, progress: Callable[[str], None]) -> dict[str, Any]:
-    """`run_all`, cancelled by SIGTERM or SIGINT so that every server it started is stopped."""
-    task = asyncio.current_task()
-    assert task is not None
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, task.cancel)
-    return await run_all(plan, progress)
-
-
 async def run_all(plan: Plan, progress: Callable[[str], None]) -> dict[str, Any]:
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="falrt-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        server_argv = falrt_cli("server", "--listen", "127.0.0.1:0", "--data-dir",
-                                str(tmp / "data"))
-        pattern = r"falrt server listening on (\S+)"
-        async with process(server_argv, pattern, tmp / "server.log") as ready:
-            address = ready.group(1)
+        async with falrt_server(tmp / "data", tmp / "server.log") as address:
             progress(f"echo: bare servers and examples/noop.py on falrt at {address}")
             results["echo"] = await measure_section(plan, "echo", NOOP_BODY, tmp, address,
                                                     "examples/noop.py::Noop")
@@ -258,22 +158,6 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
 
 def _ratio(a: float, b: float) -> float:
     return round(a / b, 2) if b > 0 else math.nan
-
-
-def machine() -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "platform": platform.platform(), "processor": platform.processor(),
-        "cpus": os.cpu_count(), "python": platform.python_version(),
-        "grpcio": grpc.__version__,
-    }
-    if importlib.util.find_spec("torch") is not None:
-        import torch
-
-        info["torch"] = torch.__version__
-        info["mlp_device"] = "cuda" if torch.cuda.is_available() else "cpu"
-        if torch.cuda.is_available():
-            info["gpu"] = torch.cuda.get_device_name(0)
-    return info
 
 
 def to_json(results: dict[str, Any], plan: Plan) -> dict[str, Any]:
@@ -326,7 +210,7 @@ def main() -> None:
         plan.mlp = False
     started = time.monotonic()
     try:
-        results = uvloop.run(run_guarded(plan, lambda s: print(f"-- {s}", file=sys.stderr)))
+        results = uvloop.run(guarded(run_all(plan, lambda s: print(f"-- {s}", file=sys.stderr))))
     except asyncio.CancelledError:
         sys.exit("interrupted; the servers it started were stopped")
     print_table(results)

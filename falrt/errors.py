@@ -107,6 +107,14 @@ class RunnerDisconnectedError(FalrtError):
     error_type = "runner_disconnected"
 
 
+class RunnerRefusedError(FalrtError):
+    """The runner refused an assignment before running it (draining, or no free slot): the
+    server queues the request again without counting an attempt."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    error_type = "runner_refused"
+
+
 class RunnerServerError(FalrtError):
     """The app's handler raised. The traceback travels in `traceback`."""
 
@@ -127,6 +135,7 @@ _BY_TYPE: dict[str, type[FalrtError]] = {
         RequestTimeoutError,
         StartupTimeoutError,
         RunnerDisconnectedError,
+        RunnerRefusedError,
         RunnerServerError,
     )
 }

@@ -50,8 +50,6 @@ class ServerSettings(msgspec.Struct, frozen=True):
     max_bundle_bytes: int = 256 * 1024 * 1024
     # How long the server waits for runners to finish when it stops.
     shutdown_grace_s: float = 5.0
-    # Runner liveness: a runner silent for this long is considered gone.
-    heartbeat_interval_s: float = 5.0
     # Backoff before a failed attempt is retried: base * 2 ** (attempts - 1), at most cap.
     retry_backoff_base_s: float = 1.0
     retry_backoff_cap_s: float = 30.0

@@ -7,8 +7,8 @@
 - sends everything through one `Outbox` (one writer: order is guaranteed).
 
 Admission (take capacity before work): an Assign is refused with a Result, never queued,
-when the runner is draining (RunnerDisconnectedError: the server re-queues it), when all
-`max_multiplexing` slots are busy (UnavailableError), or when the path is unknown
+when the runner is draining or all `max_multiplexing` slots are busy (RunnerRefusedError:
+the server re-queues it without counting an attempt), or when the path is unknown
 (NotFoundError). A slot is released exactly once, when the handler has really stopped, just
 before the request's Result is queued.
 
@@ -43,9 +43,8 @@ from falrt.errors import (
     FalrtError,
     NotFoundError,
     RequestCancelledError,
-    RunnerDisconnectedError,
+    RunnerRefusedError,
     RunnerServerError,
-    UnavailableError,
 )
 from falrt.sdk.app import App
 from falrt.sdk.codec import is_msgpack
@@ -191,10 +190,10 @@ class RunnerSession:
 
     def _refusal(self, assign: wire.Assign) -> FalrtError | None:
         if self._shutdown is not None:
-            return RunnerDisconnectedError("runner is draining; retry on another runner")
+            return RunnerRefusedError("runner is draining; retry on another runner")
         if len(self._inflight) >= self._settings.max_multiplexing:
             slots = self._settings.max_multiplexing
-            return UnavailableError(f"runner has no free slot ({slots} in flight)")
+            return RunnerRefusedError(f"runner has no free slot ({slots} in flight)")
         if assign.path not in self._endpoints:
             known = ", ".join(sorted(self._endpoints))
             return NotFoundError(f"path {assign.path!r} not found (known paths: {known})")

@@ -463,7 +463,7 @@ def test_requests_beyond_the_slots_are_refused_and_cancel_frees_slots(tmp_path: 
             await runner.log_line("b1", "blocking")
             await runner.log_line("b2", "blocking")
             runner.assign("b3", "/block", {"name": "3"})
-            assert (await runner.result("b3")).error.error_type == "unavailable"
+            assert (await runner.result("b3")).error.error_type == "runner_refused"
             runner.cancel("b1")
             assert (await runner.result("b1")).error.error_type == "client_cancelled"
             assert runner.marked("block_cancelled") == ["1"]
@@ -516,7 +516,7 @@ def test_sigterm_runs_handle_exit_lets_requests_finish_then_tears_down(tmp_path:
             runner.proc.send_signal(signal.SIGTERM)
             assert output(await runner.result("s1")) == {"text": "finished after handle_exit"}
             runner.assign("s2", "/", {"name": "late"})
-            assert (await runner.result("s2")).error.error_type == "runner_disconnected"
+            assert (await runner.result("s2")).error.error_type == "runner_refused"
             runner.proc.send_signal(signal.SIGTERM)  # a second SIGTERM changes nothing
             runner.cancel("s3")
             while await runner.next() is not None:

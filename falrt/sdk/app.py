@@ -48,6 +48,10 @@ class App:
     request_timeout: ClassVar[float | None] = None
     startup_timeout: ClassVar[float | None] = None
     termination_grace_period_seconds: ClassVar[float | None] = None
+    # Failure conditions never retried ("timeout", "server_error", "connection_error").
+    skip_retry_conditions: ClassVar[list[str] | None] = None
+    # Extra attempts per condition, e.g. {"timeout": 0, "connection_error": 3}.
+    retry_config: ClassVar[dict[str, int] | None] = None
 
     __falrt_endpoints__: ClassVar[Mapping[str, Endpoint]] = {}
 

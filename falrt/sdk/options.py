@@ -77,6 +77,25 @@ def _check_app_name(name: str, value: Any) -> None:
         )
 
 
+RETRY_CONDITIONS = ("timeout", "server_error", "connection_error")
+
+
+def _check_conditions(name: str, value: Any) -> None:
+    _check_str_list(name, value)
+    unknown = sorted(set(value) - set(RETRY_CONDITIONS))
+    if unknown:
+        raise ValueError(f"App option {name} has unknown conditions {unknown}: "
+                         f"use {RETRY_CONDITIONS}")
+
+
+def _check_retry_config(name: str, value: Any) -> None:
+    if not isinstance(value, Mapping):
+        raise TypeError(f"App option {name} must be a dict of condition -> retries")
+    _check_conditions(name, list(value))
+    for condition, retries in value.items():
+        _int_at_least(0)(f"{name}[{condition!r}]", retries)
+
+
 def _check_app_auth(name: str, value: Any) -> None:
     if value not in APP_AUTH_MODES:
         raise ValueError(f"App option {name} must be one of {APP_AUTH_MODES}, got {value!r}")
@@ -98,6 +117,8 @@ _CHECKS: dict[str, Check] = {
     "request_timeout": _number(positive=True),
     "startup_timeout": _number(positive=True),
     "termination_grace_period_seconds": _number(positive=False),
+    "skip_retry_conditions": _check_conditions,
+    "retry_config": _check_retry_config,
 }
 
 OPTION_NAMES: frozenset[str] = frozenset(_CHECKS)

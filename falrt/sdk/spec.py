@@ -35,6 +35,8 @@ class AppSettingsSpec(msgspec.Struct, frozen=True, omit_defaults=True, forbid_un
     request_timeout_s: float | None = None
     startup_timeout_s: float | None = None
     termination_grace_period_s: float | None = None
+    skip_retry_conditions: tuple[str, ...] = ()
+    retry_config: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 class EndpointDescription(msgspec.Struct, frozen=True):
@@ -78,6 +80,8 @@ def _settings(cls: type[App]) -> AppSettingsSpec:
         request_timeout_s=_float(cls.request_timeout),
         startup_timeout_s=_float(cls.startup_timeout),
         termination_grace_period_s=_float(cls.termination_grace_period_seconds),
+        skip_retry_conditions=tuple(cls.skip_retry_conditions or ()),
+        retry_config=dict(cls.retry_config or {}),
     )
 
 

@@ -70,6 +70,8 @@ def settings_to_proto(
         requirements=list(requirements),
         machine_types=list(settings.machine_types),
         app_auth=settings.app_auth or "",
+        skip_retry_conditions=list(settings.skip_retry_conditions),
+        retry_config=dict(settings.retry_config),
         **values,
     )
 
@@ -80,6 +82,8 @@ def settings_from_proto(message: control_pb2.AppSettings) -> AppSettingsSpec:
     return AppSettingsSpec(
         machine_types=tuple(message.machine_types) or ("S",),
         app_auth=message.app_auth or None,
+        skip_retry_conditions=tuple(message.skip_retry_conditions),
+        retry_config=dict(message.retry_config),
         **values,
     )
 

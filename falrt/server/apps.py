@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from falrt.autoscaler.policy import ScalingSettings
 from falrt.server.appqueue import AppQueue
+from falrt.server.work import QueuedRequest
 from falrt.settings import AppDefaults
 from falrt.store.records import AppConfig, AppRecord, Revision
 
@@ -56,6 +57,8 @@ class AppState:
     revision: Revision
     settings: EffectiveSettings
     queue: AppQueue = field(default_factory=AppQueue)
+    # Queue-path requests waiting out a retry backoff (not in `queue` until it ends).
+    retrying: set[QueuedRequest] = field(default_factory=set)
     startup_failures: int = 0
     backoff_until: float = 0.0  # monotonic
     last_startup_error: str = ""

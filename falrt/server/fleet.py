@@ -65,13 +65,14 @@ class Fleet:
     def runners_of(self, app_name: str) -> list[RunnerHandle]:
         return [r for r in self.runners.values() if r.app_name == app_name]
 
-    def pick_runner(self, app: AppState) -> RunnerHandle | None:
-        """The live-revision runner with the most free slots, or None."""
+    def pick_runner(self, app: AppState, avoid: str = "") -> RunnerHandle | None:
+        """The live-revision runner with the most free slots, or None. The runner `avoid`
+        is taken only when no other has a free slot."""
         best: RunnerHandle | None = None
         for runner in self.runners.values():
             if runner.app_name != app.name or runner.revision_id != app.revision.revision_id:
                 continue
-            if runner.free_slots > 0 and (best is None or runner.free_slots > best.free_slots):
+            if runner.free_slots > 0 and (best is None or _better(runner, best, avoid)):
                 best = runner
         return best
 
@@ -301,6 +302,12 @@ class Fleet:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _better(runner: RunnerHandle, best: RunnerHandle, avoid: str) -> bool:
+    if (runner.runner_id == avoid) != (best.runner_id == avoid):
+        return best.runner_id == avoid
+    return runner.free_slots > best.free_slots
 
 
 def _queued_ready(app: AppState, now: float) -> tuple[int, float | None]:

@@ -151,7 +151,7 @@ class Scheduler:
         if app is None:
             raise errors.NotFoundError(f"no app named {name!r}")
         gone = errors.NotFoundError(f"app {name!r} was deleted")
-        for item in app.queue.items():
+        for item in [*app.queue.items(), *app.retrying]:
             app.queue.remove(item)
             self._finish(item, Outcome(error=error_record(gone)), store=False)
         if self.fleet is not None:
@@ -167,14 +167,9 @@ class Scheduler:
         """Stores a request, queues it, dispatches; returns its id, its queue position, and
         whether an earlier Submit with the same idempotency key made it."""
         app = self.resolve(endpoint_id, path)
-        limit = options.max_queue_length
-        if limit and len(app.queue) > limit:
-            raise errors.ResourceExhaustedError(
-                f"app {app.name!r} has {len(app.queue)} queued requests, more than the "
-                f"max_queue_length {limit} of this call; try again later"
-            )
         key = options.idempotency_key
         if not key:
+            self._check_queue_length(app, options.max_queue_length)
             return (*await self._store_and_queue(app, path, data, content_type, options), False)
         earlier = await self._keys.reserve(key)
         if earlier is not None:
@@ -184,9 +179,18 @@ class Scheduler:
             if earlier is not None:
                 self._keys.claim(key, earlier)
                 return earlier, self.position_of(earlier), True
+            self._check_queue_length(app, options.max_queue_length)
             return (*await self._store_and_queue(app, path, data, content_type, options), False)
         finally:
             self._keys.settle(key)
+
+    @staticmethod
+    def _check_queue_length(app: AppState, limit: int) -> None:
+        if limit and len(app.queue) > limit:
+            raise errors.ResourceExhaustedError(
+                f"app {app.name!r} has {len(app.queue)} queued requests, more than the "
+                f"max_queue_length {limit} of this call; try again later"
+            )
 
     async def _store_and_queue(
         self, app: AppState, path: str, data: bytes, content_type: str, options: SubmitOptions
@@ -265,13 +269,22 @@ class Scheduler:
             return "ALREADY_COMPLETED"
         item.cancel_requested = True
         app = self.apps.get(item.app_name)
-        waiting = item.backoff_timer is not None or (app is not None and app.queue.remove(item))
-        if waiting:
+        if self._take_waiting(app, item):
             cancelled = errors.RequestCancelledError("cancelled while queued")
             self._finish(item, Outcome(error=error_record(cancelled)))
         else:
             self._send_cancel(item)
         return "CANCELLATION_REQUESTED"
+
+    @staticmethod
+    def _take_waiting(app: AppState | None, item: QueuedRequest) -> bool:
+        """Takes a request out of its app's queue or out of its retry backoff; False when it
+        was neither (it runs, or it is done)."""
+        if item.backoff_timer is not None:
+            if app is not None:
+                app.retrying.discard(item)
+            return True
+        return app is not None and app.queue.remove(item)
 
     def flush(self, name: str) -> int:
         """Cancels every queued request of an app (they complete with client_cancelled)."""
@@ -280,8 +293,9 @@ class Scheduler:
             raise errors.NotFoundError(f"no app named {name!r}")
         flushed = errors.RequestCancelledError("removed from the queue by a flush")
         items = [i for i in app.queue.items() if isinstance(i, QueuedRequest)]
+        items.extend(app.retrying)
         for item in items:
-            app.queue.remove(item)
+            self._take_waiting(app, item)
             item.cancel_requested = True
             self._finish(item, Outcome(error=error_record(flushed)))
         return len(items)
@@ -321,10 +335,11 @@ class Scheduler:
                 app.queue.remove(item)
                 self._finish(item, Outcome(error=error_record(_START_TIMEOUT)))
                 continue
-            runner = self.fleet.pick_runner(app)
+            runner = self.fleet.pick_runner(app, avoid=item.avoid_runner)
             if runner is None:
                 break
             app.queue.remove(item)
+            item.timed_out = False
             runner.assign(item)
             item.attempt_timer = asyncio.get_running_loop().call_later(
                 app.settings.request_timeout_s, self._attempt_timed_out, runner, item)
@@ -369,12 +384,14 @@ class Scheduler:
         if verdict.stop_runner and self.fleet is not None:
             self.fleet.stop(runner)
         app = self.apps.get(item.app_name)
-        never_ran = outcome.error is not None and outcome.error.error_type == "runner_disconnected"
+        never_ran = outcome.error is not None and outcome.error.error_type == "runner_refused"
         if never_ran and app is not None and not item.cancel_requested:
             self._requeue(app, item, count_attempt=False)
-        elif not (outcome.error is not None and self._retry(
+        elif outcome.error is not None and self._retry(
                 item, "server_error" if verdict.needs_retry else None, verdict.needs_retry,
-                outcome.error)):
+                outcome.error):
+            item.avoid_runner = runner.runner_id  # fal: the retry goes to another runner
+        else:
             self._finish(item, outcome)
         if app is not None:
             self.dispatch(app)
@@ -430,14 +447,25 @@ class Scheduler:
         item.waiting_reason = (f"attempt {item.attempts} failed ({error.error_type}: "
                                f"{error.message}); retrying in {delay:.1f} s")
         self._background(self.store.requeue(item.request_id, item.attempts))
-        item.backoff_timer = asyncio.get_running_loop().call_later(delay, self._retry_now, item)
+        loop = asyncio.get_running_loop()
+        item.backoff_timer = loop.call_later(delay, self._retry_now, item)
+        if item.start_deadline is not None:
+            item.deadline_timer = loop.call_later(
+                max(0.0, item.start_deadline - time.time()), self._start_deadline_passed, item)
+        app.retrying.add(item)
         item.changed.fire()
         return True
 
     def _retry_now(self, item: QueuedRequest) -> None:
         item.backoff_timer = None
         app = self.apps.get(item.app_name)
-        if item.outcome is not None or app is None:
+        if app is not None:
+            app.retrying.discard(item)
+        if item.outcome is not None:
+            return
+        if app is None:
+            gone = errors.NotFoundError(f"app {item.app_name!r} was deleted")
+            self._finish(item, Outcome(error=error_record(gone)))
             return
         self._enqueue(app, item)
         self.dispatch(app)
@@ -455,7 +483,7 @@ class Scheduler:
     def _start_deadline_passed(self, item: QueuedRequest) -> None:
         item.deadline_timer = None
         app = self.apps.get(item.app_name)
-        waiting = item.backoff_timer is not None or (app is not None and app.queue.remove(item))
+        waiting = self._take_waiting(app, item)
         if waiting and item.outcome is None:
             self._finish(item, Outcome(error=error_record(_START_TIMEOUT)))
 
@@ -534,8 +562,12 @@ class Scheduler:
         return self._seq
 
     def queue_size(self, name: str) -> int:
+        """Queue-path requests of the app that are IN_QUEUE (waiting, or waiting to retry)."""
         app = self.apps.get(name)
-        return len(app.queue) if app else 0
+        if app is None:
+            return 0
+        queued = sum(1 for item in app.queue.items() if isinstance(item, QueuedRequest))
+        return queued + len(app.retrying)
 
 
 def _content_type(value: str) -> str:

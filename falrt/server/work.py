@@ -54,6 +54,8 @@ class WorkItem:
     # The running attempt's request_timeout timer, and whether it fired.
     attempt_timer: asyncio.TimerHandle | None = None
     timed_out: bool = False
+    # The runner of a failed attempt the handler asked to retry: another one is preferred.
+    avoid_runner: str = ""
 
     @property
     def durable(self) -> bool:

@@ -125,6 +125,13 @@ class SQLiteStore:
         return batch
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
+        if len(batch) == 1 and isinstance(batch[0][0], _Rows):
+            # One statement commits on its own (autocommit): one call into SQLite instead of
+            # three, so the thread takes the interpreter lock once, not three times.
+            result = _execute_one(conn, batch[0])
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(_resolve_all, [result])
+            return
         results: list[_Result] = []
         try:
             conn.execute("BEGIN IMMEDIATE")

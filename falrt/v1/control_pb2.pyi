@@ -682,7 +682,7 @@ class QueueSizeResponse(_message.Message):
 
     SIZE_FIELD_NUMBER: _builtins.int
     size: _builtins.int
-    """Requests IN_QUEUE."""
+    """Queue-path requests IN_QUEUE: waiting in the queue or waiting out a retry's backoff."""
     def __init__(
         self,
         *,

@@ -95,8 +95,9 @@ class SubmitRequest(_message.Message):
     limit).
     """
     idempotency_key: _builtins.str
-    """The same key from the same caller returns the first request's id instead of a new
-    request, so a client may retry Submit safely.
+    """The same key returns the first request's id instead of a new request, so a client may
+    retry Submit safely. Keys are per server (callers have no identities yet) and last as
+    long as the request is stored.
     """
     @_builtins.property
     def input(self) -> _common_pb2.Payload:

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Coroutine, Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -205,12 +205,11 @@ class Scheduler:
             idempotency_key=options.idempotency_key,
         )
         # The write and the first attempt overlap: the runner may start while the row is
-        # being committed, but Submit answers only once it is durable. One turn of the loop
-        # lets the INSERT reach the store's queue before the request can complete, so the
-        # outcome's UPDATE, written later, lands after it (stores apply writes in order).
+        # being committed, but Submit answers only once it is durable. The INSERT is queued
+        # in the store now, so the outcome's UPDATE, queued later, lands after it (stores
+        # apply writes in call order).
         item = QueuedRequest.from_record(record)
         item.stored = asyncio.ensure_future(self.store.insert_request(record))
-        await asyncio.sleep(0)
         self._requests[item.request_id] = item
         if item.idempotency_key:
             self._keys.claim(item.idempotency_key, item.request_id)
@@ -542,8 +541,8 @@ class Scheduler:
         if item.idempotency_key:
             self._keys.forget(item.idempotency_key, item.request_id)
 
-    def _background(self, coro: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.ensure_future(coro)
+    def _background(self, work: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
 

@@ -2,14 +2,18 @@
 
 Every method is a coroutine and safe to call from the server's event loop: no
 implementation blocks the loop. A method returns only once its write is durable, so a
-caller may acknowledge what it wrote (Submit answers after `insert_request`). Writes take
-effect in the order their coroutines first ran: a write started after another never lands
-before it (the scheduler relies on this to store an outcome while its request's INSERT is
-still being committed).
+caller may acknowledge what it wrote (Submit answers after `insert_request`).
+
+The three hot-path writes (`insert_request`, `requeue`, `complete`) are plain methods that
+queue their write *when called* and return an awaitable that resolves once it is durable.
+Writes take effect in the order the methods were called: a write called after another never
+lands before it (the scheduler relies on this to store an outcome while its request's INSERT
+is still being committed).
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Protocol
 
 from falrt.store.records import AppRecord, Outcome, RequestRecord, Revision
@@ -32,13 +36,13 @@ class Store(Protocol):
     async def delete_app(self, name: str) -> None:
         """Deletes the app, its revisions and its requests."""
 
-    async def insert_request(self, request: RequestRecord) -> None:
+    def insert_request(self, request: RequestRecord) -> Awaitable[None]:
         """Stores a new request durably."""
 
-    async def requeue(self, request_id: str, attempts: int) -> None:
+    def requeue(self, request_id: str, attempts: int) -> Awaitable[None]:
         """Puts a request back to IN_QUEUE, keeping its place (seq)."""
 
-    async def complete(self, request_id: str, outcome: Outcome, completed_at: float) -> None:
+    def complete(self, request_id: str, outcome: Outcome, completed_at: float) -> Awaitable[None]:
         """Stores a request's outcome durably (status COMPLETED)."""
 
     async def get_request(self, request_id: str) -> RequestRecord | None: ...

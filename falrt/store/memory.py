@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 
 from falrt.store.records import AppRecord, Outcome, RequestRecord, Revision, Status
@@ -38,19 +39,24 @@ class MemoryStore:
         self._revisions = {k: v for k, v in self._revisions.items() if v.app_name != name}
         self._requests = {k: v for k, v in self._requests.items() if v.app_name != name}
 
-    async def insert_request(self, request: RequestRecord) -> None:
+    def insert_request(self, request: RequestRecord) -> asyncio.Future[None]:
         self._requests[request.request_id] = copy.copy(request)
+        return _done()
 
-    async def requeue(self, request_id: str, attempts: int) -> None:
+    def requeue(self, request_id: str, attempts: int) -> asyncio.Future[None]:
         record = self._requests.get(request_id)
         if record is not None and record.status is not Status.COMPLETED:
             record.status, record.attempts = Status.IN_QUEUE, attempts
+        return _done()
 
-    async def complete(self, request_id: str, outcome: Outcome, completed_at: float) -> None:
+    def complete(
+        self, request_id: str, outcome: Outcome, completed_at: float
+    ) -> asyncio.Future[None]:
         record = self._requests.get(request_id)
         if record is not None:
             record.status, record.outcome = Status.COMPLETED, outcome
             record.completed_at = completed_at
+        return _done()
 
     async def get_request(self, request_id: str) -> RequestRecord | None:
         record = self._requests.get(request_id)
@@ -75,3 +81,10 @@ class MemoryStore:
 
     async def max_seq(self) -> int:
         return max((r.seq for r in self._requests.values()), default=0)
+
+
+def _done() -> asyncio.Future[None]:
+    """A future that is already resolved: the memory store's writes are immediate."""
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    future.set_result(None)
+    return future

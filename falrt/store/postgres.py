@@ -204,20 +204,22 @@ class PostgresStore:
 
     # -- requests ----------------------------------------------------------------------
 
-    async def insert_request(self, request: RequestRecord) -> None:
-        await self._submit((_INSERT_REQUEST, (
+    def insert_request(self, request: RequestRecord) -> asyncio.Future[None]:
+        return self._submit((_INSERT_REQUEST, (
             request.request_id, request.app_name, request.seq, int(request.status),
             request.attempts, request.created_at, _encode(request),
             request.idempotency_key or None,
         )))
 
-    async def requeue(self, request_id: str, attempts: int) -> None:
-        await self._submit(
+    def requeue(self, request_id: str, attempts: int) -> asyncio.Future[None]:
+        return self._submit(
             (_REQUEUE, (int(Status.IN_QUEUE), attempts, request_id, int(Status.COMPLETED)))
         )
 
-    async def complete(self, request_id: str, outcome: Outcome, completed_at: float) -> None:
-        await self._submit(
+    def complete(
+        self, request_id: str, outcome: Outcome, completed_at: float
+    ) -> asyncio.Future[None]:
+        return self._submit(
             (_COMPLETE, (int(Status.COMPLETED), completed_at, _encode(outcome), request_id))
         )
 

@@ -187,25 +187,27 @@ class SQLiteStore:
 
     # -- requests ----------------------------------------------------------------------
 
-    async def insert_request(self, request: RequestRecord) -> None:
+    def insert_request(self, request: RequestRecord) -> asyncio.Future[None]:
         data = _encode(request)
         row = (request.request_id, request.app_name, request.seq, int(request.status),
                request.attempts, request.created_at, data, request.idempotency_key or None)
-        await self._run(_Rows(
+        return self._run(_Rows(
             "INSERT INTO requests (request_id, app_name, seq, status, attempts, "
             "created_at, data, idempotency_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             row,
         ))
 
-    async def requeue(self, request_id: str, attempts: int) -> None:
-        await self._run(_Rows(
+    def requeue(self, request_id: str, attempts: int) -> asyncio.Future[None]:
+        return self._run(_Rows(
             "UPDATE requests SET status = ?, attempts = ? WHERE request_id = ? AND status != ?",
             (int(Status.IN_QUEUE), attempts, request_id, int(Status.COMPLETED)),
         ))
 
-    async def complete(self, request_id: str, outcome: Outcome, completed_at: float) -> None:
+    def complete(
+        self, request_id: str, outcome: Outcome, completed_at: float
+    ) -> asyncio.Future[None]:
         data = _encode(outcome)
-        await self._run(_Rows(
+        return self._run(_Rows(
             "UPDATE requests SET status = ?, completed_at = ?, outcome = ? WHERE request_id = ?",
             (int(Status.COMPLETED), completed_at, data, request_id),
         ))

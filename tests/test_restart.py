@@ -75,3 +75,26 @@ def test_sigterm_lets_in_flight_requests_finish_and_keeps_their_results(tmp_path
             assert client.result(request_id)["text"] == "late"
     finally:
         second.stop()
+
+
+def test_a_crash_uses_up_the_attempt_it_interrupted(tmp_path: Path) -> None:
+    gate = make_gate(tmp_path / "request-gate")
+    data_dir = tmp_path / "data"
+    first = ServerProcess(data_dir, tmp_path / "first.log").start()
+    endpoint = first.deploy("tests/apps/gated.py::Gated")
+    try:
+        with SyncClient(first.address) as client:
+            once = client.submit(endpoint, {"text": "once", "gate": str(gate)},
+                                 no_retry=True).request_id
+            wait_for(lambda: isinstance(client.status(once), InProgress), what="in progress")
+    finally:
+        first.kill()
+    second = ServerProcess(data_dir, tmp_path / "second.log").start()
+    try:
+        with SyncClient(second.address) as client:
+            final = client.wait(once, timeout=30)
+        # no_retry: the attempt the crash cut was its only one
+        assert final.error is not None and final.error.error_type == "runner_disconnected"
+        assert "the server stopped while attempt 1 ran" in final.error.message
+    finally:
+        second.stop()

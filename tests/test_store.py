@@ -319,3 +319,24 @@ def test_delete_completed_before_removes_only_old_results(
         await store.close()
 
     asyncio.run(scenario())
+
+
+def test_an_attempt_start_is_recorded_and_never_reopens_a_completed_request(
+    make_store: Callable[[], Store],
+) -> None:
+    async def scenario() -> None:
+        store = make_store()
+        await store.open()
+        await store.insert_request(request(1))
+        await store.insert_request(request(2))
+        await store.mark_started("id1", 3)
+        await store.complete("id2", Outcome(output=b"{}"), 5.0)
+        await store.mark_started("id2", 4)
+        (unfinished,) = await store.load_unfinished()
+        assert (unfinished.request_id, unfinished.status, unfinished.attempts) == (
+            "id1", Status.IN_PROGRESS, 3)
+        done = await store.get_request("id2")
+        assert done is not None and done.status is Status.COMPLETED
+        await store.close()
+
+    asyncio.run(scenario())

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from falrt import errors
 from falrt.server.apps import AppState, EffectiveSettings
 from falrt.server.idempotency import IdempotencyKeys
-from falrt.server.retries import RetryContext, backoff_s, should_retry
+from falrt.server.retries import MAX_ATTEMPTS, RetryContext, backoff_s, should_retry
 from falrt.server.runners import CancelEvent, RunnerHandle
 from falrt.server.work import DirectCall, QueuedRequest, WorkItem
 from falrt.settings import ServerSettings
@@ -107,14 +107,27 @@ class Scheduler:
             if app is None:
                 continue
             item = QueuedRequest.from_record(record)
-            if item.status is Status.IN_PROGRESS:
-                item.status = Status.IN_QUEUE
-                await self.store.requeue(item.request_id, item.attempts)
+            item.persisted = True
+            if item.status is Status.IN_PROGRESS and not await self._resume(item):
+                continue
             self._requests[item.request_id] = item
             if item.idempotency_key:
                 self._keys.claim(item.idempotency_key, item.request_id)
             self._enqueue(app, item)
         return len(pending)
+
+    async def _resume(self, item: QueuedRequest) -> bool:
+        """A request that was running when the server stopped: its attempt counts; it is
+        queued again if the retry rule allows (True), else completed (False)."""
+        if item.no_retry or item.attempts >= MAX_ATTEMPTS:
+            stopped = errors.RunnerDisconnectedError(
+                f"the server stopped while attempt {item.attempts} ran")
+            outcome = Outcome(error=error_record(stopped))
+            await self.store.complete(item.request_id, outcome, time.time())
+            return False
+        item.status = Status.IN_QUEUE
+        await self.store.requeue(item.request_id, item.attempts)
+        return True
 
     # -- apps --------------------------------------------------------------------------
 
@@ -205,17 +218,21 @@ class Scheduler:
             idempotency_key=options.idempotency_key,
         )
         # The write and the first attempt overlap: the runner may start while the row is
-        # being committed, but Submit answers only once it is durable. The INSERT is queued
-        # in the store now, so the outcome's UPDATE, queued later, lands after it (stores
-        # apply writes in call order).
+        # being committed, but Submit answers only once it is durable. Dispatch first, so
+        # that a request assigned at once is stored as IN_PROGRESS with its attempt counted
+        # (no second write); the Assign only leaves on a later turn of the loop, and the
+        # INSERT is queued in the store before that, so the outcome's UPDATE, queued later,
+        # lands after it (stores apply writes in call order).
         item = QueuedRequest.from_record(record)
-        item.stored = asyncio.ensure_future(self.store.insert_request(record))
         self._requests[item.request_id] = item
         if item.idempotency_key:
             self._keys.claim(item.idempotency_key, item.request_id)
         self._enqueue(app, item)
         position = app.queue.position(item)
         self.dispatch(app)
+        record.status, record.attempts = item.status, item.attempts
+        item.stored = asyncio.ensure_future(self.store.insert_request(record))
+        item.persisted = True
         try:
             await asyncio.shield(item.stored)
         except Exception as exc:
@@ -344,9 +361,9 @@ class Scheduler:
                 app.settings.request_timeout_s, self._attempt_timed_out, runner, item)
             if isinstance(item, QueuedRequest):
                 item.status, item.waiting_reason = Status.IN_PROGRESS, ""
-                # Not written to the store: after a crash every unfinished request is
-                # re-queued anyway, and attempts are stored when a request is re-queued.
                 item.attempts += 1
+                if item.persisted:  # a new request's INSERT carries its first attempt
+                    self._background(self.store.mark_started(item.request_id, item.attempts))
                 item.changed.fire()
         self.fleet.wake()
 

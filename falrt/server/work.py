@@ -80,6 +80,8 @@ class QueuedRequest(WorkItem):
     changed: Signal = field(default_factory=Signal)
     # The INSERT of a new request, while it is being committed (None once loaded).
     stored: asyncio.Future[None] | None = None
+    # Whether its row exists (or its INSERT is queued): later attempts are then recorded.
+    persisted: bool = False
     # What the caller asked for at Submit.
     no_retry: bool = False
     retry_config: dict[str, int] = field(default_factory=dict)

@@ -39,6 +39,10 @@ class Store(Protocol):
     def insert_request(self, request: RequestRecord) -> Awaitable[None]:
         """Stores a new request durably."""
 
+    def mark_started(self, request_id: str, attempts: int) -> Awaitable[None]:
+        """Records that attempt `attempts` started (IN_PROGRESS); never reopens a COMPLETED
+        request."""
+
     def requeue(self, request_id: str, attempts: int) -> Awaitable[None]:
         """Puts a request back to IN_QUEUE, keeping its place (seq)."""
 

@@ -43,10 +43,16 @@ class MemoryStore:
         self._requests[request.request_id] = copy.copy(request)
         return _done()
 
+    def mark_started(self, request_id: str, attempts: int) -> asyncio.Future[None]:
+        return self._set_status(request_id, Status.IN_PROGRESS, attempts)
+
     def requeue(self, request_id: str, attempts: int) -> asyncio.Future[None]:
+        return self._set_status(request_id, Status.IN_QUEUE, attempts)
+
+    def _set_status(self, request_id: str, status: Status, attempts: int) -> asyncio.Future[None]:
         record = self._requests.get(request_id)
         if record is not None and record.status is not Status.COMPLETED:
-            record.status, record.attempts = Status.IN_QUEUE, attempts
+            record.status, record.attempts = status, attempts
         return _done()
 
     def complete(

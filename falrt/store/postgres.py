@@ -211,6 +211,11 @@ class PostgresStore:
             request.idempotency_key or None,
         )))
 
+    def mark_started(self, request_id: str, attempts: int) -> asyncio.Future[None]:
+        return self._submit(
+            (_REQUEUE, (int(Status.IN_PROGRESS), attempts, request_id, int(Status.COMPLETED)))
+        )
+
     def requeue(self, request_id: str, attempts: int) -> asyncio.Future[None]:
         return self._submit(
             (_REQUEUE, (int(Status.IN_QUEUE), attempts, request_id, int(Status.COMPLETED)))

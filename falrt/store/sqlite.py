@@ -197,10 +197,16 @@ class SQLiteStore:
             row,
         ))
 
+    def mark_started(self, request_id: str, attempts: int) -> asyncio.Future[None]:
+        return self._set_status(request_id, Status.IN_PROGRESS, attempts)
+
     def requeue(self, request_id: str, attempts: int) -> asyncio.Future[None]:
+        return self._set_status(request_id, Status.IN_QUEUE, attempts)
+
+    def _set_status(self, request_id: str, status: Status, attempts: int) -> asyncio.Future[None]:
         return self._run(_Rows(
             "UPDATE requests SET status = ?, attempts = ? WHERE request_id = ? AND status != ?",
-            (int(Status.IN_QUEUE), attempts, request_id, int(Status.COMPLETED)),
+            (int(status), attempts, request_id, int(Status.COMPLETED)),
         ))
 
     def complete(

@@ -34,14 +34,16 @@ _OPTIONAL_FIELDS = (
 
 
 def timestamp(seconds: float) -> Timestamp:
-    ts = Timestamp()
-    ts.FromNanoseconds(int(seconds * 1e9))
-    return ts
+    """Seconds since the epoch as a Timestamp, to the nearest microsecond (a float holds no
+    more: multiplying by 1e9 first would lose the fraction)."""
+    whole = int(seconds)
+    micros = round((seconds - whole) * 1e6)
+    return Timestamp(seconds=whole + micros // 1_000_000, nanos=(micros % 1_000_000) * 1000)
 
 
 def duration(seconds: float) -> Duration:
     d = Duration()
-    d.FromNanoseconds(int(seconds * 1e9))
+    d.FromNanoseconds(round(seconds * 1e9))
     return d
 
 
@@ -81,7 +83,8 @@ def verdict(result: runner_pb2.Result) -> Verdict:
 
 
 def log_record(line: common_pb2.LogLine) -> LogRecord:
-    return LogRecord(line.timestamp.ToNanoseconds() / 1e9, line.message, line.source)
+    stamp = line.timestamp
+    return LogRecord(stamp.seconds + stamp.nanos / 1e9, line.message, line.source)
 
 
 def log_line(record: LogRecord) -> common_pb2.LogLine:

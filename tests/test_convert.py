@@ -1,0 +1,53 @@
+"""Round trips of the server's edge converters (protobuf <-> plain records)."""
+
+from __future__ import annotations
+
+import pytest
+
+from falrt import errors
+from falrt.server import convert
+from falrt.store.records import AppConfig, EndpointRecord, ErrorRecord, LogRecord, Priority
+from falrt.v1 import common_pb2, control_pb2, queue_pb2
+
+
+def test_app_settings_round_trip_keeping_unset_fields_unset() -> None:
+    config = AppConfig(requirements=("six",), machine_types=("GPU-H100", "GPU-A100"),
+                       app_auth="public", keep_alive_s=0.0, max_multiplexing=4,
+                       skip_retry_conditions=("timeout",), retry_config={"server_error": 2})
+    message = convert.app_settings(config)
+    assert not message.HasField("min_concurrency") and message.HasField("keep_alive_s")
+    assert convert.app_config(message) == config
+
+
+def test_unknown_retry_conditions_in_app_settings_are_invalid() -> None:
+    with pytest.raises(errors.InvalidArgumentError, match="unknown retry condition"):
+        convert.app_config(control_pb2.AppSettings(skip_retry_conditions=["sometimes"]))
+
+
+def test_endpoint_error_and_log_round_trips() -> None:
+    endpoint = EndpointRecord("/embed", "embed", 2, '{"type": "object"}', "{}")
+    assert convert.endpoint_record(convert.endpoint_spec(endpoint)) == endpoint
+    error = ErrorRecord("bad_request", "input failed validation", 3, (("$.name", "missing"),),
+                        "Traceback")
+    assert convert.error_record(convert.error_info(error)) == error
+    line = LogRecord(1_700_000_000.25, "hello", "stdout")
+    assert convert.log_record(convert.log_line(line)) == line
+
+
+def test_submit_options_are_read_and_checked() -> None:
+    request = queue_pb2.SubmitRequest(priority=common_pb2.PRIORITY_LOW, no_retry=True,
+                                      retry_config={"timeout": 1}, max_queue_length=5,
+                                      idempotency_key="k", webhook_url="https://example.test/h")
+    request.start_timeout.FromMilliseconds(1500)
+    options = convert.submit_options(request)
+    assert (options.priority, options.no_retry, dict(options.retry_config),
+            options.start_timeout_s, options.max_queue_length, options.idempotency_key,
+            options.webhook_url) == (Priority.LOW, True, {"timeout": 1}, 1.5, 5, "k",
+                                     "https://example.test/h")
+    for bad in (queue_pb2.SubmitRequest(retry_config={"later": 1}),
+                queue_pb2.SubmitRequest(retry_config={"timeout": -1}),
+                queue_pb2.SubmitRequest(max_queue_length=-1),
+                queue_pb2.SubmitRequest(idempotency_key="k" * 257),
+                queue_pb2.SubmitRequest(webhook_url="ftp://example.test/")):
+        with pytest.raises(errors.InvalidArgumentError):
+            convert.submit_options(bad)

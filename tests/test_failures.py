@@ -35,6 +35,26 @@ class Broken(falrt.App):
 '''
 
 
+def deploy_source(server: ServerProcess, tmp_path: Path, module: str, source: str,
+                  class_name: str) -> str:
+    """Writes an app file and deploys it with the CLI; its endpoint id."""
+    app_file = tmp_path / "app" / f"{module}.py"
+    app_file.parent.mkdir()
+    app_file.write_text(source)
+    return server.deploy(f"{app_file}::{class_name}")
+
+
+def waiting_reason(client: SyncClient, request_id: str) -> str:
+    """Waits until the queued request reports why it waits; that reason."""
+
+    def reason() -> str:
+        status = client.status(request_id)
+        assert isinstance(status, Queued)
+        return status.waiting_reason
+
+    return wait_for(reason, what="a waiting reason")
+
+
 def _bundle(files: dict[str, bytes]) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
@@ -85,19 +105,10 @@ def test_a_bad_deploy_is_invalid_argument_and_the_server_goes_on(
 def test_a_failing_setup_keeps_requests_queued_and_says_why(
     server: ServerProcess, tmp_path: Path
 ) -> None:
-    app_file = tmp_path / "app" / "broken.py"
-    app_file.parent.mkdir()
-    app_file.write_text(BROKEN_SETUP)
-    endpoint = server.deploy(f"{app_file}::Broken")
+    endpoint = deploy_source(server, tmp_path, "broken", BROKEN_SETUP, "Broken")
     with SyncClient(server.address) as client:
         request_id = client.submit(endpoint, {"x": 1}).request_id
-
-        def reason() -> str:
-            status = client.status(request_id)
-            assert isinstance(status, Queued)
-            return status.waiting_reason
-
-        assert "the model file is missing" in wait_for(reason, what="a waiting reason")
+        assert "the model file is missing" in waiting_reason(client, request_id)
         assert client.cancel(request_id) == "CANCELLATION_REQUESTED"
         final = client.wait(request_id, timeout=30)
         assert final.error is not None and final.error.error_type == "client_cancelled"
@@ -146,19 +157,11 @@ def test_a_setup_past_startup_timeout_is_killed_and_reported(
     server: ServerProcess, tmp_path: Path
 ) -> None:
     gate = make_gate(tmp_path / "never")
-    app_file = tmp_path / "app" / "stuck.py"
-    app_file.parent.mkdir()
-    app_file.write_text(SLOW_SETUP.format(gate=str(gate)))
-    endpoint = server.deploy(f"{app_file}::Stuck")
+    source = SLOW_SETUP.format(gate=str(gate))
+    endpoint = deploy_source(server, tmp_path, "stuck", source, "Stuck")
     with SyncClient(server.address) as client:
         request_id = client.submit(endpoint, {"x": 1}).request_id
-
-        def reason() -> str:
-            status = client.status(request_id)
-            assert isinstance(status, Queued)
-            return status.waiting_reason
-
-        text = wait_for(reason, what="a waiting reason")
+        text = waiting_reason(client, request_id)
         assert "setup did not finish within 1 s (startup_timeout)" in text
         runners = server.cli("runners", "list", "--app", "stuck", "--output", "json").stdout
         assert runners.strip() in ("[]", "")  # the stuck runner is gone

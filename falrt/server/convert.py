@@ -10,9 +10,9 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from falrt import errors
+from falrt.server.outcomes import SubmitOptions, Verdict
 from falrt.server.retries import CONDITIONS
 from falrt.server.runners import RunnerHandle
-from falrt.server.scheduler import SubmitOptions, Verdict
 from falrt.server.webhooks import check_webhook_url
 from falrt.server.work import QueuedRequest
 from falrt.store.records import (

@@ -12,13 +12,24 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any
 
 from falrt import errors
 from falrt.server.apps import AppState, EffectiveSettings
 from falrt.server.idempotency import IdempotencyKeys
+from falrt.server.outcomes import (
+    NO_VERDICT,
+    START_TIMEOUT,
+    SubmitOptions,
+    Verdict,
+    WebhookSink,
+    content_type_of,
+    error_record,
+    past_deadline,
+    timed_out_error,
+    with_logs,
+)
 from falrt.server.retries import MAX_ATTEMPTS, RetryContext, backoff_s, should_retry
 from falrt.server.runners import CancelEvent, RunnerHandle
 from falrt.server.work import DirectCall, QueuedRequest, WorkItem
@@ -41,41 +52,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_LOG_LINES = 10_000
-CONTENT_TYPES = frozenset({"application/json", "application/msgpack"})
 # Completed requests stay in memory this long for watchers; later reads go to the store.
 COMPLETED_IN_MEMORY_S = 120.0
-
-
-class WebhookSink(Protocol):
-    """Where completed requests with a webhook URL go (falrt.server.webhooks.WebhookSender)."""
-
-    def submit(self, url: str, request_id: str, outcome: Outcome) -> bool: ...
-
-
-@dataclass(frozen=True)
-class SubmitOptions:
-    """What a caller may ask for at Submit (see falrt.v1.SubmitRequest)."""
-
-    priority: Priority = Priority.NORMAL
-    no_retry: bool = False
-    retry_config: Mapping[str, int] = field(default_factory=dict)
-    start_timeout_s: float = 0.0
-    webhook_url: str = ""
-    max_queue_length: int = 0
-    idempotency_key: str = ""
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """What a handler said about its failed attempt (see falrt.v1.Result)."""
-
-    needs_retry: bool | None = None
-    stop_runner: bool | None = None
-
-
-def error_record(error: errors.FalrtError) -> ErrorRecord:
-    return ErrorRecord(error.error_type, error.message, error.code.value[0],
-                       error.field_errors, error.traceback)
 
 
 class Scheduler:
@@ -211,7 +189,7 @@ class Scheduler:
         now = time.time()
         record = RequestRecord(
             request_id=str(uuid.uuid4()), app_name=app.name, path=path, input=data,
-            content_type=_content_type(content_type), priority=options.priority,
+            content_type=content_type_of(content_type), priority=options.priority,
             seq=self._next_seq(), created_at=now, no_retry=options.no_retry,
             retry_config=dict(options.retry_config), webhook_url=options.webhook_url,
             start_deadline=now + options.start_timeout_s if options.start_timeout_s else None,
@@ -325,7 +303,7 @@ class Scheduler:
         app = self.resolve(endpoint_id, path)
         item = DirectCall(
             request_id=str(uuid.uuid4()), app_name=app.name, path=path, input=data,
-            content_type=_content_type(content_type), priority=Priority.NORMAL,
+            content_type=content_type_of(content_type), priority=Priority.NORMAL,
             seq=self._next_seq(), partials=asyncio.Queue() if stream else None,
         )
         app.queue.push(item)
@@ -347,9 +325,9 @@ class Scheduler:
         if self.fleet is None:
             return
         while (item := app.queue.peek()) is not None:
-            if _past_deadline(item):
+            if past_deadline(item):
                 app.queue.remove(item)
-                self._finish(item, Outcome(error=error_record(_START_TIMEOUT)))
+                self._finish(item, Outcome(error=error_record(START_TIMEOUT)))
                 continue
             runner = self.fleet.pick_runner(app, avoid=item.avoid_runner)
             if runner is None:
@@ -389,7 +367,7 @@ class Scheduler:
 
     def on_result(
         self, runner: RunnerHandle, request_id: str, outcome: Outcome,
-        verdict: Verdict = Verdict(),
+        verdict: Verdict = NO_VERDICT,
     ) -> None:
         item = runner.release(request_id)
         if item is None:
@@ -419,7 +397,7 @@ class Scheduler:
         for request_id in list(runner.in_flight):
             item = runner.in_flight.pop(request_id)
             item.stop_timers()
-            condition, error = ("timeout", _timed_out(item)) if item.timed_out else (
+            condition, error = ("timeout", timed_out_error(item)) if item.timed_out else (
                 "connection_error", lost)
             if not self._retry(item, condition, None, error):
                 self._finish(item, Outcome(error=error))
@@ -501,7 +479,7 @@ class Scheduler:
         app = self.apps.get(item.app_name)
         waiting = self._take_waiting(app, item)
         if waiting and item.outcome is None:
-            self._finish(item, Outcome(error=error_record(_START_TIMEOUT)))
+            self._finish(item, Outcome(error=error_record(START_TIMEOUT)))
 
     def _requeue(self, app: AppState, item: WorkItem, *, count_attempt: bool) -> None:
         item.runner_id = ""
@@ -521,7 +499,7 @@ class Scheduler:
                 if item.partials is not None:
                     item.partials.put_nowait(None)
         elif isinstance(item, QueuedRequest) and item.outcome is None:
-            item.outcome = _with_logs(item, outcome)
+            item.outcome = with_logs(item, outcome)
             self._background(self._complete(item, store=store))
 
     async def _complete(self, item: QueuedRequest, *, store: bool) -> None:
@@ -584,34 +562,3 @@ class Scheduler:
             return 0
         queued = sum(1 for item in app.queue.items() if isinstance(item, QueuedRequest))
         return queued + len(app.retrying)
-
-
-def _content_type(value: str) -> str:
-    value = value or "application/json"
-    if value not in CONTENT_TYPES:
-        raise errors.InvalidArgumentError(
-            f"unsupported content type {value!r}: use application/json or application/msgpack"
-        )
-    return value
-
-
-_START_TIMEOUT = errors.RequestTimeoutError(
-    "the request's start_timeout passed before it could start")
-
-
-def _past_deadline(item: WorkItem) -> bool:
-    return (isinstance(item, QueuedRequest) and item.start_deadline is not None
-            and time.time() >= item.start_deadline)
-
-
-def _timed_out(item: WorkItem) -> ErrorRecord:
-    return error_record(errors.RequestTimeoutError(
-        f"attempt {getattr(item, 'attempts', 1)} ran past the app's request_timeout"))
-
-
-def _with_logs(item: QueuedRequest, outcome: Outcome) -> Outcome:
-    output, ctype = outcome.output, outcome.content_type
-    if not output and outcome.error is None and item.last_partial is not None:
-        output, ctype = item.last_partial
-    return Outcome(output=output, content_type=ctype, error=outcome.error,
-                   inference_time_s=outcome.inference_time_s, logs=tuple(item.logs))

@@ -269,3 +269,32 @@ def test_low_priority_waits_while_normal_requests_are_queued(
     release(gate)
     assert [client.wait(h.request_id, timeout=30).output["text"] for h in (*normal, low)] == [
         "n0", "n1", "low"]
+
+
+def test_a_webhook_owed_when_the_server_crashed_is_sent_after_the_restart(
+    tmp_path: Path,
+) -> None:
+    from tests.test_webhooks import Receiver
+
+    receiver = Receiver()
+    url = receiver.url
+    receiver.close()  # nobody listens yet: the first delivery attempt fails
+    data_dir = tmp_path / "data"
+    first = ServerProcess(data_dir, tmp_path / "first.log").start()
+    try:
+        endpoint = first.deploy("examples/hello.py::Hello")
+        with SyncClient(first.address) as client:
+            handle = client.submit(endpoint, {"name": "owed"}, webhook_url=url)
+            client.wait(handle.request_id, timeout=30)
+        wait_for(lambda: "webhook for" in first.log(), what="a failed delivery in the log")
+    finally:
+        first.kill()  # the retry (15 s later) never happens in this process
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    receiver = Receiver(port=port)
+    second = ServerProcess(data_dir, tmp_path / "second.log").start()
+    try:
+        (delivery,) = receiver.wait_for(1, timeout=30)
+        assert json.loads(delivery.body)["request_id"] == handle.request_id
+    finally:
+        receiver.close()
+        second.stop()

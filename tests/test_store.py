@@ -340,3 +340,26 @@ def test_an_attempt_start_is_recorded_and_never_reopens_a_completed_request(
         await store.close()
 
     asyncio.run(scenario())
+
+
+def test_a_webhook_is_owed_from_completion_until_it_is_done(
+    make_store: Callable[[], Store],
+) -> None:
+    async def scenario() -> None:
+        store = make_store()
+        await store.open()
+        hooked = request(1)
+        hooked.webhook_url = "http://127.0.0.1:9/hook"
+        await store.insert_request(hooked)
+        await store.insert_request(request(2))
+        assert await store.load_pending_webhooks() == []  # owed only once completed
+        for request_id in ("id1", "id2"):
+            await store.complete(request_id, Outcome(output=b'{"ok": true}'), 5.0)
+        (owed,) = await store.load_pending_webhooks()
+        assert (owed.request_id, owed.webhook_url) == ("id1", "http://127.0.0.1:9/hook")
+        assert owed.outcome is not None and owed.outcome.output == b'{"ok": true}'
+        await store.webhook_done("id1")
+        assert await store.load_pending_webhooks() == []
+        await store.close()
+
+    asyncio.run(scenario())

@@ -56,7 +56,7 @@ class Receiver:
     """A real HTTP server that records each POST. The first `fail_first` get a 500; the first
     `hang_first` get no answer until `release` is set (or 10 s pass)."""
 
-    def __init__(self, fail_first: int = 0, hang_first: int = 0) -> None:
+    def __init__(self, fail_first: int = 0, hang_first: int = 0, port: int = 0) -> None:
         self.requests: list[Received] = []
         self.release = threading.Event()
         self._changed = threading.Condition()
@@ -76,7 +76,7 @@ class Receiver:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}/hook"

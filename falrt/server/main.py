@@ -58,6 +58,7 @@ async def serve(settings: ServerSettings) -> None:
     scheduler.fleet = fleet
     scheduler.webhooks = webhooks
     requeued = await scheduler.load()
+    owed = await scheduler.resend_webhooks()
     server, health_servicer = _grpc_server(settings, scheduler, fleet, environments, webhooks)
     for name in (*SERVICES, ""):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -67,7 +68,8 @@ async def serve(settings: ServerSettings) -> None:
     fleet.address = f"{_dial_host(host)}:{port}"
     scaler = asyncio.ensure_future(fleet.run())
     keeper = asyncio.ensure_future(scheduler.keep_house())
-    log.info("loaded %d apps, %d unfinished requests", len(scheduler.apps), requeued)
+    log.info("loaded %d apps, %d unfinished requests, %d webhooks owed", len(scheduler.apps),
+             requeued, owed)
     print(f"falrt server listening on {host}:{port}", flush=True)
     await _until_signalled()
     log.info("shutting down")

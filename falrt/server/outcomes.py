@@ -8,7 +8,7 @@ functions: no state, no generated code.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -22,7 +22,10 @@ CONTENT_TYPES = frozenset({"application/json", "application/msgpack"})
 class WebhookSink(Protocol):
     """Where completed requests with a webhook URL go (falrt.server.webhooks.WebhookSender)."""
 
-    def submit(self, url: str, request_id: str, outcome: Outcome) -> bool: ...
+    def submit(
+        self, url: str, request_id: str, outcome: Outcome, *,
+        on_finished: Callable[[], None] | None = None,
+    ) -> bool: ...
 
 
 @dataclass(frozen=True)

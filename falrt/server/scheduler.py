@@ -508,8 +508,8 @@ class Scheduler:
             await self.store.complete(item.request_id, item.outcome, time.time())
         item.status = Status.COMPLETED
         item.changed.fire()
-        if item.webhook_url and self.webhooks is not None:
-            self.webhooks.submit(item.webhook_url, item.request_id, item.outcome)
+        if item.webhook_url:
+            self._send_webhook(item.webhook_url, item.request_id, item.outcome)
         keep_s = min(COMPLETED_IN_MEMORY_S, self.settings.result_retention_s)
         asyncio.get_running_loop().call_later(keep_s, self._forget, item)
 
@@ -529,6 +529,25 @@ class Scheduler:
                 continue
             if deleted:
                 log.info("deleted %d results older than %.0f s", deleted, retention_s)
+
+    def _send_webhook(self, url: str, request_id: str, outcome: Outcome) -> None:
+        """Hands a completed request to the webhook sender; the store keeps it owed until the
+        delivery ends, so a restart sends it again (receivers must be idempotent, as fal's)."""
+        if self.webhooks is None:
+            return
+
+        def finished() -> None:
+            self._background(self.store.webhook_done(request_id))
+
+        self.webhooks.submit(url, request_id, outcome, on_finished=finished)
+
+    async def resend_webhooks(self) -> int:
+        """Sends again the webhooks a previous run of the server still owed."""
+        owed = await self.store.load_pending_webhooks()
+        for record in owed:
+            if record.outcome is not None:
+                self._send_webhook(record.webhook_url, record.request_id, record.outcome)
+        return len(owed)
 
     def _forget(self, item: QueuedRequest) -> None:
         """Drops a completed request from memory; later reads go to the store."""

@@ -330,12 +330,15 @@ class WebhookSender:
         self._delivered = self._abandoned = self._dropped = 0
 
     def submit(
-        self, url: str, request_id: str, outcome: Outcome, *, gateway_request_id: str = ""
+        self, url: str, request_id: str, outcome: Outcome, *, gateway_request_id: str = "",
+        on_finished: Callable[[], None] | None = None,
     ) -> bool:
         """Starts delivering `outcome` of `request_id` to `url` and returns at once.
 
         True if the delivery was taken; False if it was dropped (sender closed, bounds full, or
         a URL that fails `check_webhook_url`), which is logged. Call it on the sender's loop.
+        `on_finished()` runs once the delivery succeeded or was given up after its last
+        attempt (not when `close` cancels it: it is still owed).
         """
         size = len(outcome.output) + 1024
         reason = self._refusal(url, size)
@@ -344,7 +347,7 @@ class WebhookSender:
             log.error("webhook for %s dropped: %s", request_id, reason)
             return False
         task = asyncio.get_running_loop().create_task(
-            self._deliver(url, request_id, outcome, gateway_request_id),
+            self._deliver(url, request_id, outcome, gateway_request_id, on_finished),
             name=f"webhook {request_id}",
         )
         self._tasks[task] = size
@@ -393,9 +396,14 @@ class WebhookSender:
         await self._client.aclose()
 
     async def _deliver(
-        self, url: str, request_id: str, outcome: Outcome, gateway_request_id: str
+        self, url: str, request_id: str, outcome: Outcome, gateway_request_id: str,
+        on_finished: Callable[[], None] | None,
     ) -> None:
-        body = webhook_body(request_id, outcome, gateway_request_id)
+        await self._try_all(url, request_id, webhook_body(request_id, outcome, gateway_request_id))
+        if on_finished is not None:
+            on_finished()
+
+    async def _try_all(self, url: str, request_id: str, body: bytes) -> None:
         attempts = self._settings.max_attempts
         for attempt in range(1, attempts + 1):
             problem = await self._attempt(url, request_id, body)

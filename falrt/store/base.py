@@ -51,6 +51,12 @@ class Store(Protocol):
 
     async def get_request(self, request_id: str) -> RequestRecord | None: ...
 
+    def webhook_done(self, request_id: str) -> Awaitable[None]:
+        """Records that the request's webhook was delivered (or given up on)."""
+
+    async def load_pending_webhooks(self) -> list[RequestRecord]:
+        """Completed requests with a webhook URL whose delivery has not finished."""
+
     async def find_request_by_key(self, idempotency_key: str) -> str | None:
         """The id of the stored request made with this idempotency key, if any."""
 

@@ -15,6 +15,7 @@ class MemoryStore:
         self._apps: dict[str, AppRecord] = {}
         self._revisions: dict[str, Revision] = {}
         self._requests: dict[str, RequestRecord] = {}
+        self._webhooks_done: set[str] = set()
 
     async def open(self) -> None:
         return None
@@ -67,6 +68,15 @@ class MemoryStore:
     async def get_request(self, request_id: str) -> RequestRecord | None:
         record = self._requests.get(request_id)
         return None if record is None else copy.copy(record)
+
+    def webhook_done(self, request_id: str) -> asyncio.Future[None]:
+        self._webhooks_done.add(request_id)
+        return _done()
+
+    async def load_pending_webhooks(self) -> list[RequestRecord]:
+        return [copy.copy(r) for r in self._requests.values()
+                if r.webhook_url and r.status is Status.COMPLETED
+                and r.request_id not in self._webhooks_done]
 
     async def find_request_by_key(self, idempotency_key: str) -> str | None:
         for record in self._requests.values():

@@ -44,6 +44,8 @@ CREATE TABLE IF NOT EXISTS falrt.requests (
   status SMALLINT NOT NULL, attempts INTEGER NOT NULL, created_at DOUBLE PRECISION NOT NULL,
   completed_at DOUBLE PRECISION, data BYTEA NOT NULL, outcome BYTEA, idempotency_key TEXT);
 ALTER TABLE falrt.requests ADD COLUMN IF NOT EXISTS idempotency_key TEXT;
+ALTER TABLE falrt.requests ADD COLUMN IF NOT EXISTS webhook_pending BOOLEAN NOT NULL
+  DEFAULT false;
 CREATE INDEX IF NOT EXISTS requests_seq ON falrt.requests (seq);
 CREATE INDEX IF NOT EXISTS requests_unfinished ON falrt.requests (seq) WHERE status <> 3;
 CREATE INDEX IF NOT EXISTS requests_app ON falrt.requests (app_name);
@@ -63,8 +65,9 @@ _UPSERT_APP = (
 )
 _INSERT_REQUEST = (
     "INSERT INTO falrt.requests (request_id, app_name, seq, status, attempts, created_at, data, "
-    "idempotency_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+    "idempotency_key, webhook_pending) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
 )
+_WEBHOOK_DONE = "UPDATE falrt.requests SET webhook_pending = false WHERE request_id = $1"
 _REQUEUE = (
     "UPDATE falrt.requests SET status = $1, attempts = $2 WHERE request_id = $3 AND status <> $4"
 )
@@ -208,8 +211,18 @@ class PostgresStore:
         return self._submit((_INSERT_REQUEST, (
             request.request_id, request.app_name, request.seq, int(request.status),
             request.attempts, request.created_at, _encode(request),
-            request.idempotency_key or None,
+            request.idempotency_key or None, bool(request.webhook_url),
         )))
+
+    def webhook_done(self, request_id: str) -> asyncio.Future[None]:
+        return self._submit((_WEBHOOK_DONE, (request_id,)))
+
+    async def load_pending_webhooks(self) -> list[RequestRecord]:
+        rows = await self._readers.fetch(
+            f"SELECT {_REQUEST_COLUMNS} FROM falrt.requests WHERE webhook_pending "
+            "AND status = 3 ORDER BY completed_at"
+        )
+        return [_request_from_row(row) for row in rows]
 
     def mark_started(self, request_id: str, attempts: int) -> asyncio.Future[None]:
         return self._submit(

@@ -35,7 +35,8 @@ CREATE TABLE IF NOT EXISTS revisions (
 CREATE TABLE IF NOT EXISTS requests (
   request_id TEXT PRIMARY KEY, app_name TEXT NOT NULL, seq INTEGER NOT NULL,
   status INTEGER NOT NULL, attempts INTEGER NOT NULL, created_at REAL NOT NULL,
-  completed_at REAL, data BLOB NOT NULL, outcome BLOB, idempotency_key TEXT);
+  completed_at REAL, data BLOB NOT NULL, outcome BLOB, idempotency_key TEXT,
+  webhook_pending INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS requests_unfinished ON requests (status, seq);
 CREATE INDEX IF NOT EXISTS requests_app ON requests (app_name);
 CREATE INDEX IF NOT EXISTS requests_completed ON requests (completed_at)
@@ -44,7 +45,11 @@ CREATE UNIQUE INDEX IF NOT EXISTS requests_key ON requests (idempotency_key)
   WHERE idempotency_key IS NOT NULL;
 """
 # Columns added after the first release, for files created before them.
-MIGRATIONS = {"idempotency_key": "ALTER TABLE requests ADD COLUMN idempotency_key TEXT"}
+MIGRATIONS = {
+    "idempotency_key": "ALTER TABLE requests ADD COLUMN idempotency_key TEXT",
+    "webhook_pending": "ALTER TABLE requests ADD COLUMN webhook_pending INTEGER NOT NULL "
+                       "DEFAULT 0",
+}
 
 class _Rows(NamedTuple):
     """One row for a statement; consecutive jobs with the same statement run as one
@@ -190,12 +195,28 @@ class SQLiteStore:
     def insert_request(self, request: RequestRecord) -> asyncio.Future[None]:
         data = _encode(request)
         row = (request.request_id, request.app_name, request.seq, int(request.status),
-               request.attempts, request.created_at, data, request.idempotency_key or None)
+               request.attempts, request.created_at, data, request.idempotency_key or None,
+               int(bool(request.webhook_url)))
         return self._run(_Rows(
             "INSERT INTO requests (request_id, app_name, seq, status, attempts, "
-            "created_at, data, idempotency_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "created_at, data, idempotency_key, webhook_pending) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             row,
         ))
+
+    def webhook_done(self, request_id: str) -> asyncio.Future[None]:
+        return self._run(_Rows(
+            "UPDATE requests SET webhook_pending = 0 WHERE request_id = ?", (request_id,)))
+
+    async def load_pending_webhooks(self) -> list[RequestRecord]:
+        rows = await self._run(
+            lambda conn: conn.execute(
+                f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE webhook_pending = 1 "
+                "AND status = ? ORDER BY completed_at",
+                (int(Status.COMPLETED),),
+            ).fetchall()
+        )
+        return [_request_from_row(row) for row in rows]
 
     def mark_started(self, request_id: str, attempts: int) -> asyncio.Future[None]:
         return self._set_status(request_id, Status.IN_PROGRESS, attempts)

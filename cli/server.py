@@ -38,13 +38,16 @@ def server(
     retry_backoff_cap_s: float, result_retention_s: float,
 ) -> None:
     """Run the falrt server until interrupted."""
-    from falrt.server.main import run  # the server's dependencies load only for this command
+    from falrt.server.main import StartupError, run  # load the server only for this command
 
-    run(build_settings(
+    try:
+        run(build_settings(
         listen=listen, data_dir=data_dir, owner=owner, store=store,
         retry_backoff_base_s=retry_backoff_base_s, retry_backoff_cap_s=retry_backoff_cap_s,
         result_retention_s=result_retention_s,
-    ))
+        ))
+    except StartupError as exc:
+        raise click.ClickException(f"the server cannot start: {exc}") from None
 
 
 def build_settings(

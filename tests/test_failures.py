@@ -166,3 +166,22 @@ def test_a_setup_past_startup_timeout_is_killed_and_reported(
         runners = server.cli("runners", "list", "--app", "stuck", "--output", "json").stdout
         assert runners.strip() in ("[]", "")  # the stuck runner is gone
         client.cancel(request_id)
+
+
+def test_a_server_that_cannot_start_says_why(server: ServerProcess, tmp_path: Path) -> None:
+    import subprocess
+
+    from tests.harness import FALRT
+
+    def start(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([FALRT, "server", "--data-dir", str(tmp_path / "d"), *args],
+                              capture_output=True, text=True, timeout=60)
+
+    taken = start("--listen", server.address)
+    assert taken.returncode != 0 and f"cannot listen on {server.address}" in taken.stderr
+    unknown = start("--listen", "127.0.0.1:0", "--store", "mongo")
+    assert unknown.returncode != 0 and "unknown store 'mongo'" in unknown.stderr
+    refused = start("--listen", "127.0.0.1:0", "--store", "postgresql://u:hunter2@127.0.0.1:1/x")
+    assert refused.returncode != 0 and "cannot open the PostgreSQL database" in refused.stderr
+    assert "hunter2" not in refused.stderr  # the DSN's password is never printed
+    assert "Traceback" not in taken.stderr + unknown.stderr + refused.stderr

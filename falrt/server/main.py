@@ -29,6 +29,7 @@ from falrt.server.scheduler import Scheduler
 from falrt.server.webhooks import KEY_FILE, SigningKey, WebhookSender
 from falrt.settings import ServerSettings
 from falrt.store import create_store
+from falrt.store.base import Store
 from falrt.v1 import control_pb2, control_pb2_grpc, queue_pb2, queue_pb2_grpc, runner_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,13 @@ SERVICES = (
 )
 
 
+class StartupError(Exception):
+    """The server cannot start (bad store setting, unreachable database, port taken)."""
+
+
 def run(settings: ServerSettings) -> None:
-    """Runs the server until SIGTERM or SIGINT. Blocks."""
+    """Runs the server until SIGTERM or SIGINT. Blocks. Raises StartupError when it cannot
+    start."""
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -47,9 +53,23 @@ def run(settings: ServerSettings) -> None:
     uvloop.run(serve(settings))
 
 
+async def _open_store(settings: ServerSettings) -> Store:
+    """The configured store, opened. The DSN is never repeated in errors (it may hold a
+    password)."""
+    try:
+        store = create_store(settings)
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
+    try:
+        await store.open()
+    except Exception as exc:
+        kind = "PostgreSQL database" if "://" in settings.store else f"{settings.store} store"
+        raise StartupError(f"cannot open the {kind}: {type(exc).__name__}: {exc}") from None
+    return store
+
+
 async def serve(settings: ServerSettings) -> None:
-    store = create_store(settings)
-    await store.open()
+    store = await _open_store(settings)
     webhook_key = SigningKey.load_or_create(settings.data_dir / KEY_FILE)
     webhooks = WebhookSender(webhook_key, settings.owner)
     scheduler = Scheduler(store, settings)
@@ -62,7 +82,11 @@ async def serve(settings: ServerSettings) -> None:
     server, health_servicer = _grpc_server(settings, scheduler, fleet, environments, webhooks)
     for name in (*SERVICES, ""):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    port = server.add_insecure_port(settings.listen)
+    try:
+        port = server.add_insecure_port(settings.listen)
+    except RuntimeError as exc:
+        await store.close()
+        raise StartupError(f"cannot listen on {settings.listen}: {exc}") from None
     await server.start()
     host = settings.listen.rpartition(":")[0]
     fleet.address = f"{_dial_host(host)}:{port}"
@@ -91,6 +115,8 @@ def _grpc_server(
     server = aio.server(options=[
         ("grpc.max_receive_message_length", size),
         ("grpc.max_send_message_length", size),
+        # A second server on a taken port must fail, not share the port with the first.
+        ("grpc.so_reuseport", 0),
     ])
     queue_pb2_grpc.add_QueueServicer_to_server(QueueService(scheduler), server)
     deployer = Deployer(scheduler, environments, settings)

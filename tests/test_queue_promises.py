@@ -298,3 +298,90 @@ def test_a_webhook_owed_when_the_server_crashed_is_sent_after_the_restart(
     finally:
         receiver.close()
         second.stop()
+
+
+PARKED = '''
+import msgspec
+import falrt
+
+class Input(msgspec.Struct):
+    n: int
+
+class Parked(falrt.App):
+    app_name = "parked"
+    max_concurrency = 0  # no runner ever starts: requests stay queued
+
+    @falrt.endpoint("/")
+    def run(self, request: Input) -> Input:
+        return request
+'''
+
+
+def test_positions_stay_exact_under_concurrent_submits(
+    quick: ServerProcess, client: SyncClient, tmp_path: Path
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    app_file = tmp_path / "app" / "parked.py"
+    app_file.parent.mkdir()
+    app_file.write_text(PARKED)
+    endpoint = quick.deploy(f"{app_file}::Parked")
+    with ThreadPoolExecutor(16) as pool:
+        handles = list(pool.map(lambda n: client.submit(endpoint, {"n": n}), range(64)))
+    assert sorted(h.queue_position for h in handles) == list(range(64))
+    positions = {h.request_id: client.status(h.request_id) for h in handles}
+    assert sorted(s.position for s in positions.values() if isinstance(s, Queued)) == list(
+        range(64))
+    by_answer = sorted(handles, key=lambda h: h.queue_position)
+    assert [positions[h.request_id] for h in by_answer] == [
+        Queued(position=p) for p in range(64)]  # stored order is answer order
+    quick.cli("queue", "flush", "parked")
+
+
+def test_a_client_timeout_cancels_the_request(
+    quick: ServerProcess, client: SyncClient, tmp_path: Path
+) -> None:
+    app_file = tmp_path / "app" / "parked.py"
+    app_file.parent.mkdir()
+    app_file.write_text(PARKED)
+    endpoint = quick.deploy(f"{app_file}::Parked")
+    seen: list[str] = []
+    with pytest.raises(errors.RequestTimeoutError):
+        client.subscribe(endpoint, {"n": 1}, client_timeout=0.5, on_enqueue=seen.append)
+    final = client.wait(seen[0], timeout=30)
+    assert final.error is not None
+    assert final.error.error_type in ("client_cancelled", "request_timeout")
+
+
+SKIPPING = '''
+import os, signal
+import msgspec
+import falrt
+
+class Input(msgspec.Struct):
+    marks: str
+
+class Skipping(falrt.App):
+    app_name = "skipping"
+    skip_retry_conditions = ["connection_error"]
+
+    @falrt.endpoint("/")
+    def run(self, request: Input) -> Input:
+        open(os.path.join(request.marks, str(len(os.listdir(request.marks)))), "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)  # every attempt loses its runner
+        return request
+'''
+
+
+def test_an_app_may_skip_retries_for_a_condition(
+    quick: ServerProcess, client: SyncClient, tmp_path: Path
+) -> None:
+    app_file = tmp_path / "app" / "skipping.py"
+    app_file.parent.mkdir()
+    app_file.write_text(SKIPPING)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    endpoint = quick.deploy(f"{app_file}::Skipping")
+    with pytest.raises(errors.RunnerDisconnectedError):
+        client.subscribe(endpoint, {"marks": str(marks)})
+    assert len(list(marks.iterdir())) == 1

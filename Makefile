@@ -34,6 +34,8 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/overhead.py --out bench/overhead.json
+	dsn=$${FALRT_TEST_POSTGRES_DSN:-$$(scripts/postgres.sh)} && \
+	  $(BIN)/python bench/queue.py --postgres $$dsn --out bench/queue.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info

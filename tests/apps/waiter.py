@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 
 import msgspec
 
@@ -41,8 +40,8 @@ class Waiter(falrt.App):
         if request.gate:
             with open(request.gate, "rb") as gate:
                 gate.read(1)
-        while request.wait and not context.cancelled:
-            time.sleep(0.01)  # a sync handler polls its cancellation flag
+        if request.wait:
+            context.wait_cancelled()  # a sync handler blocks until the server cancels it
         if context.cancelled:
             print("stopping early: cancelled")
             raise falrt.RequestCancelledError("stopped on request")

@@ -38,6 +38,14 @@ DEPLOY_DEADLINE_S = 600.0
 STOP_DEADLINE_S = 20.0
 
 
+def use_state_dir(path: Path) -> None:
+    """Where this run keeps the server's data, log and pid (set once, from the command line)."""
+    global STATE_DIR, LOG, STATE
+    STATE_DIR = path.resolve()
+    LOG = STATE_DIR / "server.log"
+    STATE = STATE_DIR / "server.json"
+
+
 class RunError(Exception):
     """A step failed; the message says what to look at."""
 
@@ -102,7 +110,7 @@ def port_is_free(listen: str) -> bool:
 def start_server(listen: str) -> tuple[int, str]:
     """Starts `falrt server` detached from this process; returns (pid, address) once it
     listens. Raises RunError when it exits or stays silent past the deadline."""
-    STATE_DIR.mkdir(exist_ok=True)
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
     log_start = LOG.stat().st_size if LOG.exists() else 0
     argv = [falrt_command(), "server", "--listen", listen, "--data-dir", str(STATE_DIR)]
     with LOG.open("ab") as log:
@@ -231,7 +239,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stop", action="store_true", help="stop the server started here")
     parser.add_argument("--listen", help=f"HOST:PORT for a new server (default {DEFAULT_LISTEN})")
+    parser.add_argument("--state-dir", type=Path, default=STATE_DIR,
+                        help=f"data, log and pid of the server (default {display(str(STATE_DIR))})")
     args = parser.parse_args()
+    use_state_dir(args.state_dir)
     try:
         if args.stop:
             stop()

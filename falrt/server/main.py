@@ -76,9 +76,9 @@ async def serve(settings: ServerSettings) -> None:
     environments = EnvironmentBuilder(settings.venvs_dir, settings.runner_python or sys.executable)
     fleet = Fleet(scheduler, create_backend(settings.backend), environments, settings)
     scheduler.fleet = fleet
-    scheduler.webhooks = webhooks
+    scheduler.recorder.webhooks = webhooks
     requeued = await scheduler.load()
-    owed = await scheduler.resend_webhooks()
+    owed = await scheduler.recorder.resend_webhooks()
     server, health_servicer = _grpc_server(settings, scheduler, fleet, environments, webhooks)
     for name in (*SERVICES, ""):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -91,7 +91,7 @@ async def serve(settings: ServerSettings) -> None:
     host = settings.listen.rpartition(":")[0]
     fleet.address = f"{_dial_host(host)}:{port}"
     scaler = asyncio.ensure_future(fleet.run())
-    keeper = asyncio.ensure_future(scheduler.keep_house())
+    keeper = asyncio.ensure_future(scheduler.recorder.keep_house())
     log.info("loaded %d apps, %d unfinished requests, %d webhooks owed", len(scheduler.apps),
              requeued, owed)
     print(f"falrt server listening on {host}:{port}", flush=True)
@@ -102,7 +102,7 @@ async def serve(settings: ServerSettings) -> None:
     keeper.cancel()
     await fleet.close()
     await server.stop(grace=2.0)
-    await scheduler.drain_background()
+    await scheduler.recorder.drain_background()
     await webhooks.close()
     await store.close()
 

@@ -12,8 +12,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from falrt import errors
 from falrt.server.apps import AppState, EffectiveSettings
@@ -23,13 +22,12 @@ from falrt.server.outcomes import (
     START_TIMEOUT,
     SubmitOptions,
     Verdict,
-    WebhookSink,
     content_type_of,
     error_record,
     past_deadline,
     timed_out_error,
-    with_logs,
 )
+from falrt.server.recorder import Recorder
 from falrt.server.retries import MAX_ATTEMPTS, RetryContext, backoff_s, should_retry
 from falrt.server.runners import CancelEvent, RunnerHandle
 from falrt.server.work import DirectCall, QueuedRequest, WorkItem
@@ -52,8 +50,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_LOG_LINES = 10_000
-# Completed requests stay in memory this long for watchers; later reads go to the store.
-COMPLETED_IN_MEMORY_S = 120.0
 
 
 class Scheduler:
@@ -66,9 +62,8 @@ class Scheduler:
         self.fleet: Fleet | None = None
         self._requests: dict[str, QueuedRequest] = {}
         self._seq = 0
-        self._tasks: set[asyncio.Task[Any]] = set()
         self._keys = IdempotencyKeys()
-        self.webhooks: WebhookSink | None = None
+        self.recorder = Recorder(store, settings, self._requests, self._keys)
 
     # -- startup -----------------------------------------------------------------------
 
@@ -144,7 +139,7 @@ class Scheduler:
         gone = errors.NotFoundError(f"app {name!r} was deleted")
         for item in [*app.queue.items(), *app.retrying]:
             app.queue.remove(item)
-            self._finish(item, Outcome(error=error_record(gone)), store=False)
+            self.recorder.finish(item, Outcome(error=error_record(gone)), store=False)
         if self.fleet is not None:
             self.fleet.stop_app(name)
         await self.store.delete_app(name)
@@ -265,7 +260,7 @@ class Scheduler:
         app = self.apps.get(item.app_name)
         if self._take_waiting(app, item):
             cancelled = errors.RequestCancelledError("cancelled while queued")
-            self._finish(item, Outcome(error=error_record(cancelled)))
+            self.recorder.finish(item, Outcome(error=error_record(cancelled)))
         else:
             self._send_cancel(item)
         return "CANCELLATION_REQUESTED"
@@ -291,7 +286,7 @@ class Scheduler:
         for item in items:
             self._take_waiting(app, item)
             item.cancel_requested = True
-            self._finish(item, Outcome(error=error_record(flushed)))
+            self.recorder.finish(item, Outcome(error=error_record(flushed)))
         return len(items)
 
     # -- the direct path ---------------------------------------------------------------
@@ -327,7 +322,7 @@ class Scheduler:
         while (item := app.queue.peek()) is not None:
             if past_deadline(item):
                 app.queue.remove(item)
-                self._finish(item, Outcome(error=error_record(START_TIMEOUT)))
+                self.recorder.finish(item, Outcome(error=error_record(START_TIMEOUT)))
                 continue
             runner = self.fleet.pick_runner(app, avoid=item.avoid_runner)
             if runner is None:
@@ -341,7 +336,8 @@ class Scheduler:
                 item.status, item.waiting_reason = Status.IN_PROGRESS, ""
                 item.attempts += 1
                 if item.persisted:  # a new request's INSERT carries its first attempt
-                    self._background(self.store.mark_started(item.request_id, item.attempts))
+                    started = self.store.mark_started(item.request_id, item.attempts)
+                    self.recorder.background(started)
                 item.changed.fire()
         self.fleet.wake()
 
@@ -386,7 +382,7 @@ class Scheduler:
                 outcome.error):
             item.avoid_runner = runner.runner_id  # fal: the retry goes to another runner
         else:
-            self._finish(item, outcome)
+            self.recorder.finish(item, outcome)
         if app is not None:
             self.dispatch(app)
 
@@ -400,7 +396,7 @@ class Scheduler:
             condition, error = ("timeout", timed_out_error(item)) if item.timed_out else (
                 "connection_error", lost)
             if not self._retry(item, condition, None, error):
-                self._finish(item, Outcome(error=error))
+                self.recorder.finish(item, Outcome(error=error))
         app = self.apps.get(runner.app_name)
         if app is not None:
             self.dispatch(app)
@@ -440,7 +436,7 @@ class Scheduler:
         item.runner_id, item.status = "", Status.IN_QUEUE
         item.waiting_reason = (f"attempt {item.attempts} failed ({error.error_type}: "
                                f"{error.message}); retrying in {delay:.1f} s")
-        self._background(self.store.requeue(item.request_id, item.attempts))
+        self.recorder.background(self.store.requeue(item.request_id, item.attempts))
         loop = asyncio.get_running_loop()
         item.backoff_timer = loop.call_later(delay, self._retry_now, item)
         if item.start_deadline is not None:
@@ -459,7 +455,7 @@ class Scheduler:
             return
         if app is None:
             gone = errors.NotFoundError(f"app {item.app_name!r} was deleted")
-            self._finish(item, Outcome(error=error_record(gone)))
+            self.recorder.finish(item, Outcome(error=error_record(gone)))
             return
         self._enqueue(app, item)
         self.dispatch(app)
@@ -479,7 +475,7 @@ class Scheduler:
         app = self.apps.get(item.app_name)
         waiting = self._take_waiting(app, item)
         if waiting and item.outcome is None:
-            self._finish(item, Outcome(error=error_record(START_TIMEOUT)))
+            self.recorder.finish(item, Outcome(error=error_record(START_TIMEOUT)))
 
     def _requeue(self, app: AppState, item: WorkItem, *, count_attempt: bool) -> None:
         item.runner_id = ""
@@ -487,88 +483,9 @@ class Scheduler:
             item.status = Status.IN_QUEUE
             if not count_attempt:
                 item.attempts -= 1
-            self._background(self.store.requeue(item.request_id, item.attempts))
+            self.recorder.background(self.store.requeue(item.request_id, item.attempts))
             item.changed.fire()
         app.queue.push(item)
-
-    def _finish(self, item: WorkItem, outcome: Outcome, *, store: bool = True) -> None:
-        item.stop_timers()
-        if isinstance(item, DirectCall):
-            if not item.done.done():
-                item.done.set_result(outcome)
-                if item.partials is not None:
-                    item.partials.put_nowait(None)
-        elif isinstance(item, QueuedRequest) and item.outcome is None:
-            item.outcome = with_logs(item, outcome)
-            self._background(self._complete(item, store=store))
-
-    async def _complete(self, item: QueuedRequest, *, store: bool) -> None:
-        assert item.outcome is not None
-        if store:
-            await self.store.complete(item.request_id, item.outcome, time.time())
-        item.status = Status.COMPLETED
-        item.changed.fire()
-        if item.webhook_url:
-            self._send_webhook(item.webhook_url, item.request_id, item.outcome)
-        keep_s = min(COMPLETED_IN_MEMORY_S, self.settings.result_retention_s)
-        asyncio.get_running_loop().call_later(keep_s, self._forget, item)
-
-    async def keep_house(self) -> None:
-        """Deletes completed requests older than the retention time, until cancelled.
-
-        Runs every quarter of the retention time (at least every minute, at most every
-        0.25 s); a failure is logged and the next round runs as usual.
-        """
-        retention_s = self.settings.result_retention_s
-        while True:
-            await asyncio.sleep(min(60.0, max(0.25, retention_s / 4)))
-            try:
-                deleted = await self.store.delete_completed_before(time.time() - retention_s)
-            except Exception:
-                log.exception("deleting expired results failed")
-                continue
-            if deleted:
-                log.info("deleted %d results older than %.0f s", deleted, retention_s)
-
-    def _send_webhook(self, url: str, request_id: str, outcome: Outcome) -> None:
-        """Hands a completed request to the webhook sender; the store keeps it owed until the
-        delivery ends, so a restart sends it again (receivers must be idempotent, as fal's)."""
-        if self.webhooks is None:
-            return
-
-        def finished() -> None:
-            self._background(self.store.webhook_done(request_id))
-
-        self.webhooks.submit(url, request_id, outcome, on_finished=finished)
-
-    async def resend_webhooks(self) -> int:
-        """Sends again the webhooks a previous run of the server still owed."""
-        owed = await self.store.load_pending_webhooks()
-        for record in owed:
-            if record.outcome is not None:
-                self._send_webhook(record.webhook_url, record.request_id, record.outcome)
-        return len(owed)
-
-    def _forget(self, item: QueuedRequest) -> None:
-        """Drops a completed request from memory; later reads go to the store."""
-        self._requests.pop(item.request_id, None)
-        if item.idempotency_key:
-            self._keys.forget(item.idempotency_key, item.request_id)
-
-    def _background(self, work: Awaitable[Any]) -> None:
-        task = asyncio.ensure_future(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("background store write failed", exc_info=task.exception())
-
-    async def drain_background(self) -> None:
-        """Waits for pending store writes (used at shutdown)."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     def _next_seq(self) -> int:
         self._seq += 1

@@ -1,0 +1,120 @@
+"""How requests end: outcomes stored, then shown to watchers and sent to webhooks.
+
+The recorder owns the background store writes of the request path, keeps completed requests
+in memory for a while (their later reads go to the store), deletes expired results, and
+keeps webhooks owed across restarts. Loop-affine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable
+from typing import Any
+
+from falrt.server.idempotency import IdempotencyKeys
+from falrt.server.outcomes import WebhookSink, with_logs
+from falrt.server.work import DirectCall, QueuedRequest, WorkItem
+from falrt.settings import ServerSettings
+from falrt.store.base import Store
+from falrt.store.records import Outcome, Status
+
+log = logging.getLogger(__name__)
+
+# Completed requests stay in memory this long for watchers; later reads go to the store.
+COMPLETED_IN_MEMORY_S = 120.0
+
+
+class Recorder:
+    """Records outcomes; see the module docstring."""
+
+    def __init__(
+        self, store: Store, settings: ServerSettings, requests: dict[str, QueuedRequest],
+        keys: IdempotencyKeys,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.webhooks: WebhookSink | None = None
+        self._requests = requests
+        self._keys = keys
+        self._tasks: set[asyncio.Future[Any]] = set()
+
+    def finish(self, item: WorkItem, outcome: Outcome, *, store: bool = True) -> None:
+        item.stop_timers()
+        if isinstance(item, DirectCall):
+            if not item.done.done():
+                item.done.set_result(outcome)
+                if item.partials is not None:
+                    item.partials.put_nowait(None)
+        elif isinstance(item, QueuedRequest) and item.outcome is None:
+            item.outcome = with_logs(item, outcome)
+            self.background(self._complete(item, store=store))
+
+    async def _complete(self, item: QueuedRequest, *, store: bool) -> None:
+        assert item.outcome is not None
+        if store:
+            await self.store.complete(item.request_id, item.outcome, time.time())
+        item.status = Status.COMPLETED
+        item.changed.fire()
+        if item.webhook_url:
+            self._send_webhook(item.webhook_url, item.request_id, item.outcome)
+        keep_s = min(COMPLETED_IN_MEMORY_S, self.settings.result_retention_s)
+        asyncio.get_running_loop().call_later(keep_s, self._forget, item)
+
+    async def keep_house(self) -> None:
+        """Deletes completed requests older than the retention time, until cancelled.
+
+        Runs every quarter of the retention time (at least every minute, at most every
+        0.25 s); a failure is logged and the next round runs as usual.
+        """
+        retention_s = self.settings.result_retention_s
+        while True:
+            await asyncio.sleep(min(60.0, max(0.25, retention_s / 4)))
+            try:
+                deleted = await self.store.delete_completed_before(time.time() - retention_s)
+            except Exception:
+                log.exception("deleting expired results failed")
+                continue
+            if deleted:
+                log.info("deleted %d results older than %.0f s", deleted, retention_s)
+
+    def _send_webhook(self, url: str, request_id: str, outcome: Outcome) -> None:
+        """Hands a completed request to the webhook sender; the store keeps it owed until the
+        delivery ends, so a restart sends it again (receivers must be idempotent, as fal's)."""
+        if self.webhooks is None:
+            return
+
+        def finished() -> None:
+            self.background(self.store.webhook_done(request_id))
+
+        self.webhooks.submit(url, request_id, outcome, on_finished=finished)
+
+    async def resend_webhooks(self) -> int:
+        """Sends again the webhooks a previous run of the server still owed."""
+        owed = await self.store.load_pending_webhooks()
+        for record in owed:
+            if record.outcome is not None:
+                self._send_webhook(record.webhook_url, record.request_id, record.outcome)
+        return len(owed)
+
+    def _forget(self, item: QueuedRequest) -> None:
+        """Drops a completed request from memory; later reads go to the store."""
+        self._requests.pop(item.request_id, None)
+        if item.idempotency_key:
+            self._keys.forget(item.idempotency_key, item.request_id)
+
+    def background(self, work: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background store write failed", exc_info=task.exception())
+
+    async def drain_background(self) -> None:
+        """Waits for pending store writes (used at shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)

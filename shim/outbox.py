@@ -41,11 +41,6 @@ class Outbox:
         self._broken = False
         self.dropped = 0
 
-    @property
-    def broken(self) -> bool:
-        """True once a write failed (the stream is gone); later messages are dropped."""
-        return self._broken
-
     async def send(self, message: Message) -> None:
         """Queues `message`, waiting while the queue is full."""
         if not self._broken:

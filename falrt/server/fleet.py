@@ -24,7 +24,6 @@ from falrt.backends.environments import EnvironmentBuilder
 from falrt.server.apps import AppState
 from falrt.server.runners import (
     ALIVE_STATES,
-    SERVING_STATES,
     CloseEvent,
     DrainEvent,
     RunnerHandle,
@@ -341,4 +340,4 @@ def _last_error_line(path: Path) -> str:
     return lines[-1][:500] if lines else "no output"
 
 
-__all__ = ["SERVING_STATES", "Fleet"]
+__all__ = ["Fleet"]

@@ -57,10 +57,6 @@ class WorkItem:
     # The runner of a failed attempt the handler asked to retry: another one is preferred.
     avoid_runner: str = ""
 
-    @property
-    def durable(self) -> bool:
-        return False
-
     def stop_timers(self) -> None:
         if self.attempt_timer is not None:
             self.attempt_timer.cancel()
@@ -92,10 +88,6 @@ class QueuedRequest(WorkItem):
     failures: dict[str, int] = field(default_factory=dict)
     backoff_timer: asyncio.TimerHandle | None = None
     deadline_timer: asyncio.TimerHandle | None = None
-
-    @property
-    def durable(self) -> bool:
-        return True
 
     def stop_timers(self) -> None:
         super().stop_timers()

@@ -78,7 +78,8 @@ class Deployer:
             max_bytes=self._settings.max_bundle_bytes,
         )
         module = plan.entrypoint.partition(":")[0]
-        if not (self._settings.bundles_dir / plan.bundle_sha256 / f"{module}.py").is_file():
+        module_file = self._settings.bundles_dir / plan.bundle_sha256 / f"{module}.py"
+        if not await asyncio.to_thread(module_file.is_file):
             raise errors.InvalidArgumentError(f"the bundle has no module {module}.py")
         yield Progress("BUILD", "building the environment")
         built: list[str] = []

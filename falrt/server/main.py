@@ -70,7 +70,7 @@ async def _open_store(settings: ServerSettings) -> Store:
 
 async def serve(settings: ServerSettings) -> None:
     store = await _open_store(settings)
-    webhook_key = SigningKey.load_or_create(settings.data_dir / KEY_FILE)
+    webhook_key = await asyncio.to_thread(SigningKey.load_or_create, settings.data_dir / KEY_FILE)
     webhooks = WebhookSender(webhook_key, settings.owner)
     scheduler = Scheduler(store, settings)
     environments = EnvironmentBuilder(settings.venvs_dir, settings.runner_python or sys.executable)

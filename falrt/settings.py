@@ -55,6 +55,9 @@ class ServerSettings(msgspec.Struct, frozen=True):
     retry_backoff_cap_s: float = 30.0
     # Completed requests are deleted this long after they completed.
     result_retention_s: float = 24 * 3600.0
+    # PostgreSQL store: a server that has not renewed its lease for this long is taken
+    # over by the others (docs/stores.md).
+    cluster_lease_s: float = 10.0
 
     @property
     def db_path(self) -> Path:

@@ -77,6 +77,8 @@ class Deployer:
             bundle.unpack, bytes(data), self._settings.bundles_dir / plan.bundle_sha256,
             max_bytes=self._settings.max_bundle_bytes,
         )
+        if self._scheduler.shared is not None:  # the other servers fetch it from the store
+            await self._scheduler.shared.put_bundle(plan.bundle_sha256, bytes(data))
         module = plan.entrypoint.partition(":")[0]
         module_file = self._settings.bundles_dir / plan.bundle_sha256 / f"{module}.py"
         if not await asyncio.to_thread(module_file.is_file):

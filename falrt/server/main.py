@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 
 from falrt.backends import create_backend
 from falrt.backends.environments import EnvironmentBuilder
+from falrt.server.cluster import Cluster
 from falrt.server.control_service import ControlService
 from falrt.server.deploy import Deployer
 from falrt.server.fleet import Fleet
@@ -28,7 +29,7 @@ from falrt.server.runner_link import RunnerLinkService
 from falrt.server.scheduler import Scheduler
 from falrt.server.webhooks import KEY_FILE, SigningKey, WebhookSender
 from falrt.settings import ServerSettings
-from falrt.store import create_store
+from falrt.store import POSTGRES_SCHEMES, create_store
 from falrt.store.base import Store
 from falrt.v1 import control_pb2, control_pb2_grpc, queue_pb2, queue_pb2_grpc, runner_pb2_grpc
 
@@ -77,6 +78,7 @@ async def serve(settings: ServerSettings) -> None:
     fleet = Fleet(scheduler, create_backend(settings.backend), environments, settings)
     scheduler.fleet = fleet
     scheduler.recorder.webhooks = webhooks
+    cluster = await _join_cluster(store, scheduler, environments, settings)
     requeued = await scheduler.load()
     owed = await scheduler.recorder.resend_webhooks()
     server, health_servicer = _grpc_server(settings, scheduler, fleet, environments, webhooks)
@@ -90,6 +92,8 @@ async def serve(settings: ServerSettings) -> None:
     await server.start()
     host = settings.listen.rpartition(":")[0]
     fleet.address = f"{_dial_host(host)}:{port}"
+    if cluster is not None:
+        cluster.start()
     scaler = asyncio.ensure_future(fleet.run())
     keeper = asyncio.ensure_future(scheduler.recorder.keep_house())
     log.info("loaded %d apps, %d unfinished requests, %d webhooks owed", len(scheduler.apps),
@@ -103,8 +107,29 @@ async def serve(settings: ServerSettings) -> None:
     await fleet.close()
     await server.stop(grace=2.0)
     await scheduler.recorder.drain_background()
+    if cluster is not None:
+        await cluster.close()
     await webhooks.close()
     await store.close()
+
+
+async def _join_cluster(
+    store: Store, scheduler: Scheduler, environments: EnvironmentBuilder,
+    settings: ServerSettings,
+) -> Cluster | None:
+    """With a PostgreSQL store, joins the servers that share it (falrt/server/cluster.py)."""
+    if not settings.store.startswith(POSTGRES_SCHEMES):
+        return None
+    from falrt.store.postgres import PostgresStore  # asyncpg loads only when used
+
+    assert isinstance(store, PostgresStore)
+    cluster = Cluster(store, scheduler, environments, settings)
+    try:
+        await cluster.join()
+    except Exception as exc:
+        await store.close()
+        raise StartupError(f"cannot join the servers sharing the store: {exc}") from None
+    return cluster
 
 
 def _grpc_server(

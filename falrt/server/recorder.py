@@ -17,8 +17,8 @@ from falrt.server.idempotency import IdempotencyKeys
 from falrt.server.outcomes import WebhookSink, with_logs
 from falrt.server.work import DirectCall, QueuedRequest, WorkItem
 from falrt.settings import ServerSettings
-from falrt.store.base import Store
-from falrt.store.records import Outcome, Status
+from falrt.store.base import SharedStore, Store
+from falrt.store.records import ClusterEvent, Outcome, RequestRecord, Status
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ class Recorder:
         self.store = store
         self.settings = settings
         self.webhooks: WebhookSink | None = None
+        self.shared: SharedStore | None = None  # see Scheduler.shared
         self._requests = requests
         self._keys = keys
         self._tasks: set[asyncio.Future[Any]] = set()
@@ -53,14 +54,44 @@ class Recorder:
 
     async def _complete(self, item: QueuedRequest, *, store: bool) -> None:
         assert item.outcome is not None
-        if store:
+        if store and self.shared is not None:
+            # An outcome of an attempt counts only while this server holds the request;
+            # a waiting one (cancelled, flushed, past its deadline) may be ended by any.
+            waiting = item.status is Status.IN_QUEUE
+            if not await self.shared.complete_owned(
+                    item.request_id, item.outcome, time.time(), queued=waiting):
+                await self._completed_elsewhere(item)
+                return
+        elif store:
             await self.store.complete(item.request_id, item.outcome, time.time())
-        item.status = Status.COMPLETED
-        item.changed.fire()
+        self.show(item, item.outcome)
         if item.webhook_url:
             self._send_webhook(item.webhook_url, item.request_id, item.outcome)
+
+    def show(self, item: QueuedRequest, outcome: Outcome) -> None:
+        """Shows a stored outcome to watchers and keeps it in memory for a while."""
+        item.outcome, item.status = outcome, Status.COMPLETED
+        item.changed.fire()
         keep_s = min(COMPLETED_IN_MEMORY_S, self.settings.result_retention_s)
         asyncio.get_running_loop().call_later(keep_s, self._forget, item)
+
+    async def _completed_elsewhere(self, item: QueuedRequest) -> None:
+        """Shared store: another server holds the request (it claimed a queued request this
+        one was cancelling), or completed it first. Watchers see what the store holds; a
+        cancel goes on to the holder."""
+        assert self.shared is not None
+        record = await self.store.get_request(item.request_id)
+        if record is not None and record.outcome is not None:
+            self.show(item, record.outcome)
+            return
+        log.info("request %s is held by another server; this server's outcome is dropped",
+                 item.request_id)
+        item.outcome, item.runner_id = None, ""
+        item.status = Status.IN_PROGRESS if record is None else record.status
+        if item.cancel_requested:
+            event = ClusterEvent("cancel", self.shared.server_id, item.request_id)
+            self.background(self.shared.publish(event))
+        item.changed.fire()
 
     async def keep_house(self) -> None:
         """Deletes completed requests older than the retention time, until cancelled.
@@ -93,10 +124,13 @@ class Recorder:
     async def resend_webhooks(self) -> int:
         """Sends again the webhooks a previous run of the server still owed."""
         owed = await self.store.load_pending_webhooks()
+        await self.send_owed_webhooks(owed)
+        return len(owed)
+
+    async def send_owed_webhooks(self, owed: list[RequestRecord]) -> None:
         for record in owed:
             if record.outcome is not None:
                 self._send_webhook(record.webhook_url, record.request_id, record.outcome)
-        return len(owed)
 
     def _forget(self, item: QueuedRequest) -> None:
         """Drops a completed request from memory; later reads go to the store."""

@@ -78,6 +78,7 @@ class RunnerHandle:
     idle_since: float = field(default_factory=time.monotonic)
     served: int = 0
     in_flight: dict[str, WorkItem] = field(default_factory=dict)
+    reserved: int = 0  # slots held for requests being claimed (a shared store)
     outbox: asyncio.Queue[OutboxEvent] = field(default_factory=asyncio.Queue)
     process: RunnerProcess | None = None
     attached: bool = False
@@ -87,7 +88,7 @@ class RunnerHandle:
     def free_slots(self) -> int:
         if self.state not in SERVING_STATES:
             return 0
-        return self.max_multiplexing - len(self.in_flight)
+        return self.max_multiplexing - len(self.in_flight) - self.reserved
 
     def set_state(self, state: RunnerState) -> None:
         if state is not self.state:

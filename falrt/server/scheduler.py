@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 from falrt import errors
@@ -32,9 +33,10 @@ from falrt.server.retries import MAX_ATTEMPTS, RetryContext, backoff_s, should_r
 from falrt.server.runners import CancelEvent, RunnerHandle
 from falrt.server.work import DirectCall, QueuedRequest, WorkItem
 from falrt.settings import ServerSettings
-from falrt.store.base import Store
+from falrt.store.base import SharedStore, Store
 from falrt.store.records import (
     AppRecord,
+    ClusterEvent,
     ErrorRecord,
     LogRecord,
     Outcome,
@@ -64,6 +66,11 @@ class Scheduler:
         self._seq = 0
         self._keys = IdempotencyKeys()
         self.recorder = Recorder(store, settings, self._requests, self._keys)
+        # Set when several servers share the store (falrt/server/cluster.py): queued
+        # requests are then claimed before they run, and other servers' events update them.
+        self.shared: SharedStore | None = None
+        # Ids other servers completed lately that this one was not following (for lookup).
+        self._completed_elsewhere: OrderedDict[str, None] = OrderedDict()
 
     # -- startup -----------------------------------------------------------------------
 
@@ -81,8 +88,14 @@ class Scheduler:
                 continue
             item = QueuedRequest.from_record(record)
             item.persisted = True
+            mine = self.shared is None or record.owner == self.shared.server_id
+            if record.owner and not mine:
+                self._requests[item.request_id] = item  # another server holds it: followed
+                continue
             if item.status is Status.IN_PROGRESS and not await self._resume(item):
                 continue
+            if record.owner:
+                self._release(item)
             self._requests[item.request_id] = item
             if item.idempotency_key:
                 self._keys.claim(item.idempotency_key, item.request_id)
@@ -92,15 +105,26 @@ class Scheduler:
     async def _resume(self, item: QueuedRequest) -> bool:
         """A request that was running when the server stopped: its attempt counts; it is
         queued again if the retry rule allows (True), else completed (False)."""
-        if item.no_retry or item.attempts >= MAX_ATTEMPTS:
-            stopped = errors.RunnerDisconnectedError(
-                f"the server stopped while attempt {item.attempts} ran")
-            outcome = Outcome(error=error_record(stopped))
-            await self.store.complete(item.request_id, outcome, time.time())
+        outcome = self.gives_up(item.attempts, no_retry=item.no_retry)
+        if outcome is not None:
+            if self.shared is not None:
+                await self.shared.complete_owned(item.request_id, outcome, time.time())
+            else:
+                await self.store.complete(item.request_id, outcome, time.time())
             return False
         item.status = Status.IN_QUEUE
         await self.store.requeue(item.request_id, item.attempts)
         return True
+
+    @staticmethod
+    def gives_up(attempts: int, *, no_retry: bool) -> Outcome | None:
+        """The outcome of a request whose attempt `attempts` was cut because its server
+        stopped, when the retry rule allows no other attempt (None: it is queued again)."""
+        if not no_retry and attempts < MAX_ATTEMPTS:
+            return None
+        stopped = errors.RunnerDisconnectedError(
+            f"the server stopped while attempt {attempts} ran")
+        return Outcome(error=error_record(stopped))
 
     # -- apps --------------------------------------------------------------------------
 
@@ -132,7 +156,8 @@ class Scheduler:
             raise errors.NotFoundError(f"app {name!r} has no endpoint {path!r}; it serves {known}")
         return app
 
-    async def delete_app(self, name: str) -> None:
+    async def delete_app(self, name: str, *, stored: bool = True) -> None:
+        """Deletes an app with its queue; `stored=False` when another server deleted it."""
         app = self.apps.pop(name, None)
         if app is None:
             raise errors.NotFoundError(f"no app named {name!r}")
@@ -142,7 +167,8 @@ class Scheduler:
             self.recorder.finish(item, Outcome(error=error_record(gone)), store=False)
         if self.fleet is not None:
             self.fleet.stop_app(name)
-        await self.store.delete_app(name)
+        if stored:
+            await self.store.delete_app(name)
 
     # -- the queue path ----------------------------------------------------------------
 
@@ -243,14 +269,29 @@ class Scheduler:
         if item is not None:
             return item
         record = await self.store.get_request(request_id)
-        return None if record is None else QueuedRequest.from_record(record)
+        if record is None:
+            return None
+        if self.shared is None or record.status is Status.COMPLETED:
+            return QueuedRequest.from_record(record)
+        # Unfinished and held (or queued) elsewhere: followed from now on, through the
+        # other servers' events, unless one of them completed it while it was being read.
+        item = self._requests.get(request_id)
+        if item is None:
+            item = self._requests[request_id] = QueuedRequest.from_record(record)
+            item.persisted = True
+            if request_id in self._completed_elsewhere:
+                await self.on_remote_completed(request_id)
+        return item
 
     def position(self, item: QueuedRequest) -> int:
         app = self.apps.get(item.app_name)
         return app.queue.position(item) if app and item in app.queue else 0
 
-    async def cancel(self, request_id: str) -> str:
-        """fal's cancel: CANCELLATION_REQUESTED, ALREADY_COMPLETED or NOT_FOUND."""
+    async def cancel(self, request_id: str, *, forward: bool = True) -> str:
+        """fal's cancel: CANCELLATION_REQUESTED, ALREADY_COMPLETED or NOT_FOUND.
+
+        With a shared store, a request this server does not run is also cancelled by the
+        server that holds it (`forward`; that server's own call does not forward)."""
         item = await self.lookup(request_id)
         if item is None:
             return "NOT_FOUND"
@@ -261,8 +302,9 @@ class Scheduler:
         if self._take_waiting(app, item):
             cancelled = errors.RequestCancelledError("cancelled while queued")
             self.recorder.finish(item, Outcome(error=error_record(cancelled)))
-        else:
-            self._send_cancel(item)
+        elif not self._send_cancel(item) and forward and self.shared is not None:
+            event = ClusterEvent("cancel", self.shared.server_id, request_id)
+            self.recorder.background(self.shared.publish(event))
         return "CANCELLATION_REQUESTED"
 
     @staticmethod
@@ -328,23 +370,57 @@ class Scheduler:
             if runner is None:
                 break
             app.queue.remove(item)
-            item.timed_out = False
-            runner.assign(item)
-            item.attempt_timer = asyncio.get_running_loop().call_later(
-                app.settings.request_timeout_s, self._attempt_timed_out, runner, item)
-            if isinstance(item, QueuedRequest):
-                item.status, item.waiting_reason = Status.IN_PROGRESS, ""
-                item.attempts += 1
-                if item.persisted:  # a new request's INSERT carries its first attempt
-                    started = self.store.mark_started(item.request_id, item.attempts)
-                    self.recorder.background(started)
-                item.changed.fire()
+            if self.shared is not None and isinstance(item, QueuedRequest) and item.persisted:
+                runner.reserved += 1  # the slot waits for the claim
+                self.recorder.background(self._claim_and_start(app, runner, item))
+            else:
+                self._start(app, runner, item)
         self.fleet.wake()
 
-    def _send_cancel(self, item: WorkItem) -> None:
+    def _start(self, app: AppState, runner: RunnerHandle, item: WorkItem) -> None:
+        """Sends `item` to `runner` as its next attempt."""
+        item.timed_out = False
+        runner.assign(item)
+        item.attempt_timer = asyncio.get_running_loop().call_later(
+            app.settings.request_timeout_s, self._attempt_timed_out, runner, item)
+        if isinstance(item, QueuedRequest):
+            item.status, item.waiting_reason = Status.IN_PROGRESS, ""
+            item.attempts += 1
+            # A new request's INSERT carries its first attempt; a shared store's claim
+            # has recorded this one.
+            if item.persisted and self.shared is None:
+                started = self.store.mark_started(item.request_id, item.attempts)
+                self.recorder.background(started)
+            item.changed.fire()
+
+    async def _claim_and_start(
+        self, app: AppState, runner: RunnerHandle, item: QueuedRequest
+    ) -> None:
+        """Shared store: runs a queued request once this server has claimed it. When
+        another server has it (or it completed), its events tell this server's watchers."""
+        assert self.shared is not None
+        try:
+            claimed = await self.shared.claim(item.request_id, item.attempts + 1)
+        finally:
+            runner.reserved -= 1
+        if claimed and item.cancel_requested:
+            item.attempts += 1
+            cancelled = errors.RequestCancelledError("cancelled before it started")
+            self.recorder.finish(item, Outcome(error=error_record(cancelled)))
+        elif claimed and (runner.free_slots < 1 or self.apps.get(app.name) is not app):
+            item.attempts += 1
+            self._requeue(app, item, count_attempt=False)  # the runner went meanwhile
+        elif claimed:
+            self._start(app, runner, item)
+        self.dispatch(app)
+
+    def _send_cancel(self, item: WorkItem) -> bool:
+        """Asks the runner of `item` to cancel it; False when no runner here runs it."""
         runner = self.fleet.runners.get(item.runner_id) if self.fleet else None
         if runner is not None and item.request_id in runner.in_flight:
             runner.outbox.put_nowait(CancelEvent(item.request_id))
+            return True
+        return False
 
     # -- what runners report -----------------------------------------------------------
 
@@ -457,6 +533,7 @@ class Scheduler:
             gone = errors.NotFoundError(f"app {item.app_name!r} was deleted")
             self.recorder.finish(item, Outcome(error=error_record(gone)))
             return
+        self._release(item)
         self._enqueue(app, item)
         self.dispatch(app)
 
@@ -484,12 +561,70 @@ class Scheduler:
             if not count_attempt:
                 item.attempts -= 1
             self.recorder.background(self.store.requeue(item.request_id, item.attempts))
+            self._release(item)
             item.changed.fire()
         app.queue.push(item)
 
+    def _release(self, item: QueuedRequest) -> None:
+        """Shared store: lets every server claim this queued request (it is announced)."""
+        if self.shared is not None:
+            self.recorder.background(self.shared.release(item.request_id))
+
     def _next_seq(self) -> int:
-        self._seq += 1
+        """Microseconds of the wall clock, kept increasing: the queue stays FIFO across
+        servers that share a store, as far as their clocks agree."""
+        self._seq = max(self._seq + 1, time.time_ns() // 1000)
         return self._seq
+
+    # -- what other servers sharing the store report (falrt/server/cluster.py) -------
+
+    async def on_remote_queued(self, request_id: str) -> None:
+        """A request any server may claim: queued here too (dispatch claims it)."""
+        item = self._requests.get(request_id)
+        if item is None:
+            record = await self.store.get_request(request_id)
+            if record is None or record.status is not Status.IN_QUEUE or record.owner:
+                return
+            item = self._requests.get(request_id)
+            if item is None:
+                item = self._requests[request_id] = QueuedRequest.from_record(record)
+                item.persisted = True
+                if item.idempotency_key:
+                    self._keys.claim(item.idempotency_key, request_id)
+        app = self.apps.get(item.app_name)
+        if (item.outcome is not None or app is None or item in app.queue
+                or item.backoff_timer is not None or item.runner_id):
+            return
+        item.status = Status.IN_QUEUE
+        self._enqueue(app, item)
+        self.dispatch(app)
+
+    def on_remote_claimed(self, request_id: str, attempts: int) -> None:
+        """Another server runs attempt `attempts` of a request."""
+        item = self._requests.get(request_id)
+        if item is None or item.outcome is not None or item.runner_id:
+            return
+        self._take_waiting(self.apps.get(item.app_name), item)
+        item.stop_timers()  # the start deadline is met
+        item.status, item.attempts, item.waiting_reason = Status.IN_PROGRESS, attempts, ""
+        item.changed.fire()
+
+    async def on_remote_completed(self, request_id: str) -> None:
+        """Another server completed a request: its watchers here see the stored outcome."""
+        item = self._requests.get(request_id)
+        if item is None:
+            self._completed_elsewhere[request_id] = None
+            while len(self._completed_elsewhere) > 10_000:
+                self._completed_elsewhere.popitem(last=False)
+            return
+        if item.outcome is not None:
+            return
+        record = await self.store.get_request(request_id)
+        if record is None or record.outcome is None or item.outcome is not None:
+            return
+        self._take_waiting(self.apps.get(item.app_name), item)
+        self._send_cancel(item)
+        self.recorder.show(item, record.outcome)
 
     def queue_size(self, name: str) -> int:
         """Queue-path requests of the app that are IN_QUEUE (waiting, or waiting to retry)."""

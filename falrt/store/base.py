@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from typing import Protocol
 
-from falrt.store.records import AppRecord, Outcome, RequestRecord, Revision
+from falrt.store.records import AppRecord, ClusterEvent, Outcome, RequestRecord, Revision
 
 
 class Store(Protocol):
@@ -68,3 +68,30 @@ class Store(Protocol):
 
     async def max_seq(self) -> int:
         """The largest seq ever stored (0 when none)."""
+
+
+class SharedStore(Store, Protocol):
+    """A store that several servers share (PostgreSQL; docs/stores.md). After `join`, a
+    request is held by at most one server at a time: a server runs only the requests it
+    has claimed, and its writes about a request apply only while it holds it."""
+
+    server_id: str
+
+    def claim(self, request_id: str, attempts: int) -> Awaitable[bool]:
+        """Takes a queued request for attempt `attempts`; False when another server holds
+        it or it has completed."""
+
+    def release(self, request_id: str) -> Awaitable[bool]:
+        """Lets any server claim a queued request this server holds."""
+
+    def complete_owned(
+        self, request_id: str, outcome: Outcome, completed_at: float, *, queued: bool = False
+    ) -> Awaitable[bool]:
+        """Completes a request this server holds (or, with `queued`, one that waits in the
+        queue); False otherwise."""
+
+    def publish(self, event: ClusterEvent) -> Awaitable[None]:
+        """Tells the other servers (after every write called before)."""
+
+    def put_bundle(self, sha256: str, data: bytes) -> Awaitable[None]:
+        """Keeps a deployed bundle for the other servers."""

@@ -13,21 +13,30 @@ Reads run on the pool and see every write that has returned. Tables live in the 
 together do not race). Records are msgpack in bytea columns, as in the SQLite store; the
 columns that queries filter or order on (status, seq, attempts, app_name) are real columns.
 
-Several servers may open the same database, but the store does not claim requests: each
-server loads and dispatches the whole queue (see docs/stores.md).
+Several servers may share the database (falrt/server/cluster.py, docs/stores.md): after
+`join`, queued requests are claimed before they run, writes about a request apply only
+while this server holds it, and what changed is announced with NOTIFY in the same
+transaction.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NamedTuple
 
 import asyncpg
 import msgspec
 
-from falrt.store.records import AppRecord, Outcome, RequestRecord, Revision, Status
+from falrt.store.records import (
+    AppRecord,
+    ClusterEvent,
+    Outcome,
+    RequestRecord,
+    Revision,
+    Status,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +63,11 @@ CREATE INDEX IF NOT EXISTS requests_completed ON falrt.requests (completed_at)
 CREATE UNIQUE INDEX IF NOT EXISTS requests_key ON falrt.requests (idempotency_key)
   WHERE idempotency_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS revisions_app ON falrt.revisions (app_name);
+ALTER TABLE falrt.requests ADD COLUMN IF NOT EXISTS owner TEXT;
+CREATE INDEX IF NOT EXISTS requests_owner ON falrt.requests (owner) WHERE owner IS NOT NULL;
+CREATE TABLE IF NOT EXISTS falrt.servers (
+  server_id TEXT PRIMARY KEY, lease_until DOUBLE PRECISION NOT NULL);
+CREATE TABLE IF NOT EXISTS falrt.bundles (sha256 TEXT PRIMARY KEY, data BYTEA NOT NULL);
 """
 # Any constant will do: it only has to be the same for every falrt server.
 _SCHEMA_LOCK = 0x66616C7274
@@ -74,7 +88,39 @@ _REQUEUE = (
 _COMPLETE = (
     "UPDATE falrt.requests SET status = $1, completed_at = $2, outcome = $3 WHERE request_id = $4"
 )
-_REQUEST_COLUMNS = "data, status, attempts, completed_at, outcome"
+_REQUEST_COLUMNS = "data, status, attempts, completed_at, outcome, owner"
+
+# Several servers on one database (docs/stores.md): fenced writes and notifications.
+CHANNEL = "falrt_events"
+_NOTIFY = f"SELECT pg_notify('{CHANNEL}', $1)"
+_NOW = "extract(epoch from clock_timestamp())"
+_INSERT_REQUEST_SHARED = (
+    "WITH i AS (INSERT INTO falrt.requests (request_id, app_name, seq, status, attempts, "
+    "created_at, data, idempotency_key, webhook_pending, owner) VALUES ($1, $2, $3, $4, $5, $6, "
+    f"$7, $8, $9, $10) RETURNING status) SELECT pg_notify('{CHANNEL}', $11) FROM i "
+    "WHERE i.status = 1"
+)
+_REQUEUE_OWNED = (
+    "UPDATE falrt.requests SET status = 1, attempts = $2 WHERE request_id = $1 "
+    "AND status <> 3 AND owner = $3"
+)
+_CLAIM = (
+    "UPDATE falrt.requests SET status = 2, attempts = $2, owner = $3 WHERE request_id = $1 "
+    "AND status = 1 AND (owner IS NULL OR owner = $3) RETURNING 1"
+)
+_RELEASE = (
+    "UPDATE falrt.requests SET owner = NULL WHERE request_id = $1 AND status = 1 "
+    "AND owner = $2 RETURNING 1"
+)
+_COMPLETE_OWNED = (
+    "UPDATE falrt.requests SET status = 3, completed_at = $2, outcome = $3, owner = $4 "
+    "WHERE request_id = $1 AND status <> 3 AND (owner = $4 OR (status = 1 AND $5)) RETURNING 1"
+)
+_ORPHANS = (
+    f"SELECT request_id, {_REQUEST_COLUMNS} FROM falrt.requests WHERE status <> 3 AND owner "
+    "IS NOT NULL AND owner NOT IN (SELECT server_id FROM falrt.servers) FOR UPDATE SKIP LOCKED"
+)
+_event = msgspec.json.Encoder().encode
 
 _encode = msgspec.msgpack.Encoder().encode
 _revision = msgspec.msgpack.Decoder(Revision)
@@ -82,13 +128,17 @@ _request = msgspec.msgpack.Decoder(RequestRecord)
 _outcome = msgspec.msgpack.Decoder(Outcome)
 
 Statement = tuple[str, tuple[Any, ...]]
+Step = Callable[[Any], Awaitable[Any]]  # called with the batch's (pooled) connection
 
 
 class _Write(NamedTuple):
-    """Statements that commit together, and the future resolved once they have."""
+    """Statements that commit together, and the future resolved once they have. A write
+    may end with a `step`, run on the batch's connection after its statements: its value
+    resolves `done` (conditional writes that report whether they applied)."""
 
     statements: tuple[Statement, ...]
-    done: asyncio.Future[None]
+    done: asyncio.Future[Any]
+    step: Step | None = None
 
 
 class PostgresStore:
@@ -101,6 +151,7 @@ class PostgresStore:
         self._pool: asyncpg.Pool | None = None
         self._writes: asyncio.Queue[_Write | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
+        self.server_id = ""  # set by `join`
 
     async def open(self) -> None:
         """Connects, creates the schema if it is missing and starts the writer task."""
@@ -122,11 +173,11 @@ class PostgresStore:
             await self._pool.close()
             self._pool = None
 
-    def _submit(self, *statements: Statement) -> asyncio.Future[None]:
+    def _submit(self, *statements: Statement, step: Step | None = None) -> asyncio.Future[Any]:
         if self._writer is None:
             raise RuntimeError("store is not open")
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._writes.put_nowait(_Write(statements, done))
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._writes.put_nowait(_Write(statements, done, step))
         return done
 
     @property
@@ -157,7 +208,7 @@ class PostgresStore:
     async def _commit(self, batch: list[_Write]) -> None:
         """Commits the batch in one transaction, or else each write in its own."""
         try:
-            await self._run_in_transaction(batch)
+            results = await self._run_in_transaction(batch)
         except Exception as exc:
             if len(batch) == 1:
                 _resolve(batch, exc)
@@ -167,15 +218,24 @@ class PostgresStore:
             for write in batch:
                 await self._commit([write])
             return
-        _resolve(batch, None)
+        for write, result in zip(batch, results, strict=True):
+            if not write.done.done():
+                write.done.set_result(result)
 
-    async def _run_in_transaction(self, batch: list[_Write]) -> None:
+    async def _run_in_transaction(self, batch: list[_Write]) -> list[Any]:
+        """Runs the batch in order; returns each write's result (its step's value, or None)."""
+        results: list[Any] = [None] * len(batch)
         async with self._readers.acquire() as conn, conn.transaction():
-            for sql, rows in _runs(batch):
-                if len(rows) == 1:
+            for sql, rows, index in _runs(batch):
+                if index is not None:
+                    step = batch[index].step
+                    assert step is not None
+                    results[index] = await step(conn)
+                elif len(rows) == 1:
                     await conn.execute(sql, *rows[0])
                 else:
                     await conn.executemany(sql, rows)
+        return results
 
     # -- apps and revisions ------------------------------------------------------------
 
@@ -184,6 +244,7 @@ class PostgresStore:
             (_INSERT_REVISION, (revision.revision_id, revision.app_name, revision.created_at,
                                 _encode(revision))),
             (_UPSERT_APP, (app.name, app.revision_id, app.created_at, app.updated_at)),
+            *self._announce(ClusterEvent("app", self.server_id, app=app.name)),
         )
 
     async def get_revision(self, revision_id: str) -> Revision | None:
@@ -203,24 +264,34 @@ class PostgresStore:
             ("DELETE FROM falrt.apps WHERE name = $1", (name,)),
             ("DELETE FROM falrt.revisions WHERE app_name = $1", (name,)),
             ("DELETE FROM falrt.requests WHERE app_name = $1", (name,)),
+            *self._announce(ClusterEvent("app", self.server_id, app=name)),
         )
 
     # -- requests ----------------------------------------------------------------------
 
     def insert_request(self, request: RequestRecord) -> asyncio.Future[None]:
-        return self._submit((_INSERT_REQUEST, (
+        row = (
             request.request_id, request.app_name, request.seq, int(request.status),
             request.attempts, request.created_at, _encode(request),
             request.idempotency_key or None, bool(request.webhook_url),
-        )))
+        )
+        if not self.server_id:
+            return self._submit((_INSERT_REQUEST, row))
+        # Shared: a request dispatched at once is inserted as claimed by this server; a
+        # queued one is announced (in the same statement) so that any server may claim it.
+        owner = self.server_id if request.status is Status.IN_PROGRESS else None
+        queued = _event(ClusterEvent("queued", self.server_id, request.request_id)).decode()
+        return self._submit((_INSERT_REQUEST_SHARED, (*row, owner, queued)))
 
     def webhook_done(self, request_id: str) -> asyncio.Future[None]:
         return self._submit((_WEBHOOK_DONE, (request_id,)))
 
     async def load_pending_webhooks(self) -> list[RequestRecord]:
+        """Shared: only the webhooks this server owes (it completed those requests)."""
+        mine = "AND owner = $1 " if self.server_id else ""
         rows = await self._readers.fetch(
             f"SELECT {_REQUEST_COLUMNS} FROM falrt.requests WHERE webhook_pending "
-            "AND status = 3 ORDER BY completed_at"
+            f"AND status = 3 {mine}ORDER BY completed_at", *([self.server_id] if mine else [])
         )
         return [_request_from_row(row) for row in rows]
 
@@ -230,6 +301,9 @@ class PostgresStore:
         )
 
     def requeue(self, request_id: str, attempts: int) -> asyncio.Future[None]:
+        """Shared: only while this server holds the request, which it keeps (see release)."""
+        if self.server_id:
+            return self._submit((_REQUEUE_OWNED, (request_id, attempts, self.server_id)))
         return self._submit(
             (_REQUEUE, (int(Status.IN_QUEUE), attempts, request_id, int(Status.COMPLETED)))
         )
@@ -271,16 +345,164 @@ class PostgresStore:
         value = await self._readers.fetchval("SELECT COALESCE(MAX(seq), 0) FROM falrt.requests")
         return int(value)
 
+    # -- several servers on one database -------------------------------------------------
 
-def _runs(batch: Sequence[_Write]) -> list[tuple[str, list[tuple[Any, ...]]]]:
-    """The batch's statements in order, consecutive ones with the same SQL grouped."""
-    runs: list[tuple[str, list[tuple[Any, ...]]]] = []
-    for write in batch:
+    async def join(self, server_id: str, lease_s: float) -> None:
+        """Registers this server with a lease; from now on writes are fenced by it and
+        announced to the other servers. Requests that an older falrt left IN_PROGRESS
+        with no holder become this server's (it resumes them)."""
+        async with self._readers.acquire() as conn, conn.transaction():
+            await conn.execute(
+                f"INSERT INTO falrt.servers VALUES ($1, {_NOW} + $2) ON CONFLICT (server_id) "
+                "DO UPDATE SET lease_until = EXCLUDED.lease_until", server_id, lease_s)
+            await conn.execute(
+                "UPDATE falrt.requests SET owner = $1 WHERE owner IS NULL AND status = 2",
+                server_id)
+        self.server_id = server_id
+
+    async def renew(self, lease_s: float) -> bool:
+        """Extends this server's lease; False when it had expired and another server has
+        taken over its requests (the caller must stop)."""
+        status = await self._readers.execute(
+            f"UPDATE falrt.servers SET lease_until = {_NOW} + $2 WHERE server_id = $1",
+            self.server_id, lease_s)
+        return bool(status == "UPDATE 1")
+
+    async def leave(self) -> None:
+        """Drops the lease at a clean stop: what this server still holds is taken over."""
+        await self._readers.execute(
+            "DELETE FROM falrt.servers WHERE server_id = $1", self.server_id)
+
+    async def listen(self, on_event: Callable[[ClusterEvent], None]) -> asyncpg.Connection:
+        """Calls `on_event` for every event another server publishes, in commit order, on a
+        connection of its own (the caller closes it)."""
+        decode = msgspec.json.Decoder(ClusterEvent).decode
+        conn = await asyncpg.connect(self._dsn)
+
+        def received(_conn: object, _pid: int, _channel: str, payload: object) -> None:
+            event = decode(str(payload))
+            if event.sender != self.server_id:
+                on_event(event)
+
+        await conn.add_listener(CHANNEL, received)
+        return conn
+
+    def _announce(self, event: ClusterEvent) -> tuple[Statement, ...]:
+        return ((_NOTIFY, (_event(event).decode(),)),) if self.server_id else ()
+
+    def publish(self, event: ClusterEvent) -> asyncio.Future[None]:
+        """Sends an event to the other servers, after every write called before it."""
+        return self._submit(*self._announce(event))
+
+    def claim(self, request_id: str, attempts: int) -> asyncio.Future[bool]:
+        """Takes a queued request for attempt `attempts` (IN_PROGRESS, held by this
+        server); False when another server holds it or it has completed."""
+        claimed = ClusterEvent("claimed", self.server_id, request_id, attempts=attempts)
+        return self._submit(step=self._conditional(
+            _CLAIM, (request_id, attempts, self.server_id), claimed))
+
+    def release(self, request_id: str) -> asyncio.Future[bool]:
+        """Lets any server claim a queued request this server holds (after its backoff)."""
+        queued = ClusterEvent("queued", self.server_id, request_id)
+        return self._submit(step=self._conditional(
+            _RELEASE, (request_id, self.server_id), queued))
+
+    def complete_owned(
+        self, request_id: str, outcome: Outcome, completed_at: float, *, queued: bool = False
+    ) -> asyncio.Future[bool]:
+        """Completes a request this server holds, or with `queued` one that waits in the
+        queue (a cancel, a flush, a missed start deadline); False otherwise: another
+        server holds it or it has completed (a request completes once)."""
+        completed = ClusterEvent("completed", self.server_id, request_id)
+        return self._submit(step=self._conditional(
+            _COMPLETE_OWNED, (request_id, completed_at, _encode(outcome), self.server_id, queued),
+            completed))
+
+    @staticmethod
+    def _conditional(sql: str, args: tuple[Any, ...], event: ClusterEvent) -> Step:
+        async def step(conn: Any) -> bool:
+            if await conn.fetchval(sql, *args) is None:
+                return False
+            await conn.execute(_NOTIFY, _event(event).decode())
+            return True
+
+        return step
+
+    def put_bundle(self, sha256: str, data: bytes) -> asyncio.Future[None]:
+        """Stores a deployed bundle for the other servers (content-addressed)."""
+        return self._submit((
+            "INSERT INTO falrt.bundles VALUES ($1, $2) ON CONFLICT (sha256) DO NOTHING",
+            (sha256, data)))
+
+    async def get_bundle(self, sha256: str) -> bytes | None:
+        data = await self._readers.fetchval(
+            "SELECT data FROM falrt.bundles WHERE sha256 = $1", sha256)
+        return None if data is None else bytes(data)
+
+    async def get_app(self, name: str) -> AppRecord | None:
+        row = await self._readers.fetchrow(
+            "SELECT name, revision_id, created_at, updated_at FROM falrt.apps WHERE name = $1",
+            name)
+        return None if row is None else AppRecord(*row)
+
+    async def take_over(
+        self, give_up: Callable[[RequestRecord], Outcome | None]
+    ) -> tuple[list[str], list[str], list[RequestRecord]]:
+        """Takes over the requests of servers whose lease expired (or that left).
+
+        A request that was IN_PROGRESS there had its attempt cut: it is completed with the
+        outcome `give_up` returns, or else queued again (any server may claim it); one
+        waiting out a retry backoff is queued again. Webhooks those servers still owed
+        become this server's. Returns the ids queued, the ids completed, and the completed
+        requests whose webhooks are now owed here.
+        """
+        queued: list[str] = []
+        completed: list[str] = []
+        owed_here: list[RequestRecord] = []
+        async with self._readers.acquire() as conn, conn.transaction():
+            await conn.execute(f"DELETE FROM falrt.servers WHERE lease_until < {_NOW}")
+            for row in await conn.fetch(_ORPHANS):
+                record = _request_from_row(row)
+                outcome = give_up(record) if record.status is Status.IN_PROGRESS else None
+                if outcome is None:
+                    await conn.execute(
+                        "UPDATE falrt.requests SET status = 1, owner = NULL "
+                        "WHERE request_id = $1", record.request_id)
+                    queued.append(record.request_id)
+                else:
+                    await conn.execute(
+                        f"UPDATE falrt.requests SET status = 3, completed_at = {_NOW}, "
+                        "outcome = $2, owner = $3 WHERE request_id = $1",
+                        record.request_id, _encode(outcome), self.server_id)
+                    completed.append(record.request_id)
+                    if record.webhook_url:
+                        record.outcome = outcome
+                        owed_here.append(record)
+            owed = await conn.fetch(
+                "UPDATE falrt.requests SET owner = $1 WHERE status = 3 AND webhook_pending "
+                "AND owner IS NOT NULL AND owner NOT IN (SELECT server_id FROM falrt.servers) "
+                f"RETURNING {_REQUEST_COLUMNS}", self.server_id)
+            events = [ClusterEvent("queued", self.server_id, i) for i in queued]
+            events += [ClusterEvent("completed", self.server_id, i) for i in completed]
+            if events:
+                await conn.executemany(_NOTIFY, [(_event(e).decode(),) for e in events])
+        return queued, completed, [*(_request_from_row(row) for row in owed), *owed_here]
+
+
+def _runs(
+    batch: Sequence[_Write],
+) -> list[tuple[str, list[tuple[Any, ...]], int | None]]:
+    """The batch's statements in order, consecutive ones with the same SQL grouped; a
+    write's step comes after its statements as ("", [], index of the write)."""
+    runs: list[tuple[str, list[tuple[Any, ...]], int | None]] = []
+    for index, write in enumerate(batch):
         for sql, args in write.statements:
             if runs and runs[-1][0] == sql:
                 runs[-1][1].append(args)
             else:
-                runs.append((sql, [args]))
+                runs.append((sql, [args], None))
+        if write.step is not None:
+            runs.append(("", [], index))
     return runs
 
 
@@ -289,16 +511,13 @@ def _request_from_row(row: asyncpg.Record) -> RequestRecord:
     record.status = Status(row["status"])
     record.attempts = row["attempts"]
     record.completed_at = row["completed_at"]
+    record.owner = row["owner"] or ""
     outcome = row["outcome"]
     record.outcome = None if outcome is None else _outcome.decode(outcome)
     return record
 
 
-def _resolve(batch: list[_Write], error: BaseException | None) -> None:
+def _resolve(batch: list[_Write], error: BaseException) -> None:
     for write in batch:
-        if write.done.done():
-            continue
-        if error is None:
-            write.done.set_result(None)
-        else:
+        if not write.done.done():
             write.done.set_exception(error)

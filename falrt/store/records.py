@@ -121,3 +121,20 @@ class RequestRecord(msgspec.Struct):
     start_deadline: float | None = None  # wall-clock seconds
     webhook_url: str = ""
     idempotency_key: str = ""
+    # The server that holds the request when several share a PostgreSQL store ("": none).
+    owner: str = ""
+
+
+class ClusterEvent(msgspec.Struct, frozen=True, omit_defaults=True):
+    """What one server tells the others sharing its PostgreSQL store (docs/stores.md).
+
+    kind: "queued" (a request may be claimed), "claimed" (a server runs attempt
+    `attempts`), "completed", "cancel" (asks the holder to cancel), "app" (deployed or
+    deleted).
+    """
+
+    kind: str
+    sender: str
+    request_id: str = ""
+    app: str = ""
+    attempts: int = 0

@@ -1,0 +1,195 @@
+"""Several servers on one PostgreSQL store: leases, claims, events and take-over.
+
+Every server holds a lease in `falrt.servers`, renewed every third of `cluster_lease_s`.
+A queued request is claimed in the database before it runs (`SharedStore.claim`), so one
+server at a time runs it; the server that holds a request is the only one whose writes
+about it apply. Servers tell each other what changed with PostgreSQL notifications
+(`ClusterEvent`): each keeps every queued request in its own queue (so positions and
+`queue size` count the whole cluster), follows requests other servers run (so `Watch` on
+any server sees them complete), and installs the apps others deploy (their bundles are in
+the database). When a lease expires, any server takes over its requests: cut attempts are
+retried by the rule of a server crash, queued ones go back to every queue.
+
+The exact rules, and what is still per server, are in docs/stores.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from falrt import bundle
+from falrt.backends.environments import EnvironmentBuilder
+from falrt.server.scheduler import Scheduler
+from falrt.settings import ServerSettings
+from falrt.store.records import ClusterEvent, Revision
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from falrt.store.postgres import PostgresStore
+
+log = logging.getLogger(__name__)
+
+SERVER_ID_FILE = "server-id"
+
+
+def server_id(data_dir: Path) -> str:
+    """This server's id, kept in its data directory so that a restarted server resumes
+    what it held at once (instead of after its lease expires)."""
+    path = data_dir / SERVER_ID_FILE
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        new = f"srv-{uuid.uuid4().hex[:12]}"
+        path.write_text(new + "\n")
+        return new
+
+
+class Cluster:
+    """This server's membership of the servers sharing a PostgreSQL store."""
+
+    def __init__(
+        self, store: PostgresStore, scheduler: Scheduler, environments: EnvironmentBuilder,
+        settings: ServerSettings,
+    ) -> None:
+        self._store = store
+        self._scheduler = scheduler
+        self._environments = environments
+        self._settings = settings
+        self._events: asyncio.Queue[ClusterEvent] = asyncio.Queue()
+        self._listener: asyncpg.Connection | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    async def join(self) -> None:
+        """Takes a lease and starts listening; call before `Scheduler.load`."""
+        sid = await asyncio.to_thread(server_id, self._settings.data_dir)
+        await self._store.join(sid, self._settings.cluster_lease_s)
+        self._scheduler.shared = self._scheduler.recorder.shared = self._store
+        self._listener = await self._store.listen(self._events.put_nowait)
+        for app in await self._store.list_apps():
+            revision = await self._store.get_revision(app.revision_id)
+            if revision is not None:
+                await self.prepare(revision)
+        log.info("joined the servers sharing the store as %s", sid)
+
+    def start(self) -> None:
+        """Starts following events, renewing the lease and taking over expired ones."""
+        self._tasks = [
+            asyncio.create_task(self._follow(), name="falrt-cluster-events"),
+            asyncio.create_task(self._keep_lease(), name="falrt-cluster-lease"),
+            asyncio.create_task(self._take_over_loop(), name="falrt-cluster-take-over"),
+        ]
+
+    async def close(self) -> None:
+        """Stops, and gives up the lease (what this server still holds is taken over)."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._listener is not None:
+            await self._listener.close()
+        await self._store.leave()
+
+    async def prepare(self, revision: Revision) -> None:
+        """Makes a revision runnable here: its bundle (from the store) and environment."""
+        target = self._settings.bundles_dir / revision.bundle_sha256
+        if not await asyncio.to_thread(target.is_dir):
+            data = await self._store.get_bundle(revision.bundle_sha256)
+            if data is None:
+                raise RuntimeError(f"bundle {revision.bundle_sha256} of {revision.app_name} "
+                                   "is not in the store")
+            await asyncio.to_thread(bundle.unpack, data, target,
+                                    max_bytes=self._settings.max_bundle_bytes)
+
+        async def show(line: str) -> None:
+            log.info("environment of %s: %s", revision.app_name, line)
+
+        await self._environments.ensure(revision.config.requirements, show)
+
+    # -- events ------------------------------------------------------------------------
+
+    async def _follow(self) -> None:
+        while True:
+            event = await self._events.get()
+            try:
+                await self._apply(event)
+            except Exception:
+                log.exception("applying %s from server %s failed", event.kind, event.sender)
+
+    async def _apply(self, event: ClusterEvent) -> None:
+        scheduler = self._scheduler
+        match event.kind:
+            case "queued":
+                await scheduler.on_remote_queued(event.request_id)
+            case "claimed":
+                scheduler.on_remote_claimed(event.request_id, event.attempts)
+            case "completed":
+                await scheduler.on_remote_completed(event.request_id)
+            case "cancel":
+                await scheduler.cancel(event.request_id, forward=False)
+            case "app":
+                await self._sync_app(event.app)
+            case other:
+                log.warning("unknown cluster event %r from %s", other, event.sender)
+
+    async def _sync_app(self, name: str) -> None:
+        """Another server deployed or deleted an app: the same here."""
+        record = await self._store.get_app(name)
+        if record is None:
+            if name in self._scheduler.apps:
+                await self._scheduler.delete_app(name, stored=False)
+            return
+        current = self._scheduler.apps.get(name)
+        if current is not None and current.revision.revision_id == record.revision_id:
+            return
+        revision = await self._store.get_revision(record.revision_id)
+        if revision is None:
+            return
+        await self.prepare(revision)
+        self._scheduler.activate(record, revision)
+
+    # -- leases ------------------------------------------------------------------------
+
+    async def _keep_lease(self) -> None:
+        lease_s = self._settings.cluster_lease_s
+        while True:
+            await asyncio.sleep(lease_s / 3)
+            try:
+                held = await self._store.renew(lease_s)
+            except Exception:
+                log.exception("renewing the lease failed; trying again")
+                continue
+            if not held:
+                # Another server has taken over what this one held; its writes about those
+                # requests no longer apply. Stop, as a database client that lost its lock.
+                log.critical("this server's lease expired and its requests were taken "
+                             "over; stopping")
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+
+    async def _take_over_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.cluster_lease_s / 2)
+            try:
+                await self.take_over()
+            except Exception:
+                log.exception("taking over expired leases failed")
+
+    async def take_over(self) -> None:
+        """Takes over the requests of servers whose lease expired."""
+        queued, completed, owed = await self._store.take_over(
+            lambda record: Scheduler.gives_up(record.attempts, no_retry=record.no_retry))
+        if queued or completed:
+            log.warning("took over %d requests of stopped servers (%d queued again, %d "
+                        "completed)", len(queued) + len(completed), len(queued), len(completed))
+        for request_id in queued:
+            await self._scheduler.on_remote_queued(request_id)
+        for request_id in completed:
+            await self._scheduler.on_remote_completed(request_id)
+        await self._scheduler.recorder.send_owed_webhooks(owed)

@@ -8,6 +8,7 @@ follows it to the end and cancels it; a server that dies has its requests taken 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 from collections import Counter
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from falrt.client import Completed, InProgress, Queued, SyncClient
@@ -67,6 +69,17 @@ def running_on(server: ServerProcess) -> set[str]:
 def runner_ids(server: ServerProcess) -> set[str]:
     with ControlClient(server.address) as control:
         return {r.runner_id for r in control.list_runners()}
+
+
+def fetch_value(dsn: str, query: str) -> object:
+    async def fetch() -> object:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return await conn.fetchval(query)
+        finally:
+            await conn.close()
+
+    return asyncio.run(fetch())
 
 
 def marks_per_key(marks: Path) -> Counter[str]:
@@ -198,3 +211,24 @@ def test_a_server_that_lost_its_lease_stops_and_its_late_results_do_not_count(
     assert after == outputs  # the late results of the stopped server changed nothing
     records = json.loads(b.cli("apps", "list", "--output", "json").stdout)
     assert [r["name"] for r in records] == ["tally"]
+
+
+def test_a_server_that_missed_events_catches_up_when_it_hears_again(
+    pair: tuple[ServerProcess, ServerProcess], tmp_path: Path
+) -> None:
+    """The connections that carry events are cut (as by a database failover): the servers
+    reconnect and catch up with what they missed."""
+    a, b = pair
+    endpoint = deploy_on(a, b, TALLY)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    cut = fetch_value(a.store, "SELECT count(pg_terminate_backend(pid)) FROM "
+                               "pg_stat_activity WHERE application_name = 'falrt-events'")
+    assert cut == 2
+    with SyncClient(a.address) as on_a, SyncClient(b.address) as on_b:
+        ids = [on_a.submit(endpoint, {"key": f"k{n}", "n": n, "marks": str(marks),
+                                      "seconds": 0.2}).request_id for n in range(12)]
+        for n, request_id in enumerate(ids):  # followed on the server that missed events
+            assert on_b.wait(request_id, timeout=60).output["double"] == 2 * n
+    wait_for(lambda: "hearing the other servers again" in b.log(), what="b reconnected")
+    assert marks_per_key(marks) == Counter({f"k{n}": 1 for n in range(12)})

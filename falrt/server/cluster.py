@@ -27,7 +27,7 @@ from falrt import bundle
 from falrt.backends.environments import EnvironmentBuilder
 from falrt.server.scheduler import Scheduler
 from falrt.settings import ServerSettings
-from falrt.store.records import ClusterEvent, Revision
+from falrt.store.records import ClusterEvent, Revision, Status
 
 if TYPE_CHECKING:
     import asyncpg
@@ -66,13 +66,14 @@ class Cluster:
         self._events: asyncio.Queue[ClusterEvent] = asyncio.Queue()
         self._listener: asyncpg.Connection | None = None
         self._tasks: list[asyncio.Task[Any]] = []
+        self._closing = False
 
     async def join(self) -> None:
         """Takes a lease and starts listening; call before `Scheduler.load`."""
         sid = await asyncio.to_thread(server_id, self._settings.data_dir)
         await self._store.join(sid, self._settings.cluster_lease_s)
         self._scheduler.shared = self._scheduler.recorder.shared = self._store
-        self._listener = await self._store.listen(self._events.put_nowait)
+        self._listener = await self._store.listen(self._events.put_nowait, self._lost)
         for app in await self._store.list_apps():
             revision = await self._store.get_revision(app.revision_id)
             if revision is not None:
@@ -89,6 +90,7 @@ class Cluster:
 
     async def close(self) -> None:
         """Stops, and gives up the lease (what this server still holds is taken over)."""
+        self._closing = True
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -121,6 +123,42 @@ class Cluster:
                 await self._apply(event)
             except Exception:
                 log.exception("applying %s from server %s failed", event.kind, event.sender)
+
+    def _lost(self) -> None:
+        """The event connection broke: events may have been missed."""
+        if self._closing:
+            return
+        log.error("lost the connection that hears the other servers; reconnecting")
+        self._tasks.append(asyncio.create_task(self._relisten(), name="falrt-cluster-relisten"))
+
+    async def _relisten(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                self._listener = await self._store.listen(self._events.put_nowait, self._lost)
+                await self._resync()
+            except Exception as exc:
+                log.warning("reconnecting to hear the other servers failed (%s); again in "
+                            "%.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            log.info("hearing the other servers again")
+            return
+
+    async def _resync(self) -> None:
+        """Catches up with what the events missed: apps, the queue, followed requests."""
+        scheduler = self._scheduler
+        names = {app.name for app in await self._store.list_apps()}
+        for name in names | set(scheduler.apps):
+            await self._sync_app(name)
+        for record in await self._store.load_unfinished():
+            if record.status is Status.IN_QUEUE and not record.owner:
+                await scheduler.on_remote_queued(record.request_id)
+            elif record.status is Status.IN_PROGRESS and record.owner != self._store.server_id:
+                scheduler.on_remote_claimed(record.request_id, record.attempts)
+        for request_id in scheduler.followed():
+            await scheduler.on_remote_completed(request_id)
 
     async def _apply(self, event: ClusterEvent) -> None:
         scheduler = self._scheduler

@@ -401,8 +401,12 @@ class Scheduler:
         assert self.shared is not None
         try:
             claimed = await self.shared.claim(item.request_id, item.attempts + 1)
-        finally:
+        except Exception:
             runner.reserved -= 1
+            log.exception("claiming request %s failed; it stays queued", item.request_id)
+            app.queue.push(item)  # the next dispatch tries again
+            return
+        runner.reserved -= 1
         if claimed and item.cancel_requested:
             item.attempts += 1
             cancelled = errors.RequestCancelledError("cancelled before it started")
@@ -625,6 +629,11 @@ class Scheduler:
         self._take_waiting(self.apps.get(item.app_name), item)
         self._send_cancel(item)
         self.recorder.show(item, record.outcome)
+
+    def followed(self) -> list[str]:
+        """Ids of unfinished requests this server knows of but does not run."""
+        return [i.request_id for i in self._requests.values()
+                if i.outcome is None and not i.runner_id]
 
     def queue_size(self, name: str) -> int:
         """Queue-path requests of the app that are IN_QUEUE (waiting, or waiting to retry)."""

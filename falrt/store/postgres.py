@@ -373,11 +373,16 @@ class PostgresStore:
         await self._readers.execute(
             "DELETE FROM falrt.servers WHERE server_id = $1", self.server_id)
 
-    async def listen(self, on_event: Callable[[ClusterEvent], None]) -> asyncpg.Connection:
+    async def listen(
+        self, on_event: Callable[[ClusterEvent], None], on_lost: Callable[[], None]
+    ) -> asyncpg.Connection:
         """Calls `on_event` for every event another server publishes, in commit order, on a
-        connection of its own (the caller closes it)."""
+        connection of its own (the caller closes it); `on_lost` when that connection
+        breaks (events may have been missed)."""
         decode = msgspec.json.Decoder(ClusterEvent).decode
-        conn = await asyncpg.connect(self._dsn)
+        conn = await asyncpg.connect(
+            self._dsn, server_settings={"application_name": "falrt-events"})
+        conn.add_termination_listener(lambda _conn: on_lost())
 
         def received(_conn: object, _pid: int, _channel: str, payload: object) -> None:
             event = decode(str(payload))

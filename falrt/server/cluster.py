@@ -76,8 +76,12 @@ class Cluster:
         self._listener = await self._store.listen(self._events.put_nowait, self._lost)
         for app in await self._store.list_apps():
             revision = await self._store.get_revision(app.revision_id)
-            if revision is not None:
+            if revision is None:
+                continue
+            try:
                 await self.prepare(revision)
+            except Exception:  # its runners fail to start, and watchers are told why
+                log.exception("cannot prepare %s %s here", app.name, app.revision_id)
         log.info("joined the servers sharing the store as %s", sid)
 
     def start(self) -> None:

@@ -265,7 +265,8 @@ def _r(x: float) -> float:
 
 
 def _commit() -> str | None:
-    done = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+    """The commit measured, with `-dirty` when the working tree had uncommitted changes."""
+    done = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
                           capture_output=True, text=True, check=False)
     return done.stdout.strip() or None
 

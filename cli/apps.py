@@ -1,6 +1,10 @@
-"""`falrt apps list|get|delete`: deployed apps."""
+"""`falrt apps list|get|scale|runners|delete`: deployed apps."""
 
 from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
@@ -19,7 +23,9 @@ from .render import (
     proto_dict,
     stdout,
 )
+from .runners import print_runners, state_name, state_option, state_values
 
+F = TypeVar("F", bound=Callable[..., Any])
 _KINDS = {control_pb2.ENDPOINT_KIND_UNARY: "unary", control_pb2.ENDPOINT_KIND_STREAM: "stream"}
 
 
@@ -63,6 +69,96 @@ def get_app(cli: CliContext, name: str, output: OutputFormat) -> None:
                  f"{info.queue_size} queued", highlight=False)
     print_table("Endpoints", ["path", "method", "kind"],
                 [[e.path, e.name, _KINDS.get(e.kind, "?")] for e in info.endpoints])
+
+
+# `falrt apps scale` flags: (flag, AppSettings field, type, help).
+_SCALE_FLAGS: list[tuple[str, str, click.ParamType[Any], str]] = [
+    ("--min-concurrency", "min_concurrency", click.IntRange(min=0), "runners kept alive"),
+    ("--max-concurrency", "max_concurrency", click.IntRange(min=0), "most runners"),
+    ("--concurrency-buffer", "concurrency_buffer", click.IntRange(min=0),
+     "extra warm runners beyond demand"),
+    ("--concurrency-buffer-perc", "concurrency_buffer_perc", click.FloatRange(min=0),
+     "extra warm runners as a percentage of demand"),
+    ("--keep-alive", "keep_alive_s", click.FloatRange(min=0), "seconds an idle runner lives"),
+    ("--scaling-delay", "scaling_delay_s", click.FloatRange(min=0),
+     "seconds a request waits before it makes the app scale up"),
+    ("--request-timeout", "request_timeout_s", click.FloatRange(min=0),
+     "seconds an attempt may run"),
+    ("--max-multiplexing", "max_multiplexing", click.IntRange(min=1),
+     "requests per runner (code-specific: new runners; reset by the next deploy)"),
+    ("--startup-timeout", "startup_timeout_s", click.FloatRange(min=0),
+     "seconds setup() may take (code-specific: reset by the next deploy)"),
+]
+
+
+def _scale_options(command: F) -> F:
+    for flag, field, kind, text in reversed(_SCALE_FLAGS):
+        command = click.option(flag, field, type=kind, default=None, help=text)(command)
+    return click.option(
+        "--machine-types", "machine_types", multiple=True,
+        help="machine types in order of preference, repeatable (code-specific: new "
+             "runners; reset by the next deploy)")(command)
+
+
+@apps.command("scale")
+@click.argument("name")
+@_scale_options
+@output_option
+@pass_cli
+def scale_app(cli: CliContext, /, name: str, output: OutputFormat, **values: object) -> None:
+    """Change an app's scaling settings now, without a deploy.
+
+    The runtime-tunable ones (concurrency, buffers, keep-alive, scaling delay, request
+    timeout) survive the next deploy; the code-specific ones (max multiplexing, startup
+    timeout, machine types) last until it. `falrt deploy --reset-scale` drops them all.
+    """
+    settings = control_pb2.AppSettings(
+        machine_types=values.pop("machine_types"),  # type: ignore[arg-type]
+        **{k: v for k, v in values.items() if v is not None},  # type: ignore[arg-type]
+    )
+    if settings.ByteSize() == 0:
+        raise click.UsageError("nothing to change: give at least one setting (see --help)")
+    with reporting_errors(cli.host), ControlClient(cli.host) as control:
+        info = control.scale_app(name, settings)
+    if output == "json":
+        print_json(proto_dict(info))
+        return
+    print_scale(info)
+
+
+def print_scale(info: control_pb2.AppInfo) -> None:
+    """The app's scaling settings in force, and which of them are overrides."""
+    overrides = info.scale_overrides
+    rows = []
+    for _, field, _, _ in _SCALE_FLAGS:
+        value = getattr(info.effective, field)
+        source = "scale" if overrides.HasField(field) else "code or default"  # type: ignore[arg-type]
+        rows.append([field, f"{value:g}" if isinstance(value, float) else str(value), source])
+    machines = ", ".join(info.effective.machine_types)
+    rows.append(["machine_types", machines,
+                 "scale" if overrides.machine_types else "code or default"])
+    print_table(f"Scaling of {info.name}", ["setting", "value", "from"], rows)
+
+
+@apps.command("runners")
+@click.argument("name")
+@state_option
+@output_option
+@pass_cli
+def app_runners(cli: CliContext, name: str, states: tuple[str, ...], output: OutputFormat) -> None:
+    """An app's runners: counts by state, the runners, and the requests they run."""
+    with reporting_errors(cli.host), ControlClient(cli.host) as control:
+        control.get_app(name)  # NOT_FOUND for an unknown app
+        infos = control.list_runners(name, state_values(states))
+    if output == "json":
+        print_protos(infos)
+        return
+    counts = Counter(state_name(r.state) for r in infos)
+    stdout.print(", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
+                 or "no runners", highlight=False)
+    print_runners(infos)
+    print_table("In flight", ["runner id", "request id"],
+                [[r.runner_id, i] for r in infos for i in r.in_flight_request_ids])
 
 
 @apps.command("delete")

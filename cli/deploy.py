@@ -54,10 +54,13 @@ def build_header(
 @click.argument("app_ref", metavar="FILE::CLASS")
 @click.option("--app-name", default=None, help="deploy under this name (default: the class's)")
 @click.option("--message", default="", help="a note stored with the revision")
+@click.option("--reset-scale", is_flag=True,
+              help="drop the settings `falrt apps scale` set; use the code's for everything")
 @output_option
 @pass_cli
 def deploy(
-    cli: CliContext, app_ref: str, app_name: str | None, message: str, output: OutputFormat
+    cli: CliContext, app_ref: str, app_name: str | None, message: str, reset_scale: bool,
+    output: OutputFormat,
 ) -> None:
     """Deploy an app; print its endpoint id.
 
@@ -69,17 +72,31 @@ def deploy(
         cls = load_app_class(path, class_name)
         bundle = pack(path)
         header = build_header(cls, bundle, app_name=app_name, message=message)
+        header.reset_scale = reset_scale
         stderr.print(f"deploying {header.app_name} ({len(bundle.data)} bytes, "
                      f"sha256 {bundle.sha256[:12]})", highlight=False)
         with ControlClient(cli.host) as control:
             result = follow_deploy(control.deploy(header, bundle.data))
+            kept = control.get_app(result.app_name).scale_overrides
     if output == "json":
         print_json({"endpoint_id": result.endpoint_id, "app_name": result.app_name,
                     "revision_id": result.revision_id, "status": "deployed"})
         return
     stderr.print(f"deployed {result.app_name}, revision {result.revision_id}", style="green",
                  highlight=False)
+    if kept.ByteSize():
+        settings = ", ".join(f"{field.name}={_text(value)}" for field, value in kept.ListFields())
+        stderr.print(f"kept the settings `falrt apps scale` set: {settings} "
+                     "(`falrt deploy --reset-scale` drops them)", highlight=False)
     click.echo(result.endpoint_id)
+
+
+def _text(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, str | int):
+        return str(value)
+    return ",".join(str(v) for v in value)  # type: ignore[attr-defined]
 
 
 def follow_deploy(responses: Iterable[control_pb2.DeployResponse]) -> control_pb2.DeployResult:

@@ -1,6 +1,8 @@
-"""`falrt runners list`: the runners serving apps."""
+"""`falrt runners list|stop|kill|logs`: the runners serving apps."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import click
 
@@ -9,7 +11,24 @@ from falrt.v1 import common_pb2, control_pb2
 
 from .context import CliContext, pass_cli
 from .errors import reporting_errors
-from .render import OutputFormat, age, output_option, print_protos, print_table
+from .render import OutputFormat, age, output_option, print_protos, print_table, stderr
+
+STATE_NAMES = [name.removeprefix("RUNNER_STATE_").lower()
+               for name in common_pb2.RunnerState.keys()[1:]]
+state_option = click.option(
+    "--state", "states", multiple=True, type=click.Choice([*STATE_NAMES, "all"]),
+    help="only runners in this state (repeatable); `terminated` and `all` include runners "
+         "that ended lately")
+
+
+def state_values(states: Sequence[str]) -> list[int]:
+    """RunnerState values for --state choices ([] for every live runner)."""
+    names = STATE_NAMES if "all" in states else states
+    return [common_pb2.RunnerState.Value(f"RUNNER_STATE_{name.upper()}") for name in names]
+
+
+def state_name(value: int) -> str:
+    return common_pb2.RunnerState.Name(value).removeprefix("RUNNER_STATE_")  # type: ignore[arg-type]
 
 
 @click.group()
@@ -19,24 +38,72 @@ def runners() -> None:
 
 @runners.command("list")
 @click.option("--app", "app_name", default="", help="only this app's runners")
+@state_option
 @output_option
 @pass_cli
-def list_runners(cli: CliContext, app_name: str, output: OutputFormat) -> None:
-    """List runners (all, or one app's)."""
+def list_runners(
+    cli: CliContext, app_name: str, states: tuple[str, ...], output: OutputFormat
+) -> None:
+    """List runners (all, or one app's, or those in some states)."""
     with reporting_errors(cli.host), ControlClient(cli.host) as control:
-        infos = control.list_runners(app_name)
+        infos = control.list_runners(app_name, state_values(states))
     if output == "json":
         print_protos(infos)
         return
+    print_runners(infos)
+
+
+def print_runners(infos: Sequence[control_pb2.RunnerInfo]) -> None:
     print_table(
         "Runners",
-        ["runner id", "app", "revision", "state", "in flight", "machine", "started"],
+        ["runner id", "app", "revision", "state", "for", "in flight", "served", "machine",
+         "started", "last error"],
         [_row(r) for r in infos],
     )
 
 
 def _row(runner: control_pb2.RunnerInfo) -> list[str]:
-    state = common_pb2.RunnerState.Name(runner.state).removeprefix("RUNNER_STATE_")
     in_flight = f"{len(runner.in_flight_request_ids)}/{runner.max_multiplexing}"
-    return [runner.runner_id, runner.app_name, runner.revision_id, state, in_flight,
-            runner.machine_type or "-", age(runner.started_at)]
+    return [runner.runner_id, runner.app_name, runner.revision_id, state_name(runner.state),
+            age(runner.state_since), in_flight, str(runner.served), runner.machine_type or "-",
+            age(runner.started_at), runner.last_error[:80] or "-"]
+
+
+@runners.command("stop")
+@click.argument("runner_id")
+@click.option("--replace", is_flag=True,
+              help="start a replacement first; this runner drains once it is ready")
+@pass_cli
+def stop_runner(cli: CliContext, runner_id: str, replace: bool) -> None:
+    """Stop a runner gracefully: it takes no new requests, finishes its in-flight ones,
+    then exits (killed at the end of its termination grace period)."""
+    with reporting_errors(cli.host), ControlClient(cli.host) as control:
+        reply = control.stop_runner(runner_id, replace=replace)
+    if reply.replacement_runner_id:
+        stderr.print(f"starting {reply.replacement_runner_id}; {runner_id} drains once it "
+                     "is ready", highlight=False)
+    else:
+        stderr.print(f"{runner_id} is {state_name(reply.runner.state)}", highlight=False)
+
+
+@runners.command("kill")
+@click.argument("runner_id")
+@pass_cli
+def kill_runner(cli: CliContext, runner_id: str) -> None:
+    """Kill a runner now; the requests it was running are retried."""
+    with reporting_errors(cli.host), ControlClient(cli.host) as control:
+        control.kill_runner(runner_id)
+    stderr.print(f"killed {runner_id}", highlight=False)
+
+
+@runners.command("logs")
+@click.argument("runner_id")
+@click.option("--follow", "-f", is_flag=True, help="keep printing new lines until it ends")
+@click.option("--tail", type=click.IntRange(min=0), default=0,
+              help="only the last N lines of what is there (0: all)")
+@pass_cli
+def runner_logs(cli: CliContext, runner_id: str, follow: bool, tail: int) -> None:
+    """Print a runner's output (its setup, prints and errors)."""
+    with reporting_errors(cli.host), ControlClient(cli.host) as control:
+        for line in control.runner_logs(runner_id, follow=follow, tail=tail):
+            click.echo(line)

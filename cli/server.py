@@ -33,6 +33,13 @@ _DEFAULTS = ServerSettings(data_dir=Path("."))
 @click.option("--result-retention", "result_retention_s", envvar="FALRT_RESULT_RETENTION_S",
               type=click.FloatRange(min=1), default=_DEFAULTS.result_retention_s,
               show_default=True, help="seconds a completed request is kept")
+@click.option("--crash-backoff-step", "crash_backoff_step_s", type=click.FloatRange(min=0),
+              default=_DEFAULTS.crash_backoff_step_s, show_default=True,
+              help="seconds added to an app's wait before its next runner start, per "
+                   "consecutive failed start")
+@click.option("--crash-backoff-cap", "crash_backoff_cap_s", type=click.FloatRange(min=0),
+              default=_DEFAULTS.crash_backoff_cap_s, show_default=True,
+              help="the longest wait before a runner start after failed ones, in seconds")
 @click.option("--lease", "cluster_lease_s", envvar="FALRT_LEASE_S",
               type=click.FloatRange(min=0.5), default=_DEFAULTS.cluster_lease_s,
               show_default=True,
@@ -40,7 +47,8 @@ _DEFAULTS = ServerSettings(data_dir=Path("."))
                    "the requests of a server that stopped renewing its lease")
 def server(
     listen: str, data_dir: Path | None, owner: str, store: str, retry_backoff_base_s: float,
-    retry_backoff_cap_s: float, result_retention_s: float, cluster_lease_s: float,
+    retry_backoff_cap_s: float, result_retention_s: float, crash_backoff_step_s: float,
+    crash_backoff_cap_s: float, cluster_lease_s: float,
 ) -> None:
     """Run the falrt server until interrupted."""
     from falrt.server.main import StartupError, run  # load the server only for this command
@@ -49,7 +57,8 @@ def server(
         run(build_settings(
         listen=listen, data_dir=data_dir, owner=owner, store=store,
         retry_backoff_base_s=retry_backoff_base_s, retry_backoff_cap_s=retry_backoff_cap_s,
-        result_retention_s=result_retention_s, cluster_lease_s=cluster_lease_s,
+        result_retention_s=result_retention_s, crash_backoff_step_s=crash_backoff_step_s,
+        crash_backoff_cap_s=crash_backoff_cap_s, cluster_lease_s=cluster_lease_s,
         ))
     except StartupError as exc:
         raise click.ClickException(f"the server cannot start: {exc}") from None

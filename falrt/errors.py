@@ -122,6 +122,13 @@ class RunnerServerError(FalrtError):
     error_type = "runner_server_error"
 
 
+class FailedPreconditionError(FalrtError):
+    """The system is not in a state where the operation can run (say why and what to do)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    error_type = "failed_precondition"
+
+
 _BY_TYPE: dict[str, type[FalrtError]] = {
     cls.error_type: cls
     for cls in (
@@ -129,6 +136,7 @@ _BY_TYPE: dict[str, type[FalrtError]] = {
         InvalidArgumentError,
         NotFoundError,
         NotCompletedError,
+        FailedPreconditionError,
         ResourceExhaustedError,
         UnavailableError,
         RequestCancelledError,

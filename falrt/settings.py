@@ -55,6 +55,14 @@ class ServerSettings(msgspec.Struct, frozen=True):
     retry_backoff_cap_s: float = 30.0
     # Completed requests are deleted this long after they completed.
     result_retention_s: float = 24 * 3600.0
+    # A failed start delays the app's next start by step * consecutive failures, at most
+    # cap (fal: 30 s steps, 10 minutes); no capacity for any of its machine types delays it
+    # by no_capacity_wait (fal: 20 s).
+    crash_backoff_step_s: float = 30.0
+    crash_backoff_cap_s: float = 600.0
+    no_capacity_wait_s: float = 20.0
+    # TERMINATED runners listed by `falrt runners list --state terminated` (the latest).
+    ended_runners_kept: int = 200
     # PostgreSQL store: a server that has not renewed its lease for this long is taken
     # over by the others (docs/stores.md).
     cluster_lease_s: float = 10.0

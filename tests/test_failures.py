@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -163,8 +164,13 @@ def test_a_setup_past_startup_timeout_is_killed_and_reported(
         request_id = client.submit(endpoint, {"x": 1}).request_id
         text = waiting_reason(client, request_id)
         assert "setup did not finish within 1 s (startup_timeout)" in text
-        runners = server.cli("runners", "list", "--app", "stuck", "--output", "json").stdout
-        assert runners.strip() in ("[]", "")  # the stuck runner is gone
+        # The stuck process is gone; its runner waits out the crash backoff to start again.
+        runners = json.loads(
+            server.cli("runners", "list", "--app", "stuck", "--output", "json").stdout)
+        assert [r["state"] for r in runners] == ["RUNNER_STATE_CRASH_BACKOFF"]
+        assert "startup_timeout" in runners[0]["last_error"]
+        states = [t["state"].removeprefix("RUNNER_STATE_") for t in runners[0]["transitions"]]
+        assert states == ["PENDING", "SETUP", "CRASH_BACKOFF"]
         client.cancel(request_id)
 
 

@@ -363,3 +363,25 @@ def test_a_webhook_is_owed_from_completion_until_it_is_done(
         await store.close()
 
     asyncio.run(scenario())
+
+
+def test_scale_overrides_are_kept_and_a_deploy_replaces_them(
+    make_durable_store: Callable[[], Store],
+) -> None:
+    async def scenario() -> None:
+        store = make_durable_store()
+        await store.open()
+        await store.deploy(revision("r1"), AppRecord("a", "r1", 1.0, 1.0))
+        scale = AppConfig(min_concurrency=3, keep_alive_s=300.0, machine_types=("M",))
+        await store.set_scale("a", scale)
+        await store.set_scale("nope", scale)  # an unknown app: nothing happens
+        await store.close()
+        store = make_durable_store()  # reopened: the overrides survived
+        await store.open()
+        assert [a.scale for a in await store.list_apps()] == [scale]
+        kept = AppConfig(keep_alive_s=300.0)
+        await store.deploy(revision("r2"), AppRecord("a", "r2", 1.0, 2.0, kept))
+        assert [(a.revision_id, a.scale) for a in await store.list_apps()] == [("r2", kept)]
+        await store.close()
+
+    asyncio.run(scenario())

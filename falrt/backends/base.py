@@ -46,6 +46,9 @@ class RunnerProcess(Protocol):
 
 
 class Backend(Protocol):
+    def capacity(self, machine_type: str) -> str:
+        """"" when a runner of this machine type can start now, else why not."""
+
     async def start(self, spec: RunnerSpec) -> RunnerProcess:
         """Starts a runner; returns once it is launched (not once it is ready)."""
 

@@ -14,6 +14,7 @@ import signal
 import subprocess
 from typing import BinaryIO
 
+from falrt import machines as machine_types
 from falrt.backends.base import RunnerProcess, RunnerSpec
 from falrt.backends.spawn import Child, spawn
 
@@ -44,6 +45,14 @@ class LocalProcess:
 
 class ProcessBackend:
     """Starts runners as subprocesses of the server."""
+
+    def capacity(self, machine_type: str) -> str:
+        """CPU tiers always fit (the process backend sets no CPU or memory limits); GPU
+        types need GPUs this backend can hand out, and it has none yet."""
+        if machine_types.is_gpu(machine_type):
+            return (f"no capacity for {machine_type}: the process backend of this server "
+                    "has no GPUs to hand out")
+        return ""
 
     async def start(self, spec: RunnerSpec) -> RunnerProcess:
         log_file = await asyncio.to_thread(_open_log, spec)

@@ -6,7 +6,7 @@ surfaces as a falrt exception.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Sequence
 from types import TracebackType
 
 import grpc
@@ -70,11 +70,49 @@ class ControlClient:
         with translate_rpc_errors():
             self._stub.DeleteApp(control_pb2.DeleteAppRequest(name=name))
 
-    def list_runners(self, app_name: str = "") -> list[control_pb2.RunnerInfo]:
-        """All runners, or only those of `app_name`."""
+    def list_runners(
+        self, app_name: str = "", states: Sequence[int] = ()
+    ) -> list[control_pb2.RunnerInfo]:
+        """All runners, or only those of `app_name`, or only those in `states`
+        (`common_pb2.RunnerState` values; TERMINATED lists the latest ended ones)."""
+        request = control_pb2.ListRunnersRequest(app_name=app_name, states=states)  # type: ignore[arg-type]
         with translate_rpc_errors():
-            reply = self._stub.ListRunners(control_pb2.ListRunnersRequest(app_name=app_name))
+            reply = self._stub.ListRunners(request)
         return list(reply.runners)
+
+    def scale_app(self, name: str, settings: control_pb2.AppSettings) -> control_pb2.AppInfo:
+        """Changes the app's scaling settings (the fields `settings` sets); the app after."""
+        with translate_rpc_errors():
+            reply = self._stub.ScaleApp(
+                control_pb2.ScaleAppRequest(app_name=name, settings=settings))
+        return reply.app
+
+    def stop_runner(
+        self, runner_id: str, *, replace: bool = False
+    ) -> control_pb2.StopRunnerResponse:
+        """Stops a runner gracefully; with `replace`, after a replacement is ready."""
+        with translate_rpc_errors():
+            reply: control_pb2.StopRunnerResponse = self._stub.StopRunner(
+                control_pb2.StopRunnerRequest(runner_id=runner_id, replace=replace))
+        return reply
+
+    def kill_runner(self, runner_id: str) -> control_pb2.RunnerInfo:
+        with translate_rpc_errors():
+            reply = self._stub.KillRunner(control_pb2.KillRunnerRequest(runner_id=runner_id))
+        return reply.runner
+
+    def runner_logs(
+        self, runner_id: str, *, follow: bool = False, tail: int = 0
+    ) -> Generator[str, None, None]:
+        """The runner's output lines; with `follow`, new ones until the runner ends."""
+        call = self._stub.RunnerLogs(
+            control_pb2.RunnerLogsRequest(runner_id=runner_id, follow=follow, tail=tail))
+        try:
+            with translate_rpc_errors():
+                for reply in call:
+                    yield from reply.lines
+        finally:
+            call.cancel()
 
     def queue_size(self, app_name: str) -> int:
         """Requests of `app_name` waiting IN_QUEUE."""

@@ -5,11 +5,72 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import msgspec
+
+from falrt import errors, machines
 from falrt.autoscaler.policy import ScalingSettings
 from falrt.server.appqueue import AppQueue
 from falrt.server.work import QueuedRequest
 from falrt.settings import AppDefaults
 from falrt.store.records import AppConfig, AppRecord, Revision
+
+# fal's two kinds of scaling settings (fal-semantics 9.3). `falrt apps scale` may set any
+# of them; on the next deploy the runtime-tunable ones are kept and the code-specific ones
+# go back to the code's values (`--reset-scale` drops all).
+RUNTIME_TUNABLE = (
+    "keep_alive_s", "min_concurrency", "max_concurrency", "concurrency_buffer",
+    "concurrency_buffer_perc", "scaling_delay_s", "request_timeout_s",
+)
+CODE_SPECIFIC = ("max_multiplexing", "startup_timeout_s", "machine_types")
+SCALE_FIELDS = RUNTIME_TUNABLE + CODE_SPECIFIC
+
+
+def set_fields(config: AppConfig) -> dict[str, object]:
+    """The scale fields `config` sets (None and an empty machine type list set nothing)."""
+    return {name: value for name in SCALE_FIELDS
+            if (value := getattr(config, name)) is not None and value != ()}
+
+
+def with_overrides(config: AppConfig, scale: AppConfig) -> AppConfig:
+    """The code's settings with `falrt apps scale` overrides applied."""
+    return msgspec.structs.replace(config, **set_fields(scale))
+
+
+def kept_on_deploy(scale: AppConfig, *, reset: bool) -> AppConfig:
+    """The overrides that survive a deploy: the runtime-tunable ones, unless `reset`."""
+    if reset:
+        return AppConfig()
+    kept = {k: v for k, v in set_fields(scale).items() if k in RUNTIME_TUNABLE}
+    return AppConfig(**kept)  # type: ignore[arg-type]
+
+
+def check_config(config: AppConfig) -> None:
+    """Raises InvalidArgumentError for settings no app may have."""
+    counts = {
+        "min_concurrency": config.min_concurrency,
+        "max_concurrency": config.max_concurrency,
+        "concurrency_buffer": config.concurrency_buffer,
+    }
+    for name, value in counts.items():
+        if value is not None and value < 0:
+            raise errors.InvalidArgumentError(f"{name} must be >= 0, got {value}")
+    if config.max_multiplexing is not None and config.max_multiplexing < 1:
+        raise errors.InvalidArgumentError("max_multiplexing must be >= 1")
+    low, high = config.min_concurrency, config.max_concurrency
+    if low is not None and high is not None and low > high:
+        raise errors.InvalidArgumentError(
+            f"min_concurrency ({low}) is larger than max_concurrency ({high})"
+        )
+    for name in ("keep_alive_s", "scaling_delay_s", "request_timeout_s", "startup_timeout_s",
+                 "termination_grace_period_s", "concurrency_buffer_perc"):
+        value = getattr(config, name)
+        if value is not None and value < 0:
+            raise errors.InvalidArgumentError(f"{name} must be >= 0, got {value}")
+    for machine in config.machine_types:
+        try:
+            machines.check(machine)
+        except ValueError as exc:
+            raise errors.InvalidArgumentError(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -20,7 +81,7 @@ class EffectiveSettings:
     request_timeout_s: float
     startup_timeout_s: float
     grace_period_s: float
-    machine_type: str
+    machine_types: tuple[str, ...]
 
     @classmethod
     def resolve(cls, config: AppConfig, defaults: AppDefaults) -> EffectiveSettings:
@@ -45,7 +106,7 @@ class EffectiveSettings:
             grace_period_s=float(
                 pick(config.termination_grace_period_s, defaults.termination_grace_period_s)
             ),
-            machine_type=config.machine_types[0] if config.machine_types else "S",
+            machine_types=config.machine_types or ("S",),
         )
 
 

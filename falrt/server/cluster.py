@@ -189,6 +189,8 @@ class Cluster:
             return
         current = self._scheduler.apps.get(name)
         if current is not None and current.revision.revision_id == record.revision_id:
+            if current.record.scale != record.scale:
+                self._scheduler.rescale(record)  # `falrt apps scale` on another server
             return
         revision = await self._store.get_revision(record.revision_id)
         if revision is None:

@@ -5,15 +5,17 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgspec
 from grpc import aio
 
 from falrt import errors
 from falrt.server import convert
-from falrt.server.apps import AppState
+from falrt.server.apps import AppState, with_overrides
 from falrt.server.deploy import BuildLog, Deployed, Deployer, DeployEvent, DeployPlan, Progress
 from falrt.server.fleet import Fleet
 from falrt.server.rpc import server_stream, unary
-from falrt.server.runners import RunnerState
+from falrt.server.runner_logs import check_runner_id, read_lines
+from falrt.server.runners import RunnerHandle, RunnerState
 from falrt.server.scheduler import Scheduler
 from falrt.server.webhooks import SigningKey
 from falrt.v1 import common_pb2, control_pb2, control_pb2_grpc
@@ -74,11 +76,68 @@ class ControlService(control_pb2_grpc.ControlServicer):
     ) -> control_pb2.ListRunnersResponse:
         if request.app_name:
             self._app(request.app_name)
-        runners = sorted(self._fleet.runners.values(), key=lambda r: (r.app_name, r.started_at))
+        states = {RunnerState(s) for s in request.states if s}
+        runners = [*self._fleet.runners.values()]
+        if RunnerState.TERMINATED in states:
+            runners.extend(self._fleet.ended)
+        runners.sort(key=lambda r: (r.app_name, r.started_at))
         return control_pb2.ListRunnersResponse(runners=[
             convert.runner_info(r) for r in runners
-            if not request.app_name or r.app_name == request.app_name
+            if (not request.app_name or r.app_name == request.app_name)
+            and (not states or r.state in states)
         ])
+
+    @unary
+    async def ScaleApp(
+        self, request: control_pb2.ScaleAppRequest, context: Context
+    ) -> control_pb2.ScaleAppResponse:
+        changes = convert.app_config(request.settings)
+        app = await self._scheduler.scale(self._app(request.app_name).name, changes)
+        return control_pb2.ScaleAppResponse(app=self._app_info(app))
+
+    @unary
+    async def StopRunner(
+        self, request: control_pb2.StopRunnerRequest, context: Context
+    ) -> control_pb2.StopRunnerResponse:
+        runner = self._runner(request.runner_id)
+        replacement = self._fleet.replace(runner) if request.replace else None
+        if replacement is None:
+            runner.last_error = "stopped by `falrt runners stop`"
+            self._fleet.stop(runner)
+        return control_pb2.StopRunnerResponse(
+            runner=convert.runner_info(runner),
+            replacement_runner_id=replacement.runner_id if replacement else "")
+
+    @unary
+    async def KillRunner(
+        self, request: control_pb2.KillRunnerRequest, context: Context
+    ) -> control_pb2.KillRunnerResponse:
+        runner = self._runner(request.runner_id)
+        runner.last_error = "killed by `falrt runners kill`"
+        self._fleet.kill(runner)
+        return control_pb2.KillRunnerResponse(runner=convert.runner_info(runner))
+
+    @server_stream
+    async def RunnerLogs(
+        self, request: control_pb2.RunnerLogsRequest, context: Context
+    ) -> AsyncIterator[control_pb2.RunnerLogsResponse]:
+        check_runner_id(request.runner_id)
+        if request.tail < 0:
+            raise errors.InvalidArgumentError("tail must be >= 0")
+        runner_id = request.runner_id
+        async for lines in read_lines(
+            self._fleet.log_path(runner_id), tail=request.tail, follow=request.follow,
+            running=lambda: runner_id in self._fleet.runners,
+        ):
+            yield control_pb2.RunnerLogsResponse(lines=lines)
+
+    def _runner(self, runner_id: str) -> RunnerHandle:
+        check_runner_id(runner_id)
+        runner = self._fleet.runners.get(runner_id)
+        if runner is None:
+            raise errors.NotFoundError(
+                f"no live runner {runner_id!r}; `falrt runners list` shows the runners")
+        return runner
 
     @unary
     async def GetWebhookKeys(
@@ -124,7 +183,29 @@ class ControlService(control_pb2_grpc.ControlServicer):
             updated_at=convert.timestamp(app.record.updated_at),
             active_runners=len(active),
             queue_size=self._scheduler.queue_size(app.name),
+            scale_overrides=convert.app_settings(app.record.scale),
+            effective=_effective(app),
         )
+
+
+def _effective(app: AppState) -> control_pb2.AppSettings:
+    """The settings in force, every scaling field filled in."""
+    settings, scaling = app.settings, app.settings.scaling
+    config = with_overrides(app.revision.config, app.record.scale)
+    return convert.app_settings(msgspec.structs.replace(
+        config,
+        machine_types=settings.machine_types,
+        keep_alive_s=scaling.keep_alive_s,
+        min_concurrency=scaling.min_concurrency,
+        max_concurrency=scaling.max_concurrency,
+        concurrency_buffer=scaling.concurrency_buffer,
+        concurrency_buffer_perc=scaling.concurrency_buffer_perc,
+        scaling_delay_s=scaling.scaling_delay_s,
+        max_multiplexing=scaling.max_multiplexing,
+        request_timeout_s=settings.request_timeout_s,
+        startup_timeout_s=settings.startup_timeout_s,
+        termination_grace_period_s=settings.grace_period_s,
+    ))
 
 
 def _plan(header: control_pb2.DeployHeader) -> DeployPlan:
@@ -136,6 +217,7 @@ def _plan(header: control_pb2.DeployHeader) -> DeployPlan:
         config=convert.app_config(header.settings),
         endpoints=tuple(convert.endpoint_record(e) for e in header.endpoints),
         message=header.message,
+        reset_scale=header.reset_scale,
     )
 
 

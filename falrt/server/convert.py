@@ -213,4 +213,10 @@ def runner_info(runner: RunnerHandle) -> control_pb2.RunnerInfo:
         started_at=timestamp(runner.started_at),
         state_since=timestamp(runner.state_since),
         machine_type=runner.machine_type,
+        transitions=[
+            control_pb2.RunnerTransition(state=int(state), at=timestamp(at))  # type: ignore[arg-type]
+            for state, at in runner.history()
+        ],
+        last_error=runner.last_error,
+        served=runner.served,
     )

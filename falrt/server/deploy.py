@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from falrt import bundle, errors
 from falrt.backends.environments import EnvironmentBuilder
+from falrt.server.apps import check_config, kept_on_deploy, with_overrides
 from falrt.server.scheduler import Scheduler
 from falrt.settings import ServerSettings
 from falrt.store.records import AppConfig, AppRecord, EndpointRecord, Revision
@@ -33,6 +34,7 @@ class DeployPlan:
     config: AppConfig
     endpoints: tuple[EndpointRecord, ...]
     message: str
+    reset_scale: bool = False
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,7 @@ class Deployer:
             raise errors.InvalidArgumentError(
                 f"endpoint paths must be unique and start with /: {paths}"
             )
-        _check_config(plan.config)
+        check_config(plan.config)
 
     async def _receive(
         self, plan: DeployPlan, chunks: AsyncIterator[bytes], data: bytearray
@@ -167,30 +169,10 @@ class Deployer:
         )
         existing = self._scheduler.apps.get(plan.app_name)
         created = existing.record.created_at if existing else now
-        record = AppRecord(plan.app_name, revision.revision_id, created, now)
+        scale = kept_on_deploy(existing.record.scale if existing else AppConfig(),
+                               reset=plan.reset_scale)
+        check_config(with_overrides(plan.config, scale))
+        record = AppRecord(plan.app_name, revision.revision_id, created, now, scale)
         await self._scheduler.store.deploy(revision, record)
         self._scheduler.activate(record, revision)
         return revision
-
-
-def _check_config(config: AppConfig) -> None:
-    counts = {
-        "min_concurrency": config.min_concurrency,
-        "max_concurrency": config.max_concurrency,
-        "concurrency_buffer": config.concurrency_buffer,
-    }
-    for name, value in counts.items():
-        if value is not None and value < 0:
-            raise errors.InvalidArgumentError(f"{name} must be >= 0, got {value}")
-    if config.max_multiplexing is not None and config.max_multiplexing < 1:
-        raise errors.InvalidArgumentError("max_multiplexing must be >= 1")
-    low, high = config.min_concurrency, config.max_concurrency
-    if low is not None and high is not None and low > high:
-        raise errors.InvalidArgumentError(
-            f"min_concurrency ({low}) is larger than max_concurrency ({high})"
-        )
-    for name in ("keep_alive_s", "scaling_delay_s", "request_timeout_s", "startup_timeout_s",
-                 "termination_grace_period_s", "concurrency_buffer_perc"):
-        value = getattr(config, name)
-        if value is not None and value < 0:
-            raise errors.InvalidArgumentError(f"{name} must be >= 0, got {value}")

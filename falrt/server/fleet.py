@@ -14,6 +14,7 @@ import hmac
 import logging
 import secrets
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +35,7 @@ from falrt.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
-CRASH_BACKOFF_STEP_S = 30.0
 STARTING_STATES = frozenset({RunnerState.PENDING, RunnerState.IMAGE_PULL, RunnerState.SETUP})
-CRASH_BACKOFF_CAP_S = 600.0
 
 
 class Fleet:
@@ -55,6 +54,8 @@ class Fleet:
         self.settings = settings
         self.address = ""  # set once the server is bound
         self.runners: dict[str, RunnerHandle] = {}
+        # The latest TERMINATED runners, for `falrt runners list --state terminated`.
+        self.ended: deque[RunnerHandle] = deque(maxlen=settings.ended_runners_kept)
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
@@ -98,8 +99,9 @@ class Fleet:
 
     def _scale(self, app: AppState) -> ScalingDecision:
         now = time.monotonic()
-        runners = [r for r in self.runners_of(app.name)
-                   if r.revision_id == app.revision.revision_id]
+        live = [r for r in self.runners_of(app.name) if r.revision_id == app.revision.revision_id]
+        runners = [r for r in live if r.state is not RunnerState.CRASH_BACKOFF]
+        backing_off = [r for r in live if r.state is RunnerState.CRASH_BACKOFF]
         ready, next_ready_s = _queued_ready(app, now)
         ctx = ScalingContext(
             settings=app.settings.scaling,
@@ -113,25 +115,55 @@ class Fleet:
         if decision.start or decision.stop:
             log.info("scale %s: desired=%d start=%d stop=%s", app.name, decision.desired,
                      decision.start, list(decision.stop))
-        for _ in range(decision.start):
-            self._spawn(self._start_runner(app))
+        machine = self._placeable(app) if decision.start else None
+        for _ in range(decision.start if machine else 0):
+            # A runner waiting out a crash backoff starts again (CRASH_BACKOFF -> PENDING).
+            runner = backing_off.pop() if backing_off else self._new_runner(app)
+            self._spawn(self._start_runner(app, runner, machine or ""))
         for runner_id in decision.stop:
             self.stop(self.runners[runner_id])
+        # Runners in crash backoff stand for wanted capacity; those no longer wanted end.
+        wanted = decision.desired - sum(1 for r in runners if r.state in ALIVE_STATES)
+        for runner in backing_off[max(0, wanted):]:
+            self._terminated(runner)
         return decision
+
+    def _placeable(self, app: AppState) -> str | None:
+        """The first of the app's machine types the backend can start a runner of now;
+        None (and the app waits no_capacity_wait, its callers told why) when none."""
+        reasons = []
+        for machine in app.settings.machine_types:
+            reason = self.backend.capacity(machine)
+            if not reason:
+                return machine
+            reasons.append(reason)
+        app.backoff_until = time.monotonic() + self.settings.no_capacity_wait_s
+        app.last_startup_error = "; ".join(reasons)
+        log.warning("no runner of %s can start: %s", app.name, app.last_startup_error)
+        self.scheduler.on_startup_failure(app)
+        return None
 
     # -- starting ----------------------------------------------------------------------
 
-    async def _start_runner(self, app: AppState) -> None:
-        revision = app.revision
+    def _new_runner(self, app: AppState) -> RunnerHandle:
         runner = RunnerHandle(
             runner_id=f"r-{secrets.token_hex(6)}",
             app_name=app.name,
-            revision_id=revision.revision_id,
-            token=secrets.token_urlsafe(24),
+            revision_id=app.revision.revision_id,
+            token="",
             max_multiplexing=app.settings.scaling.max_multiplexing,
-            machine_type=app.settings.machine_type,
+            machine_type="",
         )
         self.runners[runner.runner_id] = runner
+        return runner
+
+    async def _start_runner(self, app: AppState, runner: RunnerHandle, machine: str) -> None:
+        revision = app.revision
+        runner.set_state(RunnerState.PENDING)
+        runner.token = secrets.token_urlsafe(24)  # a new one for every start
+        runner.machine_type = machine
+        runner.max_multiplexing = app.settings.scaling.max_multiplexing
+        runner.attached, runner.startup_error, runner.process = False, "", None
         spec = RunnerSpec(
             runner_id=runner.runner_id,
             token=runner.token,
@@ -148,7 +180,8 @@ class Fleet:
             runner.process = await self.backend.start(spec)
         except Exception as exc:
             log.exception("starting a runner of %s failed", app.name)
-            self._startup_failed(runner, f"could not start: {exc}")
+            if not self._startup_failed(runner, f"could not start: {exc}"):
+                self._terminated(runner)
             return
         runner.set_state(RunnerState.SETUP)
         timeout_s = app.settings.startup_timeout_s
@@ -175,22 +208,29 @@ class Fleet:
             reason = runner.startup_error or await asyncio.to_thread(
                 _last_error_line, self.log_path(runner.runner_id)
             )
-            self._startup_failed(runner, f"exit status {code}: {reason}")
+            if self._startup_failed(runner, f"exit status {code}: {reason}"):
+                return
         self._terminated(runner)
 
-    def _startup_failed(self, runner: RunnerHandle, reason: str) -> None:
-        self.runners.pop(runner.runner_id, None)
+    def _startup_failed(self, runner: RunnerHandle, reason: str) -> bool:
+        """A start failed: the app's next start waits (fal's CRASH_BACKOFF). Returns True
+        when the runner waits in CRASH_BACKOFF to start again, False when it ends."""
+        runner.last_error = reason
         app = self.scheduler.apps.get(runner.app_name)
-        if app is None or app.revision.revision_id != runner.revision_id:
-            return
+        if app is None or app.revision.revision_id != runner.revision_id or self._closing:
+            return False
         app.startup_failures += 1
-        delay = min(CRASH_BACKOFF_STEP_S * app.startup_failures, CRASH_BACKOFF_CAP_S)
+        delay = min(self.settings.crash_backoff_step_s * app.startup_failures,
+                    self.settings.crash_backoff_cap_s)
         app.backoff_until = time.monotonic() + delay
         app.last_startup_error = reason
         log.warning("runner %s of %s failed to start (%s); next start in %.0f s",
                     runner.runner_id, app.name, reason, delay)
+        runner.process, runner.attached = None, False
+        runner.set_state(RunnerState.CRASH_BACKOFF)
         self.scheduler.on_startup_failure(app)
         self.wake()
+        return True
 
     # -- the runner link ---------------------------------------------------------------
 
@@ -207,9 +247,15 @@ class Fleet:
         runner.max_multiplexing = max(1, min(slots, runner.max_multiplexing))
         runner.set_state(RunnerState.IDLE)
         runner.idle_since = time.monotonic()
+        runner.last_error = ""
+        replaced = self.runners.get(runner.replaces)
+        if replaced is not None:  # `falrt runners stop --replace`: the old one drains now
+            self.stop(replaced)
         app = self.scheduler.apps.get(runner.app_name)
         if app is not None and app.revision.revision_id == runner.revision_id:
+            # Any runner that starts ends the backoff (fal); waiting ones start at once.
             app.startup_failures, app.backoff_until, app.last_startup_error = 0, 0.0, ""
+            self.wake()
         if app is not None:
             self.scheduler.dispatch(app)
         return runner
@@ -235,6 +281,9 @@ class Fleet:
         if runner.state in (RunnerState.DRAINING, RunnerState.TERMINATING,
                             RunnerState.TERMINATED):
             return
+        if runner.state is RunnerState.CRASH_BACKOFF:  # no process: it just ends
+            self._terminated(runner)
+            return
         runner.set_state(RunnerState.DRAINING if runner.in_flight else RunnerState.TERMINATING)
         if runner.attached:
             runner.outbox.put_nowait(DrainEvent())
@@ -242,8 +291,27 @@ class Fleet:
             runner.process.terminate()
         self._spawn(self._reap(runner, grace_s=self._grace(runner) + 5.0))
 
+    def replace(self, runner: RunnerHandle) -> RunnerHandle:
+        """`falrt runners stop --replace`: starts a runner of the app's live revision (on
+        top of max_concurrency, as fal's rollouts); `runner` drains once it is ready. If
+        the replacement cannot start, `runner` keeps serving."""
+        app = self.scheduler.apps.get(runner.app_name)
+        if app is None:
+            raise errors.NotFoundError(f"app {runner.app_name!r} is gone")
+        machine = self._placeable(app)
+        if machine is None:
+            raise errors.FailedPreconditionError(
+                f"no replacement can start: {app.last_startup_error}")
+        replacement = self._new_runner(app)
+        replacement.replaces = runner.runner_id
+        self._spawn(self._start_runner(app, replacement, machine))
+        return replacement
+
     def kill(self, runner: RunnerHandle) -> None:
         """Stops a runner now: its stream is closed and its process killed."""
+        if runner.state is RunnerState.CRASH_BACKOFF:
+            self._terminated(runner)
+            return
         runner.set_state(RunnerState.TERMINATING)
         runner.outbox.put_nowait(CloseEvent())
         if runner.process is not None:
@@ -271,6 +339,8 @@ class Fleet:
             runner.process.kill()
 
     def _terminated(self, runner: RunnerHandle) -> None:
+        if runner.state is not RunnerState.TERMINATED:
+            self.ended.append(runner)
         runner.set_state(RunnerState.TERMINATED)
         self.runners.pop(runner.runner_id, None)
         if runner.in_flight:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 from falrt.backends.base import RunnerProcess
@@ -35,6 +36,8 @@ ALIVE_STATES = frozenset(
     {RunnerState.PENDING, RunnerState.IMAGE_PULL, RunnerState.SETUP, RunnerState.IDLE,
      RunnerState.RUNNING}
 )
+MAX_TRANSITIONS = 100
+
 # States in which a runner may be given new work.
 SERVING_STATES = frozenset({RunnerState.IDLE, RunnerState.RUNNING})
 
@@ -83,6 +86,27 @@ class RunnerHandle:
     process: RunnerProcess | None = None
     attached: bool = False
     startup_error: str = ""  # set by the server when it gives up on the start
+    # Why its last start failed (shown while in CRASH_BACKOFF), or why it was stopped.
+    last_error: str = ""
+    # `falrt runners stop --replace`: the runner this one replaces (it drains once this
+    # one is ready).
+    replaces: str = ""
+    # Every state entered, with its wall-clock time (the first and the last 100 kept).
+    transitions: deque[tuple[RunnerState, float]] = field(
+        default_factory=lambda: deque(maxlen=MAX_TRANSITIONS))
+    first_transition: tuple[RunnerState, float] | None = None
+
+    def __post_init__(self) -> None:
+        self.first_transition = (self.state, self.state_since)
+        self.transitions.append(self.first_transition)
+
+    def history(self) -> list[tuple[RunnerState, float]]:
+        """Every state the runner entered, oldest first (the middle of a long life may be
+        cut)."""
+        kept = list(self.transitions)
+        if self.first_transition is not None and kept[0] is not self.first_transition:
+            kept.insert(0, self.first_transition)
+        return kept
 
     @property
     def free_slots(self) -> int:
@@ -94,6 +118,7 @@ class RunnerHandle:
         if state is not self.state:
             self.state = state
             self.state_since = time.time()
+            self.transitions.append((state, self.state_since))
 
     def assign(self, item: WorkItem) -> None:
         """Takes a slot for `item` and sends it to the runner."""

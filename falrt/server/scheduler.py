@@ -15,8 +15,16 @@ import uuid
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from falrt import errors
-from falrt.server.apps import AppState, EffectiveSettings
+from falrt.server.apps import (
+    AppState,
+    EffectiveSettings,
+    check_config,
+    set_fields,
+    with_overrides,
+)
 from falrt.server.idempotency import IdempotencyKeys
 from falrt.server.outcomes import (
     NO_VERDICT,
@@ -35,6 +43,7 @@ from falrt.server.work import DirectCall, QueuedRequest, WorkItem
 from falrt.settings import ServerSettings
 from falrt.store.base import SharedStore, Store
 from falrt.store.records import (
+    AppConfig,
     AppRecord,
     ClusterEvent,
     ErrorRecord,
@@ -130,7 +139,7 @@ class Scheduler:
 
     def activate(self, record: AppRecord, revision: Revision) -> AppState:
         """Makes `revision` the app's live one; runners of older revisions are retired."""
-        settings = EffectiveSettings.resolve(revision.config, self.settings.app_defaults)
+        settings = self._resolve(revision, record)
         app = self.apps.get(record.name)
         if app is None:
             app = self.apps[record.name] = AppState(record, revision, settings)
@@ -141,6 +150,36 @@ class Scheduler:
             self.fleet.retire_old_revisions(app)
             self.fleet.wake()
         return app
+
+    def _resolve(self, revision: Revision, record: AppRecord) -> EffectiveSettings:
+        config = with_overrides(revision.config, record.scale)
+        return EffectiveSettings.resolve(config, self.settings.app_defaults)
+
+    async def scale(self, name: str, changes: AppConfig) -> AppState:
+        """`falrt apps scale`: new overrides of the app's scaling settings, in force at once
+        (and stored). Raises NotFoundError, or InvalidArgumentError for bad settings."""
+        app = self.apps.get(name)
+        if app is None:
+            raise errors.NotFoundError(f"no app named {name!r}; `falrt apps list` shows the apps")
+        if not set_fields(changes):
+            raise errors.InvalidArgumentError(
+                "nothing to change: give at least one scaling setting (see `falrt apps scale "
+                "--help`)")
+        scale = AppConfig(**{**set_fields(app.record.scale), **set_fields(changes)})  # type: ignore[arg-type]
+        check_config(with_overrides(app.revision.config, scale))
+        await self.store.set_scale(name, scale)
+        self.rescale(msgspec.structs.replace(app.record, scale=scale))
+        return app
+
+    def rescale(self, record: AppRecord) -> None:
+        """Applies an app's new scale overrides (its revision unchanged)."""
+        app = self.apps.get(record.name)
+        if app is None:
+            return
+        app.record, app.settings = record, self._resolve(app.revision, record)
+        if self.fleet is not None:
+            self.fleet.wake()
+        self.dispatch(app)
 
     def resolve(self, endpoint_id: str, path: str) -> AppState:
         """The app an endpoint id names, checked to serve `path`. Raises NotFoundError."""

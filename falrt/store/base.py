@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from typing import Protocol
 
-from falrt.store.records import AppRecord, ClusterEvent, Outcome, RequestRecord, Revision
+from falrt.store.records import AppConfig, AppRecord, ClusterEvent, Outcome, RequestRecord, Revision
 
 
 class Store(Protocol):
@@ -32,6 +32,9 @@ class Store(Protocol):
     async def get_revision(self, revision_id: str) -> Revision | None: ...
 
     async def list_apps(self) -> list[AppRecord]: ...
+
+    async def set_scale(self, name: str, scale: AppConfig) -> None:
+        """Replaces the app's scale overrides (no-op for an unknown app)."""
 
     async def delete_app(self, name: str) -> None:
         """Deletes the app, its revisions and its requests."""

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import copy
 
-from falrt.store.records import AppRecord, Outcome, RequestRecord, Revision, Status
+import msgspec
+
+from falrt.store.records import AppConfig, AppRecord, Outcome, RequestRecord, Revision, Status
 
 
 class MemoryStore:
@@ -27,13 +29,19 @@ class MemoryStore:
         self._revisions[revision.revision_id] = revision
         existing = self._apps.get(app.name)
         created = existing.created_at if existing else app.created_at
-        self._apps[app.name] = AppRecord(app.name, app.revision_id, created, app.updated_at)
+        self._apps[app.name] = AppRecord(app.name, app.revision_id, created, app.updated_at,
+                                         app.scale)
 
     async def get_revision(self, revision_id: str) -> Revision | None:
         return self._revisions.get(revision_id)
 
     async def list_apps(self) -> list[AppRecord]:
         return sorted(self._apps.values(), key=lambda app: app.name)
+
+    async def set_scale(self, name: str, scale: AppConfig) -> None:
+        app = self._apps.get(name)
+        if app is not None:
+            self._apps[name] = msgspec.structs.replace(app, scale=scale)
 
     async def delete_app(self, name: str) -> None:
         self._apps.pop(name, None)

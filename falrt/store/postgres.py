@@ -30,6 +30,7 @@ import asyncpg
 import msgspec
 
 from falrt.store.records import (
+    AppConfig,
     AppRecord,
     ClusterEvent,
     Outcome,
@@ -68,15 +69,18 @@ CREATE INDEX IF NOT EXISTS requests_owner ON falrt.requests (owner) WHERE owner 
 CREATE TABLE IF NOT EXISTS falrt.servers (
   server_id TEXT PRIMARY KEY, lease_until DOUBLE PRECISION NOT NULL);
 CREATE TABLE IF NOT EXISTS falrt.bundles (sha256 TEXT PRIMARY KEY, data BYTEA NOT NULL);
+ALTER TABLE falrt.apps ADD COLUMN IF NOT EXISTS scale BYTEA;
 """
 # Any constant will do: it only has to be the same for every falrt server.
 _SCHEMA_LOCK = 0x66616C7274
 
 _INSERT_REVISION = "INSERT INTO falrt.revisions VALUES ($1, $2, $3, $4)"
 _UPSERT_APP = (
-    "INSERT INTO falrt.apps VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO UPDATE SET "
-    "revision_id = EXCLUDED.revision_id, updated_at = EXCLUDED.updated_at"
+    "INSERT INTO falrt.apps VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name) DO UPDATE SET "
+    "revision_id = EXCLUDED.revision_id, updated_at = EXCLUDED.updated_at, scale = EXCLUDED.scale"
 )
+_APP_COLUMNS = "name, revision_id, created_at, updated_at, scale"
+_config = msgspec.msgpack.Decoder(AppConfig)
 _INSERT_REQUEST = (
     "INSERT INTO falrt.requests (request_id, app_name, seq, status, attempts, created_at, data, "
     "idempotency_key, webhook_pending) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
@@ -243,7 +247,8 @@ class PostgresStore:
         await self._submit(
             (_INSERT_REVISION, (revision.revision_id, revision.app_name, revision.created_at,
                                 _encode(revision))),
-            (_UPSERT_APP, (app.name, app.revision_id, app.created_at, app.updated_at)),
+            (_UPSERT_APP, (app.name, app.revision_id, app.created_at, app.updated_at,
+                           _encode(app.scale))),
             *self._announce(ClusterEvent("app", self.server_id, app=app.name)),
         )
 
@@ -254,10 +259,14 @@ class PostgresStore:
         return None if data is None else _revision.decode(data)
 
     async def list_apps(self) -> list[AppRecord]:
-        rows = await self._readers.fetch(
-            "SELECT name, revision_id, created_at, updated_at FROM falrt.apps ORDER BY name"
+        rows = await self._readers.fetch(f"SELECT {_APP_COLUMNS} FROM falrt.apps ORDER BY name")
+        return [_app_from_row(row) for row in rows]
+
+    async def set_scale(self, name: str, scale: AppConfig) -> None:
+        await self._submit(
+            ("UPDATE falrt.apps SET scale = $2 WHERE name = $1", (name, _encode(scale))),
+            *self._announce(ClusterEvent("app", self.server_id, app=name)),
         )
-        return [AppRecord(*row) for row in rows]
 
     async def delete_app(self, name: str) -> None:
         await self._submit(
@@ -446,9 +455,8 @@ class PostgresStore:
 
     async def get_app(self, name: str) -> AppRecord | None:
         row = await self._readers.fetchrow(
-            "SELECT name, revision_id, created_at, updated_at FROM falrt.apps WHERE name = $1",
-            name)
-        return None if row is None else AppRecord(*row)
+            f"SELECT {_APP_COLUMNS} FROM falrt.apps WHERE name = $1", name)
+        return None if row is None else _app_from_row(row)
 
     async def take_over(
         self, give_up: Callable[[RequestRecord], Outcome | None]
@@ -509,6 +517,12 @@ def _runs(
         if write.step is not None:
             runs.append(("", [], index))
     return runs
+
+
+def _app_from_row(row: asyncpg.Record) -> AppRecord:
+    scale = row["scale"]
+    return AppRecord(row["name"], row["revision_id"], row["created_at"], row["updated_at"],
+                     scale=AppConfig() if scale is None else _config.decode(scale))
 
 
 def _request_from_row(row: asyncpg.Record) -> RequestRecord:

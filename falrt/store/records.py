@@ -66,12 +66,14 @@ class Revision(msgspec.Struct, frozen=True):
 
 
 class AppRecord(msgspec.Struct, frozen=True):
-    """An app: a name pointing at its live revision."""
+    """An app: a name pointing at its live revision, and the scaling settings
+    `falrt apps scale` set (they override the revision's; unset fields do not)."""
 
     name: str
     revision_id: str
     created_at: float
     updated_at: float
+    scale: AppConfig = AppConfig()
 
 
 class LogRecord(msgspec.Struct, frozen=True, array_like=True):

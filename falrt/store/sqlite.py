@@ -20,7 +20,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import msgspec
 
-from falrt.store.records import AppRecord, Outcome, RequestRecord, Revision, Status
+from falrt.store.records import AppConfig, AppRecord, Outcome, RequestRecord, Revision, Status
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -28,7 +28,7 @@ T = TypeVar("T")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS apps (
   name TEXT PRIMARY KEY, revision_id TEXT NOT NULL, created_at REAL NOT NULL,
-  updated_at REAL NOT NULL);
+  updated_at REAL NOT NULL, scale BLOB);
 CREATE TABLE IF NOT EXISTS revisions (
   revision_id TEXT PRIMARY KEY, app_name TEXT NOT NULL, created_at REAL NOT NULL,
   data BLOB NOT NULL);
@@ -44,11 +44,12 @@ CREATE INDEX IF NOT EXISTS requests_completed ON requests (completed_at)
 CREATE UNIQUE INDEX IF NOT EXISTS requests_key ON requests (idempotency_key)
   WHERE idempotency_key IS NOT NULL;
 """
-# Columns added after the first release, for files created before them.
+# Columns added after the first release, for files created before them: (table, column).
 MIGRATIONS = {
-    "idempotency_key": "ALTER TABLE requests ADD COLUMN idempotency_key TEXT",
-    "webhook_pending": "ALTER TABLE requests ADD COLUMN webhook_pending INTEGER NOT NULL "
-                       "DEFAULT 0",
+    ("requests", "idempotency_key"): "ALTER TABLE requests ADD COLUMN idempotency_key TEXT",
+    ("requests", "webhook_pending"): "ALTER TABLE requests ADD COLUMN webhook_pending INTEGER "
+                                     "NOT NULL DEFAULT 0",
+    ("apps", "scale"): "ALTER TABLE apps ADD COLUMN scale BLOB",
 }
 
 class _Rows(NamedTuple):
@@ -162,9 +163,10 @@ class SQLiteStore:
                 (revision.revision_id, revision.app_name, revision.created_at, data),
             )
             conn.execute(
-                "INSERT INTO apps VALUES (?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
-                "revision_id = excluded.revision_id, updated_at = excluded.updated_at",
-                (app.name, app.revision_id, app.created_at, app.updated_at),
+                "INSERT INTO apps VALUES (?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
+                "revision_id = excluded.revision_id, updated_at = excluded.updated_at, "
+                "scale = excluded.scale",
+                (app.name, app.revision_id, app.created_at, app.updated_at, _encode(app.scale)),
             )
 
         await self._run(write)
@@ -178,10 +180,16 @@ class SQLiteStore:
         return None if row is None else _revision.decode(row[0])
 
     async def list_apps(self) -> list[AppRecord]:
-        rows = await self._run(
-            lambda conn: conn.execute("SELECT * FROM apps ORDER BY name").fetchall()
-        )
-        return [AppRecord(*row) for row in rows]
+        rows = await self._run(lambda conn: conn.execute(
+            "SELECT name, revision_id, created_at, updated_at, scale FROM apps ORDER BY name"
+        ).fetchall())
+        return [AppRecord(name, revision_id, created_at, updated_at, _scale(scale))
+                for name, revision_id, created_at, updated_at, scale in rows]
+
+    async def set_scale(self, name: str, scale: AppConfig) -> None:
+        data = _encode(scale)
+        await self._run(lambda conn: conn.execute(
+            "UPDATE apps SET scale = ? WHERE name = ?", (data, name)))
 
     async def delete_app(self, name: str) -> None:
         def write(conn: sqlite3.Connection) -> None:
@@ -336,12 +344,17 @@ def _execute_one(conn: sqlite3.Connection, job: _Job) -> _Result:
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
-    columns = {row[1] for row in conn.execute("PRAGMA table_info(requests)")}
-    if not columns:
-        return  # a new file: the schema creates everything
-    for column, statement in MIGRATIONS.items():
-        if column not in columns:
+    for (table, column), statement in MIGRATIONS.items():
+        columns = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if columns and column not in columns:  # (a new file: the schema creates everything)
             conn.execute(statement)
+
+
+_config = msgspec.msgpack.Decoder(AppConfig)
+
+
+def _scale(data: bytes | None) -> AppConfig:
+    return AppConfig() if data is None else _config.decode(data)
 
 
 def _resolve_all(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:

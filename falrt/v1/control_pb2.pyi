@@ -256,6 +256,7 @@ class DeployHeader(_message.Message):
     SETTINGS_FIELD_NUMBER: _builtins.int
     ENDPOINTS_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    RESET_SCALE_FIELD_NUMBER: _builtins.int
     app_name: _builtins.str
     """The app's name (kebab-case); the endpoint id is "owner/app_name"."""
     entrypoint: _builtins.str
@@ -266,6 +267,10 @@ class DeployHeader(_message.Message):
     """Size of the bundle in bytes."""
     message: _builtins.str
     """A free-form deploy message."""
+    reset_scale: _builtins.bool
+    """Drops every `falrt apps scale` override (fal's --reset-scale); otherwise the
+    runtime-tunable ones are kept.
+    """
     @_builtins.property
     def settings(self) -> Global___AppSettings: ...
     @_builtins.property
@@ -280,10 +285,11 @@ class DeployHeader(_message.Message):
         settings: Global___AppSettings | None = ...,
         endpoints: _abc.Iterable[Global___EndpointSpec] | None = ...,
         message: _builtins.str = ...,
+        reset_scale: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_name", b"app_name", "bundle_sha256", b"bundle_sha256", "bundle_size", b"bundle_size", "endpoints", b"endpoints", "entrypoint", b"entrypoint", "message", b"message", "settings", b"settings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_name", b"app_name", "bundle_sha256", b"bundle_sha256", "bundle_size", b"bundle_size", "endpoints", b"endpoints", "entrypoint", b"entrypoint", "message", b"message", "reset_scale", b"reset_scale", "settings", b"settings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -418,6 +424,8 @@ class AppInfo(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     ACTIVE_RUNNERS_FIELD_NUMBER: _builtins.int
     QUEUE_SIZE_FIELD_NUMBER: _builtins.int
+    SCALE_OVERRIDES_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     endpoint_id: _builtins.str
     revision_id: _builtins.str
@@ -436,6 +444,14 @@ class AppInfo(_message.Message):
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def scale_overrides(self) -> Global___AppSettings:
+        """What `falrt apps scale` set (unset fields: none)."""
+
+    @_builtins.property
+    def effective(self) -> Global___AppSettings:
+        """The settings in force: overrides, else the code's, else the server's defaults."""
+
     def __init__(
         self,
         *,
@@ -449,10 +465,12 @@ class AppInfo(_message.Message):
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         active_runners: _builtins.int = ...,
         queue_size: _builtins.int = ...,
+        scale_overrides: Global___AppSettings | None = ...,
+        effective: Global___AppSettings | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "settings", b"settings", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "effective", b"effective", "scale_overrides", b"scale_overrides", "settings", b"settings", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_runners", b"active_runners", "created_at", b"created_at", "endpoint_id", b"endpoint_id", "endpoints", b"endpoints", "entrypoint", b"entrypoint", "name", b"name", "queue_size", b"queue_size", "revision_id", b"revision_id", "settings", b"settings", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_runners", b"active_runners", "created_at", b"created_at", "effective", b"effective", "endpoint_id", b"endpoint_id", "endpoints", b"endpoints", "entrypoint", b"entrypoint", "name", b"name", "queue_size", b"queue_size", "revision_id", b"revision_id", "scale_overrides", b"scale_overrides", "settings", b"settings", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -579,6 +597,9 @@ class RunnerInfo(_message.Message):
     STARTED_AT_FIELD_NUMBER: _builtins.int
     STATE_SINCE_FIELD_NUMBER: _builtins.int
     MACHINE_TYPE_FIELD_NUMBER: _builtins.int
+    TRANSITIONS_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    SERVED_FIELD_NUMBER: _builtins.int
     runner_id: _builtins.str
     app_name: _builtins.str
     revision_id: _builtins.str
@@ -586,6 +607,10 @@ class RunnerInfo(_message.Message):
     max_multiplexing: _builtins.int
     """Requests it may serve at once."""
     machine_type: _builtins.str
+    last_error: _builtins.str
+    """Why its last start failed (CRASH_BACKOFF), or why it was stopped."""
+    served: _builtins.int
+    """Requests it has finished."""
     @_builtins.property
     def in_flight_request_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Ids of the requests the runner is serving."""
@@ -595,6 +620,10 @@ class RunnerInfo(_message.Message):
     @_builtins.property
     def state_since(self) -> _timestamp_pb2.Timestamp:
         """When the runner entered its current state."""
+
+    @_builtins.property
+    def transitions(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunnerTransition]:
+        """Every state the runner has been in, oldest first."""
 
     def __init__(
         self,
@@ -608,30 +637,64 @@ class RunnerInfo(_message.Message):
         started_at: _timestamp_pb2.Timestamp | None = ...,
         state_since: _timestamp_pb2.Timestamp | None = ...,
         machine_type: _builtins.str = ...,
+        transitions: _abc.Iterable[Global___RunnerTransition] | None = ...,
+        last_error: _builtins.str = ...,
+        served: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["started_at", b"started_at", "state_since", b"state_since"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_name", b"app_name", "in_flight_request_ids", b"in_flight_request_ids", "machine_type", b"machine_type", "max_multiplexing", b"max_multiplexing", "revision_id", b"revision_id", "runner_id", b"runner_id", "started_at", b"started_at", "state", b"state", "state_since", b"state_since"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_name", b"app_name", "in_flight_request_ids", b"in_flight_request_ids", "last_error", b"last_error", "machine_type", b"machine_type", "max_multiplexing", b"max_multiplexing", "revision_id", b"revision_id", "runner_id", b"runner_id", "served", b"served", "started_at", b"started_at", "state", b"state", "state_since", b"state_since", "transitions", b"transitions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RunnerInfo: _TypeAlias = RunnerInfo  # noqa: Y015
 
 @_typing.final
+class RunnerTransition(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    state: _common_pb2.RunnerState.ValueType
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        state: _common_pb2.RunnerState.ValueType = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunnerTransition: _TypeAlias = RunnerTransition  # noqa: Y015
+
+@_typing.final
 class ListRunnersRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     APP_NAME_FIELD_NUMBER: _builtins.int
+    STATES_FIELD_NUMBER: _builtins.int
     app_name: _builtins.str
     """Only this app's runners, when set."""
+    @_builtins.property
+    def states(self) -> _containers.RepeatedScalarFieldContainer[_common_pb2.RunnerState.ValueType]:
+        """Only runners in these states, when set. TERMINATED runners are listed for a while
+        after they end (the last 200).
+        """
+
     def __init__(
         self,
         *,
         app_name: _builtins.str = ...,
+        states: _abc.Iterable[_common_pb2.RunnerState.ValueType] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_name", b"app_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_name", b"app_name", "states", b"states"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -803,3 +866,185 @@ class GetWebhookKeysResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetWebhookKeysResponse: _TypeAlias = GetWebhookKeysResponse  # noqa: Y015
+
+@_typing.final
+class ScaleAppRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APP_NAME_FIELD_NUMBER: _builtins.int
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    app_name: _builtins.str
+    @_builtins.property
+    def settings(self) -> Global___AppSettings:
+        """The settings to change; unset fields keep their value. Only the scaling fields are
+        read: keep_alive_s, min_concurrency, max_concurrency, concurrency_buffer,
+        concurrency_buffer_perc, scaling_delay_s, request_timeout_s, max_multiplexing,
+        startup_timeout_s, machine_types.
+        """
+
+    def __init__(
+        self,
+        *,
+        app_name: _builtins.str = ...,
+        settings: Global___AppSettings | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_name", b"app_name", "settings", b"settings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScaleAppRequest: _TypeAlias = ScaleAppRequest  # noqa: Y015
+
+@_typing.final
+class ScaleAppResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APP_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def app(self) -> Global___AppInfo: ...
+    def __init__(
+        self,
+        *,
+        app: Global___AppInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["app", b"app"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScaleAppResponse: _TypeAlias = ScaleAppResponse  # noqa: Y015
+
+@_typing.final
+class StopRunnerRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUNNER_ID_FIELD_NUMBER: _builtins.int
+    REPLACE_FIELD_NUMBER: _builtins.int
+    runner_id: _builtins.str
+    replace: _builtins.bool
+    """Start a replacement first; the runner drains once the replacement is ready."""
+    def __init__(
+        self,
+        *,
+        runner_id: _builtins.str = ...,
+        replace: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["replace", b"replace", "runner_id", b"runner_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StopRunnerRequest: _TypeAlias = StopRunnerRequest  # noqa: Y015
+
+@_typing.final
+class StopRunnerResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUNNER_FIELD_NUMBER: _builtins.int
+    REPLACEMENT_RUNNER_ID_FIELD_NUMBER: _builtins.int
+    replacement_runner_id: _builtins.str
+    """The replacement's id, with `replace`."""
+    @_builtins.property
+    def runner(self) -> Global___RunnerInfo: ...
+    def __init__(
+        self,
+        *,
+        runner: Global___RunnerInfo | None = ...,
+        replacement_runner_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["runner", b"runner"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["replacement_runner_id", b"replacement_runner_id", "runner", b"runner"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StopRunnerResponse: _TypeAlias = StopRunnerResponse  # noqa: Y015
+
+@_typing.final
+class KillRunnerRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUNNER_ID_FIELD_NUMBER: _builtins.int
+    runner_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        runner_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["runner_id", b"runner_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KillRunnerRequest: _TypeAlias = KillRunnerRequest  # noqa: Y015
+
+@_typing.final
+class KillRunnerResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUNNER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def runner(self) -> Global___RunnerInfo: ...
+    def __init__(
+        self,
+        *,
+        runner: Global___RunnerInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["runner", b"runner"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["runner", b"runner"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KillRunnerResponse: _TypeAlias = KillRunnerResponse  # noqa: Y015
+
+@_typing.final
+class RunnerLogsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUNNER_ID_FIELD_NUMBER: _builtins.int
+    FOLLOW_FIELD_NUMBER: _builtins.int
+    TAIL_FIELD_NUMBER: _builtins.int
+    runner_id: _builtins.str
+    follow: _builtins.bool
+    """Keep the stream open and send new lines as the runner writes them, until it ends."""
+    tail: _builtins.int
+    """Only the last `tail` lines of what is there (0: all)."""
+    def __init__(
+        self,
+        *,
+        runner_id: _builtins.str = ...,
+        follow: _builtins.bool = ...,
+        tail: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["follow", b"follow", "runner_id", b"runner_id", "tail", b"tail"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunnerLogsRequest: _TypeAlias = RunnerLogsRequest  # noqa: Y015
+
+@_typing.final
+class RunnerLogsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LINES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def lines(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        lines: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lines", b"lines"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunnerLogsResponse: _TypeAlias = RunnerLogsResponse  # noqa: Y015

@@ -74,6 +74,26 @@ class ControlStub:
                 request_serializer=falrt_dot_v1_dot_control__pb2.GetWebhookKeysRequest.SerializeToString,
                 response_deserializer=falrt_dot_v1_dot_control__pb2.GetWebhookKeysResponse.FromString,
                 _registered_method=True)
+        self.ScaleApp = channel.unary_unary(
+                '/falrt.v1.Control/ScaleApp',
+                request_serializer=falrt_dot_v1_dot_control__pb2.ScaleAppRequest.SerializeToString,
+                response_deserializer=falrt_dot_v1_dot_control__pb2.ScaleAppResponse.FromString,
+                _registered_method=True)
+        self.StopRunner = channel.unary_unary(
+                '/falrt.v1.Control/StopRunner',
+                request_serializer=falrt_dot_v1_dot_control__pb2.StopRunnerRequest.SerializeToString,
+                response_deserializer=falrt_dot_v1_dot_control__pb2.StopRunnerResponse.FromString,
+                _registered_method=True)
+        self.KillRunner = channel.unary_unary(
+                '/falrt.v1.Control/KillRunner',
+                request_serializer=falrt_dot_v1_dot_control__pb2.KillRunnerRequest.SerializeToString,
+                response_deserializer=falrt_dot_v1_dot_control__pb2.KillRunnerResponse.FromString,
+                _registered_method=True)
+        self.RunnerLogs = channel.unary_stream(
+                '/falrt.v1.Control/RunnerLogs',
+                request_serializer=falrt_dot_v1_dot_control__pb2.RunnerLogsRequest.SerializeToString,
+                response_deserializer=falrt_dot_v1_dot_control__pb2.RunnerLogsResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -136,6 +156,37 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ScaleApp(self, request, context):
+        """Changes an app's scaling settings without a deploy; they apply at once. The
+        runtime-tunable ones survive the next deploy, the code-specific ones
+        (max_multiplexing, startup_timeout_s, machine_types) last until it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StopRunner(self, request, context):
+        """Stops a runner gracefully (DRAINING, then TERMINATING); with `replace`, a new runner
+        is started first and the old one drains once the new one is ready.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def KillRunner(self, request, context):
+        """Kills a runner now; its in-flight requests are retried.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RunnerLogs(self, request, context):
+        """A runner's output (stdout and stderr of its process), then new lines with `follow`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -178,6 +229,26 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.GetWebhookKeys,
                     request_deserializer=falrt_dot_v1_dot_control__pb2.GetWebhookKeysRequest.FromString,
                     response_serializer=falrt_dot_v1_dot_control__pb2.GetWebhookKeysResponse.SerializeToString,
+            ),
+            'ScaleApp': grpc.unary_unary_rpc_method_handler(
+                    servicer.ScaleApp,
+                    request_deserializer=falrt_dot_v1_dot_control__pb2.ScaleAppRequest.FromString,
+                    response_serializer=falrt_dot_v1_dot_control__pb2.ScaleAppResponse.SerializeToString,
+            ),
+            'StopRunner': grpc.unary_unary_rpc_method_handler(
+                    servicer.StopRunner,
+                    request_deserializer=falrt_dot_v1_dot_control__pb2.StopRunnerRequest.FromString,
+                    response_serializer=falrt_dot_v1_dot_control__pb2.StopRunnerResponse.SerializeToString,
+            ),
+            'KillRunner': grpc.unary_unary_rpc_method_handler(
+                    servicer.KillRunner,
+                    request_deserializer=falrt_dot_v1_dot_control__pb2.KillRunnerRequest.FromString,
+                    response_serializer=falrt_dot_v1_dot_control__pb2.KillRunnerResponse.SerializeToString,
+            ),
+            'RunnerLogs': grpc.unary_stream_rpc_method_handler(
+                    servicer.RunnerLogs,
+                    request_deserializer=falrt_dot_v1_dot_control__pb2.RunnerLogsRequest.FromString,
+                    response_serializer=falrt_dot_v1_dot_control__pb2.RunnerLogsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -396,6 +467,114 @@ class Control:
             '/falrt.v1.Control/GetWebhookKeys',
             falrt_dot_v1_dot_control__pb2.GetWebhookKeysRequest.SerializeToString,
             falrt_dot_v1_dot_control__pb2.GetWebhookKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ScaleApp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/falrt.v1.Control/ScaleApp',
+            falrt_dot_v1_dot_control__pb2.ScaleAppRequest.SerializeToString,
+            falrt_dot_v1_dot_control__pb2.ScaleAppResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StopRunner(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/falrt.v1.Control/StopRunner',
+            falrt_dot_v1_dot_control__pb2.StopRunnerRequest.SerializeToString,
+            falrt_dot_v1_dot_control__pb2.StopRunnerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def KillRunner(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/falrt.v1.Control/KillRunner',
+            falrt_dot_v1_dot_control__pb2.KillRunnerRequest.SerializeToString,
+            falrt_dot_v1_dot_control__pb2.KillRunnerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunnerLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/falrt.v1.Control/RunnerLogs',
+            falrt_dot_v1_dot_control__pb2.RunnerLogsRequest.SerializeToString,
+            falrt_dot_v1_dot_control__pb2.RunnerLogsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,6 +49,19 @@ class ControlStub:
     """Removes every queued request of an app; each completes with client_cancelled."""
     GetWebhookKeys: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetWebhookKeysRequest, _control_pb2.GetWebhookKeysResponse]
     """The public keys webhook signatures can be checked with."""
+    ScaleApp: _grpc.UnaryUnaryMultiCallable[_control_pb2.ScaleAppRequest, _control_pb2.ScaleAppResponse]
+    """Changes an app's scaling settings without a deploy; they apply at once. The
+    runtime-tunable ones survive the next deploy, the code-specific ones
+    (max_multiplexing, startup_timeout_s, machine_types) last until it.
+    """
+    StopRunner: _grpc.UnaryUnaryMultiCallable[_control_pb2.StopRunnerRequest, _control_pb2.StopRunnerResponse]
+    """Stops a runner gracefully (DRAINING, then TERMINATING); with `replace`, a new runner
+    is started first and the old one drains once the new one is ready.
+    """
+    KillRunner: _grpc.UnaryUnaryMultiCallable[_control_pb2.KillRunnerRequest, _control_pb2.KillRunnerResponse]
+    """Kills a runner now; its in-flight requests are retried."""
+    RunnerLogs: _grpc.UnaryStreamMultiCallable[_control_pb2.RunnerLogsRequest, _control_pb2.RunnerLogsResponse]
+    """A runner's output (stdout and stderr of its process), then new lines with `follow`."""
 
 @_typing.type_check_only
 class ControlAsyncStub(ControlStub):
@@ -71,6 +84,19 @@ class ControlAsyncStub(ControlStub):
     """Removes every queued request of an app; each completes with client_cancelled."""
     GetWebhookKeys: _aio.UnaryUnaryMultiCallable[_control_pb2.GetWebhookKeysRequest, _control_pb2.GetWebhookKeysResponse]  # type: ignore[assignment]
     """The public keys webhook signatures can be checked with."""
+    ScaleApp: _aio.UnaryUnaryMultiCallable[_control_pb2.ScaleAppRequest, _control_pb2.ScaleAppResponse]  # type: ignore[assignment]
+    """Changes an app's scaling settings without a deploy; they apply at once. The
+    runtime-tunable ones survive the next deploy, the code-specific ones
+    (max_multiplexing, startup_timeout_s, machine_types) last until it.
+    """
+    StopRunner: _aio.UnaryUnaryMultiCallable[_control_pb2.StopRunnerRequest, _control_pb2.StopRunnerResponse]  # type: ignore[assignment]
+    """Stops a runner gracefully (DRAINING, then TERMINATING); with `replace`, a new runner
+    is started first and the old one drains once the new one is ready.
+    """
+    KillRunner: _aio.UnaryUnaryMultiCallable[_control_pb2.KillRunnerRequest, _control_pb2.KillRunnerResponse]  # type: ignore[assignment]
+    """Kills a runner now; its in-flight requests are retried."""
+    RunnerLogs: _aio.UnaryStreamMultiCallable[_control_pb2.RunnerLogsRequest, _control_pb2.RunnerLogsResponse]  # type: ignore[assignment]
+    """A runner's output (stdout and stderr of its process), then new lines with `follow`."""
 
 class ControlServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -138,5 +164,42 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.GetWebhookKeysResponse, _abc.Awaitable[_control_pb2.GetWebhookKeysResponse]]:
         """The public keys webhook signatures can be checked with."""
+
+    @_abc_1.abstractmethod
+    def ScaleApp(
+        self,
+        request: _control_pb2.ScaleAppRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ScaleAppResponse, _abc.Awaitable[_control_pb2.ScaleAppResponse]]:
+        """Changes an app's scaling settings without a deploy; they apply at once. The
+        runtime-tunable ones survive the next deploy, the code-specific ones
+        (max_multiplexing, startup_timeout_s, machine_types) last until it.
+        """
+
+    @_abc_1.abstractmethod
+    def StopRunner(
+        self,
+        request: _control_pb2.StopRunnerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.StopRunnerResponse, _abc.Awaitable[_control_pb2.StopRunnerResponse]]:
+        """Stops a runner gracefully (DRAINING, then TERMINATING); with `replace`, a new runner
+        is started first and the old one drains once the new one is ready.
+        """
+
+    @_abc_1.abstractmethod
+    def KillRunner(
+        self,
+        request: _control_pb2.KillRunnerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.KillRunnerResponse, _abc.Awaitable[_control_pb2.KillRunnerResponse]]:
+        """Kills a runner now; its in-flight requests are retried."""
+
+    @_abc_1.abstractmethod
+    def RunnerLogs(
+        self,
+        request: _control_pb2.RunnerLogsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_control_pb2.RunnerLogsResponse], _abc.AsyncIterator[_control_pb2.RunnerLogsResponse]]:
+        """A runner's output (stdout and stderr of its process), then new lines with `follow`."""
 
 def add_ControlServicer_to_server(servicer: ControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

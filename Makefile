@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run stop test proto lint bench clean
+.PHONY: run stop test proto lint bench bench-autoscale clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/overhead.py --out bench/overhead.json
 	dsn=$${FALRT_TEST_POSTGRES_DSN:-$$(scripts/postgres.sh)} && \
 	  $(BIN)/python bench/queue.py --postgres $$dsn --out bench/queue.json
+
+# The autoscaling picture: docs/autoscale.png and bench/autoscale.json (about 40 s).
+bench-autoscale: $(STAMP)
+	$(BIN)/python bench/autoscale.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -238,3 +238,39 @@ def test_machine_types_are_tried_in_order_and_missing_capacity_is_reported(
     assert "no capacity for GPU-H100" in waiting_reason(client, request_id)
     assert not control.list_runners("gpu-only")
     client.cancel(request_id)
+
+
+def test_a_stop_drains_in_flight_requests_then_tears_down_within_the_grace_period(
+    server: ServerProcess, client: SyncClient, control: ControlClient, tmp_path: Path
+) -> None:
+    source = Path(APP.partition("::")[0]).read_text().replace(
+        "    keep_alive = 2\n", "    keep_alive = 2\n    termination_grace_period_seconds = 2\n")
+    app_file = tmp_path / "graceful.py"
+    app_file.write_text(source)
+    endpoint = server.deploy(f"{app_file}::Lifecycle", "--app-name", "graceful")
+    gate = make_gate(tmp_path / "gate")
+    running = client.submit(endpoint, {"gate": str(gate)}).request_id
+    runner = wait_for(lambda: next(iter(control.list_runners("graceful")), None)
+                      if any(r.in_flight_request_ids for r in control.list_runners("graceful"))
+                      else None, timeout=60, what="the request running")
+    server.cli("runners", "stop", runner.runner_id)
+    # DRAINING: no new work; the request in flight finishes, then teardown().
+    wait_for(lambda: control.list_runners("graceful")[0].state
+             == common_pb2.RUNNER_STATE_DRAINING, what="draining")
+    release(gate)
+    assert client.wait(running, timeout=30).error is None
+    ended = wait_for(lambda: control.list_runners("graceful", [TERMINATED]), what="the end")
+    assert state_names(ended[0])[-4:] == ["RUNNING", "DRAINING", "TERMINATING", "TERMINATED"]
+    log = server.cli("runners", "logs", runner.runner_id).stdout
+    assert log.index("handle_exit with 1 in flight") < log.index("teardown done")
+
+    # A teardown that never ends is killed when the grace period (2 s) has passed.
+    hung = client.wait(client.submit(endpoint, {"hang_teardown": True}).request_id,
+                       timeout=60).output["runner"]
+    stopped_at = time.monotonic()
+    server.cli("runners", "stop", hung)
+    wait_for(lambda: hung in {r.runner_id for r in control.list_runners("graceful", [TERMINATED])},
+             timeout=30, what="the hung runner killed")
+    assert 2.0 <= time.monotonic() - stopped_at < 6.0
+    log = server.cli("runners", "logs", hung).stdout
+    assert "teardown started" in log and "teardown done" not in log

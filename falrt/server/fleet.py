@@ -89,7 +89,8 @@ class Fleet:
                 try:
                     decision = self._scale(app)
                 except Exception:
-                    log.exception("scaling app %s failed", app.name)
+                    log.exception("scaling app %s failed; trying again in 1 s", app.name)
+                    next_check = min(next_check or 1.0, 1.0)
                     continue
                 if decision.next_check_s is not None:
                     next_check = min(next_check or decision.next_check_s, decision.next_check_s)
@@ -289,7 +290,9 @@ class Fleet:
             runner.outbox.put_nowait(DrainEvent())
         elif runner.process is not None:
             runner.process.terminate()
-        self._spawn(self._reap(runner, grace_s=self._grace(runner) + 5.0))
+        # fal: killed when the grace period has passed since the stop, even mid-teardown
+        # (0.5 s more for the messages in transit).
+        self._spawn(self._reap(runner, grace_s=self._grace(runner) + 0.5))
 
     def replace(self, runner: RunnerHandle) -> RunnerHandle:
         """`falrt runners stop --replace`: starts a runner of the app's live revision (on

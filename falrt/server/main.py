@@ -95,6 +95,7 @@ async def serve(settings: ServerSettings) -> None:
     if cluster is not None:
         cluster.start()
     scaler = asyncio.ensure_future(fleet.run())
+    scaler.add_done_callback(_must_not_end)
     keeper = asyncio.ensure_future(scheduler.recorder.keep_house())
     log.info("loaded %d apps, %d unfinished requests, %d webhooks owed", len(scheduler.apps),
              requeued, owed)
@@ -155,6 +156,15 @@ def _grpc_server(
         (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     return server, health_servicer
+
+
+def _must_not_end(task: asyncio.Future[Any]) -> None:
+    """The scaling loop ends only when cancelled at shutdown; anything else is a bug that
+    would leave requests waiting for runners forever, so the server stops loudly."""
+    if task.cancelled():
+        return
+    log.critical("the scaling loop ended: %r; stopping the server", task.exception())
+    signal.raise_signal(signal.SIGTERM)
 
 
 def _dial_host(host: str) -> str:

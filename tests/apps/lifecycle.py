@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 
 import msgspec
@@ -16,6 +17,7 @@ class Input(msgspec.Struct):
     seconds: float = 0.0
     gate: str = ""  # a FIFO to read one byte from before answering
     pid_file: str = ""  # where to write the runner's pid when the request starts
+    hang_teardown: bool = False  # this runner's teardown() will never end
 
 
 class Output(msgspec.Struct):
@@ -38,12 +40,23 @@ class Lifecycle(falrt.App):
     def setup(self) -> None:
         self.active = 0
         self.peak = 0
+        self.hang_teardown = False
         print("lifecycle setup done", flush=True)
+
+    def handle_exit(self) -> None:
+        print(f"handle_exit with {self.active} in flight", flush=True)
+
+    def teardown(self) -> None:
+        print("teardown started", flush=True)
+        if self.hang_teardown:
+            time.sleep(3600)
+        print("teardown done", flush=True)
 
     @falrt.endpoint("/")
     async def work(self, request: Input) -> Output:
         self.active += 1
         self.peak = max(self.peak, self.active)
+        self.hang_teardown = self.hang_teardown or request.hang_teardown
         try:
             if request.pid_file:
                 Path(request.pid_file).write_text(str(os.getpid()))

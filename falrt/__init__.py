@@ -7,10 +7,12 @@ inside every runner.
 
 from falrt.errors import FalrtError, RequestCancelledError, ValidationFailedError
 from falrt.sdk.app import App, RequestContext, endpoint
+from falrt.sdk.endpoints import HealthCheck
 
 __all__ = [
     "App",
     "FalrtError",
+    "HealthCheck",
     "RequestCancelledError",
     "RequestContext",
     "ValidationFailedError",

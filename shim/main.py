@@ -81,7 +81,10 @@ def main() -> int:
     except BaseException:
         traceback.print_exc(file=real_stderr)
         return EXIT_SETUP_FAILED
-    pool = ThreadPoolExecutor(settings.max_multiplexing, thread_name_prefix="falrt-handler")
+    # One more thread when the app has a health check: its calls never wait for a request's.
+    health = any(ep.health_check is not None for ep in type(app).endpoints().values())
+    pool = ThreadPoolExecutor(settings.max_multiplexing + int(health),
+                              thread_name_prefix="falrt-handler")
     session = RunnerSession(settings, app, pool)
     code = uvloop.run(serve(session))
     if session.threads_abandoned:

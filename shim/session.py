@@ -53,6 +53,7 @@ from falrt.sdk.endpoints import Endpoint, EndpointKind
 from falrt.v1 import common_pb2, runner_pb2, runner_pb2_grpc
 
 from . import logcapture, wire
+from .gpu_errors import is_gpu_failure
 from .invoke import Invoker
 from .outbox import Outbox
 from .settings import ShimSettings
@@ -63,6 +64,7 @@ log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_REFUSED = 4  # the server refused the runner (bad token, bad Hello)
+EXIT_UNHEALTHY = 5  # the app's health check failed failure_threshold times in a row
 CLOSE_TIMEOUT_S = 5.0
 _REFUSED_CODES = (
     grpc.StatusCode.PERMISSION_DENIED,
@@ -133,6 +135,9 @@ class RunnerSession:
                 asyncio.create_task(self.outbox.pump(self._call)),
                 asyncio.create_task(self._heartbeat()),
             ]
+            health = self._health_endpoint()
+            if health is not None:
+                helpers.append(asyncio.create_task(self._check_health(health)))
             await self._read(self._call)
             self._lost.set()
             await self._start_shutdown(handle_exit=False)
@@ -185,6 +190,47 @@ class RunnerSession:
             await asyncio.sleep(self._settings.heartbeat_s)
             free = self._settings.max_multiplexing - len(self._inflight)
             await self.outbox.send(wire.heartbeat(max(free, 0)))
+
+    # -- the health check ------------------------------------------------------------
+
+    def _health_endpoint(self) -> Endpoint | None:
+        for ep in self._endpoints.values():
+            if ep.health_check is not None and ep.health_check.call_regularly:
+                return ep
+        return None
+
+    async def _check_health(self, ep: Endpoint) -> None:
+        """Calls the health check endpoint regularly; after failure_threshold failures in a
+        row the runner stops (the server replaces it and retries its requests)."""
+        check = ep.health_check
+        assert check is not None
+        await asyncio.sleep(check.start_period_seconds)
+        failures = 0
+        while self._shutdown is None:
+            reason = await self._probe(ep, check.timeout_seconds)
+            failures = failures + 1 if reason else 0
+            if reason:
+                log.warning("health check %s failed (%d of %d): %s", ep.path, failures,
+                            check.failure_threshold, reason)
+            if failures >= check.failure_threshold:
+                log.error("health check failed %d times in a row (last: %s); this runner "
+                          "stops", failures, reason)
+                self.exit_code = EXIT_UNHEALTHY
+                self._call_cancelled = True
+                self._call.cancel()  # the server sees the runner go and retries its requests
+                return
+            await asyncio.sleep(check.period_seconds)
+
+    async def _probe(self, ep: Endpoint, timeout_s: float) -> str:
+        """"" when the health check passes, else why it failed."""
+        try:
+            value = ep.input_codec.decode(b"{}", False)
+            await asyncio.wait_for(self._invoker.unary(ep, value, False), timeout_s)
+        except TimeoutError:
+            return f"no answer within {timeout_s:g} s"
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return ""
 
     # -- requests --------------------------------------------------------------------
 
@@ -259,6 +305,12 @@ class RunnerSession:
         except FalrtError as exc:
             return wire.error_result(request_id, exc, time.perf_counter() - started)
         except Exception as exc:
+            context = request_var.get()
+            if is_gpu_failure(exc) and context is not None:
+                # fal: the runner is replaced and the request retried elsewhere
+                log.error("request %s hit a GPU failure (%s: %s); this runner will stop",
+                          request_id, type(exc).__name__, exc)
+                context.needs_retry, context.stop_runner = True, True
             return wire.error_result(request_id, handler_error(exc), time.perf_counter() - started)
         if entry.client_cancelled:
             return wire.error_result(request_id, RequestCancelledError("cancelled"))

@@ -19,11 +19,14 @@ from typing import Any, TypeVar
 
 from falrt.sdk.codec import Codec, codec_for, is_model_type
 
-__all__ = ["Endpoint", "EndpointKind", "collect_endpoints", "endpoint", "endpoint_path"]
+__all__ = [
+    "Endpoint", "EndpointKind", "HealthCheck", "collect_endpoints", "endpoint", "endpoint_path",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 _MARK = "__falrt_endpoint_path__"
+_HEALTH_MARK = "__falrt_health_check__"
 _STREAM_ORIGINS = (
     collections.abc.Iterator,
     collections.abc.Iterable,
@@ -42,6 +45,34 @@ class EndpointKind(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """Makes an endpoint the runner's health check (fal's `fal.HealthCheck`).
+
+    Inside the runner, after `setup()` and `start_period_seconds`, the endpoint is called
+    every `period_seconds` (when `call_regularly`) with an empty input (`{}`: every input
+    field needs a default); a call that raises or takes longer than `timeout_seconds` fails.
+    After `failure_threshold` failures in a row the runner stops and is replaced; the
+    requests it was running are retried on another runner. fal calls every 15 s; the period
+    is a falrt setting.
+    """
+
+    start_period_seconds: float = 30.0
+    timeout_seconds: float = 5.0
+    failure_threshold: int = 3
+    call_regularly: bool = True
+    period_seconds: float = 15.0
+
+    def __post_init__(self) -> None:
+        for name in ("start_period_seconds", "timeout_seconds", "period_seconds"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"HealthCheck.{name} must be >= 0")
+        if self.timeout_seconds == 0 or self.period_seconds == 0:
+            raise ValueError("HealthCheck timeout_seconds and period_seconds must be > 0")
+        if self.failure_threshold < 1:
+            raise ValueError("HealthCheck.failure_threshold must be >= 1")
+
+
+@dataclass(frozen=True, slots=True)
 class Endpoint:
     """One endpoint of an App class, resolved at class creation.
 
@@ -57,19 +88,24 @@ class Endpoint:
     output_type: type[Any]
     input_codec: Codec
     output_codec: Codec
+    health_check: HealthCheck | None = None
 
 
-def endpoint(path: str) -> Callable[[F], F]:
-    """Marks an App method as the handler of `path` (which must start with "/").
+def endpoint(path: str, *, health_check: HealthCheck | None = None) -> Callable[[F], F]:
+    """Marks an App method as the handler of `path` (which must start with "/"); with
+    `health_check`, also as the app's health check (at most one per app).
 
     Raises ValueError for a malformed path; the method's signature is checked when its class
     is created (TypeError).
     """
     if not isinstance(path, str) or not path.startswith("/"):
         raise ValueError(f"endpoint path must be a string starting with '/', got {path!r}")
+    if health_check is not None and not isinstance(health_check, HealthCheck):
+        raise TypeError(f"health_check must be a falrt.HealthCheck, got {health_check!r}")
 
     def mark(fn: F) -> F:
         setattr(fn, _MARK, path)
+        setattr(fn, _HEALTH_MARK, health_check)
         return fn
 
     return mark
@@ -120,6 +156,9 @@ def _describe_method(name: str, fn: Callable[..., Any], path: str) -> Endpoint:
     is_async_gen = inspect.isasyncgenfunction(fn)
     streams = is_async_gen or inspect.isgeneratorfunction(fn)
     input_type, output_type = _io_types(fn, streams)
+    health_check = getattr(fn, _HEALTH_MARK, None)
+    if health_check is not None:
+        _check_health_endpoint(fn, streams, input_type)
     return Endpoint(
         path=path,
         name=name,
@@ -129,7 +168,19 @@ def _describe_method(name: str, fn: Callable[..., Any], path: str) -> Endpoint:
         output_type=output_type,
         input_codec=codec_for(input_type),
         output_codec=codec_for(output_type),
+        health_check=health_check,
     )
+
+
+def _check_health_endpoint(fn: Callable[..., Any], streams: bool, input_type: type[Any]) -> None:
+    if streams:
+        raise TypeError(f"health check endpoint {fn.__qualname__} must not be a generator")
+    try:
+        codec_for(input_type).decode(b"{}", False)
+    except Exception as exc:
+        raise TypeError(
+            f"health check endpoint {fn.__qualname__}: every field of its input must have a "
+            f"default (it is called with {{}}): {exc}") from None
 
 
 def collect_endpoints(cls: type) -> dict[str, Endpoint]:
@@ -153,4 +204,8 @@ def collect_endpoints(cls: type) -> dict[str, Endpoint]:
                     f"{found[path].name}() and {name}()"
                 )
             found[path] = _describe_method(name, attr, path)
+    checks = [ep.path for ep in found.values() if ep.health_check is not None]
+    if len(checks) > 1:
+        raise TypeError(f"{cls.__qualname__}: only one endpoint may be the health check, "
+                        f"not {checks}")
     return found

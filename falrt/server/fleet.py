@@ -211,6 +211,12 @@ class Fleet:
             )
             if self._startup_failed(runner, f"exit status {code}: {reason}"):
                 return
+        elif not runner.stop_requested and not self._closing:
+            # It went on its own: a crash, a failed health check, a kill from outside.
+            reason = await asyncio.to_thread(_last_error_line, self.log_path(runner.runner_id))
+            runner.last_error = f"exit status {code}: {reason}"
+            log.warning("runner %s of %s exited: %s", runner.runner_id, runner.app_name,
+                        runner.last_error)
         self._terminated(runner)
 
     def _startup_failed(self, runner: RunnerHandle, reason: str) -> bool:
@@ -282,6 +288,7 @@ class Fleet:
         if runner.state in (RunnerState.DRAINING, RunnerState.TERMINATING,
                             RunnerState.TERMINATED):
             return
+        runner.stop_requested = True
         if runner.state is RunnerState.CRASH_BACKOFF:  # no process: it just ends
             self._terminated(runner)
             return
@@ -312,6 +319,7 @@ class Fleet:
 
     def kill(self, runner: RunnerHandle) -> None:
         """Stops a runner now: its stream is closed and its process killed."""
+        runner.stop_requested = True
         if runner.state is RunnerState.CRASH_BACKOFF:
             self._terminated(runner)
             return
@@ -322,6 +330,7 @@ class Fleet:
 
     def stop_app(self, app_name: str) -> None:
         for runner in self.runners_of(app_name):
+            runner.stop_requested = True
             runner.outbox.put_nowait(CloseEvent())
             if runner.process is not None:
                 runner.process.kill()

@@ -91,6 +91,7 @@ class RunnerHandle:
     # `falrt runners stop --replace`: the runner this one replaces (it drains once this
     # one is ready).
     replaces: str = ""
+    stop_requested: bool = False  # the server stopped or killed it (an exit is expected)
     # Every state entered, with its wall-clock time (the first and the last 100 kept).
     transitions: deque[tuple[RunnerState, float]] = field(
         default_factory=lambda: deque(maxlen=MAX_TRANSITIONS))

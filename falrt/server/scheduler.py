@@ -491,6 +491,7 @@ class Scheduler:
             return
         item.stop_timers()
         if verdict.stop_runner and self.fleet is not None:
+            runner.last_error = f"stopped after request {request_id} asked for it (stop_runner)"
             self.fleet.stop(runner)
         app = self.apps.get(item.app_name)
         never_ran = outcome.error is not None and outcome.error.error_type == "runner_refused"

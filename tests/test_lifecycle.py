@@ -253,6 +253,8 @@ def test_a_stop_drains_in_flight_requests_then_tears_down_within_the_grace_perio
     runner = wait_for(lambda: next(iter(control.list_runners("graceful")), None)
                       if any(r.in_flight_request_ids for r in control.list_runners("graceful"))
                       else None, timeout=60, what="the request running")
+    listing = server.cli("apps", "runners", "graceful").stdout  # counts, runners, requests
+    assert "1 running" in listing and runner.runner_id in listing and running in listing
     server.cli("runners", "stop", runner.runner_id)
     # DRAINING: no new work; the request in flight finishes, then teardown().
     wait_for(lambda: control.list_runners("graceful")[0].state

@@ -121,8 +121,8 @@ def test_other_servers_hear_what_changed_in_commit_order(dsn: str) -> None:
     async def main() -> None:
         async with joined(dsn, "s1") as s1, joined(dsn, "s2") as s2:
             heard: asyncio.Queue[ClusterEvent] = asyncio.Queue()
-            listener = await s2.listen(heard.put_nowait)
-            own = await s1.listen(heard.put_nowait)  # s1 does not hear itself
+            listener = await s2.listen(heard.put_nowait, lambda: None)
+            own = await s1.listen(heard.put_nowait, lambda: None)  # s1 does not hear itself
             try:
                 await s1.insert_request(request(1))
                 await s1.claim("id1", 1)

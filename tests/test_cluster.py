@@ -162,15 +162,18 @@ def test_a_server_that_dies_has_its_requests_taken_over(
     with SyncClient(a.address) as on_a:
         ids = {on_a.submit(endpoint, {"key": f"k{n:02d}", "n": n, "marks": str(marks),
                                       "seconds": 2.0}).request_id: n for n in range(total)}
-        held = wait_for(lambda: running_on(a) if len(running_on(a)) == 4 else None,
-                        timeout=60, what="the first server's runner full")
+        # Both servers' runners take from the one queue: what the first runs when it is
+        # killed is what this test is about.
+        held = wait_for(lambda: running_on(a) & set(ids), timeout=60,
+                        what="requests running on the first server")
     a.kill()  # its runner dies with it; the attempts it ran were cut
     with SyncClient(b.address) as on_b:
         for request_id, n in ids.items():
             done = on_b.wait(request_id, timeout=120)
             assert done.error is None, done.error
             assert done.output["double"] == 2 * n
-            assert done.output["runner"] in runner_ids(b)
+            if request_id in held:  # taken over and run again by the second server
+                assert done.output["runner"] in runner_ids(b)
     counts = marks_per_key(marks)
     assert set(counts) == {f"k{n:02d}" for n in range(total)}  # none lost
     twice = {key for key, count in counts.items() if count > 1}
@@ -192,9 +195,11 @@ def test_a_server_that_lost_its_lease_stops_and_its_late_results_do_not_count(
     marks.mkdir()
     with SyncClient(a.address) as on_a:
         ids = [on_a.submit(endpoint, {"key": f"k{n}", "n": n, "marks": str(marks),
-                                      "seconds": 1.0}).request_id for n in range(4)]
-        wait_for(lambda: set(ids) <= running_on(a) or None, timeout=60,
-                 what="the four requests on the first server")
+                                      "seconds": 3.0}).request_id for n in range(4)]
+        # Both servers' runners take requests from the one queue; what the first holds
+        # when it is paused is what this test is about.
+        held = wait_for(lambda: running_on(a) & set(ids), timeout=60,
+                        what="requests running on the first server")
     assert a.proc is not None
     a.proc.send_signal(signal.SIGSTOP)
     try:
@@ -203,7 +208,10 @@ def test_a_server_that_lost_its_lease_stops_and_its_late_results_do_not_count(
     finally:
         a.proc.send_signal(signal.SIGCONT)
     assert [o["double"] for o in outputs] == [0, 2, 4, 6]
-    assert {o["runner"] for o in outputs} <= runner_ids(b)
+    ran_on_b = runner_ids(b)
+    for request_id, output in zip(ids, outputs, strict=True):
+        if request_id in held:  # cut by the pause, run again by the other server
+            assert output["runner"] in ran_on_b
     assert a.proc.wait(timeout=60) == 0  # it stopped itself, gracefully
     assert "lease expired" in a.log()
     with SyncClient(b.address) as on_b:

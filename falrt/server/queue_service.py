@@ -66,11 +66,28 @@ class QueueService(queue_pb2_grpc.QueueServicer):
             await self._changed(item)
 
     async def _changed(self, item: QueuedRequest) -> None:
-        waits = [item.changed.wait()]
+        """Waits until the request changes, or (while it is queued) its app's queue does.
+
+        One plain future woken by the signals' callbacks: no task, and cancelling this wait
+        (the caller went away) never cancels a signal other watchers share.
+        """
+        sources = [item.changed.wait()]
         app = self._scheduler.apps.get(item.app_name)
         if item.status is Status.IN_QUEUE and app is not None:
-            waits.append(app.queue.changed.wait())
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            sources.append(app.queue.changed.wait())
+        waiter = asyncio.get_running_loop().create_future()
+
+        def wake(_: asyncio.Future[None]) -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+
+        for source in sources:
+            source.add_done_callback(wake)
+        try:
+            await waiter
+        finally:
+            for source in sources:
+                source.remove_done_callback(wake)
 
     @unary
     async def GetStatus(

@@ -4,7 +4,8 @@ All statements run on one dedicated thread that owns the connection. Callers on 
 loop hand it work and await a future; the thread takes every job waiting in its queue,
 runs them in one transaction and commits once (group commit), so many concurrent submits
 share one fsync. The journal is WAL with `synchronous=FULL`: a write that has been
-acknowledged survives a crash of the process or of the machine.
+acknowledged survives a crash of the process or of the machine. The file is opened in
+exclusive locking mode: one server owns it while it runs.
 """
 
 from __future__ import annotations
@@ -103,16 +104,41 @@ class SQLiteStore:
     # -- the writer thread -------------------------------------------------------------
 
     def _writer(self) -> None:
-        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        _migrate(conn)
-        conn.executescript(SCHEMA)
+        try:
+            conn = self._connect()
+        except sqlite3.Error as exc:
+            # Every job fails with the reason (open() among them) instead of waiting forever.
+            while (batch := self._take_batch()) is not None:
+                self._post([(future, None, exc) for _, future in batch])
+            return
         try:
             while (batch := self._take_batch()) is not None:
                 self._run_batch(conn, batch)
         finally:
             conn.close()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        try:
+            # This thread's connection is the file's only user: exclusive locking keeps the
+            # WAL index in this process's memory and takes the file lock once, so a commit
+            # makes no lock or shared-memory calls. Durability is unchanged (synchronous=FULL
+            # syncs the WAL at every commit); a second server on the same file fails to open
+            # it ("database is locked") instead of sharing the queue.
+            conn.execute("PRAGMA locking_mode=EXCLUSIVE")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            _migrate(conn)
+            conn.executescript(SCHEMA)
+        except sqlite3.Error:
+            conn.close()
+            raise
+        return conn
+
+    def _post(self, results: list[_Result]) -> None:
+        """Hands finished jobs back to the loop: one wake-up for the whole batch."""
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(_resolve_all, results)
 
     def _take_batch(self) -> list[_Job] | None:
         first = self._jobs.get()
@@ -134,9 +160,7 @@ class SQLiteStore:
         if len(batch) == 1 and isinstance(batch[0][0], _Rows):
             # One statement commits on its own (autocommit): one call into SQLite instead of
             # three, so the thread takes the interpreter lock once, not three times.
-            result = _execute_one(conn, batch[0])
-            assert self._loop is not None
-            self._loop.call_soon_threadsafe(_resolve_all, [result])
+            self._post([_execute_one(conn, batch[0])])
             return
         results: list[_Result] = []
         try:
@@ -149,8 +173,7 @@ class SQLiteStore:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             results = [(future, None, exc) for _, future in batch]
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(_resolve_all, results)
+        self._post(results)
 
     # -- apps and revisions ------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""`falrt apps list|get|scale|runners|delete`: deployed apps."""
+"""`falrt apps list|get|scale|runners|revisions|delete-rev|rollback|rollout|delete`."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from falrt.client.control import ControlClient
 from falrt.v1 import control_pb2
 
 from .context import CliContext, pass_cli
+from .deploy import STRATEGIES, follow_deploy, strategy_option
 from .errors import reporting_errors
 from .render import (
     OutputFormat,
@@ -21,6 +22,7 @@ from .render import (
     print_protos,
     print_table,
     proto_dict,
+    stderr,
     stdout,
 )
 from .runners import print_runners, state_name, state_option, state_values
@@ -159,6 +161,70 @@ def app_runners(cli: CliContext, name: str, states: tuple[str, ...], output: Out
     print_runners(infos)
     print_table("In flight", ["runner id", "request id"],
                 [[r.runner_id, i] for r in infos for i in r.in_flight_request_ids])
+
+
+@apps.command("revisions")
+@click.argument("name")
+@output_option
+@pass_cli
+def list_revisions(cli: CliContext, name: str, output: OutputFormat) -> None:
+    """An app's revisions, newest first (the live one marked)."""
+    with reporting_errors(cli.host), ControlClient(cli.host) as control:
+        revisions = control.list_revisions(name)
+    if output == "json":
+        print_protos(revisions)
+        return
+    print_table(
+        f"Revisions of {name}",
+        ["revision", "live", "created", "bundle", "message", "annotations"],
+        [[r.revision_id, "*" if r.live else "", age(r.created_at), r.bundle_sha256[:12],
+          r.message or "-",
+          ", ".join(f"{k}={v}" for k, v in sorted(r.annotations.items())) or "-"]
+         for r in revisions],
+    )
+
+
+@apps.command("delete-rev")
+@click.argument("revision_id")
+@pass_cli
+def delete_revision(cli: CliContext, revision_id: str) -> None:
+    """Delete a revision that is not live."""
+    with reporting_errors(cli.host), ControlClient(cli.host) as control:
+        control.delete_revision(revision_id)
+    click.echo(f"deleted {revision_id}", err=True)
+
+
+@apps.command("rollback")
+@click.argument("name")
+@click.argument("revision_id")
+@strategy_option
+@pass_cli
+def rollback(cli: CliContext, name: str, revision_id: str, strategy: str) -> None:
+    """Make an earlier revision live again (no rebuild). Scale overrides of the
+    runtime-tunable settings are kept; code-specific settings come from that revision."""
+    with reporting_errors(cli.host), ControlClient(cli.host) as control:
+        result = follow_deploy(control.rollback(name, revision_id, STRATEGIES[strategy]))
+    stderr.print(f"{result.app_name} serves revision {result.revision_id}", style="green",
+                 highlight=False)
+
+
+@apps.command("rollout")
+@click.argument("name")
+@click.option("--force", is_flag=True,
+              help="kill every runner now (in-flight requests are retried) instead of "
+                   "replacing them one by one")
+@pass_cli
+def rollout(cli: CliContext, name: str, force: bool) -> None:
+    """Replace every runner of the live revision (to pick up new secrets, machine types, or
+    to clear a runner's state); graceful by default: replacements first, then drain."""
+    with reporting_errors(cli.host), ControlClient(cli.host) as control:
+        reply = control.rollout(name, force=force)
+    if force:
+        stderr.print(f"killed {len(reply.runner_ids)} runner(s)", highlight=False)
+    else:
+        stderr.print(f"replacing {len(reply.runner_ids)} runner(s): "
+                     f"{', '.join(reply.replacement_runner_ids) or 'none running'}",
+                     highlight=False)
 
 
 @apps.command("delete")

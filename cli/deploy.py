@@ -50,17 +50,37 @@ def build_header(
     )
 
 
+STRATEGIES = {"rolling": control_pb2.STRATEGY_ROLLING, "recreate": control_pb2.STRATEGY_RECREATE}
+strategy_option = click.option(
+    "--strategy", type=click.Choice(sorted(STRATEGIES)), default="rolling", show_default=True,
+    help="rolling: a runner of the new revision starts first and the switch waits until it "
+         "is ready (if it fails, the old revision keeps serving); recreate: switch at once")
+
+
+def _pairs(items: tuple[str, ...]) -> dict[str, str]:
+    pairs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--annotation")
+        pairs[key] = value
+    return pairs
+
+
 @click.command()
 @click.argument("app_ref", metavar="FILE::CLASS")
 @click.option("--app-name", default=None, help="deploy under this name (default: the class's)")
 @click.option("--message", default="", help="a note stored with the revision")
 @click.option("--reset-scale", is_flag=True,
               help="drop the settings `falrt apps scale` set; use the code's for everything")
+@strategy_option
+@click.option("--annotation", "annotations", multiple=True, metavar="KEY=VALUE",
+              help="a label stored with the revision (repeatable), e.g. commit=3f2a1c")
 @output_option
 @pass_cli
 def deploy(
     cli: CliContext, app_ref: str, app_name: str | None, message: str, reset_scale: bool,
-    output: OutputFormat,
+    strategy: str, annotations: tuple[str, ...], output: OutputFormat,
 ) -> None:
     """Deploy an app; print its endpoint id.
 
@@ -73,6 +93,8 @@ def deploy(
         bundle = pack(path)
         header = build_header(cls, bundle, app_name=app_name, message=message)
         header.reset_scale = reset_scale
+        header.strategy = STRATEGIES[strategy]
+        header.annotations.update(_pairs(annotations))
         stderr.print(f"deploying {header.app_name} ({len(bundle.data)} bytes, "
                      f"sha256 {bundle.sha256[:12]})", highlight=False)
         with ControlClient(cli.host) as control:

@@ -80,6 +80,36 @@ class ControlClient:
             reply = self._stub.ListRunners(request)
         return list(reply.runners)
 
+    def list_revisions(self, app_name: str) -> list[control_pb2.RevisionInfo]:
+        """The app's revisions, newest first."""
+        with translate_rpc_errors():
+            reply = self._stub.ListRevisions(control_pb2.ListRevisionsRequest(app_name=app_name))
+        return list(reply.revisions)
+
+    def delete_revision(self, revision_id: str) -> None:
+        """Raises FailedPreconditionError for the live revision."""
+        with translate_rpc_errors():
+            self._stub.DeleteRevision(control_pb2.DeleteRevisionRequest(revision_id=revision_id))
+
+    def rollback(
+        self, app_name: str, revision_id: str, strategy: int = control_pb2.STRATEGY_ROLLING
+    ) -> Generator[control_pb2.DeployResponse, None, None]:
+        """Makes an earlier revision live; yields progress like `deploy`, then the result."""
+        call = self._stub.Rollback(control_pb2.RollbackRequest(
+            app_name=app_name, revision_id=revision_id, strategy=strategy))  # type: ignore[arg-type]
+        try:
+            with translate_rpc_errors():
+                yield from call
+        finally:
+            call.cancel()
+
+    def rollout(self, app_name: str, *, force: bool = False) -> control_pb2.RolloutResponse:
+        """Replaces every runner of the app's live revision (or kills them with `force`)."""
+        with translate_rpc_errors():
+            reply: control_pb2.RolloutResponse = self._stub.Rollout(
+                control_pb2.RolloutRequest(app_name=app_name, force=force))
+        return reply
+
     def scale_app(self, name: str, settings: control_pb2.AppSettings) -> control_pb2.AppInfo:
         """Changes the app's scaling settings (the fields `settings` sets); the app after."""
         with translate_rpc_errors():

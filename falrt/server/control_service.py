@@ -11,13 +11,23 @@ from grpc import aio
 from falrt import errors
 from falrt.server import convert
 from falrt.server.apps import AppState, with_overrides
-from falrt.server.deploy import BuildLog, Deployed, Deployer, DeployEvent, DeployPlan, Progress
+from falrt.server.deploy import (
+    RECREATE,
+    ROLLING,
+    BuildLog,
+    Deployed,
+    Deployer,
+    DeployEvent,
+    DeployPlan,
+    Progress,
+)
 from falrt.server.fleet import Fleet
 from falrt.server.rpc import server_stream, unary
 from falrt.server.runner_logs import check_runner_id, read_lines
 from falrt.server.runners import RunnerHandle, RunnerState
 from falrt.server.scheduler import Scheduler
 from falrt.server.webhooks import SigningKey
+from falrt.store.records import Revision
 from falrt.v1 import common_pb2, control_pb2, control_pb2_grpc
 
 Context = aio.ServicerContext[Any, Any]
@@ -131,6 +141,48 @@ class ControlService(control_pb2_grpc.ControlServicer):
         ):
             yield control_pb2.RunnerLogsResponse(lines=lines)
 
+    @unary
+    async def ListRevisions(
+        self, request: control_pb2.ListRevisionsRequest, context: Context
+    ) -> control_pb2.ListRevisionsResponse:
+        app = self._app(request.app_name)
+        revisions = await self._scheduler.store.list_revisions(app.name)
+        return control_pb2.ListRevisionsResponse(revisions=[
+            _revision_info(r, live=r.revision_id == app.revision.revision_id) for r in revisions])
+
+    @unary
+    async def DeleteRevision(
+        self, request: control_pb2.DeleteRevisionRequest, context: Context
+    ) -> control_pb2.DeleteRevisionResponse:
+        revision = await self._scheduler.store.get_revision(request.revision_id)
+        if revision is None:
+            raise errors.NotFoundError(f"no revision {request.revision_id!r}")
+        app = self._scheduler.apps.get(revision.app_name)
+        if app is not None and app.revision.revision_id == revision.revision_id:
+            raise errors.FailedPreconditionError(
+                f"{revision.revision_id} is the live revision of {revision.app_name}; roll "
+                "back to another one first (`falrt apps rollback`)")
+        await self._scheduler.store.delete_revision(revision.revision_id)
+        return control_pb2.DeleteRevisionResponse()
+
+    @server_stream
+    async def Rollback(
+        self, request: control_pb2.RollbackRequest, context: Context
+    ) -> AsyncIterator[control_pb2.DeployResponse]:
+        events = self._deployer.rollback(
+            request.app_name, request.revision_id, _strategy(request.strategy))
+        async for event in events:
+            yield _deploy_response(event)
+
+    @unary
+    async def Rollout(
+        self, request: control_pb2.RolloutRequest, context: Context
+    ) -> control_pb2.RolloutResponse:
+        replaced, replacements = self._fleet.rollout(
+            self._app(request.app_name), force=request.force)
+        return control_pb2.RolloutResponse(
+            runner_ids=replaced, replacement_runner_ids=replacements)
+
     def _runner(self, runner_id: str) -> RunnerHandle:
         check_runner_id(runner_id)
         runner = self._fleet.runners.get(runner_id)
@@ -218,6 +270,23 @@ def _plan(header: control_pb2.DeployHeader) -> DeployPlan:
         endpoints=tuple(convert.endpoint_record(e) for e in header.endpoints),
         message=header.message,
         reset_scale=header.reset_scale,
+        strategy=_strategy(header.strategy),
+        annotations=dict(header.annotations),
+    )
+
+
+def _strategy(value: int) -> str:
+    return RECREATE if value == control_pb2.STRATEGY_RECREATE else ROLLING
+
+
+def _revision_info(revision: Revision, *, live: bool) -> control_pb2.RevisionInfo:
+    return control_pb2.RevisionInfo(
+        revision_id=revision.revision_id, app_name=revision.app_name,
+        entrypoint=revision.entrypoint, bundle_sha256=revision.bundle_sha256,
+        env_key=revision.env_key, settings=convert.app_settings(revision.config),
+        endpoints=[convert.endpoint_spec(e) for e in revision.endpoints],
+        message=revision.message, annotations=revision.annotations,
+        created_at=convert.timestamp(revision.created_at), live=live,
     )
 
 

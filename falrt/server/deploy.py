@@ -10,17 +10,22 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from falrt import bundle, errors
 from falrt.backends.environments import EnvironmentBuilder
-from falrt.server.apps import check_config, kept_on_deploy, with_overrides
+from falrt.server.apps import EffectiveSettings, check_config, kept_on_deploy, with_overrides
 from falrt.server.scheduler import Scheduler
 from falrt.settings import ServerSettings
 from falrt.store.records import AppConfig, AppRecord, EndpointRecord, Revision
 
 APP_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 ENTRYPOINT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*:[A-Za-z_][A-Za-z0-9_]*$")
+
+
+# How a deploy or a rollback switches the app (Strategy in control.proto).
+ROLLING = "rolling"
+RECREATE = "recreate"
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,8 @@ class DeployPlan:
     endpoints: tuple[EndpointRecord, ...]
     message: str
     reset_scale: bool = False
+    strategy: str = ROLLING
+    annotations: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -90,11 +97,81 @@ class Deployer:
         async for event in self._build(plan.config, built):
             yield event
         env_key = built[0]
-        yield Progress("ROLLOUT", "activating the new revision")
-        revision = await self._activate(plan, env_key)
-        endpoint_id = f"{self._settings.owner}/{plan.app_name}"
+        revision = Revision(
+            revision_id=f"rev-{uuid.uuid4().hex[:12]}", app_name=plan.app_name,
+            entrypoint=plan.entrypoint, bundle_sha256=plan.bundle_sha256, env_key=env_key,
+            config=plan.config, endpoints=plan.endpoints, message=plan.message,
+            created_at=time.time(), annotations=dict(plan.annotations),
+        )
+        existing = self._scheduler.apps.get(plan.app_name)
+        scale = kept_on_deploy(existing.record.scale if existing else AppConfig(),
+                               reset=plan.reset_scale)
+        async for event in self._switch(revision, scale, plan.strategy):
+            yield event
+
+    async def rollback(
+        self, app_name: str, revision_id: str, strategy: str
+    ) -> AsyncIterator[DeployEvent]:
+        """Makes an earlier revision of the app live again, without a rebuild: its bundle
+        and environment are still here. Runtime-tunable scale overrides are kept,
+        code-specific settings come from that revision (fal's set-rev)."""
+        app = self._scheduler.apps.get(app_name)
+        if app is None:
+            raise errors.NotFoundError(f"no app named {app_name!r}; `falrt apps list` shows them")
+        target = await self._scheduler.store.get_revision(revision_id)
+        if target is None or target.app_name != app_name:
+            raise errors.NotFoundError(
+                f"app {app_name!r} has no revision {revision_id!r}; `falrt apps revisions "
+                f"{app_name}` lists them")
+        if target.revision_id == app.revision.revision_id:
+            raise errors.FailedPreconditionError(f"{revision_id} is already live")
+        bundle_dir = self._settings.bundles_dir / target.bundle_sha256
+        if not await asyncio.to_thread(bundle_dir.is_dir):
+            raise errors.FailedPreconditionError(
+                f"the code bundle of {revision_id} is no longer on this server; deploy it again")
+        yield Progress("BUILD", "checking the revision's environment")
+        async for event in self._build(target.config, []):
+            yield event
+        async for event in self._switch(target, kept_on_deploy(app.record.scale, reset=False),
+                                        strategy):
+            yield event
+
+    async def _switch(
+        self, revision: Revision, scale: AppConfig, strategy: str
+    ) -> AsyncIterator[DeployEvent]:
+        """Makes `revision` live. Rolling (an app that serves already): a runner of the
+        revision starts first, and the switch waits until it is ready; if it cannot start,
+        the app keeps serving what it served and this raises FailedPreconditionError."""
+        config = with_overrides(revision.config, scale)
+        check_config(config)
+        existing = self._scheduler.apps.get(revision.app_name)
+        fleet = self._scheduler.fleet
+        candidate = None
+        if existing is not None and strategy == ROLLING and fleet is not None:
+            settings = EffectiveSettings.resolve(config, self._settings.app_defaults)
+            yield Progress("ROLLOUT", f"starting a runner of {revision.revision_id}")
+            candidate, error = await fleet.start_candidate(existing, revision, settings)
+            if error:
+                raise errors.FailedPreconditionError(
+                    f"the runner of {revision.revision_id} failed to start ({error}); "
+                    f"{revision.app_name} keeps serving {existing.revision.revision_id}. Its "
+                    f"output: `falrt runners logs {candidate.runner_id}`")
+            yield Progress("ROLLOUT", f"runner {candidate.runner_id} is ready; switching")
+        else:
+            yield Progress("ROLLOUT", f"switching to {revision.revision_id}")
+        now = time.time()
+        created = existing.record.created_at if existing else now
+        record = AppRecord(revision.app_name, revision.revision_id, created, now, scale)
+        try:
+            await self._scheduler.store.deploy(revision, record)
+        except BaseException:
+            if candidate is not None and fleet is not None:
+                fleet.stop(candidate)
+            raise
+        self._scheduler.activate(record, revision)  # the old revision's runners drain
+        endpoint_id = f"{self._settings.owner}/{revision.app_name}"
         yield Progress("DONE", f"{endpoint_id} serves revision {revision.revision_id}", 1.0)
-        yield Deployed(endpoint_id, plan.app_name, revision.revision_id)
+        yield Deployed(endpoint_id, revision.app_name, revision.revision_id)
 
     def _check(self, plan: DeployPlan) -> None:
         if not APP_NAME.match(plan.app_name):
@@ -159,20 +236,3 @@ class Deployer:
             result.append(await task)
         finally:
             task.cancel()
-
-    async def _activate(self, plan: DeployPlan, env_key: str) -> Revision:
-        now = time.time()
-        revision = Revision(
-            revision_id=f"rev-{uuid.uuid4().hex[:12]}", app_name=plan.app_name,
-            entrypoint=plan.entrypoint, bundle_sha256=plan.bundle_sha256, env_key=env_key,
-            config=plan.config, endpoints=plan.endpoints, message=plan.message, created_at=now,
-        )
-        existing = self._scheduler.apps.get(plan.app_name)
-        created = existing.record.created_at if existing else now
-        scale = kept_on_deploy(existing.record.scale if existing else AppConfig(),
-                               reset=plan.reset_scale)
-        check_config(with_overrides(plan.config, scale))
-        record = AppRecord(plan.app_name, revision.revision_id, created, now, scale)
-        await self._scheduler.store.deploy(revision, record)
-        self._scheduler.activate(record, revision)
-        return revision

@@ -22,7 +22,7 @@ from falrt import errors
 from falrt.autoscaler.policy import RunnerView, ScalingContext, ScalingDecision, decide
 from falrt.backends.base import Backend, RunnerSpec
 from falrt.backends.environments import EnvironmentBuilder
-from falrt.server.apps import AppState
+from falrt.server.apps import AppState, EffectiveSettings
 from falrt.server.runners import (
     ALIVE_STATES,
     CloseEvent,
@@ -32,6 +32,7 @@ from falrt.server.runners import (
 )
 from falrt.server.scheduler import Scheduler
 from falrt.settings import ServerSettings
+from falrt.store.records import Revision
 
 log = logging.getLogger(__name__)
 
@@ -129,11 +130,11 @@ class Fleet:
             self._terminated(runner)
         return decision
 
-    def _placeable(self, app: AppState) -> str | None:
+    def _placeable(self, app: AppState, machine_types: tuple[str, ...] = ()) -> str | None:
         """The first of the app's machine types the backend can start a runner of now;
         None (and the app waits no_capacity_wait, its callers told why) when none."""
         reasons = []
-        for machine in app.settings.machine_types:
+        for machine in machine_types or app.settings.machine_types:
             reason = self.backend.capacity(machine)
             if not reason:
                 return machine
@@ -146,24 +147,47 @@ class Fleet:
 
     # -- starting ----------------------------------------------------------------------
 
-    def _new_runner(self, app: AppState) -> RunnerHandle:
+    def _new_runner(self, app: AppState, revision: Revision | None = None) -> RunnerHandle:
         runner = RunnerHandle(
             runner_id=f"r-{secrets.token_hex(6)}",
             app_name=app.name,
-            revision_id=app.revision.revision_id,
+            revision_id=(revision or app.revision).revision_id,
             token="",
             max_multiplexing=app.settings.scaling.max_multiplexing,
             machine_type="",
         )
+        runner.ready = asyncio.get_running_loop().create_future()
         self.runners[runner.runner_id] = runner
         return runner
 
-    async def _start_runner(self, app: AppState, runner: RunnerHandle, machine: str) -> None:
-        revision = app.revision
+    async def start_candidate(
+        self, app: AppState, revision: Revision, settings: EffectiveSettings
+    ) -> tuple[RunnerHandle, str]:
+        """A rolling switch: starts a runner of `revision` (not live yet; it takes no work)
+        and waits until it is ready. Returns it with "" — or with why it could not start
+        (it has ended then). Cancelling the wait stops it."""
+        machine = self._placeable(app, settings.machine_types)
+        if machine is None:
+            raise errors.FailedPreconditionError(
+                f"no runner of the new revision can start: {app.last_startup_error}")
+        runner = self._new_runner(app, revision)
+        assert runner.ready is not None
+        self._spawn(self._start_runner(app, runner, machine, (revision, settings)))
+        try:
+            return runner, await asyncio.shield(runner.ready)
+        except asyncio.CancelledError:
+            self.stop(runner)
+            raise
+
+    async def _start_runner(
+        self, app: AppState, runner: RunnerHandle, machine: str,
+        target: tuple[Revision, EffectiveSettings] | None = None,
+    ) -> None:
+        revision, settings = target or (app.revision, app.settings)
         runner.set_state(RunnerState.PENDING)
         runner.token = secrets.token_urlsafe(24)  # a new one for every start
         runner.machine_type = machine
-        runner.max_multiplexing = app.settings.scaling.max_multiplexing
+        runner.max_multiplexing = settings.scaling.max_multiplexing
         runner.attached, runner.startup_error, runner.process = False, "", None
         spec = RunnerSpec(
             runner_id=runner.runner_id,
@@ -173,7 +197,7 @@ class Fleet:
             bundle_dir=self.settings.bundles_dir / revision.bundle_sha256,
             entrypoint=revision.entrypoint,
             max_multiplexing=runner.max_multiplexing,
-            grace_period_s=app.settings.grace_period_s,
+            grace_period_s=settings.grace_period_s,
             log_path=self.log_path(runner.runner_id),
             machine_type=runner.machine_type,
         )
@@ -185,7 +209,7 @@ class Fleet:
                 self._terminated(runner)
             return
         runner.set_state(RunnerState.SETUP)
-        timeout_s = app.settings.startup_timeout_s
+        timeout_s = settings.startup_timeout_s
         deadline = asyncio.get_running_loop().call_later(
             timeout_s, self._startup_deadline, runner, timeout_s
         )
@@ -255,6 +279,8 @@ class Fleet:
         runner.set_state(RunnerState.IDLE)
         runner.idle_since = time.monotonic()
         runner.last_error = ""
+        if runner.ready is not None and not runner.ready.done():
+            runner.ready.set_result("")
         replaced = self.runners.get(runner.replaces)
         if replaced is not None:  # `falrt runners stop --replace`: the old one drains now
             self.stop(replaced)
@@ -335,6 +361,19 @@ class Fleet:
             if runner.process is not None:
                 runner.process.kill()
 
+    def rollout(self, app: AppState, *, force: bool) -> tuple[list[str], list[str]]:
+        """`falrt apps rollout`: replaces every runner of the live revision (graceful: a
+        replacement first for each, which it drains for once ready) or kills them (force).
+        Returns the runners replaced and their replacements."""
+        old = [r for r in self.runners_of(app.name) if r.revision_id == app.revision.revision_id
+               and r.state in ALIVE_STATES | {RunnerState.CRASH_BACKOFF}]
+        if force:
+            for runner in old:
+                runner.last_error = "killed by `falrt apps rollout --force`"
+                self.kill(runner)
+            return [r.runner_id for r in old], []
+        return [r.runner_id for r in old], [self.replace(r).runner_id for r in old]
+
     def retire_old_revisions(self, app: AppState) -> None:
         for runner in self.runners_of(app.name):
             if runner.revision_id != app.revision.revision_id:
@@ -351,6 +390,8 @@ class Fleet:
             runner.process.kill()
 
     def _terminated(self, runner: RunnerHandle) -> None:
+        if runner.ready is not None and not runner.ready.done():
+            runner.ready.set_result(runner.last_error or "it ended before it was ready")
         if runner.state is not RunnerState.TERMINATED:
             self.ended.append(runner)
         runner.set_state(RunnerState.TERMINATED)

@@ -96,6 +96,8 @@ class RunnerHandle:
     transitions: deque[tuple[RunnerState, float]] = field(
         default_factory=lambda: deque(maxlen=MAX_TRANSITIONS))
     first_transition: tuple[RunnerState, float] | None = None
+    # Resolved once it is ready ("") or gone before that (why): a rolling deploy waits on it.
+    ready: asyncio.Future[str] | None = None
 
     def __post_init__(self) -> None:
         self.first_transition = (self.state, self.state_since)

@@ -27,9 +27,16 @@ class Store(Protocol):
         """Flushes pending writes and releases the store. Idempotent."""
 
     async def deploy(self, revision: Revision, app: AppRecord) -> None:
-        """Stores a new revision and points its app at it, atomically."""
+        """Stores a revision (unless it is stored: a rollback) and points its app at it,
+        atomically."""
 
     async def get_revision(self, revision_id: str) -> Revision | None: ...
+
+    async def list_revisions(self, app_name: str) -> list[Revision]:
+        """The app's revisions, newest first."""
+
+    async def delete_revision(self, revision_id: str) -> None:
+        """Deletes one revision (the caller checks that it is not live)."""
 
     async def list_apps(self) -> list[AppRecord]: ...
 

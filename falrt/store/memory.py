@@ -35,6 +35,13 @@ class MemoryStore:
     async def get_revision(self, revision_id: str) -> Revision | None:
         return self._revisions.get(revision_id)
 
+    async def list_revisions(self, app_name: str) -> list[Revision]:
+        mine = [r for r in self._revisions.values() if r.app_name == app_name]
+        return sorted(mine, key=lambda r: r.created_at, reverse=True)
+
+    async def delete_revision(self, revision_id: str) -> None:
+        self._revisions.pop(revision_id, None)
+
     async def list_apps(self) -> list[AppRecord]:
         return sorted(self._apps.values(), key=lambda app: app.name)
 

@@ -74,7 +74,10 @@ ALTER TABLE falrt.apps ADD COLUMN IF NOT EXISTS scale BYTEA;
 # Any constant will do: it only has to be the same for every falrt server.
 _SCHEMA_LOCK = 0x66616C7274
 
-_INSERT_REVISION = "INSERT INTO falrt.revisions VALUES ($1, $2, $3, $4)"
+# A rollback deploys a revision that is stored already: it stays as it is.
+_INSERT_REVISION = (
+    "INSERT INTO falrt.revisions VALUES ($1, $2, $3, $4) ON CONFLICT (revision_id) DO NOTHING"
+)
 _UPSERT_APP = (
     "INSERT INTO falrt.apps VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name) DO UPDATE SET "
     "revision_id = EXCLUDED.revision_id, updated_at = EXCLUDED.updated_at, scale = EXCLUDED.scale"
@@ -257,6 +260,16 @@ class PostgresStore:
             "SELECT data FROM falrt.revisions WHERE revision_id = $1", revision_id
         )
         return None if data is None else _revision.decode(data)
+
+    async def list_revisions(self, app_name: str) -> list[Revision]:
+        rows = await self._readers.fetch(
+            "SELECT data FROM falrt.revisions WHERE app_name = $1 ORDER BY created_at DESC",
+            app_name)
+        return [_revision.decode(row["data"]) for row in rows]
+
+    async def delete_revision(self, revision_id: str) -> None:
+        await self._submit(
+            ("DELETE FROM falrt.revisions WHERE revision_id = $1", (revision_id,)))
 
     async def list_apps(self) -> list[AppRecord]:
         rows = await self._readers.fetch(f"SELECT {_APP_COLUMNS} FROM falrt.apps ORDER BY name")

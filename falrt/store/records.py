@@ -63,6 +63,7 @@ class Revision(msgspec.Struct, frozen=True):
     endpoints: tuple[EndpointRecord, ...]
     message: str
     created_at: float
+    annotations: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class AppRecord(msgspec.Struct, frozen=True):

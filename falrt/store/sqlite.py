@@ -182,7 +182,7 @@ class SQLiteStore:
 
         def write(conn: sqlite3.Connection) -> None:
             conn.execute(
-                "INSERT INTO revisions VALUES (?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO revisions VALUES (?, ?, ?, ?)",  # a rollback's is stored
                 (revision.revision_id, revision.app_name, revision.created_at, data),
             )
             conn.execute(
@@ -201,6 +201,16 @@ class SQLiteStore:
             ).fetchone()
         )
         return None if row is None else _revision.decode(row[0])
+
+    async def list_revisions(self, app_name: str) -> list[Revision]:
+        rows = await self._run(lambda conn: conn.execute(
+            "SELECT data FROM revisions WHERE app_name = ? ORDER BY created_at DESC",
+            (app_name,)).fetchall())
+        return [_revision.decode(row[0]) for row in rows]
+
+    async def delete_revision(self, revision_id: str) -> None:
+        await self._run(lambda conn: conn.execute(
+            "DELETE FROM revisions WHERE revision_id = ?", (revision_id,)))
 
     async def list_apps(self) -> list[AppRecord]:
         rows = await self._run(lambda conn: conn.execute(

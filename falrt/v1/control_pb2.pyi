@@ -21,6 +21,34 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _Strategy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _StrategyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Strategy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    STRATEGY_UNSPECIFIED: _Strategy.ValueType  # 0
+    """ROLLING."""
+    STRATEGY_ROLLING: _Strategy.ValueType  # 1
+    """Start a runner of the new revision; switch once it is ready, then drain the old
+    runners. If it cannot start, the old revision keeps serving and the deploy fails.
+    """
+    STRATEGY_RECREATE: _Strategy.ValueType  # 2
+    """Switch at once; the old runners drain; the next request may wait for a cold start."""
+
+class Strategy(_Strategy, metaclass=_StrategyEnumTypeWrapper):
+    """How a deploy or a rollback switches an app to a revision."""
+
+STRATEGY_UNSPECIFIED: Strategy.ValueType  # 0
+"""ROLLING."""
+STRATEGY_ROLLING: Strategy.ValueType  # 1
+"""Start a runner of the new revision; switch once it is ready, then drain the old
+runners. If it cannot start, the old revision keeps serving and the deploy fails.
+"""
+STRATEGY_RECREATE: Strategy.ValueType  # 2
+"""Switch at once; the old runners drain; the next request may wait for a cold start."""
+Global___Strategy: _TypeAlias = Strategy  # noqa: Y015
+
 class _EndpointKind:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -249,6 +277,26 @@ class DeployHeader(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class AnnotationsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     APP_NAME_FIELD_NUMBER: _builtins.int
     ENTRYPOINT_FIELD_NUMBER: _builtins.int
     BUNDLE_SHA256_FIELD_NUMBER: _builtins.int
@@ -257,6 +305,8 @@ class DeployHeader(_message.Message):
     ENDPOINTS_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     RESET_SCALE_FIELD_NUMBER: _builtins.int
+    STRATEGY_FIELD_NUMBER: _builtins.int
+    ANNOTATIONS_FIELD_NUMBER: _builtins.int
     app_name: _builtins.str
     """The app's name (kebab-case); the endpoint id is "owner/app_name"."""
     entrypoint: _builtins.str
@@ -271,10 +321,15 @@ class DeployHeader(_message.Message):
     """Drops every `falrt apps scale` override (fal's --reset-scale); otherwise the
     runtime-tunable ones are kept.
     """
+    strategy: Global___Strategy.ValueType
     @_builtins.property
     def settings(self) -> Global___AppSettings: ...
     @_builtins.property
     def endpoints(self) -> _containers.RepeatedCompositeFieldContainer[Global___EndpointSpec]: ...
+    @_builtins.property
+    def annotations(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Free-form labels stored with the revision (e.g. git commit, ticket)."""
+
     def __init__(
         self,
         *,
@@ -286,10 +341,12 @@ class DeployHeader(_message.Message):
         endpoints: _abc.Iterable[Global___EndpointSpec] | None = ...,
         message: _builtins.str = ...,
         reset_scale: _builtins.bool = ...,
+        strategy: Global___Strategy.ValueType = ...,
+        annotations: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_name", b"app_name", "bundle_sha256", b"bundle_sha256", "bundle_size", b"bundle_size", "endpoints", b"endpoints", "entrypoint", b"entrypoint", "message", b"message", "reset_scale", b"reset_scale", "settings", b"settings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "app_name", b"app_name", "bundle_sha256", b"bundle_sha256", "bundle_size", b"bundle_size", "endpoints", b"endpoints", "entrypoint", b"entrypoint", "message", b"message", "reset_scale", b"reset_scale", "settings", b"settings", "strategy", b"strategy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1048,3 +1105,233 @@ class RunnerLogsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RunnerLogsResponse: _TypeAlias = RunnerLogsResponse  # noqa: Y015
+
+@_typing.final
+class RevisionInfo(_message.Message):
+    """One immutable revision of an app."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class AnnotationsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    REVISION_ID_FIELD_NUMBER: _builtins.int
+    APP_NAME_FIELD_NUMBER: _builtins.int
+    ENTRYPOINT_FIELD_NUMBER: _builtins.int
+    BUNDLE_SHA256_FIELD_NUMBER: _builtins.int
+    ENV_KEY_FIELD_NUMBER: _builtins.int
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    ENDPOINTS_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    ANNOTATIONS_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    LIVE_FIELD_NUMBER: _builtins.int
+    revision_id: _builtins.str
+    app_name: _builtins.str
+    entrypoint: _builtins.str
+    """"module:Class"."""
+    bundle_sha256: _builtins.str
+    """Hex SHA-256 of the code bundle."""
+    env_key: _builtins.str
+    """The runner environment (a hash of the requirements); "" for none."""
+    message: _builtins.str
+    live: _builtins.bool
+    """Whether the app serves this revision now."""
+    @_builtins.property
+    def settings(self) -> Global___AppSettings:
+        """The settings the code declared."""
+
+    @_builtins.property
+    def endpoints(self) -> _containers.RepeatedCompositeFieldContainer[Global___EndpointSpec]: ...
+    @_builtins.property
+    def annotations(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        revision_id: _builtins.str = ...,
+        app_name: _builtins.str = ...,
+        entrypoint: _builtins.str = ...,
+        bundle_sha256: _builtins.str = ...,
+        env_key: _builtins.str = ...,
+        settings: Global___AppSettings | None = ...,
+        endpoints: _abc.Iterable[Global___EndpointSpec] | None = ...,
+        message: _builtins.str = ...,
+        annotations: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        live: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "settings", b"settings"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "app_name", b"app_name", "bundle_sha256", b"bundle_sha256", "created_at", b"created_at", "endpoints", b"endpoints", "entrypoint", b"entrypoint", "env_key", b"env_key", "live", b"live", "message", b"message", "revision_id", b"revision_id", "settings", b"settings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevisionInfo: _TypeAlias = RevisionInfo  # noqa: Y015
+
+@_typing.final
+class ListRevisionsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APP_NAME_FIELD_NUMBER: _builtins.int
+    app_name: _builtins.str
+    def __init__(
+        self,
+        *,
+        app_name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_name", b"app_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRevisionsRequest: _TypeAlias = ListRevisionsRequest  # noqa: Y015
+
+@_typing.final
+class ListRevisionsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVISIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def revisions(self) -> _containers.RepeatedCompositeFieldContainer[Global___RevisionInfo]: ...
+    def __init__(
+        self,
+        *,
+        revisions: _abc.Iterable[Global___RevisionInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["revisions", b"revisions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRevisionsResponse: _TypeAlias = ListRevisionsResponse  # noqa: Y015
+
+@_typing.final
+class DeleteRevisionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVISION_ID_FIELD_NUMBER: _builtins.int
+    revision_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        revision_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["revision_id", b"revision_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteRevisionRequest: _TypeAlias = DeleteRevisionRequest  # noqa: Y015
+
+@_typing.final
+class DeleteRevisionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteRevisionResponse: _TypeAlias = DeleteRevisionResponse  # noqa: Y015
+
+@_typing.final
+class RollbackRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APP_NAME_FIELD_NUMBER: _builtins.int
+    REVISION_ID_FIELD_NUMBER: _builtins.int
+    STRATEGY_FIELD_NUMBER: _builtins.int
+    app_name: _builtins.str
+    revision_id: _builtins.str
+    strategy: Global___Strategy.ValueType
+    def __init__(
+        self,
+        *,
+        app_name: _builtins.str = ...,
+        revision_id: _builtins.str = ...,
+        strategy: Global___Strategy.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_name", b"app_name", "revision_id", b"revision_id", "strategy", b"strategy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RollbackRequest: _TypeAlias = RollbackRequest  # noqa: Y015
+
+@_typing.final
+class RolloutRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APP_NAME_FIELD_NUMBER: _builtins.int
+    FORCE_FIELD_NUMBER: _builtins.int
+    app_name: _builtins.str
+    force: _builtins.bool
+    """Kill every runner now instead of replacing them one by one."""
+    def __init__(
+        self,
+        *,
+        app_name: _builtins.str = ...,
+        force: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_name", b"app_name", "force", b"force"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RolloutRequest: _TypeAlias = RolloutRequest  # noqa: Y015
+
+@_typing.final
+class RolloutResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUNNER_IDS_FIELD_NUMBER: _builtins.int
+    REPLACEMENT_RUNNER_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def runner_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The runners being replaced (graceful) or killed (force)."""
+
+    @_builtins.property
+    def replacement_runner_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Their replacements (graceful)."""
+
+    def __init__(
+        self,
+        *,
+        runner_ids: _abc.Iterable[_builtins.str] | None = ...,
+        replacement_runner_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["replacement_runner_ids", b"replacement_runner_ids", "runner_ids", b"runner_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RolloutResponse: _TypeAlias = RolloutResponse  # noqa: Y015

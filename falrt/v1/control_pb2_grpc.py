@@ -94,6 +94,26 @@ class ControlStub:
                 request_serializer=falrt_dot_v1_dot_control__pb2.RunnerLogsRequest.SerializeToString,
                 response_deserializer=falrt_dot_v1_dot_control__pb2.RunnerLogsResponse.FromString,
                 _registered_method=True)
+        self.ListRevisions = channel.unary_unary(
+                '/falrt.v1.Control/ListRevisions',
+                request_serializer=falrt_dot_v1_dot_control__pb2.ListRevisionsRequest.SerializeToString,
+                response_deserializer=falrt_dot_v1_dot_control__pb2.ListRevisionsResponse.FromString,
+                _registered_method=True)
+        self.DeleteRevision = channel.unary_unary(
+                '/falrt.v1.Control/DeleteRevision',
+                request_serializer=falrt_dot_v1_dot_control__pb2.DeleteRevisionRequest.SerializeToString,
+                response_deserializer=falrt_dot_v1_dot_control__pb2.DeleteRevisionResponse.FromString,
+                _registered_method=True)
+        self.Rollback = channel.unary_stream(
+                '/falrt.v1.Control/Rollback',
+                request_serializer=falrt_dot_v1_dot_control__pb2.RollbackRequest.SerializeToString,
+                response_deserializer=falrt_dot_v1_dot_control__pb2.DeployResponse.FromString,
+                _registered_method=True)
+        self.Rollout = channel.unary_unary(
+                '/falrt.v1.Control/Rollout',
+                request_serializer=falrt_dot_v1_dot_control__pb2.RolloutRequest.SerializeToString,
+                response_deserializer=falrt_dot_v1_dot_control__pb2.RolloutResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -187,6 +207,34 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListRevisions(self, request, context):
+        """An app's revisions, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteRevision(self, request, context):
+        """Deletes a revision that is not live. FAILED_PRECONDITION for the live one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Rollback(self, request, context):
+        """Makes an earlier revision live again, without a rebuild; streams progress like Deploy.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Rollout(self, request, context):
+        """Replaces every runner of the live revision (graceful: replacements first; force: now).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -249,6 +297,26 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.RunnerLogs,
                     request_deserializer=falrt_dot_v1_dot_control__pb2.RunnerLogsRequest.FromString,
                     response_serializer=falrt_dot_v1_dot_control__pb2.RunnerLogsResponse.SerializeToString,
+            ),
+            'ListRevisions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRevisions,
+                    request_deserializer=falrt_dot_v1_dot_control__pb2.ListRevisionsRequest.FromString,
+                    response_serializer=falrt_dot_v1_dot_control__pb2.ListRevisionsResponse.SerializeToString,
+            ),
+            'DeleteRevision': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteRevision,
+                    request_deserializer=falrt_dot_v1_dot_control__pb2.DeleteRevisionRequest.FromString,
+                    response_serializer=falrt_dot_v1_dot_control__pb2.DeleteRevisionResponse.SerializeToString,
+            ),
+            'Rollback': grpc.unary_stream_rpc_method_handler(
+                    servicer.Rollback,
+                    request_deserializer=falrt_dot_v1_dot_control__pb2.RollbackRequest.FromString,
+                    response_serializer=falrt_dot_v1_dot_control__pb2.DeployResponse.SerializeToString,
+            ),
+            'Rollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rollout,
+                    request_deserializer=falrt_dot_v1_dot_control__pb2.RolloutRequest.FromString,
+                    response_serializer=falrt_dot_v1_dot_control__pb2.RolloutResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -575,6 +643,114 @@ class Control:
             '/falrt.v1.Control/RunnerLogs',
             falrt_dot_v1_dot_control__pb2.RunnerLogsRequest.SerializeToString,
             falrt_dot_v1_dot_control__pb2.RunnerLogsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRevisions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/falrt.v1.Control/ListRevisions',
+            falrt_dot_v1_dot_control__pb2.ListRevisionsRequest.SerializeToString,
+            falrt_dot_v1_dot_control__pb2.ListRevisionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteRevision(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/falrt.v1.Control/DeleteRevision',
+            falrt_dot_v1_dot_control__pb2.DeleteRevisionRequest.SerializeToString,
+            falrt_dot_v1_dot_control__pb2.DeleteRevisionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rollback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/falrt.v1.Control/Rollback',
+            falrt_dot_v1_dot_control__pb2.RollbackRequest.SerializeToString,
+            falrt_dot_v1_dot_control__pb2.DeployResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/falrt.v1.Control/Rollout',
+            falrt_dot_v1_dot_control__pb2.RolloutRequest.SerializeToString,
+            falrt_dot_v1_dot_control__pb2.RolloutResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -62,6 +62,14 @@ class ControlStub:
     """Kills a runner now; its in-flight requests are retried."""
     RunnerLogs: _grpc.UnaryStreamMultiCallable[_control_pb2.RunnerLogsRequest, _control_pb2.RunnerLogsResponse]
     """A runner's output (stdout and stderr of its process), then new lines with `follow`."""
+    ListRevisions: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListRevisionsRequest, _control_pb2.ListRevisionsResponse]
+    """An app's revisions, newest first."""
+    DeleteRevision: _grpc.UnaryUnaryMultiCallable[_control_pb2.DeleteRevisionRequest, _control_pb2.DeleteRevisionResponse]
+    """Deletes a revision that is not live. FAILED_PRECONDITION for the live one."""
+    Rollback: _grpc.UnaryStreamMultiCallable[_control_pb2.RollbackRequest, _control_pb2.DeployResponse]
+    """Makes an earlier revision live again, without a rebuild; streams progress like Deploy."""
+    Rollout: _grpc.UnaryUnaryMultiCallable[_control_pb2.RolloutRequest, _control_pb2.RolloutResponse]
+    """Replaces every runner of the live revision (graceful: replacements first; force: now)."""
 
 @_typing.type_check_only
 class ControlAsyncStub(ControlStub):
@@ -97,6 +105,14 @@ class ControlAsyncStub(ControlStub):
     """Kills a runner now; its in-flight requests are retried."""
     RunnerLogs: _aio.UnaryStreamMultiCallable[_control_pb2.RunnerLogsRequest, _control_pb2.RunnerLogsResponse]  # type: ignore[assignment]
     """A runner's output (stdout and stderr of its process), then new lines with `follow`."""
+    ListRevisions: _aio.UnaryUnaryMultiCallable[_control_pb2.ListRevisionsRequest, _control_pb2.ListRevisionsResponse]  # type: ignore[assignment]
+    """An app's revisions, newest first."""
+    DeleteRevision: _aio.UnaryUnaryMultiCallable[_control_pb2.DeleteRevisionRequest, _control_pb2.DeleteRevisionResponse]  # type: ignore[assignment]
+    """Deletes a revision that is not live. FAILED_PRECONDITION for the live one."""
+    Rollback: _aio.UnaryStreamMultiCallable[_control_pb2.RollbackRequest, _control_pb2.DeployResponse]  # type: ignore[assignment]
+    """Makes an earlier revision live again, without a rebuild; streams progress like Deploy."""
+    Rollout: _aio.UnaryUnaryMultiCallable[_control_pb2.RolloutRequest, _control_pb2.RolloutResponse]  # type: ignore[assignment]
+    """Replaces every runner of the live revision (graceful: replacements first; force: now)."""
 
 class ControlServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -201,5 +217,37 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_control_pb2.RunnerLogsResponse], _abc.AsyncIterator[_control_pb2.RunnerLogsResponse]]:
         """A runner's output (stdout and stderr of its process), then new lines with `follow`."""
+
+    @_abc_1.abstractmethod
+    def ListRevisions(
+        self,
+        request: _control_pb2.ListRevisionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ListRevisionsResponse, _abc.Awaitable[_control_pb2.ListRevisionsResponse]]:
+        """An app's revisions, newest first."""
+
+    @_abc_1.abstractmethod
+    def DeleteRevision(
+        self,
+        request: _control_pb2.DeleteRevisionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.DeleteRevisionResponse, _abc.Awaitable[_control_pb2.DeleteRevisionResponse]]:
+        """Deletes a revision that is not live. FAILED_PRECONDITION for the live one."""
+
+    @_abc_1.abstractmethod
+    def Rollback(
+        self,
+        request: _control_pb2.RollbackRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_control_pb2.DeployResponse], _abc.AsyncIterator[_control_pb2.DeployResponse]]:
+        """Makes an earlier revision live again, without a rebuild; streams progress like Deploy."""
+
+    @_abc_1.abstractmethod
+    def Rollout(
+        self,
+        request: _control_pb2.RolloutRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.RolloutResponse, _abc.Awaitable[_control_pb2.RolloutResponse]]:
+        """Replaces every runner of the live revision (graceful: replacements first; force: now)."""
 
 def add_ControlServicer_to_server(servicer: ControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -11,8 +11,8 @@ import click
 from falrt.client.control import ControlClient
 from falrt.v1 import control_pb2
 
-from .context import CliContext, pass_cli
-from .deploy import STRATEGIES, follow_deploy, strategy_option
+from .context import CliContext, app_argument, env_option, pass_cli
+from .deploy import AUTH_MODES, STRATEGIES, follow_deploy, strategy_option
 from .errors import reporting_errors
 from .render import (
     OutputFormat,
@@ -37,12 +37,13 @@ def apps() -> None:
 
 
 @apps.command("list")
+@env_option
 @output_option
 @pass_cli
-def list_apps(cli: CliContext, output: OutputFormat) -> None:
-    """List all apps."""
+def list_apps(cli: CliContext, env: str, output: OutputFormat) -> None:
+    """List the apps of an environment."""
     with reporting_errors(cli.host), ControlClient(cli.host) as control:
-        infos = control.list_apps()
+        infos = control.list_apps(env)
     if output == "json":
         print_protos(infos)
         return
@@ -55,7 +56,7 @@ def list_apps(cli: CliContext, output: OutputFormat) -> None:
 
 
 @apps.command("get")
-@click.argument("name")
+@app_argument()
 @output_option
 @pass_cli
 def get_app(cli: CliContext, name: str, output: OutputFormat) -> None:
@@ -103,7 +104,7 @@ def _scale_options(command: F) -> F:
 
 
 @apps.command("scale")
-@click.argument("name")
+@app_argument()
 @_scale_options
 @output_option
 @pass_cli
@@ -143,7 +144,7 @@ def print_scale(info: control_pb2.AppInfo) -> None:
 
 
 @apps.command("runners")
-@click.argument("name")
+@app_argument()
 @state_option
 @output_option
 @pass_cli
@@ -164,7 +165,7 @@ def app_runners(cli: CliContext, name: str, states: tuple[str, ...], output: Out
 
 
 @apps.command("revisions")
-@click.argument("name")
+@app_argument()
 @output_option
 @pass_cli
 def list_revisions(cli: CliContext, name: str, output: OutputFormat) -> None:
@@ -195,21 +196,26 @@ def delete_revision(cli: CliContext, revision_id: str) -> None:
 
 
 @apps.command("rollback")
-@click.argument("name")
+@app_argument()
 @click.argument("revision_id")
 @strategy_option
+@click.option("--auth", type=click.Choice(AUTH_MODES), default=None,
+              help="change who may call the app (default: unchanged)")
 @pass_cli
-def rollback(cli: CliContext, name: str, revision_id: str, strategy: str) -> None:
+def rollback(
+    cli: CliContext, name: str, revision_id: str, strategy: str, auth: str | None
+) -> None:
     """Make an earlier revision live again (no rebuild). Scale overrides of the
     runtime-tunable settings are kept; code-specific settings come from that revision."""
     with reporting_errors(cli.host), ControlClient(cli.host) as control:
-        result = follow_deploy(control.rollback(name, revision_id, STRATEGIES[strategy]))
+        result = follow_deploy(
+            control.rollback(name, revision_id, STRATEGIES[strategy], auth or ""))
     stderr.print(f"{result.app_name} serves revision {result.revision_id}", style="green",
                  highlight=False)
 
 
 @apps.command("rollout")
-@click.argument("name")
+@app_argument()
 @click.option("--force", is_flag=True,
               help="kill every runner now (in-flight requests are retried) instead of "
                    "replacing them one by one")
@@ -228,7 +234,7 @@ def rollout(cli: CliContext, name: str, force: bool) -> None:
 
 
 @apps.command("delete")
-@click.argument("name")
+@app_argument()
 @pass_cli
 def delete_app(cli: CliContext, name: str) -> None:
     """Delete an app: its runners stop and its queued requests fail."""

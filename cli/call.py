@@ -13,6 +13,7 @@ from falrt.client import Completed, InProgress, LogLine, Queued, Status, SyncCli
 from falrt.client.endpoint import split_endpoint_ref
 from falrt.client.messages import PriorityName, QueueOptions
 from falrt.errors import FalrtError, InvalidArgumentError
+from falrt.names import MAIN, SEPARATOR, full_name
 
 from .context import CliContext, pass_cli
 from .errors import Interrupted, reporting_errors
@@ -59,11 +60,13 @@ def parse_endpoint(ref: str, path: str | None) -> tuple[str, str]:
 @click.option("--webhook", "webhook_url", default=None, help="URL POSTed the result")
 @click.option("--idempotency-key", default=None,
               help="resubmitting with the same key returns the same request")
+@click.option("--env", "env", envvar="FALRT_ENV", default=MAIN, show_default=True,
+              help="the app's environment, when ENDPOINT_ID has no --ENV suffix (env FALRT_ENV)")
 @pass_cli
 def call(
     cli: CliContext, endpoint_ref: str, path: str | None, arguments: Any, mode: str | None,
     timeout: float | None, priority: PriorityName, start_timeout: float | None,
-    no_retry: bool, webhook_url: str | None, idempotency_key: str | None,
+    no_retry: bool, webhook_url: str | None, idempotency_key: str | None, env: str,
 ) -> None:
     """Call an endpoint; print its output as JSON.
 
@@ -71,6 +74,9 @@ def call(
     position and log lines go to stderr while it waits; Ctrl-C cancels the request.
     """
     endpoint_id, path = parse_endpoint(endpoint_ref, path)
+    owner, _, app = endpoint_id.partition("/")
+    if SEPARATOR not in app:
+        endpoint_id = f"{owner}/{full_name(app, env)}"
     with reporting_errors(cli.host), SyncClient(cli.host) as client:
         if mode == "sync":
             print_json(client.run(endpoint_id, arguments, path=path, timeout=timeout))

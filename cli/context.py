@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import click
+
+from falrt.names import MAIN, full_name
+
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -15,3 +22,23 @@ class CliContext:
 
 
 pass_cli = click.make_pass_decorator(CliContext)
+
+
+ENV_HELP = "the environment (env FALRT_ENV; default main)"
+env_option = click.option("--env", "env", envvar="FALRT_ENV", default=MAIN, show_default=True,
+                          help=ENV_HELP)
+
+
+def app_argument(param: str = "name") -> Callable[[Callable[..., R]], Callable[..., R]]:
+    """An APP argument plus `--env`: the command receives the app's full name (`x`, or
+    `x--staging` outside main), as the server knows it."""
+
+    def decorate(fn: Callable[..., R]) -> Callable[..., R]:
+        @functools.wraps(fn)
+        def command(*args: Any, env: str, **kwargs: Any) -> R:
+            kwargs[param] = full_name(kwargs[param], env)
+            return fn(*args, **kwargs)
+
+        return click.argument(param)(env_option(command))
+
+    return decorate

@@ -16,7 +16,7 @@ from falrt.sdk.spec import describe
 from falrt.sdk.wire import to_deploy_header
 from falrt.v1 import control_pb2
 
-from .context import CliContext, pass_cli
+from .context import CliContext, env_option, pass_cli
 from .errors import CliError, InvalidInput, reporting_errors
 from .render import OutputFormat, output_option, print_json, stderr
 
@@ -50,6 +50,7 @@ def build_header(
     )
 
 
+AUTH_MODES = ("private", "public", "shared")
 STRATEGIES = {"rolling": control_pb2.STRATEGY_ROLLING, "recreate": control_pb2.STRATEGY_RECREATE}
 strategy_option = click.option(
     "--strategy", type=click.Choice(sorted(STRATEGIES)), default="rolling", show_default=True,
@@ -74,13 +75,18 @@ def _pairs(items: tuple[str, ...]) -> dict[str, str]:
 @click.option("--reset-scale", is_flag=True,
               help="drop the settings `falrt apps scale` set; use the code's for everything")
 @strategy_option
+@env_option
+@click.option("--auth", type=click.Choice(AUTH_MODES), default=None,
+              help="who may call the app: private (keys of its owner; the default), public "
+                   "(anyone), shared (any valid key); overrides the class's app_auth")
 @click.option("--annotation", "annotations", multiple=True, metavar="KEY=VALUE",
               help="a label stored with the revision (repeatable), e.g. commit=3f2a1c")
 @output_option
 @pass_cli
 def deploy(
     cli: CliContext, app_ref: str, app_name: str | None, message: str, reset_scale: bool,
-    strategy: str, annotations: tuple[str, ...], output: OutputFormat,
+    strategy: str, env: str, auth: str | None, annotations: tuple[str, ...],
+    output: OutputFormat,
 ) -> None:
     """Deploy an app; print its endpoint id.
 
@@ -95,6 +101,9 @@ def deploy(
         header.reset_scale = reset_scale
         header.strategy = STRATEGIES[strategy]
         header.annotations.update(_pairs(annotations))
+        header.environment = env
+        if auth:
+            header.settings.app_auth = auth
         stderr.print(f"deploying {header.app_name} ({len(bundle.data)} bytes, "
                      f"sha256 {bundle.sha256[:12]})", highlight=False)
         with ControlClient(cli.host) as control:

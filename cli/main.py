@@ -14,6 +14,7 @@ from .apps import apps
 from .call import call
 from .context import CliContext
 from .deploy import deploy
+from .envs import envs, keys, secrets
 from .queue import queue
 from .requests import requests
 from .runners import runners
@@ -35,5 +36,5 @@ def main(ctx: click.Context, host: str) -> None:
     ctx.obj = CliContext(host=host)
 
 
-for command in (server, deploy, apps, runners, call, requests, queue):
+for command in (server, deploy, apps, runners, call, requests, queue, envs, secrets, keys):
     main.add_command(command)

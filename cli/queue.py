@@ -6,7 +6,7 @@ import click
 
 from falrt.client.control import ControlClient
 
-from .context import CliContext, pass_cli
+from .context import CliContext, app_argument, pass_cli
 from .errors import reporting_errors
 from .render import OutputFormat, output_option, print_json, stdout
 
@@ -17,7 +17,7 @@ def queue() -> None:
 
 
 @queue.command("size")
-@click.argument("app")
+@app_argument("app")
 @output_option
 @pass_cli
 def size(cli: CliContext, app: str, output: OutputFormat) -> None:
@@ -31,7 +31,7 @@ def size(cli: CliContext, app: str, output: OutputFormat) -> None:
 
 
 @queue.command("flush")
-@click.argument("app")
+@app_argument("app")
 @output_option
 @pass_cli
 def flush(cli: CliContext, app: str, output: OutputFormat) -> None:

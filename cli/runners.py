@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import click
 
 from falrt.client.control import ControlClient
+from falrt.names import full_name
 from falrt.v1 import common_pb2, control_pb2
 
 from .context import CliContext, pass_cli
@@ -38,15 +39,18 @@ def runners() -> None:
 
 @runners.command("list")
 @click.option("--app", "app_name", default="", help="only this app's runners")
+@click.option("--env", "env", envvar="FALRT_ENV", default="",
+              help="only runners of this environment's apps (env FALRT_ENV; default: all)")
 @state_option
 @output_option
 @pass_cli
 def list_runners(
-    cli: CliContext, app_name: str, states: tuple[str, ...], output: OutputFormat
+    cli: CliContext, app_name: str, env: str, states: tuple[str, ...], output: OutputFormat
 ) -> None:
     """List runners (all, or one app's, or those in some states)."""
+    app = full_name(app_name, env) if app_name else ""
     with reporting_errors(cli.host), ControlClient(cli.host) as control:
-        infos = control.list_runners(app_name, state_values(states))
+        infos = control.list_runners(app, state_values(states), env)
     if output == "json":
         print_protos(infos)
         return

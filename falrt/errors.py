@@ -122,6 +122,11 @@ class RunnerServerError(FalrtError):
     error_type = "runner_server_error"
 
 
+class AlreadyExistsError(FalrtError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+    error_type = "already_exists"
+
+
 class FailedPreconditionError(FalrtError):
     """The system is not in a state where the operation can run (say why and what to do)."""
 
@@ -137,6 +142,7 @@ _BY_TYPE: dict[str, type[FalrtError]] = {
         NotFoundError,
         NotCompletedError,
         FailedPreconditionError,
+        AlreadyExistsError,
         ResourceExhaustedError,
         UnavailableError,
         RequestCancelledError,

@@ -20,12 +20,15 @@ from falrt.store.records import (
     AppConfig,
     AppRecord,
     EndpointRecord,
+    EnvironmentRecord,
     ErrorRecord,
+    KeyRecord,
     LogRecord,
     Outcome,
     Priority,
     RequestRecord,
     Revision,
+    SecretRecord,
     Status,
 )
 from falrt.store.sqlite import SQLiteStore
@@ -382,6 +385,43 @@ def test_scale_overrides_are_kept_and_a_deploy_replaces_them(
         kept = AppConfig(keep_alive_s=300.0)
         await store.deploy(revision("r2"), AppRecord("a", "r2", 1.0, 2.0, kept))
         assert [(a.revision_id, a.scale) for a in await store.list_apps()] == [("r2", kept)]
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_environments_secrets_and_keys_are_kept(make_store: Callable[[], Store]) -> None:
+    async def scenario() -> None:
+        store = make_store()
+        await store.open()
+        staging = EnvironmentRecord("staging", "pre-production", 1.0)
+        assert await store.create_environment(staging)
+        assert not await store.create_environment(EnvironmentRecord("staging", "again", 2.0))
+        assert await store.list_environments() == [staging]
+
+        await store.put_secrets([SecretRecord("staging", "B", b"enc-b", 1.0, 1.0),
+                                 SecretRecord("staging", "A", b"enc-a", 1.0, 1.0),
+                                 SecretRecord("main", "A", b"enc-main", 1.0, 1.0)])
+        await store.put_secrets([SecretRecord("staging", "A", b"enc-a2", 5.0, 5.0)])
+        secrets = await store.list_secrets("staging")
+        assert [(s.name, s.value, s.created_at, s.updated_at) for s in secrets] == [
+            ("A", b"enc-a2", 1.0, 5.0), ("B", b"enc-b", 1.0, 1.0)]
+        assert await store.delete_secret("staging", "B")
+        assert not await store.delete_secret("staging", "B")
+        await store.delete_environment("staging")
+        assert await store.list_environments() == []
+        assert await store.list_secrets("staging") == []
+        assert [s.value for s in await store.list_secrets("main")] == [b"enc-main"]
+
+        key = KeyRecord("k1", "ab" * 32, "ADMIN", "local", "first", 1.0)
+        await store.create_key(key)
+        await store.create_key(KeyRecord("k2", "cd" * 32, "API", "other", "", 2.0))
+        assert await store.get_key("k1") == key
+        assert await store.revoke_key("k1", 3.0)
+        assert await store.revoke_key("k1", 4.0)  # revoking again keeps the first time
+        assert not await store.revoke_key("nope", 4.0)
+        assert [(k.key_id, k.revoked_at) for k in await store.list_keys()] == [
+            ("k1", 3.0), ("k2", None)]
         await store.close()
 
     asyncio.run(scenario())

@@ -25,7 +25,8 @@ class RunnerSpec:
     grace_period_s: float
     log_path: Path
     machine_type: str = ""
-    env: dict[str, str] = field(default_factory=dict)
+    # Extra environment variables: the app's secrets among them, so never in a repr.
+    env: dict[str, str] = field(default_factory=dict, repr=False)
 
 
 class RunnerProcess(Protocol):

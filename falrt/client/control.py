@@ -53,9 +53,11 @@ class ControlClient:
         finally:
             call.cancel()
 
-    def list_apps(self) -> list[control_pb2.AppInfo]:
+    def list_apps(self, environment: str = "") -> list[control_pb2.AppInfo]:
+        """The apps of an environment ("": main)."""
+        request = control_pb2.ListAppsRequest(environment=environment)
         with translate_rpc_errors():
-            return list(self._stub.ListApps(control_pb2.ListAppsRequest()).apps)
+            return list(self._stub.ListApps(request).apps)
 
     def get_app(self, name: str) -> control_pb2.AppInfo:
         """Raises `NotFoundError` when there is no such app."""
@@ -71,11 +73,13 @@ class ControlClient:
             self._stub.DeleteApp(control_pb2.DeleteAppRequest(name=name))
 
     def list_runners(
-        self, app_name: str = "", states: Sequence[int] = ()
+        self, app_name: str = "", states: Sequence[int] = (), environment: str = ""
     ) -> list[control_pb2.RunnerInfo]:
         """All runners, or only those of `app_name`, or only those in `states`
-        (`common_pb2.RunnerState` values; TERMINATED lists the latest ended ones)."""
-        request = control_pb2.ListRunnersRequest(app_name=app_name, states=states)  # type: ignore[arg-type]
+        (`common_pb2.RunnerState` values; TERMINATED lists the latest ended ones), or only
+        those of `environment`'s apps."""
+        request = control_pb2.ListRunnersRequest(
+            app_name=app_name, states=states, environment=environment)  # type: ignore[arg-type]
         with translate_rpc_errors():
             reply = self._stub.ListRunners(request)
         return list(reply.runners)
@@ -92,11 +96,14 @@ class ControlClient:
             self._stub.DeleteRevision(control_pb2.DeleteRevisionRequest(revision_id=revision_id))
 
     def rollback(
-        self, app_name: str, revision_id: str, strategy: int = control_pb2.STRATEGY_ROLLING
+        self, app_name: str, revision_id: str, strategy: int = control_pb2.STRATEGY_ROLLING,
+        auth: str = "",
     ) -> Generator[control_pb2.DeployResponse, None, None]:
-        """Makes an earlier revision live; yields progress like `deploy`, then the result."""
+        """Makes an earlier revision live; yields progress like `deploy`, then the result.
+        `auth` changes who may call the app ("": unchanged)."""
         call = self._stub.Rollback(control_pb2.RollbackRequest(
-            app_name=app_name, revision_id=revision_id, strategy=strategy))  # type: ignore[arg-type]
+            app_name=app_name, revision_id=revision_id, strategy=strategy,  # type: ignore[arg-type]
+            auth=auth))
         try:
             with translate_rpc_errors():
                 yield from call
@@ -109,6 +116,58 @@ class ControlClient:
             reply: control_pb2.RolloutResponse = self._stub.Rollout(
                 control_pb2.RolloutRequest(app_name=app_name, force=force))
         return reply
+
+    def create_environment(self, name: str, description: str = "") -> control_pb2.EnvironmentInfo:
+        with translate_rpc_errors():
+            reply: control_pb2.EnvironmentInfo = self._stub.CreateEnvironment(
+                control_pb2.CreateEnvironmentRequest(name=name, description=description))
+        return reply
+
+    def list_environments(self) -> list[control_pb2.EnvironmentInfo]:
+        with translate_rpc_errors():
+            reply = self._stub.ListEnvironments(control_pb2.ListEnvironmentsRequest())
+        return list(reply.environments)
+
+    def delete_environment(self, name: str) -> control_pb2.DeleteEnvironmentResponse:
+        """Deletes it with its apps, revisions and secrets."""
+        with translate_rpc_errors():
+            reply: control_pb2.DeleteEnvironmentResponse = self._stub.DeleteEnvironment(
+                control_pb2.DeleteEnvironmentRequest(name=name))
+        return reply
+
+    def set_secrets(self, environment: str, values: dict[str, str]) -> list[str]:
+        with translate_rpc_errors():
+            reply = self._stub.SetSecrets(
+                control_pb2.SetSecretsRequest(environment=environment, values=values))
+        return list(reply.names)
+
+    def list_secrets(self, environment: str) -> list[control_pb2.SecretInfo]:
+        """Names and times only: the server never returns a value."""
+        with translate_rpc_errors():
+            reply = self._stub.ListSecrets(control_pb2.ListSecretsRequest(environment=environment))
+        return list(reply.secrets)
+
+    def unset_secret(self, environment: str, name: str) -> None:
+        with translate_rpc_errors():
+            self._stub.UnsetSecret(
+                control_pb2.UnsetSecretRequest(environment=environment, name=name))
+
+    def create_key(
+        self, scope: str, description: str = "", owner: str = ""
+    ) -> control_pb2.CreateKeyResponse:
+        """A new key; its `key` ("key_id:secret") is shown only in this reply."""
+        with translate_rpc_errors():
+            reply: control_pb2.CreateKeyResponse = self._stub.CreateKey(
+                control_pb2.CreateKeyRequest(scope=scope, description=description, owner=owner))
+        return reply
+
+    def list_keys(self) -> list[control_pb2.KeyInfo]:
+        with translate_rpc_errors():
+            return list(self._stub.ListKeys(control_pb2.ListKeysRequest()).keys)
+
+    def revoke_key(self, key_id: str) -> None:
+        with translate_rpc_errors():
+            self._stub.RevokeKey(control_pb2.RevokeKeyRequest(key_id=key_id))
 
     def scale_app(self, name: str, settings: control_pb2.AppSettings) -> control_pb2.AppInfo:
         """Changes the app's scaling settings (the fields `settings` sets); the app after."""

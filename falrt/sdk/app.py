@@ -52,6 +52,8 @@ class App:
     skip_retry_conditions: ClassVar[list[str] | None] = None
     # Extra attempts per condition, e.g. {"timeout": 0, "connection_error": 3}.
     retry_config: ClassVar[dict[str, int] | None] = None
+    # The secrets of its environment the app receives as environment variables (None: all).
+    secrets: ClassVar[list[str] | None] = None
 
     __falrt_endpoints__: ClassVar[Mapping[str, Endpoint]] = {}
 

@@ -71,9 +71,10 @@ def _check_machine_type(name: str, value: Any) -> None:
 def _check_app_name(name: str, value: Any) -> None:
     if not isinstance(value, str):
         raise TypeError(f"App option {name} must be a string, got {value!r}")
-    if not _APP_NAME.match(value):
+    if not _APP_NAME.match(value) or "--" in value:
         raise ValueError(
-            f"App option {name} must be kebab-case (a-z, 0-9, '-'; at most 63), got {value!r}"
+            f"App option {name} must be kebab-case (a-z, 0-9, single '-'; at most 63), got "
+            f"{value!r}"
         )
 
 
@@ -119,6 +120,7 @@ _CHECKS: dict[str, Check] = {
     "termination_grace_period_seconds": _number(positive=False),
     "skip_retry_conditions": _check_conditions,
     "retry_config": _check_retry_config,
+    "secrets": _check_str_list,
 }
 
 OPTION_NAMES: frozenset[str] = frozenset(_CHECKS)

@@ -37,6 +37,7 @@ class AppSettingsSpec(msgspec.Struct, frozen=True, omit_defaults=True, forbid_un
     termination_grace_period_s: float | None = None
     skip_retry_conditions: tuple[str, ...] = ()
     retry_config: dict[str, int] = msgspec.field(default_factory=dict)
+    secrets: tuple[str, ...] = ()
 
 
 class EndpointDescription(msgspec.Struct, frozen=True):
@@ -70,6 +71,7 @@ def _settings(cls: type[App]) -> AppSettingsSpec:
         machine_types=(machine,) if isinstance(machine, str) else tuple(machine),
         num_gpus=cls.num_gpus,
         app_auth=cls.app_auth,
+        secrets=tuple(cls.secrets or ()),
         keep_alive_s=_float(cls.keep_alive),
         min_concurrency=cls.min_concurrency,
         max_concurrency=cls.max_concurrency,

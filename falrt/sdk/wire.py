@@ -72,6 +72,7 @@ def settings_to_proto(
         app_auth=settings.app_auth or "",
         skip_retry_conditions=list(settings.skip_retry_conditions),
         retry_config=dict(settings.retry_config),
+        secrets=list(settings.secrets),
         **values,
     )
 
@@ -84,6 +85,7 @@ def settings_from_proto(message: control_pb2.AppSettings) -> AppSettingsSpec:
         app_auth=message.app_auth or None,
         skip_retry_conditions=tuple(message.skip_retry_conditions),
         retry_config=dict(message.retry_config),
+        secrets=tuple(message.secrets),
         **values,
     )
 

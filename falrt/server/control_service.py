@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -9,6 +10,7 @@ import msgspec
 from grpc import aio
 
 from falrt import errors
+from falrt.names import MAIN, check_environment, environment_of
 from falrt.server import convert
 from falrt.server.apps import AppState, with_overrides
 from falrt.server.deploy import (
@@ -22,12 +24,14 @@ from falrt.server.deploy import (
     Progress,
 )
 from falrt.server.fleet import Fleet
+from falrt.server.keys import SCOPES, new_key
 from falrt.server.rpc import server_stream, unary
 from falrt.server.runner_logs import check_runner_id, read_lines
 from falrt.server.runners import RunnerHandle, RunnerState
 from falrt.server.scheduler import Scheduler
+from falrt.server.secret_box import SecretBox, check_secret
 from falrt.server.webhooks import SigningKey
-from falrt.store.records import Revision
+from falrt.store.records import EnvironmentRecord, KeyRecord, Revision, SecretRecord
 from falrt.v1 import common_pb2, control_pb2, control_pb2_grpc
 
 Context = aio.ServicerContext[Any, Any]
@@ -42,12 +46,13 @@ _STAGES = {
 class ControlService(control_pb2_grpc.ControlServicer):
     def __init__(
         self, scheduler: Scheduler, fleet: Fleet, deployer: Deployer,
-        webhook_key: SigningKey | None = None,
+        webhook_key: SigningKey | None = None, secret_box: SecretBox | None = None,
     ) -> None:
         self._scheduler = scheduler
         self._fleet = fleet
         self._deployer = deployer
         self._webhook_key = webhook_key
+        self._secret_box = secret_box
 
     @server_stream
     async def Deploy(
@@ -64,7 +69,9 @@ class ControlService(control_pb2_grpc.ControlServicer):
     async def ListApps(
         self, request: control_pb2.ListAppsRequest, context: Context
     ) -> control_pb2.ListAppsResponse:
-        apps = sorted(self._scheduler.apps.values(), key=lambda app: app.name)
+        environment = request.environment or MAIN
+        apps = sorted((a for a in self._scheduler.apps.values()
+                       if environment_of(a.name) == environment), key=lambda app: app.name)
         return control_pb2.ListAppsResponse(apps=[self._app_info(app) for app in apps])
 
     @unary
@@ -95,6 +102,7 @@ class ControlService(control_pb2_grpc.ControlServicer):
             convert.runner_info(r) for r in runners
             if (not request.app_name or r.app_name == request.app_name)
             and (not states or r.state in states)
+            and (not request.environment or environment_of(r.app_name) == request.environment)
         ])
 
     @unary
@@ -170,7 +178,7 @@ class ControlService(control_pb2_grpc.ControlServicer):
         self, request: control_pb2.RollbackRequest, context: Context
     ) -> AsyncIterator[control_pb2.DeployResponse]:
         events = self._deployer.rollback(
-            request.app_name, request.revision_id, _strategy(request.strategy))
+            request.app_name, request.revision_id, _strategy(request.strategy), request.auth)
         async for event in events:
             yield _deploy_response(event)
 
@@ -182,6 +190,129 @@ class ControlService(control_pb2_grpc.ControlServicer):
             self._app(request.app_name), force=request.force)
         return control_pb2.RolloutResponse(
             runner_ids=replaced, replacement_runner_ids=replacements)
+
+    # -- environments ------------------------------------------------------------------
+
+    @unary
+    async def CreateEnvironment(
+        self, request: control_pb2.CreateEnvironmentRequest, context: Context
+    ) -> control_pb2.EnvironmentInfo:
+        try:
+            check_environment(request.name)
+        except ValueError as exc:
+            raise errors.InvalidArgumentError(str(exc)) from None
+        record = EnvironmentRecord(request.name, request.description, time.time())
+        if request.name == MAIN or not await self._scheduler.store.create_environment(record):
+            raise errors.AlreadyExistsError(f"environment {request.name!r} exists")
+        return _environment_info(record)
+
+    @unary
+    async def ListEnvironments(
+        self, request: control_pb2.ListEnvironmentsRequest, context: Context
+    ) -> control_pb2.ListEnvironmentsResponse:
+        stored = await self._scheduler.store.list_environments()
+        main = control_pb2.EnvironmentInfo(name=MAIN, description="the default environment",
+                                           is_default=True)
+        return control_pb2.ListEnvironmentsResponse(
+            environments=[main, *(_environment_info(e) for e in stored)])
+
+    @unary
+    async def DeleteEnvironment(
+        self, request: control_pb2.DeleteEnvironmentRequest, context: Context
+    ) -> control_pb2.DeleteEnvironmentResponse:
+        if request.name == MAIN:
+            raise errors.FailedPreconditionError("the main environment cannot be deleted")
+        await self._environment(request.name)
+        apps = [name for name in self._scheduler.apps if environment_of(name) == request.name]
+        for name in apps:
+            await self._scheduler.delete_app(name)
+        secrets = await self._scheduler.store.list_secrets(request.name)
+        await self._scheduler.store.delete_environment(request.name)
+        return control_pb2.DeleteEnvironmentResponse(apps=apps, secrets=len(secrets))
+
+    async def _environment(self, name: str) -> str:
+        """The environment's name ("" is main); NotFoundError when it does not exist."""
+        name = name or MAIN
+        if name != MAIN and name not in {
+                e.name for e in await self._scheduler.store.list_environments()}:
+            raise errors.NotFoundError(
+                f"no environment {name!r}; create it with `falrt envs create {name}`")
+        return name
+
+    # -- secrets -------------------------------------------------------------------------
+
+    @unary
+    async def SetSecrets(
+        self, request: control_pb2.SetSecretsRequest, context: Context
+    ) -> control_pb2.SetSecretsResponse:
+        environment = await self._environment(request.environment)
+        if not request.values:
+            raise errors.InvalidArgumentError("give at least one NAME=VALUE")
+        for name, value in request.values.items():
+            check_secret(name, value)
+        box = self._box()
+        now = time.time()
+        await self._scheduler.store.put_secrets([
+            SecretRecord(environment, name, box.encrypt(value), now, now)
+            for name, value in sorted(request.values.items())])
+        return control_pb2.SetSecretsResponse(names=sorted(request.values))
+
+    @unary
+    async def ListSecrets(
+        self, request: control_pb2.ListSecretsRequest, context: Context
+    ) -> control_pb2.ListSecretsResponse:
+        environment = await self._environment(request.environment)
+        secrets = await self._scheduler.store.list_secrets(environment)
+        return control_pb2.ListSecretsResponse(secrets=[
+            control_pb2.SecretInfo(name=s.name, environment=s.environment,
+                                   created_at=convert.timestamp(s.created_at),
+                                   updated_at=convert.timestamp(s.updated_at))
+            for s in secrets])
+
+    @unary
+    async def UnsetSecret(
+        self, request: control_pb2.UnsetSecretRequest, context: Context
+    ) -> control_pb2.UnsetSecretResponse:
+        environment = await self._environment(request.environment)
+        if not await self._scheduler.store.delete_secret(environment, request.name):
+            raise errors.NotFoundError(
+                f"no secret {request.name!r} in environment {environment!r}")
+        return control_pb2.UnsetSecretResponse()
+
+    def _box(self) -> SecretBox:
+        if self._secret_box is None:
+            raise errors.FailedPreconditionError("this server keeps no secrets")
+        return self._secret_box
+
+    # -- API keys ------------------------------------------------------------------------
+
+    @unary
+    async def CreateKey(
+        self, request: control_pb2.CreateKeyRequest, context: Context
+    ) -> control_pb2.CreateKeyResponse:
+        scope = request.scope.upper()
+        if scope not in SCOPES:
+            raise errors.InvalidArgumentError(
+                f"invalid scope {request.scope!r}: use {' or '.join(SCOPES)}")
+        record, key = new_key(scope, request.owner or self._scheduler.settings.owner,
+                              request.description)
+        await self._scheduler.store.create_key(record)
+        return control_pb2.CreateKeyResponse(info=_key_info(record), key=key)
+
+    @unary
+    async def ListKeys(
+        self, request: control_pb2.ListKeysRequest, context: Context
+    ) -> control_pb2.ListKeysResponse:
+        keys = await self._scheduler.store.list_keys()
+        return control_pb2.ListKeysResponse(keys=[_key_info(k) for k in keys])
+
+    @unary
+    async def RevokeKey(
+        self, request: control_pb2.RevokeKeyRequest, context: Context
+    ) -> control_pb2.RevokeKeyResponse:
+        if not await self._scheduler.store.revoke_key(request.key_id, time.time()):
+            raise errors.NotFoundError(f"no key {request.key_id!r}; `falrt keys list` shows them")
+        return control_pb2.RevokeKeyResponse()
 
     def _runner(self, runner_id: str) -> RunnerHandle:
         check_runner_id(runner_id)
@@ -237,6 +368,8 @@ class ControlService(control_pb2_grpc.ControlServicer):
             queue_size=self._scheduler.queue_size(app.name),
             scale_overrides=convert.app_settings(app.record.scale),
             effective=_effective(app),
+            environment=environment_of(app.name),
+            auth=app.record.auth,
         )
 
 
@@ -270,9 +403,24 @@ def _plan(header: control_pb2.DeployHeader) -> DeployPlan:
         endpoints=tuple(convert.endpoint_record(e) for e in header.endpoints),
         message=header.message,
         reset_scale=header.reset_scale,
+        environment=header.environment or MAIN,
         strategy=_strategy(header.strategy),
         annotations=dict(header.annotations),
     )
+
+
+def _environment_info(record: EnvironmentRecord) -> control_pb2.EnvironmentInfo:
+    return control_pb2.EnvironmentInfo(name=record.name, description=record.description,
+                                       created_at=convert.timestamp(record.created_at))
+
+
+def _key_info(record: KeyRecord) -> control_pb2.KeyInfo:
+    info = control_pb2.KeyInfo(key_id=record.key_id, scope=record.scope, owner=record.owner,
+                               description=record.description,
+                               created_at=convert.timestamp(record.created_at))
+    if record.revoked_at is not None:
+        info.revoked_at.CopyFrom(convert.timestamp(record.revoked_at))
+    return info
 
 
 def _strategy(value: int) -> str:

@@ -184,6 +184,7 @@ def app_config(settings: control_pb2.AppSettings) -> AppConfig:
         app_auth=settings.app_auth,
         skip_retry_conditions=tuple(settings.skip_retry_conditions),
         retry_config=dict(settings.retry_config),
+        secrets=tuple(settings.secrets),
         **optional,
     )
 
@@ -192,7 +193,7 @@ def app_settings(config: AppConfig) -> control_pb2.AppSettings:
     message = control_pb2.AppSettings(
         requirements=config.requirements, machine_types=config.machine_types,
         app_auth=config.app_auth, skip_retry_conditions=config.skip_retry_conditions,
-        retry_config=config.retry_config,
+        retry_config=config.retry_config, secrets=config.secrets,
     )
     for name in _OPTIONAL_FIELDS:
         value = getattr(config, name)

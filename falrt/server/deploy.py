@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 
 from falrt import bundle, errors
 from falrt.backends.environments import EnvironmentBuilder
+from falrt.names import MAIN, check_app_name, check_environment, full_name
 from falrt.server.apps import EffectiveSettings, check_config, kept_on_deploy, with_overrides
 from falrt.server.scheduler import Scheduler
 from falrt.settings import ServerSettings
 from falrt.store.records import AppConfig, AppRecord, EndpointRecord, Revision
 
-APP_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+AUTH_MODES = ("private", "public", "shared")
 ENTRYPOINT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*:[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -42,6 +43,12 @@ class DeployPlan:
     reset_scale: bool = False
     strategy: str = ROLLING
     annotations: dict[str, str] = field(default_factory=dict)
+    environment: str = MAIN
+
+    @property
+    def name(self) -> str:
+        """The app's full name: `x`, or `x--staging` outside main."""
+        return full_name(self.app_name, self.environment)
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,7 @@ class Deployer:
     ) -> AsyncIterator[DeployEvent]:
         """Runs the whole pipeline. Raises InvalidArgumentError for a bad plan or bundle."""
         self._check(plan)
+        await self._check_environment(plan.environment)
         data = bytearray()
         async for event in self._receive(plan, chunks, data):
             yield event
@@ -98,19 +106,20 @@ class Deployer:
             yield event
         env_key = built[0]
         revision = Revision(
-            revision_id=f"rev-{uuid.uuid4().hex[:12]}", app_name=plan.app_name,
+            revision_id=f"rev-{uuid.uuid4().hex[:12]}", app_name=plan.name,
             entrypoint=plan.entrypoint, bundle_sha256=plan.bundle_sha256, env_key=env_key,
             config=plan.config, endpoints=plan.endpoints, message=plan.message,
             created_at=time.time(), annotations=dict(plan.annotations),
         )
-        existing = self._scheduler.apps.get(plan.app_name)
+        existing = self._scheduler.apps.get(plan.name)
         scale = kept_on_deploy(existing.record.scale if existing else AppConfig(),
                                reset=plan.reset_scale)
-        async for event in self._switch(revision, scale, plan.strategy):
+        auth = plan.config.app_auth or "private"  # fal: deploys are private unless told
+        async for event in self._switch(revision, scale, plan.strategy, auth):
             yield event
 
     async def rollback(
-        self, app_name: str, revision_id: str, strategy: str
+        self, app_name: str, revision_id: str, strategy: str, auth: str = ""
     ) -> AsyncIterator[DeployEvent]:
         """Makes an earlier revision of the app live again, without a rebuild: its bundle
         and environment are still here. Runtime-tunable scale overrides are kept,
@@ -132,12 +141,13 @@ class Deployer:
         yield Progress("BUILD", "checking the revision's environment")
         async for event in self._build(target.config, []):
             yield event
+        _check_auth(auth or app.record.auth)
         async for event in self._switch(target, kept_on_deploy(app.record.scale, reset=False),
-                                        strategy):
+                                        strategy, auth or app.record.auth):
             yield event
 
     async def _switch(
-        self, revision: Revision, scale: AppConfig, strategy: str
+        self, revision: Revision, scale: AppConfig, strategy: str, auth: str
     ) -> AsyncIterator[DeployEvent]:
         """Makes `revision` live. Rolling (an app that serves already): a runner of the
         revision starts first, and the switch waits until it is ready; if it cannot start,
@@ -161,7 +171,7 @@ class Deployer:
             yield Progress("ROLLOUT", f"switching to {revision.revision_id}")
         now = time.time()
         created = existing.record.created_at if existing else now
-        record = AppRecord(revision.app_name, revision.revision_id, created, now, scale)
+        record = AppRecord(revision.app_name, revision.revision_id, created, now, scale, auth)
         try:
             await self._scheduler.store.deploy(revision, record)
         except BaseException:
@@ -173,12 +183,21 @@ class Deployer:
         yield Progress("DONE", f"{endpoint_id} serves revision {revision.revision_id}", 1.0)
         yield Deployed(endpoint_id, revision.app_name, revision.revision_id)
 
+    async def _check_environment(self, environment: str) -> None:
+        if environment != MAIN and environment not in {
+                e.name for e in await self._scheduler.store.list_environments()}:
+            raise errors.NotFoundError(
+                f"no environment {environment!r}; create it with `falrt envs create "
+                f"{environment}`")
+
     def _check(self, plan: DeployPlan) -> None:
-        if not APP_NAME.match(plan.app_name):
-            raise errors.InvalidArgumentError(
-                f"invalid app name {plan.app_name!r}: use lowercase letters, digits and "
-                "dashes (at most 63), starting and ending with a letter or digit"
-            )
+        try:
+            check_app_name(plan.app_name)
+            check_environment(plan.environment)
+        except ValueError as exc:
+            raise errors.InvalidArgumentError(str(exc)) from None
+        if plan.config.app_auth:
+            _check_auth(plan.config.app_auth)
         if not ENTRYPOINT.match(plan.entrypoint):
             raise errors.InvalidArgumentError(f"invalid entrypoint {plan.entrypoint!r}")
         if not 0 < plan.bundle_size <= self._settings.max_bundle_bytes:
@@ -236,3 +255,9 @@ class Deployer:
             result.append(await task)
         finally:
             task.cancel()
+
+
+def _check_auth(auth: str) -> None:
+    if auth not in AUTH_MODES:
+        raise errors.InvalidArgumentError(
+            f"invalid auth {auth!r}: use {', '.join(AUTH_MODES)}")

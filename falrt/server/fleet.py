@@ -22,6 +22,7 @@ from falrt import errors
 from falrt.autoscaler.policy import RunnerView, ScalingContext, ScalingDecision, decide
 from falrt.backends.base import Backend, RunnerSpec
 from falrt.backends.environments import EnvironmentBuilder
+from falrt.names import split_name
 from falrt.server.apps import AppState, EffectiveSettings
 from falrt.server.runners import (
     ALIVE_STATES,
@@ -31,6 +32,7 @@ from falrt.server.runners import (
     RunnerState,
 )
 from falrt.server.scheduler import Scheduler
+from falrt.server.secret_box import SecretBox
 from falrt.settings import ServerSettings
 from falrt.store.records import Revision
 
@@ -55,6 +57,7 @@ class Fleet:
         self.settings = settings
         self.address = ""  # set once the server is bound
         self.runners: dict[str, RunnerHandle] = {}
+        self.secret_box: SecretBox | None = None  # set by the server: secrets for runners
         # The latest TERMINATED runners, for `falrt runners list --state terminated`.
         self.ended: deque[RunnerHandle] = deque(maxlen=settings.ended_runners_kept)
         self._wake = asyncio.Event()
@@ -189,6 +192,12 @@ class Fleet:
         runner.machine_type = machine
         runner.max_multiplexing = settings.scaling.max_multiplexing
         runner.attached, runner.startup_error, runner.process = False, "", None
+        try:
+            env = await self._runner_env(app, revision)
+        except errors.FalrtError as exc:
+            if not self._startup_failed(runner, exc.message):
+                self._terminated(runner)
+            return
         spec = RunnerSpec(
             runner_id=runner.runner_id,
             token=runner.token,
@@ -200,6 +209,7 @@ class Fleet:
             grace_period_s=settings.grace_period_s,
             log_path=self.log_path(runner.runner_id),
             machine_type=runner.machine_type,
+            env=env,
         )
         try:
             runner.process = await self.backend.start(spec)
@@ -214,6 +224,25 @@ class Fleet:
             timeout_s, self._startup_deadline, runner, timeout_s
         )
         self._spawn(self._watch_exit(runner, deadline))
+
+    async def _runner_env(self, app: AppState, revision: Revision) -> dict[str, str]:
+        """What a runner of `revision` gets in its environment: the app's name and
+        environment, and the secrets of that environment (those the app lists, or all)."""
+        app_name, environment = split_name(app.name)
+        env = {"FALRT_APP_NAME": app_name, "FALRT_ENV": environment}
+        if self.secret_box is None:
+            return env
+        stored = {s.name: s for s in await self.scheduler.store.list_secrets(environment)}
+        wanted = revision.config.secrets
+        missing = [name for name in wanted if name not in stored]
+        if missing:
+            raise errors.FailedPreconditionError(
+                f"secret(s) {', '.join(missing)} the app lists are not set in environment "
+                f"{environment} (`falrt secrets set --env {environment} NAME=VALUE`)")
+        for name, secret in stored.items():
+            if not wanted or name in wanted:
+                env[name] = self.secret_box.decrypt(secret.value)
+        return env
 
     def log_path(self, runner_id: str) -> Path:
         return self.settings.runner_logs_dir / f"{runner_id}.log"

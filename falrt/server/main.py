@@ -27,6 +27,7 @@ from falrt.server.fleet import Fleet
 from falrt.server.queue_service import QueueService
 from falrt.server.runner_link import RunnerLinkService
 from falrt.server.scheduler import Scheduler
+from falrt.server.secret_box import SecretBox
 from falrt.server.webhooks import KEY_FILE, SigningKey, WebhookSender
 from falrt.settings import ServerSettings
 from falrt.store import POSTGRES_SCHEMES, create_store
@@ -73,15 +74,18 @@ async def serve(settings: ServerSettings) -> None:
     store = await _open_store(settings)
     webhook_key = await asyncio.to_thread(SigningKey.load_or_create, settings.data_dir / KEY_FILE)
     webhooks = WebhookSender(webhook_key, settings.owner)
+    secret_box = await asyncio.to_thread(SecretBox.load_or_create, settings.data_dir)
     scheduler = Scheduler(store, settings)
     environments = EnvironmentBuilder(settings.venvs_dir, settings.runner_python or sys.executable)
     fleet = Fleet(scheduler, create_backend(settings.backend), environments, settings)
     scheduler.fleet = fleet
+    fleet.secret_box = secret_box
     scheduler.recorder.webhooks = webhooks
     cluster = await _join_cluster(store, scheduler, environments, settings)
     requeued = await scheduler.load()
     owed = await scheduler.recorder.resend_webhooks()
-    server, health_servicer = _grpc_server(settings, scheduler, fleet, environments, webhooks)
+    server, health_servicer = _grpc_server(
+        settings, scheduler, fleet, environments, webhooks, secret_box)
     for name in (*SERVICES, ""):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     try:
@@ -135,7 +139,7 @@ async def _join_cluster(
 
 def _grpc_server(
     settings: ServerSettings, scheduler: Scheduler, fleet: Fleet,
-    environments: EnvironmentBuilder, webhooks: WebhookSender,
+    environments: EnvironmentBuilder, webhooks: WebhookSender, secret_box: SecretBox,
 ) -> tuple[aio.Server, Any]:
     size = settings.max_message_bytes
     server = aio.server(options=[
@@ -147,7 +151,7 @@ def _grpc_server(
     queue_pb2_grpc.add_QueueServicer_to_server(QueueService(scheduler), server)
     deployer = Deployer(scheduler, environments, settings)
     control_pb2_grpc.add_ControlServicer_to_server(
-        ControlService(scheduler, fleet, deployer, webhooks.key), server
+        ControlService(scheduler, fleet, deployer, webhooks.key, secret_box), server
     )
     runner_pb2_grpc.add_RunnerLinkServicer_to_server(RunnerLinkService(fleet, scheduler), server)
     health_servicer = health.aio.HealthServicer()

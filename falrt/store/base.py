@@ -16,7 +16,17 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from typing import Protocol
 
-from falrt.store.records import AppConfig, AppRecord, ClusterEvent, Outcome, RequestRecord, Revision
+from falrt.store.records import (
+    AppConfig,
+    AppRecord,
+    ClusterEvent,
+    EnvironmentRecord,
+    KeyRecord,
+    Outcome,
+    RequestRecord,
+    Revision,
+    SecretRecord,
+)
 
 
 class Store(Protocol):
@@ -42,6 +52,36 @@ class Store(Protocol):
 
     async def set_scale(self, name: str, scale: AppConfig) -> None:
         """Replaces the app's scale overrides (no-op for an unknown app)."""
+
+    # -- environments, secrets, API keys -----------------------------------------------
+
+    async def create_environment(self, environment: EnvironmentRecord) -> bool:
+        """Stores a new environment; False when one with that name exists."""
+
+    async def list_environments(self) -> list[EnvironmentRecord]:
+        """Stored environments by name ("main" is implicit)."""
+
+    async def delete_environment(self, name: str) -> None:
+        """Deletes the environment and its secrets (the caller deletes its apps)."""
+
+    async def put_secrets(self, secrets: list[SecretRecord]) -> None:
+        """Creates or replaces secrets (an update keeps `created_at`), atomically."""
+
+    async def list_secrets(self, environment: str) -> list[SecretRecord]:
+        """The environment's secrets by name (values encrypted)."""
+
+    async def delete_secret(self, environment: str, name: str) -> bool:
+        """False when there was no such secret."""
+
+    async def create_key(self, key: KeyRecord) -> None: ...
+
+    async def get_key(self, key_id: str) -> KeyRecord | None: ...
+
+    async def list_keys(self) -> list[KeyRecord]:
+        """Every key, revoked ones too, oldest first."""
+
+    async def revoke_key(self, key_id: str, revoked_at: float) -> bool:
+        """False when there is no such key (revoking twice keeps the first time)."""
 
     async def delete_app(self, name: str) -> None:
         """Deletes the app, its revisions and its requests."""

@@ -7,7 +7,17 @@ import copy
 
 import msgspec
 
-from falrt.store.records import AppConfig, AppRecord, Outcome, RequestRecord, Revision, Status
+from falrt.store.records import (
+    AppConfig,
+    AppRecord,
+    EnvironmentRecord,
+    KeyRecord,
+    Outcome,
+    RequestRecord,
+    Revision,
+    SecretRecord,
+    Status,
+)
 
 
 class MemoryStore:
@@ -18,6 +28,9 @@ class MemoryStore:
         self._revisions: dict[str, Revision] = {}
         self._requests: dict[str, RequestRecord] = {}
         self._webhooks_done: set[str] = set()
+        self._environments: dict[str, EnvironmentRecord] = {}
+        self._secrets: dict[tuple[str, str], SecretRecord] = {}
+        self._keys: dict[str, KeyRecord] = {}
 
     async def open(self) -> None:
         return None
@@ -29,8 +42,7 @@ class MemoryStore:
         self._revisions[revision.revision_id] = revision
         existing = self._apps.get(app.name)
         created = existing.created_at if existing else app.created_at
-        self._apps[app.name] = AppRecord(app.name, app.revision_id, created, app.updated_at,
-                                         app.scale)
+        self._apps[app.name] = msgspec.structs.replace(app, created_at=created)
 
     async def get_revision(self, revision_id: str) -> Revision | None:
         return self._revisions.get(revision_id)
@@ -49,6 +61,50 @@ class MemoryStore:
         app = self._apps.get(name)
         if app is not None:
             self._apps[name] = msgspec.structs.replace(app, scale=scale)
+
+    async def create_environment(self, environment: EnvironmentRecord) -> bool:
+        if environment.name in self._environments:
+            return False
+        self._environments[environment.name] = environment
+        return True
+
+    async def list_environments(self) -> list[EnvironmentRecord]:
+        return sorted(self._environments.values(), key=lambda e: e.name)
+
+    async def delete_environment(self, name: str) -> None:
+        self._environments.pop(name, None)
+        self._secrets = {k: v for k, v in self._secrets.items() if k[0] != name}
+
+    async def put_secrets(self, secrets: list[SecretRecord]) -> None:
+        for secret in secrets:
+            old = self._secrets.get((secret.environment, secret.name))
+            if old is not None:
+                secret = msgspec.structs.replace(secret, created_at=old.created_at)
+            self._secrets[(secret.environment, secret.name)] = secret
+
+    async def list_secrets(self, environment: str) -> list[SecretRecord]:
+        return sorted((s for (env, _), s in self._secrets.items() if env == environment),
+                      key=lambda s: s.name)
+
+    async def delete_secret(self, environment: str, name: str) -> bool:
+        return self._secrets.pop((environment, name), None) is not None
+
+    async def create_key(self, key: KeyRecord) -> None:
+        self._keys[key.key_id] = key
+
+    async def get_key(self, key_id: str) -> KeyRecord | None:
+        return self._keys.get(key_id)
+
+    async def list_keys(self) -> list[KeyRecord]:
+        return sorted(self._keys.values(), key=lambda k: k.created_at)
+
+    async def revoke_key(self, key_id: str, revoked_at: float) -> bool:
+        key = self._keys.get(key_id)
+        if key is None:
+            return False
+        if key.revoked_at is None:
+            self._keys[key_id] = msgspec.structs.replace(key, revoked_at=revoked_at)
+        return True
 
     async def delete_app(self, name: str) -> None:
         self._apps.pop(name, None)

@@ -33,9 +33,12 @@ from falrt.store.records import (
     AppConfig,
     AppRecord,
     ClusterEvent,
+    EnvironmentRecord,
+    KeyRecord,
     Outcome,
     RequestRecord,
     Revision,
+    SecretRecord,
     Status,
 )
 
@@ -70,6 +73,17 @@ CREATE TABLE IF NOT EXISTS falrt.servers (
   server_id TEXT PRIMARY KEY, lease_until DOUBLE PRECISION NOT NULL);
 CREATE TABLE IF NOT EXISTS falrt.bundles (sha256 TEXT PRIMARY KEY, data BYTEA NOT NULL);
 ALTER TABLE falrt.apps ADD COLUMN IF NOT EXISTS scale BYTEA;
+ALTER TABLE falrt.apps ADD COLUMN IF NOT EXISTS auth TEXT NOT NULL DEFAULT 'private';
+CREATE TABLE IF NOT EXISTS falrt.environments (
+  name TEXT PRIMARY KEY, description TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL);
+CREATE TABLE IF NOT EXISTS falrt.secrets (
+  environment TEXT NOT NULL, name TEXT NOT NULL, value BYTEA NOT NULL,
+  created_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL,
+  PRIMARY KEY (environment, name));
+CREATE TABLE IF NOT EXISTS falrt.api_keys (
+  key_id TEXT PRIMARY KEY, secret_hash TEXT NOT NULL, scope TEXT NOT NULL, owner TEXT NOT NULL,
+  description TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL,
+  revoked_at DOUBLE PRECISION);
 """
 # Any constant will do: it only has to be the same for every falrt server.
 _SCHEMA_LOCK = 0x66616C7274
@@ -79,10 +93,13 @@ _INSERT_REVISION = (
     "INSERT INTO falrt.revisions VALUES ($1, $2, $3, $4) ON CONFLICT (revision_id) DO NOTHING"
 )
 _UPSERT_APP = (
-    "INSERT INTO falrt.apps VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name) DO UPDATE SET "
-    "revision_id = EXCLUDED.revision_id, updated_at = EXCLUDED.updated_at, scale = EXCLUDED.scale"
+    "INSERT INTO falrt.apps (name, revision_id, created_at, updated_at, scale, auth) VALUES "
+    "($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO UPDATE SET revision_id = "
+    "EXCLUDED.revision_id, updated_at = EXCLUDED.updated_at, scale = EXCLUDED.scale, "
+    "auth = EXCLUDED.auth"
 )
-_APP_COLUMNS = "name, revision_id, created_at, updated_at, scale"
+_APP_COLUMNS = "name, revision_id, created_at, updated_at, scale, auth"
+_KEY_COLUMNS = "key_id, secret_hash, scope, owner, description, created_at, revoked_at"
 _config = msgspec.msgpack.Decoder(AppConfig)
 _INSERT_REQUEST = (
     "INSERT INTO falrt.requests (request_id, app_name, seq, status, attempts, created_at, data, "
@@ -251,7 +268,7 @@ class PostgresStore:
             (_INSERT_REVISION, (revision.revision_id, revision.app_name, revision.created_at,
                                 _encode(revision))),
             (_UPSERT_APP, (app.name, app.revision_id, app.created_at, app.updated_at,
-                           _encode(app.scale))),
+                           _encode(app.scale), app.auth)),
             *self._announce(ClusterEvent("app", self.server_id, app=app.name)),
         )
 
@@ -280,6 +297,67 @@ class PostgresStore:
             ("UPDATE falrt.apps SET scale = $2 WHERE name = $1", (name, _encode(scale))),
             *self._announce(ClusterEvent("app", self.server_id, app=name)),
         )
+
+    # -- environments, secrets, API keys -----------------------------------------------
+
+    async def create_environment(self, environment: EnvironmentRecord) -> bool:
+        status = await self._readers.execute(
+            "INSERT INTO falrt.environments VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            environment.name, environment.description, environment.created_at)
+        return bool(status == "INSERT 0 1")
+
+    async def list_environments(self) -> list[EnvironmentRecord]:
+        rows = await self._readers.fetch(
+            "SELECT name, description, created_at FROM falrt.environments ORDER BY name")
+        return [EnvironmentRecord(*row) for row in rows]
+
+    async def delete_environment(self, name: str) -> None:
+        await self._submit(
+            ("DELETE FROM falrt.environments WHERE name = $1", (name,)),
+            ("DELETE FROM falrt.secrets WHERE environment = $1", (name,)),
+        )
+
+    async def put_secrets(self, secrets: list[SecretRecord]) -> None:
+        await self._submit(*(
+            ("INSERT INTO falrt.secrets VALUES ($1, $2, $3, $4, $5) ON CONFLICT "
+             "(environment, name) DO UPDATE SET value = EXCLUDED.value, "
+             "updated_at = EXCLUDED.updated_at",
+             (s.environment, s.name, s.value, s.created_at, s.updated_at))
+            for s in secrets))
+
+    async def list_secrets(self, environment: str) -> list[SecretRecord]:
+        rows = await self._readers.fetch(
+            "SELECT environment, name, value, created_at, updated_at FROM falrt.secrets "
+            "WHERE environment = $1 ORDER BY name", environment)
+        return [SecretRecord(r["environment"], r["name"], bytes(r["value"]), r["created_at"],
+                             r["updated_at"]) for r in rows]
+
+    async def delete_secret(self, environment: str, name: str) -> bool:
+        status = await self._readers.execute(
+            "DELETE FROM falrt.secrets WHERE environment = $1 AND name = $2", environment, name)
+        return bool(status == "DELETE 1")
+
+    async def create_key(self, key: KeyRecord) -> None:
+        await self._readers.execute(
+            "INSERT INTO falrt.api_keys VALUES ($1, $2, $3, $4, $5, $6, $7)", key.key_id,
+            key.secret_hash, key.scope, key.owner, key.description, key.created_at,
+            key.revoked_at)
+
+    async def get_key(self, key_id: str) -> KeyRecord | None:
+        row = await self._readers.fetchrow(
+            f"SELECT {_KEY_COLUMNS} FROM falrt.api_keys WHERE key_id = $1", key_id)
+        return None if row is None else KeyRecord(*row)
+
+    async def list_keys(self) -> list[KeyRecord]:
+        rows = await self._readers.fetch(
+            f"SELECT {_KEY_COLUMNS} FROM falrt.api_keys ORDER BY created_at")
+        return [KeyRecord(*row) for row in rows]
+
+    async def revoke_key(self, key_id: str, revoked_at: float) -> bool:
+        status = await self._readers.execute(
+            "UPDATE falrt.api_keys SET revoked_at = COALESCE(revoked_at, $2) WHERE key_id = $1",
+            key_id, revoked_at)
+        return bool(status == "UPDATE 1")
 
     async def delete_app(self, name: str) -> None:
         await self._submit(
@@ -535,7 +613,8 @@ def _runs(
 def _app_from_row(row: asyncpg.Record) -> AppRecord:
     scale = row["scale"]
     return AppRecord(row["name"], row["revision_id"], row["created_at"], row["updated_at"],
-                     scale=AppConfig() if scale is None else _config.decode(scale))
+                     scale=AppConfig() if scale is None else _config.decode(scale),
+                     auth=row["auth"])
 
 
 def _request_from_row(row: asyncpg.Record) -> RequestRecord:

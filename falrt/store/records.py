@@ -41,6 +41,8 @@ class AppConfig(msgspec.Struct, frozen=True, omit_defaults=True):
     termination_grace_period_s: float | None = None
     skip_retry_conditions: tuple[str, ...] = ()
     retry_config: dict[str, int] = msgspec.field(default_factory=dict)
+    # The secrets of its environment the app receives (empty: all).
+    secrets: tuple[str, ...] = ()
 
 
 class EndpointRecord(msgspec.Struct, frozen=True):
@@ -75,7 +77,39 @@ class AppRecord(msgspec.Struct, frozen=True):
     created_at: float
     updated_at: float
     scale: AppConfig = AppConfig()
+    # Who may call it: "private" (keys of its owner), "public" (anyone), "shared" (any key).
+    auth: str = "private"
 
+
+class EnvironmentRecord(msgspec.Struct, frozen=True):
+    """An environment ("main" always exists and is not stored)."""
+
+    name: str
+    description: str
+    created_at: float
+
+
+class SecretRecord(msgspec.Struct, frozen=True):
+    """A secret of one environment. `value` is encrypted by the server (the store never
+    holds a plain value)."""
+
+    environment: str
+    name: str
+    value: bytes
+    created_at: float
+    updated_at: float
+
+
+class KeyRecord(msgspec.Struct, frozen=True):
+    """An API key: `key_id:secret`; only the secret's SHA-256 is kept."""
+
+    key_id: str
+    secret_hash: str
+    scope: str  # "ADMIN" or "API"
+    owner: str
+    description: str
+    created_at: float
+    revoked_at: float | None = None
 
 class LogRecord(msgspec.Struct, frozen=True, array_like=True):
     timestamp: float

@@ -21,7 +21,17 @@ from typing import Any, NamedTuple, TypeVar
 
 import msgspec
 
-from falrt.store.records import AppConfig, AppRecord, Outcome, RequestRecord, Revision, Status
+from falrt.store.records import (
+    AppConfig,
+    AppRecord,
+    EnvironmentRecord,
+    KeyRecord,
+    Outcome,
+    RequestRecord,
+    Revision,
+    SecretRecord,
+    Status,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -29,7 +39,15 @@ T = TypeVar("T")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS apps (
   name TEXT PRIMARY KEY, revision_id TEXT NOT NULL, created_at REAL NOT NULL,
-  updated_at REAL NOT NULL, scale BLOB);
+  updated_at REAL NOT NULL, scale BLOB, auth TEXT NOT NULL DEFAULT 'private');
+CREATE TABLE IF NOT EXISTS environments (
+  name TEXT PRIMARY KEY, description TEXT NOT NULL, created_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS secrets (
+  environment TEXT NOT NULL, name TEXT NOT NULL, value BLOB NOT NULL, created_at REAL NOT NULL,
+  updated_at REAL NOT NULL, PRIMARY KEY (environment, name));
+CREATE TABLE IF NOT EXISTS api_keys (
+  key_id TEXT PRIMARY KEY, secret_hash TEXT NOT NULL, scope TEXT NOT NULL, owner TEXT NOT NULL,
+  description TEXT NOT NULL, created_at REAL NOT NULL, revoked_at REAL);
 CREATE TABLE IF NOT EXISTS revisions (
   revision_id TEXT PRIMARY KEY, app_name TEXT NOT NULL, created_at REAL NOT NULL,
   data BLOB NOT NULL);
@@ -51,14 +69,19 @@ MIGRATIONS = {
     ("requests", "webhook_pending"): "ALTER TABLE requests ADD COLUMN webhook_pending INTEGER "
                                      "NOT NULL DEFAULT 0",
     ("apps", "scale"): "ALTER TABLE apps ADD COLUMN scale BLOB",
+    ("apps", "auth"): "ALTER TABLE apps ADD COLUMN auth TEXT NOT NULL DEFAULT 'private'",
 }
 
 class _Rows(NamedTuple):
-    """One row for a statement; consecutive jobs with the same statement run as one
-    `executemany` (hot-path writes: inserts, completions, re-queues)."""
+    """One row for a statement; consecutive jobs with the same statement run together
+    (hot-path writes: inserts, completions, re-queues). An INSERT names its `values` tuple
+    ("(?, ...)", the end of `sql`): many rows then go in one statement, one call into SQLite
+    (so the writer takes the interpreter lock a few times per batch, not twice per row);
+    other statements run as one `executemany`."""
 
     sql: str
     row: tuple[Any, ...]
+    values: str = ""
 
 
 _Work = Callable[[sqlite3.Connection], Any] | _Rows
@@ -162,6 +185,18 @@ class SQLiteStore:
             # three, so the thread takes the interpreter lock once, not three times.
             self._post([_execute_one(conn, batch[0])])
             return
+        first = batch[0][0]
+        if isinstance(first, _Rows) and _one_insert(conn, first, batch):
+            # Inserts only (a burst of submits): one multi-row INSERT commits them all on its
+            # own, as one statement is atomic. If it fails, nothing was written, and the
+            # transaction below runs the rows again, each alone.
+            try:
+                _insert_many(conn, first, [job[0].row for job in batch])  # type: ignore[union-attr]
+            except sqlite3.Error:
+                pass
+            else:
+                self._post([(future, None, None) for _, future in batch])
+                return
         results: list[_Result] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -186,10 +221,11 @@ class SQLiteStore:
                 (revision.revision_id, revision.app_name, revision.created_at, data),
             )
             conn.execute(
-                "INSERT INTO apps VALUES (?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
+                "INSERT INTO apps VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
                 "revision_id = excluded.revision_id, updated_at = excluded.updated_at, "
-                "scale = excluded.scale",
-                (app.name, app.revision_id, app.created_at, app.updated_at, _encode(app.scale)),
+                "scale = excluded.scale, auth = excluded.auth",
+                (app.name, app.revision_id, app.created_at, app.updated_at, _encode(app.scale),
+                 app.auth),
             )
 
         await self._run(write)
@@ -214,15 +250,77 @@ class SQLiteStore:
 
     async def list_apps(self) -> list[AppRecord]:
         rows = await self._run(lambda conn: conn.execute(
-            "SELECT name, revision_id, created_at, updated_at, scale FROM apps ORDER BY name"
-        ).fetchall())
-        return [AppRecord(name, revision_id, created_at, updated_at, _scale(scale))
-                for name, revision_id, created_at, updated_at, scale in rows]
+            "SELECT name, revision_id, created_at, updated_at, scale, auth FROM apps "
+            "ORDER BY name").fetchall())
+        return [AppRecord(name, revision_id, created_at, updated_at, _scale(scale), auth)
+                for name, revision_id, created_at, updated_at, scale, auth in rows]
 
     async def set_scale(self, name: str, scale: AppConfig) -> None:
         data = _encode(scale)
         await self._run(lambda conn: conn.execute(
             "UPDATE apps SET scale = ? WHERE name = ?", (data, name)))
+
+    # -- environments, secrets, API keys -----------------------------------------------
+
+    async def create_environment(self, environment: EnvironmentRecord) -> bool:
+        cursor = await self._run(lambda conn: conn.execute(
+            "INSERT OR IGNORE INTO environments VALUES (?, ?, ?)",
+            (environment.name, environment.description, environment.created_at)))
+        return bool(cursor.rowcount == 1)
+
+    async def list_environments(self) -> list[EnvironmentRecord]:
+        rows = await self._run(lambda conn: conn.execute(
+            "SELECT name, description, created_at FROM environments ORDER BY name").fetchall())
+        return [EnvironmentRecord(*row) for row in rows]
+
+    async def delete_environment(self, name: str) -> None:
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM environments WHERE name = ?", (name,))
+            conn.execute("DELETE FROM secrets WHERE environment = ?", (name,))
+
+        await self._run(write)
+
+    async def put_secrets(self, secrets: list[SecretRecord]) -> None:
+        rows = [(s.environment, s.name, s.value, s.created_at, s.updated_at) for s in secrets]
+        await self._run(lambda conn: conn.executemany(
+            "INSERT INTO secrets VALUES (?, ?, ?, ?, ?) ON CONFLICT(environment, name) DO UPDATE "
+            "SET value = excluded.value, updated_at = excluded.updated_at", rows))
+
+    async def list_secrets(self, environment: str) -> list[SecretRecord]:
+        rows = await self._run(lambda conn: conn.execute(
+            "SELECT environment, name, value, created_at, updated_at FROM secrets "
+            "WHERE environment = ? ORDER BY name", (environment,)).fetchall())
+        return [SecretRecord(*row) for row in rows]
+
+    async def delete_secret(self, environment: str, name: str) -> bool:
+        cursor = await self._run(lambda conn: conn.execute(
+            "DELETE FROM secrets WHERE environment = ? AND name = ?", (environment, name)))
+        return bool(cursor.rowcount == 1)
+
+    async def create_key(self, key: KeyRecord) -> None:
+        await self._run(lambda conn: conn.execute(
+            "INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (key.key_id, key.secret_hash, key.scope, key.owner, key.description,
+             key.created_at, key.revoked_at)))
+
+    async def get_key(self, key_id: str) -> KeyRecord | None:
+        row = await self._run(lambda conn: conn.execute(
+            f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_id = ?", (key_id,)).fetchone())
+        return None if row is None else KeyRecord(*row)
+
+    async def list_keys(self) -> list[KeyRecord]:
+        rows = await self._run(lambda conn: conn.execute(
+            f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY created_at").fetchall())
+        return [KeyRecord(*row) for row in rows]
+
+    async def revoke_key(self, key_id: str, revoked_at: float) -> bool:
+        def write(conn: sqlite3.Connection) -> bool:
+            conn.execute("UPDATE api_keys SET revoked_at = ? WHERE key_id = ? AND revoked_at "
+                         "IS NULL", (revoked_at, key_id))
+            found = conn.execute("SELECT 1 FROM api_keys WHERE key_id = ?", (key_id,))
+            return found.fetchone() is not None
+
+        return await self._run(write)
 
     async def delete_app(self, name: str) -> None:
         def write(conn: sqlite3.Connection) -> None:
@@ -238,12 +336,7 @@ class SQLiteStore:
         row = (request.request_id, request.app_name, request.seq, int(request.status),
                request.attempts, request.created_at, data, request.idempotency_key or None,
                int(bool(request.webhook_url)))
-        return self._run(_Rows(
-            "INSERT INTO requests (request_id, app_name, seq, status, attempts, "
-            "created_at, data, idempotency_key, webhook_pending) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            row,
-        ))
+        return self._run(_Rows(_INSERT_REQUEST + _REQUEST_VALUES, row, _REQUEST_VALUES))
 
     def webhook_done(self, request_id: str) -> asyncio.Future[None]:
         return self._run(_Rows(
@@ -322,6 +415,10 @@ class SQLiteStore:
 
 
 _REQUEST_COLUMNS = "data, status, attempts, completed_at, outcome"
+_INSERT_REQUEST = (
+    "INSERT INTO requests (request_id, app_name, seq, status, attempts, created_at, data, "
+    "idempotency_key, webhook_pending) VALUES ")
+_REQUEST_VALUES = "(?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 
 def _request_from_row(row: tuple[bytes, int, int, float | None, bytes | None]) -> RequestRecord:
@@ -357,7 +454,11 @@ def _execute(conn: sqlite3.Connection, group: list[_Job]) -> list[_Result]:
     if isinstance(work, _Rows) and len(group) > 1:
         conn.execute("SAVEPOINT many")
         try:
-            conn.executemany(work.sql, [job[0].row for job in group])  # type: ignore[union-attr]
+            rows = [job[0].row for job in group]  # type: ignore[union-attr]
+            if work.values:
+                _insert_many(conn, work, rows)
+            else:
+                conn.executemany(work.sql, rows)
         except sqlite3.Error:
             conn.execute("ROLLBACK TO many")
         else:
@@ -365,6 +466,27 @@ def _execute(conn: sqlite3.Connection, group: list[_Job]) -> list[_Result]:
             return [(future, None, None) for _, future in group]
         conn.execute("RELEASE many")
     return [_execute_one(conn, job) for job in group]
+
+
+def _one_insert(conn: sqlite3.Connection, first: _Rows, batch: list[_Job]) -> bool:
+    """Whether the batch's jobs are rows of one multi-row-capable INSERT (the statement of
+    `first`, its first job) that fit one statement."""
+    if not first.values:
+        return False
+    if len(batch) * len(first.row) > conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER):
+        return False
+    return all(_same_statement(first, job[0]) for job in batch)
+
+
+def _insert_many(conn: sqlite3.Connection, work: _Rows, rows: list[tuple[Any, ...]]) -> None:
+    """`rows` of the INSERT `work` in as few statements as SQLite's variable limit allows,
+    in order."""
+    head = work.sql[: -len(work.values)]
+    per_statement = max(1, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(work.row))
+    for start in range(0, len(rows), per_statement):
+        chunk = rows[start:start + per_statement]
+        conn.execute(head + ", ".join([work.values] * len(chunk)),
+                     [value for row in chunk for value in row])
 
 
 def _execute_one(conn: sqlite3.Connection, job: _Job) -> _Result:
@@ -384,6 +506,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
 
 
 _config = msgspec.msgpack.Decoder(AppConfig)
+_KEY_COLUMNS = "key_id, secret_hash, scope, owner, description, created_at, revoked_at"
 
 
 def _scale(data: bytes | None) -> AppConfig:

@@ -114,6 +114,51 @@ class ControlStub:
                 request_serializer=falrt_dot_v1_dot_control__pb2.RolloutRequest.SerializeToString,
                 response_deserializer=falrt_dot_v1_dot_control__pb2.RolloutResponse.FromString,
                 _registered_method=True)
+        self.CreateEnvironment = channel.unary_unary(
+                '/falrt.v1.Control/CreateEnvironment',
+                request_serializer=falrt_dot_v1_dot_control__pb2.CreateEnvironmentRequest.SerializeToString,
+                response_deserializer=falrt_dot_v1_dot_control__pb2.EnvironmentInfo.FromString,
+                _registered_method=True)
+        self.ListEnvironments = channel.unary_unary(
+                '/falrt.v1.Control/ListEnvironments',
+                request_serializer=falrt_dot_v1_dot_control__pb2.ListEnvironmentsRequest.SerializeToString,
+                response_deserializer=falrt_dot_v1_dot_control__pb2.ListEnvironmentsResponse.FromString,
+                _registered_method=True)
+        self.DeleteEnvironment = channel.unary_unary(
+                '/falrt.v1.Control/DeleteEnvironment',
+                request_serializer=falrt_dot_v1_dot_control__pb2.DeleteEnvironmentRequest.SerializeToString,
+                response_deserializer=falrt_dot_v1_dot_control__pb2.DeleteEnvironmentResponse.FromString,
+                _registered_method=True)
+        self.SetSecrets = channel.unary_unary(
+                '/falrt.v1.Control/SetSecrets',
+                request_serializer=falrt_dot_v1_dot_control__pb2.SetSecretsRequest.SerializeToString,
+                response_deserializer=falrt_dot_v1_dot_control__pb2.SetSecretsResponse.FromString,
+                _registered_method=True)
+        self.ListSecrets = channel.unary_unary(
+                '/falrt.v1.Control/ListSecrets',
+                request_serializer=falrt_dot_v1_dot_control__pb2.ListSecretsRequest.SerializeToString,
+                response_deserializer=falrt_dot_v1_dot_control__pb2.ListSecretsResponse.FromString,
+                _registered_method=True)
+        self.UnsetSecret = channel.unary_unary(
+                '/falrt.v1.Control/UnsetSecret',
+                request_serializer=falrt_dot_v1_dot_control__pb2.UnsetSecretRequest.SerializeToString,
+                response_deserializer=falrt_dot_v1_dot_control__pb2.UnsetSecretResponse.FromString,
+                _registered_method=True)
+        self.CreateKey = channel.unary_unary(
+                '/falrt.v1.Control/CreateKey',
+                request_serializer=falrt_dot_v1_dot_control__pb2.CreateKeyRequest.SerializeToString,
+                response_deserializer=falrt_dot_v1_dot_control__pb2.CreateKeyResponse.FromString,
+                _registered_method=True)
+        self.ListKeys = channel.unary_unary(
+                '/falrt.v1.Control/ListKeys',
+                request_serializer=falrt_dot_v1_dot_control__pb2.ListKeysRequest.SerializeToString,
+                response_deserializer=falrt_dot_v1_dot_control__pb2.ListKeysResponse.FromString,
+                _registered_method=True)
+        self.RevokeKey = channel.unary_unary(
+                '/falrt.v1.Control/RevokeKey',
+                request_serializer=falrt_dot_v1_dot_control__pb2.RevokeKeyRequest.SerializeToString,
+                response_deserializer=falrt_dot_v1_dot_control__pb2.RevokeKeyResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -235,6 +280,65 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateEnvironment(self, request, context):
+        """Environments keep apps and secrets apart ("main" always exists).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListEnvironments(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteEnvironment(self, request, context):
+        """Deletes an environment with its apps, revisions and secrets. "main" cannot go.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetSecrets(self, request, context):
+        """Secrets: set (create or replace), list (names only: a value is never returned), unset.
+        Runners get them as environment variables when they start.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSecrets(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnsetSecret(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateKey(self, request, context):
+        """API keys ("key_id:secret", sent as `authorization: Key key_id:secret`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListKeys(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeKey(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -317,6 +421,51 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.Rollout,
                     request_deserializer=falrt_dot_v1_dot_control__pb2.RolloutRequest.FromString,
                     response_serializer=falrt_dot_v1_dot_control__pb2.RolloutResponse.SerializeToString,
+            ),
+            'CreateEnvironment': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateEnvironment,
+                    request_deserializer=falrt_dot_v1_dot_control__pb2.CreateEnvironmentRequest.FromString,
+                    response_serializer=falrt_dot_v1_dot_control__pb2.EnvironmentInfo.SerializeToString,
+            ),
+            'ListEnvironments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEnvironments,
+                    request_deserializer=falrt_dot_v1_dot_control__pb2.ListEnvironmentsRequest.FromString,
+                    response_serializer=falrt_dot_v1_dot_control__pb2.ListEnvironmentsResponse.SerializeToString,
+            ),
+            'DeleteEnvironment': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteEnvironment,
+                    request_deserializer=falrt_dot_v1_dot_control__pb2.DeleteEnvironmentRequest.FromString,
+                    response_serializer=falrt_dot_v1_dot_control__pb2.DeleteEnvironmentResponse.SerializeToString,
+            ),
+            'SetSecrets': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetSecrets,
+                    request_deserializer=falrt_dot_v1_dot_control__pb2.SetSecretsRequest.FromString,
+                    response_serializer=falrt_dot_v1_dot_control__pb2.SetSecretsResponse.SerializeToString,
+            ),
+            'ListSecrets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSecrets,
+                    request_deserializer=falrt_dot_v1_dot_control__pb2.ListSecretsRequest.FromString,
+                    response_serializer=falrt_dot_v1_dot_control__pb2.ListSecretsResponse.SerializeToString,
+            ),
+            'UnsetSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnsetSecret,
+                    request_deserializer=falrt_dot_v1_dot_control__pb2.UnsetSecretRequest.FromString,
+                    response_serializer=falrt_dot_v1_dot_control__pb2.UnsetSecretResponse.SerializeToString,
+            ),
+            'CreateKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateKey,
+                    request_deserializer=falrt_dot_v1_dot_control__pb2.CreateKeyRequest.FromString,
+                    response_serializer=falrt_dot_v1_dot_control__pb2.CreateKeyResponse.SerializeToString,
+            ),
+            'ListKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListKeys,
+                    request_deserializer=falrt_dot_v1_dot_control__pb2.ListKeysRequest.FromString,
+                    response_serializer=falrt_dot_v1_dot_control__pb2.ListKeysResponse.SerializeToString,
+            ),
+            'RevokeKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeKey,
+                    request_deserializer=falrt_dot_v1_dot_control__pb2.RevokeKeyRequest.FromString,
+                    response_serializer=falrt_dot_v1_dot_control__pb2.RevokeKeyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -751,6 +900,249 @@ class Control:
             '/falrt.v1.Control/Rollout',
             falrt_dot_v1_dot_control__pb2.RolloutRequest.SerializeToString,
             falrt_dot_v1_dot_control__pb2.RolloutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateEnvironment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/falrt.v1.Control/CreateEnvironment',
+            falrt_dot_v1_dot_control__pb2.CreateEnvironmentRequest.SerializeToString,
+            falrt_dot_v1_dot_control__pb2.EnvironmentInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEnvironments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/falrt.v1.Control/ListEnvironments',
+            falrt_dot_v1_dot_control__pb2.ListEnvironmentsRequest.SerializeToString,
+            falrt_dot_v1_dot_control__pb2.ListEnvironmentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteEnvironment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/falrt.v1.Control/DeleteEnvironment',
+            falrt_dot_v1_dot_control__pb2.DeleteEnvironmentRequest.SerializeToString,
+            falrt_dot_v1_dot_control__pb2.DeleteEnvironmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetSecrets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/falrt.v1.Control/SetSecrets',
+            falrt_dot_v1_dot_control__pb2.SetSecretsRequest.SerializeToString,
+            falrt_dot_v1_dot_control__pb2.SetSecretsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSecrets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/falrt.v1.Control/ListSecrets',
+            falrt_dot_v1_dot_control__pb2.ListSecretsRequest.SerializeToString,
+            falrt_dot_v1_dot_control__pb2.ListSecretsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnsetSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/falrt.v1.Control/UnsetSecret',
+            falrt_dot_v1_dot_control__pb2.UnsetSecretRequest.SerializeToString,
+            falrt_dot_v1_dot_control__pb2.UnsetSecretResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/falrt.v1.Control/CreateKey',
+            falrt_dot_v1_dot_control__pb2.CreateKeyRequest.SerializeToString,
+            falrt_dot_v1_dot_control__pb2.CreateKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/falrt.v1.Control/ListKeys',
+            falrt_dot_v1_dot_control__pb2.ListKeysRequest.SerializeToString,
+            falrt_dot_v1_dot_control__pb2.ListKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/falrt.v1.Control/RevokeKey',
+            falrt_dot_v1_dot_control__pb2.RevokeKeyRequest.SerializeToString,
+            falrt_dot_v1_dot_control__pb2.RevokeKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -70,6 +70,21 @@ class ControlStub:
     """Makes an earlier revision live again, without a rebuild; streams progress like Deploy."""
     Rollout: _grpc.UnaryUnaryMultiCallable[_control_pb2.RolloutRequest, _control_pb2.RolloutResponse]
     """Replaces every runner of the live revision (graceful: replacements first; force: now)."""
+    CreateEnvironment: _grpc.UnaryUnaryMultiCallable[_control_pb2.CreateEnvironmentRequest, _control_pb2.EnvironmentInfo]
+    """Environments keep apps and secrets apart ("main" always exists)."""
+    ListEnvironments: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListEnvironmentsRequest, _control_pb2.ListEnvironmentsResponse]
+    DeleteEnvironment: _grpc.UnaryUnaryMultiCallable[_control_pb2.DeleteEnvironmentRequest, _control_pb2.DeleteEnvironmentResponse]
+    """Deletes an environment with its apps, revisions and secrets. "main" cannot go."""
+    SetSecrets: _grpc.UnaryUnaryMultiCallable[_control_pb2.SetSecretsRequest, _control_pb2.SetSecretsResponse]
+    """Secrets: set (create or replace), list (names only: a value is never returned), unset.
+    Runners get them as environment variables when they start.
+    """
+    ListSecrets: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListSecretsRequest, _control_pb2.ListSecretsResponse]
+    UnsetSecret: _grpc.UnaryUnaryMultiCallable[_control_pb2.UnsetSecretRequest, _control_pb2.UnsetSecretResponse]
+    CreateKey: _grpc.UnaryUnaryMultiCallable[_control_pb2.CreateKeyRequest, _control_pb2.CreateKeyResponse]
+    """API keys ("key_id:secret", sent as `authorization: Key key_id:secret`)."""
+    ListKeys: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListKeysRequest, _control_pb2.ListKeysResponse]
+    RevokeKey: _grpc.UnaryUnaryMultiCallable[_control_pb2.RevokeKeyRequest, _control_pb2.RevokeKeyResponse]
 
 @_typing.type_check_only
 class ControlAsyncStub(ControlStub):
@@ -113,6 +128,21 @@ class ControlAsyncStub(ControlStub):
     """Makes an earlier revision live again, without a rebuild; streams progress like Deploy."""
     Rollout: _aio.UnaryUnaryMultiCallable[_control_pb2.RolloutRequest, _control_pb2.RolloutResponse]  # type: ignore[assignment]
     """Replaces every runner of the live revision (graceful: replacements first; force: now)."""
+    CreateEnvironment: _aio.UnaryUnaryMultiCallable[_control_pb2.CreateEnvironmentRequest, _control_pb2.EnvironmentInfo]  # type: ignore[assignment]
+    """Environments keep apps and secrets apart ("main" always exists)."""
+    ListEnvironments: _aio.UnaryUnaryMultiCallable[_control_pb2.ListEnvironmentsRequest, _control_pb2.ListEnvironmentsResponse]  # type: ignore[assignment]
+    DeleteEnvironment: _aio.UnaryUnaryMultiCallable[_control_pb2.DeleteEnvironmentRequest, _control_pb2.DeleteEnvironmentResponse]  # type: ignore[assignment]
+    """Deletes an environment with its apps, revisions and secrets. "main" cannot go."""
+    SetSecrets: _aio.UnaryUnaryMultiCallable[_control_pb2.SetSecretsRequest, _control_pb2.SetSecretsResponse]  # type: ignore[assignment]
+    """Secrets: set (create or replace), list (names only: a value is never returned), unset.
+    Runners get them as environment variables when they start.
+    """
+    ListSecrets: _aio.UnaryUnaryMultiCallable[_control_pb2.ListSecretsRequest, _control_pb2.ListSecretsResponse]  # type: ignore[assignment]
+    UnsetSecret: _aio.UnaryUnaryMultiCallable[_control_pb2.UnsetSecretRequest, _control_pb2.UnsetSecretResponse]  # type: ignore[assignment]
+    CreateKey: _aio.UnaryUnaryMultiCallable[_control_pb2.CreateKeyRequest, _control_pb2.CreateKeyResponse]  # type: ignore[assignment]
+    """API keys ("key_id:secret", sent as `authorization: Key key_id:secret`)."""
+    ListKeys: _aio.UnaryUnaryMultiCallable[_control_pb2.ListKeysRequest, _control_pb2.ListKeysResponse]  # type: ignore[assignment]
+    RevokeKey: _aio.UnaryUnaryMultiCallable[_control_pb2.RevokeKeyRequest, _control_pb2.RevokeKeyResponse]  # type: ignore[assignment]
 
 class ControlServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -249,5 +279,74 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.RolloutResponse, _abc.Awaitable[_control_pb2.RolloutResponse]]:
         """Replaces every runner of the live revision (graceful: replacements first; force: now)."""
+
+    @_abc_1.abstractmethod
+    def CreateEnvironment(
+        self,
+        request: _control_pb2.CreateEnvironmentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.EnvironmentInfo, _abc.Awaitable[_control_pb2.EnvironmentInfo]]:
+        """Environments keep apps and secrets apart ("main" always exists)."""
+
+    @_abc_1.abstractmethod
+    def ListEnvironments(
+        self,
+        request: _control_pb2.ListEnvironmentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ListEnvironmentsResponse, _abc.Awaitable[_control_pb2.ListEnvironmentsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteEnvironment(
+        self,
+        request: _control_pb2.DeleteEnvironmentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.DeleteEnvironmentResponse, _abc.Awaitable[_control_pb2.DeleteEnvironmentResponse]]:
+        """Deletes an environment with its apps, revisions and secrets. "main" cannot go."""
+
+    @_abc_1.abstractmethod
+    def SetSecrets(
+        self,
+        request: _control_pb2.SetSecretsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.SetSecretsResponse, _abc.Awaitable[_control_pb2.SetSecretsResponse]]:
+        """Secrets: set (create or replace), list (names only: a value is never returned), unset.
+        Runners get them as environment variables when they start.
+        """
+
+    @_abc_1.abstractmethod
+    def ListSecrets(
+        self,
+        request: _control_pb2.ListSecretsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ListSecretsResponse, _abc.Awaitable[_control_pb2.ListSecretsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def UnsetSecret(
+        self,
+        request: _control_pb2.UnsetSecretRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.UnsetSecretResponse, _abc.Awaitable[_control_pb2.UnsetSecretResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateKey(
+        self,
+        request: _control_pb2.CreateKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.CreateKeyResponse, _abc.Awaitable[_control_pb2.CreateKeyResponse]]:
+        """API keys ("key_id:secret", sent as `authorization: Key key_id:secret`)."""
+
+    @_abc_1.abstractmethod
+    def ListKeys(
+        self,
+        request: _control_pb2.ListKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ListKeysResponse, _abc.Awaitable[_control_pb2.ListKeysResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RevokeKey(
+        self,
+        request: _control_pb2.RevokeKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.RevokeKeyResponse, _abc.Awaitable[_control_pb2.RevokeKeyResponse]]: ...
 
 def add_ControlServicer_to_server(servicer: ControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,158 @@
+"""`falrt envs`, `falrt secrets` and `falrt keys`: environments, their secrets, API keys."""
+
+from __future__ import annotations
+
+import click
+
+from falrt.client.control import ControlClient
+
+from .context import CliContext, env_option, pass_cli
+from .errors import reporting_errors
+from .render import OutputFormat, age, output_option, print_json, print_protos, print_table, stderr
+
+
+@click.group()
+def envs() -> None:
+    """Environments: apps and secrets of one do not see another's."""
+
+
+@envs.command("create")
+@click.argument("name")
+@click.option("--description", default="", help="what the environment is for")
+@pass_cli
+def create_env(cli: CliContext, name: str, description: str) -> None:
+    """Create an environment (deploy into it with `falrt deploy --env NAME`)."""
+    with reporting_errors(cli.host), ControlClient(cli.host) as control:
+        control.create_environment(name, description)
+    stderr.print(f"created environment {name}", highlight=False)
+
+
+@envs.command("list")
+@output_option
+@pass_cli
+def list_envs(cli: CliContext, output: OutputFormat) -> None:
+    """List environments."""
+    with reporting_errors(cli.host), ControlClient(cli.host) as control:
+        infos = control.list_environments()
+    if output == "json":
+        print_protos(infos)
+        return
+    print_table("Environments", ["name", "description", "default", "created"],
+                [[e.name, e.description or "-", "yes" if e.is_default else "",
+                  age(e.created_at)] for e in infos])
+
+
+@envs.command("delete")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="do not ask (the apps, revisions and secrets go too)")
+@pass_cli
+def delete_env(cli: CliContext, name: str, yes: bool) -> None:
+    """Delete an environment with its apps, revisions and secrets."""
+    if not yes:
+        click.confirm(f"delete environment {name} with all its apps and secrets?", abort=True)
+    with reporting_errors(cli.host), ControlClient(cli.host) as control:
+        reply = control.delete_environment(name)
+    stderr.print(f"deleted environment {name}: {len(reply.apps)} app(s), {reply.secrets} "
+                 "secret(s)", highlight=False)
+
+
+@click.group()
+def secrets() -> None:
+    """Secrets of an environment, given to its runners as environment variables."""
+
+
+@secrets.command("set")
+@click.argument("pairs", nargs=-1, required=True, metavar="NAME=VALUE...")
+@env_option
+@pass_cli
+def set_secrets(cli: CliContext, pairs: tuple[str, ...], env: str) -> None:
+    """Set secrets. Runners started from now on get them (`falrt apps rollout` replaces
+    running ones)."""
+    values = {}
+    for position, pair in enumerate(pairs, 1):
+        name, sep, value = pair.partition("=")
+        if not sep or not name:  # the argument may be a value: it is never echoed
+            raise click.BadParameter(f"argument {position} is not NAME=VALUE",
+                                     param_hint="NAME=VALUE")
+        values[name] = value
+    with reporting_errors(cli.host), ControlClient(cli.host) as control:
+        names = control.set_secrets(env, values)
+    stderr.print(f"set {', '.join(names)} in {env}", highlight=False)
+
+
+@secrets.command("list")
+@env_option
+@output_option
+@pass_cli
+def list_secrets(cli: CliContext, env: str, output: OutputFormat) -> None:
+    """List secret names (values are never shown)."""
+    with reporting_errors(cli.host), ControlClient(cli.host) as control:
+        infos = control.list_secrets(env)
+    if output == "json":
+        print_protos(infos)
+        return
+    print_table(f"Secrets of {env}", ["name", "created", "updated"],
+                [[s.name, age(s.created_at), age(s.updated_at)] for s in infos])
+
+
+@secrets.command("unset")
+@click.argument("name")
+@env_option
+@pass_cli
+def unset_secret(cli: CliContext, name: str, env: str) -> None:
+    """Remove a secret (runners started from now on no longer get it)."""
+    with reporting_errors(cli.host), ControlClient(cli.host) as control:
+        control.unset_secret(env, name)
+    stderr.print(f"unset {name} in {env}", highlight=False)
+
+
+@click.group()
+def keys() -> None:
+    """API keys: `key_id:secret`, sent as `authorization: Key key_id:secret`."""
+
+
+@keys.command("create")
+@click.option("--scope", type=click.Choice(["ADMIN", "API"], case_sensitive=False),
+              required=True, help="ADMIN: the control plane and every app; API: calling apps")
+@click.option("--description", default="", help="what the key is for")
+@click.option("--owner", default="", help="whose key it is (default: the server's owner)")
+@output_option
+@pass_cli
+def create_key(
+    cli: CliContext, scope: str, description: str, owner: str, output: OutputFormat
+) -> None:
+    """Create a key and print it (the only time it is shown)."""
+    with reporting_errors(cli.host), ControlClient(cli.host) as control:
+        reply = control.create_key(scope.upper(), description, owner)
+    if output == "json":
+        print_json({"key_id": reply.info.key_id, "key": reply.key, "scope": reply.info.scope,
+                    "owner": reply.info.owner})
+        return
+    stderr.print(f"created {reply.info.scope} key {reply.info.key_id} for "
+                 f"{reply.info.owner}; it is shown only now:", highlight=False)
+    click.echo(reply.key)
+
+
+@keys.command("list")
+@output_option
+@pass_cli
+def list_keys(cli: CliContext, output: OutputFormat) -> None:
+    """List keys (ids, scopes, owners; never the secrets)."""
+    with reporting_errors(cli.host), ControlClient(cli.host) as control:
+        infos = control.list_keys()
+    if output == "json":
+        print_protos(infos)
+        return
+    print_table("API keys", ["key id", "scope", "owner", "description", "created", "revoked"],
+                [[k.key_id, k.scope, k.owner, k.description or "-", age(k.created_at),
+                  age(k.revoked_at)] for k in infos])
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@pass_cli
+def revoke_key(cli: CliContext, key_id: str) -> None:
+    """Revoke a key: calls with it are refused from now on."""
+    with reporting_errors(cli.host), ControlClient(cli.host) as control:
+        control.revoke_key(key_id)
+    stderr.print(f"revoked {key_id}", highlight=False)

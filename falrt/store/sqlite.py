@@ -73,15 +73,11 @@ MIGRATIONS = {
 }
 
 class _Rows(NamedTuple):
-    """One row for a statement; consecutive jobs with the same statement run together
-    (hot-path writes: inserts, completions, re-queues). An INSERT names its `values` tuple
-    ("(?, ...)", the end of `sql`): many rows then go in one statement, one call into SQLite
-    (so the writer takes the interpreter lock a few times per batch, not twice per row);
-    other statements run as one `executemany`."""
+    """One row for a statement; consecutive jobs with the same statement run as one
+    `executemany` (hot-path writes: inserts, completions, re-queues)."""
 
     sql: str
     row: tuple[Any, ...]
-    values: str = ""
 
 
 _Work = Callable[[sqlite3.Connection], Any] | _Rows
@@ -185,18 +181,6 @@ class SQLiteStore:
             # three, so the thread takes the interpreter lock once, not three times.
             self._post([_execute_one(conn, batch[0])])
             return
-        first = batch[0][0]
-        if isinstance(first, _Rows) and _one_insert(conn, first, batch):
-            # Inserts only (a burst of submits): one multi-row INSERT commits them all on its
-            # own, as one statement is atomic. If it fails, nothing was written, and the
-            # transaction below runs the rows again, each alone.
-            try:
-                _insert_many(conn, first, [job[0].row for job in batch])  # type: ignore[union-attr]
-            except sqlite3.Error:
-                pass
-            else:
-                self._post([(future, None, None) for _, future in batch])
-                return
         results: list[_Result] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -336,7 +320,12 @@ class SQLiteStore:
         row = (request.request_id, request.app_name, request.seq, int(request.status),
                request.attempts, request.created_at, data, request.idempotency_key or None,
                int(bool(request.webhook_url)))
-        return self._run(_Rows(_INSERT_REQUEST + _REQUEST_VALUES, row, _REQUEST_VALUES))
+        return self._run(_Rows(
+            "INSERT INTO requests (request_id, app_name, seq, status, attempts, "
+            "created_at, data, idempotency_key, webhook_pending) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            row,
+        ))
 
     def webhook_done(self, request_id: str) -> asyncio.Future[None]:
         return self._run(_Rows(
@@ -415,10 +404,6 @@ class SQLiteStore:
 
 
 _REQUEST_COLUMNS = "data, status, attempts, completed_at, outcome"
-_INSERT_REQUEST = (
-    "INSERT INTO requests (request_id, app_name, seq, status, attempts, created_at, data, "
-    "idempotency_key, webhook_pending) VALUES ")
-_REQUEST_VALUES = "(?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 
 def _request_from_row(row: tuple[bytes, int, int, float | None, bytes | None]) -> RequestRecord:
@@ -454,11 +439,7 @@ def _execute(conn: sqlite3.Connection, group: list[_Job]) -> list[_Result]:
     if isinstance(work, _Rows) and len(group) > 1:
         conn.execute("SAVEPOINT many")
         try:
-            rows = [job[0].row for job in group]  # type: ignore[union-attr]
-            if work.values:
-                _insert_many(conn, work, rows)
-            else:
-                conn.executemany(work.sql, rows)
+            conn.executemany(work.sql, [job[0].row for job in group])  # type: ignore[union-attr]
         except sqlite3.Error:
             conn.execute("ROLLBACK TO many")
         else:
@@ -466,27 +447,6 @@ def _execute(conn: sqlite3.Connection, group: list[_Job]) -> list[_Result]:
             return [(future, None, None) for _, future in group]
         conn.execute("RELEASE many")
     return [_execute_one(conn, job) for job in group]
-
-
-def _one_insert(conn: sqlite3.Connection, first: _Rows, batch: list[_Job]) -> bool:
-    """Whether the batch's jobs are rows of one multi-row-capable INSERT (the statement of
-    `first`, its first job) that fit one statement."""
-    if not first.values:
-        return False
-    if len(batch) * len(first.row) > conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER):
-        return False
-    return all(_same_statement(first, job[0]) for job in batch)
-
-
-def _insert_many(conn: sqlite3.Connection, work: _Rows, rows: list[tuple[Any, ...]]) -> None:
-    """`rows` of the INSERT `work` in as few statements as SQLite's variable limit allows,
-    in order."""
-    head = work.sql[: -len(work.values)]
-    per_statement = max(1, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(work.row))
-    for start in range(0, len(rows), per_statement):
-        chunk = rows[start:start + per_statement]
-        conn.execute(head + ", ".join([work.values] * len(chunk)),
-                     [value for row in chunk for value in row])
 
 
 def _execute_one(conn: sqlite3.Connection, job: _Job) -> _Result:

@@ -31,9 +31,10 @@ from typing import Any
 
 import grpc
 import uvloop
-from loadgen import CHANNEL_OPTIONS, falrt_queue_call
+from loadgen import falrt_queue_call
 from servers import REPO, deploy, falrt_server, guarded, machine
 
+from falrt.client.connection import aio_channel
 from falrt.v1 import common_pb2, control_pb2, control_pb2_grpc
 
 
@@ -414,7 +415,7 @@ async def run_all(trace: list[Phase], sleep_s: float, app_name: str, keep: Path 
             async with falrt_server(root / "data", root / "server.log") as address:
                 endpoint_id = await deploy(address, APP_TARGET)
                 print(f"-- deployed {endpoint_id} on {address}; replaying", file=sys.stderr)
-                async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as ch:
+                async with aio_channel(address) as ch:  # it carries the server's admin key
                     return await Replay(ch, endpoint_id, app_name, sleep_s).replay(trace)
         except BaseException:
             log = root / "server.log"

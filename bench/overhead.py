@@ -58,6 +58,8 @@ from servers import (
     process,
 )
 
+from falrt.client.connection import aio_channel
+
 NOOP_BODY = b'{"value": 1}'
 MLP_BODY = json.dumps({"features": [((i * 37) % 101) / 101 for i in range(256)]}).encode()
 TARGETS_ECHO_C1 = {"falrt_direct": 3.0, "falrt_queue": 6.0}
@@ -102,8 +104,7 @@ async def measure_section(
             process(baseline(f"grpc-{kind}"), LISTENING, tmp / f"grpc-{kind}.log"))
         bare = await stack.enter_async_context(grpc.aio.insecure_channel(
             f"127.0.0.1:{ready.group(1)}", options=CHANNEL_OPTIONS))
-        channel = await stack.enter_async_context(
-            grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS))
+        channel = await stack.enter_async_context(aio_channel(address))  # with the API key
         calls = {"grpc_echo": grpc_bytes_call(bare, ECHO_METHOD, body)}
         if plan.http:
             http = await stack.enter_async_context(

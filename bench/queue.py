@@ -72,6 +72,8 @@ from servers import (
     process,
 )
 
+from falrt.client.connection import aio_channel
+
 NOOP_BODY = b'{"value": 1}'
 DSN_VARIABLE = "FALRT_TEST_POSTGRES_DSN"
 SUBMIT_CONCURRENCY = 64
@@ -180,8 +182,7 @@ async def start_store(
     """A falrt server on one store, with examples/noop.py and the parked app deployed."""
     address = await stack.enter_async_context(
         falrt_server(tmp / name, tmp / f"{name}.log", *options))
-    channel = await stack.enter_async_context(
-        grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS))
+    channel = await stack.enter_async_context(aio_channel(address))  # with the API key
     noop = await deploy(address, "examples/noop.py::Noop")
     parked = await deploy(address, f"{tmp / 'parked.py'}::Parked")
     endpoints = Endpoints(submit=falrt_submit_call(channel, parked, NOOP_BODY),

@@ -122,6 +122,20 @@ class RunnerServerError(FalrtError):
     error_type = "runner_server_error"
 
 
+class UnauthenticatedError(FalrtError):
+    """No valid API key came with a call that needs one."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+    error_type = "unauthenticated"
+
+
+class PermissionDeniedError(FalrtError):
+    """The caller's key may not do this."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+    error_type = "permission_denied"
+
+
 class AlreadyExistsError(FalrtError):
     code = grpc.StatusCode.ALREADY_EXISTS
     error_type = "already_exists"
@@ -143,6 +157,8 @@ _BY_TYPE: dict[str, type[FalrtError]] = {
         NotCompletedError,
         FailedPreconditionError,
         AlreadyExistsError,
+        UnauthenticatedError,
+        PermissionDeniedError,
         ResourceExhaustedError,
         UnavailableError,
         RequestCancelledError,

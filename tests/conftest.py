@@ -8,6 +8,16 @@ import pytest
 from tests.harness import ServerProcess
 
 
+@pytest.fixture(scope="session", autouse=True)
+def credentials_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Servers write their admin keys here and clients read them (not ~/.config)."""
+    path = tmp_path_factory.mktemp("credentials") / "credentials.json"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FALRT_CREDENTIALS", str(path))
+        patch.delenv("FALRT_KEY", raising=False)
+        yield path
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A real server shared by the tests of one module."""

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import grpc
 
+from falrt.client import connection
 from falrt.v1 import common_pb2, queue_pb2, queue_pb2_grpc
 from tests.harness import ServerProcess, wait_for
 
@@ -32,7 +33,7 @@ class Submitter:
     """32 threads submitting with idempotency keys, waiting for the server when it is down."""
 
     def __init__(self, address: str, endpoint: str, marks: Path) -> None:
-        self.channel = grpc.insecure_channel(address)
+        self.channel = connection.channel(address)
         self.stub = queue_pb2_grpc.QueueStub(self.channel)
         self.endpoint, self.marks = endpoint, marks
         self.acked: dict[str, str] = {}  # key -> request id

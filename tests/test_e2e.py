@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from falrt import errors
-from falrt.client import Completed, InProgress, Queued, SyncClient
+from falrt.client import Completed, InProgress, Queued, SyncClient, connection
 from falrt.v1 import common_pb2, queue_pb2, queue_pb2_grpc
 from tests.fifo import make_gate, release
 from tests.harness import ServerProcess, wait_for
@@ -83,7 +83,7 @@ def test_validation_error_is_invalid_argument_naming_the_field(
     with pytest.raises(errors.ValidationFailedError) as direct:
         client.run(hello, {})
     assert [loc for loc, _ in direct.value.field_errors] == ["$.name"]
-    with grpc.insecure_channel(server.address) as channel:
+    with connection.channel(server.address) as channel:
         stub = queue_pb2_grpc.QueueStub(channel)
         with pytest.raises(grpc.RpcError) as raw:
             stub.Run(queue_pb2.RunRequest(
@@ -95,7 +95,7 @@ def test_validation_error_is_invalid_argument_naming_the_field(
 def test_unknown_endpoint_id_is_not_found(server: ServerProcess, client: SyncClient) -> None:
     with pytest.raises(errors.NotFoundError):
         client.submit("local/no-such-app", {})
-    with grpc.insecure_channel(server.address) as channel:
+    with connection.channel(server.address) as channel:
         stub = queue_pb2_grpc.QueueStub(channel)
         with pytest.raises(grpc.RpcError) as raw:
             stub.Submit(queue_pb2.SubmitRequest(endpoint_id="local/no-such-app"))
@@ -166,7 +166,7 @@ def test_health_and_reflection_are_served(server: ServerProcess) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-    with grpc.insecure_channel(server.address) as channel:
+    with connection.channel(server.address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         for service in ("", "falrt.v1.Queue", "falrt.v1.Control"):
             reply = health.Check(health_pb2.HealthCheckRequest(service=service))

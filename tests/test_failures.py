@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from falrt.client import Completed, Queued, SyncClient
+from falrt.client import Completed, Queued, SyncClient, connection
 from falrt.v1 import control_pb2, control_pb2_grpc
 from tests.fifo import make_gate, release
 from tests.harness import ServerProcess, wait_for
@@ -78,7 +78,7 @@ def _deploy(address: str, bundle: bytes, *, sha256: str | None = None,
         yield control_pb2.DeployRequest(header=header)
         yield control_pb2.DeployRequest(chunk=bundle)
 
-    with grpc.insecure_channel(address) as channel:
+    with connection.channel(address) as channel:
         return list(control_pb2_grpc.ControlStub(channel).Deploy(requests()))
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from grpc_tools import protoc
 
+from falrt.client import credentials
 from tests.harness import REPO, ServerProcess
 
 CLIENT = r'''
@@ -24,12 +25,14 @@ import falrt
 assert falrt.__file__ is None or falrt.__file__.startswith(sys.argv[1]), falrt.__file__
 channel = grpc.insecure_channel(sys.argv[2])
 stub = queue_pb2_grpc.QueueStub(channel)
+key = [("authorization", "Key " + sys.argv[4])]  # how any gRPC client sends an API key
 submitted = stub.Submit(queue_pb2.SubmitRequest(
     endpoint_id=sys.argv[3],
     input=common_pb2.Payload(data=json.dumps({"name": "proto"}).encode(),
-                             content_type="application/json")))
+                             content_type="application/json")), metadata=key)
 statuses, logs = [], []
-for update in stub.Watch(queue_pb2.WatchRequest(request_id=submitted.request_id, with_logs=True)):
+request = queue_pb2.WatchRequest(request_id=submitted.request_id, with_logs=True)
+for update in stub.Watch(request, metadata=key):
     statuses.append(common_pb2.RequestStatus.Name(update.state.status))
     logs.extend(line.message for line in update.state.logs)  # each update brings new lines
     last = update.state
@@ -54,7 +57,10 @@ def test_a_client_from_the_proto_alone_can_submit_and_watch(
     _generate(tmp_path)
     script = tmp_path / "client.py"
     script.write_text(CLIENT)
-    out = subprocess.run([sys.executable, str(script), str(tmp_path), server.address, endpoint],
+    key = credentials.key_for(server.address)
+    assert key is not None
+    out = subprocess.run([sys.executable, str(script), str(tmp_path), server.address, endpoint,
+                          key],
                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)

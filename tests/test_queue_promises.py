@@ -7,11 +7,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 
 from falrt import errors
-from falrt.client import Completed, InProgress, Queued, SyncClient
+from falrt.client import Completed, InProgress, Queued, SyncClient, connection
 from tests.fifo import make_gate, release
 from tests.harness import ServerProcess, wait_for
 
@@ -196,7 +195,7 @@ def test_a_completed_request_is_posted_to_its_webhook_signed(
     body = json.loads(delivery.body)
     assert body["request_id"] == handle.request_id and body["status"] == "OK"
     assert body["payload"]["attempt"] == 1
-    with grpc.insecure_channel(quick.address) as channel:
+    with connection.channel(quick.address) as channel:
         keys = control_pb2_grpc.ControlStub(channel).GetWebhookKeys(
             control_pb2.GetWebhookKeysRequest()).keys
     verify(keys[0].x, delivery.headers, delivery.body, now=time.time())

@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import grpc
 import msgspec
 import pytest
 import uvloop
 
 from falrt import errors
+from falrt.client import connection
 from falrt.server.webhooks import (
     KEY_FILE,
     PAYLOAD_NOT_JSON,
@@ -362,7 +362,7 @@ def test_the_server_serves_its_key_and_keeps_it_across_restarts(
     fresh_server: ServerProcess,
 ) -> None:
     def served() -> control_pb2.WebhookKey:
-        with grpc.insecure_channel(fresh_server.address) as channel:
+        with connection.channel(fresh_server.address) as channel:
             reply = control_pb2_grpc.ControlStub(channel).GetWebhookKeys(
                 control_pb2.GetWebhookKeysRequest())
         (only,) = reply.keys

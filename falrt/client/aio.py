@@ -16,7 +16,7 @@ from typing import Any, Unpack
 
 import grpc
 
-from falrt.client.connection import CHANNEL_OPTIONS, resolve_host
+from falrt.client.connection import aio_channel, resolve_host
 from falrt.client.messages import (
     CancelOutcome,
     QueueOptions,
@@ -72,7 +72,7 @@ class AsyncClient:
     @property
     def _stub(self) -> queue_pb2_grpc.QueueAsyncStub:
         if self._stub_cache is None:
-            self._channel = grpc.aio.insecure_channel(self.host, options=CHANNEL_OPTIONS)
+            self._channel = aio_channel(self.host)
             self._stub_cache = queue_pb2_grpc.QueueStub(self._channel)
         return self._stub_cache
 

@@ -9,9 +9,7 @@ from __future__ import annotations
 from collections.abc import Generator, Iterator, Sequence
 from types import TracebackType
 
-import grpc
-
-from falrt.client.connection import CHANNEL_OPTIONS, resolve_host
+from falrt.client.connection import channel, resolve_host
 from falrt.client.rpc_errors import translate_rpc_errors
 from falrt.v1 import control_pb2, control_pb2_grpc
 
@@ -23,7 +21,7 @@ class ControlClient:
 
     def __init__(self, host: str | None = None) -> None:
         self.host = resolve_host(host)
-        self._channel = grpc.insecure_channel(self.host, options=CHANNEL_OPTIONS)
+        self._channel = channel(self.host)
         self._stub = control_pb2_grpc.ControlStub(self._channel)
 
     def close(self) -> None:

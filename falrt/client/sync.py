@@ -14,9 +14,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Unpack
 
-import grpc
-
-from falrt.client.connection import CHANNEL_OPTIONS, resolve_host
+from falrt.client.connection import channel, resolve_host
 from falrt.client.messages import (
     CancelOutcome,
     QueueOptions,
@@ -65,7 +63,7 @@ class SyncClient:
 
     def __init__(self, host: str | None = None) -> None:
         self.host = resolve_host(host)
-        self._channel = grpc.insecure_channel(self.host, options=CHANNEL_OPTIONS)
+        self._channel = channel(self.host)
         self._stub = queue_pb2_grpc.QueueStub(self._channel)
 
     def close(self) -> None:

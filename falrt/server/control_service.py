@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import msgspec
@@ -47,12 +47,14 @@ class ControlService(control_pb2_grpc.ControlServicer):
     def __init__(
         self, scheduler: Scheduler, fleet: Fleet, deployer: Deployer,
         webhook_key: SigningKey | None = None, secret_box: SecretBox | None = None,
+        on_revoke: Callable[[str], None] | None = None,
     ) -> None:
         self._scheduler = scheduler
         self._fleet = fleet
         self._deployer = deployer
         self._webhook_key = webhook_key
         self._secret_box = secret_box
+        self._on_revoke = on_revoke
 
     @server_stream
     async def Deploy(
@@ -312,6 +314,8 @@ class ControlService(control_pb2_grpc.ControlServicer):
     ) -> control_pb2.RevokeKeyResponse:
         if not await self._scheduler.store.revoke_key(request.key_id, time.time()):
             raise errors.NotFoundError(f"no key {request.key_id!r}; `falrt keys list` shows them")
+        if self._on_revoke is not None:
+            self._on_revoke(request.key_id)
         return control_pb2.RevokeKeyResponse()
 
     def _runner(self, runner_id: str) -> RunnerHandle:

@@ -157,8 +157,10 @@ class Deployer:
         existing = self._scheduler.apps.get(revision.app_name)
         fleet = self._scheduler.fleet
         candidate = None
-        if existing is not None and strategy == ROLLING and fleet is not None:
-            settings = EffectiveSettings.resolve(config, self._settings.app_defaults)
+        settings = EffectiveSettings.resolve(config, self._settings.app_defaults)
+        # Rolling needs a runner to wait for; an app allowed none switches at once.
+        if (existing is not None and strategy == ROLLING and fleet is not None
+                and settings.scaling.max_concurrency > 0):
             yield Progress("ROLLOUT", f"starting a runner of {revision.revision_id}")
             candidate, error = await fleet.start_candidate(existing, revision, settings)
             if error:

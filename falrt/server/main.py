@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -20,10 +22,13 @@ from grpc_reflection.v1alpha import reflection
 
 from falrt.backends import create_backend
 from falrt.backends.environments import EnvironmentBuilder
+from falrt.client import credentials
+from falrt.server.auth import Authenticator, AuthInterceptor
 from falrt.server.cluster import Cluster
 from falrt.server.control_service import ControlService
 from falrt.server.deploy import Deployer
 from falrt.server.fleet import Fleet
+from falrt.server.keys import new_key
 from falrt.server.queue_service import QueueService
 from falrt.server.runner_link import RunnerLinkService
 from falrt.server.scheduler import Scheduler
@@ -35,6 +40,7 @@ from falrt.store.base import Store
 from falrt.v1 import control_pb2, control_pb2_grpc, queue_pb2, queue_pb2_grpc, runner_pb2_grpc
 
 log = logging.getLogger(__name__)
+ADMIN_KEY_FILE = "admin.key"
 SERVICES = (
     queue_pb2.DESCRIPTOR.services_by_name["Queue"].full_name,
     control_pb2.DESCRIPTOR.services_by_name["Control"].full_name,
@@ -83,6 +89,7 @@ async def serve(settings: ServerSettings) -> None:
     scheduler.recorder.webhooks = webhooks
     cluster = await _join_cluster(store, scheduler, environments, settings)
     requeued = await scheduler.load()
+    admin_key = await _admin_key(store, settings)
     owed = await scheduler.recorder.resend_webhooks()
     server, health_servicer = _grpc_server(
         settings, scheduler, fleet, environments, webhooks, secret_box)
@@ -96,6 +103,9 @@ async def serve(settings: ServerSettings) -> None:
     await server.start()
     host = settings.listen.rpartition(":")[0]
     fleet.address = f"{_dial_host(host)}:{port}"
+    if admin_key:  # the CLI and the Python client on this machine find it there
+        saved = await asyncio.to_thread(credentials.save, fleet.address, admin_key)
+        log.info("the admin key is in %s", saved)
     if cluster is not None:
         cluster.start()
     scaler = asyncio.ensure_future(fleet.run())
@@ -142,7 +152,8 @@ def _grpc_server(
     environments: EnvironmentBuilder, webhooks: WebhookSender, secret_box: SecretBox,
 ) -> tuple[aio.Server, Any]:
     size = settings.max_message_bytes
-    server = aio.server(options=[
+    authenticator = Authenticator(scheduler)
+    server = aio.server(interceptors=[AuthInterceptor(authenticator)], options=[
         ("grpc.max_receive_message_length", size),
         ("grpc.max_send_message_length", size),
         # A second server on a taken port must fail, not share the port with the first.
@@ -151,7 +162,8 @@ def _grpc_server(
     queue_pb2_grpc.add_QueueServicer_to_server(QueueService(scheduler), server)
     deployer = Deployer(scheduler, environments, settings)
     control_pb2_grpc.add_ControlServicer_to_server(
-        ControlService(scheduler, fleet, deployer, webhooks.key, secret_box), server
+        ControlService(scheduler, fleet, deployer, webhooks.key, secret_box,
+                       on_revoke=authenticator.forget), server
     )
     runner_pb2_grpc.add_RunnerLinkServicer_to_server(RunnerLinkService(fleet, scheduler), server)
     health_servicer = health.aio.HealthServicer()
@@ -169,6 +181,30 @@ def _must_not_end(task: asyncio.Future[Any]) -> None:
         return
     log.critical("the scaling loop ended: %r; stopping the server", task.exception())
     signal.raise_signal(signal.SIGTERM)
+
+
+async def _admin_key(store: Store, settings: ServerSettings) -> str:
+    """The server's admin key ("key_id:secret"): created on the first start (when the store
+    has no key) and kept in <data_dir>/admin.key (mode 0600). "" when the store has keys but
+    this data directory has no admin key (a second server on a shared store)."""
+    path = settings.data_dir / ADMIN_KEY_FILE
+    if not await store.list_keys():
+        record, key = new_key("ADMIN", settings.owner, "created on the server's first start")
+        await asyncio.to_thread(_write_private, path, key)
+        await store.create_key(record)
+        log.info("created the admin key %s", record.key_id)
+        return key
+    try:
+        return (await asyncio.to_thread(path.read_text)).strip()
+    except FileNotFoundError:
+        return ""
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text + "\n")
 
 
 def _dial_host(host: str) -> str:

@@ -149,6 +149,7 @@ class Scheduler:
         if self.fleet is not None:
             self.fleet.retire_old_revisions(app)
             self.fleet.wake()
+        self.dispatch(app)  # a rolling deploy's runner is ready and waiting for work
         return app
 
     def _resolve(self, revision: Revision, record: AppRecord) -> EffectiveSettings:

@@ -1,0 +1,202 @@
+"""Who calls, and what they may do: API keys, the control plane, and each app's auth mode.
+
+A call carries `authorization: Key key_id:secret` (or nothing). `AuthInterceptor` checks it
+before the servicer runs:
+
+- Control (every RPC): an ADMIN key of the server's owner. No key or a bad one:
+  UNAUTHENTICATED; an API key or another owner's: PERMISSION_DENIED.
+- Queue: the app's auth mode. `public`: anyone; `shared`: any valid key; `private` (the
+  default): a key of the app's owner (the server's owner). The app is the one the
+  endpoint id names (Submit, Run, Stream) or the one the request belongs to (Watch,
+  GetStatus, GetResult, Cancel). A call for an app or request that does not exist goes on
+  to the servicer, which answers NOT_FOUND.
+- RunnerLink is not checked here: a runner proves itself with its own token in Hello
+  (`Fleet.attach`). Health and reflection are open.
+
+A key that is malformed, unknown, wrong or revoked is refused (UNAUTHENTICATED) on every
+service, public apps included. Key records are cached for `CACHE_S` seconds; a revocation
+on this server takes effect at once, on other servers sharing the store within CACHE_S.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from falrt import errors
+from falrt.server.keys import matches, parse
+from falrt.server.rpc import abort
+from falrt.server.scheduler import Scheduler
+from falrt.store.records import KeyRecord
+
+CACHE_S = 2.0
+CONTROL = "falrt.v1.Control"
+QUEUE = "falrt.v1.Queue"
+_BY_ENDPOINT = frozenset({"Submit", "Run", "Stream"})
+_BY_REQUEST = frozenset({"Watch", "GetStatus", "GetResult", "Cancel"})
+HINT = ("send `authorization: Key KEY_ID:SECRET` (the CLI and the Python client read "
+        "~/.config/falrt/credentials.json or $FALRT_KEY; `falrt keys create` makes keys)")
+
+
+@dataclass(frozen=True)
+class Caller:
+    key_id: str
+    scope: str
+    owner: str
+
+
+class Authenticator:
+    """Turns call metadata into a Caller (None: no key). Loop-affine."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self._scheduler = scheduler
+        self._cache: dict[str, tuple[KeyRecord | None, float]] = {}
+
+    async def caller(self, metadata: Any) -> Caller | None:
+        value = next((v for k, v in metadata or () if k == "authorization"), None)
+        if value is None:
+            return None
+        scheme, _, key = str(value).partition(" ")
+        parsed = parse(key) if scheme.lower() == "key" else None
+        if parsed is None:
+            raise errors.UnauthenticatedError(
+                "the authorization metadata must be `Key KEY_ID:SECRET`")
+        key_id, secret = parsed
+        record = await self._record(key_id)
+        if record is None or not matches(record, secret):
+            raise errors.UnauthenticatedError(f"unknown key or wrong secret ({key_id})")
+        if record.revoked_at is not None:
+            raise errors.UnauthenticatedError(f"key {key_id} was revoked")
+        return Caller(record.key_id, record.scope, record.owner)
+
+    def forget(self, key_id: str) -> None:
+        """Drops a cached key (it was revoked here)."""
+        self._cache.pop(key_id, None)
+
+    async def _record(self, key_id: str) -> KeyRecord | None:
+        cached = self._cache.get(key_id)
+        now = time.monotonic()
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        record = await self._scheduler.store.get_key(key_id)
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[key_id] = (record, now + CACHE_S)
+        return record
+
+    # -- authorization ---------------------------------------------------------------
+
+    def check_admin(self, caller: Caller | None) -> None:
+        if caller is None:
+            raise errors.UnauthenticatedError(f"the control plane needs an ADMIN key: {HINT}")
+        if caller.scope != "ADMIN":
+            raise errors.PermissionDeniedError(
+                f"key {caller.key_id} has the {caller.scope} scope: it may call apps, not use "
+                "the control plane (that needs an ADMIN key)")
+        self._check_owner(caller)
+
+    def check_app(self, caller: Caller | None, app_name: str) -> None:
+        app = self._scheduler.apps.get(app_name)
+        if app is None or app.record.auth == "public":
+            return
+        if caller is None:
+            raise errors.UnauthenticatedError(
+                f"app {app_name!r} is {app.record.auth}: it needs a key: {HINT}")
+        if app.record.auth == "private":
+            self._check_owner(caller)
+
+    def _check_owner(self, caller: Caller) -> None:
+        owner = self._scheduler.settings.owner
+        if caller.owner != owner:
+            raise errors.PermissionDeniedError(
+                f"key {caller.key_id} belongs to {caller.owner!r}, not to {owner!r}")
+
+    async def app_of(self, method: str, request: Any) -> str:
+        """The app a Queue call is about ("" when none: the servicer answers NOT_FOUND)."""
+        if method in _BY_ENDPOINT:
+            return str(request.endpoint_id).partition("/")[2].partition("/")[0]
+        if method in _BY_REQUEST:
+            item = await self._scheduler.lookup(request.request_id)
+            return item.app_name if item is not None else ""
+        return ""
+
+
+Check = Callable[[Caller | None, Any], Awaitable[None]]
+
+
+class AuthInterceptor(aio.ServerInterceptor):
+    """Applies the rules of the module docstring before each Control and Queue call."""
+
+    def __init__(self, authenticator: Authenticator) -> None:
+        self._auth = authenticator
+
+    async def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        service, _, method = handler_call_details.method.lstrip("/").rpartition("/")
+        auth = self._auth
+        if service == CONTROL:
+            async def check(caller: Caller | None, request: Any) -> None:
+                auth.check_admin(caller)
+        elif service == QUEUE:
+            async def check(caller: Caller | None, request: Any) -> None:
+                app_name = await auth.app_of(method, request)
+                if app_name:
+                    auth.check_app(caller, app_name)
+        else:
+            return handler
+        metadata = handler_call_details.invocation_metadata
+        return _guarded(handler, auth, metadata, check)
+
+
+def _guarded(handler: Any, auth: Authenticator, metadata: Any, check: Check) -> Any:
+    """The handler, behind `check` (for streamed requests: with no request)."""
+
+    async def admit(request: Any, context: aio.ServicerContext[Any, Any]) -> None:
+        try:
+            await check(await auth.caller(metadata), request)
+        except errors.FalrtError as exc:
+            await abort(context, errors.to_proto(exc))
+
+    options = {"request_deserializer": handler.request_deserializer,
+               "response_serializer": handler.response_serializer}
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(
+            _answer(handler.unary_unary, admit, streamed=False), **options)
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(
+            _stream(handler.unary_stream, admit, streamed=False), **options)
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(
+            _answer(handler.stream_unary, admit, streamed=True), **options)
+    return grpc.stream_stream_rpc_method_handler(
+        _stream(handler.stream_stream, admit, streamed=True), **options)
+
+
+Admit = Callable[[Any, Any], Awaitable[None]]
+
+
+def _answer(behavior: Any, admit: Admit, *, streamed: bool) -> Any:
+    async def call(request: Any, context: Any) -> Any:
+        await admit(None if streamed else request, context)
+        return await behavior(request, context)
+
+    return call
+
+
+def _stream(behavior: Any, admit: Admit, *, streamed: bool) -> Any:
+    async def call(request: Any, context: Any) -> AsyncIterator[Any]:
+        await admit(None if streamed else request, context)
+        async for item in behavior(request, context):
+            yield item
+
+    return call

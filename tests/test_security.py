@@ -8,15 +8,21 @@ from __future__ import annotations
 import json
 import stat
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
 
 from falrt.client import credentials
 from falrt.client.control import ControlClient
-from falrt.v1 import common_pb2, control_pb2, control_pb2_grpc, queue_pb2, queue_pb2_grpc
-from falrt.v1 import runner_pb2, runner_pb2_grpc
+from falrt.v1 import (
+    common_pb2,
+    control_pb2,
+    control_pb2_grpc,
+    queue_pb2,
+    queue_pb2_grpc,
+    runner_pb2,
+    runner_pb2_grpc,
+)
 from tests.harness import ServerProcess
 
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import statistics
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -23,6 +23,8 @@ from falrt.v1 import common_pb2, queue_pb2, queue_pb2_grpc
 log = logging.getLogger(__name__)
 Call = Callable[[], Awaitable[None]]
 CALL_TIMEOUT_S = 60.0
+# Call metadata: the API key, as any gRPC client sends it (falrt.client.credentials).
+Metadata = Sequence[tuple[str, str]]
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
@@ -124,39 +126,44 @@ def payload(body: bytes) -> common_pb2.Payload:
     return common_pb2.Payload(data=body, content_type="application/json")
 
 
-def falrt_direct_call(channel: grpc.aio.Channel, endpoint_id: str, body: bytes) -> Call:
+def falrt_direct_call(
+    channel: grpc.aio.Channel, endpoint_id: str, body: bytes, metadata: Metadata = ()
+) -> Call:
     """`Queue.Run` through the generated stub: one direct call."""
     stub = queue_pb2_grpc.QueueStub(channel)
     request = queue_pb2.RunRequest(endpoint_id=endpoint_id, path="/", input=payload(body))
 
     async def call() -> None:
-        await stub.Run(request, timeout=CALL_TIMEOUT_S)
+        await stub.Run(request, timeout=CALL_TIMEOUT_S, metadata=metadata)
 
     return call
 
 
-def falrt_submit_call(channel: grpc.aio.Channel, endpoint_id: str, body: bytes) -> Call:
+def falrt_submit_call(
+    channel: grpc.aio.Channel, endpoint_id: str, body: bytes, metadata: Metadata = ()
+) -> Call:
     """`Queue.Submit` alone: it answers once the request is durable."""
     stub = queue_pb2_grpc.QueueStub(channel)
     request = queue_pb2.SubmitRequest(endpoint_id=endpoint_id, path="/", input=payload(body))
 
     async def call() -> None:
-        await stub.Submit(request, timeout=CALL_TIMEOUT_S)
+        await stub.Submit(request, timeout=CALL_TIMEOUT_S, metadata=metadata)
 
     return call
 
 
-def falrt_queue_call(channel: grpc.aio.Channel, endpoint_id: str, body: bytes) -> Call:
+def falrt_queue_call(
+    channel: grpc.aio.Channel, endpoint_id: str, body: bytes, metadata: Metadata = ()
+) -> Call:
     """`Queue.Submit`, then `Queue.Watch` until the request is COMPLETED."""
     stub = queue_pb2_grpc.QueueStub(channel)
     request = queue_pb2.SubmitRequest(endpoint_id=endpoint_id, path="/", input=payload(body))
     completed = common_pb2.REQUEST_STATUS_COMPLETED
 
     async def call() -> None:
-        submitted = await stub.Submit(request, timeout=CALL_TIMEOUT_S)
-        watch = stub.Watch(
-            queue_pb2.WatchRequest(request_id=submitted.request_id), timeout=CALL_TIMEOUT_S
-        )
+        submitted = await stub.Submit(request, timeout=CALL_TIMEOUT_S, metadata=metadata)
+        watch = stub.Watch(queue_pb2.WatchRequest(request_id=submitted.request_id),
+                           timeout=CALL_TIMEOUT_S, metadata=metadata)
         try:
             async for update in watch:
                 if update.state.status == completed:
@@ -166,6 +173,30 @@ def falrt_queue_call(channel: grpc.aio.Channel, endpoint_id: str, body: bytes) -
         finally:
             watch.cancel()
         raise CallFailed(f"watch of {submitted.request_id} ended before COMPLETED")
+
+    return call
+
+
+def falrt_subscribe_call(
+    channel: grpc.aio.Channel, endpoint_id: str, body: bytes, metadata: Metadata = ()
+) -> Call:
+    """`Queue.Subscribe` (Submit and Watch in one call) until the request is COMPLETED."""
+    stub = queue_pb2_grpc.QueueStub(channel)
+    request = queue_pb2.SubscribeRequest(submit=queue_pb2.SubmitRequest(
+        endpoint_id=endpoint_id, path="/", input=payload(body)))
+    completed = common_pb2.REQUEST_STATUS_COMPLETED
+
+    async def call() -> None:
+        updates = stub.Subscribe(request, timeout=CALL_TIMEOUT_S, metadata=metadata)
+        try:
+            async for update in updates:
+                if update.state.status == completed:
+                    if update.state.HasField("error"):
+                        raise CallFailed(update.state.error.message)
+                    return
+        finally:
+            updates.cancel()
+        raise CallFailed("subscribe ended before COMPLETED")
 
     return call
 

@@ -44,6 +44,7 @@ from loadgen import (
     HttpConnections,
     falrt_direct_call,
     falrt_queue_call,
+    falrt_subscribe_call,
     grpc_bytes_call,
     measure_interleaved,
 )
@@ -58,7 +59,7 @@ from servers import (
     process,
 )
 
-from falrt.client.connection import aio_channel
+from falrt.client.credentials import metadata_for
 
 NOOP_BODY = b'{"value": 1}'
 MLP_BODY = json.dumps({"features": [((i * 37) % 101) / 101 for i in range(256)]}).encode()
@@ -104,7 +105,9 @@ async def measure_section(
             process(baseline(f"grpc-{kind}"), LISTENING, tmp / f"grpc-{kind}.log"))
         bare = await stack.enter_async_context(grpc.aio.insecure_channel(
             f"127.0.0.1:{ready.group(1)}", options=CHANNEL_OPTIONS))
-        channel = await stack.enter_async_context(aio_channel(address))  # with the API key
+        channel = await stack.enter_async_context(
+            grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS))
+        key = metadata_for(address)  # the server's admin key, sent with every call
         calls = {"grpc_echo": grpc_bytes_call(bare, ECHO_METHOD, body)}
         if plan.http:
             http = await stack.enter_async_context(
@@ -112,8 +115,9 @@ async def measure_section(
             connections = HttpConnections(int(http.group(1)))
             stack.push_async_callback(connections.close)
             calls["http_raw"] = connections.call(body)
-        calls["falrt_direct"] = falrt_direct_call(channel, endpoint_id, body)
-        calls["falrt_queue"] = falrt_queue_call(channel, endpoint_id, body)
+        calls["falrt_direct"] = falrt_direct_call(channel, endpoint_id, body, key)
+        calls["falrt_queue"] = falrt_queue_call(channel, endpoint_id, body, key)
+        calls["falrt_subscribe"] = falrt_subscribe_call(channel, endpoint_id, body, key)
         await first_success(calls["falrt_direct"], endpoint_id)
         return await plan.run(calls)
 

@@ -72,7 +72,7 @@ from servers import (
     process,
 )
 
-from falrt.client.connection import aio_channel
+from falrt.client.credentials import metadata_for
 
 NOOP_BODY = b'{"value": 1}'
 DSN_VARIABLE = "FALRT_TEST_POSTGRES_DSN"
@@ -182,11 +182,13 @@ async def start_store(
     """A falrt server on one store, with examples/noop.py and the parked app deployed."""
     address = await stack.enter_async_context(
         falrt_server(tmp / name, tmp / f"{name}.log", *options))
-    channel = await stack.enter_async_context(aio_channel(address))  # with the API key
+    channel = await stack.enter_async_context(
+        grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS))
+    key = metadata_for(address)  # the server's admin key, sent with every call
     noop = await deploy(address, "examples/noop.py::Noop")
     parked = await deploy(address, f"{tmp / 'parked.py'}::Parked")
-    endpoints = Endpoints(submit=falrt_submit_call(channel, parked, NOOP_BODY),
-                          queue=falrt_queue_call(channel, noop, NOOP_BODY))
+    endpoints = Endpoints(submit=falrt_submit_call(channel, parked, NOOP_BODY, key),
+                          queue=falrt_queue_call(channel, noop, NOOP_BODY, key))
     await first_success(endpoints.queue, f"{name}: {noop}")
     return endpoints
 

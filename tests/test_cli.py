@@ -65,6 +65,10 @@ class CallQueue(queue_pb2_grpc.QueueServicer):
         for status in SCRIPTS[request.request_id]:
             yield queue_pb2.WatchResponse(state=status_to_proto(status, request.request_id))
 
+    def Subscribe(self, request: Any, context: Any) -> Iterator[queue_pb2.WatchResponse]:
+        submitted = self.Submit(request.submit, context)
+        yield from self.Watch(queue_pb2.WatchRequest(request_id=submitted.request_id), context)
+
     def GetStatus(self, request: Any, context: Any) -> queue_pb2.GetStatusResponse:
         state = status_to_proto(InProgress(logs=(LOG,)), request.request_id)
         return queue_pb2.GetStatusResponse(state=state)

@@ -68,9 +68,19 @@ class CannedQueue(queue_pb2_grpc.QueueServicer):
         request_id = "req-slow" if request.endpoint_id == "local/slow" else "req-ok"
         return queue_pb2.SubmitResponse(request_id=request_id, queue_position=2)
 
+    async def Subscribe(
+        self, request: Any, context: Any
+    ) -> AsyncIterator[queue_pb2.WatchResponse]:
+        submitted = await self.Submit(request.submit, context)
+        watch = queue_pb2.WatchRequest(request_id=submitted.request_id,
+                                       with_logs=request.with_logs)
+        async for reply in self.Watch(watch, context):
+            yield reply
+
     async def Watch(self, request: Any, context: Any) -> AsyncIterator[queue_pb2.WatchResponse]:
         if request.request_id == "req-slow":
-            yield queue_pb2.WatchResponse(state=status_to_proto(Queued(position=5)))
+            yield queue_pb2.WatchResponse(
+                state=status_to_proto(Queued(position=5), request.request_id))
             await asyncio.Event().wait()
         for status in STATUSES[request.request_id]:
             state = status_to_proto(status, request.request_id)

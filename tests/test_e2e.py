@@ -39,6 +39,23 @@ def test_queue_path_returns_the_output(client: SyncClient, hello: str) -> None:
     assert client.subscribe(hello, {"name": "queue"}) == {"greeting": "Hello, queue!"}
 
 
+def test_subscribe_stores_first_then_streams_to_completed(
+    server: ServerProcess, client: SyncClient, hello: str
+) -> None:
+    """Queue.Subscribe, as any gRPC client calls it: the first message names the stored
+    request; the last is COMPLETED with the output; the request stays readable by id."""
+    with connection.channel(server.address) as channel:
+        stub = queue_pb2_grpc.QueueStub(channel)
+        submit = queue_pb2.SubmitRequest(
+            endpoint_id=hello, input=common_pb2.Payload(data=b'{"name": "one call"}'))
+        states = [r.state for r in stub.Subscribe(queue_pb2.SubscribeRequest(submit=submit))]
+    request_id = states[0].request_id
+    assert request_id and all(s.request_id == request_id for s in states)
+    assert states[-1].status == common_pb2.REQUEST_STATUS_COMPLETED
+    assert json.loads(states[-1].output.data) == {"greeting": "Hello, one call!"}
+    assert client.result(request_id) == {"greeting": "Hello, one call!"}
+
+
 def test_direct_path_returns_the_output(client: SyncClient, hello: str) -> None:
     assert client.run(hello, {"name": "direct"}) == {"greeting": "Hello, direct!"}
 

@@ -133,6 +133,17 @@ def test_a_private_app_takes_only_keys_of_its_owner(
     assert submit(channel, apps["private"], keys.admin) is grpc.StatusCode.OK
 
 
+def test_subscribe_follows_the_app_auth_too(
+    channel: grpc.Channel, keys: Keys, apps: dict[str, str]
+) -> None:
+    stub = queue_pb2_grpc.QueueStub(channel)
+    request = queue_pb2.SubscribeRequest(submit=queue_pb2.SubmitRequest(
+        endpoint_id=apps["private"], input=common_pb2.Payload(data=b'{"name": "x"}')))
+    for key, expected in ((None, UNAUTHENTICATED), (keys.stranger, PERMISSION_DENIED),
+                          (keys.api, grpc.StatusCode.OK)):
+        assert status_of(lambda k=key: stub.Subscribe(request, metadata=meta(k))) is expected
+
+
 def test_a_request_of_a_private_app_is_hidden_from_other_owners(
     channel: grpc.Channel, keys: Keys, apps: dict[str, str]
 ) -> None:

@@ -8,7 +8,6 @@ Cancelling a task that awaits a call cancels the call.
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -22,7 +21,6 @@ from falrt.client.messages import (
     QueueOptions,
     read_cancel,
     read_result,
-    remaining_s,
     run_request,
     stream_request,
     submit_request,
@@ -193,23 +191,34 @@ class AsyncClient:
         After `client_timeout` seconds the request is cancelled (best effort) and
         `RequestTimeoutError` is raised.
         """
-        started = time.monotonic()
-        handle = await self.submit(
-            endpoint_id, arguments, path=path, **subscribe_options(options, client_timeout)
-        )
-        if on_enqueue is not None:
-            on_enqueue(handle.request_id)
-        remaining = remaining_s(started, client_timeout)
+        submit = submit_request(
+            endpoint_id, arguments, path, subscribe_options(options, client_timeout))
+        # One call (Queue.Subscribe): stored, then followed to completion.
+        call = self._stub.Subscribe(
+            queue_pb2.SubscribeRequest(submit=submit, with_logs=with_logs),
+            timeout=client_timeout)
+        request_id = ""
         try:
-            completed = await self._follow(
-                handle.request_id, with_logs, on_queue_update, remaining
-            )
+            with translate_rpc_errors():
+                async for reply in call:
+                    if not request_id:
+                        request_id = reply.state.request_id
+                        if on_enqueue is not None:
+                            on_enqueue(request_id)
+                    status = status_from_proto(reply.state)
+                    if on_queue_update is not None:
+                        on_queue_update(status)
+                    if isinstance(status, Completed):
+                        return status.output_or_raise()
         except RequestTimeoutError:
-            await self._cancel_quietly(handle.request_id)
+            if request_id:
+                await self._cancel_quietly(request_id)
             raise RequestTimeoutError(
-                f"request {handle.request_id} did not complete within {client_timeout} s"
-            ) from None
-        return completed.output_or_raise()
+                f"request {request_id or '(not stored yet)'} did not complete within "
+                f"{client_timeout} s") from None
+        finally:
+            call.cancel()
+        raise InternalError(f"the subscription to request {request_id} ended before it completed")
 
     async def _follow(
         self, request_id: str, with_logs: bool,

@@ -1,15 +1,17 @@
 """Who calls, and what they may do: API keys, the control plane, and each app's auth mode.
 
-A call carries `authorization: Key key_id:secret` (or nothing). `AuthInterceptor` checks it
-before the servicer runs:
+A call carries `authorization: Key key_id:secret` (or nothing). The Control and Queue
+servicers run a guard (`control_guard`, `queue_guard`) before each method (the `unary` and
+`server_stream` wrappers of falrt/server/rpc.py call it; no interceptor, so gRPC's fast path
+stays):
 
 - Control (every RPC): an ADMIN key of the server's owner. No key or a bad one:
   UNAUTHENTICATED; an API key or another owner's: PERMISSION_DENIED.
 - Queue: the app's auth mode. `public`: anyone; `shared`: any valid key; `private` (the
   default): a key of the app's owner (the server's owner). The app is the one the
-  endpoint id names (Submit, Run, Stream) or the one the request belongs to (Watch,
-  GetStatus, GetResult, Cancel). A call for an app or request that does not exist goes on
-  to the servicer, which answers NOT_FOUND.
+  endpoint id names (Submit, Subscribe, Run, Stream) or the one the request belongs to
+  (Watch, GetStatus, GetResult, Cancel). A call for an app or request that does not exist
+  goes on to the servicer, which answers NOT_FOUND.
 - RunnerLink is not checked here: a runner proves itself with its own token in Hello
   (`Fleet.attach`). Health and reflection are open.
 
@@ -21,23 +23,17 @@ on this server takes effect at once, on other servers sharing the store within C
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
-from grpc import aio
-
 from falrt import errors
 from falrt.server.keys import matches, parse
-from falrt.server.rpc import abort
 from falrt.server.scheduler import Scheduler
 from falrt.store.records import KeyRecord
 
 CACHE_S = 2.0
-CONTROL = "falrt.v1.Control"
-QUEUE = "falrt.v1.Queue"
 _BY_ENDPOINT = frozenset({"Submit", "Run", "Stream"})
+_BY_SUBMIT = frozenset({"Subscribe"})
 _BY_REQUEST = frozenset({"Watch", "GetStatus", "GetResult", "Cancel"})
 HINT = ("send `authorization: Key KEY_ID:SECRET` (the CLI and the Python client read "
         "~/.config/falrt/credentials.json or $FALRT_KEY; `falrt keys create` makes keys)")
@@ -120,83 +116,21 @@ class Authenticator:
         """The app a Queue call is about ("" when none: the servicer answers NOT_FOUND)."""
         if method in _BY_ENDPOINT:
             return str(request.endpoint_id).partition("/")[2].partition("/")[0]
+        if method in _BY_SUBMIT:
+            return str(request.submit.endpoint_id).partition("/")[2].partition("/")[0]
         if method in _BY_REQUEST:
             item = await self._scheduler.lookup(request.request_id)
             return item.app_name if item is not None else ""
         return ""
 
 
-Check = Callable[[Caller | None, Any], Awaitable[None]]
+    # -- the guards the servicers run before each call (falrt/server/rpc.py) ----------
 
+    async def control_guard(self, method: str, request: Any, context: Any) -> None:
+        self.check_admin(await self.caller(context.invocation_metadata()))
 
-class AuthInterceptor(aio.ServerInterceptor):
-    """Applies the rules of the module docstring before each Control and Queue call."""
-
-    def __init__(self, authenticator: Authenticator) -> None:
-        self._auth = authenticator
-
-    async def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Any:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        service, _, method = handler_call_details.method.lstrip("/").rpartition("/")
-        auth = self._auth
-        if service == CONTROL:
-            async def check(caller: Caller | None, request: Any) -> None:
-                auth.check_admin(caller)
-        elif service == QUEUE:
-            async def check(caller: Caller | None, request: Any) -> None:
-                app_name = await auth.app_of(method, request)
-                if app_name:
-                    auth.check_app(caller, app_name)
-        else:
-            return handler
-        metadata = handler_call_details.invocation_metadata
-        return _guarded(handler, auth, metadata, check)
-
-
-def _guarded(handler: Any, auth: Authenticator, metadata: Any, check: Check) -> Any:
-    """The handler, behind `check` (for streamed requests: with no request)."""
-
-    async def admit(request: Any, context: aio.ServicerContext[Any, Any]) -> None:
-        try:
-            await check(await auth.caller(metadata), request)
-        except errors.FalrtError as exc:
-            await abort(context, errors.to_proto(exc))
-
-    options = {"request_deserializer": handler.request_deserializer,
-               "response_serializer": handler.response_serializer}
-    if handler.unary_unary is not None:
-        return grpc.unary_unary_rpc_method_handler(
-            _answer(handler.unary_unary, admit, streamed=False), **options)
-    if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(
-            _stream(handler.unary_stream, admit, streamed=False), **options)
-    if handler.stream_unary is not None:
-        return grpc.stream_unary_rpc_method_handler(
-            _answer(handler.stream_unary, admit, streamed=True), **options)
-    return grpc.stream_stream_rpc_method_handler(
-        _stream(handler.stream_stream, admit, streamed=True), **options)
-
-
-Admit = Callable[[Any, Any], Awaitable[None]]
-
-
-def _answer(behavior: Any, admit: Admit, *, streamed: bool) -> Any:
-    async def call(request: Any, context: Any) -> Any:
-        await admit(None if streamed else request, context)
-        return await behavior(request, context)
-
-    return call
-
-
-def _stream(behavior: Any, admit: Admit, *, streamed: bool) -> Any:
-    async def call(request: Any, context: Any) -> AsyncIterator[Any]:
-        await admit(None if streamed else request, context)
-        async for item in behavior(request, context):
-            yield item
-
-    return call
+    async def queue_guard(self, method: str, request: Any, context: Any) -> None:
+        caller = await self.caller(context.invocation_metadata())
+        app_name = await self.app_of(method, request)
+        if app_name:
+            self.check_app(caller, app_name)

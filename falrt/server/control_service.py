@@ -25,7 +25,7 @@ from falrt.server.deploy import (
 )
 from falrt.server.fleet import Fleet
 from falrt.server.keys import SCOPES, new_key
-from falrt.server.rpc import server_stream, unary
+from falrt.server.rpc import Guard, server_stream, unary
 from falrt.server.runner_logs import check_runner_id, read_lines
 from falrt.server.runners import RunnerHandle, RunnerState
 from falrt.server.scheduler import Scheduler
@@ -47,7 +47,7 @@ class ControlService(control_pb2_grpc.ControlServicer):
     def __init__(
         self, scheduler: Scheduler, fleet: Fleet, deployer: Deployer,
         webhook_key: SigningKey | None = None, secret_box: SecretBox | None = None,
-        on_revoke: Callable[[str], None] | None = None,
+        on_revoke: Callable[[str], None] | None = None, guard: Guard | None = None,
     ) -> None:
         self._scheduler = scheduler
         self._fleet = fleet
@@ -55,6 +55,7 @@ class ControlService(control_pb2_grpc.ControlServicer):
         self._webhook_key = webhook_key
         self._secret_box = secret_box
         self._on_revoke = on_revoke
+        self.guard = guard  # who may call (falrt/server/auth.py), run before each method
 
     @server_stream
     async def Deploy(

@@ -23,7 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from falrt.backends import create_backend
 from falrt.backends.environments import EnvironmentBuilder
 from falrt.client import credentials
-from falrt.server.auth import Authenticator, AuthInterceptor
+from falrt.server.auth import Authenticator
 from falrt.server.cluster import Cluster
 from falrt.server.control_service import ControlService
 from falrt.server.deploy import Deployer
@@ -153,17 +153,19 @@ def _grpc_server(
 ) -> tuple[aio.Server, Any]:
     size = settings.max_message_bytes
     authenticator = Authenticator(scheduler)
-    server = aio.server(interceptors=[AuthInterceptor(authenticator)], options=[
+    server = aio.server(options=[
         ("grpc.max_receive_message_length", size),
         ("grpc.max_send_message_length", size),
         # A second server on a taken port must fail, not share the port with the first.
         ("grpc.so_reuseport", 0),
     ])
-    queue_pb2_grpc.add_QueueServicer_to_server(QueueService(scheduler), server)
+    queue_pb2_grpc.add_QueueServicer_to_server(
+        QueueService(scheduler, guard=authenticator.queue_guard), server)
     deployer = Deployer(scheduler, environments, settings)
     control_pb2_grpc.add_ControlServicer_to_server(
         ControlService(scheduler, fleet, deployer, webhooks.key, secret_box,
-                       on_revoke=authenticator.forget), server
+                       on_revoke=authenticator.forget, guard=authenticator.control_guard),
+        server
     )
     runner_pb2_grpc.add_RunnerLinkServicer_to_server(RunnerLinkService(fleet, scheduler), server)
     health_servicer = health.aio.HealthServicer()

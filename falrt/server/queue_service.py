@@ -14,7 +14,7 @@ from grpc import aio
 
 from falrt import errors
 from falrt.server import convert
-from falrt.server.rpc import abort, server_stream, unary
+from falrt.server.rpc import Guard, abort, server_stream, unary
 from falrt.server.scheduler import Scheduler
 from falrt.server.work import DirectCall, QueuedRequest
 from falrt.store.records import Outcome, Status
@@ -29,8 +29,9 @@ _CANCEL_OUTCOMES = {
 
 
 class QueueService(queue_pb2_grpc.QueueServicer):
-    def __init__(self, scheduler: Scheduler) -> None:
+    def __init__(self, scheduler: Scheduler, guard: Guard | None = None) -> None:
         self._scheduler = scheduler
+        self.guard = guard  # who may call (falrt/server/auth.py), run before each method
 
     @unary
     async def Submit(
@@ -48,13 +49,33 @@ class QueueService(queue_pb2_grpc.QueueServicer):
         self, request: queue_pb2.WatchRequest, context: Context
     ) -> AsyncIterator[queue_pb2.WatchResponse]:
         item = await self._find(request.request_id)
+        async for response in self._follow(item, request.with_logs):
+            yield response
+
+    @server_stream
+    async def Subscribe(
+        self, request: queue_pb2.SubscribeRequest, context: Context
+    ) -> AsyncIterator[queue_pb2.WatchResponse]:
+        submit = request.submit
+        request_id, _, _ = await self._scheduler.submit(
+            submit.endpoint_id, submit.path or "/", submit.input.data,
+            submit.input.content_type, convert.submit_options(submit),
+        )
+        item = await self._find(request_id)  # stored: the first message says so
+        async for response in self._follow(item, request.with_logs):
+            yield response
+
+    async def _follow(
+        self, item: QueuedRequest, with_logs: bool
+    ) -> AsyncIterator[queue_pb2.WatchResponse]:
+        """The request's states as they change, until COMPLETED."""
         sent_logs = 0
         last: tuple[Any, ...] = ()
         while True:
             position = self._scheduler.position(item)
             key = (item.status, position, len(item.logs), item.waiting_reason)
             if key != last:
-                logs = item.logs[sent_logs:] if request.with_logs else []
+                logs = item.logs[sent_logs:] if with_logs else []
                 sent_logs = len(item.logs)
                 last = key
                 yield queue_pb2.WatchResponse(state=convert.request_state(

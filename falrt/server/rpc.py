@@ -3,6 +3,8 @@
 `unary` and `server_stream` wrap servicer methods: a FalrtError raised inside becomes a
 gRPC status with its code, its message, and trailing metadata `falrt-error-type` and
 `falrt-error-bin` (the ErrorInfo). Any other exception is logged and becomes INTERNAL.
+When the servicer has a `guard` (see falrt/server/auth.py), it runs first, with the
+method's name, the request (the request iterator for client streams) and the context.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from falrt.v1 import common_pb2
 log = logging.getLogger(__name__)
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
+# Checks a call before its servicer method runs; raises a FalrtError to refuse it.
+Guard = Callable[[str, Any, aio.ServicerContext[Any, Any]], Awaitable[None]]
 
 
 async def abort(context: aio.ServicerContext[Any, Any], info: common_pb2.ErrorInfo) -> None:
@@ -41,9 +45,14 @@ async def _fail(context: aio.ServicerContext[Any, Any], exc: Exception) -> None:
 def unary(
     fn: Callable[[Any, Req, aio.ServicerContext[Req, Resp]], Awaitable[Resp]],
 ) -> Callable[[Any, Req, aio.ServicerContext[Req, Resp]], Awaitable[Resp]]:
+    name = fn.__name__
+
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Req, context: aio.ServicerContext[Req, Resp]) -> Resp:
         try:
+            guard: Guard | None = getattr(self, "guard", None)
+            if guard is not None:
+                await guard(name, request, context)
             return await fn(self, request, context)
         except aio.AbortError:
             raise
@@ -57,11 +66,16 @@ def unary(
 def server_stream(
     fn: Callable[[Any, Req, aio.ServicerContext[Req, Resp]], AsyncIterator[Resp]],
 ) -> Callable[[Any, Req, aio.ServicerContext[Req, Resp]], AsyncIterator[Resp]]:
+    name = fn.__name__
+
     @functools.wraps(fn)
     async def wrapper(
         self: Any, request: Req, context: aio.ServicerContext[Req, Resp]
     ) -> AsyncIterator[Resp]:
         try:
+            guard: Guard | None = getattr(self, "guard", None)
+            if guard is not None:
+                await guard(name, request, context)
             async for item in fn(self, request, context):
                 yield item
         except aio.AbortError:

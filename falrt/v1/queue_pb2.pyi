@@ -246,6 +246,30 @@ class RequestState(_message.Message):
 Global___RequestState: _TypeAlias = RequestState  # noqa: Y015
 
 @_typing.final
+class SubscribeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBMIT_FIELD_NUMBER: _builtins.int
+    WITH_LOGS_FIELD_NUMBER: _builtins.int
+    with_logs: _builtins.bool
+    """Send the request's log lines as they come."""
+    @_builtins.property
+    def submit(self) -> Global___SubmitRequest: ...
+    def __init__(
+        self,
+        *,
+        submit: Global___SubmitRequest | None = ...,
+        with_logs: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["submit", b"submit"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["submit", b"submit", "with_logs", b"with_logs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubscribeRequest: _TypeAlias = SubscribeRequest  # noqa: Y015
+
+@_typing.final
 class WatchResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -44,6 +44,11 @@ class QueueStub:
                 request_serializer=falrt_dot_v1_dot_queue__pb2.WatchRequest.SerializeToString,
                 response_deserializer=falrt_dot_v1_dot_queue__pb2.WatchResponse.FromString,
                 _registered_method=True)
+        self.Subscribe = channel.unary_stream(
+                '/falrt.v1.Queue/Subscribe',
+                request_serializer=falrt_dot_v1_dot_queue__pb2.SubscribeRequest.SerializeToString,
+                response_deserializer=falrt_dot_v1_dot_queue__pb2.WatchResponse.FromString,
+                _registered_method=True)
         self.GetStatus = channel.unary_unary(
                 '/falrt.v1.Queue/GetStatus',
                 request_serializer=falrt_dot_v1_dot_queue__pb2.GetStatusRequest.SerializeToString,
@@ -85,6 +90,16 @@ class QueueServicer:
     def Watch(self, request, context):
         """Streams a request's status until it is COMPLETED: IN_QUEUE with the queue position,
         IN_PROGRESS with new log lines, then COMPLETED with the output or the error.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Subscribe(self, request, context):
+        """Submit and Watch in one call (fal's subscribe, one round trip fewer): the first message
+        comes once the request is stored (durable, as Submit's answer) and carries its id and
+        queue position; then the stream goes on as Watch's, until COMPLETED. The request does
+        not depend on the stream: if the caller goes away, it stays queued (Cancel it by id).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -136,6 +151,11 @@ def add_QueueServicer_to_server(servicer, server):
             'Watch': grpc.unary_stream_rpc_method_handler(
                     servicer.Watch,
                     request_deserializer=falrt_dot_v1_dot_queue__pb2.WatchRequest.FromString,
+                    response_serializer=falrt_dot_v1_dot_queue__pb2.WatchResponse.SerializeToString,
+            ),
+            'Subscribe': grpc.unary_stream_rpc_method_handler(
+                    servicer.Subscribe,
+                    request_deserializer=falrt_dot_v1_dot_queue__pb2.SubscribeRequest.FromString,
                     response_serializer=falrt_dot_v1_dot_queue__pb2.WatchResponse.SerializeToString,
             ),
             'GetStatus': grpc.unary_unary_rpc_method_handler(
@@ -217,6 +237,33 @@ class Queue:
             target,
             '/falrt.v1.Queue/Watch',
             falrt_dot_v1_dot_queue__pb2.WatchRequest.SerializeToString,
+            falrt_dot_v1_dot_queue__pb2.WatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Subscribe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/falrt.v1.Queue/Subscribe',
+            falrt_dot_v1_dot_queue__pb2.SubscribeRequest.SerializeToString,
             falrt_dot_v1_dot_queue__pb2.WatchResponse.FromString,
             options,
             channel_credentials,

@@ -44,6 +44,12 @@ class QueueStub:
     """Streams a request's status until it is COMPLETED: IN_QUEUE with the queue position,
     IN_PROGRESS with new log lines, then COMPLETED with the output or the error.
     """
+    Subscribe: _grpc.UnaryStreamMultiCallable[_queue_pb2.SubscribeRequest, _queue_pb2.WatchResponse]
+    """Submit and Watch in one call (fal's subscribe, one round trip fewer): the first message
+    comes once the request is stored (durable, as Submit's answer) and carries its id and
+    queue position; then the stream goes on as Watch's, until COMPLETED. The request does
+    not depend on the stream: if the caller goes away, it stays queued (Cancel it by id).
+    """
     GetStatus: _grpc.UnaryUnaryMultiCallable[_queue_pb2.GetStatusRequest, _queue_pb2.GetStatusResponse]
     """The request's current status, once."""
     GetResult: _grpc.UnaryUnaryMultiCallable[_queue_pb2.GetResultRequest, _queue_pb2.GetResultResponse]
@@ -65,6 +71,12 @@ class QueueAsyncStub(QueueStub):
     Watch: _aio.UnaryStreamMultiCallable[_queue_pb2.WatchRequest, _queue_pb2.WatchResponse]  # type: ignore[assignment]
     """Streams a request's status until it is COMPLETED: IN_QUEUE with the queue position,
     IN_PROGRESS with new log lines, then COMPLETED with the output or the error.
+    """
+    Subscribe: _aio.UnaryStreamMultiCallable[_queue_pb2.SubscribeRequest, _queue_pb2.WatchResponse]  # type: ignore[assignment]
+    """Submit and Watch in one call (fal's subscribe, one round trip fewer): the first message
+    comes once the request is stored (durable, as Submit's answer) and carries its id and
+    queue position; then the stream goes on as Watch's, until COMPLETED. The request does
+    not depend on the stream: if the caller goes away, it stays queued (Cancel it by id).
     """
     GetStatus: _aio.UnaryUnaryMultiCallable[_queue_pb2.GetStatusRequest, _queue_pb2.GetStatusResponse]  # type: ignore[assignment]
     """The request's current status, once."""
@@ -96,6 +108,18 @@ class QueueServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_queue_pb2.WatchResponse], _abc.AsyncIterator[_queue_pb2.WatchResponse]]:
         """Streams a request's status until it is COMPLETED: IN_QUEUE with the queue position,
         IN_PROGRESS with new log lines, then COMPLETED with the output or the error.
+        """
+
+    @_abc_1.abstractmethod
+    def Subscribe(
+        self,
+        request: _queue_pb2.SubscribeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_queue_pb2.WatchResponse], _abc.AsyncIterator[_queue_pb2.WatchResponse]]:
+        """Submit and Watch in one call (fal's subscribe, one round trip fewer): the first message
+        comes once the request is stored (durable, as Submit's answer) and carries its id and
+        queue position; then the stream goes on as Watch's, until COMPLETED. The request does
+        not depend on the stream: if the caller goes away, it stays queued (Cancel it by id).
         """
 
     @_abc_1.abstractmethod

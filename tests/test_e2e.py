@@ -67,6 +67,20 @@ def test_stream_yields_each_partial_output(server: ServerProcess, client: SyncCl
     assert parts[-1]["text_so_far"] == "one two three"
 
 
+def test_a_streaming_endpoint_through_the_queue_shows_each_partial_to_watchers(
+    server: ServerProcess, client: SyncClient
+) -> None:
+    endpoint = server.deploy("examples/stream.py::Tokens")
+    updates: list[object] = []
+    output = client.subscribe(endpoint, {"sentence": "one two three", "delay_s": 0.2},
+                              on_queue_update=updates.append)
+    partials = [p for u in updates if isinstance(u, InProgress) for p in u.partials]
+    assert [p["token"] for p in partials] == ["one", "two", "three"]
+    # They came as the handler made them: in more than one update, before COMPLETED.
+    assert len([u for u in updates if isinstance(u, InProgress) and u.partials]) > 1
+    assert isinstance(updates[-1], Completed) and output == partials[-1]
+
+
 def test_cli_stream_prints_one_json_line_per_partial(server: ServerProcess) -> None:
     endpoint = server.deploy("examples/stream.py::Tokens")
     out = server.cli("call", endpoint, "--stream", "--data",

@@ -46,9 +46,12 @@ class Queued(msgspec.Struct, frozen=True, tag_field="status", tag="IN_QUEUE"):
 
 
 class InProgress(msgspec.Struct, frozen=True, tag_field="status", tag="IN_PROGRESS"):
-    """Running; `logs` are the lines new since the previous update (all, from `status`)."""
+    """Running; `logs` are the lines new since the previous update (all, from `status`);
+    `partials` the partial outputs of a streaming endpoint new since the previous update
+    (decoded; watch and subscribe only)."""
 
     logs: tuple[LogLine, ...] = ()
+    partials: tuple[Any, ...] = ()
 
 
 class Completed(msgspec.Struct, frozen=True, tag_field="status", tag="COMPLETED"):
@@ -110,7 +113,7 @@ def status_from_proto(state: queue_pb2.RequestState) -> Status:
     if state.status == common_pb2.REQUEST_STATUS_IN_QUEUE:
         return Queued(position=state.queue_position, waiting_reason=state.waiting_reason)
     if state.status == common_pb2.REQUEST_STATUS_IN_PROGRESS:
-        return InProgress(logs=logs)
+        return InProgress(logs=logs, partials=tuple(decode_payload(p) for p in state.partials))
     if state.status == common_pb2.REQUEST_STATUS_COMPLETED:
         return _completed_from_proto(state, logs)
     raise InternalError(f"server sent a request state without a status: {state.status}")
@@ -135,10 +138,11 @@ def status_to_proto(status: Status, request_id: str = "") -> queue_pb2.RequestSt
                 request_id=request_id, status=common_pb2.REQUEST_STATUS_IN_QUEUE,
                 queue_position=position, waiting_reason=reason,
             )
-        case InProgress(logs=logs):
+        case InProgress(logs=logs, partials=partials):
             return queue_pb2.RequestState(
                 request_id=request_id, status=common_pb2.REQUEST_STATUS_IN_PROGRESS,
                 logs=[log_to_proto(line) for line in logs],
+                partials=[encode_arguments(p) for p in partials],
             )
         case Completed():
             return _completed_to_proto(status, request_id)

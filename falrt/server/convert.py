@@ -138,13 +138,16 @@ def metrics(record: Outcome) -> common_pb2.RequestMetrics:
 
 
 def request_state(
-    item: QueuedRequest, *, position: int, logs: list[LogRecord], waiting_reason: str
+    item: QueuedRequest, *, position: int, logs: list[LogRecord], waiting_reason: str,
+    partials: list[tuple[bytes, str]] | None = None,
 ) -> queue_pb2.RequestState:
     status = item.status
     state = queue_pb2.RequestState(request_id=item.request_id,
                                    status=int(status))  # type: ignore[arg-type]
     if logs:
         state.logs.extend([log_line(r) for r in logs])
+    for data, content_type in partials or ():
+        state.partials.add(data=data, content_type=content_type)
     if status is Status.IN_QUEUE:
         state.queue_position = position
         state.waiting_reason = waiting_reason

@@ -68,18 +68,22 @@ class QueueService(queue_pb2_grpc.QueueServicer):
     async def _follow(
         self, item: QueuedRequest, with_logs: bool
     ) -> AsyncIterator[queue_pb2.WatchResponse]:
-        """The request's states as they change, until COMPLETED."""
-        sent_logs = 0
+        """The request's states as they change, until COMPLETED (with each partial output of
+        a streaming endpoint as it comes)."""
+        sent_logs = sent_partials = 0
         last: tuple[Any, ...] = ()
         while True:
             position = self._scheduler.position(item)
-            key = (item.status, position, len(item.logs), item.waiting_reason)
+            key = (item.status, position, len(item.logs), item.waiting_reason,
+                   len(item.partials))
             if key != last:
                 logs = item.logs[sent_logs:] if with_logs else []
-                sent_logs = len(item.logs)
+                partials = item.partials[sent_partials:]
+                sent_logs, sent_partials = len(item.logs), len(item.partials)
                 last = key
                 yield queue_pb2.WatchResponse(state=convert.request_state(
-                    item, position=position, logs=logs, waiting_reason=item.waiting_reason
+                    item, position=position, logs=logs, waiting_reason=item.waiting_reason,
+                    partials=partials,
                 ))
                 continue  # the request may have moved on while this update was sent
             if item.status is Status.COMPLETED:

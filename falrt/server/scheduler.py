@@ -61,6 +61,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_LOG_LINES = 10_000
+MAX_PARTIALS = 10_000  # partial outputs of one request shown to watchers
 
 
 class Scheduler:
@@ -480,6 +481,9 @@ class Scheduler:
             item.partials.put_nowait((data, ctype))
         elif isinstance(item, QueuedRequest):
             item.last_partial = (data, ctype)
+            if len(item.partials) < MAX_PARTIALS:
+                item.partials.append((data, ctype))
+                item.changed.fire()
 
     def on_result(
         self, runner: RunnerHandle, request_id: str, outcome: Outcome,

@@ -71,6 +71,8 @@ class QueuedRequest(WorkItem):
     attempts: int = 0
     logs: list[LogRecord] = field(default_factory=list)
     last_partial: tuple[bytes, str] | None = None
+    # Partial outputs of a streaming endpoint, for watchers (the first MAX_PARTIALS kept).
+    partials: list[tuple[bytes, str]] = field(default_factory=list)
     outcome: Outcome | None = None
     waiting_reason: str = ""
     changed: Signal = field(default_factory=Signal)

@@ -203,6 +203,7 @@ class RequestState(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     METRICS_FIELD_NUMBER: _builtins.int
     WAITING_REASON_FIELD_NUMBER: _builtins.int
+    PARTIALS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     status: _common_pb2.RequestStatus.ValueType
     queue_position: _builtins.int
@@ -225,6 +226,12 @@ class RequestState(_message.Message):
     def metrics(self) -> _common_pb2.RequestMetrics:
         """COMPLETED: measurements."""
 
+    @_builtins.property
+    def partials(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Payload]:
+        """With Watch and Subscribe, IN_PROGRESS: the partial outputs of a streaming endpoint new
+        since the previous update, in the order the handler produced them.
+        """
+
     def __init__(
         self,
         *,
@@ -236,10 +243,11 @@ class RequestState(_message.Message):
         error: _common_pb2.ErrorInfo | None = ...,
         metrics: _common_pb2.RequestMetrics | None = ...,
         waiting_reason: _builtins.str = ...,
+        partials: _abc.Iterable[_common_pb2.Payload] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "metrics", b"metrics", "output", b"output"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "logs", b"logs", "metrics", b"metrics", "output", b"output", "queue_position", b"queue_position", "request_id", b"request_id", "status", b"status", "waiting_reason", b"waiting_reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "logs", b"logs", "metrics", b"metrics", "output", b"output", "partials", b"partials", "queue_position", b"queue_position", "request_id", b"request_id", "status", b"status", "waiting_reason", b"waiting_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -58,6 +58,13 @@ class Invoker:
             output = await self._call_sync(handler, value)
         return ep.output_codec.encode(output, msgpack)
 
+    async def batch(self, ep: Endpoint, values: list[Any]) -> Any:
+        """Calls a batched endpoint once with a list of inputs; its (unencoded) outputs."""
+        handler = getattr(self._app, ep.name)
+        if ep.is_async:
+            return await handler(values)
+        return await self._call_sync(handler, values)
+
     async def stream(
         self, ep: Endpoint, value: Any, msgpack: bool, send: SendPartial, cancel: threading.Event
     ) -> None:

@@ -53,6 +53,7 @@ from falrt.sdk.endpoints import Endpoint, EndpointKind
 from falrt.v1 import common_pb2, runner_pb2, runner_pb2_grpc
 
 from . import logcapture, wire
+from .batching import Batcher
 from .gpu_errors import is_gpu_failure
 from .invoke import Invoker
 from .outbox import Outbox
@@ -103,6 +104,8 @@ class RunnerSession:
         self._endpoints: dict[str, Endpoint] = dict(type(app).endpoints())
         inline = settings.sync_handlers == "loop"
         self._invoker = Invoker(app, None if inline else pool)
+        self._batchers = {path: Batcher(ep, self._invoker)
+                          for path, ep in self._endpoints.items() if ep.batched}
         self._in_thread = not inline
         self._inflight: dict[str, _Inflight] = {}
         self._shutdown: asyncio.Task[None] | None = None
@@ -254,7 +257,8 @@ class RunnerSession:
             await self.outbox.send(wire.error_result(assign.request_id, refusal))
             return
         ep = self._endpoints[assign.path]
-        entry = _Inflight(assign.request_id, self.outbox, self._in_thread and not ep.is_async)
+        in_thread = self._in_thread and not ep.is_async and not ep.batched
+        entry = _Inflight(assign.request_id, self.outbox, in_thread)
         self._inflight[assign.request_id] = entry
         entry.task = asyncio.create_task(self._serve(assign, ep, entry))
 
@@ -320,6 +324,9 @@ class RunnerSession:
     async def _run_handler(
         self, assign: wire.Assign, ep: Endpoint, entry: _Inflight, value: Any, msgpack: bool
     ) -> bytes | None:
+        if ep.batched:
+            output = await self._batchers[ep.path].call(value)
+            return ep.output_codec.encode(output, msgpack)
         if ep.kind is EndpointKind.UNARY:
             return await self._invoker.unary(ep, value, msgpack)
         content_type = assign.content_type or "application/json"
@@ -352,6 +359,8 @@ class RunnerSession:
             await _finish_hook(exit_hook, "handle_exit", max(deadline - loop.time(), 0.0))
         os.environ["FALRT_RUNNER_STATE"] = "TERMINATING"
         await self._send_state(common_pb2.RUNNER_STATE_TERMINATING)
+        for batcher in self._batchers.values():
+            batcher.close()
         await _finish_hook(_in_thread(self._app.teardown), "teardown", None)
         await self._close_stream()
 

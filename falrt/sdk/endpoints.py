@@ -27,6 +27,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 _MARK = "__falrt_endpoint_path__"
 _HEALTH_MARK = "__falrt_health_check__"
+_BATCH_MARK = "__falrt_batch__"
 _STREAM_ORIGINS = (
     collections.abc.Iterator,
     collections.abc.Iterable,
@@ -89,23 +90,47 @@ class Endpoint:
     input_codec: Codec
     output_codec: Codec
     health_check: HealthCheck | None = None
+    # Dynamic batching: the handler takes a list of inputs and returns a list of outputs;
+    # concurrent requests are gathered into one call (see shim/batching.py).
+    max_batch_size: int = 0
+    max_batch_wait_ms: float = 0.0
+
+    @property
+    def batched(self) -> bool:
+        return self.max_batch_size > 0
 
 
-def endpoint(path: str, *, health_check: HealthCheck | None = None) -> Callable[[F], F]:
+def endpoint(
+    path: str, *, health_check: HealthCheck | None = None, max_batch_size: int = 0,
+    max_batch_wait_ms: float = 5.0,
+) -> Callable[[F], F]:
     """Marks an App method as the handler of `path` (which must start with "/"); with
     `health_check`, also as the app's health check (at most one per app).
 
-    Raises ValueError for a malformed path; the method's signature is checked when its class
-    is created (TypeError).
+    With `max_batch_size` > 1 the endpoint is batched: the method takes `list[Input]` and
+    returns `list[Output]` (one output per input, in order; an `Exception` instance in the
+    list fails only that item). The runner gathers concurrent requests of the endpoint, from
+    the queue and the direct path alike, into one call: a batch starts when it is full or
+    `max_batch_wait_ms` after its first request arrived. Give the app a `max_multiplexing` of
+    at least `max_batch_size`, or batches can never fill.
+
+    Raises ValueError for a malformed path or batch setting; the method's signature is
+    checked when its class is created (TypeError).
     """
     if not isinstance(path, str) or not path.startswith("/"):
         raise ValueError(f"endpoint path must be a string starting with '/', got {path!r}")
     if health_check is not None and not isinstance(health_check, HealthCheck):
         raise TypeError(f"health_check must be a falrt.HealthCheck, got {health_check!r}")
+    if not isinstance(max_batch_size, int) or max_batch_size < 0:
+        raise ValueError(f"max_batch_size must be an int >= 0, got {max_batch_size!r}")
+    if max_batch_wait_ms < 0:
+        raise ValueError(f"max_batch_wait_ms must be >= 0, got {max_batch_wait_ms!r}")
 
     def mark(fn: F) -> F:
         setattr(fn, _MARK, path)
         setattr(fn, _HEALTH_MARK, health_check)
+        if max_batch_size > 1:
+            setattr(fn, _BATCH_MARK, (max_batch_size, float(max_batch_wait_ms)))
         return fn
 
     return mark
@@ -129,8 +154,11 @@ def _stream_item_type(fn: Callable[..., Any], annotation: Any) -> Any:
     return args[0]
 
 
-def _io_types(fn: Callable[..., Any], streams: bool) -> tuple[type[Any], type[Any]]:
-    """The (input, output) model types of an endpoint method. Raises TypeError."""
+def _io_types(
+    fn: Callable[..., Any], streams: bool, batched: bool = False
+) -> tuple[type[Any], type[Any]]:
+    """The (input, output) model types of an endpoint method (of each item, for a batched
+    one: `list[Input] -> list[Output]`). Raises TypeError."""
     params = list(inspect.signature(fn).parameters.values())[1:]
     if len(params) != 1:
         raise TypeError(f"endpoint {fn.__qualname__} must take exactly one input parameter")
@@ -142,6 +170,8 @@ def _io_types(fn: Callable[..., Any], streams: bool) -> tuple[type[Any], type[An
     output_type = hints.get("return")
     if streams and output_type is not None:
         output_type = _stream_item_type(fn, output_type)
+    if batched:
+        input_type, output_type = _list_item(fn, input_type), _list_item(fn, output_type)
     for role, tp in (("input", input_type), ("output", output_type)):
         if not is_model_type(tp):
             raise TypeError(
@@ -151,11 +181,21 @@ def _io_types(fn: Callable[..., Any], streams: bool) -> tuple[type[Any], type[An
     return typing.cast(type[Any], input_type), typing.cast(type[Any], output_type)
 
 
+def _list_item(fn: Callable[..., Any], annotation: Any) -> Any:
+    if typing.get_origin(annotation) is not list or len(typing.get_args(annotation)) != 1:
+        raise TypeError(f"batched endpoint {fn.__qualname__} must take list[Input] and return "
+                        f"list[Output], got {annotation!r}")
+    return typing.get_args(annotation)[0]
+
+
 def _describe_method(name: str, fn: Callable[..., Any], path: str) -> Endpoint:
     """Builds the Endpoint of one decorated method. Raises TypeError."""
     is_async_gen = inspect.isasyncgenfunction(fn)
     streams = is_async_gen or inspect.isgeneratorfunction(fn)
-    input_type, output_type = _io_types(fn, streams)
+    batch_size, batch_wait_ms = getattr(fn, _BATCH_MARK, (0, 0.0))
+    if batch_size and streams:
+        raise TypeError(f"batched endpoint {fn.__qualname__} must not be a generator")
+    input_type, output_type = _io_types(fn, streams, batched=bool(batch_size))
     health_check = getattr(fn, _HEALTH_MARK, None)
     if health_check is not None:
         _check_health_endpoint(fn, streams, input_type)
@@ -169,6 +209,8 @@ def _describe_method(name: str, fn: Callable[..., Any], path: str) -> Endpoint:
         input_codec=codec_for(input_type),
         output_codec=codec_for(output_type),
         health_check=health_check,
+        max_batch_size=batch_size,
+        max_batch_wait_ms=batch_wait_ms,
     )
 
 

@@ -61,7 +61,7 @@ def print_runners(infos: Sequence[control_pb2.RunnerInfo]) -> None:
     print_table(
         "Runners",
         ["runner id", "app", "revision", "state", "for", "in flight", "served", "machine",
-         "started", "last error"],
+         "gpus", "started", "last error"],
         [_row(r) for r in infos],
     )
 
@@ -70,7 +70,15 @@ def _row(runner: control_pb2.RunnerInfo) -> list[str]:
     in_flight = f"{len(runner.in_flight_request_ids)}/{runner.max_multiplexing}"
     return [runner.runner_id, runner.app_name, runner.revision_id, state_name(runner.state),
             age(runner.state_since), in_flight, str(runner.served), runner.machine_type or "-",
-            age(runner.started_at), runner.last_error[:80] or "-"]
+            _gpus(runner), age(runner.started_at), runner.last_error[:80] or "-"]
+
+
+def _gpus(runner: control_pb2.RunnerInfo) -> str:
+    """Each GPU's memory in use and utilisation (from the last heartbeat), or its UUID."""
+    if runner.gpu_stats:
+        return ", ".join(f"{g.memory_used_bytes / 2**30:.1f}/{g.memory_total_bytes / 2**30:.0f}"
+                         f" GiB {g.utilization_percent}%" for g in runner.gpu_stats)
+    return ", ".join(uuid[:12] for uuid in runner.gpus) or "-"
 
 
 @runners.command("stop")

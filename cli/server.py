@@ -40,6 +40,9 @@ _DEFAULTS = ServerSettings(data_dir=Path("."))
 @click.option("--crash-backoff-cap", "crash_backoff_cap_s", type=click.FloatRange(min=0),
               default=_DEFAULTS.crash_backoff_cap_s, show_default=True,
               help="the longest wait before a runner start after failed ones, in seconds")
+@click.option("--gpu-inventory", "gpu_inventory", envvar="FALRT_GPU_INVENTORY", default=None,
+              type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="a JSON file describing the host's GPUs, instead of asking NVML")
 @click.option("--lease", "cluster_lease_s", envvar="FALRT_LEASE_S",
               type=click.FloatRange(min=0.5), default=_DEFAULTS.cluster_lease_s,
               show_default=True,
@@ -48,7 +51,7 @@ _DEFAULTS = ServerSettings(data_dir=Path("."))
 def server(
     listen: str, data_dir: Path | None, owner: str, store: str, retry_backoff_base_s: float,
     retry_backoff_cap_s: float, result_retention_s: float, crash_backoff_step_s: float,
-    crash_backoff_cap_s: float, cluster_lease_s: float,
+    crash_backoff_cap_s: float, gpu_inventory: Path | None, cluster_lease_s: float,
 ) -> None:
     """Run the falrt server until interrupted."""
     from falrt.server.main import StartupError, run  # load the server only for this command
@@ -59,13 +62,14 @@ def server(
         retry_backoff_base_s=retry_backoff_base_s, retry_backoff_cap_s=retry_backoff_cap_s,
         result_retention_s=result_retention_s, crash_backoff_step_s=crash_backoff_step_s,
         crash_backoff_cap_s=crash_backoff_cap_s, cluster_lease_s=cluster_lease_s,
+        gpu_inventory=gpu_inventory,
         ))
     except StartupError as exc:
         raise click.ClickException(f"the server cannot start: {exc}") from None
 
 
 def build_settings(
-    *, listen: str, data_dir: Path | None, owner: str, store: str = "sqlite", **tuning: float
+    *, listen: str, data_dir: Path | None, owner: str, store: str = "sqlite", **tuning: Any
 ) -> ServerSettings:
     """Server settings from the command's options; unset options keep the defaults."""
     overrides: dict[str, Any] = {"listen": listen, "owner": owner, "store": store, **tuning}

@@ -63,6 +63,8 @@ class ServerSettings(msgspec.Struct, frozen=True):
     no_capacity_wait_s: float = 20.0
     # TERMINATED runners listed by `falrt runners list --state terminated` (the latest).
     ended_runners_kept: int = 200
+    # A JSON file describing this host's GPUs instead of NVML (falrt/gpus.py); None: NVML.
+    gpu_inventory: Path | None = None
     # PostgreSQL store: a server that has not renewed its lease for this long is taken
     # over by the others (docs/stores.md).
     cluster_lease_s: float = 10.0

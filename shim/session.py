@@ -55,6 +55,7 @@ from falrt.v1 import common_pb2, runner_pb2, runner_pb2_grpc
 from . import logcapture, wire
 from .batching import Batcher
 from .gpu_errors import is_gpu_failure
+from .gpu_stats import GpuProbe
 from .invoke import Invoker
 from .outbox import Outbox
 from .settings import ShimSettings
@@ -189,10 +190,12 @@ class RunnerSession:
                 raise AssertionError(f"unhandled server event {event!r}")
 
     async def _heartbeat(self) -> None:
+        probe = await asyncio.to_thread(GpuProbe)
         while True:
             await asyncio.sleep(self._settings.heartbeat_s)
             free = self._settings.max_multiplexing - len(self._inflight)
-            await self.outbox.send(wire.heartbeat(max(free, 0)))
+            gpus = await asyncio.to_thread(probe.read) if probe.active else []
+            await self.outbox.send(wire.heartbeat(max(free, 0), gpus))
 
     # -- the health check ------------------------------------------------------------
 

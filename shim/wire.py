@@ -132,8 +132,11 @@ def add_verdict(
         message.result.stop_runner = stop_runner
 
 
-def heartbeat(free_slots: int) -> runner_pb2.RunnerMessage:
-    return runner_pb2.RunnerMessage(heartbeat=runner_pb2.Heartbeat(free_slots=free_slots))
+def heartbeat(
+    free_slots: int, gpus: list[common_pb2.GpuStats] | None = None
+) -> runner_pb2.RunnerMessage:
+    return runner_pb2.RunnerMessage(
+        heartbeat=runner_pb2.Heartbeat(free_slots=free_slots, gpus=gpus or []))
 
 
 def state_change(state: common_pb2.RunnerState.ValueType) -> runner_pb2.RunnerMessage:

@@ -25,6 +25,8 @@ class RunnerSpec:
     grace_period_s: float
     log_path: Path
     machine_type: str = ""
+    # GPUs it needs (of machine_type); the backend hands out whole GPUs.
+    num_gpus: int = 0
     # Extra environment variables: the app's secrets among them, so never in a repr.
     env: dict[str, str] = field(default_factory=dict, repr=False)
 
@@ -45,10 +47,15 @@ class RunnerProcess(Protocol):
     def kill(self) -> None:
         """Stops the runner now (SIGKILL). Idempotent."""
 
+    @property
+    def gpus(self) -> list[str]:
+        """UUIDs of the GPUs the runner holds (until it exits)."""
+
 
 class Backend(Protocol):
-    def capacity(self, machine_type: str) -> str:
-        """"" when a runner of this machine type can start now, else why not."""
+    def capacity(self, machine_type: str, num_gpus: int) -> str:
+        """"" when a runner of this machine type (with `num_gpus` GPUs) can start now, else
+        why not."""
 
     async def start(self, spec: RunnerSpec) -> RunnerProcess:
         """Starts a runner; returns once it is launched (not once it is ready)."""

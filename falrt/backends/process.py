@@ -12,18 +12,29 @@ import asyncio
 import os
 import signal
 import subprocess
+from collections.abc import Callable
 from typing import BinaryIO
 
 from falrt import machines as machine_types
 from falrt.backends.base import RunnerProcess, RunnerSpec
 from falrt.backends.spawn import Child, spawn
+from falrt.gpus import GpuAllocator
 
 
 class LocalProcess:
-    """A runner subprocess."""
+    """A runner subprocess, and the GPUs it holds until it exits."""
 
-    def __init__(self, child: Child) -> None:
+    def __init__(
+        self, child: Child, gpus: list[str] | None = None,
+        on_exit: Callable[[], None] | None = None,
+    ) -> None:
         self._child = child
+        self._gpus = gpus or []
+        self._on_exit = on_exit
+
+    @property
+    def gpus(self) -> list[str]:
+        return list(self._gpus)
 
     @property
     def pid(self) -> int:
@@ -34,7 +45,11 @@ class LocalProcess:
         return self._child.exit_code
 
     async def wait(self) -> int:
-        return await self._child.wait()
+        code = await self._child.wait()
+        on_exit, self._on_exit = self._on_exit, None
+        if on_exit is not None:  # once: its GPUs are free again
+            on_exit()
+        return code
 
     def terminate(self) -> None:
         self._child.send_signal(signal.SIGTERM)
@@ -44,27 +59,38 @@ class LocalProcess:
 
 
 class ProcessBackend:
-    """Starts runners as subprocesses of the server."""
+    """Starts runners as subprocesses of the server; hands out the host's GPUs whole."""
 
-    def capacity(self, machine_type: str) -> str:
+    def __init__(self, gpus: GpuAllocator | None = None) -> None:
+        self.gpus = gpus or GpuAllocator([])
+
+    def capacity(self, machine_type: str, num_gpus: int) -> str:
         """CPU tiers always fit (the process backend sets no CPU or memory limits); GPU
-        types need GPUs this backend can hand out, and it has none yet."""
+        types need `num_gpus` free GPUs of the type."""
         if machine_types.is_gpu(machine_type):
-            return (f"no capacity for {machine_type}: the process backend of this server "
-                    "has no GPUs to hand out")
+            return self.gpus.capacity(machine_type, max(1, num_gpus))
         return ""
 
     async def start(self, spec: RunnerSpec) -> RunnerProcess:
-        log_file = await asyncio.to_thread(_open_log, spec)
+        """Raises NoCapacityError when the GPUs it needs were taken meanwhile."""
+        held: list[str] = []
+        if machine_types.is_gpu(spec.machine_type):
+            gpus = self.gpus.acquire(spec.machine_type, max(1, spec.num_gpus), spec.runner_id)
+            held = [gpu.uuid for gpu in gpus]
         try:
-            child = await spawn(
-                [spec.python, "-m", "falrt.shim"],
-                cwd=spec.bundle_dir, env=_runner_env(spec), stdout=log_file,
-                stderr=subprocess.STDOUT, new_session=True,
-            )
-        finally:
-            log_file.close()
-        return LocalProcess(child)
+            log_file = await asyncio.to_thread(_open_log, spec)
+            try:
+                child = await spawn(
+                    [spec.python, "-m", "falrt.shim"],
+                    cwd=spec.bundle_dir, env=_runner_env(spec, held), stdout=log_file,
+                    stderr=subprocess.STDOUT, new_session=True,
+                )
+            finally:
+                log_file.close()
+        except BaseException:
+            self.gpus.release(spec.runner_id)
+            raise
+        return LocalProcess(child, held, lambda: self.gpus.release(spec.runner_id))
 
     async def close(self) -> None:
         return None
@@ -75,7 +101,7 @@ def _open_log(spec: RunnerSpec) -> BinaryIO:
     return open(spec.log_path, "ab", buffering=0)
 
 
-def _runner_env(spec: RunnerSpec) -> dict[str, str]:
+def _runner_env(spec: RunnerSpec, gpus: list[str]) -> dict[str, str]:
     env = {
         key: value
         for key, value in os.environ.items()
@@ -93,5 +119,7 @@ def _runner_env(spec: RunnerSpec) -> dict[str, str]:
         # The runner dies with the server (see falrt.shim.parent).
         FALRT_PARENT_PID=str(os.getpid()),
         PYTHONUNBUFFERED="1",
+        # Its own GPUs only; none (hidden) for CPU machine types.
+        CUDA_VISIBLE_DEVICES=",".join(gpus),
     )
     return env

@@ -82,6 +82,7 @@ class EffectiveSettings:
     startup_timeout_s: float
     grace_period_s: float
     machine_types: tuple[str, ...]
+    num_gpus: int  # per runner, for GPU machine types (at least 1 there)
 
     @classmethod
     def resolve(cls, config: AppConfig, defaults: AppDefaults) -> EffectiveSettings:
@@ -107,6 +108,7 @@ class EffectiveSettings:
                 pick(config.termination_grace_period_s, defaults.termination_grace_period_s)
             ),
             machine_types=config.machine_types or ("S",),
+            num_gpus=config.num_gpus or 1,
         )
 
 

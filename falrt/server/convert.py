@@ -234,4 +234,6 @@ def runner_info(runner: RunnerHandle) -> control_pb2.RunnerInfo:
         ],
         last_error=runner.last_error,
         served=runner.served,
+        gpus=runner.process.gpus if runner.process is not None else [],
+        gpu_stats=runner.gpu_stats,
     )

@@ -22,6 +22,7 @@ from falrt import errors
 from falrt.autoscaler.policy import RunnerView, ScalingContext, ScalingDecision, decide
 from falrt.backends.base import Backend, RunnerSpec
 from falrt.backends.environments import EnvironmentBuilder
+from falrt.gpus import NoCapacityError
 from falrt.names import split_name
 from falrt.server.apps import AppState, EffectiveSettings
 from falrt.server.runners import (
@@ -138,15 +139,20 @@ class Fleet:
         None (and the app waits no_capacity_wait, its callers told why) when none."""
         reasons = []
         for machine in machine_types or app.settings.machine_types:
-            reason = self.backend.capacity(machine)
+            reason = self.backend.capacity(machine, app.settings.num_gpus)
             if not reason:
                 return machine
             reasons.append(reason)
-        app.backoff_until = time.monotonic() + self.settings.no_capacity_wait_s
-        app.last_startup_error = "; ".join(reasons)
-        log.warning("no runner of %s can start: %s", app.name, app.last_startup_error)
-        self.scheduler.on_startup_failure(app)
+        self._no_capacity(app, "; ".join(reasons))
         return None
+
+    def _no_capacity(self, app: AppState, reason: str) -> None:
+        """Nothing of the app starts for no_capacity_wait; its callers are told why."""
+        app.backoff_until = time.monotonic() + self.settings.no_capacity_wait_s
+        app.last_startup_error = reason
+        log.warning("no runner of %s can start: %s", app.name, reason)
+        self.scheduler.on_startup_failure(app)
+        self.wake()
 
     # -- starting ----------------------------------------------------------------------
 
@@ -209,10 +215,16 @@ class Fleet:
             grace_period_s=settings.grace_period_s,
             log_path=self.log_path(runner.runner_id),
             machine_type=runner.machine_type,
+            num_gpus=settings.num_gpus,
             env=env,
         )
         try:
             runner.process = await self.backend.start(spec)
+        except NoCapacityError as exc:  # taken since _placeable: wait as for no capacity
+            runner.last_error = str(exc)
+            self._no_capacity(app, str(exc))
+            self._terminated(runner)
+            return
         except Exception as exc:
             log.exception("starting a runner of %s failed", app.name)
             if not self._startup_failed(runner, f"could not start: {exc}"):

@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from falrt.backends import create_backend
 from falrt.backends.environments import EnvironmentBuilder
 from falrt.client import credentials
+from falrt.gpus import GpuAllocator, discover
 from falrt.server.auth import Authenticator
 from falrt.server.cluster import Cluster
 from falrt.server.control_service import ControlService
@@ -83,7 +84,12 @@ async def serve(settings: ServerSettings) -> None:
     secret_box = await asyncio.to_thread(SecretBox.load_or_create, settings.data_dir)
     scheduler = Scheduler(store, settings)
     environments = EnvironmentBuilder(settings.venvs_dir, settings.runner_python or sys.executable)
-    fleet = Fleet(scheduler, create_backend(settings.backend), environments, settings)
+    gpus = await asyncio.to_thread(discover, settings.gpu_inventory)
+    if gpus:
+        log.info("GPUs: %s", ", ".join(f"{g.index}: {g.name} ({g.machine_type or 'no type'}, "
+                                        f"{g.uuid})" for g in gpus))
+    backend = create_backend(settings.backend, GpuAllocator(gpus))
+    fleet = Fleet(scheduler, backend, environments, settings)
     scheduler.fleet = fleet
     fleet.secret_box = secret_box
     scheduler.recorder.webhooks = webhooks

@@ -100,7 +100,9 @@ class RunnerLinkService(runner_pb2_grpc.RunnerLinkServicer):
                 self._scheduler.on_partial(runner, partial.request_id, partial.output.data,
                                            partial.output.content_type)
             case "heartbeat":
-                pass  # a live stream is the liveness signal; the beat keeps proxies from idling
+                # A live stream is the liveness signal; the beat keeps proxies from idling and
+                # carries the runner's GPU figures.
+                runner.gpu_stats = list(message.heartbeat.gpus)
             case "state_change":
                 if message.state_change.state == common_pb2.RUNNER_STATE_DRAINING:
                     self._fleet.runner_draining(runner)

@@ -12,6 +12,7 @@ import enum
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from falrt.backends.base import RunnerProcess
 from falrt.server.work import WorkItem
@@ -92,6 +93,8 @@ class RunnerHandle:
     # one is ready).
     replaces: str = ""
     stop_requested: bool = False  # the server stopped or killed it (an exit is expected)
+    # GPU memory and utilisation at its last heartbeat (falrt.v1.GpuStats messages).
+    gpu_stats: list[Any] = field(default_factory=list)
     # Every state entered, with its wall-clock time (the first and the last 100 kept).
     transitions: deque[tuple[RunnerState, float]] = field(
         default_factory=lambda: deque(maxlen=MAX_TRANSITIONS))

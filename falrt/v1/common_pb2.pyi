@@ -93,8 +93,7 @@ class _RunnerStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunnerSta
     RUNNER_STATE_TERMINATED: _RunnerState.ValueType  # 9
     """Gone."""
 
-class RunnerState(_RunnerState, metaclass=_RunnerStateEnumTypeWrapper):
-    """Runner lifecycle states (fal's names)."""
+class RunnerState(_RunnerState, metaclass=_RunnerStateEnumTypeWrapper): ...
 
 RUNNER_STATE_UNSPECIFIED: RunnerState.ValueType  # 0
 RUNNER_STATE_PENDING: RunnerState.ValueType  # 1
@@ -269,3 +268,36 @@ class RequestMetrics(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RequestMetrics: _TypeAlias = RequestMetrics  # noqa: Y015
+
+@_typing.final
+class GpuStats(_message.Message):
+    """Runner lifecycle states (fal's names).
+    One GPU as a runner sees it (NVML), sent with heartbeats.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UUID_FIELD_NUMBER: _builtins.int
+    MEMORY_USED_BYTES_FIELD_NUMBER: _builtins.int
+    MEMORY_TOTAL_BYTES_FIELD_NUMBER: _builtins.int
+    UTILIZATION_PERCENT_FIELD_NUMBER: _builtins.int
+    uuid: _builtins.str
+    memory_used_bytes: _builtins.int
+    memory_total_bytes: _builtins.int
+    utilization_percent: _builtins.int
+    """Percent of the last sample period the GPU was busy (NVML's utilization.gpu)."""
+    def __init__(
+        self,
+        *,
+        uuid: _builtins.str = ...,
+        memory_used_bytes: _builtins.int = ...,
+        memory_total_bytes: _builtins.int = ...,
+        utilization_percent: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["memory_total_bytes", b"memory_total_bytes", "memory_used_bytes", b"memory_used_bytes", "utilization_percent", b"utilization_percent", "uuid", b"uuid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GpuStats: _TypeAlias = GpuStats  # noqa: Y015

@@ -681,6 +681,8 @@ class RunnerInfo(_message.Message):
     TRANSITIONS_FIELD_NUMBER: _builtins.int
     LAST_ERROR_FIELD_NUMBER: _builtins.int
     SERVED_FIELD_NUMBER: _builtins.int
+    GPUS_FIELD_NUMBER: _builtins.int
+    GPU_STATS_FIELD_NUMBER: _builtins.int
     runner_id: _builtins.str
     app_name: _builtins.str
     revision_id: _builtins.str
@@ -706,6 +708,14 @@ class RunnerInfo(_message.Message):
     def transitions(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunnerTransition]:
         """Every state the runner has been in, oldest first."""
 
+    @_builtins.property
+    def gpus(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """UUIDs of the GPUs it holds (whole GPUs, never shared)."""
+
+    @_builtins.property
+    def gpu_stats(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.GpuStats]:
+        """Their memory and utilisation at its last heartbeat."""
+
     def __init__(
         self,
         *,
@@ -721,10 +731,12 @@ class RunnerInfo(_message.Message):
         transitions: _abc.Iterable[Global___RunnerTransition] | None = ...,
         last_error: _builtins.str = ...,
         served: _builtins.int = ...,
+        gpus: _abc.Iterable[_builtins.str] | None = ...,
+        gpu_stats: _abc.Iterable[_common_pb2.GpuStats] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["started_at", b"started_at", "state_since", b"state_since"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_name", b"app_name", "in_flight_request_ids", b"in_flight_request_ids", "last_error", b"last_error", "machine_type", b"machine_type", "max_multiplexing", b"max_multiplexing", "revision_id", b"revision_id", "runner_id", b"runner_id", "served", b"served", "started_at", b"started_at", "state", b"state", "state_since", b"state_since", "transitions", b"transitions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_name", b"app_name", "gpu_stats", b"gpu_stats", "gpus", b"gpus", "in_flight_request_ids", b"in_flight_request_ids", "last_error", b"last_error", "machine_type", b"machine_type", "max_multiplexing", b"max_multiplexing", "revision_id", b"revision_id", "runner_id", b"runner_id", "served", b"served", "started_at", b"started_at", "state", b"state", "state_since", b"state_since", "transitions", b"transitions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

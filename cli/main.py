@@ -15,6 +15,7 @@ from .call import call
 from .context import CliContext
 from .deploy import deploy
 from .envs import envs, keys, secrets
+from .images import images
 from .queue import queue
 from .requests import requests
 from .runners import runners
@@ -36,5 +37,5 @@ def main(ctx: click.Context, host: str) -> None:
     ctx.obj = CliContext(host=host)
 
 
-for command in (server, deploy, apps, runners, call, requests, queue, envs, secrets, keys):
+for command in (server, deploy, apps, runners, call, requests, queue, envs, secrets, keys, images):
     main.add_command(command)

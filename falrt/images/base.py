@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import docker
 from docker.errors import DockerException
 
 from falrt.images.engine import ImageError, ImageRef, LineSink, digest, engine, local_image_id
@@ -98,7 +99,7 @@ def build_base(
     started = time.monotonic()
     ref = _ref(spec, tag, registry)
     client = engine()
-    image_id = None if no_cache else local_image_id(client, str(ref))
+    image_id = None if no_cache else _existing(client, ref, registry)
     cached = image_id is not None
     if image_id is None:
         image_id = _build(client, spec, ref, on_line)
@@ -107,6 +108,17 @@ def build_base(
         push_image(client, ref, on_line)
         pushed = True
     return BaseResult(str(ref), image_id, cached, pushed, time.monotonic() - started)
+
+
+def _existing(client: docker.DockerClient, ref: ImageRef, registry: str | None) -> str | None:
+    """The local image with this tag; under its name without the registry, tagged anew."""
+    image_id = local_image_id(client, str(ref))
+    if image_id is None and registry:
+        plain = ImageRef(ref.repository.removeprefix(registry.strip("/") + "/"), ref.tag)
+        image_id = local_image_id(client, str(plain))
+        if image_id is not None:
+            client.api.tag(image_id, ref.repository, ref.tag)
+    return image_id
 
 
 def _ref(spec: BaseSpec, tag: str | None, registry: str | None) -> ImageRef:

@@ -41,6 +41,7 @@ from grpc import aio
 
 from falrt.errors import (
     FalrtError,
+    InvalidArgumentError,
     NotFoundError,
     RequestCancelledError,
     RunnerRefusedError,
@@ -58,6 +59,7 @@ from .gpu_errors import is_gpu_failure
 from .gpu_stats import GpuProbe
 from .invoke import Invoker
 from .outbox import Outbox
+from .realtime import RealtimeInputs
 from .settings import ShimSettings
 
 __all__ = ["EXIT_REFUSED", "RunnerSession"]
@@ -109,6 +111,7 @@ class RunnerSession:
                           for path, ep in self._endpoints.items() if ep.batched}
         self._in_thread = not inline
         self._inflight: dict[str, _Inflight] = {}
+        self._sessions: dict[str, RealtimeInputs] = {}  # realtime sessions' inputs
         self._shutdown: asyncio.Task[None] | None = None
         self._call: Any = None
         self._outbox: Outbox | None = None
@@ -186,6 +189,15 @@ class RunnerSession:
                 self._cancel(request_id)
             case wire.Drain():
                 self.request_shutdown()  # as in fal, every stop of a runner calls handle_exit
+            case wire.RealtimeStart():
+                await self._open_realtime(event)
+            case wire.RealtimeInput(session_id=sid, data=data, content_type=ctype):
+                inputs = self._sessions.get(sid)
+                if inputs is not None and not inputs.put(data, ctype):
+                    self._cancel(sid)  # the buffer is full: the session closes with why
+            case wire.RealtimeEnd(session_id=sid):
+                if sid in self._sessions:
+                    self._sessions[sid].end()
             case _:
                 raise AssertionError(f"unhandled server event {event!r}")
 
@@ -196,6 +208,50 @@ class RunnerSession:
             free = self._settings.max_multiplexing - len(self._inflight)
             gpus = await asyncio.to_thread(probe.read) if probe.active else []
             await self.outbox.send(wire.heartbeat(max(free, 0), gpus))
+
+    # -- realtime sessions (shim/realtime.py) -----------------------------------------
+
+    async def _open_realtime(self, start: wire.RealtimeStart) -> None:
+        sid = start.session_id
+        refusal = self._refusal(start)
+        ep = self._endpoints.get(start.path)
+        if refusal is None and ep is not None and ep.kind is not EndpointKind.REALTIME:
+            refusal = InvalidArgumentError(f"{start.path} is not a realtime endpoint")
+        if refusal is not None or ep is None or sid in self._inflight:
+            error = refusal or InvalidArgumentError(f"session {sid} is open already")
+            await self.outbox.send(wire.realtime_closed(sid, error))
+            return
+        entry = _Inflight(sid, self.outbox, in_thread=False)
+        inputs = self._sessions[sid] = RealtimeInputs(ep)
+        self._inflight[sid] = entry
+        entry.task = asyncio.create_task(self._serve_realtime(sid, ep, entry, inputs))
+
+    async def _serve_realtime(
+        self, sid: str, ep: Endpoint, entry: _Inflight, inputs: RealtimeInputs
+    ) -> None:
+        request_var.set(RequestContext(sid, ep.path, entry.cancel))
+        logcapture.bind(entry.log)
+        error: FalrtError | None = None
+        try:
+            async for output in getattr(self._app, ep.name)(inputs):
+                ctype = "application/msgpack" if inputs.msgpack else "application/json"
+                data = ep.output_codec.encode(output, inputs.msgpack)
+                await self.outbox.send(wire.realtime_output(sid, data, ctype))
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if entry.abandoned or task is None:
+                raise
+            task.uncancel()
+            error = inputs.overflow or RequestCancelledError("the session was cancelled")
+        except FalrtError as exc:
+            error = exc
+        except Exception as exc:
+            error = handler_error(exc)
+        finally:
+            entry.log.flush()
+            del self._inflight[sid]
+            self._sessions.pop(sid, None)
+        await self.outbox.send(wire.realtime_closed(sid, error))
 
     # -- the health check ------------------------------------------------------------
 
@@ -240,7 +296,7 @@ class RunnerSession:
 
     # -- requests --------------------------------------------------------------------
 
-    def _refusal(self, assign: wire.Assign) -> FalrtError | None:
+    def _refusal(self, assign: wire.Assign | wire.RealtimeStart) -> FalrtError | None:
         if self._shutdown is not None:
             return RunnerRefusedError("runner is draining; retry on another runner")
         if len(self._inflight) >= self._settings.max_multiplexing:
@@ -249,6 +305,10 @@ class RunnerSession:
         if assign.path not in self._endpoints:
             known = ", ".join(sorted(self._endpoints))
             return NotFoundError(f"path {assign.path!r} not found (known paths: {known})")
+        realtime = self._endpoints[assign.path].kind is EndpointKind.REALTIME
+        if isinstance(assign, wire.Assign) and realtime:
+            return InvalidArgumentError(
+                f"{assign.path} is a realtime endpoint: open a Queue.Realtime stream to it")
         return None
 
     async def _admit(self, assign: wire.Assign) -> None:

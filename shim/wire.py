@@ -49,7 +49,26 @@ class Drain(msgspec.Struct, frozen=True):
     """Take no new work, finish in-flight requests, tear down and exit."""
 
 
-ServerEvent = Assign | Cancel | Drain
+class RealtimeStart(msgspec.Struct, frozen=True):
+    """Open a realtime session on endpoint `path` (it holds a slot until it closes)."""
+
+    session_id: str
+    path: str
+
+
+class RealtimeInput(msgspec.Struct, frozen=True):
+    session_id: str
+    data: bytes
+    content_type: str
+
+
+class RealtimeEnd(msgspec.Struct, frozen=True):
+    """The caller sent its last input."""
+
+    session_id: str
+
+
+ServerEvent = Assign | Cancel | Drain | RealtimeStart | RealtimeInput | RealtimeEnd
 
 
 class UnknownEvent(ValueError):
@@ -66,6 +85,14 @@ def event_from_proto(message: runner_pb2.ServerMessage) -> ServerEvent:
             return Cancel(message.cancel.request_id)
         case "drain":
             return Drain()
+        case "realtime_start":
+            start = message.realtime_start
+            return RealtimeStart(start.session_id, start.path)
+        case "realtime_input":
+            item = message.realtime_input
+            return RealtimeInput(item.session_id, item.input.data, item.input.content_type)
+        case "realtime_end":
+            return RealtimeEnd(message.realtime_end.session_id)
         case other:
             raise UnknownEvent(f"unknown server message {other!r}")
 
@@ -84,6 +111,22 @@ def log_message(request_id: str, message: str, source: str) -> runner_pb2.Runner
     entry.line.timestamp.FromNanoseconds(time.time_ns())
     entry.line.message = message
     entry.line.source = source
+    return out
+
+
+def realtime_output(session_id: str, data: bytes, content_type: str) -> runner_pb2.RunnerMessage:
+    out = runner_pb2.RunnerMessage()
+    out.realtime_output.session_id = session_id
+    out.realtime_output.output.data = data
+    out.realtime_output.output.content_type = content_type
+    return out
+
+
+def realtime_closed(session_id: str, error: FalrtError | None) -> runner_pb2.RunnerMessage:
+    out = runner_pb2.RunnerMessage()
+    out.realtime_closed.session_id = session_id
+    if error is not None:
+        out.realtime_closed.error.CopyFrom(to_proto(error))
     return out
 
 

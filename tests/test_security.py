@@ -144,6 +144,19 @@ def test_subscribe_follows_the_app_auth_too(
         assert status_of(lambda k=key: stub.Subscribe(request, metadata=meta(k))) is expected
 
 
+def test_realtime_sessions_follow_the_app_auth(
+    channel: grpc.Channel, keys: Keys, apps: dict[str, str]
+) -> None:
+    stub = queue_pb2_grpc.QueueStub(channel)
+    opening = queue_pb2.RealtimeRequest(open=queue_pb2.RealtimeOpen(
+        endpoint_id=apps["private"], path="/"))
+    expected = ((None, UNAUTHENTICATED), (keys.stranger, PERMISSION_DENIED),
+                (keys.api, grpc.StatusCode.INVALID_ARGUMENT))  # allowed in: hello is not realtime
+    for key, status in expected:
+        code = status_of(lambda k=key: stub.Realtime(iter([opening]), metadata=meta(k)))
+        assert code is status, key
+
+
 def test_a_request_of_a_private_app_is_hidden_from_other_owners(
     channel: grpc.Channel, keys: Keys, apps: dict[str, str]
 ) -> None:

@@ -8,7 +8,7 @@ Cancelling a task that awaits a call cancels the call.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Unpack
@@ -21,6 +21,8 @@ from falrt.client.messages import (
     QueueOptions,
     read_cancel,
     read_result,
+    realtime_input,
+    realtime_open,
     run_request,
     stream_request,
     submit_request,
@@ -166,6 +168,26 @@ class AsyncClient:
     ) -> AsyncGenerator[Any, None]:
         """Direct call of a streaming endpoint: each partial output, decoded, in order."""
         call = self._stub.Stream(stream_request(endpoint_id, arguments, path), timeout=timeout)
+        try:
+            with translate_rpc_errors():
+                async for reply in call:
+                    yield decode_payload(reply.output)
+        finally:
+            call.cancel()
+
+    async def realtime(
+        self, endpoint_id: str, inputs: AsyncIterable[Any], *, path: str = "/",
+        timeout: float | None = None,
+    ) -> AsyncGenerator[Any, None]:
+        """A realtime session (Queue.Realtime): sends each of `inputs` as it comes and yields
+        each output of the handler, decoded, as it comes."""
+
+        async def requests() -> AsyncIterator[queue_pb2.RealtimeRequest]:
+            yield realtime_open(endpoint_id, path)
+            async for item in inputs:
+                yield realtime_input(item)
+
+        call = self._stub.Realtime(requests(), timeout=timeout)
         try:
             with translate_rpc_errors():
                 async for reply in call:

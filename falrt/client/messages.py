@@ -78,6 +78,15 @@ def subscribe_options(options: QueueOptions, client_timeout: float | None) -> Qu
     return options
 
 
+def realtime_open(endpoint_id: str, path: str) -> queue_pb2.RealtimeRequest:
+    return queue_pb2.RealtimeRequest(
+        open=queue_pb2.RealtimeOpen(endpoint_id=endpoint_id, path=normalize_path(path)))
+
+
+def realtime_input(arguments: Any) -> queue_pb2.RealtimeRequest:
+    return queue_pb2.RealtimeRequest(input=encode_arguments(arguments))
+
+
 def run_request(endpoint_id: str, arguments: Any, path: str) -> queue_pb2.RunRequest:
     return queue_pb2.RunRequest(
         endpoint_id=endpoint_id, path=normalize_path(path), input=encode_arguments(arguments)

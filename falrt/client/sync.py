@@ -8,7 +8,7 @@ raises `UnavailableError`.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Unpack
@@ -19,6 +19,8 @@ from falrt.client.messages import (
     QueueOptions,
     read_cancel,
     read_result,
+    realtime_input,
+    realtime_open,
     run_request,
     stream_request,
     submit_request,
@@ -154,6 +156,27 @@ class SyncClient:
     ) -> Generator[Any, None, None]:
         """Direct call of a streaming endpoint: each partial output, decoded, in order."""
         call = self._stub.Stream(stream_request(endpoint_id, arguments, path), timeout=timeout)
+        try:
+            with translate_rpc_errors():
+                for reply in call:
+                    yield decode_payload(reply.output)
+        finally:
+            call.cancel()
+
+    def realtime(
+        self, endpoint_id: str, inputs: Iterable[Any], *, path: str = "/",
+        timeout: float | None = None,
+    ) -> Generator[Any, None, None]:
+        """A realtime session (Queue.Realtime): sends each of `inputs` (JSON-encoded) as the
+        iterable yields it, and yields each output of the handler, decoded, as it comes. The
+        session ends when the handler returns after `inputs` ran out."""
+
+        def requests() -> Iterator[queue_pb2.RealtimeRequest]:
+            yield realtime_open(endpoint_id, path)
+            for item in inputs:
+                yield realtime_input(item)
+
+        call = self._stub.Realtime(requests(), timeout=timeout)
         try:
             with translate_rpc_errors():
                 for reply in call:

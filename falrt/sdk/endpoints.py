@@ -28,6 +28,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 _MARK = "__falrt_endpoint_path__"
 _HEALTH_MARK = "__falrt_health_check__"
 _BATCH_MARK = "__falrt_batch__"
+_REALTIME_MARK = "__falrt_realtime__"
 _STREAM_ORIGINS = (
     collections.abc.Iterator,
     collections.abc.Iterable,
@@ -39,10 +40,12 @@ _STREAM_ORIGINS = (
 
 
 class EndpointKind(enum.Enum):
-    """How an endpoint answers: one output, or a stream of partial outputs."""
+    """How an endpoint answers: one output, a stream of partial outputs, or (realtime) a
+    stream of outputs to a stream of inputs."""
 
     UNARY = "unary"
     STREAM = "stream"
+    REALTIME = "realtime"
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +105,7 @@ class Endpoint:
 
 def endpoint(
     path: str, *, health_check: HealthCheck | None = None, max_batch_size: int = 0,
-    max_batch_wait_ms: float = 5.0,
+    max_batch_wait_ms: float = 5.0, realtime: bool = False,
 ) -> Callable[[F], F]:
     """Marks an App method as the handler of `path` (which must start with "/"); with
     `health_check`, also as the app's health check (at most one per app).
@@ -113,6 +116,10 @@ def endpoint(
     the queue and the direct path alike, into one call: a batch starts when it is full or
     `max_batch_wait_ms` after its first request arrived. Give the app a `max_multiplexing` of
     at least `max_batch_size`, or batches can never fill.
+
+    With `realtime=True` the endpoint serves `Queue.Realtime` sessions: the method is an async
+    generator taking `AsyncIterator[Input]` and yielding outputs, called once per session, on
+    one runner for the life of the session (a session holds one of its slots).
 
     Raises ValueError for a malformed path or batch setting; the method's signature is
     checked when its class is created (TypeError).
@@ -131,6 +138,8 @@ def endpoint(
         setattr(fn, _HEALTH_MARK, health_check)
         if max_batch_size > 1:
             setattr(fn, _BATCH_MARK, (max_batch_size, float(max_batch_wait_ms)))
+        if realtime:
+            setattr(fn, _REALTIME_MARK, True)
         return fn
 
     return mark
@@ -155,7 +164,7 @@ def _stream_item_type(fn: Callable[..., Any], annotation: Any) -> Any:
 
 
 def _io_types(
-    fn: Callable[..., Any], streams: bool, batched: bool = False
+    fn: Callable[..., Any], streams: bool, batched: bool = False, realtime: bool = False
 ) -> tuple[type[Any], type[Any]]:
     """The (input, output) model types of an endpoint method (of each item, for a batched
     one: `list[Input] -> list[Output]`). Raises TypeError."""
@@ -172,6 +181,8 @@ def _io_types(
         output_type = _stream_item_type(fn, output_type)
     if batched:
         input_type, output_type = _list_item(fn, input_type), _list_item(fn, output_type)
+    if realtime:
+        input_type = _stream_item_type(fn, input_type)
     for role, tp in (("input", input_type), ("output", output_type)):
         if not is_model_type(tp):
             raise TypeError(
@@ -195,14 +206,20 @@ def _describe_method(name: str, fn: Callable[..., Any], path: str) -> Endpoint:
     batch_size, batch_wait_ms = getattr(fn, _BATCH_MARK, (0, 0.0))
     if batch_size and streams:
         raise TypeError(f"batched endpoint {fn.__qualname__} must not be a generator")
-    input_type, output_type = _io_types(fn, streams, batched=bool(batch_size))
+    realtime = bool(getattr(fn, _REALTIME_MARK, False))
+    if realtime and not is_async_gen:
+        raise TypeError(f"realtime endpoint {fn.__qualname__} must be an async generator "
+                        "taking AsyncIterator[Input]")
+    input_type, output_type = _io_types(fn, streams, batched=bool(batch_size),
+                                        realtime=realtime)
     health_check = getattr(fn, _HEALTH_MARK, None)
     if health_check is not None:
         _check_health_endpoint(fn, streams, input_type)
     return Endpoint(
         path=path,
         name=name,
-        kind=EndpointKind.STREAM if streams else EndpointKind.UNARY,
+        kind=(EndpointKind.REALTIME if realtime else
+              EndpointKind.STREAM if streams else EndpointKind.UNARY),
         is_async=is_async_gen or inspect.iscoroutinefunction(fn),
         input_type=input_type,
         output_type=output_type,

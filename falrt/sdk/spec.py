@@ -45,7 +45,7 @@ class EndpointDescription(msgspec.Struct, frozen=True):
 
     path: str
     name: str
-    kind: Literal["unary", "stream"]
+    kind: Literal["unary", "stream", "realtime"]
     input_schema_json: str
     output_schema_json: str
 

@@ -49,10 +49,11 @@ _OPTIONAL_FIELDS: tuple[_OptionalField, ...] = (
     "termination_grace_period_s",
 )
 
-_Kind = Literal["unary", "stream"]
+_Kind = Literal["unary", "stream", "realtime"]
 _KIND_TO_PROTO: dict[_Kind, control_pb2.EndpointKind.ValueType] = {
     "unary": control_pb2.ENDPOINT_KIND_UNARY,
     "stream": control_pb2.ENDPOINT_KIND_STREAM,
+    "realtime": control_pb2.ENDPOINT_KIND_REALTIME,
 }
 _KIND_FROM_PROTO: dict[int, _Kind] = {value: key for key, value in _KIND_TO_PROTO.items()}
 

@@ -9,7 +9,7 @@ stays):
   UNAUTHENTICATED; an API key or another owner's: PERMISSION_DENIED.
 - Queue: the app's auth mode. `public`: anyone; `shared`: any valid key; `private` (the
   default): a key of the app's owner (the server's owner). The app is the one the
-  endpoint id names (Submit, Subscribe, Run, Stream) or the one the request belongs to
+  endpoint id names (Submit, Subscribe, Run, Stream, Realtime) or the one the request belongs to
   (Watch, GetStatus, GetResult, Cancel). A call for an app or request that does not exist
   goes on to the servicer, which answers NOT_FOUND.
 - RunnerLink is not checked here: a runner proves itself with its own token in Hello
@@ -32,7 +32,8 @@ from falrt.server.scheduler import Scheduler
 from falrt.store.records import KeyRecord
 
 CACHE_S = 2.0
-_BY_ENDPOINT = frozenset({"Submit", "Run", "Stream"})
+# "RealtimeOpen": Queue.Realtime checks its first message (RealtimeOpen) once it has it.
+_BY_ENDPOINT = frozenset({"Submit", "Run", "Stream", "RealtimeOpen"})
 _BY_SUBMIT = frozenset({"Subscribe"})
 _BY_REQUEST = frozenset({"Watch", "GetStatus", "GetResult", "Cancel"})
 HINT = ("send `authorization: Key KEY_ID:SECRET` (the CLI and the Python client read "

@@ -16,7 +16,7 @@ from falrt import errors
 from falrt.server import convert
 from falrt.server.rpc import Guard, abort, server_stream, unary
 from falrt.server.scheduler import Scheduler
-from falrt.server.work import DirectCall, QueuedRequest
+from falrt.server.work import DirectCall, QueuedRequest, RealtimeSession
 from falrt.store.records import Outcome, Status
 from falrt.v1 import queue_pb2, queue_pb2_grpc
 
@@ -175,6 +175,41 @@ class QueueService(queue_pb2_grpc.QueueServicer):
             self._scheduler.abandon(call)
             raise
         await _raise_error(context, call.done.result())
+
+    @server_stream
+    async def Realtime(
+        self, request_iterator: AsyncIterator[queue_pb2.RealtimeRequest], context: Context
+    ) -> AsyncIterator[queue_pb2.RealtimeResponse]:
+        first = await anext(request_iterator, None)
+        if first is None or first.WhichOneof("item") != "open":
+            raise errors.InvalidArgumentError("a realtime stream starts with RealtimeOpen")
+        if self.guard is not None:  # the app's auth, now that the endpoint is known
+            await self.guard("RealtimeOpen", first.open, context)
+        session = self._scheduler.open_realtime(first.open.endpoint_id, first.open.path or "/")
+        pump = asyncio.ensure_future(self._pump(session, request_iterator))
+        assert session.partials is not None
+        try:
+            while (output := await session.partials.get()) is not None:
+                response = queue_pb2.RealtimeResponse()
+                response.output.data, response.output.content_type = output
+                yield response
+        except asyncio.CancelledError:
+            self._scheduler.abandon(session)
+            raise
+        finally:
+            pump.cancel()
+        await _raise_error(context, session.done.result())
+
+    async def _pump(
+        self, session: RealtimeSession, requests: AsyncIterator[queue_pb2.RealtimeRequest]
+    ) -> None:
+        """Forwards the caller's inputs to the session's runner once it has one."""
+        await session.started.wait()
+        async for message in requests:
+            if message.WhichOneof("item") == "input":
+                self._scheduler.realtime_input(
+                    session, message.input.data, message.input.content_type)
+        self._scheduler.realtime_end(session)
 
     async def _wait(self, call: DirectCall) -> Outcome:
         try:

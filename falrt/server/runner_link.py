@@ -26,9 +26,12 @@ from falrt.server.runners import (
     CloseEvent,
     DrainEvent,
     OutboxEvent,
+    RealtimeEndEvent,
+    RealtimeInputEvent,
     RunnerHandle,
 )
 from falrt.server.scheduler import Scheduler
+from falrt.server.work import RealtimeSession
 from falrt.v1 import common_pb2, runner_pb2, runner_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -99,6 +102,15 @@ class RunnerLinkService(runner_pb2_grpc.RunnerLinkServicer):
                 partial = message.partial
                 self._scheduler.on_partial(runner, partial.request_id, partial.output.data,
                                            partial.output.content_type)
+            case "realtime_output":
+                out = message.realtime_output
+                self._scheduler.on_realtime_output(runner, out.session_id, out.output.data,
+                                                   out.output.content_type)
+            case "realtime_closed":
+                closed = message.realtime_closed
+                error = (convert.error_record(closed.error) if closed.HasField("error")
+                         else None)
+                self._scheduler.on_realtime_closed(runner, closed.session_id, error)
             case "heartbeat":
                 # A live stream is the liveness signal; the beat keeps proxies from idling and
                 # carries the runner's GPU figures.
@@ -112,6 +124,18 @@ class RunnerLinkService(runner_pb2_grpc.RunnerLinkServicer):
 
 def _message(event: OutboxEvent) -> runner_pb2.ServerMessage:
     match event:
+        case AssignEvent(item=RealtimeSession() as session):
+            return runner_pb2.ServerMessage(realtime_start=runner_pb2.RealtimeStart(
+                session_id=session.request_id, path=session.path))
+        case RealtimeInputEvent(session_id=sid, data=data, content_type=ctype):
+            message = runner_pb2.ServerMessage()
+            message.realtime_input.session_id = sid
+            message.realtime_input.input.data, message.realtime_input.input.content_type = (
+                data, ctype)
+            return message
+        case RealtimeEndEvent(session_id=sid):
+            return runner_pb2.ServerMessage(
+                realtime_end=runner_pb2.RealtimeEnd(session_id=sid))
         case AssignEvent(item=item):
             message = runner_pb2.ServerMessage()
             assign = message.assign

@@ -54,6 +54,18 @@ class CancelEvent:
 
 
 @dataclass(frozen=True)
+class RealtimeInputEvent:
+    session_id: str
+    data: bytes
+    content_type: str
+
+
+@dataclass(frozen=True)
+class RealtimeEndEvent:
+    session_id: str
+
+
+@dataclass(frozen=True)
 class DrainEvent:
     pass
 
@@ -63,7 +75,8 @@ class CloseEvent:
     """Ends the runner's stream from the server side (the runner is being killed)."""
 
 
-OutboxEvent = AssignEvent | CancelEvent | DrainEvent | CloseEvent
+OutboxEvent = (AssignEvent | CancelEvent | DrainEvent | CloseEvent | RealtimeInputEvent
+               | RealtimeEndEvent)
 
 
 @dataclass(eq=False)

@@ -38,8 +38,13 @@ from falrt.server.outcomes import (
 )
 from falrt.server.recorder import Recorder
 from falrt.server.retries import MAX_ATTEMPTS, RetryContext, backoff_s, should_retry
-from falrt.server.runners import CancelEvent, RunnerHandle
-from falrt.server.work import DirectCall, QueuedRequest, WorkItem
+from falrt.server.runners import (
+    CancelEvent,
+    RealtimeEndEvent,
+    RealtimeInputEvent,
+    RunnerHandle,
+)
+from falrt.server.work import DirectCall, QueuedRequest, RealtimeSession, WorkItem
 from falrt.settings import ServerSettings
 from falrt.store.base import SharedStore, Store
 from falrt.store.records import (
@@ -62,6 +67,8 @@ log = logging.getLogger(__name__)
 
 MAX_LOG_LINES = 10_000
 MAX_PARTIALS = 10_000  # partial outputs of one request shown to watchers
+REALTIME_KIND = 3  # falrt.v1.ENDPOINT_KIND_REALTIME
+REALTIME_OUTPUT_BUFFER = 256  # outputs of one realtime session waiting for its caller
 
 
 class Scheduler:
@@ -388,6 +395,68 @@ class Scheduler:
         self.dispatch(app)
         return item
 
+    # -- realtime sessions ----------------------------------------------------------
+
+    def open_realtime(self, endpoint_id: str, path: str) -> RealtimeSession:
+        """Queues a realtime session like a direct call; the caller waits for `started`."""
+        app = self.resolve(endpoint_id, path)
+        kind = next(e.kind for e in app.revision.endpoints if e.path == path)
+        if kind != REALTIME_KIND:
+            raise errors.InvalidArgumentError(
+                f"{path} of {app.name} is not a realtime endpoint; call it with Run, Stream "
+                "or Submit")
+        item = RealtimeSession(
+            request_id=f"rt-{uuid.uuid4()}", app_name=app.name, path=path, input=b"",
+            content_type="", priority=Priority.NORMAL, seq=self._next_seq(),
+            partials=asyncio.Queue())
+        app.queue.push(item)
+        self.dispatch(app)
+        return item
+
+    def realtime_input(self, session: RealtimeSession, data: bytes, ctype: str) -> None:
+        runner = self._runner_of(session)
+        if runner is not None:
+            runner.outbox.put_nowait(RealtimeInputEvent(session.request_id, data, ctype))
+
+    def realtime_end(self, session: RealtimeSession) -> None:
+        runner = self._runner_of(session)
+        if runner is not None:
+            runner.outbox.put_nowait(RealtimeEndEvent(session.request_id))
+
+    def _runner_of(self, item: WorkItem) -> RunnerHandle | None:
+        runner = self.fleet.runners.get(item.runner_id) if self.fleet else None
+        return runner if runner is not None and item.request_id in runner.in_flight else None
+
+    def on_realtime_output(
+        self, runner: RunnerHandle, session_id: str, data: bytes, ctype: str
+    ) -> None:
+        item = runner.in_flight.get(session_id)
+        if not isinstance(item, RealtimeSession) or item.partials is None:
+            return
+        if item.partials.qsize() >= REALTIME_OUTPUT_BUFFER:  # the caller reads too slowly
+            full = errors.ResourceExhaustedError(
+                f"more than {REALTIME_OUTPUT_BUFFER} outputs wait for the caller; read faster")
+            self.recorder.finish(item, Outcome(error=error_record(full)))
+            item.cancel_requested = True
+            self._send_cancel(item)
+            return
+        item.partials.put_nowait((data, ctype))
+
+    def on_realtime_closed(
+        self, runner: RunnerHandle, session_id: str, error: ErrorRecord | None
+    ) -> None:
+        item = runner.release(session_id)
+        if item is None:
+            return
+        app = self.apps.get(item.app_name)
+        refused = error is not None and error.error_type == "runner_refused"
+        if refused and app is not None and not item.cancel_requested:
+            self._requeue(app, item, count_attempt=False)  # it never started: queue it again
+        else:
+            self.recorder.finish(item, Outcome(error=error))
+        if app is not None:
+            self.dispatch(app)
+
     def abandon(self, item: DirectCall) -> None:
         """The caller of a direct call went away: drop it from the queue or cancel it."""
         app = self.apps.get(item.app_name)
@@ -422,6 +491,9 @@ class Scheduler:
         """Sends `item` to `runner` as its next attempt."""
         item.timed_out = False
         runner.assign(item)
+        if isinstance(item, RealtimeSession):  # a session lasts as long as its caller wants
+            item.started.set()
+            return
         item.attempt_timer = asyncio.get_running_loop().call_later(
             app.settings.request_timeout_s, self._attempt_timed_out, runner, item)
         if isinstance(item, QueuedRequest):

@@ -129,3 +129,12 @@ class DirectCall(WorkItem):
     )
     # Stream calls: each partial output, then None once the call is done.
     partials: asyncio.Queue[tuple[bytes, str] | None] | None = None
+
+
+@dataclass(eq=False)
+class RealtimeSession(DirectCall):
+    """A Queue.Realtime session: queued like a direct call until a runner takes it, then it
+    holds that runner's slot until it closes. Outputs arrive in `partials` (None once it
+    closed); `done` resolves with how it ended."""
+
+    started: asyncio.Event = field(default_factory=asyncio.Event)

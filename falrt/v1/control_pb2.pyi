@@ -60,6 +60,8 @@ class _EndpointKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Endpoint
     """One input, one output."""
     ENDPOINT_KIND_STREAM: _EndpointKind.ValueType  # 2
     """One input, a stream of partial outputs (a generator)."""
+    ENDPOINT_KIND_REALTIME: _EndpointKind.ValueType  # 3
+    """A stream of inputs, a stream of outputs (Queue.Realtime)."""
 
 class EndpointKind(_EndpointKind, metaclass=_EndpointKindEnumTypeWrapper):
     """How an endpoint answers."""
@@ -69,6 +71,8 @@ ENDPOINT_KIND_UNARY: EndpointKind.ValueType  # 1
 """One input, one output."""
 ENDPOINT_KIND_STREAM: EndpointKind.ValueType  # 2
 """One input, a stream of partial outputs (a generator)."""
+ENDPOINT_KIND_REALTIME: EndpointKind.ValueType  # 3
+"""A stream of inputs, a stream of outputs (Queue.Realtime)."""
 Global___EndpointKind: _TypeAlias = EndpointKind  # noqa: Y015
 
 class _DeployStage:

@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from falrt.v1 import common_pb2 as falrt_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x66\x61lrt/v1/queue.proto\x12\x08\x66\x61lrt.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x15\x66\x61lrt/v1/common.proto\"\xfa\x02\n\rSubmitRequest\x12\x13\n\x0b\x65ndpoint_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12 \n\x05input\x18\x03 \x01(\x0b\x32\x11.falrt.v1.Payload\x12$\n\x08priority\x18\x04 \x01(\x0e\x32\x12.falrt.v1.Priority\x12\x10\n\x08no_retry\x18\x05 \x01(\x08\x12>\n\x0cretry_config\x18\x06 \x03(\x0b\x32(.falrt.v1.SubmitRequest.RetryConfigEntry\x12\x30\n\rstart_timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0bwebhook_url\x18\x08 \x01(\t\x12\x18\n\x10max_queue_length\x18\t \x01(\x03\x12\x17\n\x0fidempotency_key\x18\n \x01(\t\x1a\x32\n\x10RetryConfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"R\n\x0eSubmitResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x16\n\x0equeue_position\x18\x02 \x01(\x03\x12\x14\n\x0c\x64\x65\x64uplicated\x18\x03 \x01(\x08\"5\n\x0cWatchRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\twith_logs\x18\x02 \x01(\x08\"\xb3\x02\n\x0cRequestState\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\'\n\x06status\x18\x02 \x01(\x0e\x32\x17.falrt.v1.RequestStatus\x12\x16\n\x0equeue_position\x18\x03 \x01(\x03\x12\x1f\n\x04logs\x18\x04 \x03(\x0b\x32\x11.falrt.v1.LogLine\x12!\n\x06output\x18\x05 \x01(\x0b\x32\x11.falrt.v1.Payload\x12\"\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x13.falrt.v1.ErrorInfo\x12)\n\x07metrics\x18\x07 \x01(\x0b\x32\x18.falrt.v1.RequestMetrics\x12\x16\n\x0ewaiting_reason\x18\x08 \x01(\t\x12#\n\x08partials\x18\t \x03(\x0b\x32\x11.falrt.v1.Payload\"N\n\x10SubscribeRequest\x12\'\n\x06submit\x18\x01 \x01(\x0b\x32\x17.falrt.v1.SubmitRequest\x12\x11\n\twith_logs\x18\x02 \x01(\x08\"6\n\rWatchResponse\x12%\n\x05state\x18\x01 \x01(\x0b\x32\x16.falrt.v1.RequestState\"9\n\x10GetStatusRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\twith_logs\x18\x02 \x01(\x08\":\n\x11GetStatusResponse\x12%\n\x05state\x18\x01 \x01(\x0b\x32\x16.falrt.v1.RequestState\"&\n\x10GetResultRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x99\x01\n\x11GetResultResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12!\n\x06output\x18\x02 \x01(\x0b\x32\x11.falrt.v1.Payload\x12\"\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x13.falrt.v1.ErrorInfo\x12)\n\x07metrics\x18\x04 \x01(\x0b\x32\x18.falrt.v1.RequestMetrics\"#\n\rCancelRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\":\n\x0e\x43\x61ncelResponse\x12(\n\x07outcome\x18\x01 \x01(\x0e\x32\x17.falrt.v1.CancelOutcome\"Q\n\nRunRequest\x12\x13\n\x0b\x65ndpoint_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12 \n\x05input\x18\x03 \x01(\x0b\x32\x11.falrt.v1.Payload\"o\n\x0bRunResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12!\n\x06output\x18\x02 \x01(\x0b\x32\x11.falrt.v1.Payload\x12)\n\x07metrics\x18\x03 \x01(\x0b\x32\x18.falrt.v1.RequestMetrics\"T\n\rStreamRequest\x12\x13\n\x0b\x65ndpoint_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12 \n\x05input\x18\x03 \x01(\x0b\x32\x11.falrt.v1.Payload\"3\n\x0eStreamResponse\x12!\n\x06output\x18\x01 \x01(\x0b\x32\x11.falrt.v1.Payload*\x9e\x01\n\rCancelOutcome\x12\x1e\n\x1a\x43\x41NCEL_OUTCOME_UNSPECIFIED\x10\x00\x12)\n%CANCEL_OUTCOME_CANCELLATION_REQUESTED\x10\x01\x12$\n CANCEL_OUTCOME_ALREADY_COMPLETED\x10\x02\x12\x1c\n\x18\x43\x41NCEL_OUTCOME_NOT_FOUND\x10\x03\x32\x80\x04\n\x05Queue\x12;\n\x06Submit\x12\x17.falrt.v1.SubmitRequest\x1a\x18.falrt.v1.SubmitResponse\x12:\n\x05Watch\x12\x16.falrt.v1.WatchRequest\x1a\x17.falrt.v1.WatchResponse0\x01\x12\x42\n\tSubscribe\x12\x1a.falrt.v1.SubscribeRequest\x1a\x17.falrt.v1.WatchResponse0\x01\x12\x44\n\tGetStatus\x12\x1a.falrt.v1.GetStatusRequest\x1a\x1b.falrt.v1.GetStatusResponse\x12\x44\n\tGetResult\x12\x1a.falrt.v1.GetResultRequest\x1a\x1b.falrt.v1.GetResultResponse\x12;\n\x06\x43\x61ncel\x12\x17.falrt.v1.CancelRequest\x1a\x18.falrt.v1.CancelResponse\x12\x32\n\x03Run\x12\x14.falrt.v1.RunRequest\x1a\x15.falrt.v1.RunResponse\x12=\n\x06Stream\x12\x17.falrt.v1.StreamRequest\x1a\x18.falrt.v1.StreamResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x66\x61lrt/v1/queue.proto\x12\x08\x66\x61lrt.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x15\x66\x61lrt/v1/common.proto\"\xfa\x02\n\rSubmitRequest\x12\x13\n\x0b\x65ndpoint_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12 \n\x05input\x18\x03 \x01(\x0b\x32\x11.falrt.v1.Payload\x12$\n\x08priority\x18\x04 \x01(\x0e\x32\x12.falrt.v1.Priority\x12\x10\n\x08no_retry\x18\x05 \x01(\x08\x12>\n\x0cretry_config\x18\x06 \x03(\x0b\x32(.falrt.v1.SubmitRequest.RetryConfigEntry\x12\x30\n\rstart_timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0bwebhook_url\x18\x08 \x01(\t\x12\x18\n\x10max_queue_length\x18\t \x01(\x03\x12\x17\n\x0fidempotency_key\x18\n \x01(\t\x1a\x32\n\x10RetryConfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"R\n\x0eSubmitResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x16\n\x0equeue_position\x18\x02 \x01(\x03\x12\x14\n\x0c\x64\x65\x64uplicated\x18\x03 \x01(\x08\"5\n\x0cWatchRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\twith_logs\x18\x02 \x01(\x08\"\xb3\x02\n\x0cRequestState\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\'\n\x06status\x18\x02 \x01(\x0e\x32\x17.falrt.v1.RequestStatus\x12\x16\n\x0equeue_position\x18\x03 \x01(\x03\x12\x1f\n\x04logs\x18\x04 \x03(\x0b\x32\x11.falrt.v1.LogLine\x12!\n\x06output\x18\x05 \x01(\x0b\x32\x11.falrt.v1.Payload\x12\"\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x13.falrt.v1.ErrorInfo\x12)\n\x07metrics\x18\x07 \x01(\x0b\x32\x18.falrt.v1.RequestMetrics\x12\x16\n\x0ewaiting_reason\x18\x08 \x01(\t\x12#\n\x08partials\x18\t \x03(\x0b\x32\x11.falrt.v1.Payload\"1\n\x0cRealtimeOpen\x12\x13\n\x0b\x65ndpoint_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"e\n\x0fRealtimeRequest\x12&\n\x04open\x18\x01 \x01(\x0b\x32\x16.falrt.v1.RealtimeOpenH\x00\x12\"\n\x05input\x18\x02 \x01(\x0b\x32\x11.falrt.v1.PayloadH\x00\x42\x06\n\x04item\"5\n\x10RealtimeResponse\x12!\n\x06output\x18\x01 \x01(\x0b\x32\x11.falrt.v1.Payload\"N\n\x10SubscribeRequest\x12\'\n\x06submit\x18\x01 \x01(\x0b\x32\x17.falrt.v1.SubmitRequest\x12\x11\n\twith_logs\x18\x02 \x01(\x08\"6\n\rWatchResponse\x12%\n\x05state\x18\x01 \x01(\x0b\x32\x16.falrt.v1.RequestState\"9\n\x10GetStatusRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\twith_logs\x18\x02 \x01(\x08\":\n\x11GetStatusResponse\x12%\n\x05state\x18\x01 \x01(\x0b\x32\x16.falrt.v1.RequestState\"&\n\x10GetResultRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x99\x01\n\x11GetResultResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12!\n\x06output\x18\x02 \x01(\x0b\x32\x11.falrt.v1.Payload\x12\"\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x13.falrt.v1.ErrorInfo\x12)\n\x07metrics\x18\x04 \x01(\x0b\x32\x18.falrt.v1.RequestMetrics\"#\n\rCancelRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\":\n\x0e\x43\x61ncelResponse\x12(\n\x07outcome\x18\x01 \x01(\x0e\x32\x17.falrt.v1.CancelOutcome\"Q\n\nRunRequest\x12\x13\n\x0b\x65ndpoint_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12 \n\x05input\x18\x03 \x01(\x0b\x32\x11.falrt.v1.Payload\"o\n\x0bRunResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12!\n\x06output\x18\x02 \x01(\x0b\x32\x11.falrt.v1.Payload\x12)\n\x07metrics\x18\x03 \x01(\x0b\x32\x18.falrt.v1.RequestMetrics\"T\n\rStreamRequest\x12\x13\n\x0b\x65ndpoint_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12 \n\x05input\x18\x03 \x01(\x0b\x32\x11.falrt.v1.Payload\"3\n\x0eStreamResponse\x12!\n\x06output\x18\x01 \x01(\x0b\x32\x11.falrt.v1.Payload*\x9e\x01\n\rCancelOutcome\x12\x1e\n\x1a\x43\x41NCEL_OUTCOME_UNSPECIFIED\x10\x00\x12)\n%CANCEL_OUTCOME_CANCELLATION_REQUESTED\x10\x01\x12$\n CANCEL_OUTCOME_ALREADY_COMPLETED\x10\x02\x12\x1c\n\x18\x43\x41NCEL_OUTCOME_NOT_FOUND\x10\x03\x32\xc7\x04\n\x05Queue\x12;\n\x06Submit\x12\x17.falrt.v1.SubmitRequest\x1a\x18.falrt.v1.SubmitResponse\x12:\n\x05Watch\x12\x16.falrt.v1.WatchRequest\x1a\x17.falrt.v1.WatchResponse0\x01\x12\x42\n\tSubscribe\x12\x1a.falrt.v1.SubscribeRequest\x1a\x17.falrt.v1.WatchResponse0\x01\x12\x44\n\tGetStatus\x12\x1a.falrt.v1.GetStatusRequest\x1a\x1b.falrt.v1.GetStatusResponse\x12\x44\n\tGetResult\x12\x1a.falrt.v1.GetResultRequest\x1a\x1b.falrt.v1.GetResultResponse\x12;\n\x06\x43\x61ncel\x12\x17.falrt.v1.CancelRequest\x1a\x18.falrt.v1.CancelResponse\x12\x32\n\x03Run\x12\x14.falrt.v1.RunRequest\x1a\x15.falrt.v1.RunResponse\x12=\n\x06Stream\x12\x17.falrt.v1.StreamRequest\x1a\x18.falrt.v1.StreamResponse0\x01\x12\x45\n\x08Realtime\x12\x19.falrt.v1.RealtimeRequest\x1a\x1a.falrt.v1.RealtimeResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,8 +35,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SUBMITREQUEST_RETRYCONFIGENTRY']._loaded_options = None
   _globals['_SUBMITREQUEST_RETRYCONFIGENTRY']._serialized_options = b'8\001'
-  _globals['_CANCELOUTCOME']._serialized_start=1803
-  _globals['_CANCELOUTCOME']._serialized_end=1961
+  _globals['_CANCELOUTCOME']._serialized_start=2012
+  _globals['_CANCELOUTCOME']._serialized_end=2170
   _globals['_SUBMITREQUEST']._serialized_start=90
   _globals['_SUBMITREQUEST']._serialized_end=468
   _globals['_SUBMITREQUEST_RETRYCONFIGENTRY']._serialized_start=418
@@ -47,30 +47,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WATCHREQUEST']._serialized_end=607
   _globals['_REQUESTSTATE']._serialized_start=610
   _globals['_REQUESTSTATE']._serialized_end=917
-  _globals['_SUBSCRIBEREQUEST']._serialized_start=919
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=997
-  _globals['_WATCHRESPONSE']._serialized_start=999
-  _globals['_WATCHRESPONSE']._serialized_end=1053
-  _globals['_GETSTATUSREQUEST']._serialized_start=1055
-  _globals['_GETSTATUSREQUEST']._serialized_end=1112
-  _globals['_GETSTATUSRESPONSE']._serialized_start=1114
-  _globals['_GETSTATUSRESPONSE']._serialized_end=1172
-  _globals['_GETRESULTREQUEST']._serialized_start=1174
-  _globals['_GETRESULTREQUEST']._serialized_end=1212
-  _globals['_GETRESULTRESPONSE']._serialized_start=1215
-  _globals['_GETRESULTRESPONSE']._serialized_end=1368
-  _globals['_CANCELREQUEST']._serialized_start=1370
-  _globals['_CANCELREQUEST']._serialized_end=1405
-  _globals['_CANCELRESPONSE']._serialized_start=1407
-  _globals['_CANCELRESPONSE']._serialized_end=1465
-  _globals['_RUNREQUEST']._serialized_start=1467
-  _globals['_RUNREQUEST']._serialized_end=1548
-  _globals['_RUNRESPONSE']._serialized_start=1550
-  _globals['_RUNRESPONSE']._serialized_end=1661
-  _globals['_STREAMREQUEST']._serialized_start=1663
-  _globals['_STREAMREQUEST']._serialized_end=1747
-  _globals['_STREAMRESPONSE']._serialized_start=1749
-  _globals['_STREAMRESPONSE']._serialized_end=1800
-  _globals['_QUEUE']._serialized_start=1964
-  _globals['_QUEUE']._serialized_end=2476
+  _globals['_REALTIMEOPEN']._serialized_start=919
+  _globals['_REALTIMEOPEN']._serialized_end=968
+  _globals['_REALTIMEREQUEST']._serialized_start=970
+  _globals['_REALTIMEREQUEST']._serialized_end=1071
+  _globals['_REALTIMERESPONSE']._serialized_start=1073
+  _globals['_REALTIMERESPONSE']._serialized_end=1126
+  _globals['_SUBSCRIBEREQUEST']._serialized_start=1128
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=1206
+  _globals['_WATCHRESPONSE']._serialized_start=1208
+  _globals['_WATCHRESPONSE']._serialized_end=1262
+  _globals['_GETSTATUSREQUEST']._serialized_start=1264
+  _globals['_GETSTATUSREQUEST']._serialized_end=1321
+  _globals['_GETSTATUSRESPONSE']._serialized_start=1323
+  _globals['_GETSTATUSRESPONSE']._serialized_end=1381
+  _globals['_GETRESULTREQUEST']._serialized_start=1383
+  _globals['_GETRESULTREQUEST']._serialized_end=1421
+  _globals['_GETRESULTRESPONSE']._serialized_start=1424
+  _globals['_GETRESULTRESPONSE']._serialized_end=1577
+  _globals['_CANCELREQUEST']._serialized_start=1579
+  _globals['_CANCELREQUEST']._serialized_end=1614
+  _globals['_CANCELRESPONSE']._serialized_start=1616
+  _globals['_CANCELRESPONSE']._serialized_end=1674
+  _globals['_RUNREQUEST']._serialized_start=1676
+  _globals['_RUNREQUEST']._serialized_end=1757
+  _globals['_RUNRESPONSE']._serialized_start=1759
+  _globals['_RUNRESPONSE']._serialized_end=1870
+  _globals['_STREAMREQUEST']._serialized_start=1872
+  _globals['_STREAMREQUEST']._serialized_end=1956
+  _globals['_STREAMRESPONSE']._serialized_start=1958
+  _globals['_STREAMRESPONSE']._serialized_end=2009
+  _globals['_QUEUE']._serialized_start=2173
+  _globals['_QUEUE']._serialized_end=2756
 # @@protoc_insertion_point(module_scope)

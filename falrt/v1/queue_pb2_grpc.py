@@ -74,6 +74,11 @@ class QueueStub:
                 request_serializer=falrt_dot_v1_dot_queue__pb2.StreamRequest.SerializeToString,
                 response_deserializer=falrt_dot_v1_dot_queue__pb2.StreamResponse.FromString,
                 _registered_method=True)
+        self.Realtime = channel.stream_stream(
+                '/falrt.v1.Queue/Realtime',
+                request_serializer=falrt_dot_v1_dot_queue__pb2.RealtimeRequest.SerializeToString,
+                response_deserializer=falrt_dot_v1_dot_queue__pb2.RealtimeResponse.FromString,
+                _registered_method=True)
 
 
 class QueueServicer:
@@ -140,6 +145,17 @@ class QueueServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Realtime(self, request_iterator, context):
+        """A realtime session with an endpoint marked realtime: the first message opens it, then
+        the caller streams inputs and the handler streams outputs back, on one runner for the
+        life of the stream. The caller's half-close ends the handler's input; the stream ends
+        when the handler returns (an error ends it with the error's status). Not stored, never
+        retried.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_QueueServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -182,6 +198,11 @@ def add_QueueServicer_to_server(servicer, server):
                     servicer.Stream,
                     request_deserializer=falrt_dot_v1_dot_queue__pb2.StreamRequest.FromString,
                     response_serializer=falrt_dot_v1_dot_queue__pb2.StreamResponse.SerializeToString,
+            ),
+            'Realtime': grpc.stream_stream_rpc_method_handler(
+                    servicer.Realtime,
+                    request_deserializer=falrt_dot_v1_dot_queue__pb2.RealtimeRequest.FromString,
+                    response_serializer=falrt_dot_v1_dot_queue__pb2.RealtimeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -400,6 +421,33 @@ class Queue:
             '/falrt.v1.Queue/Stream',
             falrt_dot_v1_dot_queue__pb2.StreamRequest.SerializeToString,
             falrt_dot_v1_dot_queue__pb2.StreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Realtime(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/falrt.v1.Queue/Realtime',
+            falrt_dot_v1_dot_queue__pb2.RealtimeRequest.SerializeToString,
+            falrt_dot_v1_dot_queue__pb2.RealtimeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -60,6 +60,13 @@ class QueueStub:
     """Direct call: no queue record, no retries, cancelled when the caller goes away."""
     Stream: _grpc.UnaryStreamMultiCallable[_queue_pb2.StreamRequest, _queue_pb2.StreamResponse]
     """Direct call of a streaming (generator) endpoint: each partial output as it is made."""
+    Realtime: _grpc.StreamStreamMultiCallable[_queue_pb2.RealtimeRequest, _queue_pb2.RealtimeResponse]
+    """A realtime session with an endpoint marked realtime: the first message opens it, then
+    the caller streams inputs and the handler streams outputs back, on one runner for the
+    life of the stream. The caller's half-close ends the handler's input; the stream ends
+    when the handler returns (an error ends it with the error's status). Not stored, never
+    retried.
+    """
 
 @_typing.type_check_only
 class QueueAsyncStub(QueueStub):
@@ -88,6 +95,13 @@ class QueueAsyncStub(QueueStub):
     """Direct call: no queue record, no retries, cancelled when the caller goes away."""
     Stream: _aio.UnaryStreamMultiCallable[_queue_pb2.StreamRequest, _queue_pb2.StreamResponse]  # type: ignore[assignment]
     """Direct call of a streaming (generator) endpoint: each partial output as it is made."""
+    Realtime: _aio.StreamStreamMultiCallable[_queue_pb2.RealtimeRequest, _queue_pb2.RealtimeResponse]  # type: ignore[assignment]
+    """A realtime session with an endpoint marked realtime: the first message opens it, then
+    the caller streams inputs and the handler streams outputs back, on one runner for the
+    life of the stream. The caller's half-close ends the handler's input; the stream ends
+    when the handler returns (an error ends it with the error's status). Not stored, never
+    retried.
+    """
 
 class QueueServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -161,5 +175,18 @@ class QueueServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_queue_pb2.StreamResponse], _abc.AsyncIterator[_queue_pb2.StreamResponse]]:
         """Direct call of a streaming (generator) endpoint: each partial output as it is made."""
+
+    @_abc_1.abstractmethod
+    def Realtime(
+        self,
+        request_iterator: _MaybeAsyncIterator[_queue_pb2.RealtimeRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_queue_pb2.RealtimeResponse], _abc.AsyncIterator[_queue_pb2.RealtimeResponse]]:
+        """A realtime session with an endpoint marked realtime: the first message opens it, then
+        the caller streams inputs and the handler streams outputs back, on one runner for the
+        life of the stream. The caller's half-close ends the handler's input; the stream ends
+        when the handler returns (an error ends it with the error's status). Not stored, never
+        retried.
+        """
 
 def add_QueueServicer_to_server(servicer: QueueServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -223,6 +223,8 @@ class RunnerMessage(_message.Message):
     RESULT_FIELD_NUMBER: _builtins.int
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     STATE_CHANGE_FIELD_NUMBER: _builtins.int
+    REALTIME_OUTPUT_FIELD_NUMBER: _builtins.int
+    REALTIME_CLOSED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___Hello: ...
     @_builtins.property
@@ -235,6 +237,10 @@ class RunnerMessage(_message.Message):
     def heartbeat(self) -> Global___Heartbeat: ...
     @_builtins.property
     def state_change(self) -> Global___StateChange: ...
+    @_builtins.property
+    def realtime_output(self) -> Global___RealtimeOutput: ...
+    @_builtins.property
+    def realtime_closed(self) -> Global___RealtimeClosed: ...
     def __init__(
         self,
         *,
@@ -244,16 +250,138 @@ class RunnerMessage(_message.Message):
         result: Global___Result | None = ...,
         heartbeat: Global___Heartbeat | None = ...,
         state_change: Global___StateChange | None = ...,
+        realtime_output: Global___RealtimeOutput | None = ...,
+        realtime_closed: Global___RealtimeClosed | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "heartbeat", b"heartbeat", "hello", b"hello", "log", b"log", "partial", b"partial", "result", b"result", "state_change", b"state_change"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "heartbeat", b"heartbeat", "hello", b"hello", "log", b"log", "partial", b"partial", "realtime_closed", b"realtime_closed", "realtime_output", b"realtime_output", "result", b"result", "state_change", b"state_change"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "heartbeat", b"heartbeat", "hello", b"hello", "log", b"log", "partial", b"partial", "result", b"result", "state_change", b"state_change"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "heartbeat", b"heartbeat", "hello", b"hello", "log", b"log", "partial", b"partial", "realtime_closed", b"realtime_closed", "realtime_output", b"realtime_output", "result", b"result", "state_change", b"state_change"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["hello", "log", "partial", "result", "heartbeat", "state_change"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["hello", "log", "partial", "result", "heartbeat", "state_change", "realtime_output", "realtime_closed"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
 Global___RunnerMessage: _TypeAlias = RunnerMessage  # noqa: Y015
+
+@_typing.final
+class RealtimeOutput(_message.Message):
+    """An output of a realtime session's handler."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    @_builtins.property
+    def output(self) -> _common_pb2.Payload: ...
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        output: _common_pb2.Payload | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["output", b"output"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["output", b"output", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RealtimeOutput: _TypeAlias = RealtimeOutput  # noqa: Y015
+
+@_typing.final
+class RealtimeClosed(_message.Message):
+    """A realtime session ended on the runner (its slot is free); `error` set when it failed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    @_builtins.property
+    def error(self) -> _common_pb2.ErrorInfo: ...
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        error: _common_pb2.ErrorInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RealtimeClosed: _TypeAlias = RealtimeClosed  # noqa: Y015
+
+@_typing.final
+class RealtimeStart(_message.Message):
+    """Open a realtime session (it takes a slot until it is closed)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    path: _builtins.str
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        path: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["path", b"path", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RealtimeStart: _TypeAlias = RealtimeStart  # noqa: Y015
+
+@_typing.final
+class RealtimeInput(_message.Message):
+    """One input of a realtime session."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    INPUT_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    @_builtins.property
+    def input(self) -> _common_pb2.Payload: ...
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        input: _common_pb2.Payload | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RealtimeInput: _TypeAlias = RealtimeInput  # noqa: Y015
+
+@_typing.final
+class RealtimeEnd(_message.Message):
+    """The caller finished sending inputs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RealtimeEnd: _TypeAlias = RealtimeEnd  # noqa: Y015
 
 @_typing.final
 class Assign(_message.Message):
@@ -329,24 +457,36 @@ class ServerMessage(_message.Message):
     ASSIGN_FIELD_NUMBER: _builtins.int
     CANCEL_FIELD_NUMBER: _builtins.int
     DRAIN_FIELD_NUMBER: _builtins.int
+    REALTIME_START_FIELD_NUMBER: _builtins.int
+    REALTIME_INPUT_FIELD_NUMBER: _builtins.int
+    REALTIME_END_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def assign(self) -> Global___Assign: ...
     @_builtins.property
     def cancel(self) -> Global___CancelAssignment: ...
     @_builtins.property
     def drain(self) -> Global___Drain: ...
+    @_builtins.property
+    def realtime_start(self) -> Global___RealtimeStart: ...
+    @_builtins.property
+    def realtime_input(self) -> Global___RealtimeInput: ...
+    @_builtins.property
+    def realtime_end(self) -> Global___RealtimeEnd: ...
     def __init__(
         self,
         *,
         assign: Global___Assign | None = ...,
         cancel: Global___CancelAssignment | None = ...,
         drain: Global___Drain | None = ...,
+        realtime_start: Global___RealtimeStart | None = ...,
+        realtime_input: Global___RealtimeInput | None = ...,
+        realtime_end: Global___RealtimeEnd | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["assign", b"assign", "cancel", b"cancel", "drain", b"drain", "event", b"event"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["assign", b"assign", "cancel", b"cancel", "drain", b"drain", "event", b"event", "realtime_end", b"realtime_end", "realtime_input", b"realtime_input", "realtime_start", b"realtime_start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assign", b"assign", "cancel", b"cancel", "drain", b"drain", "event", b"event"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assign", b"assign", "cancel", b"cancel", "drain", b"drain", "event", b"event", "realtime_end", b"realtime_end", "realtime_input", b"realtime_input", "realtime_start", b"realtime_start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["assign", "cancel", "drain"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["assign", "cancel", "drain", "realtime_start", "realtime_input", "realtime_end"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 

@@ -6,14 +6,16 @@ called once with an async iterator of decoded inputs; each output it yields goes
 once (RealtimeOutput). RealtimeEnd ends the handler's input. When the handler returns or
 fails, the runner sends RealtimeClosed (with the error, if any) and the slot is free.
 
-Buffering is bounded: at most `INPUT_BUFFER` inputs wait for the handler; one more closes
-the session with RESOURCE_EXHAUSTED (the caller sends faster than the handler reads).
+Buffering is bounded, with backpressure: the server sends at most `INPUT_BUFFER` inputs the
+handler has not taken yet, and the runner gives credit (RealtimeCredit) as the handler takes
+them; a server that sent more anyway closes the session with RESOURCE_EXHAUSTED. So a caller
+that sends faster than the handler reads is slowed down by gRPC's flow control, not failed.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from falrt.errors import FalrtError, ResourceExhaustedError
@@ -27,8 +29,9 @@ _END = None
 class RealtimeInputs:
     """The inputs of one session, waiting for its handler."""
 
-    def __init__(self, ep: Endpoint) -> None:
+    def __init__(self, ep: Endpoint, on_taken: Callable[[], Awaitable[None]]) -> None:
         self._ep = ep
+        self._on_taken = on_taken  # gives the server credit for one more input
         self._queue: asyncio.Queue[tuple[bytes, str] | None] = asyncio.Queue()
         self.msgpack = False  # answer as the caller last wrote
         self.overflow: FalrtError | None = None
@@ -49,5 +52,6 @@ class RealtimeInputs:
     async def __aiter__(self) -> AsyncIterator[Any]:
         while (item := await self._queue.get()) is not _END:
             data, content_type = item
+            await self._on_taken()
             self.msgpack = is_msgpack(content_type)
             yield self._ep.input_codec.decode(data, self.msgpack)

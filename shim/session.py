@@ -222,7 +222,10 @@ class RunnerSession:
             await self.outbox.send(wire.realtime_closed(sid, error))
             return
         entry = _Inflight(sid, self.outbox, in_thread=False)
-        inputs = self._sessions[sid] = RealtimeInputs(ep)
+        async def taken() -> None:  # never dropped: the server waits for this credit
+            await self.outbox.send(wire.realtime_credit(sid, 1))
+
+        inputs = self._sessions[sid] = RealtimeInputs(ep, taken)
         self._inflight[sid] = entry
         entry.task = asyncio.create_task(self._serve_realtime(sid, ep, entry, inputs))
 

@@ -122,6 +122,13 @@ def realtime_output(session_id: str, data: bytes, content_type: str) -> runner_p
     return out
 
 
+def realtime_credit(session_id: str, inputs: int) -> runner_pb2.RunnerMessage:
+    out = runner_pb2.RunnerMessage()
+    out.realtime_credit.session_id = session_id
+    out.realtime_credit.inputs = inputs
+    return out
+
+
 def realtime_closed(session_id: str, error: FalrtError | None) -> runner_pb2.RunnerMessage:
     out = runner_pb2.RunnerMessage()
     out.realtime_closed.session_id = session_id

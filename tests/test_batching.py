@@ -3,6 +3,8 @@ direct path, reach the handler together; one failing item fails alone."""
 
 from __future__ import annotations
 
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import msgspec
@@ -35,6 +37,31 @@ def test_concurrent_requests_are_batched_and_scattered_back(server: ServerProces
     for output in outputs:
         by_batch[output["batch"]] = by_batch.get(output["batch"], 0) + 1
     assert len(by_batch) < 16  # fewer handler calls than requests
+
+
+def test_a_full_batch_goes_at_once_and_a_lone_request_after_the_maximum_wait(
+    server: ServerProcess,
+) -> None:
+    """max_batch_size 8, max_batch_wait_ms 100 (tests/apps/batcher.py)."""
+    endpoint = server.deploy("tests/apps/batcher.py::Batcher")
+    with SyncClient(server.address) as client:
+        client.run(endpoint, {"x": 0})
+        barrier = threading.Barrier(8)
+
+        def together(x: int) -> dict[str, int]:
+            barrier.wait()  # the 8 calls leave within a few ms of each other
+            return client.run(endpoint, {"x": x})  # type: ignore[no-any-return]
+
+        with ThreadPoolExecutor(8) as pool:
+            outputs = list(pool.map(together, range(100, 108)))
+        assert [o["doubled"] for o in outputs] == [2 * x for x in range(100, 108)]
+        assert {(o["batch_size"], o["batch"]) for o in outputs} == {(8, outputs[0]["batch"])}
+
+        started = time.monotonic()
+        alone = client.run(endpoint, {"x": 7})
+        took = time.monotonic() - started
+    assert (alone["doubled"], alone["batch_size"]) == (14, 1)
+    assert 0.1 <= took < 2.0  # it waited for company the full 100 ms, then went alone
 
 
 def test_a_failing_item_fails_alone(server: ServerProcess) -> None:

@@ -34,6 +34,22 @@ def test_a_session_answers_each_input_in_order_on_one_runner(
     assert len({r["runner"] for r in replies}) == 1
 
 
+def test_a_thousand_messages_come_back_in_order(client: SyncClient, chat: str) -> None:
+    lines = ({"text": f"m{n}"} for n in range(1000))
+    replies = [(r["text"], r["n"]) for r in client.realtime(chat, lines, path="/chat")]
+    assert replies == [(f"M{n}", n + 1) for n in range(1000)]
+
+
+def test_a_caller_faster_than_the_handler_is_slowed_down_not_failed(
+    client: SyncClient, chat: str
+) -> None:
+    """300 inputs sent at once to a handler that reads one every 2 ms: more than the
+    runner's buffer of 64 would hold, so backpressure must hold the caller back."""
+    lines = ({"text": f"s{n}", "pause_s": 0.002} for n in range(300))
+    replies = [r["n"] for r in client.realtime(chat, lines, path="/chat")]
+    assert replies == list(range(1, 301))
+
+
 def test_outputs_stream_back_while_inputs_still_flow(client: SyncClient, chat: str) -> None:
     """Each input is sent only after the reply to the one before arrived: both directions
     are live at once."""

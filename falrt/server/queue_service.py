@@ -207,6 +207,9 @@ class QueueService(queue_pb2_grpc.QueueServicer):
         await session.started.wait()
         async for message in requests:
             if message.WhichOneof("item") == "input":
+                # Backpressure: no more inputs in flight than the runner's buffer; while
+                # this waits, the caller's stream is not read and gRPC slows the caller.
+                await session.credit.acquire()
                 self._scheduler.realtime_input(
                     session, message.input.data, message.input.content_type)
         self._scheduler.realtime_end(session)

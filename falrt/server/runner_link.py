@@ -102,15 +102,8 @@ class RunnerLinkService(runner_pb2_grpc.RunnerLinkServicer):
                 partial = message.partial
                 self._scheduler.on_partial(runner, partial.request_id, partial.output.data,
                                            partial.output.content_type)
-            case "realtime_output":
-                out = message.realtime_output
-                self._scheduler.on_realtime_output(runner, out.session_id, out.output.data,
-                                                   out.output.content_type)
-            case "realtime_closed":
-                closed = message.realtime_closed
-                error = (convert.error_record(closed.error) if closed.HasField("error")
-                         else None)
-                self._scheduler.on_realtime_closed(runner, closed.session_id, error)
+            case "realtime_output" | "realtime_credit" | "realtime_closed" as kind:
+                self._handle_realtime(runner, kind, message)
             case "heartbeat":
                 # A live stream is the liveness signal; the beat keeps proxies from idling and
                 # carries the runner's GPU figures.
@@ -120,6 +113,23 @@ class RunnerLinkService(runner_pb2_grpc.RunnerLinkServicer):
                     self._fleet.runner_draining(runner)
             case other:
                 raise errors.InvalidArgumentError(f"unexpected runner message {other!r}")
+
+    def _handle_realtime(
+        self, runner: RunnerHandle, kind: str, message: runner_pb2.RunnerMessage
+    ) -> None:
+        match kind:
+            case "realtime_output":
+                out = message.realtime_output
+                self._scheduler.on_realtime_output(runner, out.session_id, out.output.data,
+                                                   out.output.content_type)
+            case "realtime_credit":
+                credit = message.realtime_credit
+                self._scheduler.on_realtime_credit(runner, credit.session_id, credit.inputs)
+            case "realtime_closed":
+                closed = message.realtime_closed
+                error = (convert.error_record(closed.error) if closed.HasField("error")
+                         else None)
+                self._scheduler.on_realtime_closed(runner, closed.session_id, error)
 
 
 def _message(event: OutboxEvent) -> runner_pb2.ServerMessage:

@@ -442,6 +442,12 @@ class Scheduler:
             return
         item.partials.put_nowait((data, ctype))
 
+    def on_realtime_credit(self, runner: RunnerHandle, session_id: str, inputs: int) -> None:
+        item = runner.in_flight.get(session_id)
+        if isinstance(item, RealtimeSession):
+            for _ in range(max(0, inputs)):
+                item.credit.release()
+
     def on_realtime_closed(
         self, runner: RunnerHandle, session_id: str, error: ErrorRecord | None
     ) -> None:

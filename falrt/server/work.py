@@ -131,6 +131,9 @@ class DirectCall(WorkItem):
     partials: asyncio.Queue[tuple[bytes, str] | None] | None = None
 
 
+REALTIME_INPUT_BUFFER = 64  # as shim/realtime.py's INPUT_BUFFER
+
+
 @dataclass(eq=False)
 class RealtimeSession(DirectCall):
     """A Queue.Realtime session: queued like a direct call until a runner takes it, then it
@@ -138,3 +141,6 @@ class RealtimeSession(DirectCall):
     closed); `done` resolves with how it ended."""
 
     started: asyncio.Event = field(default_factory=asyncio.Event)
+    # Inputs the runner may still take (its buffer); given back by RealtimeCredit.
+    credit: asyncio.Semaphore = field(
+        default_factory=lambda: asyncio.Semaphore(REALTIME_INPUT_BUFFER))

@@ -225,6 +225,7 @@ class RunnerMessage(_message.Message):
     STATE_CHANGE_FIELD_NUMBER: _builtins.int
     REALTIME_OUTPUT_FIELD_NUMBER: _builtins.int
     REALTIME_CLOSED_FIELD_NUMBER: _builtins.int
+    REALTIME_CREDIT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___Hello: ...
     @_builtins.property
@@ -241,6 +242,8 @@ class RunnerMessage(_message.Message):
     def realtime_output(self) -> Global___RealtimeOutput: ...
     @_builtins.property
     def realtime_closed(self) -> Global___RealtimeClosed: ...
+    @_builtins.property
+    def realtime_credit(self) -> Global___RealtimeCredit: ...
     def __init__(
         self,
         *,
@@ -252,12 +255,13 @@ class RunnerMessage(_message.Message):
         state_change: Global___StateChange | None = ...,
         realtime_output: Global___RealtimeOutput | None = ...,
         realtime_closed: Global___RealtimeClosed | None = ...,
+        realtime_credit: Global___RealtimeCredit | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "heartbeat", b"heartbeat", "hello", b"hello", "log", b"log", "partial", b"partial", "realtime_closed", b"realtime_closed", "realtime_output", b"realtime_output", "result", b"result", "state_change", b"state_change"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "heartbeat", b"heartbeat", "hello", b"hello", "log", b"log", "partial", b"partial", "realtime_closed", b"realtime_closed", "realtime_credit", b"realtime_credit", "realtime_output", b"realtime_output", "result", b"result", "state_change", b"state_change"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "heartbeat", b"heartbeat", "hello", b"hello", "log", b"log", "partial", b"partial", "realtime_closed", b"realtime_closed", "realtime_output", b"realtime_output", "result", b"result", "state_change", b"state_change"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "heartbeat", b"heartbeat", "hello", b"hello", "log", b"log", "partial", b"partial", "realtime_closed", b"realtime_closed", "realtime_credit", b"realtime_credit", "realtime_output", b"realtime_output", "result", b"result", "state_change", b"state_change"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["hello", "log", "partial", "result", "heartbeat", "state_change", "realtime_output", "realtime_closed"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["hello", "log", "partial", "result", "heartbeat", "state_change", "realtime_output", "realtime_closed", "realtime_credit"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
@@ -287,6 +291,32 @@ class RealtimeOutput(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RealtimeOutput: _TypeAlias = RealtimeOutput  # noqa: Y015
+
+@_typing.final
+class RealtimeCredit(_message.Message):
+    """The handler of a realtime session took `inputs` more inputs: the server may send that
+    many more (it never has more than the runner's buffer in flight).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    inputs: _builtins.int
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        inputs: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["inputs", b"inputs", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RealtimeCredit: _TypeAlias = RealtimeCredit  # noqa: Y015
 
 @_typing.final
 class RealtimeClosed(_message.Message):

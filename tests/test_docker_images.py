@@ -7,12 +7,14 @@ built for `six` on it. Skipped, with the reason, only when no Docker engine answ
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from click.testing import CliRunner
 
 docker = pytest.importorskip("docker")
 
@@ -21,6 +23,8 @@ try:
     _client.ping()
 except docker.errors.DockerException:
     pytest.skip("no Docker engine: run scripts/docker.sh", allow_module_level=True)
+
+from falrt.cli.main import main  # noqa: E402
 
 from falrt.images.base import BaseSpec, build_base  # noqa: E402
 from falrt.images.build import EnvironmentImageBuilder  # noqa: E402
@@ -127,3 +131,29 @@ def test_build_error_names_the_failed_step(base: str) -> None:
     assert "failed at Step" in message and "RUN pip install" in message, message
     assert "falrt-no-such-package-zz" in message, message
     assert any("No matching distribution" in line for line in lines), lines[-10:]
+
+
+def test_cli_reuses_tags_and_pushes(base: str) -> None:
+    def falrt_images(*args: str) -> dict[str, object]:
+        result = CliRunner().invoke(main, ["images", *args, "--output", "json"])
+        assert result.exit_code == 0, result.output
+        value = json.loads(result.stdout)
+        assert isinstance(value, dict)
+        return value
+
+    ca = ["--ca-bundle", str(HOST_CA)] if HOST_CA.exists() else []
+    local = falrt_images("build-base", *ca)
+    assert local["ref"] == base and local["cached"] and not local["pushed"]
+    # With a registry: the local image of the same tag is named there and pushed, not rebuilt.
+    pushed = falrt_images("build-base", *ca, "--registry", f"{REGISTRY}/falrt-test")
+    assert pushed["cached"] and pushed["pushed"] and pushed["id"] == local["id"]
+    assert str(pushed["ref"]) == f"{REGISTRY}/falrt-test/{base}"
+    repo = "falrt-test/falrt-base"
+    tags = httpx.get(f"http://{REGISTRY}/v2/{repo}/tags/list").json()["tags"]
+    assert base.split(":")[1] in tags
+
+    env = falrt_images("build-env", "--base", base, "-r", "six")
+    assert str(env["ref"]).startswith("falrt-env:") and env["id"]
+
+    wrong = CliRunner().invoke(main, ["images", "build-base", "--python", "3.12"])
+    assert wrong.exit_code != 0 and "ships Python 3.11" in wrong.output

@@ -130,6 +130,9 @@ def test_build_error_names_the_failed_step(base: str) -> None:
     message = str(failure.value)
     assert "failed at Step" in message and "RUN pip install" in message, message
     assert "falrt-no-such-package-zz" in message, message
+    # pip's own explanation is in the message, without its terminal colours
+    assert "ERROR: No matching distribution found for falrt-no-such-package-zz" in message
+    assert "\x1b[" not in message
     assert any("No matching distribution" in line for line in lines), lines[-10:]
 
 

@@ -8,6 +8,8 @@ The docker SDK reports build, push and pull failures only as items of the stream
 from __future__ import annotations
 
 import hashlib
+import re
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +20,7 @@ from docker.errors import DockerException, ImageNotFound, NotFound
 from falrt.errors import FalrtError
 
 LineSink = Callable[[str], None]
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 class ImageError(FalrtError):
@@ -80,26 +83,38 @@ def consume_stream(
     error item. Returns the last `aux` item (a build's image id, a push's digest).
     """
     step = ""
+    recent: deque[str] = deque(maxlen=20)  # the current step's last lines
     aux: dict[str, Any] = {}
     for item in items:
         if "error" in item or "errorDetail" in item:
             detail = item.get("errorDetail") or {}
             message = str(item.get("error") or detail.get("message") or item).strip()
             where = f" at {step}" if step else ""
-            raise ImageError(f"{what} failed{where}: {message}")
+            raise ImageError(f"{what} failed{where}: {message}{_explanation(recent)}")
         if "aux" in item and isinstance(item["aux"], dict):
             aux = item["aux"]
         for line in _lines(item):
             if line.startswith("Step ") and " : " in line:
                 step = line
+                recent.clear()
+            else:
+                recent.append(line)
             if on_line is not None:
                 on_line(line)
     return aux
 
 
+def _explanation(recent: deque[str]) -> str:
+    """The step's own error lines (pip's `ERROR: …`), else its last lines, for the message."""
+    errors = [line for line in recent if line.startswith(("ERROR", "E:", "error:"))]
+    shown = errors or [line for line in recent if not line.startswith("Removing intermediate")]
+    return "\n" + "\n".join(shown[-5:]) if shown else ""
+
+
 def _lines(item: dict[str, Any]) -> list[str]:
-    if "stream" in item:
-        return [line for line in str(item["stream"]).splitlines() if line.strip()]
+    if "stream" in item:  # a build's output, with the colours pip gives its stderr
+        text = ANSI.sub("", str(item["stream"]))
+        return [line.rstrip() for line in text.splitlines() if line.strip()]
     if "status" in item:  # a push or pull: "Pushing", "Pull complete", with the layer id
         status = str(item["status"])
         if "id" in item:

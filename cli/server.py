@@ -20,6 +20,15 @@ _DEFAULTS = ServerSettings(data_dir=Path("."))
               help="where the store, bundles and runner environments live (env FALRT_DATA_DIR)")
 @click.option("--owner", envvar="FALRT_OWNER", default=DEFAULT_OWNER, show_default=True,
               help="owner part of endpoint ids, owner/app (env FALRT_OWNER)")
+@click.option("--backend", envvar="FALRT_BACKEND", type=click.Choice(["process", "docker"]),
+              default="process", show_default=True,
+              help="how runners run: local subprocesses, or containers on the local Docker "
+                   "engine (needs --docker-base)")
+@click.option("--docker-base", "docker_base", envvar="FALRT_DOCKER_BASE", default="",
+              help="the docker backend's base image (`falrt images build-base` prints one)")
+@click.option("--registry", envvar="FALRT_REGISTRY", default="",
+              help="the docker backend pushes environment images to HOST:PORT/prefix and "
+                   "runners pull them from there")
 @click.option("--store", envvar="FALRT_STORE", default="sqlite", show_default=True,
               help="sqlite (a file in the data dir), memory, or a postgresql://... DSN "
                    "(env FALRT_STORE)")
@@ -49,7 +58,8 @@ _DEFAULTS = ServerSettings(data_dir=Path("."))
               help="with a PostgreSQL store: seconds after which the other servers take over "
                    "the requests of a server that stopped renewing its lease")
 def server(
-    listen: str, data_dir: Path | None, owner: str, store: str, retry_backoff_base_s: float,
+    listen: str, data_dir: Path | None, owner: str, backend: str, docker_base: str,
+    registry: str, store: str, retry_backoff_base_s: float,
     retry_backoff_cap_s: float, result_retention_s: float, crash_backoff_step_s: float,
     crash_backoff_cap_s: float, gpu_inventory: Path | None, cluster_lease_s: float,
 ) -> None:
@@ -62,7 +72,8 @@ def server(
         retry_backoff_base_s=retry_backoff_base_s, retry_backoff_cap_s=retry_backoff_cap_s,
         result_retention_s=result_retention_s, crash_backoff_step_s=crash_backoff_step_s,
         crash_backoff_cap_s=crash_backoff_cap_s, cluster_lease_s=cluster_lease_s,
-        gpu_inventory=gpu_inventory,
+        gpu_inventory=gpu_inventory, backend=backend, docker_base=docker_base,
+        registry=registry,
         ))
     except StartupError as exc:
         raise click.ClickException(f"the server cannot start: {exc}") from None

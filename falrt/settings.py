@@ -42,6 +42,9 @@ class ServerSettings(msgspec.Struct, frozen=True):
     data_dir: Path = msgspec.field(default_factory=default_data_dir)
     owner: str = DEFAULT_OWNER
     backend: str = "process"
+    # The docker backend: the base of environment images, and the registry they go to.
+    docker_base: str = ""
+    registry: str = ""
     store: str = "sqlite"
     # Python interpreter that runs runners of apps without requirements (the server's own).
     runner_python: str = ""

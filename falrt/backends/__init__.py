@@ -7,10 +7,16 @@ from falrt.backends.process import ProcessBackend
 from falrt.gpus import GpuAllocator
 
 
-def create_backend(name: str, gpus: GpuAllocator | None = None) -> Backend:
-    """The backend a settings string names, handing out `gpus`."""
+def create_backend(
+    name: str, gpus: GpuAllocator | None = None, server_id: str = ""
+) -> Backend:
+    """The backend a settings string names, handing out `gpus`. Raises ValueError."""
     match name:
         case "process":
             return ProcessBackend(gpus)
+        case "docker":
+            from falrt.backends.docker import DockerBackend  # the docker SDK loads only here
+
+            return DockerBackend(gpus, server_id)
         case other:
-            raise ValueError(f"unknown backend {other!r}: choose process")
+            raise ValueError(f"unknown backend {other!r}: choose process or docker")

@@ -20,9 +20,13 @@ import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from falrt import errors
 from falrt.backends.spawn import run_streaming
+
+if TYPE_CHECKING:
+    from falrt.images.build import EnvironmentImageBuilder
 
 LineSink = Callable[[str], Awaitable[None]]
 READY = ".ready"
@@ -34,6 +38,36 @@ def environment_key(requirements: Sequence[str]) -> str:
         return ""
     spec = json.dumps([sys.version_info[:2], sorted(r.strip() for r in requirements)])
     return hashlib.sha256(spec.encode()).hexdigest()[:20]
+
+
+class Environments(Protocol):
+    """Where runners' environments come from: virtual environments (the process backend) or
+    container images (the docker backend)."""
+
+    def python_for(self, key: str) -> str:
+        """What a runner of environment `key` runs: an interpreter, or an image."""
+
+    async def ensure(self, requirements: Sequence[str], on_line: LineSink) -> str:
+        """Builds the environment for `requirements` unless cached; returns its key."""
+
+
+class ImageEnvironments:
+    """Environments as container images on `base` (falrt/images/build.py); the key of an
+    environment is its image reference."""
+
+    def __init__(self, builder: EnvironmentImageBuilder, base: str) -> None:
+        self._builder = builder
+        self._base = base
+
+    def python_for(self, key: str) -> str:
+        return key
+
+    async def ensure(self, requirements: Sequence[str], on_line: LineSink) -> str:
+        image = await self._builder.ensure(self._base, requirements, on_line=on_line)
+        await on_line(f"environment image {image.ref} "
+                      f"({'built' if image.built else 'pulled' if image.pulled else 'cached'}, "
+                      f"{image.seconds:.1f} s)")
+        return image.ref
 
 
 class EnvironmentBuilder:

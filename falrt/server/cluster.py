@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from falrt import bundle
-from falrt.backends.environments import EnvironmentBuilder
+from falrt.backends.environments import Environments
 from falrt.server.scheduler import Scheduler
 from falrt.settings import ServerSettings
 from falrt.store.records import ClusterEvent, Revision, Status
@@ -56,7 +56,7 @@ class Cluster:
     """This server's membership of the servers sharing a PostgreSQL store."""
 
     def __init__(
-        self, store: PostgresStore, scheduler: Scheduler, environments: EnvironmentBuilder,
+        self, store: PostgresStore, scheduler: Scheduler, environments: Environments,
         settings: ServerSettings,
     ) -> None:
         self._store = store

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from falrt import bundle, errors
-from falrt.backends.environments import EnvironmentBuilder
+from falrt.backends.environments import Environments
 from falrt.names import MAIN, check_app_name, check_environment, full_name
 from falrt.server.apps import EffectiveSettings, check_config, kept_on_deploy, with_overrides
 from falrt.server.scheduler import Scheduler
@@ -75,7 +75,7 @@ DeployEvent = Progress | BuildLog | Deployed
 
 class Deployer:
     def __init__(
-        self, scheduler: Scheduler, environments: EnvironmentBuilder, settings: ServerSettings
+        self, scheduler: Scheduler, environments: Environments, settings: ServerSettings
     ) -> None:
         self._scheduler = scheduler
         self._environments = environments

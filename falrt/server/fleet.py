@@ -21,7 +21,7 @@ from typing import Any
 from falrt import errors
 from falrt.autoscaler.policy import RunnerView, ScalingContext, ScalingDecision, decide
 from falrt.backends.base import Backend, RunnerSpec
-from falrt.backends.environments import EnvironmentBuilder
+from falrt.backends.environments import Environments
 from falrt.gpus import NoCapacityError
 from falrt.names import split_name
 from falrt.server.apps import AppState, EffectiveSettings
@@ -49,7 +49,7 @@ class Fleet:
         self,
         scheduler: Scheduler,
         backend: Backend,
-        environments: EnvironmentBuilder,
+        environments: Environments,
         settings: ServerSettings,
     ) -> None:
         self.scheduler = scheduler
@@ -270,15 +270,17 @@ class Fleet:
         code = await runner.process.wait()
         deadline.cancel()
         # A runner that exits while starting, unless the server stopped it, failed to start.
+        oom = getattr(runner.process, "exit_reason", "")  # the docker backend knows OOM kills
         if runner.state in STARTING_STATES and not self._closing:
-            reason = runner.startup_error or await asyncio.to_thread(
+            reason = runner.startup_error or oom or await asyncio.to_thread(
                 _last_error_line, self.log_path(runner.runner_id)
             )
             if self._startup_failed(runner, f"exit status {code}: {reason}"):
                 return
         elif not runner.stop_requested and not self._closing:
             # It went on its own: a crash, a failed health check, a kill from outside.
-            reason = await asyncio.to_thread(_last_error_line, self.log_path(runner.runner_id))
+            reason = oom or await asyncio.to_thread(
+                _last_error_line, self.log_path(runner.runner_id))
             runner.last_error = f"exit status {code}: {reason}"
             log.warning("runner %s of %s exited: %s", runner.runner_id, runner.app_name,
                         runner.last_error)

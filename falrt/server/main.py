@@ -21,7 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from falrt.backends import create_backend
-from falrt.backends.environments import EnvironmentBuilder
+from falrt.backends.environments import EnvironmentBuilder, Environments, ImageEnvironments
 from falrt.client import credentials
 from falrt.gpus import GpuAllocator, discover
 from falrt.server.auth import Authenticator
@@ -83,12 +83,15 @@ async def serve(settings: ServerSettings) -> None:
     webhooks = WebhookSender(webhook_key, settings.owner)
     secret_box = await asyncio.to_thread(SecretBox.load_or_create, settings.data_dir)
     scheduler = Scheduler(store, settings)
-    environments = EnvironmentBuilder(settings.venvs_dir, settings.runner_python or sys.executable)
+    environments = _environments(settings)
     gpus = await asyncio.to_thread(discover, settings.gpu_inventory)
     if gpus:
         log.info("GPUs: %s", ", ".join(f"{g.index}: {g.name} ({g.machine_type or 'no type'}, "
                                         f"{g.uuid})" for g in gpus))
-    backend = create_backend(settings.backend, GpuAllocator(gpus))
+    try:
+        backend = create_backend(settings.backend, GpuAllocator(gpus), str(settings.data_dir))
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
     fleet = Fleet(scheduler, backend, environments, settings)
     scheduler.fleet = fleet
     fleet.secret_box = secret_box
@@ -134,8 +137,21 @@ async def serve(settings: ServerSettings) -> None:
     await store.close()
 
 
+def _environments(settings: ServerSettings) -> Environments:
+    """Virtual environments for the process backend; container images for docker."""
+    if settings.backend != "docker":
+        return EnvironmentBuilder(settings.venvs_dir, settings.runner_python or sys.executable)
+    if not settings.docker_base:
+        raise StartupError("the docker backend needs a base image: --docker-base IMAGE "
+                           "(`falrt images build-base` builds one from Debian packages)")
+    from falrt.images.build import EnvironmentImageBuilder  # the docker SDK loads only here
+
+    return ImageEnvironments(EnvironmentImageBuilder(settings.registry or None),
+                             settings.docker_base)
+
+
 async def _join_cluster(
-    store: Store, scheduler: Scheduler, environments: EnvironmentBuilder,
+    store: Store, scheduler: Scheduler, environments: Environments,
     settings: ServerSettings,
 ) -> Cluster | None:
     """With a PostgreSQL store, joins the servers that share it (falrt/server/cluster.py)."""
@@ -155,7 +171,7 @@ async def _join_cluster(
 
 def _grpc_server(
     settings: ServerSettings, scheduler: Scheduler, fleet: Fleet,
-    environments: EnvironmentBuilder, webhooks: WebhookSender, secret_box: SecretBox,
+    environments: Environments, webhooks: WebhookSender, secret_box: SecretBox,
 ) -> tuple[aio.Server, Any]:
     size = settings.max_message_bytes
     authenticator = Authenticator(scheduler)

@@ -1,0 +1,156 @@
+"""The docker backend against the real engine: runners are containers of environment images.
+
+Skipped, with the reason, only when no Docker engine answers (scripts/docker.sh starts one;
+CI runs it). The base image is built once per machine and reused.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+docker = pytest.importorskip("docker")
+
+try:
+    _engine = docker.from_env(timeout=600)
+    _engine.ping()
+except docker.errors.DockerException:
+    pytest.skip("no Docker engine: run scripts/docker.sh", allow_module_level=True)
+
+from falrt.client import SyncClient  # noqa: E402
+from falrt.client.control import ControlClient  # noqa: E402
+from falrt.images.base import build_base  # noqa: E402
+from tests.harness import ServerProcess, wait_for  # noqa: E402
+from tests.test_docker_images import spec  # noqa: E402
+
+pytestmark = pytest.mark.timeout(600)
+
+APP = '''
+import os
+import time
+from pathlib import Path
+
+import msgspec
+import falrt
+
+
+class In(msgspec.Struct):
+    write: str = ""
+    read: bool = False
+    allocate_mb: int = 0
+    sleep_s: float = 0
+
+
+class Out(msgspec.Struct):
+    version: int
+    runner: str
+    data: str
+
+
+class Box(falrt.App):
+    app_name = "{name}"
+    machine_type = "XS"
+    max_concurrency = 2
+    keep_alive = 300
+
+    @falrt.endpoint("/")
+    def run(self, request: In) -> Out:
+        shared = Path("/data/shared.txt")
+        if request.write:
+            shared.write_text(request.write)
+        if request.allocate_mb:
+            hog = bytearray(request.allocate_mb * 2**20)  # more than XS's 512 MiB
+            hog[::4096] = b"x" * len(hog[::4096])
+        time.sleep(request.sleep_s)
+        return Out(version={version}, runner=os.environ["FALRT_RUNNER_ID"],
+                   data=shared.read_text() if request.read else "")
+'''
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    base = build_base(spec()).ref
+    root = tmp_path_factory.mktemp("docker")
+    proc = ServerProcess(root / "data", root / "server.log", extra=[
+        "--backend", "docker", "--docker-base", base, "--retry-backoff", "0.05",
+    ]).start()
+    yield proc
+    proc.stop()
+
+
+def deploy(server: ServerProcess, tmp_path: Path, name: str, version: int = 1) -> str:
+    app = tmp_path / f"{name.replace('-', '_')}_{version}" / "box.py"
+    app.parent.mkdir(parents=True, exist_ok=True)
+    app.write_text(APP.format(name=name, version=version))
+    return server.deploy(f"{app}::Box")
+
+
+def container_of(runner_id: str) -> object:
+    (found,) = _engine.containers.list(filters={"label": f"falrt.runner={runner_id}"})
+    return found
+
+
+def test_examples_run_in_containers_on_every_path(server: ServerProcess) -> None:
+    hello = server.deploy("examples/hello.py::Hello")
+    tokens = server.deploy("examples/stream.py::Tokens")
+    with SyncClient(server.address) as client, ControlClient(server.address) as control:
+        assert client.run(hello, {"name": "box"}) == {"greeting": "Hello, box!"}
+        assert client.subscribe(hello, {"name": "queue"}) == {"greeting": "Hello, queue!"}
+        parts = list(client.stream(tokens, {"sentence": "in a box", "delay_s": 0}))
+        assert [p["token"] for p in parts] == ["in", "a", "box"]
+        (runner,) = control.list_runners("hello")
+    container = container_of(runner.runner_id)
+    config = container.attrs["HostConfig"]  # type: ignore[attr-defined]
+    assert (config["NanoCpus"], config["Memory"]) == (10**9, 2**30)  # machine type S
+    mounts = {m["Destination"]: m for m in container.attrs["Mounts"]}  # type: ignore[attr-defined]
+    assert mounts["/bundle"]["RW"] is False and mounts["/data"]["Name"] == "falrt-data"
+
+
+def test_a_code_only_redeploy_builds_nothing_and_serves_the_new_code(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    first = deploy(server, tmp_path, "box", version=1)
+    with SyncClient(server.address) as client:
+        assert client.run(first, {})["version"] == 1
+        images_before = {i.id for i in _engine.images.list()}
+        deploy(server, tmp_path, "box", version=2)  # rolling: a new runner, same image
+        assert client.run(first, {})["version"] == 2
+    assert {i.id for i in _engine.images.list()} == images_before  # no new image
+
+
+def test_a_killed_container_is_replaced_and_its_request_retried(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    endpoint = deploy(server, tmp_path, "victim")
+    with SyncClient(server.address) as client, ControlClient(server.address) as control:
+        first = client.run(endpoint, {})["runner"]
+        request_id = client.submit(endpoint, {"sleep_s": 3}).request_id
+        wait_for(lambda: any(request_id in r.in_flight_request_ids
+                             for r in control.list_runners("victim")), what="running")
+        _engine.containers.get(f"falrt-{first}").kill()  # as `docker kill` does
+        done = client.wait(request_id, timeout=120)
+    assert done.error is None and done.output["runner"] != first
+
+
+def test_data_is_shared_and_an_oom_kill_is_reported(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    writer = deploy(server, tmp_path, "writer")
+    reader = deploy(server, tmp_path, "reader")
+    with SyncClient(server.address) as client, ControlClient(server.address) as control:
+        client.run(writer, {"write": "written by another runner"})
+        assert client.run(reader, {"read": True})["data"] == "written by another runner"
+        hog = deploy(server, tmp_path, "hog")
+        runner = client.run(hog, {})["runner"]
+        request_id = client.submit(hog, {"allocate_mb": 900}, no_retry=True).request_id
+        done = client.wait(request_id, timeout=120)
+        assert done.error is not None
+        ended = wait_for(lambda: next((r for r in control.list_runners("hog", [9])
+                                       if r.runner_id == runner), None), what="the OOM kill")
+    assert "OOM-killed" in ended.last_error and "512 MiB" in ended.last_error
+    history = json.loads(server.cli("runners", "list", "--state", "terminated",
+                                    "--output", "json").stdout)
+    assert any("OOM-killed" in r.get("last_error", "") for r in history)

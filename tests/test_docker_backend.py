@@ -154,3 +154,27 @@ def test_data_is_shared_and_an_oom_kill_is_reported(
     history = json.loads(server.cli("runners", "list", "--state", "terminated",
                                     "--output", "json").stdout)
     assert any("OOM-killed" in r.get("last_error", "") for r in history)
+
+
+def test_a_runner_pulls_its_image_from_the_registry_when_the_host_lacks_it(
+    tmp_path: Path,
+) -> None:
+    base = build_base(spec()).ref
+    proc = ServerProcess(tmp_path / "data", tmp_path / "server.log", extra=[
+        "--backend", "docker", "--docker-base", base, "--registry", "127.0.0.1:5000/falrt-pull",
+    ]).start()
+    try:
+        endpoint = deploy(proc, tmp_path, "pulled")  # built and pushed to the registry
+        with SyncClient(proc.address) as client, ControlClient(proc.address) as control:
+            first = client.run(endpoint, {})["runner"]
+            image = container_of(first).image  # type: ignore[attr-defined]
+            proc.cli("runners", "kill", first)
+            wait_for(lambda: not control.list_runners("pulled"), what="no runner left")
+            for tag in image.tags:
+                _engine.images.remove(tag, force=True)
+            assert client.run(endpoint, {})["version"] == 1  # a new runner pulled it
+            (runner,) = control.list_runners("pulled")
+        states = [t.state for t in runner.transitions]
+        assert states[:3] == [1, 2, 3]  # PENDING, IMAGE_PULL, SETUP
+    finally:
+        proc.stop()

@@ -36,6 +36,7 @@ from docker.types import DeviceRequest
 from falrt import machines
 from falrt.backends.base import RunnerProcess, RunnerSpec
 from falrt.gpus import GpuAllocator
+from falrt.images.engine import ImageError
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,28 @@ class DockerBackend:
                 runtimes = {}
             self._nvidia = "nvidia" in runtimes
         return self._nvidia
+
+    async def missing(self, image: str) -> bool:
+        """Whether the engine lacks `image` (the runner must pull it: IMAGE_PULL)."""
+        def lacks() -> bool:
+            try:
+                self._engine().images.get(image)
+            except NotFound:
+                return True
+            return False
+
+        return await asyncio.to_thread(lacks)
+
+    async def pull(self, image: str) -> None:
+        """Pulls `image` from its registry. Raises ImageError naming what failed."""
+        def fetch() -> None:
+            repository, _, tag = image.rpartition(":")
+            try:
+                self._engine().images.pull(repository, tag=tag)
+            except DockerException as exc:
+                raise ImageError(f"cannot pull {image}: {exc}") from None
+
+        await asyncio.to_thread(fetch)
 
     async def start(self, spec: RunnerSpec) -> RunnerProcess:
         """Starts the runner's container (`spec.python` names its image)."""

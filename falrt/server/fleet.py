@@ -219,6 +219,10 @@ class Fleet:
             env=env,
         )
         try:
+            pull = getattr(self.backend, "pull", None)  # container backends: IMAGE_PULL
+            if pull is not None and await self.backend.missing(spec.python):  # type: ignore[attr-defined]
+                runner.set_state(RunnerState.IMAGE_PULL)
+                await pull(spec.python)
             runner.process = await self.backend.start(spec)
         except NoCapacityError as exc:  # taken since _placeable: wait as for no capacity
             runner.last_error = str(exc)

@@ -75,6 +75,8 @@ def _pairs(items: tuple[str, ...]) -> dict[str, str]:
 @click.option("--reset-scale", is_flag=True,
               help="drop the settings `falrt apps scale` set; use the code's for everything")
 @strategy_option
+@click.option("--no-cache", is_flag=True,
+              help="rebuild the app's environment from scratch (no cached layers or venv)")
 @env_option
 @click.option("--auth", type=click.Choice(AUTH_MODES), default=None,
               help="who may call the app: private (keys of its owner; the default), public "
@@ -85,7 +87,7 @@ def _pairs(items: tuple[str, ...]) -> dict[str, str]:
 @pass_cli
 def deploy(
     cli: CliContext, app_ref: str, app_name: str | None, message: str, reset_scale: bool,
-    strategy: str, env: str, auth: str | None, annotations: tuple[str, ...],
+    strategy: str, no_cache: bool, env: str, auth: str | None, annotations: tuple[str, ...],
     output: OutputFormat,
 ) -> None:
     """Deploy an app; print its endpoint id.
@@ -102,6 +104,7 @@ def deploy(
         header.strategy = STRATEGIES[strategy]
         header.annotations.update(_pairs(annotations))
         header.environment = env
+        header.no_cache = no_cache
         if auth:
             header.settings.app_auth = auth
         stderr.print(f"deploying {header.app_name} ({len(bundle.data)} bytes, "

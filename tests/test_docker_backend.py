@@ -178,3 +178,48 @@ def test_a_runner_pulls_its_image_from_the_registry_when_the_host_lacks_it(
         assert states[:3] == [1, 2, 3]  # PENDING, IMAGE_PULL, SETUP
     finally:
         proc.stop()
+
+
+OWN = '''
+from pathlib import Path
+
+import msgspec
+import falrt
+
+
+class In(msgspec.Struct):
+    pass
+
+
+class Out(msgspec.Struct):
+    greeting: str
+
+
+class Own(falrt.App):
+    app_name = "own"
+    dockerfile = """
+FROM {base}
+RUN echo "from the app's own image" > /etc/falrt-greeting
+"""
+
+    @falrt.endpoint("/")
+    def run(self, request: In) -> Out:
+        return Out(greeting=Path("/etc/falrt-greeting").read_text().strip())
+'''
+
+
+def test_an_app_may_bring_its_own_dockerfile_and_no_cache_rebuilds(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    app = tmp_path / "own.py"
+    app.write_text(OWN.format(base=build_base(spec()).ref))
+    first = server.cli("deploy", f"{app}::Own")
+    endpoint = first.stdout.strip().splitlines()[-1]
+    with SyncClient(server.address) as client:
+        assert client.run(endpoint, {}) == {"greeting": "from the app's own image"}
+    again = server.cli("deploy", f"{app}::Own")  # nothing changed: nothing is built
+    assert "is cached" in again.stderr and "(cached," in again.stderr
+    rebuilt = server.cli("deploy", f"{app}::Own", "--no-cache")
+    assert "(built," in rebuilt.stderr
+    with SyncClient(server.address) as client:
+        assert client.run(endpoint, {}) == {"greeting": "from the app's own image"}

@@ -191,3 +191,15 @@ def test_a_server_that_cannot_start_says_why(server: ServerProcess, tmp_path: Pa
     assert refused.returncode != 0 and "cannot open the PostgreSQL database" in refused.stderr
     assert "hunter2" not in refused.stderr  # the DSN's password is never printed
     assert "Traceback" not in taken.stderr + unknown.stderr + refused.stderr
+
+
+def test_an_app_with_its_own_dockerfile_needs_the_docker_backend(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    source = BROKEN_SETUP.replace('app_name = "broken"',
+                                  'app_name = "boxed"\n    dockerfile = "FROM debian"')
+    app_file = tmp_path / "boxed.py"
+    app_file.write_text(source)
+    result = server.cli("deploy", f"{app_file}::Broken", check=False)
+    assert result.returncode != 0 and "needs" not in result.stdout
+    assert "deploy it to a server with the docker backend" in result.stderr

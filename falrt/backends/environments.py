@@ -47,8 +47,12 @@ class Environments(Protocol):
     def python_for(self, key: str) -> str:
         """What a runner of environment `key` runs: an interpreter, or an image."""
 
-    async def ensure(self, requirements: Sequence[str], on_line: LineSink) -> str:
-        """Builds the environment for `requirements` unless cached; returns its key."""
+    async def ensure(
+        self, requirements: Sequence[str], on_line: LineSink, *, no_cache: bool = False,
+        dockerfile: str = "",
+    ) -> str:
+        """Builds the environment for `requirements` unless cached (`no_cache`: always);
+        returns its key. `dockerfile`: the app's own base (container environments only)."""
 
 
 class ImageEnvironments:
@@ -62,8 +66,15 @@ class ImageEnvironments:
     def python_for(self, key: str) -> str:
         return key
 
-    async def ensure(self, requirements: Sequence[str], on_line: LineSink) -> str:
-        image = await self._builder.ensure(self._base, requirements, on_line=on_line)
+    async def ensure(
+        self, requirements: Sequence[str], on_line: LineSink, *, no_cache: bool = False,
+        dockerfile: str = "",
+    ) -> str:
+        base = self._base
+        if dockerfile:  # the app's own base image, built from its Dockerfile
+            base = await self._builder.app_base(dockerfile, no_cache=no_cache, on_line=on_line)
+        image = await self._builder.ensure(base, requirements, no_cache=no_cache,
+                                           on_line=on_line)
         await on_line(f"environment image {image.ref} "
                       f"({'built' if image.built else 'pulled' if image.pulled else 'cached'}, "
                       f"{image.seconds:.1f} s)")
@@ -85,16 +96,24 @@ class EnvironmentBuilder:
     def is_ready(self, key: str) -> bool:
         return not key or (self._dir / key / READY).exists()
 
-    async def ensure(self, requirements: Sequence[str], on_line: LineSink) -> str:
-        """Builds the environment for `requirements` unless cached; returns its key.
+    async def ensure(
+        self, requirements: Sequence[str], on_line: LineSink, *, no_cache: bool = False,
+        dockerfile: str = "",
+    ) -> str:
+        """Builds the environment for `requirements` unless cached (`no_cache`: always);
+        returns its key.
 
         Raises InvalidArgumentError when pip cannot install the requirements.
         """
+        if dockerfile:
+            raise errors.InvalidArgumentError(
+                "the app brings its own Dockerfile: deploy it to a server with the docker "
+                "backend (falrt server --backend docker)")
         key = environment_key(requirements)
         if not key:
             return key
         async with self._locks.setdefault(key, asyncio.Lock()):
-            if await asyncio.to_thread(self.is_ready, key):
+            if not no_cache and await asyncio.to_thread(self.is_ready, key):
                 await on_line(f"environment {key} is cached")
                 return key
             await self._build(key, requirements, on_line)

@@ -197,6 +197,52 @@ class EnvironmentImageBuilder:
             loop.call_soon_threadsafe(lines.put_nowait, None)
             await forwarder
 
+    async def app_base(
+        self, dockerfile_text: str, *, no_cache: bool = False,
+        on_line: AsyncLineSink | None = None,
+    ) -> str:
+        """The image an app's own Dockerfile builds (`falrt-app-base:<hash of its text>`),
+        built only when the engine lacks it; its build log goes to `on_line`."""
+        loop = asyncio.get_running_loop()
+        lines: asyncio.Queue[str | None] = asyncio.Queue()
+
+        def sink(line: str) -> None:  # called in the worker thread
+            loop.call_soon_threadsafe(lines.put_nowait, line)
+
+        async def forward() -> None:
+            while (line := await lines.get()) is not None:
+                if on_line is not None:
+                    await on_line(line)
+
+        forwarder = asyncio.create_task(forward())
+        try:
+            return await asyncio.to_thread(self._app_base, dockerfile_text, no_cache, sink)
+        finally:
+            loop.call_soon_threadsafe(lines.put_nowait, None)
+            await forwarder
+
+    def _app_base(self, text: str, no_cache: bool, on_line: LineSink) -> str:
+        client = engine()
+        ref = ImageRef.make("falrt-app-base", digest([text])[:24], None)
+        if not no_cache and local_image_id(client, str(ref)) is not None:
+            on_line(f"the app's base image {ref} is cached")
+            return str(ref)
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            info = tarfile.TarInfo("Dockerfile")
+            data = text.encode()
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+        try:
+            stream = client.api.build(
+                fileobj=io.BytesIO(buffer.getvalue()), custom_context=True, tag=str(ref),
+                rm=True, forcerm=True, nocache=no_cache, pull=False, decode=True,
+                network_mode=self.network_mode)
+            consume_stream(stream, f"building the app's Dockerfile ({ref})", on_line)
+        except DockerException as exc:
+            raise ImageError(f"building the app's Dockerfile failed: {exc}") from exc
+        return str(ref)
+
     def ensure_blocking(
         self,
         base: str,

@@ -54,6 +54,9 @@ class App:
     retry_config: ClassVar[dict[str, int] | None] = None
     # The secrets of its environment the app receives as environment variables (None: all).
     secrets: ClassVar[list[str] | None] = None
+    # The docker backend: a Dockerfile (its text) to build the app's base image from
+    # (python3 with venv in it); the server adds falrt and the requirements on top.
+    dockerfile: ClassVar[str | None] = None
 
     __falrt_endpoints__: ClassVar[Mapping[str, Endpoint]] = {}
 

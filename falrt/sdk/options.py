@@ -97,6 +97,11 @@ def _check_retry_config(name: str, value: Any) -> None:
         _int_at_least(0)(f"{name}[{condition!r}]", retries)
 
 
+def _check_dockerfile(name: str, value: Any) -> None:
+    if not isinstance(value, str) or "FROM" not in value.upper():
+        raise ValueError(f"App option {name} must be the text of a Dockerfile (with a FROM)")
+
+
 def _check_app_auth(name: str, value: Any) -> None:
     if value not in APP_AUTH_MODES:
         raise ValueError(f"App option {name} must be one of {APP_AUTH_MODES}, got {value!r}")
@@ -121,6 +126,7 @@ _CHECKS: dict[str, Check] = {
     "skip_retry_conditions": _check_conditions,
     "retry_config": _check_retry_config,
     "secrets": _check_str_list,
+    "dockerfile": _check_dockerfile,
 }
 
 OPTION_NAMES: frozenset[str] = frozenset(_CHECKS)

@@ -38,6 +38,7 @@ class AppSettingsSpec(msgspec.Struct, frozen=True, omit_defaults=True, forbid_un
     skip_retry_conditions: tuple[str, ...] = ()
     retry_config: dict[str, int] = msgspec.field(default_factory=dict)
     secrets: tuple[str, ...] = ()
+    dockerfile: str = ""
 
 
 class EndpointDescription(msgspec.Struct, frozen=True):
@@ -72,6 +73,7 @@ def _settings(cls: type[App]) -> AppSettingsSpec:
         num_gpus=cls.num_gpus,
         app_auth=cls.app_auth,
         secrets=tuple(cls.secrets or ()),
+        dockerfile=cls.dockerfile or "",
         keep_alive_s=_float(cls.keep_alive),
         min_concurrency=cls.min_concurrency,
         max_concurrency=cls.max_concurrency,

@@ -74,6 +74,7 @@ def settings_to_proto(
         skip_retry_conditions=list(settings.skip_retry_conditions),
         retry_config=dict(settings.retry_config),
         secrets=list(settings.secrets),
+        dockerfile=settings.dockerfile,
         **values,
     )
 
@@ -87,6 +88,7 @@ def settings_from_proto(message: control_pb2.AppSettings) -> AppSettingsSpec:
         skip_retry_conditions=tuple(message.skip_retry_conditions),
         retry_config=dict(message.retry_config),
         secrets=tuple(message.secrets),
+        dockerfile=message.dockerfile,
         **values,
     )
 

@@ -116,7 +116,8 @@ class Cluster:
         async def show(line: str) -> None:
             log.info("environment of %s: %s", revision.app_name, line)
 
-        await self._environments.ensure(revision.config.requirements, show)
+        await self._environments.ensure(revision.config.requirements, show,
+                                        dockerfile=revision.config.dockerfile)
 
     # -- events ------------------------------------------------------------------------
 

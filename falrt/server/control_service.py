@@ -409,6 +409,7 @@ def _plan(header: control_pb2.DeployHeader) -> DeployPlan:
         message=header.message,
         reset_scale=header.reset_scale,
         environment=header.environment or MAIN,
+        no_cache=header.no_cache,
         strategy=_strategy(header.strategy),
         annotations=dict(header.annotations),
     )

@@ -188,6 +188,7 @@ def app_config(settings: control_pb2.AppSettings) -> AppConfig:
         skip_retry_conditions=tuple(settings.skip_retry_conditions),
         retry_config=dict(settings.retry_config),
         secrets=tuple(settings.secrets),
+        dockerfile=settings.dockerfile,
         **optional,
     )
 
@@ -196,7 +197,7 @@ def app_settings(config: AppConfig) -> control_pb2.AppSettings:
     message = control_pb2.AppSettings(
         requirements=config.requirements, machine_types=config.machine_types,
         app_auth=config.app_auth, skip_retry_conditions=config.skip_retry_conditions,
-        retry_config=config.retry_config, secrets=config.secrets,
+        retry_config=config.retry_config, secrets=config.secrets, dockerfile=config.dockerfile,
     )
     for name in _OPTIONAL_FIELDS:
         value = getattr(config, name)

@@ -44,6 +44,7 @@ class DeployPlan:
     strategy: str = ROLLING
     annotations: dict[str, str] = field(default_factory=dict)
     environment: str = MAIN
+    no_cache: bool = False
 
     @property
     def name(self) -> str:
@@ -102,7 +103,7 @@ class Deployer:
             raise errors.InvalidArgumentError(f"the bundle has no module {module}.py")
         yield Progress("BUILD", "building the environment")
         built: list[str] = []
-        async for event in self._build(plan.config, built):
+        async for event in self._build(plan.config, built, no_cache=plan.no_cache):
             yield event
         env_key = built[0]
         revision = Revision(
@@ -237,7 +238,9 @@ class Deployer:
         if digest.hexdigest() != plan.bundle_sha256:
             raise errors.InvalidArgumentError("the bundle's SHA-256 does not match its header")
 
-    async def _build(self, config: AppConfig, result: list[str]) -> AsyncIterator[DeployEvent]:
+    async def _build(
+        self, config: AppConfig, result: list[str], *, no_cache: bool = False
+    ) -> AsyncIterator[DeployEvent]:
         """Builds the environment, yielding its log lines as they come; appends its key."""
         lines: asyncio.Queue[str | None] = asyncio.Queue()
 
@@ -246,7 +249,8 @@ class Deployer:
 
         async def build() -> str:
             try:
-                return await self._environments.ensure(config.requirements, sink)
+                return await self._environments.ensure(
+                    config.requirements, sink, no_cache=no_cache, dockerfile=config.dockerfile)
             finally:
                 await lines.put(None)
 

@@ -43,6 +43,8 @@ class AppConfig(msgspec.Struct, frozen=True, omit_defaults=True):
     retry_config: dict[str, int] = msgspec.field(default_factory=dict)
     # The secrets of its environment the app receives (empty: all).
     secrets: tuple[str, ...] = ()
+    # The docker backend: the app's own Dockerfile (text), the base of its environment.
+    dockerfile: str = ""
 
 
 class EndpointRecord(msgspec.Struct, frozen=True):

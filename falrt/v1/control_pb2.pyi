@@ -139,6 +139,7 @@ class AppSettings(_message.Message):
     SKIP_RETRY_CONDITIONS_FIELD_NUMBER: _builtins.int
     RETRY_CONFIG_FIELD_NUMBER: _builtins.int
     SECRETS_FIELD_NUMBER: _builtins.int
+    DOCKERFILE_FIELD_NUMBER: _builtins.int
     num_gpus: _builtins.int
     app_auth: _builtins.str
     """"private", "public" or "shared"."""
@@ -152,6 +153,10 @@ class AppSettings(_message.Message):
     request_timeout_s: _builtins.float
     startup_timeout_s: _builtins.float
     termination_grace_period_s: _builtins.float
+    dockerfile: _builtins.str
+    """The docker backend: a Dockerfile (its text) whose image replaces the server's base
+    image under the app's environment (it needs python3 with venv).
+    """
     @_builtins.property
     def requirements(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """pip requirement specifiers installed into the runner's environment."""
@@ -192,10 +197,11 @@ class AppSettings(_message.Message):
         skip_retry_conditions: _abc.Iterable[_builtins.str] | None = ...,
         retry_config: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         secrets: _abc.Iterable[_builtins.str] | None = ...,
+        dockerfile: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_concurrency_buffer", b"_concurrency_buffer", "_concurrency_buffer_perc", b"_concurrency_buffer_perc", "_keep_alive_s", b"_keep_alive_s", "_max_concurrency", b"_max_concurrency", "_max_multiplexing", b"_max_multiplexing", "_min_concurrency", b"_min_concurrency", "_num_gpus", b"_num_gpus", "_request_timeout_s", b"_request_timeout_s", "_scaling_delay_s", b"_scaling_delay_s", "_startup_timeout_s", b"_startup_timeout_s", "_termination_grace_period_s", b"_termination_grace_period_s", "concurrency_buffer", b"concurrency_buffer", "concurrency_buffer_perc", b"concurrency_buffer_perc", "keep_alive_s", b"keep_alive_s", "max_concurrency", b"max_concurrency", "max_multiplexing", b"max_multiplexing", "min_concurrency", b"min_concurrency", "num_gpus", b"num_gpus", "request_timeout_s", b"request_timeout_s", "scaling_delay_s", b"scaling_delay_s", "startup_timeout_s", b"startup_timeout_s", "termination_grace_period_s", b"termination_grace_period_s"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_concurrency_buffer", b"_concurrency_buffer", "_concurrency_buffer_perc", b"_concurrency_buffer_perc", "_keep_alive_s", b"_keep_alive_s", "_max_concurrency", b"_max_concurrency", "_max_multiplexing", b"_max_multiplexing", "_min_concurrency", b"_min_concurrency", "_num_gpus", b"_num_gpus", "_request_timeout_s", b"_request_timeout_s", "_scaling_delay_s", b"_scaling_delay_s", "_startup_timeout_s", b"_startup_timeout_s", "_termination_grace_period_s", b"_termination_grace_period_s", "app_auth", b"app_auth", "concurrency_buffer", b"concurrency_buffer", "concurrency_buffer_perc", b"concurrency_buffer_perc", "keep_alive_s", b"keep_alive_s", "machine_types", b"machine_types", "max_concurrency", b"max_concurrency", "max_multiplexing", b"max_multiplexing", "min_concurrency", b"min_concurrency", "num_gpus", b"num_gpus", "request_timeout_s", b"request_timeout_s", "requirements", b"requirements", "retry_config", b"retry_config", "scaling_delay_s", b"scaling_delay_s", "secrets", b"secrets", "skip_retry_conditions", b"skip_retry_conditions", "startup_timeout_s", b"startup_timeout_s", "termination_grace_period_s", b"termination_grace_period_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_concurrency_buffer", b"_concurrency_buffer", "_concurrency_buffer_perc", b"_concurrency_buffer_perc", "_keep_alive_s", b"_keep_alive_s", "_max_concurrency", b"_max_concurrency", "_max_multiplexing", b"_max_multiplexing", "_min_concurrency", b"_min_concurrency", "_num_gpus", b"_num_gpus", "_request_timeout_s", b"_request_timeout_s", "_scaling_delay_s", b"_scaling_delay_s", "_startup_timeout_s", b"_startup_timeout_s", "_termination_grace_period_s", b"_termination_grace_period_s", "app_auth", b"app_auth", "concurrency_buffer", b"concurrency_buffer", "concurrency_buffer_perc", b"concurrency_buffer_perc", "dockerfile", b"dockerfile", "keep_alive_s", b"keep_alive_s", "machine_types", b"machine_types", "max_concurrency", b"max_concurrency", "max_multiplexing", b"max_multiplexing", "min_concurrency", b"min_concurrency", "num_gpus", b"num_gpus", "request_timeout_s", b"request_timeout_s", "requirements", b"requirements", "retry_config", b"retry_config", "scaling_delay_s", b"scaling_delay_s", "secrets", b"secrets", "skip_retry_conditions", b"skip_retry_conditions", "startup_timeout_s", b"startup_timeout_s", "termination_grace_period_s", b"termination_grace_period_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__concurrency_buffer: _TypeAlias = _typing.Literal["concurrency_buffer"]  # noqa: Y015
     _WhichOneofArgType__concurrency_buffer: _TypeAlias = _typing.Literal["_concurrency_buffer", b"_concurrency_buffer"]  # noqa: Y015
@@ -318,6 +324,7 @@ class DeployHeader(_message.Message):
     STRATEGY_FIELD_NUMBER: _builtins.int
     ANNOTATIONS_FIELD_NUMBER: _builtins.int
     ENVIRONMENT_FIELD_NUMBER: _builtins.int
+    NO_CACHE_FIELD_NUMBER: _builtins.int
     app_name: _builtins.str
     """The app's name (kebab-case); the endpoint id is "owner/app_name"."""
     entrypoint: _builtins.str
@@ -337,6 +344,8 @@ class DeployHeader(_message.Message):
     """The environment to deploy into ("" or "main": main). An app "x" in "staging" has the
     endpoint id "owner/x--staging".
     """
+    no_cache: _builtins.bool
+    """Rebuild the environment from scratch (no cached layers or virtual environment)."""
     @_builtins.property
     def settings(self) -> Global___AppSettings: ...
     @_builtins.property
@@ -359,10 +368,11 @@ class DeployHeader(_message.Message):
         strategy: Global___Strategy.ValueType = ...,
         annotations: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         environment: _builtins.str = ...,
+        no_cache: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "app_name", b"app_name", "bundle_sha256", b"bundle_sha256", "bundle_size", b"bundle_size", "endpoints", b"endpoints", "entrypoint", b"entrypoint", "environment", b"environment", "message", b"message", "reset_scale", b"reset_scale", "settings", b"settings", "strategy", b"strategy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "app_name", b"app_name", "bundle_sha256", b"bundle_sha256", "bundle_size", b"bundle_size", "endpoints", b"endpoints", "entrypoint", b"entrypoint", "environment", b"environment", "message", b"message", "no_cache", b"no_cache", "reset_scale", b"reset_scale", "settings", b"settings", "strategy", b"strategy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

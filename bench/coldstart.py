@@ -194,13 +194,17 @@ async def measure_backend(bench: Bench, reps: int, progress: Callable[[str], Non
 
 
 def docker_engine() -> str | None:
-    """None when a Docker engine answers; otherwise why not."""
+    """None when a Docker engine answers; otherwise why not. Asked in a child process: the
+    docker SDK imports `queue`, which in this process is bench/queue.py."""
+    probe = "import docker; docker.from_env(timeout=10).ping()"
     try:
-        import docker
-
-        docker.from_env(timeout=10).ping()
-    except Exception as exc:  # any failure: no usable engine
-        return f"no Docker engine answers ({type(exc).__name__}: {exc}); run scripts/docker.sh"
+        done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True,
+                              text=True, timeout=30, check=False)
+    except subprocess.TimeoutExpired:
+        return "no Docker engine answers (no answer within 30 s); run scripts/docker.sh"
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["?"])[-1]
+        return f"no Docker engine answers ({last}); run scripts/docker.sh"
     return None
 
 
@@ -297,7 +301,7 @@ def main() -> None:
     report["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
                                       capture_output=True, text=True, check=False).stdout.strip()
     report["wall_s"] = time.monotonic() - started
-    print(table(report))
+    print(table(report), flush=True)
     if args.out:
         args.out.write_text(json.dumps(report, indent=2) + "\n")
 

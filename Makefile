@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run stop test proto lint bench bench-autoscale clean
+.PHONY: run stop test proto lint bench bench-autoscale bench-coldstart clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ bench: $(STAMP)
 # The autoscaling picture: docs/autoscale.png and bench/autoscale.json (about 40 s).
 bench-autoscale: $(STAMP)
 	$(BIN)/python bench/autoscale.py
+
+# Cold starts, process and docker backends (the docker part needs scripts/docker.sh; ~1 min).
+bench-coldstart: $(STAMP)
+	$(BIN)/python bench/coldstart.py --out bench/coldstart.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info

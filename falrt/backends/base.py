@@ -6,6 +6,7 @@ starts dials the server back over RunnerLink with the spec's id and token.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -51,11 +52,22 @@ class RunnerProcess(Protocol):
     def gpus(self) -> list[str]:
         """UUIDs of the GPUs the runner holds (until it exits)."""
 
+    @property
+    def exit_reason(self) -> str:
+        """Why it ended, when the backend knows better than its log (an OOM kill); else ""."""
+
 
 class Backend(Protocol):
+    async def open(self) -> None:
+        """Connects to what the backend runs on (before `capacity` is asked). Idempotent."""
+
     def capacity(self, machine_type: str, num_gpus: int) -> str:
         """"" when a runner of this machine type (with `num_gpus` GPUs) can start now, else
         why not."""
+
+    async def fetch(self, spec: RunnerSpec, pulling: Callable[[], None]) -> None:
+        """Makes what the runner runs present on this host; calls `pulling()` first when it
+        must be fetched (the runner is then IMAGE_PULL)."""
 
     async def start(self, spec: RunnerSpec) -> RunnerProcess:
         """Starts a runner; returns once it is launched (not once it is ready)."""

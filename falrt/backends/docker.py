@@ -53,7 +53,7 @@ class Container:
         self._gpus = gpus
         self._on_exit: Callable[[], None] | None = on_exit
         self._exit_code: int | None = None
-        self.exit_reason = ""  # why it ended, when the engine knows (OOM-killed)
+        self._exit_reason = ""  # why it ended, when the engine knows (OOM-killed)
 
     @property
     def id(self) -> str:
@@ -67,14 +67,24 @@ class Container:
     def exit_code(self) -> int | None:
         return self._exit_code
 
+    @property
+    def exit_reason(self) -> str:
+        return self._exit_reason
+
     async def wait(self) -> int:
         result = await asyncio.to_thread(self._container.wait)
         self._exit_code = int(result.get("StatusCode", -1))
         await asyncio.to_thread(self._learn_why)
         on_exit, self._on_exit = self._on_exit, None
-        if on_exit is not None:
+        if on_exit is not None:  # once: its GPUs are free again
             on_exit()
+        await asyncio.to_thread(self._remove)
         return self._exit_code
+
+    def _remove(self) -> None:
+        """The container goes once it has ended (its output was copied to the runner's log)."""
+        with contextlib.suppress(DockerException):
+            self._container.remove(force=True)
 
     def _learn_why(self) -> None:
         with contextlib.suppress(DockerException):
@@ -82,7 +92,7 @@ class Container:
             state = self._container.attrs.get("State", {})
             if state.get("OOMKilled"):
                 limit = self._container.attrs.get("HostConfig", {}).get("Memory") or 0
-                self.exit_reason = (f"OOM-killed: it used more than its memory limit of "
+                self._exit_reason = (f"OOM-killed: it used more than its memory limit of "
                                     f"{limit // 2**20} MiB (a bigger machine type has more)")
 
     def terminate(self) -> None:
@@ -92,6 +102,11 @@ class Container:
         self._signal("SIGKILL")
 
     def _signal(self, name: str) -> None:
+        """Sends the signal from a worker thread: the engine's API is blocking I/O, and
+        terminate() and kill() are called on the server's event loop."""
+        threading.Thread(target=self._send, args=(name,), daemon=True).start()
+
+    def _send(self, name: str) -> None:
         with contextlib.suppress(NotFound, DockerException):  # it has gone already
             self._container.kill(signal=name)
 
@@ -110,44 +125,47 @@ class DockerBackend:
             self._client = docker.from_env()
         return self._client
 
+    async def open(self) -> None:
+        """Asks the engine once whether it has the NVIDIA runtime (off the event loop)."""
+        def runtimes() -> dict[str, Any]:
+            try:
+                return dict(self._engine().info().get("Runtimes", {}))
+            except DockerException as exc:
+                log.warning("the Docker engine does not answer: %s", exc)
+                return {}
+
+        self._nvidia = "nvidia" in await asyncio.to_thread(runtimes)
+
     def capacity(self, machine_type: str, num_gpus: int) -> str:
         if not machines.is_gpu(machine_type):
             return ""
-        if not self._has_nvidia_runtime():
+        if not self._nvidia:
             return (f"no capacity for {machine_type}: the Docker engine has no NVIDIA runtime "
                     "(install the NVIDIA Container Toolkit)")
         return self.gpus.capacity(machine_type, max(1, num_gpus))
 
-    def _has_nvidia_runtime(self) -> bool:
-        if self._nvidia is None:
-            try:
-                runtimes = self._engine().info().get("Runtimes", {})
-            except DockerException:
-                runtimes = {}
-            self._nvidia = "nvidia" in runtimes
-        return self._nvidia
+    async def fetch(self, spec: RunnerSpec, pulling: Callable[[], None]) -> None:
+        """Pulls the runner's image (`spec.python`) from its registry when the engine lacks
+        it. Raises ImageError naming what failed."""
+        image = spec.python
 
-    async def missing(self, image: str) -> bool:
-        """Whether the engine lacks `image` (the runner must pull it: IMAGE_PULL)."""
-        def lacks() -> bool:
+        def present() -> bool:
             try:
                 self._engine().images.get(image)
             except NotFound:
-                return True
-            return False
+                return False
+            return True
 
-        return await asyncio.to_thread(lacks)
-
-    async def pull(self, image: str) -> None:
-        """Pulls `image` from its registry. Raises ImageError naming what failed."""
-        def fetch() -> None:
+        def pull() -> None:
             repository, _, tag = image.rpartition(":")
             try:
                 self._engine().images.pull(repository, tag=tag)
             except DockerException as exc:
                 raise ImageError(f"cannot pull {image}: {exc}") from None
 
-        await asyncio.to_thread(fetch)
+        if not await asyncio.to_thread(present):
+            pulling()
+            await asyncio.to_thread(pull)
 
     async def start(self, spec: RunnerSpec) -> RunnerProcess:
         """Starts the runner's container (`spec.python` names its image)."""
@@ -162,12 +180,7 @@ class DockerBackend:
             raise
         threading.Thread(target=_copy_logs, args=(container, spec), daemon=True,
                          name=f"falrt-logs-{spec.runner_id}").start()
-        return Container(container, held, lambda: self._exited(spec.runner_id, container))
-
-    def _exited(self, runner_id: str, container: Any) -> None:
-        self.gpus.release(runner_id)
-        with contextlib.suppress(DockerException):  # the log was copied; nothing else to keep
-            container.remove(force=True)
+        return Container(container, held, lambda: self.gpus.release(spec.runner_id))
 
     def _run(self, spec: RunnerSpec, gpus: list[str]) -> Any:
         tier = machines.CPU_TIERS.get(spec.machine_type)

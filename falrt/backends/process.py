@@ -37,6 +37,10 @@ class LocalProcess:
         return list(self._gpus)
 
     @property
+    def exit_reason(self) -> str:
+        return ""  # its log says why
+
+    @property
     def pid(self) -> int:
         return self._child.pid
 
@@ -63,6 +67,12 @@ class ProcessBackend:
 
     def __init__(self, gpus: GpuAllocator | None = None) -> None:
         self.gpus = gpus or GpuAllocator([])
+
+    async def open(self) -> None:
+        return None
+
+    async def fetch(self, spec: RunnerSpec, pulling: Callable[[], None]) -> None:
+        return None  # the interpreter of its environment is on this host already
 
     def capacity(self, machine_type: str, num_gpus: int) -> str:
         """CPU tiers always fit (the process backend sets no CPU or memory limits); GPU

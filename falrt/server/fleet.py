@@ -219,10 +219,7 @@ class Fleet:
             env=env,
         )
         try:
-            pull = getattr(self.backend, "pull", None)  # container backends: IMAGE_PULL
-            if pull is not None and await self.backend.missing(spec.python):  # type: ignore[attr-defined]
-                runner.set_state(RunnerState.IMAGE_PULL)
-                await pull(spec.python)
+            await self.backend.fetch(spec, lambda: runner.set_state(RunnerState.IMAGE_PULL))
             runner.process = await self.backend.start(spec)
         except NoCapacityError as exc:  # taken since _placeable: wait as for no capacity
             runner.last_error = str(exc)
@@ -274,16 +271,16 @@ class Fleet:
         code = await runner.process.wait()
         deadline.cancel()
         # A runner that exits while starting, unless the server stopped it, failed to start.
-        oom = getattr(runner.process, "exit_reason", "")  # the docker backend knows OOM kills
+        known = runner.process.exit_reason  # e.g. an OOM kill, from the docker backend
         if runner.state in STARTING_STATES and not self._closing:
-            reason = runner.startup_error or oom or await asyncio.to_thread(
+            reason = runner.startup_error or known or await asyncio.to_thread(
                 _last_error_line, self.log_path(runner.runner_id)
             )
             if self._startup_failed(runner, f"exit status {code}: {reason}"):
                 return
         elif not runner.stop_requested and not self._closing:
             # It went on its own: a crash, a failed health check, a kill from outside.
-            reason = oom or await asyncio.to_thread(
+            reason = known or await asyncio.to_thread(
                 _last_error_line, self.log_path(runner.runner_id))
             runner.last_error = f"exit status {code}: {reason}"
             log.warning("runner %s of %s exited: %s", runner.runner_id, runner.app_name,

@@ -92,6 +92,7 @@ async def serve(settings: ServerSettings) -> None:
         backend = create_backend(settings.backend, GpuAllocator(gpus), str(settings.data_dir))
     except ValueError as exc:
         raise StartupError(str(exc)) from None
+    await backend.open()
     fleet = Fleet(scheduler, backend, environments, settings)
     scheduler.fleet = fleet
     fleet.secret_box = secret_box

@@ -11,10 +11,11 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from falrt.names import check_app_name
+
 __all__ = ["APP_AUTH_MODES", "OPTION_NAMES", "kebab_case", "validate_options"]
 
 APP_AUTH_MODES = ("private", "public", "shared")
-_APP_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 
 Check = Callable[[str, Any], None]
@@ -71,11 +72,10 @@ def _check_machine_type(name: str, value: Any) -> None:
 def _check_app_name(name: str, value: Any) -> None:
     if not isinstance(value, str):
         raise TypeError(f"App option {name} must be a string, got {value!r}")
-    if not _APP_NAME.match(value) or "--" in value:
-        raise ValueError(
-            f"App option {name} must be kebab-case (a-z, 0-9, single '-'; at most 63), got "
-            f"{value!r}"
-        )
+    try:
+        check_app_name(value)
+    except ValueError as exc:
+        raise ValueError(f"App option {name}: {exc}") from None
 
 
 RETRY_CONDITIONS = ("timeout", "server_error", "connection_error")

@@ -225,7 +225,7 @@ class ControlService(control_pb2_grpc.ControlServicer):
     ) -> control_pb2.DeleteEnvironmentResponse:
         if request.name == MAIN:
             raise errors.FailedPreconditionError("the main environment cannot be deleted")
-        await self._environment(request.name)
+        await self._scheduler.environment(request.name)
         apps = [name for name in self._scheduler.apps if environment_of(name) == request.name]
         for name in apps:
             await self._scheduler.delete_app(name)
@@ -233,22 +233,13 @@ class ControlService(control_pb2_grpc.ControlServicer):
         await self._scheduler.store.delete_environment(request.name)
         return control_pb2.DeleteEnvironmentResponse(apps=apps, secrets=len(secrets))
 
-    async def _environment(self, name: str) -> str:
-        """The environment's name ("" is main); NotFoundError when it does not exist."""
-        name = name or MAIN
-        if name != MAIN and name not in {
-                e.name for e in await self._scheduler.store.list_environments()}:
-            raise errors.NotFoundError(
-                f"no environment {name!r}; create it with `falrt envs create {name}`")
-        return name
-
     # -- secrets -------------------------------------------------------------------------
 
     @unary
     async def SetSecrets(
         self, request: control_pb2.SetSecretsRequest, context: Context
     ) -> control_pb2.SetSecretsResponse:
-        environment = await self._environment(request.environment)
+        environment = await self._scheduler.environment(request.environment)
         if not request.values:
             raise errors.InvalidArgumentError("give at least one NAME=VALUE")
         for name, value in request.values.items():
@@ -264,7 +255,7 @@ class ControlService(control_pb2_grpc.ControlServicer):
     async def ListSecrets(
         self, request: control_pb2.ListSecretsRequest, context: Context
     ) -> control_pb2.ListSecretsResponse:
-        environment = await self._environment(request.environment)
+        environment = await self._scheduler.environment(request.environment)
         secrets = await self._scheduler.store.list_secrets(environment)
         return control_pb2.ListSecretsResponse(secrets=[
             control_pb2.SecretInfo(name=s.name, environment=s.environment,
@@ -276,7 +267,7 @@ class ControlService(control_pb2_grpc.ControlServicer):
     async def UnsetSecret(
         self, request: control_pb2.UnsetSecretRequest, context: Context
     ) -> control_pb2.UnsetSecretResponse:
-        environment = await self._environment(request.environment)
+        environment = await self._scheduler.environment(request.environment)
         if not await self._scheduler.store.delete_secret(environment, request.name):
             raise errors.NotFoundError(
                 f"no secret {request.name!r} in environment {environment!r}")

@@ -87,7 +87,7 @@ class Deployer:
     ) -> AsyncIterator[DeployEvent]:
         """Runs the whole pipeline. Raises InvalidArgumentError for a bad plan or bundle."""
         self._check(plan)
-        await self._check_environment(plan.environment)
+        await self._scheduler.environment(plan.environment)
         data = bytearray()
         async for event in self._receive(plan, chunks, data):
             yield event
@@ -185,13 +185,6 @@ class Deployer:
         endpoint_id = f"{self._settings.owner}/{revision.app_name}"
         yield Progress("DONE", f"{endpoint_id} serves revision {revision.revision_id}", 1.0)
         yield Deployed(endpoint_id, revision.app_name, revision.revision_id)
-
-    async def _check_environment(self, environment: str) -> None:
-        if environment != MAIN and environment not in {
-                e.name for e in await self._scheduler.store.list_environments()}:
-            raise errors.NotFoundError(
-                f"no environment {environment!r}; create it with `falrt envs create "
-                f"{environment}`")
 
     def _check(self, plan: DeployPlan) -> None:
         try:

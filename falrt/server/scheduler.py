@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from falrt import errors
+from falrt.names import MAIN
 from falrt.server.apps import (
     AppState,
     EffectiveSettings,
@@ -189,6 +190,14 @@ class Scheduler:
         if self.fleet is not None:
             self.fleet.wake()
         self.dispatch(app)
+
+    async def environment(self, name: str) -> str:
+        """The environment's name ("" is main). Raises NotFoundError when it does not exist."""
+        name = name or MAIN
+        if name != MAIN and name not in {e.name for e in await self.store.list_environments()}:
+            raise errors.NotFoundError(
+                f"no environment {name!r}; create it with `falrt envs create {name}`")
+        return name
 
     def resolve(self, endpoint_id: str, path: str) -> AppState:
         """The app an endpoint id names, checked to serve `path`. Raises NotFoundError."""

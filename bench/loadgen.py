@@ -15,6 +15,7 @@ import statistics
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
@@ -152,27 +153,31 @@ def falrt_submit_call(
     return call
 
 
+async def _until_completed(updates: Any, what: str) -> None:
+    """Reads a Watch or Subscribe stream until COMPLETED; CallFailed for an error."""
+    try:
+        async for update in updates:
+            if update.state.status == common_pb2.REQUEST_STATUS_COMPLETED:
+                if update.state.HasField("error"):
+                    raise CallFailed(update.state.error.message)
+                return
+    finally:
+        updates.cancel()
+    raise CallFailed(f"{what} ended before COMPLETED")
+
+
 def falrt_queue_call(
     channel: grpc.aio.Channel, endpoint_id: str, body: bytes, metadata: Metadata = ()
 ) -> Call:
     """`Queue.Submit`, then `Queue.Watch` until the request is COMPLETED."""
     stub = queue_pb2_grpc.QueueStub(channel)
     request = queue_pb2.SubmitRequest(endpoint_id=endpoint_id, path="/", input=payload(body))
-    completed = common_pb2.REQUEST_STATUS_COMPLETED
 
     async def call() -> None:
         submitted = await stub.Submit(request, timeout=CALL_TIMEOUT_S, metadata=metadata)
         watch = stub.Watch(queue_pb2.WatchRequest(request_id=submitted.request_id),
                            timeout=CALL_TIMEOUT_S, metadata=metadata)
-        try:
-            async for update in watch:
-                if update.state.status == completed:
-                    if update.state.HasField("error"):
-                        raise CallFailed(update.state.error.message)
-                    return
-        finally:
-            watch.cancel()
-        raise CallFailed(f"watch of {submitted.request_id} ended before COMPLETED")
+        await _until_completed(watch, f"watch of {submitted.request_id}")
 
     return call
 
@@ -184,19 +189,10 @@ def falrt_subscribe_call(
     stub = queue_pb2_grpc.QueueStub(channel)
     request = queue_pb2.SubscribeRequest(submit=queue_pb2.SubmitRequest(
         endpoint_id=endpoint_id, path="/", input=payload(body)))
-    completed = common_pb2.REQUEST_STATUS_COMPLETED
 
     async def call() -> None:
         updates = stub.Subscribe(request, timeout=CALL_TIMEOUT_S, metadata=metadata)
-        try:
-            async for update in updates:
-                if update.state.status == completed:
-                    if update.state.HasField("error"):
-                        raise CallFailed(update.state.error.message)
-                    return
-        finally:
-            updates.cancel()
-        raise CallFailed("subscribe ended before COMPLETED")
+        await _until_completed(updates, "subscribe")
 
     return call
 

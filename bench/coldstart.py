@@ -227,7 +227,8 @@ async def run_all(reps: int, docker: bool, progress: Callable[[str], None]) -> d
         if reason is None:
             base = base_image()
             report["docker_base"] = base
-            backends.append(("docker", ["--backend", "docker", "--docker-base", base]))
+            backends.append(("docker", ["--backend", "docker", "--docker-base", base,
+                                        "--reconnect-window", "0"]))  # stop with the server
         else:
             report["skipped"]["docker"] = reason
             progress(f"docker: skipped: {reason}")

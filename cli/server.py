@@ -57,11 +57,17 @@ _DEFAULTS = ServerSettings(data_dir=Path("."))
               show_default=True,
               help="with a PostgreSQL store: seconds after which the other servers take over "
                    "the requests of a server that stopped renewing its lease")
+@click.option("--reconnect-window", "runner_reconnect_s", envvar="FALRT_RECONNECT_WINDOW_S",
+              type=click.FloatRange(min=0), default=_DEFAULTS.runner_reconnect_s,
+              show_default=True,
+              help="docker backend: seconds runner containers wait for a restarted server, "
+                   "which adopts them warm; 0 stops them with the server")
 def server(
     listen: str, data_dir: Path | None, owner: str, backend: str, docker_base: str,
     registry: str, store: str, retry_backoff_base_s: float,
     retry_backoff_cap_s: float, result_retention_s: float, crash_backoff_step_s: float,
     crash_backoff_cap_s: float, gpu_inventory: Path | None, cluster_lease_s: float,
+    runner_reconnect_s: float,
 ) -> None:
     """Run the falrt server until interrupted."""
     from falrt.server.main import StartupError, run  # load the server only for this command
@@ -73,7 +79,7 @@ def server(
         result_retention_s=result_retention_s, crash_backoff_step_s=crash_backoff_step_s,
         crash_backoff_cap_s=crash_backoff_cap_s, cluster_lease_s=cluster_lease_s,
         gpu_inventory=gpu_inventory, backend=backend, docker_base=docker_base,
-        registry=registry,
+        registry=registry, runner_reconnect_s=runner_reconnect_s,
         ))
     except StartupError as exc:
         raise click.ClickException(f"the server cannot start: {exc}") from None

@@ -114,6 +114,13 @@ class GpuAllocator:
             self._holder[gpu.uuid] = runner_id
         return free
 
+    def hold(self, uuids: Iterable[str], runner_id: str) -> None:
+        """Marks GPUs as `runner_id`'s: a runner adopted after a restart holds them still."""
+        known = {g.uuid for g in self.gpus}
+        for uuid in uuids:
+            if uuid in known:
+                self._holder[uuid] = runner_id
+
     def release(self, runner_id: str) -> None:
         for uuid in [u for u, holder in self._holder.items() if holder == runner_id]:
             del self._holder[uuid]

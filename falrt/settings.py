@@ -53,6 +53,9 @@ class ServerSettings(msgspec.Struct, frozen=True):
     max_bundle_bytes: int = 256 * 1024 * 1024
     # How long the server waits for runners to finish when it stops.
     shutdown_grace_s: float = 5.0
+    # The docker backend: how long runner containers wait for a restarted server to adopt
+    # them (their server went away); 0: they stop with the server (docs/docker.md).
+    runner_reconnect_s: float = 60.0
     # Backoff before a failed attempt is retried: base * 2 ** (attempts - 1), at most cap.
     retry_backoff_base_s: float = 1.0
     retry_backoff_cap_s: float = 30.0

@@ -22,11 +22,20 @@ finish within the grace period (then their tasks are cancelled, no Result: the s
 them over) -> FALRT_RUNNER_STATE=TERMINATING, StateChange TERMINATING -> `teardown()` ->
 flush -> half-close -> wait for the server to close. If the stream breaks at any point,
 in-flight work is cancelled at once, `teardown()` runs, and `run()` returns.
+
+Reconnection (FALRT_RECONNECT_S > 0; the docker backend sets it, since a container outlives
+its server): every stream starts with the server's Welcome. When a welcomed stream is lost
+and no shutdown was asked for, the runner abandons its in-flight work (no Result: the
+restarted server re-queues what was in progress) and dials again, backing off from 0.1 s to
+1 s, sending the same Hello, until a stream is welcomed or `reconnect_s` has passed since the
+loss; then it shuts down as above. The app stays loaded throughout: a restarted server adopts
+the runner warm.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
@@ -70,6 +79,8 @@ EXIT_OK = 0
 EXIT_REFUSED = 4  # the server refused the runner (bad token, bad Hello)
 EXIT_UNHEALTHY = 5  # the app's health check failed failure_threshold times in a row
 CLOSE_TIMEOUT_S = 5.0
+RECONNECT_DELAY_S = 0.1  # the first wait before dialling a lost server again; doubles
+MAX_RECONNECT_DELAY_S = 1.0
 _REFUSED_CODES = (
     grpc.StatusCode.PERMISSION_DENIED,
     grpc.StatusCode.UNAUTHENTICATED,
@@ -116,6 +127,10 @@ class RunnerSession:
         self._call: Any = None
         self._outbox: Outbox | None = None
         self._lost = asyncio.Event()
+        self._stopping = asyncio.Event()  # set when shutdown is requested
+        self._welcomed = False  # on the current stream
+        self._welcomed_once = False
+        self._gpu_probe: GpuProbe | None = None
         self._call_cancelled = False
         self.exit_code = EXIT_OK
         self.threads_abandoned = False
@@ -128,8 +143,47 @@ class RunnerSession:
     # -- the stream ------------------------------------------------------------------
 
     async def run(self) -> int:
-        """Serves until the stream ends and shutdown completed; returns the exit code."""
+        """Serves until shutdown completed, or the server is gone for good; returns the exit
+        code. With `reconnect_s`, a lost stream is dialled again (the module docstring)."""
+        loop = asyncio.get_running_loop()
+        health = self._health_endpoint()
+        checker = asyncio.create_task(self._check_health(health)) if health else None
+        reconnect_s = self._settings.reconnect_s
+        window_end: float | None = None  # dial until then (from the last welcomed stream's end)
+        delay = RECONNECT_DELAY_S
+        while True:
+            welcomed = await self._attach(refusal_is_final=window_end is None)
+            if welcomed or window_end is None:  # (a first dial may meet a restarting server)
+                window_end, delay = loop.time() + reconnect_s, RECONNECT_DELAY_S
+            if not self._may_redial(window_end):
+                break
+            if welcomed:
+                log.warning("lost the server; its in-flight requests are abandoned (the server "
+                            "retries them); dialling %s again for %g s", self._settings.server,
+                            reconnect_s)
+                await self._abandon_inflight()
+            with contextlib.suppress(TimeoutError):  # a shutdown request ends the wait
+                await asyncio.wait_for(self._stopping.wait(), min(delay, window_end - loop.time()))
+            delay = min(delay * 2, MAX_RECONNECT_DELAY_S)
+        if reconnect_s and self._shutdown is None and self.exit_code == EXIT_OK:
+            log.warning("the server did not take this runner back within %g s; exiting",
+                        reconnect_s)
+        await self._start_shutdown(handle_exit=False)
+        if checker is not None:
+            checker.cancel()
+            await asyncio.gather(checker, return_exceptions=True)
+        return self.exit_code
+
+    def _may_redial(self, window_end: float) -> bool:
+        return (asyncio.get_running_loop().time() < window_end and self._shutdown is None
+                and self.exit_code == EXIT_OK)
+
+    async def _attach(self, refusal_is_final: bool) -> bool:
+        """One Attach stream: Hello, then server events until it ends. Returns whether the
+        server welcomed this runner on it."""
         self._outbox = Outbox(asyncio.get_running_loop())
+        self._lost = asyncio.Event()
+        self._welcomed = False
         limit = self._settings.max_message_bytes
         options = [
             ("grpc.max_send_message_length", limit),
@@ -142,22 +196,18 @@ class RunnerSession:
                 asyncio.create_task(self.outbox.pump(self._call)),
                 asyncio.create_task(self._heartbeat()),
             ]
-            health = self._health_endpoint()
-            if health is not None:
-                helpers.append(asyncio.create_task(self._check_health(health)))
-            await self._read(self._call)
+            await self._read(self._call, refusal_is_final)
             self._lost.set()
-            await self._start_shutdown(handle_exit=False)
             for task in helpers:
                 task.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
-        return self.exit_code
+        return self._welcomed
 
     def _hello(self) -> runner_pb2.RunnerMessage:
         s = self._settings
         return wire.hello(s.runner_id, s.token, s.max_multiplexing, list(self._endpoints))
 
-    async def _read(self, call: Any) -> None:
+    async def _read(self, call: Any, refusal_is_final: bool) -> None:
         """Handles server events until the stream ends (for any reason)."""
         try:
             async for message in call:
@@ -168,21 +218,27 @@ class RunnerSession:
                     continue
                 await self._on_event(event)
         except aio.AioRpcError as exc:
-            self._report_stream_end(exc)
+            self._report_stream_end(exc, refusal_is_final)
         except asyncio.CancelledError:
             if not self._call_cancelled:
                 raise
 
-    def _report_stream_end(self, exc: aio.AioRpcError) -> None:
+    def _report_stream_end(self, exc: aio.AioRpcError, refusal_is_final: bool) -> None:
         code = exc.code()
-        if code in _REFUSED_CODES:
+        if code in _REFUSED_CODES and refusal_is_final:
             self.exit_code = EXIT_REFUSED
             log.error("the server refused this runner: %s: %s", code.name, exc.details())
+        elif not self._welcomed and not refusal_is_final:  # dialling again: not back yet
+            log.debug("the server did not take this runner: %s: %s", code.name, exc.details())
         elif self._shutdown is None:
             log.warning("runner stream ended: %s: %s", code.name, exc.details())
 
     async def _on_event(self, event: wire.ServerEvent) -> None:
         match event:
+            case wire.Welcome(server_id=server_id):
+                if self._welcomed_once:
+                    log.info("the server (%s) took this runner back", server_id)
+                self._welcomed = self._welcomed_once = True
             case wire.Assign():
                 await self._admit(event)
             case wire.Cancel(request_id=request_id):
@@ -191,18 +247,24 @@ class RunnerSession:
                 self.request_shutdown()  # as in fal, every stop of a runner calls handle_exit
             case wire.RealtimeStart():
                 await self._open_realtime(event)
-            case wire.RealtimeInput(session_id=sid, data=data, content_type=ctype):
-                inputs = self._sessions.get(sid)
-                if inputs is not None and not inputs.put(data, ctype):
-                    self._cancel(sid)  # the buffer is full: the session closes with why
-            case wire.RealtimeEnd(session_id=sid):
-                if sid in self._sessions:
-                    self._sessions[sid].end()
+            case wire.RealtimeInput() | wire.RealtimeEnd():
+                self._realtime_input(event)
             case _:
                 raise AssertionError(f"unhandled server event {event!r}")
 
+    def _realtime_input(self, event: wire.RealtimeInput | wire.RealtimeEnd) -> None:
+        inputs = self._sessions.get(event.session_id)
+        if inputs is None:
+            return
+        if isinstance(event, wire.RealtimeEnd):
+            inputs.end()
+        elif not inputs.put(event.data, event.content_type):
+            self._cancel(event.session_id)  # the buffer is full: the session closes with why
+
     async def _heartbeat(self) -> None:
-        probe = await asyncio.to_thread(GpuProbe)
+        if self._gpu_probe is None:
+            self._gpu_probe = await asyncio.to_thread(GpuProbe)
+        probe = self._gpu_probe
         while True:
             await asyncio.sleep(self._settings.heartbeat_s)
             free = self._settings.max_multiplexing - len(self._inflight)
@@ -281,6 +343,7 @@ class RunnerSession:
                 log.error("health check failed %d times in a row (last: %s); this runner "
                           "stops", failures, reason)
                 self.exit_code = EXIT_UNHEALTHY
+                self._stopping.set()
                 self._call_cancelled = True
                 self._call.cancel()  # the server sees the runner go and retries its requests
                 return
@@ -408,6 +471,7 @@ class RunnerSession:
     def request_shutdown(self, handle_exit: bool = True) -> None:
         """Starts the shutdown sequence (SIGTERM: with handle_exit). Idempotent."""
         if self._shutdown is None:
+            self._stopping.set()
             self._shutdown = asyncio.create_task(self._shut_down(handle_exit))
 
     async def _start_shutdown(self, handle_exit: bool) -> None:

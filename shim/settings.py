@@ -14,6 +14,7 @@ This is the only module of the shim that reads `os.environ`. The server's backen
 | FALRT_HEARTBEAT_S         | seconds between heartbeats                          | 5           |
 | FALRT_SYNC_HANDLERS       | where sync handlers run: "thread", "loop", "auto"   | auto        |
 | FALRT_PARENT_PID          | die with this process (Linux; process backend)      | unset       |
+| FALRT_RECONNECT_S         | seconds to keep dialling after the stream is lost   | 0 (exit)    |
 
 "auto" runs sync handlers in the worker pool (see `falrt.shim.invoke` for why).
 """
@@ -91,6 +92,9 @@ class ShimSettings(msgspec.Struct, frozen=True):
     heartbeat_s: float = 5.0
     sync_handlers: SyncMode = "auto"
     parent_pid: int | None = None
+    # After a welcomed stream is lost: dial again for this long (the server restarted and
+    # adopts its runners) instead of exiting. 0: exit at once (the process backend).
+    reconnect_s: float = 0.0
     max_message_bytes: int = MAX_MESSAGE_BYTES
 
     @classmethod
@@ -110,4 +114,5 @@ class ShimSettings(msgspec.Struct, frozen=True):
             grace_period_s=_number(env, "FALRT_GRACE_PERIOD_S", 5.0, 0.0),
             heartbeat_s=_number(env, "FALRT_HEARTBEAT_S", 5.0, 0.01),
             sync_handlers=_sync_mode(env),
+            reconnect_s=_number(env, "FALRT_RECONNECT_S", 0.0, 0.0),
         )

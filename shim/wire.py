@@ -19,6 +19,7 @@ __all__ = [
     "Cancel",
     "Drain",
     "ServerEvent",
+    "Welcome",
     "error_result",
     "event_from_proto",
     "heartbeat",
@@ -68,7 +69,13 @@ class RealtimeEnd(msgspec.Struct, frozen=True):
     session_id: str
 
 
-ServerEvent = Assign | Cancel | Drain | RealtimeStart | RealtimeInput | RealtimeEnd
+class Welcome(msgspec.Struct, frozen=True):
+    """The server accepted this runner's Hello."""
+
+    server_id: str
+
+
+ServerEvent = Assign | Cancel | Drain | RealtimeStart | RealtimeInput | RealtimeEnd | Welcome
 
 
 class UnknownEvent(ValueError):
@@ -93,6 +100,8 @@ def event_from_proto(message: runner_pb2.ServerMessage) -> ServerEvent:
             return RealtimeInput(item.session_id, item.input.data, item.input.content_type)
         case "realtime_end":
             return RealtimeEnd(message.realtime_end.session_id)
+        case "welcome":
+            return Welcome(message.welcome.server_id)
         case other:
             raise UnknownEvent(f"unknown server message {other!r}")
 

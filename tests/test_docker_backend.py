@@ -78,7 +78,19 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         "--backend", "docker", "--docker-base", base, "--retry-backoff", "0.05",
     ]).start()
     yield proc
+    stop_and_clean(proc)
+
+
+def stop_and_clean(proc: ServerProcess) -> None:
+    """Stops a docker-backed server and removes the runner containers it leaves running for
+    its next start (they would wait the reconnect window, then exit)."""
     proc.stop()
+    for container in _engine.containers.list(all=True, filters={"label": server_label(proc)}):
+        container.remove(force=True)
+
+
+def server_label(proc: ServerProcess) -> str:
+    return f"falrt.server={(proc.data_dir / 'server-id').read_text().strip()}"
 
 
 def deploy(server: ServerProcess, tmp_path: Path, name: str, version: int = 1) -> str:
@@ -177,7 +189,57 @@ def test_a_runner_pulls_its_image_from_the_registry_when_the_host_lacks_it(
         states = [t.state for t in runner.transitions]
         assert states[:3] == [1, 2, 3]  # PENDING, IMAGE_PULL, SETUP
     finally:
-        proc.stop()
+        stop_and_clean(proc)
+
+
+def test_a_restarted_server_adopts_its_running_containers(tmp_path: Path) -> None:
+    base = build_base(spec()).ref
+    proc = ServerProcess(tmp_path / "data", tmp_path / "server.log", extra=[
+        "--backend", "docker", "--docker-base", base, "--retry-backoff", "0.05",
+    ]).start()
+    proc.listen = proc.address  # restarts listen where the runners dial
+    foreign = None
+    try:
+        endpoint = deploy(proc, tmp_path, "survivor")
+        with SyncClient(proc.address) as client, ControlClient(proc.address) as control:
+            runner = client.run(endpoint, {})["runner"]
+            container_id = container_of(runner).id  # type: ignore[attr-defined]
+            request_id = client.submit(endpoint, {"sleep_s": 2}).request_id
+            wait_for(lambda: any(request_id in r.in_flight_request_ids
+                                 for r in control.list_runners("survivor")), what="running")
+        # Beside it: a container of another server (never touched) and an ended one of this
+        # server's (removed at the next start).
+        foreign = _engine.containers.run(base, ["sleep", "300"], detach=True, labels={
+            "falrt.runner": "r-foreign", "falrt.server": "srv-someone-else"})
+        ended = _engine.containers.run(base, ["true"], detach=True, labels={
+            "falrt.runner": "r-ended", "falrt.server": server_label(proc).partition("=")[2]})
+        ended.wait()
+
+        proc.kill()  # a crash: the runner loses its stream with a request in flight
+        proc.start()
+        with SyncClient(proc.address) as client, ControlClient(proc.address) as control:
+            done = client.wait(request_id, timeout=120)  # retried, on the adopted runner
+            assert done.error is None and done.output["runner"] == runner
+            assert client.run(endpoint, {})["runner"] == runner
+            assert [r.runner_id for r in control.list_runners("survivor")] == [runner]
+        assert container_of(runner).id == container_id  # the same container throughout
+        assert f"adopted runner {runner}" in proc.log()
+        foreign.reload()
+        assert foreign.status == "running"
+        with pytest.raises(docker.errors.NotFound):
+            ended.reload()
+
+        proc.stop()  # a graceful restart leaves the runner to the next start as well
+        proc.start()
+        with SyncClient(proc.address) as client, ControlClient(proc.address) as control:
+            assert client.run(endpoint, {})["runner"] == runner
+            (info,) = control.list_runners("survivor")
+        assert container_of(runner).id == container_id
+        assert info.served >= 1
+    finally:
+        stop_and_clean(proc)
+        if foreign is not None:
+            foreign.remove(force=True)
 
 
 OWN = '''

@@ -136,20 +136,28 @@ class TestApp(falrt.App):
 
 class Link(runner_pb2_grpc.RunnerLinkServicer):
     """The server side of one runner's stream: runner messages go to `inbox` (None when the
-    runner's side ended); messages put in `outbox` go to the runner (None closes)."""
+    runner's side ended); messages put in `outbox` go to the runner (None closes). With
+    `welcome`, every accepted stream starts with Welcome, as falrt's server does."""
 
-    def __init__(self, refuse: bool = False) -> None:
+    def __init__(self, refuse: bool = False, welcome: bool = False) -> None:
         self.inbox: asyncio.Queue[runner_pb2.RunnerMessage | None] = asyncio.Queue()
         self.outbox: asyncio.Queue[runner_pb2.ServerMessage | None] = asyncio.Queue()
         self.refuse = refuse
+        self.welcome = welcome
+        self.refused = 0  # streams refused
 
     async def Attach(
         self, request_iterator: AsyncIterator[runner_pb2.RunnerMessage], context: Any
     ) -> AsyncIterator[runner_pb2.ServerMessage]:
         if self.refuse:
+            self.refused += 1
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "bad runner token")
+        while not self.outbox.empty():  # what was left for an earlier stream
+            self.outbox.get_nowait()
         reader = asyncio.ensure_future(self._read(request_iterator))
         try:
+            if self.welcome:
+                yield runner_pb2.ServerMessage(welcome=runner_pb2.Welcome(server_id="srv-test"))
             while (message := await self.outbox.get()) is not None:
                 yield message
         finally:
@@ -248,9 +256,11 @@ class Runner:
 
 
 @contextlib.asynccontextmanager
-async def shim(root: Path, refuse: bool = False, **env: str) -> AsyncIterator[Runner]:
+async def shim(
+    root: Path, refuse: bool = False, welcome: bool = False, **env: str
+) -> AsyncIterator[Runner]:
     """Starts a RunnerLink server on port 0 and a shim subprocess attached to it."""
-    link = Link(refuse)
+    link = Link(refuse, welcome)
     server = grpc.aio.server()
     runner_pb2_grpc.add_RunnerLinkServicer_to_server(link, server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -581,6 +591,50 @@ def test_a_lost_server_stops_the_runner_quickly(tmp_path: Path) -> None:
             assert await runner.exit_code() == 0
             assert runner.marked("block_cancelled") == ["orphan"]
             assert runner.marked("teardown") == ["TERMINATING"]
+
+    run(main)
+
+
+def test_a_runner_told_to_reconnect_dials_a_lost_server_again_and_stays_loaded(
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        async with shim(tmp_path, welcome=True, FALRT_RECONNECT_S="30") as runner:
+            await attached(runner)
+            runner.assign("x1", "/block", {"name": "orphan"})
+            await runner.log_line("x1", "blocking")
+            runner.link.outbox.put_nowait(None)  # the server goes away (a restart)
+            while await runner.next() is not None:
+                pass
+            again = await attached(runner)  # the same Hello on a new stream
+            assert (again.runner_id, again.token) == ("runner-1", "secret-token")
+            runner.assign("x2", "/", {"name": "again"})
+            assert output(await runner.result("x2")) == {"text": "hello again"}
+            # The request in flight when the stream was lost was abandoned (the server
+            # retries it), never answered; the app was neither torn down nor set up again.
+            assert not [m for m in runner.seen if m.HasField("result")
+                        and m.result.request_id == "x1"]
+            assert runner.marked("block_cancelled") == ["orphan"]
+            assert runner.marked("setup") == ["SETUP"] and runner.marked("teardown") == []
+            assert runner.proc.returncode is None
+
+    run(main)
+
+
+def test_a_runner_told_to_reconnect_exits_when_no_server_takes_it_back(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with shim(tmp_path, welcome=True, FALRT_RECONNECT_S="1.5") as runner:
+            await attached(runner)
+            runner.link.refuse = True  # a server that does not know this runner
+            runner.link.outbox.put_nowait(None)
+            loop = asyncio.get_running_loop()
+            lost_at = loop.time()
+            assert await runner.exit_code() == 0
+            waited = loop.time() - lost_at
+            assert 1.4 < waited < 6, waited
+            assert runner.link.refused >= 3  # it kept dialling through the window
+            assert runner.marked("teardown") == ["TERMINATING"]
+            assert "did not take this runner back within 1.5 s" in runner.stderr()
 
     run(main)
 

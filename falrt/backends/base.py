@@ -28,6 +28,9 @@ class RunnerSpec:
     machine_type: str = ""
     # GPUs it needs (of machine_type); the backend hands out whole GPUs.
     num_gpus: int = 0
+    # Whose runner it is (a backend whose runners outlive the server records them).
+    app_name: str = ""
+    revision_id: str = ""
     # Extra environment variables: the app's secrets among them, so never in a repr.
     env: dict[str, str] = field(default_factory=dict, repr=False)
 
@@ -57,7 +60,26 @@ class RunnerProcess(Protocol):
         """Why it ended, when the backend knows better than its log (an OOM kill); else ""."""
 
 
+@dataclass(frozen=True)
+class Survivor:
+    """A runner that outlived the server that started it (a container keeps running while
+    its server restarts), found by the next server on the same data directory."""
+
+    runner_id: str
+    token: str = field(repr=False)
+    app_name: str
+    revision_id: str
+    machine_type: str
+    max_multiplexing: int
+    server_address: str  # the address it dials (the old server's)
+    started_at: float  # wall-clock time it was started
+    process: RunnerProcess
+
+
 class Backend(Protocol):
+    # Whether its runners outlive the server (they wait for the next one to adopt them).
+    keeps_runners: bool
+
     async def open(self) -> None:
         """Connects to what the backend runs on (before `capacity` is asked). Idempotent."""
 
@@ -71,6 +93,10 @@ class Backend(Protocol):
 
     async def start(self, spec: RunnerSpec) -> RunnerProcess:
         """Starts a runner; returns once it is launched (not once it is ready)."""
+
+    async def survivors(self, log_path: Callable[[str], Path]) -> list[Survivor]:
+        """The runners of this server's previous life that still run (and removes those that
+        ended); their output goes on into `log_path(runner_id)`. Called once, at startup."""
 
     async def close(self) -> None:
         """Releases the backend's resources. Idempotent."""

@@ -16,25 +16,34 @@ through the docker Python SDK against the local engine:
   backend, and need the engine's NVIDIA runtime;
 - the app's secrets and falrt's runner variables are the container's environment (nothing
   of the server's own environment leaks in);
-- containers carry the label `falrt.runner` (and `falrt.server`); the runner's output is
-  copied from the container's log stream into the runner's log file.
+- containers carry the label `falrt.runner` (and `falrt.server`, `falrt.app`,
+  `falrt.revision`, ...); the runner's output is copied from the container's log stream
+  into the runner's log file.
+
+Containers outlive the server (`reconnect_s` > 0, `falrt server --reconnect-window`): a
+runner whose server went away dials it again for that long (FALRT_RECONNECT_S), and the next
+server on the same data directory finds its running containers by their labels and adopts
+them (`survivors`); ended ones are removed. Containers of other servers are never touched.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import threading
+import time
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import docker
 from docker.errors import DockerException, NotFound
 from docker.types import DeviceRequest
 
 from falrt import machines
-from falrt.backends.base import RunnerProcess, RunnerSpec
+from falrt.backends.base import RunnerProcess, RunnerSpec, Survivor
 from falrt.gpus import GpuAllocator
 from falrt.images.engine import ImageError
 
@@ -43,6 +52,8 @@ log = logging.getLogger(__name__)
 DATA_VOLUME = "falrt-data"
 BUNDLE_MOUNT = "/bundle"
 LABEL = "falrt.runner"
+SERVER_LABEL = "falrt.server"
+T = TypeVar("T")
 
 
 class Container:
@@ -72,7 +83,9 @@ class Container:
         return self._exit_reason
 
     async def wait(self) -> int:
-        result = await asyncio.to_thread(self._container.wait)
+        # A daemon thread, not the loop's executor: a server that leaves its containers
+        # running must not wait for them at exit.
+        result = await _in_daemon_thread(self._container.wait)
         self._exit_code = int(result.get("StatusCode", -1))
         await asyncio.to_thread(self._learn_why)
         on_exit, self._on_exit = self._on_exit, None
@@ -112,11 +125,16 @@ class Container:
 
 
 class DockerBackend:
-    """Runs runners as containers. `server_id` labels them as this server's."""
+    """Runs runners as containers. `server_id` labels them as this server's; they wait
+    `reconnect_s` for a restarted server (0: they stop with it)."""
 
-    def __init__(self, gpus: GpuAllocator | None = None, server_id: str = "") -> None:
+    def __init__(
+        self, gpus: GpuAllocator | None = None, server_id: str = "", reconnect_s: float = 0.0
+    ) -> None:
         self.gpus = gpus or GpuAllocator([])
         self._server_id = server_id
+        self._reconnect_s = reconnect_s
+        self.keeps_runners = reconnect_s > 0
         self._client: Any = None
         self._nvidia: bool | None = None
 
@@ -178,8 +196,7 @@ class DockerBackend:
         except BaseException:
             self.gpus.release(spec.runner_id)
             raise
-        threading.Thread(target=_copy_logs, args=(container, spec), daemon=True,
-                         name=f"falrt-logs-{spec.runner_id}").start()
+        _follow_logs(container, spec.runner_id, spec.log_path)
         return Container(container, held, lambda: self.gpus.release(spec.runner_id))
 
     def _run(self, spec: RunnerSpec, gpus: list[str]) -> Any:
@@ -192,19 +209,72 @@ class DockerBackend:
                                                        capabilities=[["gpu"]])]
         return self._engine().containers.run(
             spec.python, detach=True, network_mode="host",
-            environment=_environment(spec, gpus),
+            environment=_environment(spec, gpus, self._reconnect_s),
             volumes={str(spec.bundle_dir): {"bind": BUNDLE_MOUNT, "mode": "ro"},
                      DATA_VOLUME: {"bind": "/data", "mode": "rw"}},
-            labels={LABEL: spec.runner_id, "falrt.server": self._server_id},
+            labels={
+                LABEL: spec.runner_id, SERVER_LABEL: self._server_id,
+                "falrt.app": spec.app_name, "falrt.revision": spec.revision_id,
+                "falrt.machine": spec.machine_type, "falrt.slots": str(spec.max_multiplexing),
+                "falrt.started": f"{time.time():.3f}", "falrt.gpus": ",".join(gpus),
+            },
             name=f"falrt-{spec.runner_id}", **limits,
         )
+
+    async def survivors(self, log_path: Callable[[str], Path]) -> list[Survivor]:
+        """This server's running containers (of its previous life), to adopt; its ended ones
+        are removed. Containers of other servers are never touched."""
+        found = await asyncio.to_thread(self._own_containers)
+        survivors = []
+        for container in found:
+            runner_id = container.labels.get(LABEL, "")
+            gpus = [g for g in container.labels.get("falrt.gpus", "").split(",") if g]
+            process = Container(container, gpus, functools.partial(self.gpus.release, runner_id))
+            survivor = _survivor(container, process) if container.status == "running" else None
+            if survivor is None:
+                log.info("removing the ended container %s of a previous run", container.name)
+                await asyncio.to_thread(_remove, container)
+                continue
+            self.gpus.hold(gpus, runner_id)
+            _follow_logs(container, runner_id, log_path(runner_id), since=int(time.time()))
+            survivors.append(survivor)
+        return survivors
+
+    def _own_containers(self) -> list[Any]:
+        try:
+            return list(self._engine().containers.list(
+                all=True, filters={"label": f"{SERVER_LABEL}={self._server_id}"}))
+        except DockerException as exc:
+            log.warning("cannot list this server's containers: %s", exc)
+            return []
 
     async def close(self) -> None:
         if self._client is not None:
             await asyncio.to_thread(self._client.close)
 
 
-def _environment(spec: RunnerSpec, gpus: list[str]) -> dict[str, str]:
+def _survivor(container: Any, process: RunnerProcess) -> Survivor | None:
+    """What a running container's labels and environment say of its runner; None when they
+    do not say enough (a container of an older falrt: it is removed)."""
+    labels = container.labels
+    env = dict(item.partition("=")[::2] for item in container.attrs["Config"].get("Env") or [])
+    try:
+        return Survivor(
+            runner_id=labels[LABEL], token=env["FALRT_RUNNER_TOKEN"], app_name=labels["falrt.app"],
+            revision_id=labels["falrt.revision"], machine_type=labels["falrt.machine"],
+            max_multiplexing=int(labels["falrt.slots"]), server_address=env["FALRT_SERVER"],
+            started_at=float(labels["falrt.started"]), process=process,
+        )
+    except (KeyError, ValueError):
+        return None
+
+
+def _remove(container: Any) -> None:
+    with contextlib.suppress(DockerException):
+        container.remove(force=True)
+
+
+def _environment(spec: RunnerSpec, gpus: list[str], reconnect_s: float) -> dict[str, str]:
     env = dict(spec.env)  # the app's secrets and falrt's app variables
     env.update(
         FALRT_SERVER=spec.server_address,
@@ -214,6 +284,7 @@ def _environment(spec: RunnerSpec, gpus: list[str]) -> dict[str, str]:
         FALRT_ENTRYPOINT=spec.entrypoint,
         FALRT_MAX_MULTIPLEXING=str(spec.max_multiplexing),
         FALRT_GRACE_PERIOD_S=str(spec.grace_period_s),
+        FALRT_RECONNECT_S=str(reconnect_s),
         PYTHONUNBUFFERED="1",
         HF_HOME="/data/.cache/huggingface",
         TORCHINDUCTOR_CACHE_DIR="/data/.cache/inductor",
@@ -222,12 +293,43 @@ def _environment(spec: RunnerSpec, gpus: list[str]) -> dict[str, str]:
     return env
 
 
-def _copy_logs(container: Any, spec: RunnerSpec) -> None:
-    """Copies the container's output into the runner's log file until the container ends."""
-    spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+def _follow_logs(container: Any, runner_id: str, path: Path, since: int | None = None) -> None:
+    """Copies the container's output (from `since`, a Unix time) into the runner's log file
+    until the container ends, in a daemon thread."""
+    threading.Thread(target=_copy_logs, args=(container, runner_id, path, since), daemon=True,
+                     name=f"falrt-logs-{runner_id}").start()
+
+
+def _copy_logs(container: Any, runner_id: str, path: Path, since: int | None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with open(spec.log_path, "ab", buffering=0) as out:
-            for chunk in container.logs(stream=True, follow=True):
+        with open(path, "ab", buffering=0) as out:
+            for chunk in container.logs(stream=True, follow=True, since=since):
                 out.write(chunk)
     except (DockerException, OSError) as exc:
-        log.debug("log copy of %s ended: %s", spec.runner_id, exc)
+        log.debug("log copy of %s ended: %s", runner_id, exc)
+
+
+async def _in_daemon_thread(work: Callable[[], T]) -> T:
+    """`work()` in a daemon thread of its own: unlike `asyncio.to_thread`, nothing waits for
+    it when the server exits."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(outcome: Callable[[], None]) -> None:
+        if not future.done():
+            outcome()
+
+    def run() -> None:
+        try:
+            result = work()
+        except BaseException as exc:  # handed to the awaiting task
+            error = exc
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
+                loop.call_soon_threadsafe(settle, lambda: future.set_exception(error))
+        else:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(settle, lambda: future.set_result(result))
+
+    threading.Thread(target=run, daemon=True, name="falrt-container-wait").start()
+    return await future

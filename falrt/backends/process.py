@@ -13,10 +13,11 @@ import os
 import signal
 import subprocess
 from collections.abc import Callable
+from pathlib import Path
 from typing import BinaryIO
 
 from falrt import machines as machine_types
-from falrt.backends.base import RunnerProcess, RunnerSpec
+from falrt.backends.base import RunnerProcess, RunnerSpec, Survivor
 from falrt.backends.spawn import Child, spawn
 from falrt.gpus import GpuAllocator
 
@@ -65,6 +66,8 @@ class LocalProcess:
 class ProcessBackend:
     """Starts runners as subprocesses of the server; hands out the host's GPUs whole."""
 
+    keeps_runners = False  # they die with the server
+
     def __init__(self, gpus: GpuAllocator | None = None) -> None:
         self.gpus = gpus or GpuAllocator([])
 
@@ -101,6 +104,9 @@ class ProcessBackend:
             self.gpus.release(spec.runner_id)
             raise
         return LocalProcess(child, held, lambda: self.gpus.release(spec.runner_id))
+
+    async def survivors(self, log_path: Callable[[str], Path]) -> list[Survivor]:
+        return []  # its runners died with the previous server
 
     async def close(self) -> None:
         return None

@@ -20,7 +20,7 @@ from typing import Any
 
 from falrt import errors
 from falrt.autoscaler.policy import RunnerView, ScalingContext, ScalingDecision, decide
-from falrt.backends.base import Backend, RunnerSpec
+from falrt.backends.base import Backend, RunnerProcess, RunnerSpec, Survivor
 from falrt.backends.environments import Environments
 from falrt.gpus import NoCapacityError
 from falrt.names import split_name
@@ -64,6 +64,7 @@ class Fleet:
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
+        self._leaving = False  # closing, and leaving the runners for the next server
 
     # -- queries -----------------------------------------------------------------------
 
@@ -73,6 +74,8 @@ class Fleet:
     def pick_runner(self, app: AppState, avoid: str = "") -> RunnerHandle | None:
         """The live-revision runner with the most free slots, or None. The runner `avoid`
         is taken only when no other has a free slot."""
+        if self._leaving:
+            return None
         best: RunnerHandle | None = None
         for runner in self.runners.values():
             if runner.app_name != app.name or runner.revision_id != app.revision.revision_id:
@@ -216,6 +219,8 @@ class Fleet:
             log_path=self.log_path(runner.runner_id),
             machine_type=runner.machine_type,
             num_gpus=settings.num_gpus,
+            app_name=app.name,
+            revision_id=revision.revision_id,
             env=env,
         )
         try:
@@ -237,6 +242,40 @@ class Fleet:
             timeout_s, self._startup_deadline, runner, timeout_s
         )
         self._spawn(self._watch_exit(runner, deadline))
+
+    def adopt(self, survivors: list[Survivor]) -> int:
+        """Takes back the runners of this server's previous life (a backend whose runners
+        outlive the server): those of an app's live revision that dial this server's
+        address wait in SETUP for their Hello (as long as a start may take); the others are
+        stopped. Returns how many were adopted."""
+        loop = asyncio.get_running_loop()
+        adopted = 0
+        for survivor in survivors:
+            app = self.scheduler.apps.get(survivor.app_name)
+            why = _not_adoptable(survivor, app, self.address)
+            if why or app is None:
+                log.info("stopping runner %s of the previous run: %s", survivor.runner_id, why)
+                survivor.process.terminate()
+                self._spawn(_kill_after(survivor.process, self.settings.shutdown_grace_s,
+                                        survivor.runner_id))
+                continue
+            runner = RunnerHandle(
+                runner_id=survivor.runner_id, app_name=app.name,
+                revision_id=survivor.revision_id, token=survivor.token,
+                max_multiplexing=survivor.max_multiplexing,
+                machine_type=survivor.machine_type, state=RunnerState.SETUP,
+                started_at=survivor.started_at, adopted=True,
+            )
+            runner.process, runner.ready = survivor.process, loop.create_future()
+            self.runners[runner.runner_id] = runner
+            timeout_s = app.settings.startup_timeout_s
+            deadline = loop.call_later(timeout_s, self._startup_deadline, runner, timeout_s)
+            self._spawn(self._watch_exit(runner, deadline))
+            adopted += 1
+            log.info("adopted runner %s of %s (revision %s)", runner.runner_id, app.name,
+                     runner.revision_id)
+        self.wake()
+        return adopted
 
     async def _runner_env(self, app: AppState, revision: Revision) -> dict[str, str]:
         """What a runner of `revision` gets in its environment: the app's name and
@@ -264,15 +303,19 @@ class Fleet:
         if runner.state in STARTING_STATES and runner.process is not None:
             log.warning("runner %s did not finish setup in time; killing it", runner.runner_id)
             runner.startup_error = f"setup did not finish within {timeout_s:g} s (startup_timeout)"
+            if runner.adopted:
+                runner.last_error = (f"adopted after a restart, it did not dial in within "
+                                     f"{timeout_s:g} s (startup_timeout)")
             runner.process.kill()
 
     async def _watch_exit(self, runner: RunnerHandle, deadline: asyncio.TimerHandle) -> None:
         assert runner.process is not None
         code = await runner.process.wait()
         deadline.cancel()
-        # A runner that exits while starting, unless the server stopped it, failed to start.
+        # A runner that exits while starting, unless the server stopped it, failed to start
+        # (an adopted one, waiting to dial in, simply went).
         known = runner.process.exit_reason  # e.g. an OOM kill, from the docker backend
-        if runner.state in STARTING_STATES and not self._closing:
+        if runner.state in STARTING_STATES and not runner.adopted and not self._closing:
             reason = runner.startup_error or known or await asyncio.to_thread(
                 _last_error_line, self.log_path(runner.runner_id)
             )
@@ -338,7 +381,12 @@ class Fleet:
         return runner
 
     def detached(self, runner: RunnerHandle) -> None:
-        """The runner's stream ended: fail over its work and make sure it exits."""
+        """The runner's stream ended: fail over its work and make sure it exits (unless the
+        server leaves it to the next server)."""
+        if self._leaving:
+            runner.attached = False
+            self.scheduler.on_runner_lost(runner)
+            return
         if runner.state is not RunnerState.TERMINATED:
             runner.set_state(RunnerState.TERMINATING)
         self.scheduler.on_runner_lost(runner)
@@ -425,13 +473,8 @@ class Fleet:
 
     async def _reap(self, runner: RunnerHandle, *, grace_s: float) -> None:
         """Kills the runner if it has not exited `grace_s` after being asked to stop."""
-        if runner.process is None:
-            return
-        try:
-            await asyncio.wait_for(runner.process.wait(), timeout=grace_s)
-        except TimeoutError:
-            log.warning("runner %s did not exit in %.0f s; killing it", runner.runner_id, grace_s)
-            runner.process.kill()
+        if runner.process is not None:
+            await _kill_after(runner.process, grace_s, runner.runner_id)
 
     def _terminated(self, runner: RunnerHandle) -> None:
         if runner.ready is not None and not runner.ready.done():
@@ -449,8 +492,37 @@ class Fleet:
         return app.settings.grace_period_s if app else self.settings.shutdown_grace_s
 
     async def close(self) -> None:
-        """Stops every runner (gracefully, then by force) and waits for them to exit."""
+        """Stops every runner (gracefully, then by force) and waits for them to exit; or,
+        when the backend's runners outlive the server, leaves them to the next one."""
         self._closing = True
+        if self.backend.keeps_runners:
+            await self._leave_runners()
+        else:
+            await self._stop_all()
+        for task in list(self._tasks):
+            task.cancel()
+        await self.backend.close()
+
+    async def _leave_runners(self) -> None:
+        """No new work goes out; in-flight requests get shutdown_grace to finish; then the
+        runners' streams are closed: they dial the next server, which adopts them. What is
+        still in flight then is retried by the next server (one attempt used)."""
+        self._leaving = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.shutdown_grace_s
+        while any(r.in_flight for r in self.runners.values()):
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            self._wake.clear()  # a finished request dispatches, which wakes the fleet
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), left)
+        for runner in self.runners.values():
+            runner.outbox.put_nowait(CloseEvent())
+        log.info("left %d runners running for the next server to adopt",
+                 sum(1 for r in self.runners.values() if r.process is not None))
+
+    async def _stop_all(self) -> None:
         for runner in list(self.runners.values()):
             self.stop(runner)
         waits = [r.process.wait() for r in self.runners.values() if r.process is not None]
@@ -460,14 +532,31 @@ class Fleet:
         for runner in self.runners.values():
             if runner.process is not None:
                 runner.process.kill()
-        for task in list(self._tasks):
-            task.cancel()
-        await self.backend.close()
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+async def _kill_after(process: RunnerProcess, grace_s: float, runner_id: str) -> None:
+    """Kills the runner if it has not exited `grace_s` after being asked to stop."""
+    try:
+        await asyncio.wait_for(process.wait(), timeout=grace_s)
+    except TimeoutError:
+        log.warning("runner %s did not exit in %.0f s; killing it", runner_id, grace_s)
+        process.kill()
+
+
+def _not_adoptable(survivor: Survivor, app: AppState | None, address: str) -> str:
+    """Why a runner of the server's previous life cannot be adopted; "" when it can."""
+    if app is None:
+        return f"its app {survivor.app_name!r} is gone"
+    if app.revision.revision_id != survivor.revision_id:
+        return f"its revision {survivor.revision_id} is no longer {app.name}'s live one"
+    if survivor.server_address != address:
+        return f"it dials {survivor.server_address}, not this server's {address}"
+    return ""
 
 
 def _better(runner: RunnerHandle, best: RunnerHandle, avoid: str) -> bool:

@@ -25,7 +25,7 @@ from falrt.backends.environments import EnvironmentBuilder, Environments, ImageE
 from falrt.client import credentials
 from falrt.gpus import GpuAllocator, discover
 from falrt.server.auth import Authenticator
-from falrt.server.cluster import Cluster
+from falrt.server.cluster import Cluster, server_id
 from falrt.server.control_service import ControlService
 from falrt.server.deploy import Deployer
 from falrt.server.fleet import Fleet
@@ -88,8 +88,10 @@ async def serve(settings: ServerSettings) -> None:
     if gpus:
         log.info("GPUs: %s", ", ".join(f"{g.index}: {g.name} ({g.machine_type or 'no type'}, "
                                         f"{g.uuid})" for g in gpus))
+    sid = await asyncio.to_thread(server_id, settings.data_dir)
     try:
-        backend = create_backend(settings.backend, GpuAllocator(gpus), str(settings.data_dir))
+        backend = create_backend(settings.backend, GpuAllocator(gpus), sid,
+                                 settings.runner_reconnect_s)
     except ValueError as exc:
         raise StartupError(str(exc)) from None
     await backend.open()
@@ -102,7 +104,7 @@ async def serve(settings: ServerSettings) -> None:
     admin_key = await _admin_key(store, settings)
     owed = await scheduler.recorder.resend_webhooks()
     server, health_servicer = _grpc_server(
-        settings, scheduler, fleet, environments, webhooks, secret_box)
+        settings, scheduler, fleet, environments, webhooks, secret_box, sid)
     for name in (*SERVICES, ""):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     try:
@@ -110,9 +112,12 @@ async def serve(settings: ServerSettings) -> None:
     except RuntimeError as exc:
         await store.close()
         raise StartupError(f"cannot listen on {settings.listen}: {exc}") from None
-    await server.start()
     host = settings.listen.rpartition(":")[0]
     fleet.address = f"{_dial_host(host)}:{port}"
+    # Runners of this server's previous life that still run are adopted before the first
+    # of them can dial in.
+    adopted = fleet.adopt(await backend.survivors(fleet.log_path))
+    await server.start()
     if admin_key:  # the CLI and the Python client on this machine find it there
         saved = await asyncio.to_thread(credentials.save, fleet.address, admin_key)
         log.info("the admin key is in %s", saved)
@@ -121,8 +126,8 @@ async def serve(settings: ServerSettings) -> None:
     scaler = asyncio.ensure_future(fleet.run())
     scaler.add_done_callback(_must_not_end)
     keeper = asyncio.ensure_future(scheduler.recorder.keep_house())
-    log.info("loaded %d apps, %d unfinished requests, %d webhooks owed", len(scheduler.apps),
-             requeued, owed)
+    log.info("loaded %d apps, %d unfinished requests, %d webhooks owed; adopted %d runners",
+             len(scheduler.apps), requeued, owed, adopted)
     print(f"falrt server listening on {host}:{port}", flush=True)
     await _until_signalled()
     log.info("shutting down")
@@ -172,7 +177,7 @@ async def _join_cluster(
 
 def _grpc_server(
     settings: ServerSettings, scheduler: Scheduler, fleet: Fleet,
-    environments: Environments, webhooks: WebhookSender, secret_box: SecretBox,
+    environments: Environments, webhooks: WebhookSender, secret_box: SecretBox, sid: str,
 ) -> tuple[aio.Server, Any]:
     size = settings.max_message_bytes
     authenticator = Authenticator(scheduler)
@@ -190,7 +195,8 @@ def _grpc_server(
                        on_revoke=authenticator.forget, guard=authenticator.control_guard),
         server
     )
-    runner_pb2_grpc.add_RunnerLinkServicer_to_server(RunnerLinkService(fleet, scheduler), server)
+    runner_pb2_grpc.add_RunnerLinkServicer_to_server(RunnerLinkService(fleet, scheduler, sid),
+                                                server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

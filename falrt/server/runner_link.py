@@ -1,7 +1,8 @@
 """The internal RunnerLink service: one bidirectional stream per runner.
 
 The runner's first message must be Hello with the id and token the server gave it; any
-other first message, or a wrong token, ends the stream with PERMISSION_DENIED. After that,
+other first message, or a wrong token, ends the stream with PERMISSION_DENIED; else the
+server's first message is Welcome (a runner that may reconnect knows it was taken). After that,
 one task reads the runner's messages and hands them to the scheduler, while the RPC
 itself writes the runner's outbox (assignments, cancels, drain) to the stream in order.
 When either side ends, the runner's in-flight work is failed over.
@@ -40,9 +41,11 @@ HELLO_TIMEOUT_S = 30.0
 
 
 class RunnerLinkService(runner_pb2_grpc.RunnerLinkServicer):
-    def __init__(self, fleet: Fleet, scheduler: Scheduler) -> None:
+    def __init__(self, fleet: Fleet, scheduler: Scheduler, server_id: str = "") -> None:
         self._fleet = fleet
         self._scheduler = scheduler
+        self._welcome = runner_pb2.ServerMessage(
+            welcome=runner_pb2.Welcome(server_id=server_id))
 
     async def Attach(
         self, request_iterator: AsyncIterator[runner_pb2.RunnerMessage], context: Context
@@ -50,6 +53,7 @@ class RunnerLinkService(runner_pb2_grpc.RunnerLinkServicer):
         runner = await self._hello(request_iterator, context)
         reader = asyncio.ensure_future(self._read(runner, request_iterator))
         try:
+            yield self._welcome
             while not isinstance(event := await runner.outbox.get(), CloseEvent):
                 yield _message(event)
         finally:

@@ -106,6 +106,7 @@ class RunnerHandle:
     # one is ready).
     replaces: str = ""
     stop_requested: bool = False  # the server stopped or killed it (an exit is expected)
+    adopted: bool = False  # started by this server's previous life (it dials in again)
     # GPU memory and utilisation at its last heartbeat (falrt.v1.GpuStats messages).
     gpu_stats: list[Any] = field(default_factory=list)
     # Every state entered, with its wall-clock time (the first and the last 100 kept).

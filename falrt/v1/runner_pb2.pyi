@@ -481,6 +481,31 @@ class Drain(_message.Message):
 Global___Drain: _TypeAlias = Drain  # noqa: Y015
 
 @_typing.final
+class Welcome(_message.Message):
+    """The server accepted the runner's Hello (its first message on every stream). A runner told
+    to reconnect (FALRT_RECONNECT_S) dials again when a welcomed stream is lost: the server
+    restarted, and adopts the runners it finds (docs/docker.md).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVER_ID_FIELD_NUMBER: _builtins.int
+    server_id: _builtins.str
+    """The server's identity (its data directory's id)."""
+    def __init__(
+        self,
+        *,
+        server_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["server_id", b"server_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Welcome: _TypeAlias = Welcome  # noqa: Y015
+
+@_typing.final
 class ServerMessage(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -490,6 +515,7 @@ class ServerMessage(_message.Message):
     REALTIME_START_FIELD_NUMBER: _builtins.int
     REALTIME_INPUT_FIELD_NUMBER: _builtins.int
     REALTIME_END_FIELD_NUMBER: _builtins.int
+    WELCOME_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def assign(self) -> Global___Assign: ...
     @_builtins.property
@@ -502,6 +528,8 @@ class ServerMessage(_message.Message):
     def realtime_input(self) -> Global___RealtimeInput: ...
     @_builtins.property
     def realtime_end(self) -> Global___RealtimeEnd: ...
+    @_builtins.property
+    def welcome(self) -> Global___Welcome: ...
     def __init__(
         self,
         *,
@@ -511,12 +539,13 @@ class ServerMessage(_message.Message):
         realtime_start: Global___RealtimeStart | None = ...,
         realtime_input: Global___RealtimeInput | None = ...,
         realtime_end: Global___RealtimeEnd | None = ...,
+        welcome: Global___Welcome | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["assign", b"assign", "cancel", b"cancel", "drain", b"drain", "event", b"event", "realtime_end", b"realtime_end", "realtime_input", b"realtime_input", "realtime_start", b"realtime_start"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["assign", b"assign", "cancel", b"cancel", "drain", b"drain", "event", b"event", "realtime_end", b"realtime_end", "realtime_input", b"realtime_input", "realtime_start", b"realtime_start", "welcome", b"welcome"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assign", b"assign", "cancel", b"cancel", "drain", b"drain", "event", b"event", "realtime_end", b"realtime_end", "realtime_input", b"realtime_input", "realtime_start", b"realtime_start"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assign", b"assign", "cancel", b"cancel", "drain", b"drain", "event", b"event", "realtime_end", b"realtime_end", "realtime_input", b"realtime_input", "realtime_start", b"realtime_start", "welcome", b"welcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["assign", "cancel", "drain", "realtime_start", "realtime_input", "realtime_end"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["assign", "cancel", "drain", "realtime_start", "realtime_input", "realtime_end", "welcome"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 

@@ -6,6 +6,7 @@ CI runs it). The base image is built once per machine and reused.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ except docker.errors.DockerException:
 from falrt.client import SyncClient  # noqa: E402
 from falrt.client.control import ControlClient  # noqa: E402
 from falrt.images.base import build_base  # noqa: E402
+from falrt.images.build import ENV_NAME, environment_key, falrt_sources  # noqa: E402
 from tests.harness import ServerProcess, wait_for  # noqa: E402
 from tests.test_docker_images import spec  # noqa: E402
 
@@ -131,6 +133,65 @@ def test_a_code_only_redeploy_builds_nothing_and_serves_the_new_code(
         deploy(server, tmp_path, "box", version=2)  # rolling: a new runner, same image
         assert client.run(first, {})["version"] == 2
     assert {i.id for i in _engine.images.list()} == images_before  # no new image
+
+
+REQUIREMENTS_APP = '''
+import importlib.util
+
+import msgspec
+import falrt
+
+
+class In(msgspec.Struct):
+    pass
+
+
+class Out(msgspec.Struct):
+    importable: list[str]
+
+
+class Reqs(falrt.App):
+    app_name = "reqs"
+    machine_type = "XS"
+    requirements = {requirements!r}
+
+    @falrt.endpoint("/")
+    def run(self, request: In) -> Out:
+        return Out([m for m in ("six", "idna") if importlib.util.find_spec(m) is not None])
+'''
+
+
+def test_a_requirements_change_builds_one_new_layer(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    app = tmp_path / "reqs.py"
+
+    def deploy_with(requirements: list[str]) -> tuple[str, list[str]]:
+        app.write_text(REQUIREMENTS_APP.format(requirements=requirements))
+        done = server.cli("deploy", f"{app}::Reqs")
+        with SyncClient(server.address) as client:
+            endpoint = done.stdout.strip().splitlines()[-1]
+            assert sorted(client.run(endpoint, {})["importable"]) == requirements
+        with ControlClient(server.address) as control:
+            live = [r for r in control.list_runners("reqs") if r.state in (5, 6)]
+        image = container_of(live[-1].runner_id).image  # type: ignore[attr-defined]
+        return done.stderr, image.attrs["RootFS"]["Layers"]
+
+    _, before = deploy_with(["six"])
+    # The image of the new requirements is built by this test, even when an earlier run left it.
+    base_id = _engine.images.get(build_base(spec()).ref).id
+    key = environment_key(base_id, ["idna", "six"], falrt_sources())
+    with contextlib.suppress(docker.errors.ImageNotFound):
+        _engine.images.remove(f"{ENV_NAME}:{key}", force=True)
+    log, after = deploy_with(["idna", "six"])
+    # One new layer on top of the same layers; the build log shows the steps below it cached
+    # and one pip install run.
+    assert len(after) == len(before) and after[:-1] == before[:-1] and after[-1] != before[-1]
+    built = [step.split(" : ", 1)[1] for step in log.split("Step ")[1:]
+             if "Using cache" not in step and " : " in step]
+    layers_built = [step for step in built if step.startswith(("RUN", "COPY", "ADD"))]
+    assert len(layers_built) == 1 and layers_built[0].startswith("RUN pip install"), log
+    assert "idna six" in layers_built[0] and "COPY falrt" in log, log
 
 
 def test_a_killed_container_is_replaced_and_its_request_retried(

@@ -9,10 +9,11 @@ Layers, bottom to top:
 1. the base image (`falrt images build-base`, or any image with python3 and venv);
 2. a virtual environment at /opt/falrt/venv with the shim's dependencies (grpcio, protobuf,
    msgspec, uvloop, pinned to the versions of this installation) — shared by every app;
-3. the app's requirements, installed by one RUN step whose command lists them, so Docker's
-   build cache keys the layer by the requirements;
-4. falrt's own sources (falrt, falrt.sdk, falrt.v1, falrt.client, falrt.shim), a small COPY
-   layer on top, found through a .pth file.
+3. falrt's own sources (falrt, falrt.sdk, falrt.v1, falrt.client, falrt.shim), a small COPY
+   layer, found through a .pth file;
+4. the app's requirements, installed by one RUN step whose command lists them, so Docker's
+   build cache keys the layer by the requirements. It is the top layer: a change of the
+   requirements builds this one layer on the cached ones below (a new falrt rebuilds it too).
 
 The image tag is content-addressed: a hash of the base image's id, the sorted requirements,
 the shim's pinned dependencies and a fingerprint of falrt's sources. An existing tag is
@@ -53,7 +54,7 @@ from falrt.images.engine import (
 )
 
 ENV_NAME = "falrt-env"
-RECIPE = "falrt-env/1"  # change when the Dockerfile below changes
+RECIPE = "falrt-env/2"  # change when the Dockerfile below changes
 VENV = "/opt/falrt/venv"
 SRC = "/opt/falrt/src"
 SHIM_DEPENDENCIES = ("grpcio", "protobuf", "msgspec", "uvloop")
@@ -129,13 +130,13 @@ def dockerfile(base: str, requirements: Sequence[str]) -> str:
         f"python -c 'import site; open(site.getsitepackages()[0] + \"/falrt-src.pth\", \"w\")"
         f".write(\"{SRC}\\n\")'",
     ]
-    if requirements:
-        listed = " ".join(shlex.quote(r) for r in requirements)
-        lines.append(f"RUN {pip} {listed}")
     lines += [
         f"COPY falrt {SRC}/falrt",
         'CMD ["python", "-m", "falrt.shim"]',
     ]
+    if requirements:
+        listed = " ".join(shlex.quote(r) for r in requirements)
+        lines.append(f"RUN {pip} {listed}")
     return "\n".join(lines) + "\n"
 
 

@@ -11,6 +11,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 docker = pytest.importorskip("docker")
@@ -26,7 +27,7 @@ from falrt.client.control import ControlClient  # noqa: E402
 from falrt.images.base import build_base  # noqa: E402
 from falrt.images.build import ENV_NAME, environment_key, falrt_sources  # noqa: E402
 from tests.harness import ServerProcess, wait_for  # noqa: E402
-from tests.test_docker_images import spec  # noqa: E402
+from tests.test_docker_images import REGISTRY, spec  # noqa: E402
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -130,9 +131,13 @@ def test_a_code_only_redeploy_builds_nothing_and_serves_the_new_code(
     with SyncClient(server.address) as client:
         assert client.run(first, {})["version"] == 1
         images_before = {i.id for i in _engine.images.list()}
-        deploy(server, tmp_path, "box", version=2)  # rolling: a new runner, same image
+        app = tmp_path / "box_2" / "box.py"  # rolling: a new runner, same image
+        app.parent.mkdir()
+        app.write_text(APP.format(name="box", version=2))
+        log = server.cli("deploy", f"{app}::Box").stderr
         assert client.run(first, {})["version"] == 2
     assert {i.id for i in _engine.images.list()} == images_before  # no new image
+    assert "(cached," in log and "Step " not in log, log  # and no build step ran
 
 
 REQUIREMENTS_APP = '''
@@ -234,10 +239,14 @@ def test_a_runner_pulls_its_image_from_the_registry_when_the_host_lacks_it(
 ) -> None:
     base = build_base(spec()).ref
     proc = ServerProcess(tmp_path / "data", tmp_path / "server.log", extra=[
-        "--backend", "docker", "--docker-base", base, "--registry", "127.0.0.1:5000/falrt-pull",
+        "--backend", "docker", "--docker-base", base, "--registry", f"{REGISTRY}/falrt-pull",
     ]).start()
     try:
         endpoint = deploy(proc, tmp_path, "pulled")  # built and pushed to the registry
+        tags = httpx.get(f"http://{REGISTRY}/v2/falrt-pull/falrt-env/tags/list").json()["tags"]
+        deploy(proc, tmp_path, "pulled", version=2)  # code only: the registry gets nothing new
+        assert httpx.get(f"http://{REGISTRY}/v2/falrt-pull/falrt-env/tags/list").json()[
+            "tags"] == tags
         with SyncClient(proc.address) as client, ControlClient(proc.address) as control:
             first = client.run(endpoint, {})["runner"]
             image = container_of(first).image  # type: ignore[attr-defined]
@@ -245,7 +254,7 @@ def test_a_runner_pulls_its_image_from_the_registry_when_the_host_lacks_it(
             wait_for(lambda: not control.list_runners("pulled"), what="no runner left")
             for tag in image.tags:
                 _engine.images.remove(tag, force=True)
-            assert client.run(endpoint, {})["version"] == 1  # a new runner pulled it
+            assert client.run(endpoint, {})["version"] == 2  # a new runner pulled it
             (runner,) = control.list_runners("pulled")
         states = [t.state for t in runner.transitions]
         assert states[:3] == [1, 2, 3]  # PENDING, IMAGE_PULL, SETUP

@@ -6,6 +6,8 @@ servicers; each converter has a round trip in tests/test_convert.py.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -138,15 +140,15 @@ def metrics(record: Outcome) -> common_pb2.RequestMetrics:
 
 
 def request_state(
-    item: QueuedRequest, *, position: int, logs: list[LogRecord], waiting_reason: str,
-    partials: list[tuple[bytes, str]] | None = None,
+    item: QueuedRequest, *, position: int, logs: Sequence[LogRecord], waiting_reason: str,
+    partials: Sequence[tuple[bytes, str]] = (),
 ) -> queue_pb2.RequestState:
     status = item.status
     state = queue_pb2.RequestState(request_id=item.request_id,
                                    status=int(status))  # type: ignore[arg-type]
     if logs:
         state.logs.extend([log_line(r) for r in logs])
-    for data, content_type in partials or ():
+    for data, content_type in partials:
         state.partials.add(data=data, content_type=content_type)
     if status is Status.IN_QUEUE:
         state.queue_position = position

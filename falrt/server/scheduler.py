@@ -300,10 +300,10 @@ class Scheduler:
         position = app.queue.position(item)
         self.dispatch(app)
         record.status, record.attempts = item.status, item.attempts
-        item.stored = asyncio.ensure_future(self.store.insert_request(record))
+        stored = asyncio.ensure_future(self.store.insert_request(record))
         item.persisted = True
         try:
-            await asyncio.shield(item.stored)
+            await asyncio.shield(stored)
         except Exception as exc:
             self._withdraw(app, item)
             log.exception("storing request %s failed", item.request_id)
@@ -607,7 +607,7 @@ class Scheduler:
     def on_log(self, runner: RunnerHandle, request_id: str, line: LogRecord) -> None:
         item = runner.in_flight.get(request_id)
         if isinstance(item, QueuedRequest) and len(item.logs) < MAX_LOG_LINES:
-            item.logs.append(line)
+            item.add_log(line)
             item.changed.fire()
 
     def on_partial(self, runner: RunnerHandle, request_id: str, data: bytes, ctype: str) -> None:
@@ -617,7 +617,7 @@ class Scheduler:
         elif isinstance(item, QueuedRequest):
             item.last_partial = (data, ctype)
             if len(item.partials) < MAX_PARTIALS:
-                item.partials.append((data, ctype))
+                item.add_partial((data, ctype))
                 item.changed.fire()
 
     def on_result(

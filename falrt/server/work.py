@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from falrt.store.records import LogRecord, Outcome, Priority, RequestRecord, Status
@@ -37,7 +38,7 @@ class Signal:
             future.set_result(None)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class WorkItem:
     """What every unit of work has: identity, target, payload and place in the queue."""
 
@@ -63,21 +64,22 @@ class WorkItem:
             self.attempt_timer = None
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class QueuedRequest(WorkItem):
     """A request of the persistent queue, with what watchers need to follow it."""
 
     status: Status = Status.IN_QUEUE
     attempts: int = 0
-    logs: list[LogRecord] = field(default_factory=list)
+    # Its log lines, and the partial outputs of a streaming endpoint, for watchers: an
+    # empty tuple until the first comes (`add_log`, `add_partial`), so that a queued
+    # request holds no list of its own (fewer objects for the garbage collector to scan
+    # when many wait).
+    logs: Sequence[LogRecord] = ()
     last_partial: tuple[bytes, str] | None = None
-    # Partial outputs of a streaming endpoint, for watchers (the first MAX_PARTIALS kept).
-    partials: list[tuple[bytes, str]] = field(default_factory=list)
+    partials: Sequence[tuple[bytes, str]] = ()
     outcome: Outcome | None = None
     waiting_reason: str = ""
     changed: Signal = field(default_factory=Signal)
-    # The INSERT of a new request, while it is being committed (None once loaded).
-    stored: asyncio.Future[None] | None = None
     # Whether its row exists (or its INSERT is queued): later attempts are then recorded.
     persisted: bool = False
     # What the caller asked for at Submit.
@@ -91,8 +93,20 @@ class QueuedRequest(WorkItem):
     backoff_timer: asyncio.TimerHandle | None = None
     deadline_timer: asyncio.TimerHandle | None = None
 
+    def add_log(self, line: LogRecord) -> None:
+        if isinstance(self.logs, list):
+            self.logs.append(line)
+        else:
+            self.logs = [*self.logs, line]
+
+    def add_partial(self, partial: tuple[bytes, str]) -> None:
+        if isinstance(self.partials, list):
+            self.partials.append(partial)
+        else:
+            self.partials = [*self.partials, partial]
+
     def stop_timers(self) -> None:
-        super().stop_timers()
+        WorkItem.stop_timers(self)  # (no zero-argument super() in a slots dataclass)
         for timer in (self.backoff_timer, self.deadline_timer):
             if timer is not None:
                 timer.cancel()
@@ -111,7 +125,7 @@ class QueuedRequest(WorkItem):
             status=record.status,
             attempts=record.attempts,
             outcome=record.outcome,
-            logs=list(record.outcome.logs) if record.outcome else [],
+            logs=record.outcome.logs if record.outcome else (),
             no_retry=record.no_retry,
             retry_config=dict(record.retry_config),
             start_deadline=record.start_deadline,
@@ -120,7 +134,7 @@ class QueuedRequest(WorkItem):
         )
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class DirectCall(WorkItem):
     """A direct-path call: the caller awaits `done`; stream partials arrive in `partials`."""
 
@@ -134,7 +148,7 @@ class DirectCall(WorkItem):
 REALTIME_INPUT_BUFFER = 64  # as shim/realtime.py's INPUT_BUFFER
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class RealtimeSession(DirectCall):
     """A Queue.Realtime session: queued like a direct call until a runner takes it, then it
     holds that runner's slot until it closes. Outputs arrive in `partials` (None once it

@@ -450,9 +450,14 @@ def _execute(conn: sqlite3.Connection, group: list[_Job]) -> list[_Result]:
 
 
 def _execute_one(conn: sqlite3.Connection, job: _Job) -> _Result:
+    """Runs one job. A `_Rows` write answers None: its cursor is closed here, not kept
+    alive by the future (the connection tracks every open cursor)."""
     work, future = job
     try:
-        value = conn.execute(work.sql, work.row) if isinstance(work, _Rows) else work(conn)
+        if isinstance(work, _Rows):
+            conn.execute(work.sql, work.row).close()
+            return future, None, None
+        value = work(conn)
     except sqlite3.Error as exc:
         return future, None, exc
     return future, value, None

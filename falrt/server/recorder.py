@@ -8,6 +8,7 @@ keeps webhooks owed across restarts. Loop-affine.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable
@@ -50,7 +51,23 @@ class Recorder:
                     item.partials.put_nowait(None)
         elif isinstance(item, QueuedRequest) and item.outcome is None:
             item.outcome = with_logs(item, outcome)
-            self.background(self._complete(item, store=store))
+            if store and self.shared is None and item.persisted:
+                # The write is queued now (after the request's INSERT: stores apply writes
+                # in call order), and the outcome shown from its future's callback once it
+                # is committed: no task, no extra turn of the loop. (A request whose INSERT
+                # is not queued yet, ended while Submit dispatches it, goes the task's way:
+                # its write is queued on a later turn.)
+                stored = self.background(
+                    self.store.complete(item.request_id, item.outcome, time.time()))
+                stored.add_done_callback(functools.partial(self._stored, item))
+            else:
+                self.background(self._complete(item, store=store))
+
+    def _stored(self, item: QueuedRequest, stored: asyncio.Future[Any]) -> None:
+        """The outcome's write ended: shown if it was committed (a failed write is logged
+        by `_task_done`, and the request is retried from the store after a restart)."""
+        if not stored.cancelled() and stored.exception() is None:
+            self._completed(item)
 
     async def _complete(self, item: QueuedRequest, *, store: bool) -> None:
         assert item.outcome is not None
@@ -64,6 +81,10 @@ class Recorder:
                 return
         elif store:
             await self.store.complete(item.request_id, item.outcome, time.time())
+        self._completed(item)
+
+    def _completed(self, item: QueuedRequest) -> None:
+        assert item.outcome is not None
         self.show(item, item.outcome)
         if item.webhook_url:
             self._send_webhook(item.webhook_url, item.request_id, item.outcome)
@@ -138,12 +159,13 @@ class Recorder:
         if item.idempotency_key:
             self._keys.forget(item.idempotency_key, item.request_id)
 
-    def background(self, work: Awaitable[Any]) -> None:
+    def background(self, work: Awaitable[Any]) -> asyncio.Future[Any]:
         task = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+        return task
 
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
+    def _task_done(self, task: asyncio.Future[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("background store write failed", exc_info=task.exception())

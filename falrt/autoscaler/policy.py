@@ -68,7 +68,7 @@ def decide(ctx: ScalingContext) -> ScalingDecision:
     """The scaling decision for one app; see the module docstring for the rule."""
     s = ctx.settings
     active = ctx.queued_ready + sum(r.in_flight for r in ctx.runners if r.alive)
-    desired = _desired(s, active)
+    desired = desired_count(s, active)
     alive = [r for r in ctx.runners if r.alive]
     waits = [] if ctx.next_ready_s is None else [ctx.next_ready_s]
     if len(alive) < desired:
@@ -80,23 +80,29 @@ def decide(ctx: ScalingContext) -> ScalingDecision:
     return ScalingDecision(desired, stop=stop, next_check_s=_soonest(waits, *expiries))
 
 
-def _desired(s: ScalingSettings, active: int) -> int:
+def desired_count(s: ScalingSettings, active: int) -> int:
+    """The runners wanted for `active` requests (the rule in the module docstring)."""
     buffer = max(s.concurrency_buffer, math.ceil(s.concurrency_buffer_perc / 100 * active))
     wanted = max(s.min_concurrency, math.ceil(active / max(1, s.max_multiplexing)) + buffer)
     return min(s.max_concurrency, wanted)
 
 
+def idle_limit(s: ScalingSettings, served: int) -> float:
+    """How long a runner that served `served` requests may stay idle before it may be
+    stopped (when it is surplus)."""
+    reap_fresh = s.min_concurrency == 0 and s.concurrency_buffer == 0
+    return FRESH_REAP_S if (reap_fresh and served == 0) else s.keep_alive_s
+
+
 def _expired_idle(ctx: ScalingContext, surplus: int) -> tuple[tuple[str, ...], list[float]]:
     """Idle runners to stop (at most `surplus`) and the delays until others expire."""
     s = ctx.settings
-    reap_fresh = s.min_concurrency == 0 and s.concurrency_buffer == 0
     candidates: list[tuple[float, str]] = []
     expiries: list[float] = []
     for r in ctx.runners:
         if not r.alive or r.in_flight or r.idle_since is None:
             continue
-        limit = FRESH_REAP_S if (reap_fresh and r.served == 0) else s.keep_alive_s
-        left = r.idle_since + limit - ctx.now
+        left = r.idle_since + idle_limit(s, r.served) - ctx.now
         if left <= 0:
             candidates.append((r.idle_since, r.runner_id))
         else:

@@ -9,7 +9,6 @@ and the other apps are still scaled.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import logging
 import secrets
@@ -19,7 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from falrt import errors
-from falrt.autoscaler.policy import RunnerView, ScalingContext, ScalingDecision, decide
+from falrt.autoscaler.policy import (
+    RunnerView,
+    ScalingContext,
+    ScalingDecision,
+    decide,
+    desired_count,
+    idle_limit,
+)
 from falrt.backends.base import Backend, RunnerProcess, RunnerSpec, Survivor
 from falrt.backends.environments import Environments
 from falrt.gpus import NoCapacityError
@@ -61,7 +67,11 @@ class Fleet:
         self.secret_box: SecretBox | None = None  # set by the server: secrets for runners
         # The latest TERMINATED runners, for `falrt runners list --state terminated`.
         self.ended: deque[RunnerHandle] = deque(maxlen=settings.ended_runners_kept)
-        self._wake = asyncio.Event()
+        # The scaling loop's wake-ups: a flag for wakes while it runs, a future while it
+        # waits; and the time (monotonic) each app's last decision asked to be checked again.
+        self._woken = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._planned: dict[str, float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
         self._leaving = False  # closing, and leaving the runners for the next server
@@ -87,24 +97,78 @@ class Fleet:
     # -- the scaling loop --------------------------------------------------------------
 
     def wake(self) -> None:
-        self._wake.set()
+        """Makes the scaling loop look at every app again, at once."""
+        self._woken = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def dispatched(self, app: AppState) -> None:
+        """Work of `app` was queued, handed out or finished: wakes the scaling loop when its
+        decision for the app may differ from the one it planned around, which is when
+        - more runners may be wanted than are alive (a start), or
+        - a runner is idle whose idle limit ends before the check the loop planned for the
+          app (a stop it would owe before then; the desired count may have fallen), or
+        - a runner waits in crash backoff (it ends as soon as it is no longer wanted), or
+        - the fleet is leaving its runners (it waits for their work to finish).
+        A request handed to a runner with a free slot, or finishing on a runner whose
+        stop is planned already, then costs the loop nothing: at concurrency 1 the loop
+        makes no pass per request."""
+        if self._leaving or self._must_look(app):
+            self.wake()
+
+    def _must_look(self, app: AppState) -> bool:
+        scaling = app.settings.scaling
+        planned = self._planned.get(app.name)
+        alive = active = 0
+        for runner in self.runners.values():
+            if runner.app_name != app.name or runner.revision_id != app.revision.revision_id:
+                continue
+            if runner.state is RunnerState.CRASH_BACKOFF:
+                return True
+            if runner.state not in ALIVE_STATES:
+                continue
+            alive += 1
+            active += len(runner.in_flight)
+            if runner.state is RunnerState.IDLE and not runner.in_flight and (
+                    planned is None
+                    or runner.idle_since + idle_limit(scaling, runner.served) < planned):
+                return True
+        return alive < desired_count(scaling, active + len(app.queue))
 
     async def run(self) -> None:
         """Scales every app until cancelled; wakes on events or when a deadline passes."""
         while True:
             next_check: float | None = None
+            now = time.monotonic()
             for app in list(self.scheduler.apps.values()):
                 try:
                     decision = self._scale(app)
                 except Exception:
                     log.exception("scaling app %s failed; trying again in 1 s", app.name)
-                    next_check = min(next_check or 1.0, 1.0)
+                    decision = ScalingDecision(0, next_check_s=1.0)
+                if decision.next_check_s is None:
+                    self._planned.pop(app.name, None)
                     continue
-                if decision.next_check_s is not None:
-                    next_check = min(next_check or decision.next_check_s, decision.next_check_s)
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=next_check)
+                self._planned[app.name] = now + decision.next_check_s
+                if next_check is None or decision.next_check_s < next_check:
+                    next_check = decision.next_check_s
+            self._woken = False  # what woke this pass has been seen
+            await self._wait(next_check)
+
+    async def _wait(self, timeout_s: float | None) -> None:
+        """Until `wake()` (since the last pass) or `timeout_s` seconds (None: no limit)."""
+        if self._woken:
+            return
+        loop = asyncio.get_running_loop()
+        self._waiter = waiter = loop.create_future()
+        timer = None if timeout_s is None else loop.call_later(timeout_s, _settle, waiter)
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
 
     def _scale(self, app: AppState) -> ScalingDecision:
         now = time.monotonic()
@@ -514,9 +578,8 @@ class Fleet:
             left = deadline - loop.time()
             if left <= 0:
                 break
-            self._wake.clear()  # a finished request dispatches, which wakes the fleet
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), left)
+            self._woken = False  # a runner left with no work wakes the fleet
+            await self._wait(left)
         for runner in self.runners.values():
             runner.outbox.put_nowait(CloseEvent())
         log.info("left %d runners running for the next server to adopt",
@@ -557,6 +620,11 @@ def _not_adoptable(survivor: Survivor, app: AppState | None, address: str) -> st
     if survivor.server_address != address:
         return f"it dials {survivor.server_address}, not this server's {address}"
     return ""
+
+
+def _settle(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _better(runner: RunnerHandle, best: RunnerHandle, avoid: str) -> bool:

@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -40,12 +40,10 @@ from falrt.server.outcomes import (
 from falrt.server.recorder import Recorder
 from falrt.server.retries import MAX_ATTEMPTS, RetryContext, backoff_s, should_retry
 from falrt.server.runners import (
-    ALIVE_STATES,
     CancelEvent,
     RealtimeEndEvent,
     RealtimeInputEvent,
     RunnerHandle,
-    RunnerState,
 )
 from falrt.server.work import DirectCall, QueuedRequest, RealtimeSession, WorkItem
 from falrt.settings import ServerSettings
@@ -74,14 +72,6 @@ REALTIME_KIND = 3  # falrt.v1.ENDPOINT_KIND_REALTIME
 REALTIME_OUTPUT_BUFFER = 256  # outputs of one realtime session waiting for its caller
 
 
-class _ScalingInputs(NamedTuple):
-    """What an app's scaling decision depends on that dispatching changes."""
-
-    active: int  # requests in flight on its alive runners, and queued
-    alive: int  # runners alive (starting or serving) of its live revision
-    idle: list[tuple[str, float]]  # its idle runners: (runner id, idle since)
-
-
 class Scheduler:
     """Apps, queues and requests. See the module docstring."""
 
@@ -99,8 +89,6 @@ class Scheduler:
         self.shared: SharedStore | None = None
         # Ids other servers completed lately that this one was not following (for lookup).
         self._completed_elsewhere: OrderedDict[str, None] = OrderedDict()
-        # Per app, what the scaling loop was last shown (see `_scaling_changed`).
-        self._scaling_seen: dict[str, _ScalingInputs] = {}
 
     # -- startup -----------------------------------------------------------------------
 
@@ -230,7 +218,6 @@ class Scheduler:
         app = self.apps.pop(name, None)
         if app is None:
             raise errors.NotFoundError(f"no app named {name!r}")
-        self._scaling_seen.pop(name, None)
         gone = errors.NotFoundError(f"app {name!r} was deleted")
         for item in [*app.queue.items(), *app.retrying]:
             app.queue.remove(item)
@@ -512,43 +499,7 @@ class Scheduler:
                 self.recorder.background(self._claim_and_start(app, runner, item))
             else:
                 self._start(app, runner, item)
-        if self._scaling_changed(app):
-            self.fleet.wake()
-
-    def _scaling_changed(self, app: AppState) -> bool:
-        """Whether the fleet's scaling loop must look at `app` again after what happened
-        since the last dispatch (the loop runs on events, and on the timers it set itself).
-
-        The loop starts runners when fewer than the desired number are alive, and stops
-        idle runners whose keep_alive (or fresh-runner) time has passed while more are
-        alive than desired. Nothing needs it when neither can have changed:
-        - no start: as many runners are alive as max_concurrency (desired never exceeds it);
-        - no stop earlier than the loop's own timers: no idle runner is new, and, when some
-          runner is idle, the work in flight and queued did not shrink (the desired count
-          did not fall) and the number alive did not change.
-        A request handed straight to a runner at its limit, or queued behind runners that
-        are all busy, then costs no turn of the scaling loop.
-        """
-        assert self.fleet is not None
-        revision = app.revision.revision_id
-        alive = active = 0
-        idle: list[tuple[str, float]] = []
-        for runner in self.fleet.runners.values():
-            if (runner.app_name != app.name or runner.revision_id != revision
-                    or runner.state not in ALIVE_STATES):
-                continue
-            alive += 1
-            if runner.in_flight:
-                active += len(runner.in_flight)
-            elif runner.state is RunnerState.IDLE:
-                idle.append((runner.runner_id, runner.idle_since))
-        now = _ScalingInputs(active + len(app.queue), alive, idle)
-        seen = self._scaling_seen.get(app.name)
-        self._scaling_seen[app.name] = now
-        if seen is None or alive < app.settings.scaling.max_concurrency:
-            return True
-        return bool(idle) and (now.active < seen.active or alive != seen.alive
-                               or any(r not in seen.idle for r in idle))
+        self.fleet.dispatched(app)
 
     def _start(self, app: AppState, runner: RunnerHandle, item: WorkItem) -> None:
         """Sends `item` to `runner` as its next attempt."""
@@ -646,11 +597,11 @@ class Scheduler:
         self._released(runner, app)
 
     def _released(self, runner: RunnerHandle, app: AppState | None) -> None:
-        """A slot of `runner` is free: the app's next work goes out. A runner left with
-        no work always wakes the fleet (it may stop it, or be waiting for it to finish)."""
+        """A slot of `runner` is free: the app's next work goes out (and the fleet looks at
+        the app again if it must)."""
         if app is not None:
             self.dispatch(app)
-        if not runner.in_flight and self.fleet is not None:
+        elif self.fleet is not None:
             self.fleet.wake()
 
     def on_runner_lost(self, runner: RunnerHandle) -> None:

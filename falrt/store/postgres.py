@@ -1,12 +1,15 @@
 """PostgreSQL store (asyncpg): one batching writer task, a small pool for reads.
 
-Every write goes through one writer task that owns no connection of its own: it takes
-every write waiting in its queue (up to `max_batch`), runs them in order in one
-transaction on one pooled connection, with consecutive writes of the same statement sent
-as one `executemany`, commits once, and only then resolves their futures (group commit).
-So a write returns once it is committed, and many concurrent submits share one round trip
-and one commit. If the batch's transaction fails, its writes are retried one transaction
-each, so a bad write (a duplicate request id) fails alone and the others still land.
+Every write goes through one writer task, on a connection of the pool it holds (and takes
+again from the pool after a failure): it takes every write waiting in its queue (up to
+`max_batch`), runs them in order in one transaction, with consecutive writes of the same
+statement sent as one `executemany`, commits once, and only then resolves their futures
+(group commit). So a write returns once it is committed, and many concurrent submits share
+one round trip and one commit. A batch of one statement runs without BEGIN and COMMIT (a
+statement alone is atomic): one round trip instead of three, which is most of a request's
+write latency at low concurrency. If the batch's transaction fails, its writes are retried
+one transaction each, so a bad write (a duplicate request id) fails alone and the others
+still land.
 
 Reads run on the pool and see every write that has returned. Tables live in the schema
 `falrt`, created on `open` (idempotent, under an advisory lock so that servers starting
@@ -165,14 +168,31 @@ class _Write(NamedTuple):
     step: Step | None = None
 
 
+class _Conditional:
+    """A write that applies or not (its SQL ends with RETURNING), reports which, and when it
+    applies announces `event` to the other servers: in one statement, so that alone in a
+    batch it needs no transaction."""
+
+    __slots__ = ("args", "sql")
+
+    def __init__(self, sql: str, args: tuple[Any, ...], event: ClusterEvent) -> None:
+        self.sql = (f"WITH applied AS ({sql}) SELECT pg_notify('{CHANNEL}', ${len(args) + 1}) "
+                    "FROM applied")
+        self.args = (*args, _event(event).decode())
+
+    async def __call__(self, conn: Any) -> bool:
+        return len(await conn.fetch(self.sql, *self.args)) > 0
+
+
 class PostgresStore:
     """The shared store. See the module docstring for the writer and durability model."""
 
-    def __init__(self, dsn: str, *, max_batch: int = 512, pool_size: int = 4) -> None:
+    def __init__(self, dsn: str, *, max_batch: int = 512, pool_size: int = 5) -> None:
         self._dsn = dsn
         self._max_batch = max_batch
-        self._pool_size = pool_size
+        self._pool_size = pool_size  # the writer's connection and the readers'
         self._pool: asyncpg.Pool | None = None
+        self._writer_conn: Any = None  # the writer's pooled connection, while it holds one
         self._writes: asyncio.Queue[_Write | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self.server_id = ""  # set by `join`
@@ -193,6 +213,9 @@ class PostgresStore:
             self._writes.put_nowait(None)
             await self._writer
             self._writer = None
+        if self._writer_conn is not None and self._pool is not None:
+            await self._pool.release(self._writer_conn)
+            self._writer_conn = None
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -247,18 +270,40 @@ class PostgresStore:
                 write.done.set_result(result)
 
     async def _run_in_transaction(self, batch: list[_Write]) -> list[Any]:
-        """Runs the batch in order; returns each write's result (its step's value, or None)."""
+        """Runs the batch in order; returns each write's result (its step's value, or None).
+        After a failure the writer's connection goes back to the pool (which drops it if it
+        is broken) and the next batch takes one again."""
+        if self._writer_conn is None:
+            self._writer_conn = await self._readers.acquire()
+        conn = self._writer_conn
+        runs = _runs(batch)
+        try:
+            if len(runs) == 1 and len(runs[0][1]) == 1 and runs[0][2] is None:
+                await conn.execute(runs[0][0], *runs[0][1][0])  # one statement: autocommit
+                return [None]
+            if len(runs) == 1 and isinstance(step := batch[0].step, _Conditional):
+                return [await step(conn)]  # one statement too
+            async with conn.transaction():
+                return await self._run(conn, batch, runs)
+        except BaseException:
+            self._writer_conn = None
+            await self._readers.release(conn)
+            raise
+
+    @staticmethod
+    async def _run(
+        conn: Any, batch: list[_Write], runs: list[tuple[str, list[tuple[Any, ...]], int | None]]
+    ) -> list[Any]:
         results: list[Any] = [None] * len(batch)
-        async with self._readers.acquire() as conn, conn.transaction():
-            for sql, rows, index in _runs(batch):
-                if index is not None:
-                    step = batch[index].step
-                    assert step is not None
-                    results[index] = await step(conn)
-                elif len(rows) == 1:
-                    await conn.execute(sql, *rows[0])
-                else:
-                    await conn.executemany(sql, rows)
+        for sql, rows, index in runs:
+            if index is not None:
+                step = batch[index].step
+                assert step is not None
+                results[index] = await step(conn)
+            elif len(rows) == 1:
+                await conn.execute(sql, *rows[0])
+            else:
+                await conn.executemany(sql, rows)
         return results
 
     # -- apps and revisions ------------------------------------------------------------
@@ -525,13 +570,7 @@ class PostgresStore:
 
     @staticmethod
     def _conditional(sql: str, args: tuple[Any, ...], event: ClusterEvent) -> Step:
-        async def step(conn: Any) -> bool:
-            if await conn.fetchval(sql, *args) is None:
-                return False
-            await conn.execute(_NOTIFY, _event(event).decode())
-            return True
-
-        return step
+        return _Conditional(sql, args, event)
 
     def put_bundle(self, sha256: str, data: bytes) -> asyncio.Future[None]:
         """Stores a deployed bundle for the other servers (content-addressed)."""

@@ -166,7 +166,8 @@ class Fleet:
         try:
             await waiter
         finally:
-            self._waiter = None
+            if self._waiter is waiter:  # (the scaling loop, cancelled at close, ends later)
+                self._waiter = None
             if timer is not None:
                 timer.cancel()
 

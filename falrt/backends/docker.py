@@ -65,6 +65,7 @@ class Container:
         self._on_exit: Callable[[], None] | None = on_exit
         self._exit_code: int | None = None
         self._exit_reason = ""  # why it ended, when the engine knows (OOM-killed)
+        self._ended: asyncio.Future[int] | None = None
 
     @property
     def id(self) -> str:
@@ -83,21 +84,28 @@ class Container:
         return self._exit_reason
 
     async def wait(self) -> int:
+        """Its exit status, once it has ended and been removed. One engine wait, however
+        many callers wait (the fleet's exit watcher and a stop's reaper do)."""
+        if self._ended is None:
+            self._ended = asyncio.ensure_future(self._end())
+        return await asyncio.shield(self._ended)
+
+    async def _end(self) -> int:
         # A daemon thread, not the loop's executor: a server that leaves its containers
         # running must not wait for them at exit.
-        result = await _in_daemon_thread(self._container.wait)
-        self._exit_code = int(result.get("StatusCode", -1))
-        await asyncio.to_thread(self._learn_why)
+        self._exit_code = await _in_daemon_thread(self._wait_and_remove)
         on_exit, self._on_exit = self._on_exit, None
-        if on_exit is not None:  # once: its GPUs are free again
+        if on_exit is not None:  # its GPUs are free again
             on_exit()
-        await asyncio.to_thread(self._remove)
         return self._exit_code
 
-    def _remove(self) -> None:
-        """The container goes once it has ended (its output was copied to the runner's log)."""
-        with contextlib.suppress(DockerException):
-            self._container.remove(force=True)
+    def _wait_and_remove(self) -> int:
+        """Blocks until the container ends, learns why, and removes it (its output was
+        copied to the runner's log)."""
+        code = int(self._container.wait().get("StatusCode", -1))
+        self._learn_why()
+        _remove(self._container)
+        return code
 
     def _learn_why(self) -> None:
         with contextlib.suppress(DockerException):

@@ -36,6 +36,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import docker
 from docker.errors import DockerException
@@ -61,6 +62,7 @@ SHIM_DEPENDENCIES = ("grpcio", "protobuf", "msgspec", "uvloop")
 FALRT_PACKAGES = ("", "sdk", "v1", "client")  # under falrt/; the shim comes from falrt.shim
 
 AsyncLineSink = Callable[[str], Awaitable[None]]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -175,28 +177,11 @@ class EnvironmentImageBuilder:
         on_line: AsyncLineSink | None = None,
     ) -> EnvironmentImage:
         """The environment image for `requirements` on `base`, built only when needed."""
-        loop = asyncio.get_running_loop()
-        lines: asyncio.Queue[str | None] = asyncio.Queue()
-
-        def sink(line: str) -> None:  # called in the worker thread
-            loop.call_soon_threadsafe(lines.put_nowait, line)
-
-        async def forward() -> None:
-            while (line := await lines.get()) is not None:
-                if on_line is not None:
-                    await on_line(line)
-
-        forwarder = asyncio.create_task(forward())
         key = digest([base, *normalize_requirements(requirements)])
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        try:
-            async with lock:
-                return await asyncio.to_thread(
-                    self.ensure_blocking, base, requirements, no_cache=no_cache, on_line=sink
-                )
-        finally:
-            loop.call_soon_threadsafe(lines.put_nowait, None)
-            await forwarder
+        async with self._locks.setdefault(key, asyncio.Lock()):
+            return await _in_thread_with_log(
+                lambda sink: self.ensure_blocking(
+                    base, requirements, no_cache=no_cache, on_line=sink), on_line)
 
     async def app_base(
         self, dockerfile_text: str, *, no_cache: bool = False,
@@ -204,23 +189,8 @@ class EnvironmentImageBuilder:
     ) -> str:
         """The image an app's own Dockerfile builds (`falrt-app-base:<hash of its text>`),
         built only when the engine lacks it; its build log goes to `on_line`."""
-        loop = asyncio.get_running_loop()
-        lines: asyncio.Queue[str | None] = asyncio.Queue()
-
-        def sink(line: str) -> None:  # called in the worker thread
-            loop.call_soon_threadsafe(lines.put_nowait, line)
-
-        async def forward() -> None:
-            while (line := await lines.get()) is not None:
-                if on_line is not None:
-                    await on_line(line)
-
-        forwarder = asyncio.create_task(forward())
-        try:
-            return await asyncio.to_thread(self._app_base, dockerfile_text, no_cache, sink)
-        finally:
-            loop.call_soon_threadsafe(lines.put_nowait, None)
-            await forwarder
+        return await _in_thread_with_log(
+            lambda sink: self._app_base(dockerfile_text, no_cache, sink), on_line)
 
     def _app_base(self, text: str, no_cache: bool, on_line: LineSink) -> str:
         client = engine()
@@ -320,3 +290,27 @@ class EnvironmentImageBuilder:
         if image_id is None:
             raise ImageError(f"building {ref} finished without an image")
         return image_id
+
+
+async def _in_thread_with_log(
+    work: Callable[[LineSink], T], on_line: AsyncLineSink | None
+) -> T:
+    """`work(sink)` in a worker thread (the docker SDK blocks); every line it gives `sink`
+    reaches `on_line` on the caller's loop as it comes, in order, before this returns."""
+    loop = asyncio.get_running_loop()
+    lines: asyncio.Queue[str | None] = asyncio.Queue()
+
+    def sink(line: str) -> None:  # called in the worker thread
+        loop.call_soon_threadsafe(lines.put_nowait, line)
+
+    async def forward() -> None:
+        while (line := await lines.get()) is not None:
+            if on_line is not None:
+                await on_line(line)
+
+    forwarder = asyncio.create_task(forward())
+    try:
+        return await asyncio.to_thread(work, sink)
+    finally:
+        loop.call_soon_threadsafe(lines.put_nowait, None)
+        await forwarder

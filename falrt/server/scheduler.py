@@ -547,11 +547,10 @@ class Scheduler:
 
     def _send_cancel(self, item: WorkItem) -> bool:
         """Asks the runner of `item` to cancel it; False when no runner here runs it."""
-        runner = self.fleet.runners.get(item.runner_id) if self.fleet else None
-        if runner is not None and item.request_id in runner.in_flight:
+        runner = self._runner_of(item)
+        if runner is not None:
             runner.outbox.put_nowait(CancelEvent(item.request_id))
-            return True
-        return False
+        return runner is not None
 
     # -- what runners report -----------------------------------------------------------
 

@@ -255,7 +255,7 @@ class PostgresStore:
     async def _commit(self, batch: list[_Write]) -> None:
         """Commits the batch in one transaction, or else each write in its own."""
         try:
-            results = await self._run_in_transaction(batch)
+            results = await self._run_batch(batch)
         except Exception as exc:
             if len(batch) == 1:
                 _resolve(batch, exc)
@@ -269,7 +269,7 @@ class PostgresStore:
             if not write.done.done():
                 write.done.set_result(result)
 
-    async def _run_in_transaction(self, batch: list[_Write]) -> list[Any]:
+    async def _run_batch(self, batch: list[_Write]) -> list[Any]:
         """Runs the batch in order; returns each write's result (its step's value, or None).
         After a failure the writer's connection goes back to the pool (which drops it if it
         is broken) and the next batch takes one again."""
@@ -548,13 +548,13 @@ class PostgresStore:
         """Takes a queued request for attempt `attempts` (IN_PROGRESS, held by this
         server); False when another server holds it or it has completed."""
         claimed = ClusterEvent("claimed", self.server_id, request_id, attempts=attempts)
-        return self._submit(step=self._conditional(
+        return self._submit(step=_Conditional(
             _CLAIM, (request_id, attempts, self.server_id), claimed))
 
     def release(self, request_id: str) -> asyncio.Future[bool]:
         """Lets any server claim a queued request this server holds (after its backoff)."""
         queued = ClusterEvent("queued", self.server_id, request_id)
-        return self._submit(step=self._conditional(
+        return self._submit(step=_Conditional(
             _RELEASE, (request_id, self.server_id), queued))
 
     def complete_owned(
@@ -564,13 +564,9 @@ class PostgresStore:
         queue (a cancel, a flush, a missed start deadline); False otherwise: another
         server holds it or it has completed (a request completes once)."""
         completed = ClusterEvent("completed", self.server_id, request_id)
-        return self._submit(step=self._conditional(
+        return self._submit(step=_Conditional(
             _COMPLETE_OWNED, (request_id, completed_at, _encode(outcome), self.server_id, queued),
             completed))
-
-    @staticmethod
-    def _conditional(sql: str, args: tuple[Any, ...], event: ClusterEvent) -> Step:
-        return _Conditional(sql, args, event)
 
     def put_bundle(self, sha256: str, data: bytes) -> asyncio.Future[None]:
         """Stores a deployed bundle for the other servers (content-addressed)."""

@@ -19,6 +19,7 @@ from falrt.client.connection import aio_channel, resolve_host
 from falrt.client.messages import (
     CancelOutcome,
     QueueOptions,
+    Subscription,
     read_cancel,
     read_result,
     realtime_input,
@@ -219,28 +220,19 @@ class AsyncClient:
         call = self._stub.Subscribe(
             queue_pb2.SubscribeRequest(submit=submit, with_logs=with_logs),
             timeout=client_timeout)
-        request_id = ""
+        subscription = Subscription(on_enqueue, on_queue_update, client_timeout)
         try:
             with translate_rpc_errors():
                 async for reply in call:
-                    if not request_id:
-                        request_id = reply.state.request_id
-                        if on_enqueue is not None:
-                            on_enqueue(request_id)
-                    status = status_from_proto(reply.state)
-                    if on_queue_update is not None:
-                        on_queue_update(status)
-                    if isinstance(status, Completed):
-                        return status.output_or_raise()
+                    if (completed := subscription.update(reply.state)) is not None:
+                        return completed.output_or_raise()
         except RequestTimeoutError:
-            if request_id:
-                await self._cancel_quietly(request_id)
-            raise RequestTimeoutError(
-                f"request {request_id or '(not stored yet)'} did not complete within "
-                f"{client_timeout} s") from None
+            if subscription.request_id:
+                await self._cancel_quietly(subscription.request_id)
+            raise subscription.timed_out() from None
         finally:
             call.cancel()
-        raise InternalError(f"the subscription to request {request_id} ended before it completed")
+        raise subscription.ended_early()
 
     async def _follow(
         self, request_id: str, with_logs: bool,

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal, TypedDict
 
 from falrt.client.endpoint import normalize_path
 from falrt.client.payload import decode_payload, encode_arguments
-from falrt.errors import InvalidArgumentError, from_proto
+from falrt.client.status import Completed, Status, status_from_proto
+from falrt.errors import InternalError, InvalidArgumentError, RequestTimeoutError, from_proto
 from falrt.v1 import common_pb2, queue_pb2
 
 PriorityName = Literal["normal", "low"]
@@ -116,3 +117,37 @@ def remaining_s(started: float, timeout: float | None) -> float | None:
     if timeout is None:
         return None
     return max(0.0, timeout - (time.monotonic() - started))
+
+
+class Subscription:
+    """What `subscribe` (sync and asyncio clients alike) makes of the updates of the request
+    it submitted: `on_enqueue(request_id)` once it is stored, `on_queue_update(status)` for
+    every status, and the Completed status when it comes."""
+
+    def __init__(
+        self, on_enqueue: Callable[[str], None] | None,
+        on_queue_update: Callable[[Status], None] | None, client_timeout: float | None,
+    ) -> None:
+        self.request_id = ""
+        self._on_enqueue = on_enqueue
+        self._on_queue_update = on_queue_update
+        self._client_timeout = client_timeout
+
+    def update(self, state: queue_pb2.RequestState) -> Completed | None:
+        if not self.request_id:
+            self.request_id = state.request_id
+            if self._on_enqueue is not None:
+                self._on_enqueue(self.request_id)
+        status = status_from_proto(state)
+        if self._on_queue_update is not None:
+            self._on_queue_update(status)
+        return status if isinstance(status, Completed) else None
+
+    def timed_out(self) -> RequestTimeoutError:
+        return RequestTimeoutError(
+            f"request {self.request_id or '(not stored yet)'} did not complete within "
+            f"{self._client_timeout} s")
+
+    def ended_early(self) -> InternalError:
+        return InternalError(
+            f"the subscription to request {self.request_id} ended before it completed")

@@ -15,8 +15,11 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from falrt.store.records import LogRecord, Outcome, Priority, RequestRecord, Status
+
+T = TypeVar("T")
 
 
 class Signal:
@@ -94,16 +97,10 @@ class QueuedRequest(WorkItem):
     deadline_timer: asyncio.TimerHandle | None = None
 
     def add_log(self, line: LogRecord) -> None:
-        if isinstance(self.logs, list):
-            self.logs.append(line)
-        else:
-            self.logs = [*self.logs, line]
+        self.logs = _appended(self.logs, line)
 
     def add_partial(self, partial: tuple[bytes, str]) -> None:
-        if isinstance(self.partials, list):
-            self.partials.append(partial)
-        else:
-            self.partials = [*self.partials, partial]
+        self.partials = _appended(self.partials, partial)
 
     def stop_timers(self) -> None:
         WorkItem.stop_timers(self)  # (no zero-argument super() in a slots dataclass)
@@ -158,3 +155,11 @@ class RealtimeSession(DirectCall):
     # Inputs the runner may still take (its buffer); given back by RealtimeCredit.
     credit: asyncio.Semaphore = field(
         default_factory=lambda: asyncio.Semaphore(REALTIME_INPUT_BUFFER))
+
+
+def _appended(items: Sequence[T], item: T) -> list[T]:
+    """`items` with `item` at the end: the same list, or a new one for the first item."""
+    if isinstance(items, list):
+        items.append(item)
+        return items
+    return [*items, item]

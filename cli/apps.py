@@ -19,6 +19,7 @@ from .render import (
     age,
     output_option,
     print_json,
+    print_listing,
     print_protos,
     print_table,
     proto_dict,
@@ -44,14 +45,11 @@ def list_apps(cli: CliContext, env: str, output: OutputFormat) -> None:
     """List the apps of an environment."""
     with reporting_errors(cli.host), ControlClient(cli.host) as control:
         infos = control.list_apps(env)
-    if output == "json":
-        print_protos(infos)
-        return
-    print_table(
-        "Apps",
+    print_listing(
+        output, infos, "Apps",
         ["name", "endpoint id", "revision", "entrypoint", "runners", "queued", "updated"],
-        [[a.name, a.endpoint_id, a.revision_id, a.entrypoint, str(a.active_runners),
-          str(a.queue_size), age(a.updated_at)] for a in infos],
+        lambda a: [a.name, a.endpoint_id, a.revision_id, a.entrypoint, str(a.active_runners),
+                   str(a.queue_size), age(a.updated_at)],
     )
 
 
@@ -172,16 +170,12 @@ def list_revisions(cli: CliContext, name: str, output: OutputFormat) -> None:
     """An app's revisions, newest first (the live one marked)."""
     with reporting_errors(cli.host), ControlClient(cli.host) as control:
         revisions = control.list_revisions(name)
-    if output == "json":
-        print_protos(revisions)
-        return
-    print_table(
-        f"Revisions of {name}",
+    print_listing(
+        output, revisions, f"Revisions of {name}",
         ["revision", "live", "created", "bundle", "message", "annotations"],
-        [[r.revision_id, "*" if r.live else "", age(r.created_at), r.bundle_sha256[:12],
-          r.message or "-",
-          ", ".join(f"{k}={v}" for k, v in sorted(r.annotations.items())) or "-"]
-         for r in revisions],
+        lambda r: [r.revision_id, "*" if r.live else "", age(r.created_at), r.bundle_sha256[:12],
+                   r.message or "-",
+                   ", ".join(f"{k}={v}" for k, v in sorted(r.annotations.items())) or "-"],
     )
 
 

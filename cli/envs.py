@@ -8,7 +8,7 @@ from falrt.client.control import ControlClient
 
 from .context import CliContext, env_option, pass_cli
 from .errors import reporting_errors
-from .render import OutputFormat, age, output_option, print_json, print_protos, print_table, stderr
+from .render import OutputFormat, age, output_option, print_json, print_listing, stderr
 
 
 @click.group()
@@ -34,12 +34,9 @@ def list_envs(cli: CliContext, output: OutputFormat) -> None:
     """List environments."""
     with reporting_errors(cli.host), ControlClient(cli.host) as control:
         infos = control.list_environments()
-    if output == "json":
-        print_protos(infos)
-        return
-    print_table("Environments", ["name", "description", "default", "created"],
-                [[e.name, e.description or "-", "yes" if e.is_default else "",
-                  age(e.created_at)] for e in infos])
+    print_listing(output, infos, "Environments", ["name", "description", "default", "created"],
+                  lambda e: [e.name, e.description or "-", "yes" if e.is_default else "",
+                             age(e.created_at)])
 
 
 @envs.command("delete")
@@ -88,11 +85,8 @@ def list_secrets(cli: CliContext, env: str, output: OutputFormat) -> None:
     """List secret names (values are never shown)."""
     with reporting_errors(cli.host), ControlClient(cli.host) as control:
         infos = control.list_secrets(env)
-    if output == "json":
-        print_protos(infos)
-        return
-    print_table(f"Secrets of {env}", ["name", "created", "updated"],
-                [[s.name, age(s.created_at), age(s.updated_at)] for s in infos])
+    print_listing(output, infos, f"Secrets of {env}", ["name", "created", "updated"],
+                  lambda s: [s.name, age(s.created_at), age(s.updated_at)])
 
 
 @secrets.command("unset")
@@ -140,12 +134,10 @@ def list_keys(cli: CliContext, output: OutputFormat) -> None:
     """List keys (ids, scopes, owners; never the secrets)."""
     with reporting_errors(cli.host), ControlClient(cli.host) as control:
         infos = control.list_keys()
-    if output == "json":
-        print_protos(infos)
-        return
-    print_table("API keys", ["key id", "scope", "owner", "description", "created", "revoked"],
-                [[k.key_id, k.scope, k.owner, k.description or "-", age(k.created_at),
-                  age(k.revoked_at)] for k in infos])
+    print_listing(output, infos, "API keys",
+                  ["key id", "scope", "owner", "description", "created", "revoked"],
+                  lambda k: [k.key_id, k.scope, k.owner, k.description or "-",
+                             age(k.created_at), age(k.revoked_at)])
 
 
 @keys.command("revoke")

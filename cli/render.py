@@ -6,9 +6,9 @@ go where each function says.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import click
 import msgspec
@@ -20,6 +20,7 @@ from rich.measure import Measurement
 from rich.table import Table
 
 OutputFormat = Literal["table", "json"]
+M = TypeVar("M", bound=Message)
 
 output_option = click.option(
     "--output",
@@ -50,6 +51,18 @@ def proto_dict(message: Message) -> dict[str, Any]:
 
 def print_protos(messages: Sequence[Message]) -> None:
     print_json([proto_dict(m) for m in messages])
+
+
+def print_listing(
+    output: OutputFormat, messages: Sequence[M], title: str, columns: Sequence[str],
+    row: Callable[[M], Sequence[str]],
+) -> None:
+    """A list command's answer: the messages as JSON (`--output json`), else a table of one
+    `row` per message."""
+    if output == "json":
+        print_protos(messages)
+        return
+    print_table(title, columns, [row(m) for m in messages])
 
 
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:

@@ -72,8 +72,15 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]
         table.add_column(column, no_wrap=True)
     for row in rows:
         table.add_row(*row)
-    needed = Measurement.get(stdout, stdout.options, table).maximum
-    stdout.print(table, width=max(stdout.width, needed))
+    # Measured without the terminal's limit, and printed on a console that wide (a
+    # `print(width=)` is capped at the console's width, which truncated long ids with "…").
+    needed = Measurement.get(stdout, stdout.options.update_width(10_000), table).maximum
+    width = stdout.width
+    stdout.width = max(width, needed)
+    try:
+        stdout.print(table)
+    finally:
+        stdout.width = width
 
 
 def age(timestamp: Timestamp, now: datetime | None = None) -> str:

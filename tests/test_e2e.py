@@ -35,6 +35,13 @@ def test_deploy_prints_the_endpoint_id(hello: str) -> None:
     assert hello == "local/hello"
 
 
+def test_tables_show_ids_whole_even_on_a_narrow_output(server: ServerProcess, hello: str) -> None:
+    (app,) = [a for a in json.loads(server.cli("apps", "list", "--output", "json").stdout)
+              if a["endpoint_id"] == hello]
+    table = server.cli("apps", "list").stdout  # a pipe: an 80-column console
+    assert app["revision_id"] in table and hello in table and "…" not in table, table
+
+
 def test_queue_path_returns_the_output(client: SyncClient, hello: str) -> None:
     assert client.subscribe(hello, {"name": "queue"}) == {"greeting": "Hello, queue!"}
 

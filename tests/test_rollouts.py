@@ -52,8 +52,7 @@ class Traffic:
 
     def __init__(self, address: str, endpoint: str) -> None:
         self.address, self.endpoint = address, endpoint
-        self.versions: list[int] = []  # in the order the callers saw them
-        # (submitted, completed, version) per call, on time.monotonic()
+        # (submitted, completed, version) per call, on time.monotonic(), as the callers saw them
         self.calls: list[tuple[float, float, int]] = []
         self.failures: list[str] = []
         self._stop = threading.Event()
@@ -86,7 +85,10 @@ class Traffic:
                     self.failures.append(done.error.message)
                 else:
                     self.calls.append((submitted, time.monotonic(), done.output["version"]))
-                    self.versions.append(done.output["version"])
+
+    @property
+    def versions(self) -> list[int]:
+        return [version for _, _, version in self.calls]
 
     def served(self, version: int) -> bool:
         return bool(self.versions) and self.versions[-1] == version

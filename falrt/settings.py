@@ -1,6 +1,29 @@
 """Server settings: one frozen, typed object built once at the edge (the CLI) and passed down.
 
-Nothing else in the control plane reads `os.environ`. Durations end in `_s`, sizes in `_bytes`.
+`falrt server` reads its options in `cli/server.py`, each from its flag or its `FALRT_*`
+variable (click's `envvar`: FALRT_LISTEN, FALRT_DATA_DIR, FALRT_OWNER, FALRT_BACKEND,
+FALRT_DOCKER_BASE, FALRT_REGISTRY, FALRT_STORE, FALRT_RETRY_BACKOFF_S,
+FALRT_RESULT_RETENTION_S, FALRT_GPU_INVENTORY, FALRT_LEASE_S, FALRT_RECONNECT_WINDOW_S), and
+passes them down in a `ServerSettings`. Durations end in `_s`, sizes in `_bytes`.
+
+These other places of the server process read `os.environ`, each for one reason:
+- this module, `default_data_dir`: `XDG_DATA_HOME` (the data directory when none is given);
+- `falrt.server.secret_box`: `FALRT_SECRETS_KEY`, once at start: when set, the key secrets
+  are encrypted with, instead of `<data_dir>/secrets.key` (servers that share a PostgreSQL
+  store must share the key);
+- `falrt.client.credentials`: `FALRT_CREDENTIALS` and `XDG_CONFIG_HOME`, the credentials
+  file in which the server records its first-start admin key for the CLI;
+- `falrt.backends.process`: every runner's environment starts as a copy of the server's,
+  less `FALRT_*`, `PYTHONPATH` and `VIRTUAL_ENV` (the docker backend copies none of it);
+- the venv and pip subprocesses that build process-backend environments inherit it all;
+- libraries read their own: the Docker SDK (`docker.from_env` in `falrt.backends.docker`
+  and `falrt.images.engine`) `DOCKER_HOST` and its TLS variables, asyncpg the `PG*`
+  variables for what a PostgreSQL DSN leaves out.
+
+Outside the server: the clients and the CLI read `FALRT_HOST` (`falrt.client.connection`,
+`falrt --host`), `FALRT_KEY` and the credentials file's location (`falrt.client.credentials`),
+and the CLI reads `FALRT_ENV` for `--env`. The runner shim reads its environment in
+`shim/settings.py` and `shim/gpu_stats.py` (`CUDA_VISIBLE_DEVICES`).
 """
 
 from __future__ import annotations

@@ -1,6 +1,11 @@
 """The runner shim's settings: one frozen object built once from the environment.
 
-This is the only module of the shim that reads `os.environ`. The server's backend sets:
+This module reads the FALRT_* variables below (`ShimSettings.from_environ`, once at start).
+The server's backend sets those marked "required", FALRT_BUNDLE_DIR,
+FALRT_MAX_MULTIPLEXING and FALRT_GRACE_PERIOD_S; the process backend also sets
+FALRT_PARENT_PID and the docker backend FALRT_RECONNECT_S. No backend sets
+FALRT_HEARTBEAT_S or FALRT_SYNC_HANDLERS (the process backend drops the server's own FALRT_*
+variables), so they keep their defaults unless the shim is started by hand.
 
 | Variable                  | Meaning                                             | Default     |
 |---------------------------|-----------------------------------------------------|-------------|
@@ -17,6 +22,12 @@ This is the only module of the shim that reads `os.environ`. The server's backen
 | FALRT_RECONNECT_S         | seconds to keep dialling after the stream is lost   | 0 (exit)    |
 
 "auto" runs sync handlers in the worker pool (see `falrt.shim.invoke` for why).
+
+The rest of the shim touches the environment in two places only: `shim/gpu_stats.py` reads
+CUDA_VISIBLE_DEVICES (the UUIDs of the runner's GPUs, for heartbeat figures), and
+`shim/main.py` and `shim/session.py` set FALRT_RUNNER_STATE (SETUP, RUNNING, TERMINATING)
+for the app's code to read. The app's secrets, FALRT_APP_NAME and FALRT_ENV are in the
+environment for the app; the shim does not read them.
 """
 
 from __future__ import annotations

@@ -30,6 +30,10 @@ restarted server re-queues what was in progress) and dials again, backing off fr
 1 s, sending the same Hello, until a stream is welcomed or `reconnect_s` has passed since the
 loss; then it shuts down as above. The app stays loaded throughout: a restarted server adopts
 the runner warm.
+
+The session's state (connecting, welcomed, reconnecting, failed, draining, terminating,
+closed) is one `SessionState` in `self._lifecycle`, changed only through its transition
+table (shim/lifecycle.py); an illegal move raises IllegalTransition.
 """
 
 from __future__ import annotations
@@ -67,6 +71,7 @@ from .batching import Batcher
 from .gpu_errors import is_gpu_failure
 from .gpu_stats import GpuProbe
 from .invoke import Invoker
+from .lifecycle import DIALLING, LINKED, SHUTTING_DOWN, Lifecycle, SessionState
 from .outbox import Outbox
 from .realtime import RealtimeInputs
 from .settings import ShimSettings
@@ -123,17 +128,18 @@ class RunnerSession:
         self._in_thread = not inline
         self._inflight: dict[str, _Inflight] = {}
         self._sessions: dict[str, RealtimeInputs] = {}  # realtime sessions' inputs
-        self._shutdown: asyncio.Task[None] | None = None
+        self._lifecycle = Lifecycle()
+        self._shutdown: asyncio.Task[None] | None = None  # the shutdown sequence, once started
         self._call: Any = None
         self._outbox: Outbox | None = None
-        self._lost = asyncio.Event()
-        self._stopping = asyncio.Event()  # set when shutdown is requested
-        self._welcomed = False  # on the current stream
-        self._welcomed_once = False
+        self._lost = asyncio.Event()  # the current stream has ended
         self._gpu_probe: GpuProbe | None = None
-        self._call_cancelled = False
         self.exit_code = EXIT_OK
         self.threads_abandoned = False
+
+    @property
+    def _state(self) -> SessionState:
+        return self._lifecycle.state
 
     @property
     def outbox(self) -> Outbox:
@@ -152,20 +158,23 @@ class RunnerSession:
         window_end: float | None = None  # dial until then (from the last welcomed stream's end)
         delay = RECONNECT_DELAY_S
         while True:
-            welcomed = await self._attach(refusal_is_final=window_end is None)
+            await self._attach(refusal_is_final=window_end is None)
+            welcomed = self._state is SessionState.WELCOMED
             if welcomed or window_end is None:  # (a first dial may meet a restarting server)
                 window_end, delay = loop.time() + reconnect_s, RECONNECT_DELAY_S
             if not self._may_redial(window_end):
                 break
             if welcomed:
+                self._lifecycle.move_to(SessionState.RECONNECTING)
                 log.warning("lost the server; its in-flight requests are abandoned (the server "
                             "retries them); dialling %s again for %g s", self._settings.server,
                             reconnect_s)
                 await self._abandon_inflight()
-            with contextlib.suppress(TimeoutError):  # a shutdown request ends the wait
-                await asyncio.wait_for(self._stopping.wait(), min(delay, window_end - loop.time()))
+            with contextlib.suppress(TimeoutError):  # a shutdown or a failure ends the wait
+                wait = min(delay, window_end - loop.time())
+                await asyncio.wait_for(self._lifecycle.leaves(DIALLING), wait)
             delay = min(delay * 2, MAX_RECONNECT_DELAY_S)
-        if reconnect_s and self._shutdown is None and self.exit_code == EXIT_OK:
+        if reconnect_s and self._state in LINKED:
             log.warning("the server did not take this runner back within %g s; exiting",
                         reconnect_s)
         await self._start_shutdown(handle_exit=False)
@@ -175,15 +184,20 @@ class RunnerSession:
         return self.exit_code
 
     def _may_redial(self, window_end: float) -> bool:
-        return (asyncio.get_running_loop().time() < window_end and self._shutdown is None
-                and self.exit_code == EXIT_OK)
+        return asyncio.get_running_loop().time() < window_end and self._state in LINKED
 
-    async def _attach(self, refusal_is_final: bool) -> bool:
-        """One Attach stream: Hello, then server events until it ends. Returns whether the
-        server welcomed this runner on it."""
+    def _fail(self, exit_code: int) -> None:
+        """The runner cannot go on: it exits with `exit_code`, dialling no more. During
+        shutdown only the exit code changes (the sequence already runs)."""
+        self.exit_code = exit_code
+        if self._state in LINKED:
+            self._lifecycle.move_to(SessionState.FAILED)
+
+    async def _attach(self, refusal_is_final: bool) -> None:
+        """One Attach stream: Hello, then server events until it ends (the state is then
+        still WELCOMED if the server welcomed this runner on it)."""
         self._outbox = Outbox(asyncio.get_running_loop())
         self._lost = asyncio.Event()
-        self._welcomed = False
         limit = self._settings.max_message_bytes
         options = [
             ("grpc.max_send_message_length", limit),
@@ -201,7 +215,6 @@ class RunnerSession:
             for task in helpers:
                 task.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
-        return self._welcomed
 
     def _hello(self) -> runner_pb2.RunnerMessage:
         s = self._settings
@@ -220,25 +233,27 @@ class RunnerSession:
         except aio.AioRpcError as exc:
             self._report_stream_end(exc, refusal_is_final)
         except asyncio.CancelledError:
-            if not self._call_cancelled:
+            task = asyncio.current_task()
+            if task is None or task.cancelling():
                 raise
+            # Not this task: the session cancelled the call (a failed health check, a server
+            # that did not close in time), and grpc ends the iteration so. The stream is over.
 
     def _report_stream_end(self, exc: aio.AioRpcError, refusal_is_final: bool) -> None:
         code = exc.code()
         if code in _REFUSED_CODES and refusal_is_final:
-            self.exit_code = EXIT_REFUSED
             log.error("the server refused this runner: %s: %s", code.name, exc.details())
-        elif not self._welcomed and not refusal_is_final:  # dialling again: not back yet
+            self._fail(EXIT_REFUSED)
+        elif self._state is not SessionState.WELCOMED and not refusal_is_final:
+            # dialling again: not back yet
             log.debug("the server did not take this runner: %s: %s", code.name, exc.details())
-        elif self._shutdown is None:
+        elif self._state not in SHUTTING_DOWN:
             log.warning("runner stream ended: %s: %s", code.name, exc.details())
 
     async def _on_event(self, event: wire.ServerEvent) -> None:
         match event:
             case wire.Welcome(server_id=server_id):
-                if self._welcomed_once:
-                    log.info("the server (%s) took this runner back", server_id)
-                self._welcomed = self._welcomed_once = True
+                self._on_welcome(server_id)
             case wire.Assign():
                 await self._admit(event)
             case wire.Cancel(request_id=request_id):
@@ -251,6 +266,12 @@ class RunnerSession:
                 self._realtime_input(event)
             case _:
                 raise AssertionError(f"unhandled server event {event!r}")
+
+    def _on_welcome(self, server_id: str) -> None:
+        if self._state is SessionState.RECONNECTING:
+            log.info("the server (%s) took this runner back", server_id)
+        if self._state in DIALLING:  # (once shutting down or failed, a Welcome changes nothing)
+            self._lifecycle.move_to(SessionState.WELCOMED)
 
     def _realtime_input(self, event: wire.RealtimeInput | wire.RealtimeEnd) -> None:
         inputs = self._sessions.get(event.session_id)
@@ -333,7 +354,7 @@ class RunnerSession:
         assert check is not None
         await asyncio.sleep(check.start_period_seconds)
         failures = 0
-        while self._shutdown is None:
+        while self._state not in SHUTTING_DOWN:
             reason = await self._probe(ep, check.timeout_seconds)
             failures = failures + 1 if reason else 0
             if reason:
@@ -342,9 +363,7 @@ class RunnerSession:
             if failures >= check.failure_threshold:
                 log.error("health check failed %d times in a row (last: %s); this runner "
                           "stops", failures, reason)
-                self.exit_code = EXIT_UNHEALTHY
-                self._stopping.set()
-                self._call_cancelled = True
+                self._fail(EXIT_UNHEALTHY)
                 self._call.cancel()  # the server sees the runner go and retries its requests
                 return
             await asyncio.sleep(check.period_seconds)
@@ -363,7 +382,7 @@ class RunnerSession:
     # -- requests --------------------------------------------------------------------
 
     def _refusal(self, assign: wire.Assign | wire.RealtimeStart) -> FalrtError | None:
-        if self._shutdown is not None:
+        if self._state in SHUTTING_DOWN:
             return RunnerRefusedError("runner is draining; retry on another runner")
         if len(self._inflight) >= self._settings.max_multiplexing:
             slots = self._settings.max_multiplexing
@@ -469,9 +488,10 @@ class RunnerSession:
     # -- shutdown --------------------------------------------------------------------
 
     def request_shutdown(self, handle_exit: bool = True) -> None:
-        """Starts the shutdown sequence (SIGTERM: with handle_exit). Idempotent."""
-        if self._shutdown is None:
-            self._stopping.set()
+        """Starts the shutdown sequence (SIGTERM: with handle_exit): the state moves to
+        DRAINING. Idempotent: once shutting down, it does nothing. Loop thread only."""
+        if self._state not in SHUTTING_DOWN:
+            self._lifecycle.move_to(SessionState.DRAINING)
             self._shutdown = asyncio.create_task(self._shut_down(handle_exit))
 
     async def _start_shutdown(self, handle_exit: bool) -> None:
@@ -487,12 +507,14 @@ class RunnerSession:
         await self._wait_inflight(deadline)
         if exit_hook is not None:
             await _finish_hook(exit_hook, "handle_exit", max(deadline - loop.time(), 0.0))
+        self._lifecycle.move_to(SessionState.TERMINATING)
         os.environ["FALRT_RUNNER_STATE"] = "TERMINATING"
         await self._send_state(common_pb2.RUNNER_STATE_TERMINATING)
         for batcher in self._batchers.values():
             batcher.close()
         await _finish_hook(_in_thread(self._app.teardown), "teardown", None)
         await self._close_stream()
+        self._lifecycle.move_to(SessionState.CLOSED)
 
     async def _send_state(self, state: common_pb2.RunnerState.ValueType) -> None:
         if not self._lost.is_set():
@@ -537,7 +559,6 @@ class RunnerSession:
         try:
             await asyncio.wait_for(self._lost.wait(), CLOSE_TIMEOUT_S)
         except TimeoutError:
-            self._call_cancelled = True
             self._call.cancel()
 
 

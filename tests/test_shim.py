@@ -137,7 +137,8 @@ class TestApp(falrt.App):
 class Link(runner_pb2_grpc.RunnerLinkServicer):
     """The server side of one runner's stream: runner messages go to `inbox` (None when the
     runner's side ended); messages put in `outbox` go to the runner (None closes). With
-    `welcome`, every accepted stream starts with Welcome, as falrt's server does."""
+    `welcome`, every accepted stream starts with Welcome, as falrt's server does; with
+    `refuse`, every stream ends with PERMISSION_DENIED once its Hello is read."""
 
     def __init__(self, refuse: bool = False, welcome: bool = False) -> None:
         self.inbox: asyncio.Queue[runner_pb2.RunnerMessage | None] = asyncio.Queue()
@@ -151,6 +152,10 @@ class Link(runner_pb2_grpc.RunnerLinkServicer):
     ) -> AsyncIterator[runner_pb2.ServerMessage]:
         if self.refuse:
             self.refused += 1
+            # Refused after reading the Hello, as falrt's server does: an abort before it
+            # races the runner's write of Hello, and grpc.aio then reports that failed write
+            # (INTERNAL: "Internal error from Core") in place of this status (grpc/grpc#36066).
+            await anext(request_iterator, None)
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "bad runner token")
         while not self.outbox.empty():  # what was left for an earlier stream
             self.outbox.get_nowait()

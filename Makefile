@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run stop test proto lint bench bench-autoscale bench-coldstart clean
+.PHONY: run stop test test-fast proto lint bench bench-autoscale bench-coldstart clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,10 +23,25 @@ stop: $(STAMP)
 	$(BIN)/python scripts/run_local.py --stop
 
 # The tests need a real PostgreSQL: scripts/postgres.sh starts (or reuses) a private one,
-# unless FALRT_TEST_POSTGRES_DSN already names a database.
+# unless FALRT_TEST_POSTGRES_DSN already names a database. Two runs, both always made (see
+# tests/conftest.py): all but the `bench` and `docker` tests on TEST_WORKERS pytest-xdist
+# workers, one test file per worker at a time; then the benchmarks and the Docker tests on
+# their own, one after another. The end-to-end tests mostly wait on their servers and
+# runners, so there are more workers than cores: on 2 cores the first run took 110 s with
+# 3 or 4 workers (the torch install of test_embeddings.py is the longest path), 129 s with
+# 6, where a test that races a 2 s keep_alive failed; the whole suite ran 321 s serially.
+TEST_WORKERS ?= 3
 test: $(STAMP)
-	dsn=$${FALRT_TEST_POSTGRES_DSN:-$$(scripts/postgres.sh)} && \
-	  FALRT_TEST_POSTGRES_DSN=$$dsn $(BIN)/pytest
+	dsn=$${FALRT_TEST_POSTGRES_DSN:-$$(scripts/postgres.sh)} || exit 1; \
+	export FALRT_TEST_POSTGRES_DSN=$$dsn; status=0; \
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder \
+	  -m "not bench and not docker" || status=$$?; \
+	$(BIN)/pytest -m "bench or docker" || status=$$?; \
+	exit $$status
+
+# The unit tests only: in-process, no server, database or Docker; a few seconds.
+test-fast: $(STAMP)
+	$(BIN)/pytest -m unit
 
 lint: $(STAMP)
 	$(BIN)/ruff check falrt shim cli tests bench examples

@@ -8,11 +8,14 @@ runner subprocesses.
 from __future__ import annotations
 
 import os
+import queue
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -21,6 +24,11 @@ T = TypeVar("T")
 REPO = Path(__file__).resolve().parent.parent
 FALRT = str(Path(sys.executable).parent / "falrt")
 LISTENING = re.compile(r"falrt server listening on (\S+):(\d+)")
+# Set in a server's environment only. Runners inherit it (backends drop FALRT_* variables
+# only), and so do their children: a process that still has it once its server has exited
+# is a leak.
+TAG_VARIABLE = "TESTS_HARNESS_SERVER"
+LEAK_GRACE_S = 10.0  # a runner dies with its server, but the kernel reaps it a moment later
 
 
 def wait_for(condition: Callable[[], T | None], timeout: float = 30.0, what: str = "") -> T:
@@ -44,6 +52,7 @@ class ServerProcess:
     """A real `falrt server` subprocess. `address` is where it listens.
 
     `store` is passed as `--store` when given (a PostgreSQL DSN, say); else the default.
+    A fixture that starts one ends with `stop_cleanly(server)`, not `server.stop()`.
     """
 
     def __init__(
@@ -57,29 +66,47 @@ class ServerProcess:
         self.extra = list(extra)
         self.proc: subprocess.Popen[str] | None = None
         self.address = ""
+        self.tag = uuid.uuid4().hex  # marks this server's runners; see TAG_VARIABLE
 
     def start(self, timeout: float = 30.0) -> ServerProcess:
-        log = open(self.log_path, "a")  # noqa: SIM115 - lives as long as the server
+        """Starts the server and returns once it reports its address.
+
+        Fails within `timeout` seconds even when the server prints nothing (its stdout is
+        read on a thread), and at once when it exits; either way the server is gone and
+        the failure carries its log.
+        """
         store = ["--store", self.store] if self.store else []
-        self.proc = subprocess.Popen(
-            [FALRT, "server", "--listen", self.listen, "--data-dir", str(self.data_dir), *store,
-             *self.extra],
-            stdout=subprocess.PIPE, stderr=log, text=True, env=_env(),
-        )
-        log.close()
-        assert self.proc.stdout is not None
+        with open(self.log_path, "a") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(
+                [FALRT, "server", "--listen", self.listen, "--data-dir", str(self.data_dir),
+                 *store, *self.extra],
+                stdout=subprocess.PIPE, stderr=log, text=True,
+                env={**_env(), TAG_VARIABLE: self.tag},
+            )
+        lines = _read_lines(self.proc)
         deadline = time.monotonic() + timeout
-        for line in self.proc.stdout:  # the first line comes once the server is ready
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = lines.get(timeout=left)
+            except queue.Empty:
+                break
+            if line is None:  # stdout closed: the server exited
+                code = self.proc.wait(timeout=10)
+                raise AssertionError(f"server exited {code} before listening; log:\n{self.log()}")
             match = LISTENING.search(line)
             if match:
                 self.address = f"{match.group(1)}:{match.group(2)}"
                 return self
-            if time.monotonic() > deadline:
-                break
-        raise AssertionError(f"server did not start; log:\n{self.log()}")
+        self.proc.kill()
+        self.proc.wait()
+        raise AssertionError(f"server did not report listening within {timeout} s; "
+                             f"log:\n{self.log()}")
 
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""
+
+    def is_running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     def kill(self) -> None:
         """SIGKILL: the server gets no chance to clean up."""
@@ -97,6 +124,12 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             raise
+
+    def leftovers(self) -> list[str]:
+        """Processes other than the server that carry this server's tag: its runners and
+        whatever they started ("pid: command line"); empty once all of them have exited."""
+        return [f"{pid}: {cmdline}" for pid, cmdline in _tagged(self.tag)
+                if self.proc is None or pid != self.proc.pid]
 
     def cli(
         self, *args: str, check: bool = True, timeout: float = 300
@@ -119,9 +152,69 @@ class ServerProcess:
         return out[-1].strip()
 
 
+def stop_cleanly(*servers: ServerProcess) -> None:
+    """The teardown of a fixture's servers: stops every one (SIGTERM, then waits), then
+    fails unless each exited 0 and, within LEAK_GRACE_S, left no runner or runner child
+    behind. All are stopped before anything is checked, so one failure leaks no server."""
+    codes: list[int | str] = []
+    for server in servers:
+        try:
+            codes.append(server.stop())
+        except subprocess.TimeoutExpired:  # stop() killed it
+            codes.append("nothing: it did not stop within 30 s and was killed")
+    for server, code in zip(servers, codes, strict=True):
+        assert code == 0, f"server exited {code} on SIGTERM; log:\n{server.log()[-3000:]}"
+    for server in servers:
+        _assert_nothing_left(server)
+
+
+def _assert_nothing_left(server: ServerProcess) -> None:
+    try:
+        wait_for(lambda: not server.leftovers(), timeout=LEAK_GRACE_S)
+    except AssertionError:
+        raise AssertionError(
+            f"processes outlived their server by {LEAK_GRACE_S} s:\n"
+            + "\n".join(server.leftovers()) + f"\nserver log:\n{server.log()[-3000:]}"
+        ) from None
+
+
+def _read_lines(proc: subprocess.Popen[str]) -> queue.SimpleQueue[str | None]:
+    """Each line of `proc`'s stdout, then None when it closes; read on a daemon thread, so
+    the server never blocks on a full pipe and a reader of the queue can give up in time."""
+    lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, name=f"stdout-{proc.pid}", daemon=True).start()
+    return lines
+
+
+def _tagged(tag: str) -> list[tuple[int, str]]:
+    """(pid, command line) of the processes whose environment has TAG_VARIABLE=`tag`
+    (those of other users are unreadable, so never listed)."""
+    needle = f"{TAG_VARIABLE}={tag}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if needle not in (entry / "environ").read_bytes().split(b"\0"):
+                continue
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # gone meanwhile, or not ours
+            continue
+        found.append((int(entry.name), cmdline.strip()))
+    return found
+
+
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("FALRT_HOST", None)
     env.pop("FALRT_STORE", None)  # a server uses the store its test names
+    env.pop(TAG_VARIABLE, None)
     env["PYTHONUNBUFFERED"] = "1"
     return env

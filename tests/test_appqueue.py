@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from falrt.server.appqueue import AppQueue
 from falrt.server.work import WorkItem
 from falrt.store.records import Priority
+
+pytestmark = pytest.mark.unit
 
 
 def item(seq: int, priority: Priority = Priority.NORMAL) -> WorkItem:

@@ -13,6 +13,8 @@ from falrt.autoscaler.policy import (
     decide,
 )
 
+pytestmark = pytest.mark.unit
+
 BASE = ScalingSettings(min_concurrency=0, max_concurrency=4, concurrency_buffer=0,
                        concurrency_buffer_perc=0, keep_alive_s=60, scaling_delay_s=0,
                        max_multiplexing=1)

@@ -15,6 +15,8 @@ from falrt import errors
 from falrt.client import SyncClient
 from tests.harness import ServerProcess
 
+pytestmark = pytest.mark.e2e
+
 
 def test_concurrent_requests_are_batched_and_scattered_back(server: ServerProcess) -> None:
     endpoint = server.deploy("tests/apps/batcher.py::Batcher")

@@ -7,7 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.harness import REPO
+
+pytestmark = [pytest.mark.e2e, pytest.mark.bench]
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

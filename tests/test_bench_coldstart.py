@@ -17,8 +17,14 @@ import pytest
 
 from tests.harness import REPO
 
+pytestmark = [pytest.mark.e2e, pytest.mark.bench, pytest.mark.docker]
+
 CASES = {"deploy/hello/cached", "deploy/six/cached", "deploy/six/not_cached",
          "zero/hello/cached", "zero/six/cached"}
+# The project's cold-start targets (issue 2, bench/RESULTS.md): hello, cached environment,
+# from a request at zero runners. Stated here rather than read from the report, so that a
+# slow start fails this test whatever the benchmark concludes.
+TARGET_S = {"process": 1.5, "docker": 3.0}
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +53,12 @@ def check_backend(report: dict[str, Any], backend: str) -> None:
                 assert 0 < sample["deploy_cli_s"] < sample["s"], (key, sample)
     # Building an environment costs more than finding it.
     assert cases["deploy/six/not_cached"]["median_s"] > cases["deploy/six/cached"]["median_s"]
-    target = report["targets"][backend]
-    assert target["median_s"] == cases["zero/hello/cached"]["median_s"]
-    assert target["holds"] == (target["median_s"] < target["target_s"])
+    measured = cases["zero/hello/cached"]["median_s"]
+    assert measured < TARGET_S[backend], (
+        f"{backend} cold start from zero runners took {measured:.2f} s; the target is "
+        f"{TARGET_S[backend]} s\n{report['_stdout']}")
+    assert report["targets"][backend] == {
+        "target_s": TARGET_S[backend], "median_s": measured, "holds": True}
     assert f"| {backend} | zero runners | hello | cached |" in report["_stdout"]
 
 
@@ -57,7 +66,6 @@ def test_process_backend(report: dict[str, Any]) -> None:
     assert report["reps"] == 1
     assert report["commit"] and report["machine"]["cpus"]
     check_backend(report, "process")
-    assert report["targets"]["process"]["target_s"] == 1.5
 
 
 def test_docker_backend(report: dict[str, Any]) -> None:
@@ -65,4 +73,3 @@ def test_docker_backend(report: dict[str, Any]) -> None:
         pytest.skip(report["skipped"]["docker"])
     assert report["docker_base"].startswith("falrt-base:")
     check_backend(report, "docker")
-    assert report["targets"]["docker"]["target_s"] == 3.0

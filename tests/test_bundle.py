@@ -15,6 +15,8 @@ from falrt.bundle import pack, unpack
 from falrt.errors import InvalidArgumentError
 from falrt.sdk.loader import import_app_file
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture
 def app_dir(tmp_path: Path) -> Iterator[Path]:

@@ -38,6 +38,8 @@ from falrt.errors import (
 )
 from falrt.v1 import common_pb2, queue_pb2, queue_pb2_grpc
 
+pytestmark = pytest.mark.unit
+
 UNREACHABLE = "127.0.0.1:1"
 LOG = LogLine(datetime(2025, 1, 1, tzinfo=UTC), "warming up", "stdout")
 SCRIPTS: dict[str, list[Status]] = {

@@ -41,6 +41,8 @@ from falrt.errors import (
 )
 from falrt.v1 import common_pb2, queue_pb2, queue_pb2_grpc
 
+pytestmark = pytest.mark.unit
+
 LOG = LogLine(datetime(2025, 1, 2, 3, 4, 5, 678000, tzinfo=UTC), "loading model", "stderr")
 FAILURE = RequestError(
     error_type="runner_server_error", message="boom", grpc_code=13, traceback="Traceback ..."

@@ -21,8 +21,10 @@ import pytest
 
 from falrt.client import Completed, InProgress, Queued, SyncClient
 from falrt.client.control import ControlClient
-from tests.harness import ServerProcess, wait_for
+from tests.harness import ServerProcess, stop_cleanly, wait_for
 from tests.postgres import fresh_database
+
+pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
 LEASE_S = 1.5
 TALLY = "tests/apps/tally.py::Tally"
@@ -41,10 +43,8 @@ def pair(tmp_path: Path) -> Iterator[tuple[ServerProcess, ServerProcess]]:
             for server in servers:
                 server.start()
             yield servers[0], servers[1]
-        finally:
-            for server in servers:
-                if server.proc is not None and server.proc.poll() is None:
-                    server.stop()
+        finally:  # a server the test killed, or that stopped itself, is not checked
+            stop_cleanly(*[server for server in servers if server.is_running()])
 
 
 def app_names(server: ServerProcess) -> list[str]:
@@ -239,8 +239,10 @@ def test_a_server_that_missed_events_catches_up_when_it_hears_again(
     endpoint = deploy_on(a, b, TALLY)
     marks = tmp_path / "marks"
     marks.mkdir()
+    # Only this test's database: other tests' servers share the PostgreSQL server.
     cut = fetch_value(a.store, "SELECT count(pg_terminate_backend(pid)) FROM "
-                               "pg_stat_activity WHERE application_name = 'falrt-events'")
+                               "pg_stat_activity WHERE application_name = 'falrt-events' "
+                               "AND datname = current_database()")
     assert cut == 2
     with SyncClient(a.address) as on_a, SyncClient(b.address) as on_b:
         ids = [on_a.submit(endpoint, {"key": f"k{n}", "n": n, "marks": str(marks),

@@ -9,6 +9,8 @@ from falrt.server import convert
 from falrt.store.records import AppConfig, EndpointRecord, ErrorRecord, LogRecord, Priority
 from falrt.v1 import common_pb2, control_pb2, queue_pb2
 
+pytestmark = pytest.mark.unit
+
 
 def test_app_settings_round_trip_keeping_unset_fields_unset() -> None:
     config = AppConfig(requirements=("six",), machine_types=("GPU-H100", "GPU-A100"),

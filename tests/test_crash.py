@@ -12,16 +12,18 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
+import pytest
 
 from falrt.client import connection
 from falrt.v1 import common_pb2, queue_pb2, queue_pb2_grpc
 from tests.harness import ServerProcess, wait_for
+
+pytestmark = pytest.mark.e2e
 
 TOTAL = 500
 WORKERS = 32
@@ -83,22 +85,17 @@ def live_runner(marks: Path, server_pid: int) -> int | None:
     return None
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_crashes_lose_nothing_and_complete_nothing_twice(tmp_path: Path) -> None:
     marks = tmp_path / "marks"
     marks.mkdir()
-    listen = f"127.0.0.1:{free_port()}"
+    listen = "127.0.0.1:0"  # the first server's port; its restarts take the port it got
 
     def server(name: str) -> ServerProcess:
         return ServerProcess(tmp_path / "data", tmp_path / f"{name}.log", listen=listen,
                              extra=["--retry-backoff", "0.05"]).start()
 
     live = server("first")
+    listen = live.address
     endpoint = live.deploy("tests/apps/ledger.py::Ledger")
     submitter = Submitter(listen, endpoint, marks)
     with ThreadPoolExecutor(WORKERS) as pool:

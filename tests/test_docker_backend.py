@@ -26,10 +26,10 @@ from falrt.client import SyncClient  # noqa: E402
 from falrt.client.control import ControlClient  # noqa: E402
 from falrt.images.base import build_base  # noqa: E402
 from falrt.images.build import ENV_NAME, environment_key, falrt_sources  # noqa: E402
-from tests.harness import ServerProcess, wait_for  # noqa: E402
+from tests.harness import ServerProcess, stop_cleanly, wait_for  # noqa: E402
 from tests.test_docker_images import REGISTRY, spec  # noqa: E402
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.timeout(600)]
 
 APP = '''
 import os
@@ -86,10 +86,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
 def stop_and_clean(proc: ServerProcess) -> None:
     """Stops a docker-backed server and removes the runner containers it leaves running for
-    its next start (they would wait the reconnect window, then exit)."""
-    proc.stop()
-    for container in _engine.containers.list(all=True, filters={"label": server_label(proc)}):
-        container.remove(force=True)
+    its next start (they would wait the reconnect window, then exit); fails unless the
+    server exited 0 (the containers are removed either way)."""
+    try:
+        stop_cleanly(proc)
+    finally:
+        for container in _engine.containers.list(all=True,
+                                                  filters={"label": server_label(proc)}):
+            container.remove(force=True)
 
 
 def server_label(proc: ServerProcess) -> str:

@@ -34,7 +34,7 @@ REGISTRY = "127.0.0.1:5000"
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 BUILD_TIMEOUT = 600  # a cold base image: mmdebstrap downloads ~60 MB of Debian packages
 
-pytestmark = pytest.mark.timeout(BUILD_TIMEOUT)
+pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.timeout(BUILD_TIMEOUT)]
 
 
 def spec() -> BaseSpec:

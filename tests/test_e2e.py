@@ -15,6 +15,8 @@ from falrt.v1 import common_pb2, queue_pb2, queue_pb2_grpc
 from tests.fifo import make_gate, release
 from tests.harness import ServerProcess, wait_for
 
+pytestmark = pytest.mark.e2e
+
 
 @pytest.fixture(scope="module")
 def client(server: ServerProcess) -> SyncClient:

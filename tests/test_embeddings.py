@@ -23,6 +23,10 @@ from falrt.backends.environments import environment_key
 from falrt.client import SyncClient
 from tests.harness import REPO, ServerProcess
 
+# Installing torch into the app's environment takes most of a minute, more on a
+# busy machine (make test runs files in parallel).
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
 SENTENCES = [
     "A man is playing a guitar.",
     "Someone is strumming a guitar on stage.",

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from falrt.client import SyncClient
 from tests.harness import ServerProcess
+
+pytestmark = pytest.mark.e2e
 
 APP = '''
 import msgspec

@@ -11,8 +11,10 @@ import pytest
 from falrt import errors
 from falrt.client import SyncClient
 from falrt.client.control import ControlClient
-from tests.harness import ServerProcess
+from tests.harness import ServerProcess, stop_cleanly
 from tests.test_failures import waiting_reason
+
+pytestmark = pytest.mark.e2e
 
 APP = '''
 import os
@@ -50,7 +52,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     root = tmp_path_factory.mktemp("envs")
     proc = ServerProcess(root / "data", root / "server.log").start()
     yield proc
-    proc.stop()
+    stop_cleanly(proc)
 
 
 def app_file(tmp_path: Path, extra: str = "") -> str:

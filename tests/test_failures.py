@@ -17,6 +17,8 @@ from falrt.v1 import control_pb2, control_pb2_grpc
 from tests.fifo import make_gate, release
 from tests.harness import ServerProcess, wait_for
 
+pytestmark = pytest.mark.e2e
+
 BROKEN_SETUP = '''
 import msgspec
 import falrt

@@ -11,10 +11,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from grpc_tools import protoc
 
 from falrt.client import credentials
 from tests.harness import REPO, ServerProcess
+
+pytestmark = pytest.mark.e2e
 
 CLIENT = r'''
 import json, sys

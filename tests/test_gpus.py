@@ -19,8 +19,10 @@ from falrt.client import SyncClient
 from falrt.client.control import ControlClient
 from falrt.gpus import Gpu, GpuAllocator, NoCapacityError, discover, machine_type_of
 from tests.fifo import make_gate, release
-from tests.harness import ServerProcess, wait_for
+from tests.harness import ServerProcess, stop_cleanly, wait_for
 from tests.test_failures import waiting_reason
+
+pytestmark = pytest.mark.e2e
 
 H100 = 80 * 2**30
 INVENTORY = [
@@ -96,7 +98,7 @@ def gpu_server(tmp_path: Path) -> Iterator[ServerProcess]:
     proc = ServerProcess(tmp_path / "data", tmp_path / "server.log",
                          extra=["--gpu-inventory", str(inventory)]).start()
     yield proc
-    proc.stop()
+    stop_cleanly(proc)
 
 
 def deploy(server: ServerProcess, tmp_path: Path, name: str, machine_type: object,

@@ -15,7 +15,9 @@ from falrt.client.control import ControlClient
 from falrt.v1 import common_pb2
 from shim.gpu_errors import is_gpu_failure
 from tests.fifo import make_gate, release
-from tests.harness import ServerProcess, wait_for
+from tests.harness import ServerProcess, stop_cleanly, wait_for
+
+pytestmark = pytest.mark.e2e
 
 TERMINATED = common_pb2.RUNNER_STATE_TERMINATED
 
@@ -99,7 +101,7 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
     proc = ServerProcess(tmp_path / "data", tmp_path / "server.log",
                          extra=["--retry-backoff", "0.05"]).start()
     yield proc
-    proc.stop()
+    stop_cleanly(proc)
 
 
 def deploy(server: ServerProcess, tmp_path: Path, source: str, name: str) -> str:

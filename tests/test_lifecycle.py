@@ -21,8 +21,10 @@ from falrt.client import SyncClient
 from falrt.client.control import ControlClient
 from falrt.v1 import common_pb2, control_pb2
 from tests.fifo import make_gate, release
-from tests.harness import FALRT, ServerProcess, _env, wait_for
+from tests.harness import FALRT, ServerProcess, _env, stop_cleanly, wait_for
 from tests.test_failures import BROKEN_SETUP, waiting_reason
+
+pytestmark = pytest.mark.e2e
 
 APP = "tests/apps/lifecycle.py::Lifecycle"
 TERMINATED = common_pb2.RUNNER_STATE_TERMINATED
@@ -39,7 +41,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         "--retry-backoff", "0.05", "--crash-backoff-step", "0.4", "--crash-backoff-cap", "1.2",
     ]).start()
     yield proc
-    proc.stop()
+    stop_cleanly(proc)
 
 
 @pytest.fixture

@@ -11,6 +11,10 @@ from falrt import errors
 from falrt.client import SyncClient
 from tests.harness import ServerProcess
 
+# Installing torch into the app's environment takes most of a minute, more on a
+# busy machine (make test runs files in parallel).
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
 
 def test_the_mlp_example_serves_its_model(server: ServerProcess) -> None:
     endpoint = server.deploy("examples/mlp.py::MLP")

@@ -14,6 +14,8 @@ from tests.harness import ServerProcess
 from tests.postgres import fresh_database
 from tests.test_restart import SLOW_START_APP
 
+pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
+
 
 @pytest.fixture
 def dsn() -> Iterator[str]:

@@ -6,7 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.harness import REPO
+
+pytestmark = pytest.mark.unit
 
 
 def test_generated_code_is_fresh(tmp_path: Path) -> None:

@@ -12,7 +12,9 @@ import pytest
 from falrt import errors
 from falrt.client import Completed, InProgress, Queued, SyncClient, connection
 from tests.fifo import make_gate, release
-from tests.harness import ServerProcess, wait_for
+from tests.harness import ServerProcess, stop_cleanly, wait_for
+
+pytestmark = pytest.mark.e2e
 
 FAST_RETRIES = ["--retry-backoff", "0.05", "--retry-backoff-cap", "0.2"]
 
@@ -23,7 +25,7 @@ def quick(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     root = tmp_path_factory.mktemp("promises")
     proc = ServerProcess(root / "data", root / "server.log", extra=FAST_RETRIES).start()
     yield proc
-    proc.stop()
+    stop_cleanly(proc)
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,8 @@ from falrt import errors
 from falrt.client import SyncClient
 from tests.harness import ServerProcess
 
+pytestmark = pytest.mark.e2e
+
 APP = "tests/apps/chat.py::Chat"
 
 

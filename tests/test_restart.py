@@ -5,9 +5,13 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
+import pytest
+
 from falrt.client import InProgress, Queued, SyncClient
 from tests.fifo import make_gate, release
 from tests.harness import ServerProcess, wait_for
+
+pytestmark = pytest.mark.e2e
 
 SLOW_START_APP = '''
 import msgspec

@@ -6,6 +6,8 @@ import pytest
 
 from falrt.server.retries import RetryContext, backoff_s, should_retry
 
+pytestmark = pytest.mark.unit
+
 CASES = [
     ("a lost runner is retried", RetryContext(1, "connection_error", 1), True),
     ("a timeout is retried", RetryContext(3, "timeout", 3), True),

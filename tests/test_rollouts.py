@@ -12,7 +12,9 @@ import pytest
 
 from falrt.client import SyncClient
 from falrt.client.control import ControlClient
-from tests.harness import ServerProcess, wait_for
+from tests.harness import ServerProcess, stop_cleanly, wait_for
+
+pytestmark = pytest.mark.e2e
 
 APP = '''
 import time
@@ -98,7 +100,7 @@ class Traffic:
 def server(tmp_path: Path) -> Iterator[ServerProcess]:
     proc = ServerProcess(tmp_path / "data", tmp_path / "server.log").start()
     yield proc
-    proc.stop()
+    stop_cleanly(proc)
 
 
 def deploy(server: ServerProcess, tmp_path: Path, version: int, *extra: str,

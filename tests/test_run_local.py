@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.harness import REPO
+
+pytestmark = pytest.mark.e2e
 
 
 def test_make_run_prints_a_working_call_line_and_stops(tmp_path: Path) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     script = [sys.executable, "scripts/run_local.py", "--state-dir", str(tmp_path / "state")]
-    started = subprocess.run([*script, "--listen", f"127.0.0.1:{port}"], cwd=REPO,
+    # Port 0: the server binds a free port and the script prints the address it reports.
+    started = subprocess.run([*script, "--listen", "127.0.0.1:0"], cwd=REPO,
                              capture_output=True, text=True, timeout=300)
     try:
         assert started.returncode == 0, started.stderr

@@ -29,6 +29,8 @@ from falrt.sdk.wire import (
 )
 from falrt.v1 import control_pb2
 
+pytestmark = pytest.mark.unit
+
 
 class Item(msgspec.Struct):
     size: int

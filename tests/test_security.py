@@ -25,6 +25,8 @@ from falrt.v1 import (
 )
 from tests.harness import ServerProcess
 
+pytestmark = pytest.mark.e2e
+
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
 PERMISSION_DENIED = grpc.StatusCode.PERMISSION_DENIED
 

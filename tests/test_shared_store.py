@@ -18,6 +18,8 @@ from falrt.store.postgres import PostgresStore
 from falrt.store.records import ClusterEvent, Outcome, Priority, RequestRecord, Status
 from tests.postgres import fresh_database
 
+pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
+
 
 @pytest.fixture
 def dsn() -> Iterator[str]:

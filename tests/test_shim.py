@@ -19,6 +19,8 @@ import pytest
 
 from falrt.v1 import common_pb2, runner_pb2, runner_pb2_grpc
 
+pytestmark = pytest.mark.e2e
+
 WAIT_S = 20.0
 
 APP = """

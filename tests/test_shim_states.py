@@ -12,6 +12,8 @@ import pytest
 from shim import lifecycle
 from shim.lifecycle import TRANSITIONS, IllegalTransition, Lifecycle, SessionState
 
+pytestmark = pytest.mark.unit
+
 ALLOWED = [(source, target) for source, targets in TRANSITIONS.items() for target in targets]
 FORBIDDEN = [
     (source, target)

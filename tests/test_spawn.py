@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import signal
 
+import pytest
 import uvloop
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from falrt.backends.spawn import run_streaming, spawn
+
+pytestmark = pytest.mark.unit
 
 
 def test_children_started_under_grpc_load_do_not_crash() -> None:

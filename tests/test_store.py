@@ -34,6 +34,8 @@ from falrt.store.records import (
 from falrt.store.sqlite import SQLiteStore
 from tests.postgres import fresh_database
 
+pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
+
 # Each store from the test's temporary directory and its fresh PostgreSQL database's DSN.
 STORES: dict[str, Callable[[Path, str], Store]] = {
     "sqlite": lambda tmp, dsn: SQLiteStore(tmp / "falrt.db"),

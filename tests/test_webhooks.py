@@ -41,6 +41,8 @@ from falrt.store.records import ErrorRecord, Outcome
 from falrt.v1 import control_pb2, control_pb2_grpc
 from tests.harness import ServerProcess
 
+pytestmark = pytest.mark.e2e
+
 JSON_OUTPUT = Outcome(output=b'{"images": [1, 2],  "seed": 42}', content_type="application/json")
 FAST = DeliverySettings(backoff_base_s=0.001, backoff_cap_s=0.002)
 

@@ -9,7 +9,9 @@ from typing import Any, TypeVar
 import click
 
 from falrt.client.control import ControlClient
+from falrt.sdk.endpoints import EndpointKind
 from falrt.v1 import control_pb2
+from falrt.vocabulary import DeployStrategy
 
 from .context import CliContext, app_argument, env_option, pass_cli
 from .deploy import AUTH_MODES, STRATEGIES, follow_deploy, strategy_option
@@ -29,9 +31,6 @@ from .render import (
 from .runners import print_runners, state_name, state_option, state_values
 
 F = TypeVar("F", bound=Callable[..., Any])
-_KINDS = {control_pb2.ENDPOINT_KIND_UNARY: "unary", control_pb2.ENDPOINT_KIND_STREAM: "stream"}
-
-
 @click.group()
 def apps() -> None:
     """Deployed apps."""
@@ -69,7 +68,7 @@ def get_app(cli: CliContext, name: str, output: OutputFormat) -> None:
     stdout.print(f"entrypoint {info.entrypoint}, {info.active_runners} runner(s), "
                  f"{info.queue_size} queued", highlight=False)
     print_table("Endpoints", ["path", "method", "kind"],
-                [[e.path, e.name, _KINDS.get(e.kind, "?")] for e in info.endpoints])
+                [[e.path, e.name, _kind_name(e.kind)] for e in info.endpoints])
 
 
 # `falrt apps scale` flags: (flag, AppSettings field, type, help).
@@ -203,7 +202,7 @@ def rollback(
     runtime-tunable settings are kept; code-specific settings come from that revision."""
     with reporting_errors(cli.host), ControlClient(cli.host) as control:
         result = follow_deploy(
-            control.rollback(name, revision_id, STRATEGIES[strategy], auth or ""))
+            control.rollback(name, revision_id, STRATEGIES[DeployStrategy(strategy)], auth or ""))
     stderr.print(f"{result.app_name} serves revision {result.revision_id}", style="green",
                  highlight=False)
 
@@ -235,3 +234,10 @@ def delete_app(cli: CliContext, name: str) -> None:
     with reporting_errors(cli.host), ControlClient(cli.host) as control:
         control.delete_app(name)
     click.echo(f"deleted {name}", err=True)
+
+
+def _kind_name(number: int) -> str:
+    try:
+        return EndpointKind.from_number(number).value
+    except ValueError:
+        return "?"

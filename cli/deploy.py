@@ -15,6 +15,7 @@ from falrt.sdk.app import App
 from falrt.sdk.spec import describe
 from falrt.sdk.wire import to_deploy_header
 from falrt.v1 import control_pb2
+from falrt.vocabulary import AppAuth, DeployStrategy, names
 
 from .context import CliContext, env_option, pass_cli
 from .errors import CliError, InvalidInput, reporting_errors
@@ -50,10 +51,12 @@ def build_header(
     )
 
 
-AUTH_MODES = ("private", "public", "shared")
-STRATEGIES = {"rolling": control_pb2.STRATEGY_ROLLING, "recreate": control_pb2.STRATEGY_RECREATE}
+AUTH_MODES = names(AppAuth)
+STRATEGIES = {DeployStrategy.ROLLING: control_pb2.STRATEGY_ROLLING,
+              DeployStrategy.RECREATE: control_pb2.STRATEGY_RECREATE}
 strategy_option = click.option(
-    "--strategy", type=click.Choice(sorted(STRATEGIES)), default="rolling", show_default=True,
+    "--strategy", type=click.Choice(names(DeployStrategy)), default=DeployStrategy.ROLLING.value,
+    show_default=True,
     help="rolling: a runner of the new revision starts first and the switch waits until it "
          "is ready (if it fails, the old revision keeps serving); recreate: switch at once")
 
@@ -101,7 +104,7 @@ def deploy(
         bundle = pack(path)
         header = build_header(cls, bundle, app_name=app_name, message=message)
         header.reset_scale = reset_scale
-        header.strategy = STRATEGIES[strategy]
+        header.strategy = STRATEGIES[DeployStrategy(strategy)]
         header.annotations.update(_pairs(annotations))
         header.environment = env
         header.no_cache = no_cache

@@ -11,15 +11,15 @@ from falrt.client.payload import decode_payload, encode_arguments
 from falrt.client.status import Completed, Status, status_from_proto
 from falrt.errors import InternalError, InvalidArgumentError, RequestTimeoutError, from_proto
 from falrt.v1 import common_pb2, queue_pb2
+from falrt.vocabulary import CancelOutcome as CancelOutcome  # (re-exported to the clients)
 
 PriorityName = Literal["normal", "low"]
-CancelOutcome = Literal["CANCELLATION_REQUESTED", "ALREADY_COMPLETED", "NOT_FOUND"]
 
 _PRIORITIES = {"normal": common_pb2.PRIORITY_NORMAL, "low": common_pb2.PRIORITY_LOW}
 _OUTCOMES: dict[int, CancelOutcome] = {
-    queue_pb2.CANCEL_OUTCOME_CANCELLATION_REQUESTED: "CANCELLATION_REQUESTED",
-    queue_pb2.CANCEL_OUTCOME_ALREADY_COMPLETED: "ALREADY_COMPLETED",
-    queue_pb2.CANCEL_OUTCOME_NOT_FOUND: "NOT_FOUND",
+    queue_pb2.CANCEL_OUTCOME_CANCELLATION_REQUESTED: CancelOutcome.CANCELLATION_REQUESTED,
+    queue_pb2.CANCEL_OUTCOME_ALREADY_COMPLETED: CancelOutcome.ALREADY_COMPLETED,
+    queue_pb2.CANCEL_OUTCOME_NOT_FOUND: CancelOutcome.NOT_FOUND,
 }
 
 
@@ -109,7 +109,7 @@ def read_result(reply: queue_pb2.GetResultResponse) -> Any:
 
 def read_cancel(reply: queue_pb2.CancelResponse) -> CancelOutcome:
     """fal's word for a cancel outcome (an unknown one reads as NOT_FOUND)."""
-    return _OUTCOMES.get(reply.outcome, "NOT_FOUND")
+    return _OUTCOMES.get(reply.outcome, CancelOutcome.NOT_FOUND)
 
 
 def remaining_s(started: float, timeout: float | None) -> float | None:

@@ -47,6 +47,22 @@ class EndpointKind(enum.Enum):
     STREAM = "stream"
     REALTIME = "realtime"
 
+    @property
+    def number(self) -> int:
+        """Its number in the contract (falrt.v1.EndpointKind) and in stored revisions."""
+        return _KIND_NUMBERS[self]
+
+    @classmethod
+    def from_number(cls, number: int) -> EndpointKind:
+        """The kind a contract number stands for. Raises ValueError for any other number."""
+        for kind, kind_number in _KIND_NUMBERS.items():
+            if kind_number == number:
+                return kind
+        raise ValueError(f"no endpoint kind has the number {number}")
+
+
+_KIND_NUMBERS = {EndpointKind.UNARY: 1, EndpointKind.STREAM: 2, EndpointKind.REALTIME: 3}
+
 
 @dataclass(frozen=True, slots=True)
 class HealthCheck:

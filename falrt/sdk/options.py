@@ -12,10 +12,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from falrt.names import check_app_name
+from falrt.vocabulary import AppAuth, RetryCondition, names
 
 __all__ = ["APP_AUTH_MODES", "OPTION_NAMES", "kebab_case", "validate_options"]
 
-APP_AUTH_MODES = ("private", "public", "shared")
+APP_AUTH_MODES = names(AppAuth)  # (kept for the SDK's callers)
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 
 Check = Callable[[str, Any], None]
@@ -78,7 +79,7 @@ def _check_app_name(name: str, value: Any) -> None:
         raise ValueError(f"App option {name}: {exc}") from None
 
 
-RETRY_CONDITIONS = ("timeout", "server_error", "connection_error")
+RETRY_CONDITIONS = names(RetryCondition)
 
 
 def _check_conditions(name: str, value: Any) -> None:

@@ -9,8 +9,9 @@ by the round-trip tests).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
+from falrt.sdk.endpoints import EndpointKind
 from falrt.sdk.spec import AppDescription, AppSettingsSpec, EndpointDescription
 from falrt.v1 import control_pb2
 
@@ -48,15 +49,6 @@ _OPTIONAL_FIELDS: tuple[_OptionalField, ...] = (
     "startup_timeout_s",
     "termination_grace_period_s",
 )
-
-_Kind = Literal["unary", "stream", "realtime"]
-_KIND_TO_PROTO: dict[_Kind, control_pb2.EndpointKind.ValueType] = {
-    "unary": control_pb2.ENDPOINT_KIND_UNARY,
-    "stream": control_pb2.ENDPOINT_KIND_STREAM,
-    "realtime": control_pb2.ENDPOINT_KIND_REALTIME,
-}
-_KIND_FROM_PROTO: dict[int, _Kind] = {value: key for key, value in _KIND_TO_PROTO.items()}
-
 
 def settings_to_proto(
     settings: AppSettingsSpec, requirements: Iterable[str] = ()
@@ -101,7 +93,7 @@ def endpoints_to_proto(
         control_pb2.EndpointSpec(
             path=ep.path,
             name=ep.name,
-            kind=_KIND_TO_PROTO[ep.kind],
+            kind=cast(control_pb2.EndpointKind.ValueType, EndpointKind(ep.kind).number),
             input_schema_json=ep.input_schema_json,
             output_schema_json=ep.output_schema_json,
         )
@@ -111,13 +103,15 @@ def endpoints_to_proto(
 
 def endpoint_from_proto(message: control_pb2.EndpointSpec) -> EndpointDescription:
     """The description an EndpointSpec carries. Raises ValueError for an unknown kind."""
-    kind = _KIND_FROM_PROTO.get(message.kind)
-    if kind is None:
-        raise ValueError(f"endpoint {message.path!r} has no valid kind ({message.kind})")
+    try:
+        kind = EndpointKind.from_number(message.kind).value
+    except ValueError:
+        raise ValueError(
+            f"endpoint {message.path!r} has no valid kind ({message.kind})") from None
     return EndpointDescription(
         path=message.path,
         name=message.name,
-        kind=kind,
+        kind=cast(Literal["unary", "stream", "realtime"], kind),
         input_schema_json=message.input_schema_json,
         output_schema_json=message.output_schema_json,
     )

@@ -8,7 +8,7 @@ passes them down in a `ServerSettings`. Durations end in `_s`, sizes in `_bytes`
 
 These other places of the server process read `os.environ`, each for one reason:
 - this module, `default_data_dir`: `XDG_DATA_HOME` (the data directory when none is given);
-- `falrt.server.secret_box`: `FALRT_SECRETS_KEY`, once at start: when set, the key secrets
+- `falrt.server.fleet.secret_box`: `FALRT_SECRETS_KEY`, once at start: when set, the key secrets
   are encrypted with, instead of `<data_dir>/secrets.key` (servers that share a PostgreSQL
   store must share the key);
 - `falrt.client.credentials`: `FALRT_CREDENTIALS` and `XDG_CONFIG_HOME`, the credentials

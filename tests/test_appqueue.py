@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from falrt.server.appqueue import AppQueue
-from falrt.server.work import WorkItem
+from falrt.server.state.appqueue import AppQueue
+from falrt.server.state.work import WorkItem
 from falrt.store.records import Priority
 
 pytestmark = pytest.mark.unit

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from falrt import errors
-from falrt.server import convert
+from falrt.server.api import convert
 from falrt.store.records import AppConfig, EndpointRecord, ErrorRecord, LogRecord, Priority
 from falrt.v1 import common_pb2, control_pb2, queue_pb2
 
@@ -53,3 +53,14 @@ def test_submit_options_are_read_and_checked() -> None:
                 queue_pb2.SubmitRequest(webhook_url="ftp://example.test/")):
         with pytest.raises(errors.InvalidArgumentError):
             convert.submit_options(bad)
+
+
+def test_gpu_figures_round_trip_through_a_runners_info() -> None:
+    from falrt.server.state.runners import RunnerHandle
+
+    sent = [common_pb2.GpuStats(uuid="GPU-1", memory_used_bytes=5, memory_total_bytes=80,
+                                utilization_percent=42)]
+    runner = RunnerHandle(runner_id="r-1", app_name="a", revision_id="rev", token="t",
+                          max_multiplexing=1, machine_type="GPU-H100")
+    runner.gpu_stats = convert.gpu_figures(sent)
+    assert list(convert.runner_info(runner).gpu_stats) == sent

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from falrt.server.retries import RetryContext, backoff_s, should_retry
+from falrt.server.queue.retries import RetryContext, backoff_s, should_retry
 
 pytestmark = pytest.mark.unit
 

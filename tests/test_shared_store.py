@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from falrt.server.scheduler import Scheduler
+from falrt.server.queue.scheduler import Scheduler
 from falrt.store.postgres import PostgresStore
 from falrt.store.records import ClusterEvent, Outcome, Priority, RequestRecord, Status
 from tests.postgres import fresh_database

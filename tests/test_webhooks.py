@@ -26,7 +26,7 @@ import uvloop
 
 from falrt import errors
 from falrt.client import connection
-from falrt.server.webhooks import (
+from falrt.server.queue.webhooks import (
     KEY_FILE,
     PAYLOAD_NOT_JSON,
     DeliverySettings,
@@ -280,7 +280,7 @@ def test_refused_connections_are_retried_and_the_url_secrets_stay_out_of_the_log
             await sender.join()
             assert sender.stats().abandoned == 1
 
-    with caplog.at_level(logging.DEBUG, logger="falrt.server.webhooks"):
+    with caplog.at_level(logging.DEBUG, logger="falrt.server.queue.webhooks"):
         run(scenario)
     assert "attempt 2 of 3" in caplog.text
     assert "abandoned after 3 attempts" in caplog.text

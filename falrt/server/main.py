@@ -11,6 +11,8 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -21,24 +23,33 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from falrt.backends import create_backend
+from falrt.backends.base import Backend
 from falrt.backends.environments import EnvironmentBuilder, Environments, ImageEnvironments
 from falrt.client import credentials
 from falrt.gpus import GpuAllocator, discover
-from falrt.server.auth import Authenticator
-from falrt.server.cluster import Cluster, server_id
-from falrt.server.control_service import ControlService
-from falrt.server.deploy import Deployer
-from falrt.server.fleet import Fleet
-from falrt.server.keys import new_key
-from falrt.server.queue_service import QueueService
-from falrt.server.runner_link import RunnerLinkService
-from falrt.server.scheduler import Scheduler
-from falrt.server.secret_box import SecretBox
-from falrt.server.webhooks import KEY_FILE, SigningKey, WebhookSender
+from falrt.server.api.auth import Authenticator
+from falrt.server.api.control_service import ControlService
+from falrt.server.api.queue_service import QueueService
+from falrt.server.api.runner_link import RunnerLinkService
+from falrt.server.control.apps import AppControl
+from falrt.server.control.cluster import Cluster, server_id
+from falrt.server.control.deploy import Deployer
+from falrt.server.control.keys import new_key
+from falrt.server.fleet.events import FleetEvents
+from falrt.server.fleet.fleet import Fleet
+from falrt.server.fleet.secret_box import SecretBox
+from falrt.server.queue.dispatch import Dispatcher
+from falrt.server.queue.recorder import Recorder
+from falrt.server.queue.requests import Requests
+from falrt.server.queue.scheduler import Scheduler
+from falrt.server.queue.webhooks import KEY_FILE, SigningKey, WebhookSender
+from falrt.server.state.apps import Apps
+from falrt.server.tasks import Tasks
 from falrt.settings import ServerSettings
 from falrt.store import POSTGRES_SCHEMES, create_store
-from falrt.store.base import Store
+from falrt.store.base import SharedStore, Store
 from falrt.v1 import control_pb2, control_pb2_grpc, queue_pb2, queue_pb2_grpc, runner_pb2_grpc
+from falrt.vocabulary import KeyScope
 
 log = logging.getLogger(__name__)
 ADMIN_KEY_FILE = "admin.key"
@@ -77,12 +88,53 @@ async def _open_store(settings: ServerSettings) -> Store:
     return store
 
 
+@dataclass(frozen=True)
+class Planes:
+    """The server's components, wired one way in their constructors (state, fleet, queue,
+    control, then the edges)."""
+
+    apps: Apps
+    fleet: Fleet
+    recorder: Recorder
+    dispatcher: Dispatcher
+    scheduler: Scheduler
+    control: AppControl
+    deployer: Deployer
+    secret_box: SecretBox
+    webhooks: WebhookSender
+
+
+def build(
+    settings: ServerSettings, store: Store, shared: SharedStore | None, backend: Backend,
+    environments: Environments, secret_box: SecretBox, webhooks: WebhookSender,
+    on_lost: Callable[[str], None],
+) -> Planes:
+    """Builds the planes (nothing runs yet). `on_lost` is called with its name when a loop
+    that must run as long as the server ends."""
+    apps = Apps()
+    requests = Requests()
+    recorder = Recorder(store, settings, requests, webhooks, shared, Tasks("recorder", on_lost))
+
+    def fleet(events: FleetEvents) -> Fleet:
+        return Fleet(events, apps, backend, environments, store, secret_box, settings,
+                     Tasks("fleet", on_lost))
+
+    dispatcher = Dispatcher(apps, store, shared, recorder, settings, fleet)
+    scheduler = Scheduler(apps, store, shared, requests, recorder, dispatcher, settings)
+    control = AppControl(apps, store, dispatcher.fleet, scheduler, dispatcher, settings)
+    deployer = Deployer(apps, control, dispatcher.fleet, store, shared, environments, settings)
+    return Planes(apps, dispatcher.fleet, recorder, dispatcher, scheduler, control, deployer,
+                  secret_box, webhooks)
+
+
 async def serve(settings: ServerSettings) -> None:
+    """Runs the server until SIGTERM or SIGINT, then stops it in order: no new calls, the
+    fleet (scaling stops, runners drain or are left to the next server), the gRPC server,
+    the recorder's pending writes, the cluster membership, webhooks, the store."""
     store = await _open_store(settings)
     webhook_key = await asyncio.to_thread(SigningKey.load_or_create, settings.data_dir / KEY_FILE)
     webhooks = WebhookSender(webhook_key, settings.owner)
     secret_box = await asyncio.to_thread(SecretBox.load_or_create, settings.data_dir)
-    scheduler = Scheduler(store, settings)
     environments = _environments(settings)
     gpus = await asyncio.to_thread(discover, settings.gpu_inventory)
     if gpus:
@@ -95,16 +147,15 @@ async def serve(settings: ServerSettings) -> None:
     except ValueError as exc:
         raise StartupError(str(exc)) from None
     await backend.open()
-    fleet = Fleet(scheduler, backend, environments, settings)
-    scheduler.fleet = fleet
-    fleet.secret_box = secret_box
-    scheduler.recorder.webhooks = webhooks
-    cluster = await _join_cluster(store, scheduler, environments, settings)
-    requeued = await scheduler.load()
+    shared = _shared(store, settings)
+    planes = build(settings, store, shared, backend, environments, secret_box, webhooks,
+                   on_lost=_stop)
+    cluster = await _join_cluster(planes, shared, sid, environments, settings)
+    await planes.control.load()
+    requeued = await planes.scheduler.load()
     admin_key = await _admin_key(store, settings)
-    owed = await scheduler.recorder.resend_webhooks()
-    server, health_servicer = _grpc_server(
-        settings, scheduler, fleet, environments, webhooks, secret_box, sid)
+    owed = await planes.recorder.resend_webhooks()
+    server, health_servicer = _grpc_server(settings, planes, store, sid)
     for name in (*SERVICES, ""):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     try:
@@ -113,34 +164,38 @@ async def serve(settings: ServerSettings) -> None:
         await store.close()
         raise StartupError(f"cannot listen on {settings.listen}: {exc}") from None
     host = settings.listen.rpartition(":")[0]
-    fleet.address = f"{_dial_host(host)}:{port}"
+    address = f"{_dial_host(host)}:{port}"
     # Runners of this server's previous life that still run are adopted before the first
     # of them can dial in.
-    adopted = fleet.adopt(await backend.survivors(fleet.log_path))
+    adopted = planes.fleet.open(address, await backend.survivors(planes.fleet.log_path))
     await server.start()
     if admin_key:  # the CLI and the Python client on this machine find it there
-        saved = await asyncio.to_thread(credentials.save, fleet.address, admin_key)
+        saved = await asyncio.to_thread(credentials.save, address, admin_key)
         log.info("the admin key is in %s", saved)
     if cluster is not None:
         cluster.start()
-    scaler = asyncio.ensure_future(fleet.run())
-    scaler.add_done_callback(_must_not_end)
-    keeper = asyncio.ensure_future(scheduler.recorder.keep_house())
+    planes.fleet.start()
+    planes.recorder.start()
     log.info("loaded %d apps, %d unfinished requests, %d webhooks owed; adopted %d runners",
-             len(scheduler.apps), requeued, owed, adopted)
+             len(planes.apps), requeued, owed, adopted)
     print(f"falrt server listening on {host}:{port}", flush=True)
     await _until_signalled()
     log.info("shutting down")
     await health_servicer.enter_graceful_shutdown()
-    scaler.cancel()
-    keeper.cancel()
-    await fleet.close()
+    await planes.fleet.close()
     await server.stop(grace=2.0)
-    await scheduler.recorder.drain_background()
+    await planes.recorder.close()
     if cluster is not None:
         await cluster.close()
     await webhooks.close()
     await store.close()
+
+
+def _shared(store: Store, settings: ServerSettings) -> SharedStore | None:
+    """The store as several servers share it (a PostgreSQL store), else None."""
+    if not settings.store.startswith(POSTGRES_SCHEMES):
+        return None
+    return cast(SharedStore, store)  # (PostgresStore; asyncpg loads only when used)
 
 
 def _environments(settings: ServerSettings) -> Environments:
@@ -157,30 +212,31 @@ def _environments(settings: ServerSettings) -> Environments:
 
 
 async def _join_cluster(
-    store: Store, scheduler: Scheduler, environments: Environments,
+    planes: Planes, shared: SharedStore | None, sid: str, environments: Environments,
     settings: ServerSettings,
 ) -> Cluster | None:
-    """With a PostgreSQL store, joins the servers that share it (falrt/server/cluster.py)."""
-    if not settings.store.startswith(POSTGRES_SCHEMES):
+    """With a PostgreSQL store, joins the servers that share it
+    (falrt/server/control/cluster.py)."""
+    if shared is None:
         return None
     from falrt.store.postgres import PostgresStore  # asyncpg loads only when used
 
-    assert isinstance(store, PostgresStore)
-    cluster = Cluster(store, scheduler, environments, settings)
+    assert isinstance(shared, PostgresStore)
+    cluster = Cluster(shared, planes.apps, planes.control, planes.scheduler, planes.recorder,
+                      environments, settings)
     try:
-        await cluster.join()
+        await cluster.join(sid)
     except Exception as exc:
-        await store.close()
+        await shared.close()
         raise StartupError(f"cannot join the servers sharing the store: {exc}") from None
     return cluster
 
 
 def _grpc_server(
-    settings: ServerSettings, scheduler: Scheduler, fleet: Fleet,
-    environments: Environments, webhooks: WebhookSender, secret_box: SecretBox, sid: str,
+    settings: ServerSettings, planes: Planes, store: Store, sid: str,
 ) -> tuple[aio.Server, Any]:
     size = settings.max_message_bytes
-    authenticator = Authenticator(scheduler)
+    authenticator = Authenticator(store, planes.apps, planes.scheduler, settings)
     server = aio.server(options=[
         ("grpc.max_receive_message_length", size),
         ("grpc.max_send_message_length", size),
@@ -189,15 +245,13 @@ def _grpc_server(
     ])
     handlers = cast(aio.Server, _GenericHandlersOnly(server))  # all the add_* functions use
     queue_pb2_grpc.add_QueueServicer_to_server(
-        QueueService(scheduler, guard=authenticator.queue_guard), handlers)
-    deployer = Deployer(scheduler, environments, settings)
-    control_pb2_grpc.add_ControlServicer_to_server(
-        ControlService(scheduler, fleet, deployer, webhooks.key, secret_box,
-                       on_revoke=authenticator.forget, guard=authenticator.control_guard),
-        handlers
-    )
+        QueueService(planes.scheduler, guard=authenticator.queue_guard), handlers)
+    control_pb2_grpc.add_ControlServicer_to_server(ControlService(
+        planes.apps, planes.control, planes.deployer, planes.fleet, planes.scheduler, store,
+        planes.secret_box, planes.webhooks.key, settings, on_revoke=authenticator.forget,
+        guard=authenticator.control_guard), handlers)
     runner_pb2_grpc.add_RunnerLinkServicer_to_server(
-        RunnerLinkService(fleet, scheduler, sid), handlers)
+        RunnerLinkService(planes.fleet, planes.dispatcher, sid), handlers)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, handlers)
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection.aio.ReflectionServicer(
@@ -224,12 +278,10 @@ class _GenericHandlersOnly:
         return None  # the generic handler added with them serves the same methods
 
 
-def _must_not_end(task: asyncio.Future[Any]) -> None:
-    """The scaling loop ends only when cancelled at shutdown; anything else is a bug that
-    would leave requests waiting for runners forever, so the server stops loudly."""
-    if task.cancelled():
-        return
-    log.critical("the scaling loop ended: %r; stopping the server", task.exception())
+def _stop(task_name: str) -> None:
+    """A loop that must run as long as the server (scaling, housekeeping) ended: a bug that
+    would leave requests waiting forever, so the server stops loudly."""
+    log.critical("%s ended; stopping the server", task_name)
     signal.raise_signal(signal.SIGTERM)
 
 
@@ -239,7 +291,7 @@ async def _admin_key(store: Store, settings: ServerSettings) -> str:
     this data directory has no admin key (a second server on a shared store)."""
     path = settings.data_dir / ADMIN_KEY_FILE
     if not await store.list_keys():
-        record, key = new_key("ADMIN", settings.owner, "created on the server's first start")
+        record, key = new_key(KeyScope.ADMIN, settings.owner, "created on the server's first start")
         await asyncio.to_thread(_write_private, path, key)
         await store.create_key(record)
         log.info("created the admin key %s", record.key_id)

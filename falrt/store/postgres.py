@@ -16,7 +16,7 @@ Reads run on the pool and see every write that has returned. Tables live in the 
 together do not race). Records are msgpack in bytea columns, as in the SQLite store; the
 columns that queries filter or order on (status, seq, attempts, app_name) are real columns.
 
-Several servers may share the database (falrt/server/cluster.py, docs/stores.md): after
+Several servers may share the database (falrt/server/control/cluster.py, docs/stores.md): after
 `join`, queued requests are claimed before they run, writes about a request apply only
 while this server holds it, and what changed is announced with NOTIFY in the same
 transaction.
@@ -36,6 +36,7 @@ from falrt.store.records import (
     AppConfig,
     AppRecord,
     ClusterEvent,
+    ClusterEventKind,
     EnvironmentRecord,
     KeyRecord,
     Outcome,
@@ -314,7 +315,7 @@ class PostgresStore:
                                 _encode(revision))),
             (_UPSERT_APP, (app.name, app.revision_id, app.created_at, app.updated_at,
                            _encode(app.scale), app.auth)),
-            *self._announce(ClusterEvent("app", self.server_id, app=app.name)),
+            *self._announce(ClusterEvent(ClusterEventKind.APP, self.server_id, app=app.name)),
         )
 
     async def get_revision(self, revision_id: str) -> Revision | None:
@@ -340,7 +341,7 @@ class PostgresStore:
     async def set_scale(self, name: str, scale: AppConfig) -> None:
         await self._submit(
             ("UPDATE falrt.apps SET scale = $2 WHERE name = $1", (name, _encode(scale))),
-            *self._announce(ClusterEvent("app", self.server_id, app=name)),
+            *self._announce(ClusterEvent(ClusterEventKind.APP, self.server_id, app=name)),
         )
 
     # -- environments, secrets, API keys -----------------------------------------------
@@ -409,7 +410,7 @@ class PostgresStore:
             ("DELETE FROM falrt.apps WHERE name = $1", (name,)),
             ("DELETE FROM falrt.revisions WHERE app_name = $1", (name,)),
             ("DELETE FROM falrt.requests WHERE app_name = $1", (name,)),
-            *self._announce(ClusterEvent("app", self.server_id, app=name)),
+            *self._announce(ClusterEvent(ClusterEventKind.APP, self.server_id, app=name)),
         )
 
     # -- requests ----------------------------------------------------------------------
@@ -425,7 +426,8 @@ class PostgresStore:
         # Shared: a request dispatched at once is inserted as claimed by this server; a
         # queued one is announced (in the same statement) so that any server may claim it.
         owner = self.server_id if request.status is Status.IN_PROGRESS else None
-        queued = _event(ClusterEvent("queued", self.server_id, request.request_id)).decode()
+        queued = _event(ClusterEvent(
+            ClusterEventKind.QUEUED, self.server_id, request.request_id)).decode()
         return self._submit((_INSERT_REQUEST_SHARED, (*row, owner, queued)))
 
     def webhook_done(self, request_id: str) -> asyncio.Future[None]:
@@ -530,7 +532,12 @@ class PostgresStore:
         conn.add_termination_listener(lambda _conn: on_lost())
 
         def received(_conn: object, _pid: int, _channel: str, payload: object) -> None:
-            event = decode(str(payload))
+            try:
+                event = decode(str(payload))
+            except msgspec.ValidationError as exc:  # e.g. a kind a newer server sends
+                log.warning("ignored a cluster event this server does not know (%s): %.200s",
+                            exc, payload)
+                return
             if event.sender != self.server_id:
                 on_event(event)
 
@@ -547,13 +554,14 @@ class PostgresStore:
     def claim(self, request_id: str, attempts: int) -> asyncio.Future[bool]:
         """Takes a queued request for attempt `attempts` (IN_PROGRESS, held by this
         server); False when another server holds it or it has completed."""
-        claimed = ClusterEvent("claimed", self.server_id, request_id, attempts=attempts)
+        claimed = ClusterEvent(
+            ClusterEventKind.CLAIMED, self.server_id, request_id, attempts=attempts)
         return self._submit(step=_Conditional(
             _CLAIM, (request_id, attempts, self.server_id), claimed))
 
     def release(self, request_id: str) -> asyncio.Future[bool]:
         """Lets any server claim a queued request this server holds (after its backoff)."""
-        queued = ClusterEvent("queued", self.server_id, request_id)
+        queued = ClusterEvent(ClusterEventKind.QUEUED, self.server_id, request_id)
         return self._submit(step=_Conditional(
             _RELEASE, (request_id, self.server_id), queued))
 
@@ -563,7 +571,7 @@ class PostgresStore:
         """Completes a request this server holds, or with `queued` one that waits in the
         queue (a cancel, a flush, a missed start deadline); False otherwise: another
         server holds it or it has completed (a request completes once)."""
-        completed = ClusterEvent("completed", self.server_id, request_id)
+        completed = ClusterEvent(ClusterEventKind.COMPLETED, self.server_id, request_id)
         return self._submit(step=_Conditional(
             _COMPLETE_OWNED, (request_id, completed_at, _encode(outcome), self.server_id, queued),
             completed))
@@ -621,8 +629,9 @@ class PostgresStore:
                 "UPDATE falrt.requests SET owner = $1 WHERE status = 3 AND webhook_pending "
                 "AND owner IS NOT NULL AND owner NOT IN (SELECT server_id FROM falrt.servers) "
                 f"RETURNING {_REQUEST_COLUMNS}", self.server_id)
-            events = [ClusterEvent("queued", self.server_id, i) for i in queued]
-            events += [ClusterEvent("completed", self.server_id, i) for i in completed]
+            events = [ClusterEvent(ClusterEventKind.QUEUED, self.server_id, i) for i in queued]
+            events += [ClusterEvent(ClusterEventKind.COMPLETED, self.server_id, i)
+                       for i in completed]
             if events:
                 await conn.executemany(_NOTIFY, [(_event(e).decode(),) for e in events])
         return queued, completed, [*(_request_from_row(row) for row in owed), *owed_here]

@@ -164,15 +164,20 @@ class RequestRecord(msgspec.Struct):
     owner: str = ""
 
 
+class ClusterEventKind(enum.StrEnum):
+    """What a ClusterEvent says."""
+
+    QUEUED = "queued"  # a request may be claimed
+    CLAIMED = "claimed"  # a server runs attempt `attempts` of a request
+    COMPLETED = "completed"
+    CANCEL = "cancel"  # asks the holder of a request to cancel it
+    APP = "app"  # an app was deployed, scaled or deleted
+
+
 class ClusterEvent(msgspec.Struct, frozen=True, omit_defaults=True):
-    """What one server tells the others sharing its PostgreSQL store (docs/stores.md).
+    """What one server tells the others sharing its PostgreSQL store (docs/stores.md)."""
 
-    kind: "queued" (a request may be claimed), "claimed" (a server runs attempt
-    `attempts`), "completed", "cancel" (asks the holder to cancel), "app" (deployed or
-    deleted).
-    """
-
-    kind: str
+    kind: ClusterEventKind
     sender: str
     request_id: str = ""
     app: str = ""

@@ -3,7 +3,7 @@
 The runner's first message must be Hello with the id and token the server gave it; any
 other first message, or a wrong token, ends the stream with PERMISSION_DENIED; else the
 server's first message is Welcome (a runner that may reconnect knows it was taken). After that,
-one task reads the runner's messages and hands them to the scheduler, while the RPC
+one task reads the runner's messages and hands them to the dispatcher, while the RPC
 itself writes the runner's outbox (assignments, cancels, drain) to the stream in order.
 When either side ends, the runner's in-flight work is failed over.
 """
@@ -19,9 +19,10 @@ import grpc
 from grpc import aio
 
 from falrt import errors
-from falrt.server import convert
-from falrt.server.fleet import Fleet
-from falrt.server.runners import (
+from falrt.server.api import convert
+from falrt.server.fleet.fleet import Fleet
+from falrt.server.queue.dispatch import Dispatcher
+from falrt.server.state.runners import (
     AssignEvent,
     CancelEvent,
     CloseEvent,
@@ -31,8 +32,7 @@ from falrt.server.runners import (
     RealtimeInputEvent,
     RunnerHandle,
 )
-from falrt.server.scheduler import Scheduler
-from falrt.server.work import RealtimeSession
+from falrt.server.state.work import RealtimeSession
 from falrt.v1 import common_pb2, runner_pb2, runner_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -41,9 +41,9 @@ HELLO_TIMEOUT_S = 30.0
 
 
 class RunnerLinkService(runner_pb2_grpc.RunnerLinkServicer):
-    def __init__(self, fleet: Fleet, scheduler: Scheduler, server_id: str = "") -> None:
+    def __init__(self, fleet: Fleet, dispatcher: Dispatcher, server_id: str = "") -> None:
         self._fleet = fleet
-        self._scheduler = scheduler
+        self._dispatcher = dispatcher
         self._welcome = runner_pb2.ServerMessage(
             welcome=runner_pb2.Welcome(server_id=server_id))
 
@@ -51,7 +51,7 @@ class RunnerLinkService(runner_pb2_grpc.RunnerLinkServicer):
         self, request_iterator: AsyncIterator[runner_pb2.RunnerMessage], context: Context
     ) -> AsyncIterator[runner_pb2.ServerMessage]:
         runner = await self._hello(request_iterator, context)
-        reader = asyncio.ensure_future(self._read(runner, request_iterator))
+        reader = asyncio.get_running_loop().create_task(self._read(runner, request_iterator))
         try:
             yield self._welcome
             while not isinstance(event := await runner.outbox.get(), CloseEvent):
@@ -94,24 +94,25 @@ class RunnerLinkService(runner_pb2_grpc.RunnerLinkServicer):
         match message.WhichOneof("event"):
             case "result":
                 result = message.result
-                self._scheduler.on_result(runner, result.request_id, convert.outcome(result),
+                self._dispatcher.on_result(runner, result.request_id, convert.outcome(result),
                                           convert.verdict(result))
             case "log":
                 entry = message.log
                 if entry.request_id:
-                    self._scheduler.on_log(runner, entry.request_id, convert.log_record(entry.line))
+                    self._dispatcher.on_log(runner, entry.request_id,
+                                            convert.log_record(entry.line))
                 else:
                     log.info("[%s] %s", runner.runner_id, entry.line.message)
             case "partial":
                 partial = message.partial
-                self._scheduler.on_partial(runner, partial.request_id, partial.output.data,
+                self._dispatcher.on_partial(runner, partial.request_id, partial.output.data,
                                            partial.output.content_type)
             case "realtime_output" | "realtime_credit" | "realtime_closed" as kind:
                 self._handle_realtime(runner, kind, message)
             case "heartbeat":
                 # A live stream is the liveness signal; the beat keeps proxies from idling and
                 # carries the runner's GPU figures.
-                runner.gpu_stats = list(message.heartbeat.gpus)
+                runner.gpu_stats = convert.gpu_figures(message.heartbeat.gpus)
             case "state_change":
                 if message.state_change.state == common_pb2.RUNNER_STATE_DRAINING:
                     self._fleet.runner_draining(runner)
@@ -124,16 +125,16 @@ class RunnerLinkService(runner_pb2_grpc.RunnerLinkServicer):
         match kind:
             case "realtime_output":
                 out = message.realtime_output
-                self._scheduler.on_realtime_output(runner, out.session_id, out.output.data,
+                self._dispatcher.on_realtime_output(runner, out.session_id, out.output.data,
                                                    out.output.content_type)
             case "realtime_credit":
                 credit = message.realtime_credit
-                self._scheduler.on_realtime_credit(runner, credit.session_id, credit.inputs)
+                self._dispatcher.on_realtime_credit(runner, credit.session_id, credit.inputs)
             case "realtime_closed":
                 closed = message.realtime_closed
                 error = (convert.error_record(closed.error) if closed.HasField("error")
                          else None)
-                self._scheduler.on_realtime_closed(runner, closed.session_id, error)
+                self._dispatcher.on_realtime_closed(runner, closed.session_id, error)
 
 
 def _message(event: OutboxEvent) -> runner_pb2.ServerMessage:

@@ -21,13 +21,17 @@ import os
 import signal
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from falrt import bundle
 from falrt.backends.environments import Environments
-from falrt.server.scheduler import Scheduler
+from falrt.server.control.apps import AppControl
+from falrt.server.queue.recorder import Recorder
+from falrt.server.queue.scheduler import Scheduler
+from falrt.server.state.apps import Apps
+from falrt.server.tasks import Tasks
 from falrt.settings import ServerSettings
-from falrt.store.records import ClusterEvent, Revision, Status
+from falrt.store.records import ClusterEvent, ClusterEventKind, Revision, Status
 
 if TYPE_CHECKING:
     import asyncpg
@@ -53,26 +57,32 @@ def server_id(data_dir: Path) -> str:
 
 
 class Cluster:
-    """This server's membership of the servers sharing a PostgreSQL store."""
+    """This server's membership of the servers sharing a PostgreSQL store.
+
+    Tasks (from `start`): following the other servers' events, renewing the lease, taking
+    over expired leases, and reconnecting the listener when it breaks; `close` cancels them,
+    then gives up the lease."""
 
     def __init__(
-        self, store: PostgresStore, scheduler: Scheduler, environments: Environments,
-        settings: ServerSettings,
+        self, store: PostgresStore, apps: Apps, control: AppControl, scheduler: Scheduler,
+        recorder: Recorder, environments: Environments, settings: ServerSettings,
     ) -> None:
         self._store = store
+        self._apps = apps
+        self._control = control
         self._scheduler = scheduler
+        self._recorder = recorder
         self._environments = environments
         self._settings = settings
         self._events: asyncio.Queue[ClusterEvent] = asyncio.Queue()
         self._listener: asyncpg.Connection | None = None
-        self._tasks: list[asyncio.Task[Any]] = []
+        self._tasks = Tasks("cluster")
         self._closing = False
 
-    async def join(self) -> None:
-        """Takes a lease and starts listening; call before `Scheduler.load`."""
-        sid = await asyncio.to_thread(server_id, self._settings.data_dir)
+    async def join(self, sid: str) -> None:
+        """Takes a lease as server `sid` and starts listening; call before the apps and
+        requests are loaded."""
         await self._store.join(sid, self._settings.cluster_lease_s)
-        self._scheduler.shared = self._scheduler.recorder.shared = self._store
         self._listener = await self._store.listen(self._events.put_nowait, self._lost)
         for app in await self._store.list_apps():
             revision = await self._store.get_revision(app.revision_id)
@@ -86,18 +96,14 @@ class Cluster:
 
     def start(self) -> None:
         """Starts following events, renewing the lease and taking over expired ones."""
-        self._tasks = [
-            asyncio.create_task(self._follow(), name="falrt-cluster-events"),
-            asyncio.create_task(self._keep_lease(), name="falrt-cluster-lease"),
-            asyncio.create_task(self._take_over_loop(), name="falrt-cluster-take-over"),
-        ]
+        self._tasks.spawn(self._follow(), name="falrt-cluster-events")
+        self._tasks.spawn(self._keep_lease(), name="falrt-cluster-lease")
+        self._tasks.spawn(self._take_over_loop(), name="falrt-cluster-take-over")
 
     async def close(self) -> None:
         """Stops, and gives up the lease (what this server still holds is taken over)."""
         self._closing = True
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.close()
         if self._listener is not None:
             await self._listener.close()
         await self._store.leave()
@@ -134,7 +140,7 @@ class Cluster:
         if self._closing:
             return
         log.error("lost the connection that hears the other servers; reconnecting")
-        self._tasks.append(asyncio.create_task(self._relisten(), name="falrt-cluster-relisten"))
+        self._tasks.spawn(self._relisten(), name="falrt-cluster-relisten")
 
     async def _relisten(self) -> None:
         delay = 0.5
@@ -155,7 +161,7 @@ class Cluster:
         """Catches up with what the events missed: apps, the queue, followed requests."""
         scheduler = self._scheduler
         names = {app.name for app in await self._store.list_apps()}
-        for name in names | set(scheduler.apps):
+        for name in names | set(self._apps.names()):
             await self._sync_app(name)
         for record in await self._store.load_unfinished():
             if record.status is Status.IN_QUEUE and not record.owner:
@@ -168,36 +174,36 @@ class Cluster:
     async def _apply(self, event: ClusterEvent) -> None:
         scheduler = self._scheduler
         match event.kind:
-            case "queued":
+            case ClusterEventKind.QUEUED:
                 await scheduler.on_remote_queued(event.request_id)
-            case "claimed":
+            case ClusterEventKind.CLAIMED:
                 scheduler.on_remote_claimed(event.request_id, event.attempts)
-            case "completed":
+            case ClusterEventKind.COMPLETED:
                 await scheduler.on_remote_completed(event.request_id)
-            case "cancel":
+            case ClusterEventKind.CANCEL:
                 await scheduler.cancel(event.request_id, forward=False)
-            case "app":
+            case ClusterEventKind.APP:
                 await self._sync_app(event.app)
-            case other:
-                log.warning("unknown cluster event %r from %s", other, event.sender)
+            case _:
+                raise AssertionError(f"unexpected cluster event {event!r}")
 
     async def _sync_app(self, name: str) -> None:
         """Another server deployed or deleted an app: the same here."""
         record = await self._store.get_app(name)
         if record is None:
-            if name in self._scheduler.apps:
-                await self._scheduler.delete_app(name, stored=False)
+            if name in self._apps:
+                await self._control.delete(name, stored=False)
             return
-        current = self._scheduler.apps.get(name)
+        current = self._apps.get(name)
         if current is not None and current.revision.revision_id == record.revision_id:
             if current.record.scale != record.scale:
-                self._scheduler.rescale(record)  # `falrt apps scale` on another server
+                self._control.rescale(record)  # `falrt apps scale` on another server
             return
         revision = await self._store.get_revision(record.revision_id)
         if revision is None:
             return
         await self.prepare(revision)
-        self._scheduler.activate(record, revision)
+        self._control.activate(record, revision)
 
     # -- leases ------------------------------------------------------------------------
 
@@ -237,4 +243,4 @@ class Cluster:
             await self._scheduler.on_remote_queued(request_id)
         for request_id in completed:
             await self._scheduler.on_remote_completed(request_id)
-        await self._scheduler.recorder.send_owed_webhooks(owed)
+        await self._recorder.send_owed_webhooks(owed)

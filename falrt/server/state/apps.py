@@ -1,16 +1,19 @@
-"""Deployed apps as the scheduler holds them: live revision, resolved settings, queue."""
+"""Deployed apps as both planes hold them: live revision, resolved settings, queue, and why
+their runners fail to start. The control plane adds and removes apps (`Apps.put`, `pop`);
+the queue and the fleet read them."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import msgspec
 
 from falrt import errors, machines
 from falrt.autoscaler.policy import ScalingSettings
-from falrt.server.appqueue import AppQueue
-from falrt.server.work import QueuedRequest
+from falrt.server.state.appqueue import AppQueue
+from falrt.server.state.work import QueuedRequest
 from falrt.settings import AppDefaults
 from falrt.store.records import AppConfig, AppRecord, Revision
 
@@ -122,6 +125,8 @@ class AppState:
     queue: AppQueue = field(default_factory=AppQueue)
     # Queue-path requests waiting out a retry backoff (not in `queue` until it ends).
     retrying: set[QueuedRequest] = field(default_factory=set)
+    # Why and until when nothing of the app starts (fal's CRASH_BACKOFF, or no capacity);
+    # changed only by the methods below.
     startup_failures: int = 0
     backoff_until: float = 0.0  # monotonic
     last_startup_error: str = ""
@@ -134,6 +139,29 @@ class AppState:
     def paths(self) -> frozenset[str]:
         return frozenset(e.path for e in self.revision.endpoints)
 
+    def switch(self, record: AppRecord, revision: Revision, settings: EffectiveSettings) -> None:
+        """A new live revision (a deploy, a rollback): its starts owe nothing to the old
+        revision's failures."""
+        self.record, self.revision, self.settings = record, revision, settings
+        self.runner_started()
+
+    def runner_started(self) -> None:
+        """A runner of the live revision is ready: any backoff ends (fal)."""
+        self.startup_failures, self.backoff_until, self.last_startup_error = 0, 0.0, ""
+
+    def start_failed(self, reason: str, step_s: float, cap_s: float) -> float:
+        """A runner failed to start: the next start waits `step_s` times the failures in a
+        row, at most `cap_s`. Returns that delay."""
+        self.startup_failures += 1
+        delay = min(step_s * self.startup_failures, cap_s)
+        self.wait_before_starting(reason, delay)
+        return delay
+
+    def wait_before_starting(self, reason: str, delay_s: float) -> None:
+        """Nothing of the app starts for `delay_s` (e.g. no capacity), for `reason`."""
+        self.backoff_until = time.monotonic() + delay_s
+        self.last_startup_error = reason
+
     def waiting_reason(self) -> str:
         """Why queued requests wait, when something is wrong (else "")."""
         if not self.last_startup_error:
@@ -141,3 +169,32 @@ class AppState:
         left = self.backoff_until - time.monotonic()
         retry = f"; next start in {left:.0f} s" if left > 0 else ""
         return f"runners of {self.name} fail to start: {self.last_startup_error}{retry}"
+
+
+class Apps:
+    """The deployed apps of this server by full name. Loop-affine; only the control plane
+    adds or removes apps."""
+
+    def __init__(self) -> None:
+        self._by_name: dict[str, AppState] = {}
+
+    def get(self, name: str) -> AppState | None:
+        return self._by_name.get(name)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._by_name
+
+    def __iter__(self) -> Iterator[AppState]:
+        return iter(list(self._by_name.values()))
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    def names(self) -> list[str]:
+        return list(self._by_name)
+
+    def put(self, app: AppState) -> None:
+        self._by_name[app.name] = app
+
+    def pop(self, name: str) -> AppState | None:
+        return self._by_name.pop(name, None)

@@ -28,9 +28,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from falrt import errors
-from falrt.server.keys import matches, parse
-from falrt.server.scheduler import Scheduler
+from falrt.server.control.keys import matches, parse
+from falrt.server.queue.scheduler import Scheduler
+from falrt.server.state.apps import Apps
+from falrt.settings import ServerSettings
+from falrt.store.base import Store
 from falrt.store.records import KeyRecord
+from falrt.vocabulary import AppAuth, KeyScope
 
 CACHE_S = 2.0
 # "RealtimeOpen": Queue.Realtime checks its first message (RealtimeOpen) once it has it.
@@ -51,8 +55,13 @@ class Caller:
 class Authenticator:
     """Turns call metadata into a Caller (None: no key). Loop-affine."""
 
-    def __init__(self, scheduler: Scheduler) -> None:
+    def __init__(
+        self, store: Store, apps: Apps, scheduler: Scheduler, settings: ServerSettings
+    ) -> None:
+        self._store = store
+        self._apps = apps
         self._scheduler = scheduler
+        self._owner = settings.owner
         self._cache: dict[str, tuple[KeyRecord | None, float]] = {}
         # Per key id, the secret last checked against its record, with its Caller, until
         # the record's cache entry expires: a key used again costs one constant-time
@@ -100,7 +109,7 @@ class Authenticator:
         now = time.monotonic()
         if cached is not None and cached[1] > now:
             return cached
-        record = await self._scheduler.store.get_key(key_id)
+        record = await self._store.get_key(key_id)
         if len(self._cache) > 10_000:
             self._cache.clear()
         self._cache[key_id] = cached = (record, now + CACHE_S)
@@ -111,24 +120,24 @@ class Authenticator:
     def check_admin(self, caller: Caller | None) -> None:
         if caller is None:
             raise errors.UnauthenticatedError(f"the control plane needs an ADMIN key: {HINT}")
-        if caller.scope != "ADMIN":
+        if caller.scope != KeyScope.ADMIN:
             raise errors.PermissionDeniedError(
                 f"key {caller.key_id} has the {caller.scope} scope: it may call apps, not use "
                 "the control plane (that needs an ADMIN key)")
         self._check_owner(caller)
 
     def check_app(self, caller: Caller | None, app_name: str) -> None:
-        app = self._scheduler.apps.get(app_name)
-        if app is None or app.record.auth == "public":
+        app = self._apps.get(app_name)
+        if app is None or app.record.auth == AppAuth.PUBLIC:
             return
         if caller is None:
             raise errors.UnauthenticatedError(
                 f"app {app_name!r} is {app.record.auth}: it needs a key: {HINT}")
-        if app.record.auth == "private":
+        if app.record.auth == AppAuth.PRIVATE:
             self._check_owner(caller)
 
     def _check_owner(self, caller: Caller) -> None:
-        owner = self._scheduler.settings.owner
+        owner = self._owner
         if caller.owner != owner:
             raise errors.PermissionDeniedError(
                 f"key {caller.key_id} belongs to {caller.owner!r}, not to {owner!r}")

@@ -1,5 +1,7 @@
 """The webhook signing key and fal's signature: make it, keep it, sign with it, verify.
 
+Shared by the server (which signs) and by receivers (`verify`), as `falrt.errors` is.
+
 The key is Ed25519, created on the server's first start in its data directory (`KEY_FILE`,
 mode 0600, written atomically) and loaded on later starts. The signed message is fal's: the
 request id, the user id, the unix timestamp and the hex SHA-256 of the body, joined by "\n".

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from falrt import errors
-from falrt.server.work import QueuedRequest, WorkItem
+from falrt.server.state.work import QueuedRequest, WorkItem
 from falrt.store.records import ErrorRecord, Outcome, Priority
 
 CONTENT_TYPES = frozenset({"application/json", "application/msgpack"})
@@ -30,7 +30,7 @@ class WebhookSink(Protocol):
 
 @dataclass(frozen=True)
 class SubmitOptions:
-    """What a caller may ask for at Submit (see falrt.v1.SubmitRequest)."""
+    """What a caller may ask for at Submit (SubmitRequest in queue.proto)."""
 
     priority: Priority = Priority.NORMAL
     no_retry: bool = False
@@ -43,7 +43,7 @@ class SubmitOptions:
 
 @dataclass(frozen=True)
 class Verdict:
-    """What a handler said about its failed attempt (see falrt.v1.Result)."""
+    """What a handler said about its failed attempt (Result in runner.proto)."""
 
     needs_retry: bool | None = None
     stop_runner: bool | None = None

@@ -1,6 +1,6 @@
 """When a failed attempt is retried, and after how long: a pure policy.
 
-Failure conditions (fal's names):
+Failure conditions (fal's names; `falrt.vocabulary.RetryCondition`):
 - `timeout`: the attempt ran past the app's request_timeout (its runner is killed);
 - `connection_error`: the runner went away (process died, stream broke) mid-request;
 - `server_error`: the handler failed and asked for a retry (`needs_retry`).
@@ -26,7 +26,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 MAX_ATTEMPTS = 10
-CONDITIONS = frozenset({"timeout", "server_error", "connection_error"})
 
 
 @dataclass(frozen=True)

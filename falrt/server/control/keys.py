@@ -12,11 +12,10 @@ import secrets
 import time
 
 from falrt.store.records import KeyRecord
+from falrt.vocabulary import KeyScope
 
-SCOPES = ("ADMIN", "API")
 
-
-def new_key(scope: str, owner: str, description: str) -> tuple[KeyRecord, str]:
+def new_key(scope: KeyScope, owner: str, description: str) -> tuple[KeyRecord, str]:
     """A new key record (to store) and the key itself (to show once)."""
     key_id = f"k-{secrets.token_hex(8)}"
     secret = secrets.token_urlsafe(32)

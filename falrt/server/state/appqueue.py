@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import bisect
 
-from falrt.server.work import Signal, WorkItem
+from falrt.server.state.work import Signal, WorkItem
 from falrt.store.records import Priority
 
 

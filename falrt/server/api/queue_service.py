@@ -13,19 +13,20 @@ from typing import Any, TypeVar
 from grpc import aio
 
 from falrt import errors
-from falrt.server import convert
-from falrt.server.rpc import Guard, abort, server_stream, unary
-from falrt.server.scheduler import Scheduler
-from falrt.server.work import DirectCall, QueuedRequest, RealtimeSession
+from falrt.server.api import convert
+from falrt.server.api.rpc import Guard, abort, server_stream, unary
+from falrt.server.queue.scheduler import Scheduler
+from falrt.server.state.work import DirectCall, QueuedRequest, RealtimeSession
 from falrt.store.records import Outcome, Status
 from falrt.v1 import queue_pb2, queue_pb2_grpc
+from falrt.vocabulary import CancelOutcome
 
 Context = aio.ServicerContext[Any, Any]
 R = TypeVar("R", queue_pb2.StreamResponse, queue_pb2.RealtimeResponse)
 _CANCEL_OUTCOMES = {
-    "CANCELLATION_REQUESTED": queue_pb2.CANCEL_OUTCOME_CANCELLATION_REQUESTED,
-    "ALREADY_COMPLETED": queue_pb2.CANCEL_OUTCOME_ALREADY_COMPLETED,
-    "NOT_FOUND": queue_pb2.CANCEL_OUTCOME_NOT_FOUND,
+    CancelOutcome.CANCELLATION_REQUESTED: queue_pb2.CANCEL_OUTCOME_CANCELLATION_REQUESTED,
+    CancelOutcome.ALREADY_COMPLETED: queue_pb2.CANCEL_OUTCOME_ALREADY_COMPLETED,
+    CancelOutcome.NOT_FOUND: queue_pb2.CANCEL_OUTCOME_NOT_FOUND,
 }
 
 
@@ -97,10 +98,7 @@ class QueueService(queue_pb2_grpc.QueueServicer):
         One plain future woken by the signals' callbacks: no task, and cancelling this wait
         (the caller went away) never cancels a signal other watchers share.
         """
-        sources = [item.changed.wait()]
-        app = self._scheduler.apps.get(item.app_name)
-        if item.status is Status.IN_QUEUE and app is not None:
-            sources.append(app.queue.changed.wait())
+        sources = self._scheduler.changes(item)
         waiter = asyncio.get_running_loop().create_future()
 
         def wake(_: asyncio.Future[None]) -> None:
@@ -180,7 +178,7 @@ class QueueService(queue_pb2_grpc.QueueServicer):
         if self.guard is not None:  # the app's auth, now that the endpoint is known
             await self.guard("RealtimeOpen", first.open, context)
         session = self._scheduler.open_realtime(first.open.endpoint_id, first.open.path or "/")
-        pump = asyncio.ensure_future(self._pump(session, request_iterator))
+        pump = asyncio.get_running_loop().create_task(self._pump(session, request_iterator))
         try:
             async for response in self._outputs(session, queue_pb2.RealtimeResponse):
                 yield response

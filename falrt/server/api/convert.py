@@ -12,11 +12,10 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from falrt import errors
-from falrt.server.outcomes import SubmitOptions, Verdict
-from falrt.server.retries import CONDITIONS
-from falrt.server.runners import RunnerHandle
-from falrt.server.webhooks import check_webhook_url
-from falrt.server.work import QueuedRequest
+from falrt.server.queue.outcomes import SubmitOptions, Verdict
+from falrt.server.queue.webhooks import check_webhook_url
+from falrt.server.state.runners import GpuFigures, RunnerHandle
+from falrt.server.state.work import QueuedRequest
 from falrt.store.records import (
     AppConfig,
     EndpointRecord,
@@ -27,6 +26,9 @@ from falrt.store.records import (
     Status,
 )
 from falrt.v1 import common_pb2, control_pb2, queue_pb2, runner_pb2
+from falrt.vocabulary import RetryCondition, names
+
+CONDITIONS = frozenset(names(RetryCondition))
 
 _OPTIONAL_FIELDS = (
     "num_gpus", "keep_alive_s", "min_concurrency", "max_concurrency", "concurrency_buffer",
@@ -220,6 +222,11 @@ def endpoint_spec(record: EndpointRecord) -> control_pb2.EndpointSpec:
     )
 
 
+def gpu_figures(stats: Sequence[common_pb2.GpuStats]) -> list[GpuFigures]:
+    return [GpuFigures(g.uuid, g.memory_used_bytes, g.memory_total_bytes,
+                       g.utilization_percent) for g in stats]
+
+
 def runner_info(runner: RunnerHandle) -> control_pb2.RunnerInfo:
     return control_pb2.RunnerInfo(
         runner_id=runner.runner_id,
@@ -238,5 +245,8 @@ def runner_info(runner: RunnerHandle) -> control_pb2.RunnerInfo:
         last_error=runner.last_error,
         served=runner.served,
         gpus=runner.process.gpus if runner.process is not None else [],
-        gpu_stats=runner.gpu_stats,
+        gpu_stats=[common_pb2.GpuStats(
+            uuid=g.uuid, memory_used_bytes=g.memory_used_bytes,
+            memory_total_bytes=g.memory_total_bytes, utilization_percent=g.utilization_percent)
+            for g in runner.gpu_stats],
     )

@@ -17,9 +17,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from falrt.server.state.transitions import TransitionTable
 from falrt.store.records import LogRecord, Outcome, Priority, RequestRecord, Status
 
 T = TypeVar("T")
+
+# The one transition table of request statuses (docs/requests.md shows it). A request is
+# created IN_QUEUE (or loaded as stored); an attempt that fails is queued again.
+REQUEST_TRANSITIONS = TransitionTable("request status", {
+    Status.IN_QUEUE: (Status.IN_PROGRESS, Status.COMPLETED),
+    Status.IN_PROGRESS: (Status.IN_QUEUE, Status.COMPLETED),
+    Status.COMPLETED: (),
+})
 
 
 class Signal:
@@ -95,6 +104,12 @@ class QueuedRequest(WorkItem):
     failures: dict[str, int] = field(default_factory=dict)
     backoff_timer: asyncio.TimerHandle | None = None
     deadline_timer: asyncio.TimerHandle | None = None
+
+    def set_status(self, status: Status) -> None:
+        """The one place a request's status changes. Raises IllegalTransition for a change
+        REQUEST_TRANSITIONS does not allow."""
+        REQUEST_TRANSITIONS.check(self.status, status)
+        self.status = status
 
     def add_log(self, line: LogRecord) -> None:
         self.logs = _appended(self.logs, line)

@@ -12,14 +12,14 @@ import enum
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
 
 from falrt.backends.base import RunnerProcess
-from falrt.server.work import WorkItem
+from falrt.server.state.transitions import TransitionTable
+from falrt.server.state.work import WorkItem
 
 
 class RunnerState(enum.IntEnum):
-    """fal's runner states; the values match falrt.v1.RunnerState."""
+    """fal's runner states; the values are the contract's (RunnerState in common.proto)."""
 
     PENDING = 1
     IMAGE_PULL = 2
@@ -32,6 +32,24 @@ class RunnerState(enum.IntEnum):
     TERMINATED = 9
 
 
+_S = RunnerState
+# The one transition table of runner states (docs/runners.md shows it). A runner is created
+# PENDING (SETUP when adopted after a server restart); it may end from any state.
+RUNNER_TRANSITIONS = TransitionTable("runner state", {
+    # a start goes on, is given up (no runner process), or fails (crash backoff); a runner
+    # may dial in (IDLE) while its backend still reports the start
+    _S.PENDING: (_S.IMAGE_PULL, _S.SETUP, _S.CRASH_BACKOFF, _S.IDLE, _S.TERMINATING,
+                 _S.TERMINATED),
+    _S.IMAGE_PULL: (_S.SETUP, _S.CRASH_BACKOFF, _S.IDLE, _S.TERMINATING, _S.TERMINATED),
+    _S.SETUP: (_S.CRASH_BACKOFF, _S.IDLE, _S.TERMINATING, _S.TERMINATED),
+    _S.CRASH_BACKOFF: (_S.PENDING, _S.TERMINATED),  # it starts again, or is no longer wanted
+    _S.IDLE: (_S.RUNNING, _S.DRAINING, _S.TERMINATING, _S.TERMINATED),
+    _S.RUNNING: (_S.IDLE, _S.DRAINING, _S.TERMINATING, _S.TERMINATED),
+    _S.DRAINING: (_S.TERMINATING, _S.TERMINATED),  # its last requests end, or it is killed
+    _S.TERMINATING: (_S.TERMINATED,),
+    _S.TERMINATED: (),
+})
+
 # States in which a runner counts as capacity (present or coming).
 ALIVE_STATES = frozenset(
     {RunnerState.PENDING, RunnerState.IMAGE_PULL, RunnerState.SETUP, RunnerState.IDLE,
@@ -39,8 +57,21 @@ ALIVE_STATES = frozenset(
 )
 MAX_TRANSITIONS = 100
 
+# States of a runner being started (it has not said Hello yet).
+STARTING_STATES = frozenset({RunnerState.PENDING, RunnerState.IMAGE_PULL, RunnerState.SETUP})
+
 # States in which a runner may be given new work.
 SERVING_STATES = frozenset({RunnerState.IDLE, RunnerState.RUNNING})
+
+
+@dataclass(frozen=True)
+class GpuFigures:
+    """One GPU of a runner at its last heartbeat."""
+
+    uuid: str
+    memory_used_bytes: int
+    memory_total_bytes: int
+    utilization_percent: int  # of the last sample period, busy
 
 
 @dataclass(frozen=True)
@@ -107,8 +138,8 @@ class RunnerHandle:
     replaces: str = ""
     stop_requested: bool = False  # the server stopped or killed it (an exit is expected)
     adopted: bool = False  # started by this server's previous life (it dials in again)
-    # GPU memory and utilisation at its last heartbeat (falrt.v1.GpuStats messages).
-    gpu_stats: list[Any] = field(default_factory=list)
+    # GPU memory and utilisation at its last heartbeat.
+    gpu_stats: list[GpuFigures] = field(default_factory=list)
     # Every state entered, with its wall-clock time (the first and the last 100 kept).
     transitions: deque[tuple[RunnerState, float]] = field(
         default_factory=lambda: deque(maxlen=MAX_TRANSITIONS))
@@ -135,7 +166,10 @@ class RunnerHandle:
         return self.max_multiplexing - len(self.in_flight) - self.reserved
 
     def set_state(self, state: RunnerState) -> None:
+        """The one place a runner's state changes. Raises IllegalTransition for a change
+        RUNNER_TRANSITIONS does not allow."""
         if state is not self.state:
+            RUNNER_TRANSITIONS.check(self.state, state)
             self.state = state
             self.state_since = time.time()
             self.transitions.append((state, self.state_since))

@@ -3,6 +3,9 @@
 The recorder owns the background store writes of the request path, keeps completed requests
 in memory for a while (their later reads go to the store), deletes expired results, and
 keeps webhooks owed across restarts. Loop-affine.
+
+Tasks: the housekeeping loop (from `start`) and one task per background store write;
+`close` waits for the pending writes, then cancels the housekeeping.
 """
 
 from __future__ import annotations
@@ -14,12 +17,13 @@ import time
 from collections.abc import Awaitable
 from typing import Any
 
-from falrt.server.idempotency import IdempotencyKeys
-from falrt.server.outcomes import WebhookSink, with_logs
-from falrt.server.work import DirectCall, QueuedRequest, WorkItem
+from falrt.server.queue.outcomes import WebhookSink, with_logs
+from falrt.server.queue.requests import Requests
+from falrt.server.state.work import DirectCall, QueuedRequest, WorkItem
+from falrt.server.tasks import Tasks
 from falrt.settings import ServerSettings
 from falrt.store.base import SharedStore, Store
-from falrt.store.records import ClusterEvent, Outcome, RequestRecord, Status
+from falrt.store.records import ClusterEvent, ClusterEventKind, Outcome, RequestRecord, Status
 
 log = logging.getLogger(__name__)
 
@@ -31,16 +35,24 @@ class Recorder:
     """Records outcomes; see the module docstring."""
 
     def __init__(
-        self, store: Store, settings: ServerSettings, requests: dict[str, QueuedRequest],
-        keys: IdempotencyKeys,
+        self, store: Store, settings: ServerSettings, requests: Requests,
+        webhooks: WebhookSink, shared: SharedStore | None, tasks: Tasks,
     ) -> None:
         self.store = store
         self.settings = settings
-        self.webhooks: WebhookSink | None = None
-        self.shared: SharedStore | None = None  # see Scheduler.shared
+        self.webhooks = webhooks
+        self.shared = shared  # several servers share the store (falrt/server/control/cluster.py)
         self._requests = requests
-        self._keys = keys
-        self._tasks: set[asyncio.Future[Any]] = set()
+        self._tasks = tasks
+
+    def start(self) -> None:
+        """Starts deleting expired results."""
+        self._tasks.spawn(self._keep_house(), name="falrt-housekeeping", essential=True)
+
+    async def close(self) -> None:
+        """Waits for the pending store writes, then stops the housekeeping."""
+        await self._tasks.drain()
+        await self._tasks.close()
 
     def finish(self, item: WorkItem, outcome: Outcome, *, store: bool = True) -> None:
         item.stop_timers()
@@ -91,7 +103,8 @@ class Recorder:
 
     def show(self, item: QueuedRequest, outcome: Outcome) -> None:
         """Shows a stored outcome to watchers and keeps it in memory for a while."""
-        item.outcome, item.status = outcome, Status.COMPLETED
+        item.outcome = outcome
+        item.set_status(Status.COMPLETED)
         item.changed.fire()
         keep_s = min(COMPLETED_IN_MEMORY_S, self.settings.result_retention_s)
         asyncio.get_running_loop().call_later(keep_s, self._forget, item)
@@ -108,13 +121,13 @@ class Recorder:
         log.info("request %s is held by another server; this server's outcome is dropped",
                  item.request_id)
         item.outcome, item.runner_id = None, ""
-        item.status = Status.IN_PROGRESS if record is None else record.status
+        item.set_status(Status.IN_PROGRESS if record is None else record.status)
         if item.cancel_requested:
-            event = ClusterEvent("cancel", self.shared.server_id, item.request_id)
+            event = ClusterEvent(ClusterEventKind.CANCEL, self.shared.server_id, item.request_id)
             self.background(self.shared.publish(event))
         item.changed.fire()
 
-    async def keep_house(self) -> None:
+    async def _keep_house(self) -> None:
         """Deletes completed requests older than the retention time, until cancelled.
 
         Runs every quarter of the retention time (at least every minute, at most every
@@ -134,9 +147,6 @@ class Recorder:
     def _send_webhook(self, url: str, request_id: str, outcome: Outcome) -> None:
         """Hands a completed request to the webhook sender; the store keeps it owed until the
         delivery ends, so a restart sends it again (receivers must be idempotent, as fal's)."""
-        if self.webhooks is None:
-            return
-
         def finished() -> None:
             self.background(self.store.webhook_done(request_id))
 
@@ -155,22 +165,9 @@ class Recorder:
 
     def _forget(self, item: QueuedRequest) -> None:
         """Drops a completed request from memory; later reads go to the store."""
-        self._requests.pop(item.request_id, None)
-        if item.idempotency_key:
-            self._keys.forget(item.idempotency_key, item.request_id)
+        self._requests.forget(item)
 
     def background(self, work: Awaitable[Any]) -> asyncio.Future[Any]:
-        task = asyncio.ensure_future(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Future[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("background store write failed", exc_info=task.exception())
-
-    async def drain_background(self) -> None:
-        """Waits for pending store writes (used at shutdown)."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        """Runs a store write (or another short piece of work) as the recorder's task; a
+        failure is logged."""
+        return self._tasks.spawn(work)

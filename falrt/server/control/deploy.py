@@ -5,6 +5,7 @@ live. It yields plain progress events; the Control servicer turns them into mess
 from __future__ import annotations
 
 import asyncio
+import enum
 import hashlib
 import re
 import time
@@ -15,18 +16,24 @@ from dataclasses import dataclass, field
 from falrt import bundle, errors
 from falrt.backends.environments import Environments
 from falrt.names import MAIN, check_app_name, check_environment, full_name
-from falrt.server.apps import EffectiveSettings, check_config, kept_on_deploy, with_overrides
-from falrt.server.scheduler import Scheduler
+from falrt.server.control.apps import AppControl
+from falrt.server.fleet.fleet import Fleet
+from falrt.server.state.apps import Apps, check_config, kept_on_deploy, with_overrides
 from falrt.settings import ServerSettings
+from falrt.store.base import SharedStore, Store
 from falrt.store.records import AppConfig, AppRecord, EndpointRecord, Revision
+from falrt.vocabulary import AppAuth, DeployStrategy, names
 
-AUTH_MODES = ("private", "public", "shared")
 ENTRYPOINT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*:[A-Za-z_][A-Za-z0-9_]*$")
 
 
-# How a deploy or a rollback switches the app (Strategy in control.proto).
-ROLLING = "rolling"
-RECREATE = "recreate"
+class DeployStage(enum.Enum):
+    """Where a deploy is (DeployStage in control.proto)."""
+
+    UPLOAD = "UPLOAD"
+    BUILD = "BUILD"
+    ROLLOUT = "ROLLOUT"
+    DONE = "DONE"
 
 
 @dataclass(frozen=True)
@@ -41,7 +48,7 @@ class DeployPlan:
     endpoints: tuple[EndpointRecord, ...]
     message: str
     reset_scale: bool = False
-    strategy: str = ROLLING
+    strategy: DeployStrategy = DeployStrategy.ROLLING
     annotations: dict[str, str] = field(default_factory=dict)
     environment: str = MAIN
     no_cache: bool = False
@@ -54,7 +61,7 @@ class DeployPlan:
 
 @dataclass(frozen=True)
 class Progress:
-    stage: str  # "UPLOAD", "BUILD", "ROLLOUT", "DONE"
+    stage: DeployStage
     message: str
     fraction: float = 0.0
 
@@ -75,10 +82,18 @@ DeployEvent = Progress | BuildLog | Deployed
 
 
 class Deployer:
+    """Deploys and rollbacks. Loop-affine; one deploy's blocking work (unpacking, builds)
+    runs in threads."""
+
     def __init__(
-        self, scheduler: Scheduler, environments: Environments, settings: ServerSettings
+        self, apps: Apps, control: AppControl, fleet: Fleet, store: Store,
+        shared: SharedStore | None, environments: Environments, settings: ServerSettings,
     ) -> None:
-        self._scheduler = scheduler
+        self._apps = apps
+        self._control = control
+        self._fleet = fleet
+        self._store = store
+        self._shared = shared
         self._environments = environments
         self._settings = settings
 
@@ -87,7 +102,7 @@ class Deployer:
     ) -> AsyncIterator[DeployEvent]:
         """Runs the whole pipeline. Raises InvalidArgumentError for a bad plan or bundle."""
         self._check(plan)
-        await self._scheduler.environment(plan.environment)
+        await self._control.environment(plan.environment)
         data = bytearray()
         async for event in self._receive(plan, chunks, data):
             yield event
@@ -95,13 +110,13 @@ class Deployer:
             bundle.unpack, bytes(data), self._settings.bundles_dir / plan.bundle_sha256,
             max_bytes=self._settings.max_bundle_bytes,
         )
-        if self._scheduler.shared is not None:  # the other servers fetch it from the store
-            await self._scheduler.shared.put_bundle(plan.bundle_sha256, bytes(data))
+        if self._shared is not None:  # the other servers fetch it from the store
+            await self._shared.put_bundle(plan.bundle_sha256, bytes(data))
         module = plan.entrypoint.partition(":")[0]
         module_file = self._settings.bundles_dir / plan.bundle_sha256 / f"{module}.py"
         if not await asyncio.to_thread(module_file.is_file):
             raise errors.InvalidArgumentError(f"the bundle has no module {module}.py")
-        yield Progress("BUILD", "building the environment")
+        yield Progress(DeployStage.BUILD, "building the environment")
         built: list[str] = []
         async for event in self._build(plan.config, built, no_cache=plan.no_cache):
             yield event
@@ -112,23 +127,21 @@ class Deployer:
             config=plan.config, endpoints=plan.endpoints, message=plan.message,
             created_at=time.time(), annotations=dict(plan.annotations),
         )
-        existing = self._scheduler.apps.get(plan.name)
+        existing = self._apps.get(plan.name)
         scale = kept_on_deploy(existing.record.scale if existing else AppConfig(),
                                reset=plan.reset_scale)
-        auth = plan.config.app_auth or "private"  # fal: deploys are private unless told
+        auth = plan.config.app_auth or AppAuth.PRIVATE  # fal: deploys are private unless told
         async for event in self._switch(revision, scale, plan.strategy, auth):
             yield event
 
     async def rollback(
-        self, app_name: str, revision_id: str, strategy: str, auth: str = ""
+        self, app_name: str, revision_id: str, strategy: DeployStrategy, auth: str = ""
     ) -> AsyncIterator[DeployEvent]:
         """Makes an earlier revision of the app live again, without a rebuild: its bundle
         and environment are still here. Runtime-tunable scale overrides are kept,
         code-specific settings come from that revision (fal's set-rev)."""
-        app = self._scheduler.apps.get(app_name)
-        if app is None:
-            raise errors.NotFoundError(f"no app named {app_name!r}; `falrt apps list` shows them")
-        target = await self._scheduler.store.get_revision(revision_id)
+        app = self._control.get(app_name)
+        target = await self._store.get_revision(revision_id)
         if target is None or target.app_name != app_name:
             raise errors.NotFoundError(
                 f"app {app_name!r} has no revision {revision_id!r}; `falrt apps revisions "
@@ -139,7 +152,7 @@ class Deployer:
         if not await asyncio.to_thread(bundle_dir.is_dir):
             raise errors.FailedPreconditionError(
                 f"the code bundle of {revision_id} is no longer on this server; deploy it again")
-        yield Progress("BUILD", "checking the revision's environment")
+        yield Progress(DeployStage.BUILD, "checking the revision's environment")
         async for event in self._build(target.config, []):
             yield event
         _check_auth(auth or app.record.auth)
@@ -148,42 +161,41 @@ class Deployer:
             yield event
 
     async def _switch(
-        self, revision: Revision, scale: AppConfig, strategy: str, auth: str
+        self, revision: Revision, scale: AppConfig, strategy: DeployStrategy, auth: str
     ) -> AsyncIterator[DeployEvent]:
         """Makes `revision` live. Rolling (an app that serves already): a runner of the
         revision starts first, and the switch waits until it is ready; if it cannot start,
         the app keeps serving what it served and this raises FailedPreconditionError."""
-        config = with_overrides(revision.config, scale)
-        check_config(config)
-        existing = self._scheduler.apps.get(revision.app_name)
-        fleet = self._scheduler.fleet
+        check_config(with_overrides(revision.config, scale))
+        settings = self._control.resolve(revision.config, scale)
+        existing = self._apps.get(revision.app_name)
         candidate = None
-        settings = EffectiveSettings.resolve(config, self._settings.app_defaults)
         # Rolling needs a runner to wait for; an app allowed none switches at once.
-        if (existing is not None and strategy == ROLLING and fleet is not None
+        if (existing is not None and strategy is DeployStrategy.ROLLING
                 and settings.scaling.max_concurrency > 0):
-            yield Progress("ROLLOUT", f"starting a runner of {revision.revision_id}")
-            candidate, error = await fleet.start_candidate(existing, revision, settings)
+            yield Progress(DeployStage.ROLLOUT, f"starting a runner of {revision.revision_id}")
+            candidate, error = await self._fleet.start_candidate(existing, revision, settings)
             if error:
                 raise errors.FailedPreconditionError(
                     f"the runner of {revision.revision_id} failed to start ({error}); "
                     f"{revision.app_name} keeps serving {existing.revision.revision_id}. Its "
                     f"output: `falrt runners logs {candidate.runner_id}`")
-            yield Progress("ROLLOUT", f"runner {candidate.runner_id} is ready; switching")
+            yield Progress(DeployStage.ROLLOUT, f"runner {candidate.runner_id} is ready; switching")
         else:
-            yield Progress("ROLLOUT", f"switching to {revision.revision_id}")
+            yield Progress(DeployStage.ROLLOUT, f"switching to {revision.revision_id}")
         now = time.time()
         created = existing.record.created_at if existing else now
         record = AppRecord(revision.app_name, revision.revision_id, created, now, scale, auth)
         try:
-            await self._scheduler.store.deploy(revision, record)
+            await self._store.deploy(revision, record)
         except BaseException:
-            if candidate is not None and fleet is not None:
-                fleet.stop(candidate)
+            if candidate is not None:
+                self._fleet.stop(candidate)
             raise
-        self._scheduler.activate(record, revision)  # the old revision's runners drain
+        self._control.activate(record, revision)  # the old revision's runners drain
         endpoint_id = f"{self._settings.owner}/{revision.app_name}"
-        yield Progress("DONE", f"{endpoint_id} serves revision {revision.revision_id}", 1.0)
+        yield Progress(DeployStage.DONE,
+                       f"{endpoint_id} serves revision {revision.revision_id}", 1.0)
         yield Deployed(endpoint_id, revision.app_name, revision.revision_id)
 
     def _check(self, plan: DeployPlan) -> None:
@@ -222,8 +234,8 @@ class Deployer:
             fraction = len(data) / plan.bundle_size
             if fraction - reported >= 0.1 or fraction == 1.0:
                 reported = fraction
-                yield Progress("UPLOAD", f"received {len(data)} of {plan.bundle_size} bytes",
-                               fraction)
+                yield Progress(DeployStage.UPLOAD,
+                               f"received {len(data)} of {plan.bundle_size} bytes", fraction)
         if len(data) != plan.bundle_size:
             raise errors.InvalidArgumentError(
                 f"the bundle ended after {len(data)} of {plan.bundle_size} bytes"
@@ -257,6 +269,6 @@ class Deployer:
 
 
 def _check_auth(auth: str) -> None:
-    if auth not in AUTH_MODES:
+    if auth not in names(AppAuth):
         raise errors.InvalidArgumentError(
-            f"invalid auth {auth!r}: use {', '.join(AUTH_MODES)}")
+            f"invalid auth {auth!r}: use {', '.join(names(AppAuth))}")

@@ -1,0 +1,134 @@
+"""How a runner is put on a backend: its spec, its environment (secrets included), and what
+its exit says. The fleet decides when and keeps the state; the launcher does the I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from falrt import errors
+from falrt.backends.base import Backend, RunnerProcess, RunnerSpec, Survivor
+from falrt.backends.environments import Environments
+from falrt.names import split_name
+from falrt.server.fleet.secret_box import SecretBox
+from falrt.server.state.apps import AppState, EffectiveSettings
+from falrt.server.state.runners import RunnerHandle, RunnerState
+from falrt.settings import ServerSettings
+from falrt.store.base import Store
+from falrt.store.records import Revision
+
+log = logging.getLogger(__name__)
+
+
+class Launcher:
+    """Builds runner specs and starts them on the backend. Loop-affine; no state of its own."""
+
+    def __init__(
+        self, backend: Backend, environments: Environments, store: Store,
+        secret_box: SecretBox, settings: ServerSettings,
+    ) -> None:
+        self._backend = backend
+        self._environments = environments
+        self._store = store
+        self._secret_box = secret_box
+        self._settings = settings
+
+    def capacity(self, machine_type: str, num_gpus: int) -> str:
+        """Why the backend cannot start a runner of `machine_type` now ("" when it can)."""
+        return self._backend.capacity(machine_type, num_gpus)
+
+    def log_path(self, runner_id: str) -> Path:
+        return self._settings.runner_logs_dir / f"{runner_id}.log"
+
+    async def spec(
+        self, runner: RunnerHandle, revision: Revision, settings: EffectiveSettings,
+        address: str,
+    ) -> RunnerSpec:
+        """The spec of the runner's next start. Raises FailedPreconditionError when a secret
+        the app lists is not set."""
+        return RunnerSpec(
+            runner_id=runner.runner_id,
+            token=runner.token,
+            server_address=address,
+            python=self._environments.python_for(revision.env_key),
+            bundle_dir=self._settings.bundles_dir / revision.bundle_sha256,
+            entrypoint=revision.entrypoint,
+            max_multiplexing=runner.max_multiplexing,
+            grace_period_s=settings.grace_period_s,
+            log_path=self.log_path(runner.runner_id),
+            machine_type=runner.machine_type,
+            num_gpus=settings.num_gpus,
+            app_name=runner.app_name,
+            revision_id=revision.revision_id,
+            env=await self._env(runner.app_name, revision),
+        )
+
+    async def start(self, spec: RunnerSpec, runner: RunnerHandle) -> RunnerProcess:
+        """Fetches the runner's image (IMAGE_PULL meanwhile) and starts it. Raises
+        NoCapacityError, or whatever the backend raises."""
+        await self._backend.fetch(spec, lambda: _pulling(runner))
+        return await self._backend.start(spec)
+
+    async def _env(self, app_name: str, revision: Revision) -> dict[str, str]:
+        """What a runner of `revision` gets in its environment: the app's name and
+        environment, and the secrets of that environment (those the app lists, or all)."""
+        name, environment = split_name(app_name)
+        env = {"FALRT_APP_NAME": name, "FALRT_ENV": environment}
+        stored = {s.name: s for s in await self._store.list_secrets(environment)}
+        wanted = revision.config.secrets
+        missing = [secret for secret in wanted if secret not in stored]
+        if missing:
+            raise errors.FailedPreconditionError(
+                f"secret(s) {', '.join(missing)} the app lists are not set in environment "
+                f"{environment} (`falrt secrets set --env {environment} NAME=VALUE`)")
+        for secret_name, secret in stored.items():
+            if not wanted or secret_name in wanted:
+                env[secret_name] = self._secret_box.decrypt(secret.value)
+        return env
+
+    async def exit_reason(self, runner: RunnerHandle) -> str:
+        """Why an exited runner ended: what the backend knows (an OOM kill), else the last
+        line of its log."""
+        assert runner.process is not None
+        known = runner.process.exit_reason
+        return known or await asyncio.to_thread(_last_error_line, self.log_path(runner.runner_id))
+
+
+async def kill_after(process: RunnerProcess, grace_s: float, runner_id: str) -> None:
+    """Kills the runner if it has not exited `grace_s` after being asked to stop."""
+    try:
+        await asyncio.wait_for(process.wait(), timeout=grace_s)
+    except TimeoutError:
+        log.warning("runner %s did not exit in %.0f s; killing it", runner_id, grace_s)
+        process.kill()
+
+
+def not_adoptable(survivor: Survivor, app: AppState | None, address: str) -> str:
+    """Why a runner of the server's previous life cannot be adopted; "" when it can."""
+    if app is None:
+        return f"its app {survivor.app_name!r} is gone"
+    if app.revision.revision_id != survivor.revision_id:
+        return f"its revision {survivor.revision_id} is no longer {app.name}'s live one"
+    if survivor.server_address != address:
+        return f"it dials {survivor.server_address}, not this server's {address}"
+    return ""
+
+
+def _pulling(runner: RunnerHandle) -> None:
+    """The backend pulls the runner's image (unless the runner was stopped meanwhile)."""
+    if runner.state is RunnerState.PENDING:
+        runner.set_state(RunnerState.IMAGE_PULL)
+
+
+def _last_error_line(path: Path) -> str:
+    """The last non-empty line of a runner's log (usually the exception of a failed setup)."""
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "no log"
+    return lines[-1][:500] if lines else "no output"
+
+
+__all__ = ["Launcher", "kill_after", "not_adoptable"]

@@ -1,0 +1,150 @@
+"""The scheduler and dispatcher in-process: requests over the memory store, runners played by
+the test through the inprocess backend (tests/inprocess.py). Milliseconds per test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from falrt.server.state.runners import CancelEvent, RunnerState
+from falrt.server.state.transitions import IllegalTransition
+from falrt.store.records import Priority, Status
+from falrt.vocabulary import CancelOutcome
+from tests.inprocess import lab, run, until
+
+pytestmark = pytest.mark.unit
+
+
+def test_a_submitted_request_starts_a_runner_runs_there_and_is_stored_completed(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        async with lab(tmp_path) as world:
+            world.deploy("echo")
+            request_id = await world.submit("echo", b'{"x": 1}')
+            item = world.planes.scheduler.position_of(request_id)
+            assert item == 0
+            runner = await world.runner("echo")
+            assigned = await world.assigned(runner)
+            assert (assigned.request_id, assigned.input) == (request_id, b'{"x": 1}')
+            queued = await world.planes.scheduler.lookup(request_id)
+            assert queued is not None and queued.status is Status.IN_PROGRESS
+            assert queued.attempts == 1
+            world.answer(runner, assigned, b'{"y": 2}')
+            await until(lambda: queued.status is Status.COMPLETED)
+            stored = await world.store.get_request(request_id)
+            assert stored is not None and stored.status is Status.COMPLETED
+            assert stored.outcome is not None and stored.outcome.output == b'{"y": 2}'
+            assert runner.state is RunnerState.IDLE and not runner.in_flight
+
+    run(scenario)
+
+
+def test_work_of_a_runner_that_goes_away_is_retried_on_another_runner(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with lab(tmp_path, max_concurrency=1) as world:
+            world.deploy("echo")
+            request_id = await world.submit("echo")
+            first = await world.runner("echo")
+            await world.assigned(first)
+            world.planes.fleet.detached(first)  # its stream ended mid-request
+            item = await world.planes.scheduler.lookup(request_id)
+            assert item is not None and item.status is Status.IN_QUEUE
+            assert "runner_disconnected" in item.waiting_reason
+            second = await world.runner("echo")
+            again = await world.assigned(second)
+            assert again.request_id == request_id and item.attempts == 2
+            world.answer(second, again)
+            await until(lambda: item.status is Status.COMPLETED)
+            assert item.outcome is not None and item.outcome.error is None
+
+    run(scenario)
+
+
+def test_a_request_cancelled_while_queued_never_reaches_a_runner(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with lab(tmp_path, max_concurrency=0) as world:  # no runner may start
+            world.deploy("echo")
+            request_id = await world.submit("echo")
+            assert await world.planes.scheduler.cancel(request_id) is (
+                CancelOutcome.CANCELLATION_REQUESTED)
+            item = await world.planes.scheduler.lookup(request_id)
+            assert item is not None
+            await until(lambda: item.status is Status.COMPLETED)
+            assert item.outcome is not None and item.outcome.error is not None
+            assert item.outcome.error.error_type == "client_cancelled"
+            assert await world.planes.scheduler.cancel(request_id) is (
+                CancelOutcome.ALREADY_COMPLETED)
+            assert await world.planes.scheduler.cancel("no-such-id") is CancelOutcome.NOT_FOUND
+            assert world.backend.started == []
+
+    run(scenario)
+
+
+def test_a_running_request_is_cancelled_on_its_runner(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with lab(tmp_path) as world:
+            world.deploy("echo")
+            request_id = await world.submit("echo")
+            runner = await world.runner("echo")
+            await world.assigned(runner)
+            assert await world.planes.scheduler.cancel(request_id) is (
+                CancelOutcome.CANCELLATION_REQUESTED)
+            assert await runner.outbox.get() == CancelEvent(request_id)
+
+    run(scenario)
+
+
+def test_low_priority_waits_behind_normal_and_runs_after_it(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with lab(tmp_path, max_concurrency=1) as world:
+            world.deploy("echo")
+            low = await world.submit("echo", priority=Priority.LOW)
+            normal = await world.submit("echo")
+            scheduler = world.planes.scheduler
+            assert (scheduler.position_of(normal), scheduler.position_of(low)) == (0, 1)
+            runner = await world.runner("echo")
+            first = await world.assigned(runner)
+            assert first.request_id == normal
+            world.answer(runner, first)
+            second = await world.assigned(runner)
+            assert second.request_id == low
+
+    run(scenario)
+
+
+def test_a_handlers_error_without_a_verdict_is_not_retried(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        from falrt.store.records import ErrorRecord, Outcome
+
+        async with lab(tmp_path) as world:
+            world.deploy("echo")
+            request_id = await world.submit("echo")
+            runner = await world.runner("echo")
+            item = await world.assigned(runner)
+            error = ErrorRecord("runner_server_error", "boom", 13)
+            world.planes.dispatcher.on_result(runner, item.request_id, Outcome(error=error))
+            queued = await world.planes.scheduler.lookup(request_id)
+            assert queued is not None
+            await until(lambda: queued.status is Status.COMPLETED)
+            assert queued.attempts == 1
+            assert queued.outcome is not None and queued.outcome.error == error
+
+    run(scenario)
+
+
+def test_a_request_status_cannot_leave_completed(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with lab(tmp_path) as world:
+            world.deploy("echo")
+            request_id = await world.submit("echo")
+            runner = await world.runner("echo")
+            world.answer(runner, await world.assigned(runner))
+            item = await world.planes.scheduler.lookup(request_id)
+            assert item is not None
+            await until(lambda: item.status is Status.COMPLETED)
+            with pytest.raises(IllegalTransition, match="COMPLETED -> IN_QUEUE"):
+                item.set_status(Status.IN_QUEUE)
+
+    run(scenario)

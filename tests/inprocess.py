@@ -28,11 +28,11 @@ from falrt.server.main import Planes, build
 from falrt.server.queue.webhooks import SigningKey, WebhookSender
 from falrt.server.state.apps import Apps, AppState, EffectiveSettings
 from falrt.server.state.runners import AssignEvent, RunnerHandle
-from falrt.server.state.work import WorkItem
+from falrt.server.state.work import QueuedRequest, WorkItem
 from falrt.server.tasks import Tasks
 from falrt.settings import AppDefaults, ServerSettings
 from falrt.store.memory import MemoryStore
-from falrt.store.records import AppConfig, AppRecord, EndpointRecord, Outcome, Revision
+from falrt.store.records import AppConfig, AppRecord, EndpointRecord, Outcome, Revision, Status
 
 ADDRESS = "inprocess"
 
@@ -54,8 +54,17 @@ def revision(name: str, revision_id: str = "rev-1", **config: Any) -> Revision:
         endpoints=(EndpointRecord("/", "run", 1, "{}", "{}"),))
 
 
+async def completed(item: QueuedRequest, timeout_s: float = 5.0) -> None:
+    """Waits for the request's COMPLETED (woken by its `changed` signal); fails after
+    `timeout_s`."""
+    async with asyncio.timeout(timeout_s):
+        while item.status is not Status.COMPLETED:
+            await item.changed.wait()
+
+
 async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    """Waits (yielding to the loop) until `condition()` holds; fails after `timeout_s`."""
+    """Polls `condition()` (a runner's state has no event to wait on) every millisecond
+    until it holds; fails after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
     while not condition():
         if time.monotonic() > deadline:

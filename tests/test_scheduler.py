@@ -11,7 +11,7 @@ from falrt.server.state.runners import CancelEvent, RunnerState
 from falrt.server.state.transitions import IllegalTransition
 from falrt.store.records import Priority, Status
 from falrt.vocabulary import CancelOutcome
-from tests.inprocess import lab, run, until
+from tests.inprocess import completed, lab, run
 
 pytestmark = pytest.mark.unit
 
@@ -32,7 +32,7 @@ def test_a_submitted_request_starts_a_runner_runs_there_and_is_stored_completed(
             assert queued is not None and queued.status is Status.IN_PROGRESS
             assert queued.attempts == 1
             world.answer(runner, assigned, b'{"y": 2}')
-            await until(lambda: queued.status is Status.COMPLETED)
+            await completed(queued)
             stored = await world.store.get_request(request_id)
             assert stored is not None and stored.status is Status.COMPLETED
             assert stored.outcome is not None and stored.outcome.output == b'{"y": 2}'
@@ -56,7 +56,7 @@ def test_work_of_a_runner_that_goes_away_is_retried_on_another_runner(tmp_path: 
             again = await world.assigned(second)
             assert again.request_id == request_id and item.attempts == 2
             world.answer(second, again)
-            await until(lambda: item.status is Status.COMPLETED)
+            await completed(item)
             assert item.outcome is not None and item.outcome.error is None
 
     run(scenario)
@@ -71,7 +71,7 @@ def test_a_request_cancelled_while_queued_never_reaches_a_runner(tmp_path: Path)
                 CancelOutcome.CANCELLATION_REQUESTED)
             item = await world.planes.scheduler.lookup(request_id)
             assert item is not None
-            await until(lambda: item.status is Status.COMPLETED)
+            await completed(item)
             assert item.outcome is not None and item.outcome.error is not None
             assert item.outcome.error.error_type == "client_cancelled"
             assert await world.planes.scheduler.cancel(request_id) is (
@@ -127,7 +127,7 @@ def test_a_handlers_error_without_a_verdict_is_not_retried(tmp_path: Path) -> No
             world.planes.dispatcher.on_result(runner, item.request_id, Outcome(error=error))
             queued = await world.planes.scheduler.lookup(request_id)
             assert queued is not None
-            await until(lambda: queued.status is Status.COMPLETED)
+            await completed(queued)
             assert queued.attempts == 1
             assert queued.outcome is not None and queued.outcome.error == error
 
@@ -143,7 +143,7 @@ def test_a_request_status_cannot_leave_completed(tmp_path: Path) -> None:
             world.answer(runner, await world.assigned(runner))
             item = await world.planes.scheduler.lookup(request_id)
             assert item is not None
-            await until(lambda: item.status is Status.COMPLETED)
+            await completed(item)
             with pytest.raises(IllegalTransition, match="COMPLETED -> IN_QUEUE"):
                 item.set_status(Status.IN_QUEUE)
 

@@ -179,6 +179,29 @@ def test_a_request_of_a_private_app_is_hidden_from_other_owners(
         assert [status_of(call) for call in calls] == [expected] * 4
 
 
+def test_a_deleted_private_apps_requests_stay_hidden_from_callers_without_its_key(
+    channel: grpc.Channel, keys: Keys, server: ServerProcess
+) -> None:
+    endpoint = server.deploy("examples/hello.py::Hello", "--app-name", "doomed")
+    stub = queue_pb2_grpc.QueueStub(channel)
+    rid = stub.Submit(queue_pb2.SubmitRequest(
+        endpoint_id=endpoint, input=common_pb2.Payload(data=b'{"name": "x"}')),
+        metadata=meta(keys.api)).request_id
+    with ControlClient(server.address) as control:
+        control.delete_app("doomed")
+    calls = [
+        lambda k: stub.GetStatus(queue_pb2.GetStatusRequest(request_id=rid, with_logs=True),
+                                 metadata=meta(k)),
+        lambda k: stub.Watch(queue_pb2.WatchRequest(request_id=rid), metadata=meta(k)),
+        lambda k: stub.GetResult(queue_pb2.GetResultRequest(request_id=rid), metadata=meta(k)),
+        lambda k: stub.Cancel(queue_pb2.CancelRequest(request_id=rid), metadata=meta(k)),
+    ]
+    for key, expected in ((None, UNAUTHENTICATED), (keys.stranger, PERMISSION_DENIED)):
+        assert [status_of(lambda c=call, k=key: c(k)) for call in calls] == [expected] * 4, key
+    # its owner still reads it: the request is answered (not found as gone, or its status)
+    assert status_of(lambda: calls[0](keys.api)) is grpc.StatusCode.OK
+
+
 def test_shared_apps_take_any_valid_key_and_public_apps_take_none(
     channel: grpc.Channel, keys: Keys, apps: dict[str, str]
 ) -> None:

@@ -11,7 +11,9 @@ stays):
   default): a key of the app's owner (the server's owner). The app is the one the
   endpoint id names (Submit, Subscribe, Run, Stream, Realtime) or the one the request belongs to
   (Watch, GetStatus, GetResult, Cancel). A call for an app or request that does not exist
-  goes on to the servicer, which answers NOT_FOUND.
+  goes on to the servicer, which answers NOT_FOUND. A request whose app was deleted (it stays
+  readable for a while) is checked against the auth mode its app had when the request was
+  submitted, and as `private` when that is not known: authorization never falls open.
 - RunnerLink is not checked here: a runner proves itself with its own token in Hello
   (`Fleet.attach`). Health and reflection are open.
 
@@ -31,6 +33,7 @@ from falrt import errors
 from falrt.server.control.keys import matches, parse
 from falrt.server.queue.scheduler import Scheduler
 from falrt.server.state.apps import Apps
+from falrt.server.state.work import QueuedRequest
 from falrt.settings import ServerSettings
 from falrt.store.base import Store
 from falrt.store.records import KeyRecord
@@ -127,13 +130,25 @@ class Authenticator:
         self._check_owner(caller)
 
     def check_app(self, caller: Caller | None, app_name: str) -> None:
+        """An app's callers (an app that does not exist is the servicer's NOT_FOUND)."""
         app = self._apps.get(app_name)
-        if app is None or app.record.auth == AppAuth.PUBLIC:
+        if app is not None:
+            self._check_mode(caller, app_name, app.record.auth)
+
+    def check_request(self, caller: Caller | None, item: QueuedRequest) -> None:
+        """Who may read or cancel a request: its app's callers; once the app is gone, those
+        of the auth mode the request remembers (private when it remembers none)."""
+        app = self._apps.get(item.app_name)
+        mode = app.record.auth if app is not None else item.auth or AppAuth.PRIVATE
+        self._check_mode(caller, item.app_name, mode)
+
+    def _check_mode(self, caller: Caller | None, app_name: str, mode: str) -> None:
+        if mode == AppAuth.PUBLIC:
             return
         if caller is None:
             raise errors.UnauthenticatedError(
-                f"app {app_name!r} is {app.record.auth}: it needs a key: {HINT}")
-        if app.record.auth == AppAuth.PRIVATE:
+                f"app {app_name!r} is {mode}: it needs a key: {HINT}")
+        if mode != AppAuth.SHARED:
             self._check_owner(caller)
 
     def _check_owner(self, caller: Caller) -> None:
@@ -142,15 +157,13 @@ class Authenticator:
             raise errors.PermissionDeniedError(
                 f"key {caller.key_id} belongs to {caller.owner!r}, not to {owner!r}")
 
-    async def app_of(self, method: str, request: Any) -> str:
-        """The app a Queue call is about ("" when none: the servicer answers NOT_FOUND)."""
+    @staticmethod
+    def app_of(method: str, request: Any) -> str:
+        """The app a Queue call names ("" when it names none)."""
         if method in _BY_ENDPOINT:
             return str(request.endpoint_id).partition("/")[2].partition("/")[0]
         if method in _BY_SUBMIT:
             return str(request.submit.endpoint_id).partition("/")[2].partition("/")[0]
-        if method in _BY_REQUEST:
-            item = await self._scheduler.lookup(request.request_id)
-            return item.app_name if item is not None else ""
         return ""
 
 
@@ -161,6 +174,9 @@ class Authenticator:
 
     async def queue_guard(self, method: str, request: Any, context: Any) -> None:
         caller = await self.caller(context.invocation_metadata())
-        app_name = await self.app_of(method, request)
-        if app_name:
+        if method in _BY_REQUEST:
+            item = await self._scheduler.lookup(request.request_id)
+            if item is not None:  # (an unknown id is the servicer's NOT_FOUND)
+                self.check_request(caller, item)
+        elif app_name := self.app_of(method, request):
             self.check_app(caller, app_name)

@@ -65,7 +65,7 @@ class Scheduler:
             if app is None:
                 continue
             item = QueuedRequest.from_record(record)
-            item.persisted = True
+            item.persisted, item.auth = True, app.record.auth
             mine = self._shared is None or record.owner == self._shared.server_id
             if record.owner and not mine:
                 self._requests.add(item)  # another server holds it: followed
@@ -169,6 +169,7 @@ class Scheduler:
         # INSERT is queued in the store before that, so the outcome's UPDATE, queued later,
         # lands after it (stores apply writes in call order).
         item = QueuedRequest.from_record(record)
+        item.auth = app.record.auth
         self._requests.add(item)
         self._dispatcher.enqueue(app, item)
         position = app.queue.position(item)

@@ -100,6 +100,9 @@ class QueuedRequest(WorkItem):
     start_deadline: float | None = None  # wall clock
     webhook_url: str = ""
     idempotency_key: str = ""
+    # Its app's auth mode when it was submitted or loaded: who may read it once the app is
+    # gone ("" when unknown: then only the owner may; authorization never falls open).
+    auth: str = ""
     # Failures so far, per retry condition; timers of a scheduled retry and of the deadline.
     failures: dict[str, int] = field(default_factory=dict)
     backoff_timer: asyncio.TimerHandle | None = None

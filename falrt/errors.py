@@ -16,7 +16,19 @@ import grpc
 from falrt.v1 import common_pb2
 
 ERROR_TYPE_KEY = "falrt-error-type"
+# At most this many characters of what a caller sent are repeated in an error message.
+QUOTE_CHARS = 80
 ERROR_BIN_KEY = "falrt-error-bin"
+
+
+def quote(value: object, limit: int = QUOTE_CHARS) -> str:
+    """`value` as an error message repeats what a caller sent: quoted, and cut to `limit`
+    characters with its length said (a long input repeated whole would not fit in a gRPC
+    status's trailers, and the caller would see RESOURCE_EXHAUSTED instead of the error)."""
+    text = str(value)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
 
 
 class FalrtError(Exception):

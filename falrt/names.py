@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 
+from falrt.errors import quote
+
 MAIN = "main"
 APP_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 ENV_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$")
@@ -19,14 +21,14 @@ def check_app_name(name: str) -> None:
     """Raises ValueError for a name an app cannot have."""
     if not APP_NAME.match(name) or SEPARATOR in name:
         raise ValueError(
-            f"invalid app name {name!r}: use lowercase letters, digits and single dashes (at "
+            f"invalid app name {quote(name)}: use lowercase letters, digits and single dashes (at "
             "most 63), starting and ending with a letter or digit")
 
 
 def check_environment(name: str) -> None:
     if not ENV_NAME.match(name) or SEPARATOR in name:
         raise ValueError(
-            f"invalid environment name {name!r}: use lowercase letters, digits and single "
+            f"invalid environment name {quote(name)}: use lowercase letters, digits and single "
             "dashes (at most 32)")
 
 

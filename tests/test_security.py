@@ -202,6 +202,24 @@ def test_a_deleted_private_apps_requests_stay_hidden_from_callers_without_its_ke
     assert status_of(lambda: calls[0](keys.api)) is grpc.StatusCode.OK
 
 
+def test_an_enormous_id_is_not_found_and_the_error_quotes_only_its_start(
+    channel: grpc.Channel, keys: Keys
+) -> None:
+    stub = queue_pb2_grpc.QueueStub(channel)
+    huge = "local/" + "x" * 10_000
+    calls = [
+        lambda: stub.Submit(queue_pb2.SubmitRequest(endpoint_id=huge), metadata=meta(keys.api)),
+        lambda: stub.GetStatus(queue_pb2.GetStatusRequest(request_id=huge),
+                               metadata=meta(keys.api)),
+    ]
+    for call in calls:
+        with pytest.raises(grpc.RpcError) as refused:
+            call()
+        assert refused.value.code() is grpc.StatusCode.NOT_FOUND
+        assert "(10006 characters)" in refused.value.details()
+        assert len(refused.value.details()) < 300
+
+
 def test_shared_apps_take_any_valid_key_and_public_apps_take_none(
     channel: grpc.Channel, keys: Keys, apps: dict[str, str]
 ) -> None:

@@ -164,7 +164,7 @@ class ControlService(control_pb2_grpc.ControlServicer):
     ) -> control_pb2.DeleteRevisionResponse:
         revision = await self._store.get_revision(request.revision_id)
         if revision is None:
-            raise errors.NotFoundError(f"no revision {request.revision_id!r}")
+            raise errors.NotFoundError(f"no revision {errors.quote(request.revision_id)}")
         app = self._apps.get(revision.app_name)
         if app is not None and app.revision.revision_id == revision.revision_id:
             raise errors.FailedPreconditionError(
@@ -203,7 +203,7 @@ class ControlService(control_pb2_grpc.ControlServicer):
             raise errors.InvalidArgumentError(str(exc)) from None
         record = EnvironmentRecord(request.name, request.description, time.time())
         if request.name == MAIN or not await self._store.create_environment(record):
-            raise errors.AlreadyExistsError(f"environment {request.name!r} exists")
+            raise errors.AlreadyExistsError(f"environment {errors.quote(request.name)} exists")
         return control_convert.environment_info(record)
 
     @unary
@@ -266,7 +266,7 @@ class ControlService(control_pb2_grpc.ControlServicer):
         environment = await self._control.environment(request.environment)
         if not await self._store.delete_secret(environment, request.name):
             raise errors.NotFoundError(
-                f"no secret {request.name!r} in environment {environment!r}")
+                f"no secret {errors.quote(request.name)} in environment {environment!r}")
         return control_pb2.UnsetSecretResponse()
 
     # -- API keys ------------------------------------------------------------------------
@@ -278,7 +278,7 @@ class ControlService(control_pb2_grpc.ControlServicer):
         scope = request.scope.upper()
         if scope not in names(KeyScope):
             raise errors.InvalidArgumentError(
-                f"invalid scope {request.scope!r}: use {' or '.join(names(KeyScope))}")
+                f"invalid scope {errors.quote(request.scope)}: use {' or '.join(names(KeyScope))}")
         record, key = new_key(KeyScope(scope), request.owner or self._owner,
                               request.description)
         await self._store.create_key(record)
@@ -296,7 +296,8 @@ class ControlService(control_pb2_grpc.ControlServicer):
         self, request: control_pb2.RevokeKeyRequest, context: Context
     ) -> control_pb2.RevokeKeyResponse:
         if not await self._store.revoke_key(request.key_id, time.time()):
-            raise errors.NotFoundError(f"no key {request.key_id!r}; `falrt keys list` shows them")
+            raise errors.NotFoundError(
+                f"no key {errors.quote(request.key_id)}; `falrt keys list` shows them")
         self._on_revoke(request.key_id)
         return control_pb2.RevokeKeyResponse()
 
@@ -305,7 +306,7 @@ class ControlService(control_pb2_grpc.ControlServicer):
         runner = self._fleet.runners.get(runner_id)
         if runner is None:
             raise errors.NotFoundError(
-                f"no live runner {runner_id!r}; `falrt runners list` shows the runners")
+                f"no live runner {errors.quote(runner_id)}; `falrt runners list` shows the runners")
         return runner
 
     @unary

@@ -223,7 +223,7 @@ class QueueService(queue_pb2_grpc.QueueServicer):
     async def _find(self, request_id: str) -> QueuedRequest:
         item = await self._scheduler.lookup(request_id)
         if item is None:
-            raise errors.NotFoundError(f"no request with id {request_id!r}")
+            raise errors.NotFoundError(f"no request with id {errors.quote(request_id)}")
         return item
 
 

@@ -53,7 +53,8 @@ class AppControl:
         """The app named `name`. Raises NotFoundError."""
         app = self._apps.get(name)
         if app is None:
-            raise errors.NotFoundError(f"no app named {name!r}; `falrt apps list` shows the apps")
+            raise errors.NotFoundError(
+                f"no app named {errors.quote(name)}; `falrt apps list` shows the apps")
         return app
 
     def activate(self, record: AppRecord, revision: Revision) -> AppState:
@@ -103,14 +104,15 @@ class AppControl:
         name = name or MAIN
         if name != MAIN and name not in {e.name for e in await self._store.list_environments()}:
             raise errors.NotFoundError(
-                f"no environment {name!r}; create it with `falrt envs create {name}`")
+                f"no environment {errors.quote(name)}; create it with `falrt envs create "
+                f"{name if len(name) <= errors.QUOTE_CHARS else 'NAME'}`")
         return name
 
     async def delete(self, name: str, *, stored: bool = True) -> None:
         """Deletes an app with its queue; `stored=False` when another server deleted it."""
         app = self._apps.pop(name)
         if app is None:
-            raise errors.NotFoundError(f"no app named {name!r}")
+            raise errors.NotFoundError(f"no app named {errors.quote(name)}")
         self._scheduler.app_deleted(app)
         self._fleet.stop_app(name)
         if stored:

@@ -144,8 +144,8 @@ class Deployer:
         target = await self._store.get_revision(revision_id)
         if target is None or target.app_name != app_name:
             raise errors.NotFoundError(
-                f"app {app_name!r} has no revision {revision_id!r}; `falrt apps revisions "
-                f"{app_name}` lists them")
+                f"app {app_name!r} has no revision {errors.quote(revision_id)}; `falrt apps "
+                f"revisions {app_name}` lists them")
         if target.revision_id == app.revision.revision_id:
             raise errors.FailedPreconditionError(f"{revision_id} is already live")
         bundle_dir = self._settings.bundles_dir / target.bundle_sha256
@@ -207,7 +207,7 @@ class Deployer:
         if plan.config.app_auth:
             _check_auth(plan.config.app_auth)
         if not ENTRYPOINT.match(plan.entrypoint):
-            raise errors.InvalidArgumentError(f"invalid entrypoint {plan.entrypoint!r}")
+            raise errors.InvalidArgumentError(f"invalid entrypoint {errors.quote(plan.entrypoint)}")
         if not 0 < plan.bundle_size <= self._settings.max_bundle_bytes:
             raise errors.InvalidArgumentError(
                 f"bundle size {plan.bundle_size} is outside 1..{self._settings.max_bundle_bytes}"
@@ -271,4 +271,4 @@ class Deployer:
 def _check_auth(auth: str) -> None:
     if auth not in names(AppAuth):
         raise errors.InvalidArgumentError(
-            f"invalid auth {auth!r}: use {', '.join(names(AppAuth))}")
+            f"invalid auth {errors.quote(auth)}: use {', '.join(names(AppAuth))}")

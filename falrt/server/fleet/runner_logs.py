@@ -24,7 +24,7 @@ _CHUNK = 1 << 16
 def check_runner_id(runner_id: str) -> None:
     if not RUNNER_ID.match(runner_id):
         raise errors.InvalidArgumentError(
-            f"invalid runner id {runner_id!r}: runner ids look like r-0123456789ab "
+            f"invalid runner id {errors.quote(runner_id)}: runner ids look like r-0123456789ab "
             "(`falrt runners list` shows them)")
 
 

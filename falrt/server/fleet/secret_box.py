@@ -59,8 +59,8 @@ def check_secret(name: str, value: str) -> None:
     """Raises InvalidArgumentError naming the secret; never echoes its value."""
     if not SECRET_NAME.match(name):
         raise errors.InvalidArgumentError(
-            f"invalid secret name {name!r}: use letters, digits and underscores, not starting "
-            "with a digit (at most 128)")
+            f"invalid secret name {errors.quote(name)}: use letters, digits and underscores, not "
+            "starting with a digit (at most 128)")
     if name.startswith("FALRT_"):
         raise errors.InvalidArgumentError(f"secret names may not start with FALRT_ ({name})")
     if len(value.encode()) > MAX_VALUE_BYTES:

@@ -61,7 +61,8 @@ def content_type_of(value: str) -> str:
     value = value or "application/json"
     if value not in CONTENT_TYPES:
         raise errors.InvalidArgumentError(
-            f"unsupported content type {value!r}: use application/json or application/msgpack"
+            f"unsupported content type {errors.quote(value)}: use application/json or "
+            "application/msgpack"
         )
     return value
 

@@ -110,12 +110,13 @@ class Scheduler:
         app = self._apps.get(name) if owner == self._settings.owner else None
         if app is None:
             raise errors.NotFoundError(
-                f"no app with endpoint id {endpoint_id!r} (ids look like "
+                f"no app with endpoint id {errors.quote(endpoint_id)} (ids look like "
                 f"'{self._settings.owner}/APP'; `falrt apps list` shows the apps)"
             )
         if path not in app.paths:
             known = ", ".join(sorted(app.paths))
-            raise errors.NotFoundError(f"app {name!r} has no endpoint {path!r}; it serves {known}")
+            raise errors.NotFoundError(
+                f"app {name!r} has no endpoint {errors.quote(path)}; it serves {known}")
         return app
 
     async def submit(
@@ -246,7 +247,7 @@ class Scheduler:
         """Cancels every queued request of an app (they complete with client_cancelled)."""
         app = self._apps.get(name)
         if app is None:
-            raise errors.NotFoundError(f"no app named {name!r}")
+            raise errors.NotFoundError(f"no app named {errors.quote(name)}")
         flushed = errors.RequestCancelledError("removed from the queue by a flush")
         items = [i for i in app.queue.items() if isinstance(i, QueuedRequest)]
         items.extend(app.retrying)

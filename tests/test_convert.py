@@ -64,3 +64,22 @@ def test_gpu_figures_round_trip_through_a_runners_info() -> None:
                           max_multiplexing=1, machine_type="GPU-H100")
     runner.gpu_stats = convert.gpu_figures(sent)
     assert list(convert.runner_info(runner).gpu_stats) == sent
+
+
+def test_submit_options_refuse_a_priority_the_contract_does_not_define() -> None:
+    for value, expected in ((0, Priority.NORMAL), (1, Priority.NORMAL), (2, Priority.LOW)):
+        request = queue_pb2.SubmitRequest(priority=value)  # type: ignore[arg-type]
+        assert convert.submit_options(request).priority is expected
+    with pytest.raises(errors.InvalidArgumentError, match="priority 7 is not one of"):
+        convert.submit_options(queue_pb2.SubmitRequest(priority=7))  # type: ignore[arg-type]
+
+
+def test_submit_options_refuse_a_duration_outside_protobufs_range() -> None:
+    from google.protobuf.duration_pb2 import Duration
+
+    fine = queue_pb2.SubmitRequest(start_timeout=Duration(seconds=2, nanos=500_000_000))
+    assert convert.submit_options(fine).start_timeout_s == 2.5
+    for bad in (Duration(seconds=10**15), Duration(seconds=1, nanos=-5),
+                Duration(nanos=2_000_000_000)):
+        with pytest.raises(errors.InvalidArgumentError, match="start_timeout is outside"):
+            convert.submit_options(queue_pb2.SubmitRequest(start_timeout=bad))

@@ -220,6 +220,22 @@ def test_an_enormous_id_is_not_found_and_the_error_quotes_only_its_start(
         assert len(refused.value.details()) < 300
 
 
+def test_a_priority_or_duration_outside_the_contract_is_invalid_and_the_server_serves_on(
+    channel: grpc.Channel, keys: Keys, apps: dict[str, str]
+) -> None:
+    from google.protobuf.duration_pb2 import Duration
+
+    stub = queue_pb2_grpc.QueueStub(channel)
+    data = common_pb2.Payload(data=b'{"name": "x"}')
+    bad = [queue_pb2.SubmitRequest(endpoint_id=apps["public"], input=data, priority=7),  # type: ignore[arg-type]
+           queue_pb2.SubmitRequest(endpoint_id=apps["public"], input=data,
+                                   start_timeout=Duration(seconds=10**15))]
+    for request in bad:
+        code = status_of(lambda r=request: stub.Submit(r, metadata=meta(keys.api)))
+        assert code is grpc.StatusCode.INVALID_ARGUMENT, request
+    assert submit(channel, apps["public"], keys.api) is grpc.StatusCode.OK
+
+
 def test_shared_apps_take_any_valid_key_and_public_apps_take_none(
     channel: grpc.Channel, keys: Keys, apps: dict[str, str]
 ) -> None:

@@ -51,8 +51,30 @@ def duration(seconds: float) -> Duration:
     return d
 
 
+# Protobuf's range of a Duration (google/protobuf/duration.proto): about 10,000 years.
+MAX_DURATION_SECONDS = 315_576_000_000
+
+
 def priority(value: int) -> Priority:
-    return Priority.LOW if value == common_pb2.PRIORITY_LOW else Priority.NORMAL
+    """The queue priority a message names (unspecified is NORMAL). Raises
+    InvalidArgumentError for a number the contract does not define."""
+    if value in (common_pb2.PRIORITY_UNSPECIFIED, common_pb2.PRIORITY_NORMAL):
+        return Priority.NORMAL
+    if value == common_pb2.PRIORITY_LOW:
+        return Priority.LOW
+    raise errors.InvalidArgumentError(
+        f"priority {value} is not one of PRIORITY_NORMAL (1) and PRIORITY_LOW (2)")
+
+
+def seconds(value: Duration, name: str) -> float:
+    """A Duration as seconds. Raises InvalidArgumentError for one outside protobuf's range
+    (which gRPC would pass on as it is)."""
+    if (abs(value.seconds) > MAX_DURATION_SECONDS or abs(value.nanos) > 999_999_999
+            or (value.seconds > 0 > value.nanos) or (value.seconds < 0 < value.nanos)):
+        raise errors.InvalidArgumentError(
+            f"{name} is outside the range of a protobuf Duration (at most "
+            f"{MAX_DURATION_SECONDS} s)")
+    return value.seconds + value.nanos / 1e9
 
 
 def submit_options(request: queue_pb2.SubmitRequest) -> SubmitOptions:
@@ -72,7 +94,7 @@ def submit_options(request: queue_pb2.SubmitRequest) -> SubmitOptions:
             raise errors.InvalidArgumentError("retry_config budgets must be >= 0")
     start_timeout_s = 0.0
     if request.HasField("start_timeout"):
-        start_timeout_s = request.start_timeout.ToNanoseconds() / 1e9
+        start_timeout_s = seconds(request.start_timeout, "start_timeout")
     if start_timeout_s < 0 or request.max_queue_length < 0:
         raise errors.InvalidArgumentError("start_timeout and max_queue_length must be >= 0")
     if len(request.idempotency_key) > 256:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from typing import TextIO
 
+from falrt.limits import LOG_LINE_BYTES, cut_line
 from falrt.v1 import runner_pb2
 
 from . import wire
@@ -34,35 +35,59 @@ class LogTarget:
     """The log of one request. Callable from the loop or the request's worker thread
     (one writer at a time, as a handler runs in one thread at a time)."""
 
-    __slots__ = ("_emit", "_pending", "request_id")
+    __slots__ = ("_dropping", "_emit", "_pending", "request_id")
 
     def __init__(self, request_id: str, emit: Emit) -> None:
         self.request_id = request_id
         self._emit = emit
         self._pending: dict[str, str] = {}
+        # Per source, the bytes of an over-long line dropped so far (its start was sent,
+        # cut at LOG_LINE_BYTES); the rest of that line up to its newline is dropped too.
+        self._dropping: dict[str, int] = {}
 
     def write(self, source: str, text: str) -> None:
-        """Adds stream text; emits every completed line."""
+        """Adds stream text; emits every completed line (cut at LOG_LINE_BYTES)."""
+        if source in self._dropping:
+            end = text.find("\n")
+            if end < 0:
+                self._dropping[source] += len(text.encode(errors="replace"))
+                return
+            self._dropping[source] += len(text[:end].encode(errors="replace"))
+            self._emit_line(source, self._pending.pop(source, ""), self._dropping.pop(source))
+            text = text[end + 1:]
         if "\n" not in text:
             if text:
-                self._pending[source] = self._pending.get(source, "") + text
+                self._hold(source, self._pending.get(source, "") + text)
             return
         lines = (self._pending.pop(source, "") + text).split("\n")
         for line in lines[:-1]:
-            self._emit(wire.log_message(self.request_id, line.rstrip("\r"), source))
+            self._emit_line(source, line.rstrip("\r"))
         if lines[-1]:
-            self._pending[source] = lines[-1]
+            self._hold(source, lines[-1])
+
+    def _hold(self, source: str, text: str) -> None:
+        """Keeps a line without its newline yet. Past LOG_LINE_BYTES characters (at least
+        as many bytes) only its start is kept; the rest of it is counted and dropped."""
+        if len(text) <= LOG_LINE_BYTES:
+            self._pending[source] = text
+            return
+        self._pending[source] = text[:LOG_LINE_BYTES]
+        self._dropping[source] = len(text[LOG_LINE_BYTES:].encode(errors="replace"))
+
+    def _emit_line(self, source: str, line: str, dropped_bytes: int = 0) -> None:
+        self._emit(wire.log_message(self.request_id, cut_line(line, dropped_bytes), source))
 
     def record(self, source: str, message: str) -> None:
         """Emits a whole message (e.g. a logging record), one RunnerLog per line."""
         for line in message.splitlines() or [""]:
-            self._emit(wire.log_message(self.request_id, line, source))
+            self._emit_line(source, line)
 
     def flush(self) -> None:
         """Emits held partial lines. Called when the request ends, before its Result."""
         pending, self._pending = self._pending, {}
+        dropping, self._dropping = self._dropping, {}
         for source, text in pending.items():
-            self._emit(wire.log_message(self.request_id, text, source))
+            self._emit_line(source, text, dropping.get(source, 0))
 
 
 def bind(target: LogTarget) -> None:

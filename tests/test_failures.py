@@ -205,3 +205,67 @@ def test_an_app_with_its_own_dockerfile_needs_the_docker_backend(
     result = server.cli("deploy", f"{app_file}::Broken", check=False)
     assert result.returncode != 0 and "needs" not in result.stdout
     assert "deploy it to a server with the docker backend" in result.stderr
+
+
+NOISY = '''
+import sys
+import time
+
+import msgspec
+import falrt
+
+
+class In(msgspec.Struct):
+    mode: str
+
+
+class Out(msgspec.Struct):
+    mode: str
+
+
+class Noisy(falrt.App):
+    app_name = "noisy"
+    max_multiplexing = 2
+    max_concurrency = 1
+
+    @falrt.endpoint("/")
+    def run(self, request: In) -> Out:
+        if request.mode == "endless":  # 70 MB on one line, with no newline
+            for _ in range(70):
+                sys.stdout.write("x" * 1_000_000)
+        elif request.mode == "many":  # 12 MB of log lines
+            for _ in range(200):
+                print("y" * 60_000)
+        else:
+            time.sleep(0.5)  # a neighbour running on the same runner meanwhile
+            print("quiet")
+        return Out(request.mode)
+'''
+
+
+def test_a_handlers_endless_output_fails_nothing_and_its_log_is_cut(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    from falrt.client.control import ControlClient
+    from falrt.limits import LOG_BYTES, LOG_LINE_BYTES
+
+    endpoint = deploy_source(server, tmp_path, "noisy", NOISY, "Noisy")
+    with SyncClient(server.address) as client:
+        neighbour = client.submit(endpoint, {"mode": "quiet"})
+        endless = client.submit(endpoint, {"mode": "endless"})
+        many = client.submit(endpoint, {"mode": "many"})
+        outputs = [h.get() for h in (neighbour, endless, many)]
+        assert outputs == [{"mode": "quiet"}, {"mode": "endless"}, {"mode": "many"}]
+        logs = {h.request_id: client.status(h.request_id, with_logs=True)
+                for h in (neighbour, endless, many)}
+    assert all(isinstance(s, Completed) for s in logs.values())
+    assert [line.message for line in logs[neighbour.request_id].logs] == ["quiet"]
+    [cut] = logs[endless.request_id].logs
+    assert len(cut.message.encode()) <= LOG_LINE_BYTES
+    assert cut.message.endswith("it had 70000000]")
+    many_logs = logs[many.request_id].logs
+    assert sum(len(line.message.encode()) for line in many_logs) <= LOG_BYTES + 200
+    assert "reached its limit" in many_logs[-1].message
+    with ControlClient(server.address) as control:
+        [runner] = control.list_runners("noisy")
+    assert runner.served == 3 and not runner.last_error  # one runner served all three once

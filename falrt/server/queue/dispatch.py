@@ -38,7 +38,6 @@ from falrt.vocabulary import RetryCondition
 
 log = logging.getLogger(__name__)
 
-MAX_LOG_LINES = 10_000
 MAX_PARTIALS = 10_000  # partial outputs of one request shown to watchers
 REALTIME_OUTPUT_BUFFER = 256  # outputs of one realtime session waiting for its caller
 REFUSED = errors.RunnerRefusedError.error_type
@@ -158,8 +157,7 @@ class Dispatcher(FleetEvents):
 
     def on_log(self, runner: RunnerHandle, request_id: str, line: LogRecord) -> None:
         item = runner.in_flight.get(request_id)
-        if isinstance(item, QueuedRequest) and len(item.logs) < MAX_LOG_LINES:
-            item.add_log(line)
+        if isinstance(item, QueuedRequest) and item.add_log(line):
             item.changed.fire()
 
     def on_partial(self, runner: RunnerHandle, request_id: str, data: bytes, ctype: str) -> None:

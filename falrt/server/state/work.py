@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from falrt.limits import LOG_BYTES, LOG_LINES, cut_line
 from falrt.server.state.transitions import TransitionTable
 from falrt.store.records import LogRecord, Outcome, Priority, RequestRecord, Status
 
@@ -89,6 +90,8 @@ class QueuedRequest(WorkItem):
     logs: Sequence[LogRecord] = ()
     last_partial: tuple[bytes, str] | None = None
     partials: Sequence[tuple[bytes, str]] = ()
+    log_bytes: int = 0  # of the lines kept
+    logs_dropped: int = 0  # lines dropped past the limits (the first one says so)
     outcome: Outcome | None = None
     waiting_reason: str = ""
     changed: Signal = field(default_factory=Signal)
@@ -114,8 +117,25 @@ class QueuedRequest(WorkItem):
         REQUEST_TRANSITIONS.check(self.status, status)
         self.status = status
 
-    def add_log(self, line: LogRecord) -> None:
+    def add_log(self, line: LogRecord) -> bool:
+        """Keeps a log line for watchers, cut to LOG_LINE_BYTES (a runner cuts its lines, and
+        the server trusts no runner). Past LOG_LINES lines or LOG_BYTES bytes the rest are
+        dropped, and one line says so. Returns whether the logs changed."""
+        if self.logs_dropped:
+            self.logs_dropped += 1
+            return False
+        message = cut_line(line.message)
+        size = len(message.encode(errors="replace"))
+        if len(self.logs) + 1 >= LOG_LINES or self.log_bytes + size > LOG_BYTES:
+            self.logs_dropped = 1
+            line = LogRecord(line.timestamp, f"[falrt: this request's log reached its limit "
+                             f"({LOG_LINES} lines or {LOG_BYTES} bytes); later lines are "
+                             "dropped]", "falrt")
+        elif message is not line.message:
+            line = LogRecord(line.timestamp, message, line.source)
+        self.log_bytes += size
         self.logs = _appended(self.logs, line)
+        return True
 
     def add_partial(self, partial: tuple[bytes, str]) -> None:
         self.partials = _appended(self.partials, partial)

@@ -1,0 +1,32 @@
+"""Size limits every part of falrt applies to what it is sent, each defined once.
+
+A limit is checked where the data enters; what goes over it is cut or refused with an error
+that names the limit, and never breaks a runner or another request.
+"""
+
+from __future__ import annotations
+
+# A request's log line (what a handler printed up to a newline, or one logging record's
+# line) is cut to this many bytes of UTF-8, and says so (`cut_line`). The runner cuts it
+# before it sends it (the rest of that line is dropped, however long), the server again.
+LOG_LINE_BYTES = 64 * 1024
+# A request keeps at most this many log lines and this many bytes of them; what comes after
+# is dropped, and one line says so.
+LOG_LINES = 10_000
+LOG_BYTES = 8 * 1024 * 1024
+
+
+def cut_line(line: str, dropped_bytes: int = 0) -> str:
+    """`line` cut to LOG_LINE_BYTES of UTF-8 (never in the middle of a character), ending
+    with a marker that says so and how long the line was (`dropped_bytes` of it were
+    dropped already)."""
+    if len(line) * 4 <= LOG_LINE_BYTES and not dropped_bytes:
+        return line  # (no character takes more than 4 bytes: no need to encode it)
+    data = line.encode(errors="replace")
+    if len(data) <= LOG_LINE_BYTES and not dropped_bytes:
+        return line
+    marker = f" [falrt: line cut to {LOG_LINE_BYTES} bytes; it had {len(data) + dropped_bytes}]"
+    return data[:LOG_LINE_BYTES - len(marker)].decode(errors="ignore") + marker
+
+
+__all__ = ["LOG_BYTES", "LOG_LINES", "LOG_LINE_BYTES", "cut_line"]

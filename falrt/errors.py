@@ -88,6 +88,13 @@ class ResourceExhaustedError(FalrtError):
     error_type = "resource_exhausted"
 
 
+class PayloadTooLargeError(ResourceExhaustedError):
+    """An input or an output is larger than one message may carry (falrt/limits.py). Only
+    the request at fault fails; its runner and the other requests go on."""
+
+    error_type = "payload_too_large"
+
+
 class UnavailableError(FalrtError):
     """The server cannot take the call now (it is shutting down, or unreachable)."""
 
@@ -172,6 +179,7 @@ _BY_TYPE: dict[str, type[FalrtError]] = {
         UnauthenticatedError,
         PermissionDeniedError,
         ResourceExhaustedError,
+        PayloadTooLargeError,
         UnavailableError,
         RequestCancelledError,
         RequestTimeoutError,

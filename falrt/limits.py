@@ -6,6 +6,12 @@ that names the limit, and never breaks a runner or another request.
 
 from __future__ import annotations
 
+from falrt.errors import PayloadTooLargeError
+
+# Room kept in every message for what travels with a payload (ids, content type, metrics):
+# a payload may be at most the largest message less this.
+ENVELOPE_BYTES = 64 * 1024
+
 # A request's log line (what a handler printed up to a newline, or one logging record's
 # line) is cut to this many bytes of UTF-8, and says so (`cut_line`). The runner cuts it
 # before it sends it (the rest of that line is dropped, however long), the server again.
@@ -29,4 +35,20 @@ def cut_line(line: str, dropped_bytes: int = 0) -> str:
     return data[:LOG_LINE_BYTES - len(marker)].decode(errors="ignore") + marker
 
 
-__all__ = ["LOG_BYTES", "LOG_LINES", "LOG_LINE_BYTES", "cut_line"]
+def payload_limit(max_message_bytes: int) -> int:
+    """The largest input or output a request may have, where messages are at most
+    `max_message_bytes` (the server's `max_message_bytes`, 64 MiB by default)."""
+    return max_message_bytes - ENVELOPE_BYTES
+
+
+def check_payload(size: int, limit: int, what: str) -> None:
+    """Raises PayloadTooLargeError, naming the limit and the size, when `size` > `limit`."""
+    if size > limit:
+        raise PayloadTooLargeError(
+            f"the {what} is {size} bytes, over the limit of {limit} bytes for a payload "
+            f"(the largest message, less {ENVELOPE_BYTES} bytes for what travels with it); "
+            "pass large data by reference (a URL) instead")
+
+
+__all__ = ["ENVELOPE_BYTES", "LOG_BYTES", "LOG_LINES", "LOG_LINE_BYTES", "check_payload",
+           "cut_line", "payload_limit"]

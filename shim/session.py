@@ -60,6 +60,7 @@ from falrt.errors import (
     RunnerRefusedError,
     RunnerServerError,
 )
+from falrt.limits import check_payload, payload_limit
 from falrt.sdk.app import App
 from falrt.sdk.codec import is_msgpack
 from falrt.sdk.context import RequestContext, request_var
@@ -119,6 +120,7 @@ class RunnerSession:
 
     def __init__(self, settings: ShimSettings, app: App, pool: Executor) -> None:
         self._settings = settings
+        self._payload_limit = payload_limit(settings.max_message_bytes)
         self._app = app
         self._endpoints: dict[str, Endpoint] = dict(type(app).endpoints())
         inline = settings.sync_handlers == "loop"
@@ -322,6 +324,7 @@ class RunnerSession:
             async for output in getattr(self._app, ep.name)(inputs):
                 ctype = "application/msgpack" if inputs.msgpack else "application/json"
                 data = ep.output_codec.encode(output, inputs.msgpack)
+                check_payload(len(data), self._payload_limit, "realtime output")
                 await self.outbox.send(wire.realtime_output(sid, data, ctype))
         except asyncio.CancelledError:
             task = asyncio.current_task()
@@ -454,6 +457,8 @@ class RunnerSession:
             value = ep.input_codec.decode(assign.data, msgpack)
             started = time.perf_counter()
             output = await self._run_handler(assign, ep, entry, value, msgpack)
+            if output is not None:
+                check_payload(len(output), self._payload_limit, "output")
         except FalrtError as exc:
             return wire.error_result(request_id, exc, time.perf_counter() - started)
         except Exception as exc:
@@ -480,6 +485,7 @@ class RunnerSession:
         content_type = assign.content_type or "application/json"
 
         async def send(data: bytes) -> None:
+            check_payload(len(data), self._payload_limit, "partial output")
             await self.outbox.send(wire.partial(assign.request_id, data, content_type))
 
         await self._invoker.stream(ep, value, msgpack, send, entry.cancel)

@@ -236,6 +236,8 @@ class Noisy(falrt.App):
         elif request.mode == "many":  # 12 MB of log lines
             for _ in range(200):
                 print("y" * 60_000)
+        elif request.mode == "huge":  # a 70 MB output
+            return Out("h" * 70_000_000)
         else:
             time.sleep(0.5)  # a neighbour running on the same runner meanwhile
             print("quiet")
@@ -269,3 +271,27 @@ def test_a_handlers_endless_output_fails_nothing_and_its_log_is_cut(
     with ControlClient(server.address) as control:
         [runner] = control.list_runners("noisy")
     assert runner.served == 3 and not runner.last_error  # one runner served all three once
+
+
+def test_an_oversized_output_or_input_fails_only_its_own_request(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    from falrt import errors
+    from falrt.client.control import ControlClient
+
+    endpoint = deploy_source(server, tmp_path, "noisy", NOISY, "Noisy")
+    with SyncClient(server.address) as client:
+        with pytest.raises(errors.PayloadTooLargeError, match="the input is 67100011 bytes"):
+            client.submit(endpoint, {"mode": "x" * 67_100_000})  # acknowledged before
+        neighbour = client.submit(endpoint, {"mode": "quiet"})
+        huge = client.submit(endpoint, {"mode": "huge"})
+        with pytest.raises(errors.PayloadTooLargeError, match="the output is 70000011 bytes"):
+            huge.get()
+        assert neighbour.get() == {"mode": "quiet"}
+        assert client.run(endpoint, {"mode": "quiet"}) == {"mode": "quiet"}  # it serves on
+        status = huge.status()
+    assert isinstance(status, Completed) and status.error is not None
+    assert status.error.error_type == "payload_too_large"
+    with ControlClient(server.address) as control:
+        [runner] = control.list_runners("noisy")
+    assert runner.served == 3 and not runner.last_error  # one runner, each request once

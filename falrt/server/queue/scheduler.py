@@ -15,6 +15,7 @@ import time
 import uuid
 
 from falrt import errors
+from falrt.limits import check_payload, payload_limit
 from falrt.sdk.endpoints import EndpointKind
 from falrt.server.queue.dispatch import Dispatcher
 from falrt.server.queue.outcomes import SubmitOptions, content_type_of, error_record
@@ -53,6 +54,8 @@ class Scheduler:
         self._recorder = recorder
         self._dispatcher = dispatcher
         self._settings = settings
+        # An input larger than this would not fit in the runner's Assign (falrt/limits.py).
+        self._payload_limit = payload_limit(settings.max_message_bytes)
 
     # -- startup -----------------------------------------------------------------------
 
@@ -126,6 +129,7 @@ class Scheduler:
         """Stores a request, queues it, dispatches; returns its id, its queue position, and
         whether an earlier Submit with the same idempotency key made it."""
         app = self.resolve(endpoint_id, path)
+        check_payload(len(data), self._payload_limit, "input")
         key = options.idempotency_key
         if not key:
             self._check_queue_length(app, options.max_queue_length)
@@ -264,6 +268,7 @@ class Scheduler:
     ) -> DirectCall:
         """Queues a direct call (not stored, never retried); the caller awaits `done`."""
         app = self.resolve(endpoint_id, path)
+        check_payload(len(data), self._payload_limit, "input")
         item = DirectCall(
             request_id=str(uuid.uuid4()), app_name=app.name, path=path, input=data,
             content_type=content_type_of(content_type), priority=Priority.NORMAL,

@@ -109,3 +109,12 @@ def test_the_wrong_kind_of_call_is_invalid_argument(client: SyncClient, chat: st
         list(client.realtime(chat, [{"text": "x"}], path="/"))
     with pytest.raises(errors.InvalidArgumentError, match="is a realtime endpoint"):
         client.run(chat, {"text": "x"}, path="/chat")
+
+
+def test_a_realtime_input_over_the_payload_limit_ends_only_its_session(
+    client: SyncClient, chat: str
+) -> None:
+    with pytest.raises(errors.PayloadTooLargeError, match="the realtime input is 6710"):
+        list(client.realtime(chat, [{"text": "a"}, {"text": "x" * 67_100_000}], path="/chat"))
+    replies = list(client.realtime(chat, [{"text": "after"}], path="/chat"))
+    assert [r["text"] for r in replies] == ["AFTER"]

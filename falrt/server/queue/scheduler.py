@@ -297,6 +297,14 @@ class Scheduler:
         return item
 
     def realtime_input(self, session: RealtimeSession, data: bytes, ctype: str) -> None:
+        """Forwards an input to the session's runner; one over the payload limit ends the
+        session with its error instead (it would not fit in the runner's message)."""
+        try:
+            check_payload(len(data), self._payload_limit, "realtime input")
+        except errors.PayloadTooLargeError as exc:
+            self.abandon(session)  # (cancelled on its runner, then ended with the error)
+            self._recorder.finish(session, Outcome(error=error_record(exc)))
+            return
         runner = self._dispatcher.runner_of(session)
         if runner is not None:
             runner.outbox.put_nowait(RealtimeInputEvent(session.request_id, data, ctype))

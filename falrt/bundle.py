@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from types import ModuleType
 
-from falrt.errors import InvalidArgumentError
+from falrt.errors import InvalidArgumentError, quote
 from falrt.sdk.loader import import_app_file
 
 _SKIPPED_DIRS = frozenset({"__pycache__", ".git"})
@@ -28,6 +28,10 @@ _SKIPPED_SUFFIXES = frozenset({".pyc", ".pyo"})
 # The runtime provides falrt itself; a checkout of it next to an app is never bundled.
 _RUNTIME_PACKAGES = frozenset({"falrt"})
 _CHUNK_BYTES = 1024 * 1024
+# An entry's path: at most this many characters, and this many per folder or file name (as
+# filesystems allow).
+MAX_NAME_CHARS = 1024
+MAX_PART_CHARS = 255
 
 
 @dataclass(frozen=True)
@@ -143,11 +147,34 @@ def _publish(tmp: Path, dest: Path) -> None:
             raise
 
 
+class _Counted:
+    """The decompressed archive as tarfile reads it, every byte (headers included) counted
+    against the bundle's limit: a small bundle cannot make extraction read more than that,
+    whatever its headers declare."""
+
+    def __init__(self, source: gzip.GzipFile, limit: int) -> None:
+        self._source = source
+        self._limit = limit
+        self._read = 0
+
+    def read(self, size: int = -1) -> bytes:
+        left = self._limit + 1 - self._read
+        data = self._source.read(left if size < 0 else min(size, left))
+        self._read += len(data)
+        if self._read > self._limit:
+            raise InvalidArgumentError(
+                f"bundle is larger than {self._limit} bytes once decompressed (its headers "
+                "count too)")
+        return data
+
+
 def _extract(data: bytes, root: Path, *, max_bytes: int, max_files: int) -> None:
     try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r|gz") as tar:
+        with gzip.GzipFile(fileobj=io.BytesIO(data), mode="rb") as gz, \
+                tarfile.open(fileobj=_Counted(gz, max_bytes), mode="r|") as tar:  # type: ignore[call-overload]
             _extract_members(tar, root, max_bytes=max_bytes, max_files=max_files)
-    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, ValueError) as exc:
+        # (ValueError: names and PAX records that do not decode)
         raise InvalidArgumentError(f"bundle is not a valid gzipped tar: {exc}") from exc
     except (FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
         # A file and a folder (or two files) claim the same name.
@@ -174,26 +201,30 @@ def _checked_target(root: Path, member: tarfile.TarInfo, seen: set[str]) -> Path
     """Where `member` goes under `root`; raises for unsafe names, kinds and duplicates."""
     if not (member.isfile() or member.isdir()):
         raise InvalidArgumentError(
-            f"bundle entry {member.name!r}: only regular files and folders are allowed "
+            f"bundle entry {quote(member.name)}: only regular files and folders are allowed "
             "(no links or devices)"
         )
     name = PurePosixPath(member.name)
+    if len(member.name) > MAX_NAME_CHARS or any(len(p) > MAX_PART_CHARS for p in name.parts):
+        raise InvalidArgumentError(
+            f"bundle entry {quote(member.name)}: names may have at most {MAX_NAME_CHARS} "
+            f"characters, {MAX_PART_CHARS} per folder or file name")
     if not member.name or name.is_absolute() or ".." in name.parts or "\x00" in member.name:
-        raise InvalidArgumentError(f"bundle entry {member.name!r}: path escapes the bundle")
+        raise InvalidArgumentError(f"bundle entry {quote(member.name)}: path escapes the bundle")
     key = name.as_posix()
     if key in seen and not member.isdir():
-        raise InvalidArgumentError(f"bundle entry {member.name!r} appears twice")
+        raise InvalidArgumentError(f"bundle entry {quote(member.name)} appears twice")
     seen.add(key)
     target = root.joinpath(*name.parts)
     if not target.resolve().is_relative_to(root.resolve()):
-        raise InvalidArgumentError(f"bundle entry {member.name!r}: path escapes the bundle")
+        raise InvalidArgumentError(f"bundle entry {quote(member.name)}: path escapes the bundle")
     return target
 
 
 def _write_file(tar: tarfile.TarFile, member: tarfile.TarInfo, target: Path) -> None:
     source = tar.extractfile(member)
     if source is None:
-        raise InvalidArgumentError(f"bundle entry {member.name!r} has no content")
+        raise InvalidArgumentError(f"bundle entry {quote(member.name)} has no content")
     target.parent.mkdir(parents=True, exist_ok=True)
     with target.open("xb") as out:
         while chunk := source.read(_CHUNK_BYTES):

@@ -6,6 +6,7 @@ import gzip
 import io
 import sys
 import tarfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -149,3 +150,37 @@ def test_unpack_rejects_bytes_that_are_not_a_bundle(tmp_path: Path) -> None:
 def test_unpack_rejects_duplicate_entries(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgumentError, match="twice"):
         unpack(_tar(_file("a.py"), _file("a.py")), tmp_path / "out", max_bytes=1 << 20)
+
+
+def huge_header_bundle(kind: bytes, declared: int) -> bytes:
+    """A gzipped tar whose first header (a PAX extended header, or a GNU long name) declares
+    `declared` bytes of zeros: a small bundle that decompresses to a huge header."""
+    info = tarfile.TarInfo("././@Header")
+    info.type, info.size = kind, declared
+    stream = zlib.compressobj(1, zlib.DEFLATED, 31)  # gzip framing
+    parts = [stream.compress(info.tobuf(format=tarfile.GNU_FORMAT))]
+    chunk = bytes(1024 * 1024)
+    for _ in range(declared // len(chunk)):
+        parts.append(stream.compress(chunk))
+    parts.append(stream.compress(bytes(declared % len(chunk) + 1024)))
+    return b"".join([*parts, stream.flush()])
+
+
+@pytest.mark.parametrize("kind", [tarfile.XHDTYPE, tarfile.GNUTYPE_LONGNAME], ids=["pax", "name"])
+def test_unpack_counts_header_bytes_against_the_limit(tmp_path: Path, kind: bytes) -> None:
+    bundle = huge_header_bundle(kind, 8 * 1024 * 1024)
+    assert len(bundle) < 64 * 1024
+    with pytest.raises(InvalidArgumentError, match="larger than 1048576 bytes once decompressed"):
+        unpack(bundle, tmp_path / "out", max_bytes=1024 * 1024)
+    assert not (tmp_path / "out").exists()
+
+
+def test_unpack_rejects_names_over_the_length_limits(tmp_path: Path) -> None:
+    for name in ("a" * 300 + ".py", "/".join(["d" * 100] * 11) + ".py"):
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
+            info = tarfile.TarInfo(name)
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b"x"))
+        with pytest.raises(InvalidArgumentError, match="names may have at most 1024"):
+            unpack(buffer.getvalue(), tmp_path / "out", max_bytes=1024 * 1024)

@@ -295,3 +295,25 @@ def test_an_oversized_output_or_input_fails_only_its_own_request(
     with ControlClient(server.address) as control:
         [runner] = control.list_runners("noisy")
     assert runner.served == 3 and not runner.last_error  # one runner, each request once
+
+
+def test_a_small_bundle_with_a_huge_header_is_refused_without_the_server_reading_it(
+    fresh_server: ServerProcess,
+) -> None:
+    from tests.test_bundle import huge_header_bundle
+
+    bundle = huge_header_bundle(tarfile.XHDTYPE, 1024**3)  # a 1 GiB PAX header
+    assert len(bundle) < 8 * 1024 * 1024  # (about 4.5 MB)
+    with pytest.raises(grpc.RpcError) as refused:
+        _deploy(fresh_server.address, bundle)
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "once decompressed" in refused.value.details()
+    assert fresh_server.proc is not None
+    status = Path(f"/proc/{fresh_server.proc.pid}/status").read_text()
+    peak_kib = int(next(line for line in status.splitlines() if line.startswith("VmHWM:"))
+                   .split()[1])
+    # It read no more than the 256 MiB a bundle may have (it read it all before: over 2 GiB).
+    assert peak_kib < 800 * 1024, f"the server's peak memory was {peak_kib} KiB"
+    with SyncClient(fresh_server.address) as client:  # and it serves on
+        assert client.run(fresh_server.deploy("examples/hello.py::Hello"),
+                          {"name": "after"}) == {"greeting": "Hello, after!"}

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+from typing import TextIO
+
 import click
 
 from falrt.client.control import ControlClient
+from falrt.names import is_secret_name
 
 from .context import CliContext, env_option, pass_cli
 from .errors import reporting_errors
@@ -59,19 +63,39 @@ def secrets() -> None:
 
 
 @secrets.command("set")
-@click.argument("pairs", nargs=-1, required=True, metavar="NAME=VALUE...")
+@click.argument("pairs", nargs=-1, required=True, metavar="NAME | NAME=VALUE...")
+@click.option("--from-file", "from_file", type=click.File("r"), default=None,
+              help="read the value of the NAME given alone from this file (`-`: standard input)")
 @env_option
 @pass_cli
-def set_secrets(cli: CliContext, pairs: tuple[str, ...], env: str) -> None:
-    """Set secrets. Runners started from now on get them (`falrt apps rollout` replaces
-    running ones)."""
-    values = {}
+def set_secrets(
+    cli: CliContext, pairs: tuple[str, ...], from_file: TextIO | None, env: str
+) -> None:
+    """Set secrets. Give a NAME alone and its value is read from --from-file, from standard
+    input when it is not a terminal, or else asked for without echo; NAME=VALUE also works,
+    but puts the value in the process list and the shell's history. Runners started from now
+    on get them (`falrt apps rollout` replaces running ones)."""
+    values: dict[str, str] = {}
+    alone: list[str] = []
     for position, pair in enumerate(pairs, 1):
         name, sep, value = pair.partition("=")
-        if not sep or not name:  # the argument may be a value: it is never echoed
-            raise click.BadParameter(f"argument {position} is not NAME=VALUE",
-                                     param_hint="NAME=VALUE")
-        values[name] = value
+        if not is_secret_name(name):  # the argument may be a value: it is never echoed
+            raise click.BadParameter(
+                f"argument {position} is neither NAME nor NAME=VALUE (a NAME has letters, "
+                "digits and underscores, not starting with a digit)", param_hint="NAME")
+        if sep:
+            values[name] = value
+        else:
+            alone.append(name)
+    if values:
+        stderr.print("warning: NAME=VALUE puts the value in the process list and the shell's "
+                     "history; `falrt secrets set NAME --from-file FILE` (or `-` for standard "
+                     "input) does not", style="yellow", highlight=False)
+    if len(alone) > 1 or (from_file is not None and not alone):
+        raise click.BadParameter("give exactly one NAME alone to read its value",
+                                 param_hint="NAME")
+    if alone:
+        values[alone[0]] = _secret_value(alone[0], from_file)
     with reporting_errors(cli.host), ControlClient(cli.host) as control:
         names = control.set_secrets(env, values)
     stderr.print(f"set {', '.join(names)} in {env}", highlight=False)
@@ -148,3 +172,12 @@ def revoke_key(cli: CliContext, key_id: str) -> None:
     with reporting_errors(cli.host), ControlClient(cli.host) as control:
         control.revoke_key(key_id)
     stderr.print(f"revoked {key_id}", highlight=False)
+
+
+def _secret_value(name: str, source: TextIO | None) -> str:
+    """A secret's value from `source`, from standard input when it is not a terminal, or
+    asked for without echo; one trailing newline is not part of it."""
+    if source is None and sys.stdin.isatty():
+        return str(click.prompt(f"value of {name}", hide_input=True))
+    text = (source or sys.stdin).read()
+    return text[:-2] if text.endswith("\r\n") else text.removesuffix("\n")

@@ -45,3 +45,11 @@ def split_name(name: str) -> tuple[str, str]:
 
 def environment_of(name: str) -> str:
     return split_name(name)[1]
+
+
+# A secret's name: an environment variable's (the runner gets it as one).
+SECRET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+
+def is_secret_name(name: str) -> bool:
+    return SECRET_NAME.match(name) is not None

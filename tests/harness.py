@@ -132,11 +132,11 @@ class ServerProcess:
                 if self.proc is None or pid != self.proc.pid]
 
     def cli(
-        self, *args: str, check: bool = True, timeout: float = 300
+        self, *args: str, check: bool = True, timeout: float = 300, input: str | None = None
     ) -> subprocess.CompletedProcess[str]:
-        """Runs the `falrt` CLI against this server."""
+        """Runs the `falrt` CLI against this server (`input`: its standard input)."""
         result = subprocess.run(
-            [FALRT, "--host", self.address, *args],
+            [FALRT, "--host", self.address, *args], input=input,
             capture_output=True, text=True, timeout=timeout, env=_env(), cwd=REPO,
         )
         if check and result.returncode != 0:

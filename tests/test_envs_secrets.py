@@ -150,3 +150,29 @@ def test_secret_values_appear_in_no_log_listing_error_or_stored_byte(
         if path.is_file() and path.stat().st_size < 50_000_000:
             assert value.encode() not in path.read_bytes(), path
     assert (data_dir / "secrets.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_secret_value_comes_from_a_file_or_standard_input_not_the_command_line(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    server.cli("envs", "create", "files")
+    (tmp_path / "token").write_text("from-a-file-5d1\n")
+    quiet = [
+        server.cli("secrets", "set", "--env", "files", "TOKEN", "--from-file",
+                   str(tmp_path / "token")),
+        server.cli("secrets", "set", "--env", "files", "PIPED", "--from-file", "-",
+                   input="from-stdin-88\n"),
+        server.cli("secrets", "set", "--env", "files", "STDIN", input="no-flag-needed-2\n"),
+    ]
+    inline = server.cli("secrets", "set", "--env", "files", "INLINE=on-the-line")
+    assert all("warning" not in r.stderr for r in quiet)
+    assert "puts the value in the process list" in inline.stderr
+    two_alone = server.cli("secrets", "set", "--env", "files", "A", "B", check=False,
+                           input="x")
+    assert two_alone.returncode != 0 and "exactly one NAME alone" in two_alone.stderr
+    endpoint = server.deploy(app_file(tmp_path), "--env", "files")
+    names = ["TOKEN", "PIPED", "STDIN", "INLINE"]
+    with SyncClient(server.address) as client:
+        assert client.run(endpoint, {"names": names})["values"] == {
+            "TOKEN": "from-a-file-5d1", "PIPED": "from-stdin-88", "STDIN": "no-flag-needed-2",
+            "INLINE": "on-the-line"}

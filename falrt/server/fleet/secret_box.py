@@ -9,16 +9,15 @@ starts, and in that runner's environment.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
 
 from falrt import errors
+from falrt.names import is_secret_name
 
 KEY_FILE = "secrets.key"
 KEY_ENV = "FALRT_SECRETS_KEY"
-SECRET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 MAX_VALUE_BYTES = 64 * 1024
 
 
@@ -57,7 +56,7 @@ class SecretBox:
 
 def check_secret(name: str, value: str) -> None:
     """Raises InvalidArgumentError naming the secret; never echoes its value."""
-    if not SECRET_NAME.match(name):
+    if not is_secret_name(name):
         raise errors.InvalidArgumentError(
             f"invalid secret name {errors.quote(name)}: use letters, digits and underscores, not "
             "starting with a digit (at most 128)")

@@ -210,6 +210,7 @@ def test_an_app_with_its_own_dockerfile_needs_the_docker_backend(
 NOISY = '''
 import sys
 import time
+from typing import Any
 
 import msgspec
 import falrt
@@ -217,6 +218,7 @@ import falrt
 
 class In(msgspec.Struct):
     mode: str
+    extra: Any = None
 
 
 class Out(msgspec.Struct):
@@ -317,3 +319,21 @@ def test_a_small_bundle_with_a_huge_header_is_refused_without_the_server_reading
     with SyncClient(fresh_server.address) as client:  # and it serves on
         assert client.run(fresh_server.deploy("examples/hello.py::Hello"),
                           {"name": "after"}) == {"greeting": "Hello, after!"}
+
+
+def test_an_input_nested_100000_levels_deep_is_a_bad_request_naming_the_limit(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    from falrt.v1 import common_pb2, queue_pb2, queue_pb2_grpc
+
+    endpoint = deploy_source(server, tmp_path, "noisy", NOISY, "Noisy")
+    nested = b'{"mode": "quiet", "extra": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    with connection.channel(server.address) as channel:
+        stub = queue_pb2_grpc.QueueStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Run(queue_pb2.RunRequest(endpoint_id=endpoint,
+                                          input=common_pb2.Payload(data=nested)))
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "nested too deeply" in refused.value.details()
+    with SyncClient(server.address) as client:
+        assert client.run(endpoint, {"mode": "quiet"}) == {"mode": "quiet"}

@@ -127,9 +127,20 @@ class StructCodec:
                 "input is not valid " + ("msgpack" if msgpack else "JSON"),
                 field_errors=[("$", str(exc))],
             ) from None
+        except RecursionError:
+            raise _too_deep() from None
 
     def encode(self, value: Any, msgpack: bool) -> bytes:
         return _encode_plain(value, msgpack)
+
+
+def _too_deep() -> ValidationFailedError:
+    """The error of an input nested deeper than the decoder goes (Python's recursion
+    limit): a bad request, not the handler's failure."""
+    limit = sys.getrecursionlimit()
+    return ValidationFailedError(
+        f"input is nested too deeply: at most about {limit} levels of arrays and objects",
+        field_errors=[("$", f"nested deeper than about {limit} levels")])
 
 
 def _pydantic_location(loc: tuple[int | str, ...]) -> str:
@@ -155,6 +166,8 @@ class PydanticCodec:
                 "input failed validation",
                 field_errors=[(_pydantic_location(tuple(e["loc"])), e["msg"]) for e in errors],
             ) from None
+        except RecursionError:
+            raise _too_deep() from None
 
     @staticmethod
     def _decode_msgpack(data: bytes) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Any
 
@@ -62,12 +63,16 @@ _DEFAULTS = ServerSettings(data_dir=Path("."))
               show_default=True,
               help="docker backend: seconds runner containers wait for a restarted server, "
                    "which adopts them warm; 0 stops them with the server")
+@click.option("--webhook-allow", "webhook_allow", envvar="FALRT_WEBHOOK_ALLOW", multiple=True,
+              callback=lambda _ctx, _param, value: _networks(value), metavar="CIDR",
+              help="a network webhooks may reach although it is not public, e.g. "
+                   "10.1.0.0/16 for receivers on premises (repeat for more)")
 def server(
     listen: str, data_dir: Path | None, owner: str, backend: str, docker_base: str,
     registry: str, store: str, retry_backoff_base_s: float,
     retry_backoff_cap_s: float, result_retention_s: float, crash_backoff_step_s: float,
     crash_backoff_cap_s: float, gpu_inventory: Path | None, cluster_lease_s: float,
-    runner_reconnect_s: float,
+    runner_reconnect_s: float, webhook_allow: tuple[str, ...],
 ) -> None:
     """Run the falrt server until interrupted."""
     from falrt.server.main import StartupError, run  # load the server only for this command
@@ -79,7 +84,7 @@ def server(
         result_retention_s=result_retention_s, crash_backoff_step_s=crash_backoff_step_s,
         crash_backoff_cap_s=crash_backoff_cap_s, cluster_lease_s=cluster_lease_s,
         gpu_inventory=gpu_inventory, backend=backend, docker_base=docker_base,
-        registry=registry, runner_reconnect_s=runner_reconnect_s,
+        registry=registry, runner_reconnect_s=runner_reconnect_s, webhook_allow=webhook_allow,
         ))
     except StartupError as exc:
         raise click.ClickException(f"the server cannot start: {exc}") from None
@@ -93,3 +98,13 @@ def build_settings(
     if data_dir is not None:
         overrides["data_dir"] = data_dir.expanduser().resolve()
     return ServerSettings(**overrides)
+
+
+def _networks(values: tuple[str, ...]) -> tuple[str, ...]:
+    """The --webhook-allow values, each checked to be a CIDR."""
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--webhook-allow") from None
+    return values

@@ -97,6 +97,9 @@ class ServerSettings(msgspec.Struct, frozen=True):
     # PostgreSQL store: a server that has not renewed its lease for this long is taken
     # over by the others (docs/stores.md).
     cluster_lease_s: float = 10.0
+    # Networks (CIDRs) webhooks may reach although they are not public: receivers on the
+    # operator's own network (falrt/server/queue/webhook_targets.py).
+    webhook_allow: tuple[str, ...] = ()
 
     @property
     def db_path(self) -> Path:

@@ -17,13 +17,15 @@ from tests.harness import ServerProcess, stop_cleanly, wait_for
 pytestmark = pytest.mark.e2e
 
 FAST_RETRIES = ["--retry-backoff", "0.05", "--retry-backoff-cap", "0.2"]
+LOCAL_WEBHOOKS = ["--webhook-allow", "127.0.0.0/8"]  # the test's receivers are on this machine
 
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A server that retries after 50 ms instead of 1 s."""
     root = tmp_path_factory.mktemp("promises")
-    proc = ServerProcess(root / "data", root / "server.log", extra=FAST_RETRIES).start()
+    proc = ServerProcess(root / "data", root / "server.log",
+                         extra=[*FAST_RETRIES, *LOCAL_WEBHOOKS]).start()
     yield proc
     stop_cleanly(proc)
 
@@ -281,7 +283,7 @@ def test_a_webhook_owed_when_the_server_crashed_is_sent_after_the_restart(
     url = receiver.url
     receiver.close()  # nobody listens yet: the first delivery attempt fails
     data_dir = tmp_path / "data"
-    first = ServerProcess(data_dir, tmp_path / "first.log").start()
+    first = ServerProcess(data_dir, tmp_path / "first.log", extra=LOCAL_WEBHOOKS).start()
     try:
         endpoint = first.deploy("examples/hello.py::Hello")
         with SyncClient(first.address) as client:
@@ -292,7 +294,7 @@ def test_a_webhook_owed_when_the_server_crashed_is_sent_after_the_restart(
         first.kill()  # the retry (15 s later) never happens in this process
     port = int(url.rsplit(":", 1)[1].split("/")[0])
     receiver = Receiver(port=port)
-    second = ServerProcess(data_dir, tmp_path / "second.log").start()
+    second = ServerProcess(data_dir, tmp_path / "second.log", extra=LOCAL_WEBHOOKS).start()
     try:
         (delivery,) = receiver.wait_for(1, timeout=30)
         assert json.loads(delivery.body)["request_id"] == handle.request_id

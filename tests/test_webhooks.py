@@ -121,8 +121,11 @@ def key(tmp_path: Path) -> SigningKey:
 async def sending(
     key: SigningKey, settings: DeliverySettings = FAST
 ) -> AsyncIterator[WebhookSender]:
-    """A sender that is closed at the end; checks that it left no task behind."""
-    sender = WebhookSender(key, "alice", settings)
+    """A sender that is closed at the end; checks that it left no task behind. The test's
+    receivers listen on this machine: the sender is told it may reach loopback (the address
+    policy refuses it unless told)."""
+    sender = WebhookSender(key, "alice", msgspec.structs.replace(
+        settings, allowed_networks=("127.0.0.0/8",)))
     try:
         yield sender
     finally:
@@ -384,3 +387,30 @@ def test_the_server_serves_its_key_and_keeps_it_across_restarts(
     fresh_server.start()
     assert served() == first
     assert key_file.read_bytes() not in fresh_server.log().encode()
+
+
+def test_a_server_refuses_webhooks_to_its_own_network_at_submit_and_when_sending(
+    fresh_server: ServerProcess,
+) -> None:
+    from falrt.client import SyncClient
+    from tests.harness import wait_for
+
+    receiver = Receiver()
+    port = receiver.url.split(":")[2].split("/")[0]
+    try:
+        endpoint = fresh_server.deploy("examples/hello.py::Hello")
+        with SyncClient(fresh_server.address) as client:
+            for url in (receiver.url, f"http://127.1:{port}/hook", f"http://2130706433:{port}/",
+                        "http://[::ffff:169.254.169.254]/latest/meta-data/",
+                        "http://10.0.0.7/hook"):
+                with pytest.raises(errors.InvalidArgumentError, match="webhook_url is refused"):
+                    client.submit(endpoint, {"name": "x"}, webhook_url=url)
+            # A name is resolved when the webhook is sent: localhost is refused then.
+            handle = client.submit(endpoint, {"name": "x"},
+                                   webhook_url=f"http://localhost:{port}/hook")
+            assert client.wait(handle.request_id, timeout=30).output is not None
+        wait_for(lambda: f"webhook for {handle.request_id}" in fresh_server.log()
+                 and "refused" in fresh_server.log(), what="the refused delivery in the log")
+        assert receiver.requests == []  # abandoned at once: no retry will come
+    finally:
+        receiver.close()

@@ -42,7 +42,7 @@ from falrt.server.queue.dispatch import Dispatcher
 from falrt.server.queue.recorder import Recorder
 from falrt.server.queue.requests import Requests
 from falrt.server.queue.scheduler import Scheduler
-from falrt.server.queue.webhooks import KEY_FILE, SigningKey, WebhookSender
+from falrt.server.queue.webhooks import KEY_FILE, DeliverySettings, SigningKey, WebhookSender
 from falrt.server.state.apps import Apps
 from falrt.server.tasks import Tasks
 from falrt.settings import ServerSettings
@@ -133,7 +133,8 @@ async def serve(settings: ServerSettings) -> None:
     the recorder's pending writes, the cluster membership, webhooks, the store."""
     store = await _open_store(settings)
     webhook_key = await asyncio.to_thread(SigningKey.load_or_create, settings.data_dir / KEY_FILE)
-    webhooks = WebhookSender(webhook_key, settings.owner)
+    webhooks = WebhookSender(webhook_key, settings.owner,
+                             DeliverySettings(allowed_networks=settings.webhook_allow))
     secret_box = await asyncio.to_thread(SecretBox.load_or_create, settings.data_dir)
     environments = _environments(settings)
     gpus = await asyncio.to_thread(discover, settings.gpu_inventory)

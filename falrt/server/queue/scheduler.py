@@ -22,6 +22,7 @@ from falrt.server.queue.outcomes import SubmitOptions, content_type_of, error_re
 from falrt.server.queue.recorder import Recorder
 from falrt.server.queue.requests import Requests
 from falrt.server.queue.retries import MAX_ATTEMPTS
+from falrt.server.queue.webhook_targets import TargetPolicy
 from falrt.server.state.apps import Apps, AppState
 from falrt.server.state.runners import RealtimeEndEvent, RealtimeInputEvent
 from falrt.server.state.work import DirectCall, QueuedRequest, RealtimeSession
@@ -56,6 +57,7 @@ class Scheduler:
         self._settings = settings
         # An input larger than this would not fit in the runner's Assign (falrt/limits.py).
         self._payload_limit = payload_limit(settings.max_message_bytes)
+        self._webhook_targets = TargetPolicy(settings.webhook_allow)
 
     # -- startup -----------------------------------------------------------------------
 
@@ -130,6 +132,8 @@ class Scheduler:
         whether an earlier Submit with the same idempotency key made it."""
         app = self.resolve(endpoint_id, path)
         check_payload(len(data), self._payload_limit, "input")
+        if options.webhook_url:
+            self._webhook_targets.check_url(options.webhook_url)
         key = options.idempotency_key
         if not key:
             self._check_queue_length(app, options.max_queue_length)

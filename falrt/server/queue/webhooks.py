@@ -25,6 +25,7 @@ import httpx
 import msgspec
 
 from falrt import errors
+from falrt.server.queue.webhook_targets import TargetPolicy
 from falrt.store.records import ErrorRecord, Outcome
 from falrt.webhook_signatures import (
     KEY_FILE,
@@ -146,6 +147,9 @@ class DeliverySettings(msgspec.Struct, frozen=True):
     # one is dropped with a logged error.
     max_pending: int = 10_000
     max_pending_bytes: int = 256 * 1024 * 1024
+    # Networks webhooks may reach although they are not public (falrt/server/queue/
+    # webhook_targets.py; `falrt server --webhook-allow`).
+    allowed_networks: tuple[str, ...] = ()
 
 
 def backoff_s(failed_attempts: int, settings: DeliverySettings) -> float:
@@ -181,6 +185,7 @@ class WebhookSender:
         self.key = key
         self._user_id = user_id
         self._settings = settings
+        self._targets = TargetPolicy(settings.allowed_networks)
         self._clock = clock
         self._slots = asyncio.Semaphore(settings.max_in_flight)
         self._client = httpx.AsyncClient(
@@ -272,7 +277,13 @@ class WebhookSender:
     async def _try_all(self, url: str, request_id: str, body: bytes) -> None:
         attempts = self._settings.max_attempts
         for attempt in range(1, attempts + 1):
-            problem = await self._attempt(url, request_id, body)
+            try:
+                problem = await self._attempt(url, request_id, body)
+            except ConnectionRefusedError as refused:  # the address policy: never retried
+                self._abandoned += 1
+                log.error("webhook for %s to %s refused: %s", request_id, redact_url(url),
+                          refused)
+                return
             if problem is None:
                 self._delivered += 1
                 return
@@ -286,6 +297,19 @@ class WebhookSender:
         log.error("webhook for %s to %s abandoned after %d attempts: %s",
                   request_id, redact_url(url), attempts, problem)
 
+    async def _pinned(self, url: str, headers: dict[str, str]) -> tuple[str, dict[str, str]]:
+        """The URL with its host resolved and checked (webhook_targets.py): the POST goes to
+        that address, with the name in the Host header and, over TLS, in SNI and the
+        certificate check. Raises ConnectionRefusedError for a refused address."""
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        address = await self._targets.resolve(host, port)
+        shown = f"[{address}]" if address.version == 6 else str(address)
+        headers["Host"] = parts.netloc.rpartition("@")[2]
+        extensions = {"sni_hostname": host} if parts.scheme == "https" else {}
+        return parts._replace(netloc=f"{shown}:{port}").geturl(), extensions
+
     async def _attempt(self, url: str, request_id: str, body: bytes) -> str | None:
         """One signed POST within `timeout_s`: None on a 2xx answer, else what went wrong.
         The answer's body is never read."""
@@ -294,12 +318,17 @@ class WebhookSender:
             headers["Content-Type"] = "application/json"
             try:
                 async with asyncio.timeout(self._settings.timeout_s):
+                    target, extensions = await self._pinned(url, headers)
                     async with self._client.stream(
-                        "POST", url, content=body, headers=headers
+                        "POST", target, content=body, headers=headers, extensions=extensions
                     ) as response:
                         status = response.status_code
             except TimeoutError:
                 return f"no answer within {self._settings.timeout_s} s"
             except httpx.HTTPError as exc:
                 return type(exc).__name__
+            except ConnectionRefusedError:
+                raise
+            except OSError as exc:  # the name did not resolve
+                return f"{type(exc).__name__}: {exc}"
         return None if 200 <= status < 300 else f"answered {status}"

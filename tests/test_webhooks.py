@@ -125,7 +125,7 @@ async def sending(
     receivers listen on this machine: the sender is told it may reach loopback (the address
     policy refuses it unless told)."""
     sender = WebhookSender(key, "alice", msgspec.structs.replace(
-        settings, allowed_networks=("127.0.0.0/8",)))
+        settings, allowed_networks=("127.0.0.0/8", "::1/128")))
     try:
         yield sender
     finally:
@@ -171,6 +171,22 @@ def test_a_delivery_is_signed_by_the_key_kept_in_the_data_dir(
 
     run(scenario)
     assert os.stat(tmp_path / KEY_FILE).st_mode & 0o777 == 0o600
+
+
+def test_a_delivery_keeps_the_urls_credentials_and_host_though_sent_to_the_checked_address(
+    key: SigningKey, receiver: Receiver
+) -> None:
+    port = receiver.url.split(":")[2].split("/")[0]
+    url = f"http://user:pw@localhost:{port}/hook?token=t"
+
+    async def scenario() -> None:
+        async with sending(key) as sender:
+            assert sender.submit(url, "req-1", JSON_OUTPUT)
+            (got,) = await receiver.received(1)
+        assert got.headers["Authorization"] == "Basic dXNlcjpwdw=="  # user:pw
+        assert got.headers["Host"] == f"localhost:{port}"
+
+    run(scenario)
 
 
 def test_an_ok_payload_embeds_the_json_output_byte_for_byte() -> None:

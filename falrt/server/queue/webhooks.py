@@ -305,10 +305,12 @@ class WebhookSender:
         host = parts.hostname or ""
         port = parts.port or (443 if parts.scheme == "https" else 80)
         address = await self._targets.resolve(host, port)
+        userinfo, at, host_port = parts.netloc.rpartition("@")
         shown = f"[{address}]" if address.version == 6 else str(address)
-        headers["Host"] = parts.netloc.rpartition("@")[2]
+        headers["Host"] = host_port
         extensions = {"sni_hostname": host} if parts.scheme == "https" else {}
-        return parts._replace(netloc=f"{shown}:{port}").geturl(), extensions
+        # (credentials in the URL stay: the client sends them as basic auth)
+        return parts._replace(netloc=f"{userinfo}{at}{shown}:{port}").geturl(), extensions
 
     async def _attempt(self, url: str, request_id: str, body: bytes) -> str | None:
         """One signed POST within `timeout_s`: None on a 2xx answer, else what went wrong.

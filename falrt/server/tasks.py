@@ -57,14 +57,16 @@ class Tasks:
 
     def stop(self, task: asyncio.Future[Any]) -> None:
         """Cancels one task on purpose (an essential one then ends without `on_lost`)."""
-        self._stopped.add(task)
+        if task in self._essential:
+            self._stopped.add(task)
         task.cancel()
 
     def _done_essential(self, task: asyncio.Future[Any]) -> None:
         self._essential.discard(task)
         self._done(task)
-        if task.cancelled() and (self._closed or task in self._stopped):
-            self._stopped.discard(task)
+        stopped = task in self._stopped
+        self._stopped.discard(task)
+        if task.cancelled() and (self._closed or stopped):
             return
         why = "was cancelled" if task.cancelled() else f"ended: {task.exception()!r}"
         log.critical("%s's task %s %s", self.owner, _name(task), why)

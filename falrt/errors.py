@@ -95,6 +95,15 @@ class PayloadTooLargeError(ResourceExhaustedError):
     error_type = "payload_too_large"
 
 
+class StoreFullError(ResourceExhaustedError):
+    """The server's store cannot write: its disk (or its database) is out of space. Nothing
+    is lost: what was acknowledged stays stored, a result that could not be stored is kept
+    and written once there is room, and the server answers NOT_SERVING on its health
+    service meanwhile (docs/security.md)."""
+
+    error_type = "store_full"
+
+
 class UnavailableError(FalrtError):
     """The server cannot take the call now (it is shutting down, or unreachable)."""
 
@@ -180,6 +189,7 @@ _BY_TYPE: dict[str, type[FalrtError]] = {
         PermissionDeniedError,
         ResourceExhaustedError,
         PayloadTooLargeError,
+        StoreFullError,
         UnavailableError,
         RequestCancelledError,
         RequestTimeoutError,

@@ -21,6 +21,11 @@ LOG_LINE_BYTES = 64 * 1024
 LOG_LINES = 10_000
 LOG_BYTES = 8 * 1024 * 1024
 
+# The longest duration falrt takes (a timeout, keep_alive, a start deadline): protobuf's
+# range of a Duration (google/protobuf/duration.proto), about 10,000 years. A duration
+# sent as a number of seconds must also be finite and not negative.
+MAX_DURATION_SECONDS = 315_576_000_000
+
 
 def cut_line(line: str, dropped_bytes: int = 0) -> str:
     """`line` cut to LOG_LINE_BYTES of UTF-8 (never in the middle of a character), ending

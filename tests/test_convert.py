@@ -6,6 +6,7 @@ import pytest
 
 from falrt import errors
 from falrt.server.api import convert
+from falrt.server.state.apps import check_config
 from falrt.store.records import AppConfig, EndpointRecord, ErrorRecord, LogRecord, Priority
 from falrt.v1 import common_pb2, control_pb2, queue_pb2
 
@@ -83,3 +84,14 @@ def test_submit_options_refuse_a_duration_outside_protobufs_range() -> None:
                 Duration(nanos=2_000_000_000)):
         with pytest.raises(errors.InvalidArgumentError, match="start_timeout is outside"):
             convert.submit_options(queue_pb2.SubmitRequest(start_timeout=bad))
+
+
+@pytest.mark.parametrize("config", [
+    AppConfig(keep_alive_s=float("nan")), AppConfig(request_timeout_s=float("inf")),
+    AppConfig(termination_grace_period_s=315_576_000_001.0), AppConfig(num_gpus=-1),
+    AppConfig(scaling_delay_s=-0.5),
+])
+def test_app_settings_must_be_finite_durations_in_protobufs_range(config: AppConfig) -> None:
+    with pytest.raises(errors.InvalidArgumentError, match="must be"):
+        check_config(config)
+    check_config(AppConfig(keep_alive_s=0.0, request_timeout_s=315_576_000_000.0))

@@ -236,6 +236,27 @@ def test_a_priority_or_duration_outside_the_contract_is_invalid_and_the_server_s
     assert submit(channel, apps["public"], keys.api) is grpc.StatusCode.OK
 
 
+@pytest.mark.parametrize("settings", [
+    {"keep_alive_s": float("nan")}, {"request_timeout_s": float("inf")},
+    {"startup_timeout_s": 1e300}, {"scaling_delay_s": -1.0},
+    {"concurrency_buffer_perc": float("nan")},
+], ids=lambda s: next(iter(s)))
+def test_app_settings_outside_their_range_are_invalid_and_the_app_keeps_its_own(
+    channel: grpc.Channel, keys: Keys, apps: dict[str, str], settings: dict[str, float]
+) -> None:
+    stub = control_pb2_grpc.ControlStub(channel)
+    name = apps["public"].partition("/")[2]
+    request = control_pb2.ScaleAppRequest(
+        app_name=name, settings=control_pb2.AppSettings(**settings))
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.ScaleApp(request, metadata=meta(keys.admin))
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert next(iter(settings)) in refused.value.details()
+    shown = stub.GetApp(control_pb2.GetAppRequest(name=name), metadata=meta(keys.admin)).app
+    assert not shown.scale_overrides.HasField(next(iter(settings)))  # type: ignore[arg-type]
+    assert submit(channel, apps["public"], keys.api) is grpc.StatusCode.OK
+
+
 def test_shared_apps_take_any_valid_key_and_public_apps_take_none(
     channel: grpc.Channel, keys: Keys, apps: dict[str, str]
 ) -> None:

@@ -42,6 +42,7 @@ from falrt.server.queue.dispatch import Dispatcher
 from falrt.server.queue.recorder import Recorder
 from falrt.server.queue.requests import Requests
 from falrt.server.queue.scheduler import Scheduler
+from falrt.server.queue.store_health import StoreHealth
 from falrt.server.queue.webhooks import KEY_FILE, DeliverySettings, SigningKey, WebhookSender
 from falrt.server.state.apps import Apps
 from falrt.server.tasks import Tasks
@@ -113,7 +114,9 @@ def build(
     that must run as long as the server ends."""
     apps = Apps()
     requests = Requests()
-    recorder = Recorder(store, settings, requests, webhooks, shared, Tasks("recorder", on_lost))
+    store_health = StoreHealth(store, Tasks("store health", on_lost))
+    recorder = Recorder(store, settings, requests, webhooks, shared, Tasks("recorder", on_lost),
+                        store_health)
 
     def fleet(events: FleetEvents) -> Fleet:
         return Fleet(events, apps, backend, environments, store, secret_box, settings,
@@ -157,8 +160,10 @@ async def serve(settings: ServerSettings) -> None:
     admin_key = await _admin_key(store, settings)
     owed = await planes.recorder.resend_webhooks()
     server, health_servicer = _grpc_server(settings, planes, store, sid)
-    for name in (*SERVICES, ""):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    store_health = planes.recorder.store_health
+    await _set_health(health_servicer, store_health)
+    health_tasks = Tasks("health")
+    store_health.watch(lambda _: health_tasks.spawn(_set_health(health_servicer, store_health)))
     try:
         port = server.add_insecure_port(settings.listen)
     except RuntimeError as exc:
@@ -183,6 +188,7 @@ async def serve(settings: ServerSettings) -> None:
     await _until_signalled()
     log.info("shutting down")
     await health_servicer.enter_graceful_shutdown()
+    await health_tasks.close()
     await planes.fleet.close()
     await server.stop(grace=2.0)
     await planes.recorder.close()
@@ -277,6 +283,15 @@ class _GenericHandlersOnly:
 
     def add_registered_method_handlers(self, service: str, handlers: Any) -> None:
         return None  # the generic handler added with them serves the same methods
+
+
+async def _set_health(health_servicer: Any, store_health: StoreHealth) -> None:
+    """Every service SERVING, or NOT_SERVING while the store cannot write (read at each
+    set, so that the last of several quick changes wins)."""
+    for name in (*SERVICES, ""):
+        serving = store_health.writable
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING if serving
+                                  else health_pb2.HealthCheckResponse.NOT_SERVING)
 
 
 def _stop(task_name: str) -> None:

@@ -9,11 +9,15 @@ queue their write *when called* and return an awaitable that resolves once it is
 Writes take effect in the order the methods were called: a write called after another never
 lands before it (the scheduler relies on this to store an outcome while its request's INSERT
 is still being committed).
+
+A write that fails for lack of space (the disk, or the database server's) raises
+`falrt.errors.StoreFullError`, and the store calls its `on_full` listener (the server's
+`StoreHealth`, which then probes until the store can write again).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from falrt.store.records import (
@@ -30,11 +34,18 @@ from falrt.store.records import (
 
 
 class Store(Protocol):
+    # Called on the event loop each time a write fails for lack of space; None: nobody.
+    on_full: Callable[[], None] | None
+
     async def open(self) -> None:
         """Creates or migrates the schema. Called once before any other method."""
 
     async def close(self) -> None:
         """Flushes pending writes and releases the store. Idempotent."""
+
+    async def probe(self) -> None:
+        """One small durable write (a few KiB), to learn whether the store can write again;
+        raises StoreFullError while it cannot."""
 
     async def deploy(self, revision: Revision, app: AppRecord) -> None:
         """Stores a revision (unless it is stored: a rollback) and points its app at it,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+from collections.abc import Callable
 
 import msgspec
 
@@ -24,6 +25,7 @@ class MemoryStore:
     """Keeps everything in dicts. Returns copies so callers cannot alias stored state."""
 
     def __init__(self) -> None:
+        self.on_full: Callable[[], None] | None = None  # (memory is never full)
         self._apps: dict[str, AppRecord] = {}
         self._revisions: dict[str, Revision] = {}
         self._requests: dict[str, RequestRecord] = {}
@@ -36,6 +38,9 @@ class MemoryStore:
         return None
 
     async def close(self) -> None:
+        return None
+
+    async def probe(self) -> None:
         return None
 
     async def deploy(self, revision: Revision, app: AppRecord) -> None:

@@ -9,7 +9,8 @@ one round trip and one commit. A batch of one statement runs without BEGIN and C
 statement alone is atomic): one round trip instead of three, which is most of a request's
 write latency at low concurrency. If the batch's transaction fails, its writes are retried
 one transaction each, so a bad write (a duplicate request id) fails alone and the others
-still land.
+still land. A write the database refuses for lack of disk space (DiskFullError) fails with
+`errors.StoreFullError`, and `on_full` is told.
 
 Reads run on the pool and see every write that has returned. Tables live in the schema
 `falrt`, created on `open` (idempotent, under an advisory lock so that servers starting
@@ -26,12 +27,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NamedTuple
 
 import asyncpg
 import msgspec
 
+from falrt import errors
 from falrt.store.records import (
     AppConfig,
     AppRecord,
@@ -47,6 +50,8 @@ from falrt.store.records import (
 )
 
 log = logging.getLogger(__name__)
+# What `probe` writes: a write of this size must fit for the store to count as writable.
+PROBE_BYTES = 16 * 1024
 
 SCHEMA = """
 CREATE SCHEMA IF NOT EXISTS falrt;
@@ -76,6 +81,8 @@ CREATE INDEX IF NOT EXISTS requests_owner ON falrt.requests (owner) WHERE owner 
 CREATE TABLE IF NOT EXISTS falrt.servers (
   server_id TEXT PRIMARY KEY, lease_until DOUBLE PRECISION NOT NULL);
 CREATE TABLE IF NOT EXISTS falrt.bundles (sha256 TEXT PRIMARY KEY, data BYTEA NOT NULL);
+CREATE TABLE IF NOT EXISTS falrt.probe (
+  id INTEGER PRIMARY KEY, at DOUBLE PRECISION NOT NULL, data BYTEA NOT NULL);
 ALTER TABLE falrt.apps ADD COLUMN IF NOT EXISTS scale BYTEA;
 ALTER TABLE falrt.apps ADD COLUMN IF NOT EXISTS auth TEXT NOT NULL DEFAULT 'private';
 CREATE TABLE IF NOT EXISTS falrt.environments (
@@ -197,6 +204,7 @@ class PostgresStore:
         self._writes: asyncio.Queue[_Write | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self.server_id = ""  # set by `join`
+        self.on_full: Callable[[], None] | None = None
 
     async def open(self) -> None:
         """Connects, creates the schema if it is missing and starts the writer task."""
@@ -220,6 +228,11 @@ class PostgresStore:
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+
+    async def probe(self) -> None:
+        await self._submit((
+            "INSERT INTO falrt.probe VALUES (1, $1, $2) ON CONFLICT (id) DO UPDATE SET "
+            "at = excluded.at, data = excluded.data", (time.time(), bytes(PROBE_BYTES))))
 
     def _submit(self, *statements: Statement, step: Step | None = None) -> asyncio.Future[Any]:
         if self._writer is None:
@@ -259,7 +272,7 @@ class PostgresStore:
             results = await self._run_batch(batch)
         except Exception as exc:
             if len(batch) == 1:
-                _resolve(batch, exc)
+                _resolve(batch, self._failure(exc))
                 return
             log.warning("postgres batch of %d failed (%s); committing one by one",
                         len(batch), exc)
@@ -269,6 +282,17 @@ class PostgresStore:
         for write, result in zip(batch, results, strict=True):
             if not write.done.done():
                 write.done.set_result(result)
+
+    def _failure(self, exc: Exception) -> Exception:
+        """What a write that failed with `exc` answers: StoreFullError (and `on_full` told)
+        when the database has no disk space left, else `exc`."""
+        if not isinstance(exc, asyncpg.exceptions.DiskFullError):
+            return exc
+        if self.on_full is not None:
+            self.on_full()
+        return errors.StoreFullError(
+            f"the server's store has no space left ({exc}): nothing was written; try again "
+            "once the operator has freed space")
 
     async def _run_batch(self, batch: list[_Write]) -> list[Any]:
         """Runs the batch in order; returns each write's result (its step's value, or None).

@@ -6,6 +6,9 @@ runs them in one transaction and commits once (group commit), so many concurrent
 share one fsync. The journal is WAL with `synchronous=FULL`: a write that has been
 acknowledged survives a crash of the process or of the machine. The file is opened in
 exclusive locking mode: one server owns it while it runs.
+
+A write that finds no space left (SQLITE_FULL) fails its whole batch with
+`errors.StoreFullError` (SQLite has rolled the transaction back), and `on_full` is told.
 """
 
 from __future__ import annotations
@@ -15,12 +18,14 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 import msgspec
 
+from falrt import errors
 from falrt.store.records import (
     AppConfig,
     AppRecord,
@@ -62,7 +67,10 @@ CREATE INDEX IF NOT EXISTS requests_completed ON requests (completed_at)
   WHERE completed_at IS NOT NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS requests_key ON requests (idempotency_key)
   WHERE idempotency_key IS NOT NULL;
+CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY, at REAL NOT NULL, data BLOB NOT NULL);
 """
+# What `probe` writes: a write of this size must fit for the store to count as writable.
+PROBE_BYTES = 16 * 1024
 # Columns added after the first release, for files created before them: (table, column).
 MIGRATIONS = {
     ("requests", "idempotency_key"): "ALTER TABLE requests ADD COLUMN idempotency_key TEXT",
@@ -98,6 +106,7 @@ class SQLiteStore:
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.on_full: Callable[[], None] | None = None
 
     async def open(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -112,6 +121,10 @@ class SQLiteStore:
         self._jobs.put(None)
         await asyncio.to_thread(self._thread.join)
         self._thread = None
+
+    async def probe(self) -> None:
+        await self._run(lambda conn: conn.execute(
+            "INSERT OR REPLACE INTO probe VALUES (1, ?, zeroblob(?))", (time.time(), PROBE_BYTES)))
 
     def _run(self, fn: Callable[[sqlite3.Connection], T] | _Rows) -> asyncio.Future[T]:
         if self._loop is None or self._thread is None:
@@ -176,23 +189,31 @@ class SQLiteStore:
         return batch
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
-        if len(batch) == 1 and isinstance(batch[0][0], _Rows):
-            # One statement commits on its own (autocommit): one call into SQLite instead of
-            # three, so the thread takes the interpreter lock once, not three times.
-            self._post([_execute_one(conn, batch[0])])
-            return
-        results: list[_Result] = []
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            for group in _groups(batch):
-                results.extend(_execute(conn, group))
-            conn.execute("COMMIT")
+            if len(batch) == 1 and isinstance(batch[0][0], _Rows):
+                # One statement commits on its own (autocommit): one call into SQLite
+                # instead of three, so the thread takes the interpreter lock once, not three
+                # times.
+                results = [_execute_one(conn, batch[0])]
+            else:
+                results = _transaction(conn, batch)
         except sqlite3.Error as exc:
-            log.exception("sqlite commit failed")
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            results = [(future, None, exc) for _, future in batch]
+            failure = self._failure(exc)
+            results = [(future, None, failure) for _, future in batch]
         self._post(results)
+
+    def _failure(self, exc: sqlite3.Error) -> Exception:
+        """What a batch that failed with `exc` answers: StoreFullError (and `on_full` told)
+        when the disk is full, else `exc` (logged)."""
+        if not _is_full(exc):
+            log.error("sqlite commit failed", exc_info=exc)
+            return exc
+        assert self._loop is not None
+        if self.on_full is not None:
+            self._loop.call_soon_threadsafe(self.on_full)
+        return errors.StoreFullError(
+            f"the server's store has no space left ({exc}; {self._path.parent}): nothing "
+            "was written; try again once the operator has freed space")
 
     # -- apps and revisions ------------------------------------------------------------
 
@@ -432,15 +453,41 @@ def _same_statement(a: _Work, b: _Work) -> bool:
     return isinstance(a, _Rows) and isinstance(b, _Rows) and a.sql == b.sql
 
 
+def _transaction(conn: sqlite3.Connection, batch: list[_Job]) -> list[_Result]:
+    """Runs the batch in one transaction. A full disk fails it whole (raised); another
+    error of one job fails that job alone, or of the commit all of them (answered)."""
+    results: list[_Result] = []
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        for group in _groups(batch):
+            results.extend(_execute(conn, group))
+        conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        if _is_full(exc):
+            raise
+        log.exception("sqlite commit failed")
+        return [(future, None, exc) for _, future in batch]
+    return results
+
+
+def _is_full(exc: sqlite3.Error) -> bool:
+    """The disk is full (SQLite then rolls back the statement or the transaction)."""
+    return getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_FULL
+
+
 def _execute(conn: sqlite3.Connection, group: list[_Job]) -> list[_Result]:
     """Runs a group: many rows in one executemany; if that fails, each job on its own, so
-    that one bad row fails alone."""
+    that one bad row fails alone (a full disk fails them all: raised)."""
     work = group[0][0]
     if isinstance(work, _Rows) and len(group) > 1:
         conn.execute("SAVEPOINT many")
         try:
             conn.executemany(work.sql, [job[0].row for job in group])  # type: ignore[union-attr]
-        except sqlite3.Error:
+        except sqlite3.Error as exc:
+            if _is_full(exc):
+                raise
             conn.execute("ROLLBACK TO many")
         else:
             conn.execute("RELEASE many")
@@ -451,7 +498,7 @@ def _execute(conn: sqlite3.Connection, group: list[_Job]) -> list[_Result]:
 
 def _execute_one(conn: sqlite3.Connection, job: _Job) -> _Result:
     """Runs one job. A `_Rows` write answers None: its cursor is closed here, not kept
-    alive by the future (the connection tracks every open cursor)."""
+    alive by the future (the connection tracks every open cursor). A full disk is raised."""
     work, future = job
     try:
         if isinstance(work, _Rows):
@@ -459,6 +506,8 @@ def _execute_one(conn: sqlite3.Connection, job: _Job) -> _Result:
             return future, None, None
         value = work(conn)
     except sqlite3.Error as exc:
+        if _is_full(exc):
+            raise
         return future, None, exc
     return future, value, None
 

@@ -12,6 +12,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from falrt import errors
+from falrt.limits import MAX_DURATION_SECONDS
 from falrt.server.queue.outcomes import SubmitOptions, Verdict
 from falrt.server.queue.webhooks import check_webhook_url
 from falrt.server.state.runners import GpuFigures, RunnerHandle
@@ -49,10 +50,6 @@ def duration(seconds: float) -> Duration:
     d = Duration()
     d.FromNanoseconds(round(seconds * 1e9))
     return d
-
-
-# Protobuf's range of a Duration (google/protobuf/duration.proto): about 10,000 years.
-MAX_DURATION_SECONDS = 315_576_000_000
 
 
 def priority(value: int) -> Priority:

@@ -4,8 +4,13 @@ The recorder owns the background store writes of the request path, keeps complet
 in memory for a while (their later reads go to the store), deletes expired results, and
 keeps webhooks owed across restarts. Loop-affine.
 
+A result is shown only once it is stored. A result whose write fails is kept in memory (its
+request still shows IN_PROGRESS) and written again: once the store can write (after a full
+disk, `StoreHealth` says when) or after a backoff (any other failure). If the server stops
+first, the request runs again after the restart, as after a crash.
+
 Tasks: the housekeeping loop (from `start`) and one task per background store write;
-`close` waits for the pending writes, then cancels the housekeeping.
+`close` waits for the pending writes (at most `shutdown_grace_s`), then cancels the rest.
 """
 
 from __future__ import annotations
@@ -17,8 +22,10 @@ import time
 from collections.abc import Awaitable
 from typing import Any
 
+from falrt import errors
 from falrt.server.queue.outcomes import WebhookSink, with_logs
 from falrt.server.queue.requests import Requests
+from falrt.server.queue.store_health import StoreHealth
 from falrt.server.state.work import DirectCall, QueuedRequest, WorkItem
 from falrt.server.tasks import Tasks
 from falrt.settings import ServerSettings
@@ -29,6 +36,10 @@ log = logging.getLogger(__name__)
 
 # Completed requests stay in memory this long for watchers; later reads go to the store.
 COMPLETED_IN_MEMORY_S = 120.0
+# A result whose write failed for another reason than a full store is written again after
+# this long, doubling up to the cap.
+REWRITE_FIRST_S = 0.2
+REWRITE_MAX_S = 5.0
 
 
 class Recorder:
@@ -37,8 +48,10 @@ class Recorder:
     def __init__(
         self, store: Store, settings: ServerSettings, requests: Requests,
         webhooks: WebhookSink, shared: SharedStore | None, tasks: Tasks,
+        store_health: StoreHealth,
     ) -> None:
         self.store = store
+        self.store_health = store_health
         self.settings = settings
         self.webhooks = webhooks
         self.shared = shared  # several servers share the store (falrt/server/control/cluster.py)
@@ -50,9 +63,15 @@ class Recorder:
         self._tasks.spawn(self._keep_house(), name="falrt-housekeeping", essential=True)
 
     async def close(self) -> None:
-        """Waits for the pending store writes, then stops the housekeeping."""
-        await self._tasks.drain()
+        """Waits for the pending store writes (at most `shutdown_grace_s`: results kept for
+        a full store may never be written), then stops the rest and the housekeeping."""
+        try:
+            await asyncio.wait_for(self._tasks.drain(), self.settings.shutdown_grace_s)
+        except TimeoutError:
+            log.warning("store writes did not finish before the server stopped; requests "
+                        "whose results were not stored run again after the restart")
         await self._tasks.close()
+        await self.store_health.close()
 
     def finish(self, item: WorkItem, outcome: Outcome, *, store: bool = True) -> None:
         item.stop_timers()
@@ -73,13 +92,41 @@ class Recorder:
                     self.store.complete(item.request_id, item.outcome, time.time()))
                 stored.add_done_callback(functools.partial(self._stored, item))
             else:
-                self.background(self._complete(item, store=store))
+                self.background(self._store_outcome(item, store=store))
 
     def _stored(self, item: QueuedRequest, stored: asyncio.Future[Any]) -> None:
-        """The outcome's write ended: shown if it was committed (a failed write is logged
-        by `_task_done`, and the request is retried from the store after a restart)."""
-        if not stored.cancelled() and stored.exception() is None:
+        """The outcome's write ended: shown if it was committed, else kept and written
+        again."""
+        if stored.cancelled():
+            return
+        if (error := stored.exception()) is not None:
+            self.background(self._write_again(item, error))
+        else:
             self._completed(item)
+
+    async def _store_outcome(self, item: QueuedRequest, *, store: bool) -> None:
+        try:
+            await self._complete(item, store=store)
+        except Exception as exc:
+            await self._write_again(item, exc)
+
+    async def _write_again(self, item: QueuedRequest, error: BaseException) -> None:
+        """Writes a kept result again until it is stored (see the module docstring)."""
+        wait = REWRITE_FIRST_S
+        while True:
+            log.warning("storing the result of request %s failed (%s); it is kept and "
+                        "written again", item.request_id, error)
+            if isinstance(error, errors.StoreFullError):
+                await self.store_health.until_writable()
+            else:
+                await asyncio.sleep(wait)
+                wait = min(2 * wait, REWRITE_MAX_S)
+            try:
+                await self._complete(item, store=True)
+            except Exception as exc:
+                error = exc
+            else:
+                return
 
     async def _complete(self, item: QueuedRequest, *, store: bool) -> None:
         assert item.outcome is not None

@@ -132,6 +132,10 @@ class Scheduler:
         whether an earlier Submit with the same idempotency key made it."""
         app = self.resolve(endpoint_id, path)
         check_payload(len(data), self._payload_limit, "input")
+        if not self._recorder.store_health.writable:
+            raise errors.StoreFullError(
+                "the request was not stored: the server's store has no space left; try "
+                "again once the operator has freed space")
         if options.webhook_url:
             self._webhook_targets.check_url(options.webhook_url)
         key = options.idempotency_key
@@ -190,6 +194,8 @@ class Scheduler:
             await asyncio.shield(stored)
         except Exception as exc:
             self._withdraw(app, item)
+            if isinstance(exc, errors.StoreFullError):
+                raise errors.StoreFullError(f"the request was not stored: {exc}") from None
             log.exception("storing request %s failed", item.request_id)
             raise errors.InternalError("the request could not be stored; try again") from exc
         return item.request_id, position

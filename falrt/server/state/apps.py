@@ -12,6 +12,7 @@ import msgspec
 
 from falrt import errors, machines
 from falrt.autoscaler.policy import ScalingSettings
+from falrt.limits import MAX_DURATION_SECONDS
 from falrt.server.state.appqueue import AppQueue
 from falrt.server.state.work import QueuedRequest
 from falrt.settings import AppDefaults
@@ -64,11 +65,14 @@ def check_config(config: AppConfig) -> None:
         raise errors.InvalidArgumentError(
             f"min_concurrency ({low}) is larger than max_concurrency ({high})"
         )
+    if config.num_gpus is not None and config.num_gpus < 0:
+        raise errors.InvalidArgumentError(f"num_gpus must be >= 0, got {config.num_gpus}")
     for name in ("keep_alive_s", "scaling_delay_s", "request_timeout_s", "startup_timeout_s",
                  "termination_grace_period_s", "concurrency_buffer_perc"):
         value = getattr(config, name)
-        if value is not None and value < 0:
-            raise errors.InvalidArgumentError(f"{name} must be >= 0, got {value}")
+        if value is not None and not 0 <= value <= MAX_DURATION_SECONDS:  # (NaN is neither)
+            raise errors.InvalidArgumentError(
+                f"{name} must be a number from 0 to {MAX_DURATION_SECONDS}, got {value}")
     for machine in config.machine_types:
         try:
             machines.check(machine)

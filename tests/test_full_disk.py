@@ -1,0 +1,114 @@
+"""A full disk on a real server: its data directory is a small tmpfs that the test fills.
+
+What a user would notice: a finished request whose result cannot be stored is not lost and
+does not run again; new requests are refused with `store_full`; the health service says
+NOT_SERVING while the store cannot write and SERVING once it can.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from falrt import errors
+from falrt.client import Completed, InProgress, SyncClient
+from tests.fifo import make_gate, release
+from tests.harness import ServerProcess, stop_cleanly, wait_for
+
+pytestmark = pytest.mark.e2e
+
+# The result the test holds back: larger than the SQLite WAL file can have grown to (it is
+# checkpointed at about 4 MB), so storing it must grow a file on the full disk.
+BIG = 8 * 1024 * 1024
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 48 MiB tmpfs (needs root, as CI has)."""
+    if os.geteuid() != 0:
+        pytest.fail("this test mounts a tmpfs: run it as root (CI does)")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def fill(disk: Path) -> Path:
+    """Writes a file until the disk has no byte left; returns it (deleting it frees all)."""
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for chunk in (1 << 20, 1 << 12, 1):
+            try:
+                while True:
+                    os.write(fd, b"\0" * chunk)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+    return filler
+
+
+def health(address: str) -> int:
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        return stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
+
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def test_a_full_disk_keeps_results_refuses_submits_and_reports_not_serving(
+    small_disk: Path, tmp_path: Path
+) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    server = ServerProcess(small_disk / "data", tmp_path / "server.log").start()
+    try:
+        endpoint = server.deploy("tests/apps/bulky.py::Bulky")
+        gate = make_gate(tmp_path / "gate")
+        with SyncClient(server.address) as client:
+            held = client.submit(endpoint, {"key": "held", "size": BIG, "marks": str(marks),
+                                            "gate": str(gate)})
+            wait_for(lambda: isinstance(client.status(held.request_id), InProgress),
+                     what="the held request running")
+            assert health(server.address) == SERVING
+
+            filler = fill(small_disk)
+            release(gate)  # the handler answers; its result cannot be stored
+            wait_for(lambda: health(server.address) == NOT_SERVING, timeout=20,
+                     what="health NOT_SERVING")
+            assert len(list(marks.iterdir())) == 1
+            assert isinstance(client.status(held.request_id), InProgress)
+            with pytest.raises(errors.StoreFullError, match="no space left") as refused:
+                client.submit(endpoint, {"key": "refused"})
+            assert refused.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+
+            filler.unlink()
+            wait_for(lambda: health(server.address) == SERVING, timeout=20,
+                     what="health SERVING again")
+            done = client.wait(held.request_id, timeout=30)
+            assert done.output["data"] == "x" * BIG
+            after = client.submit(endpoint, {"key": "after"})
+            assert client.wait(after.request_id, timeout=30).output["key"] == "after"
+
+        server.kill()  # the result was stored: the restarted server does not run it again
+        server.start()
+        with SyncClient(server.address) as client:
+            status = client.status(held.request_id)
+            assert isinstance(status, Completed)
+            assert client.result(held.request_id)["data"] == "x" * BIG
+        assert sorted(p.name.split(".")[0] for p in marks.iterdir()) == ["held"]
+    finally:
+        stop_cleanly(server)

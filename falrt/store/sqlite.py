@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -71,6 +72,8 @@ CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY, at REAL NOT NULL, data
 """
 # What `probe` writes: a write of this size must fit for the store to count as writable.
 PROBE_BYTES = 16 * 1024
+# ... and its disk must have this much room left.
+PROBE_FREE_BYTES = 1024 * 1024
 # Columns added after the first release, for files created before them: (table, column).
 MIGRATIONS = {
     ("requests", "idempotency_key"): "ALTER TABLE requests ADD COLUMN idempotency_key TEXT",
@@ -123,8 +126,18 @@ class SQLiteStore:
         self._thread = None
 
     async def probe(self) -> None:
-        await self._run(lambda conn: conn.execute(
-            "INSERT OR REPLACE INTO probe VALUES (1, ?, zeroblob(?))", (time.time(), PROBE_BYTES)))
+        """A write, and then at least PROBE_FREE_BYTES free on the disk: a small write can
+        land in the WAL file's free room while the disk is still full."""
+        def write(conn: sqlite3.Connection) -> int:
+            conn.execute("INSERT OR REPLACE INTO probe VALUES (1, ?, zeroblob(?))",
+                         (time.time(), PROBE_BYTES))
+            disk = os.statvfs(self._path.parent)
+            return disk.f_bavail * disk.f_frsize
+
+        free = await self._run(write)
+        if free < PROBE_FREE_BYTES:
+            raise errors.StoreFullError(
+                f"the store's disk has {free} bytes free ({self._path.parent})")
 
     def _run(self, fn: Callable[[sqlite3.Connection], T] | _Rows) -> asyncio.Future[T]:
         if self._loop is None or self._thread is None:

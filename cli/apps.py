@@ -42,7 +42,7 @@ def apps() -> None:
 @pass_cli
 def list_apps(cli: CliContext, env: str, output: OutputFormat) -> None:
     """List the apps of an environment."""
-    with reporting_errors(cli.host), ControlClient(cli.host) as control:
+    with reporting_errors(cli.host), ControlClient(cli.host, **cli.connect) as control:
         infos = control.list_apps(env)
     print_listing(
         output, infos, "Apps",
@@ -58,7 +58,7 @@ def list_apps(cli: CliContext, env: str, output: OutputFormat) -> None:
 @pass_cli
 def get_app(cli: CliContext, name: str, output: OutputFormat) -> None:
     """Show one app, its live revision and its endpoints."""
-    with reporting_errors(cli.host), ControlClient(cli.host) as control:
+    with reporting_errors(cli.host), ControlClient(cli.host, **cli.connect) as control:
         info = control.get_app(name)
     if output == "json":
         print_json(proto_dict(info))
@@ -118,7 +118,7 @@ def scale_app(cli: CliContext, /, name: str, output: OutputFormat, **values: obj
     )
     if settings.ByteSize() == 0:
         raise click.UsageError("nothing to change: give at least one setting (see --help)")
-    with reporting_errors(cli.host), ControlClient(cli.host) as control:
+    with reporting_errors(cli.host), ControlClient(cli.host, **cli.connect) as control:
         info = control.scale_app(name, settings)
     if output == "json":
         print_json(proto_dict(info))
@@ -147,7 +147,7 @@ def print_scale(info: control_pb2.AppInfo) -> None:
 @pass_cli
 def app_runners(cli: CliContext, name: str, states: tuple[str, ...], output: OutputFormat) -> None:
     """An app's runners: counts by state, the runners, and the requests they run."""
-    with reporting_errors(cli.host), ControlClient(cli.host) as control:
+    with reporting_errors(cli.host), ControlClient(cli.host, **cli.connect) as control:
         control.get_app(name)  # NOT_FOUND for an unknown app
         infos = control.list_runners(name, state_values(states))
     if output == "json":
@@ -167,7 +167,7 @@ def app_runners(cli: CliContext, name: str, states: tuple[str, ...], output: Out
 @pass_cli
 def list_revisions(cli: CliContext, name: str, output: OutputFormat) -> None:
     """An app's revisions, newest first (the live one marked)."""
-    with reporting_errors(cli.host), ControlClient(cli.host) as control:
+    with reporting_errors(cli.host), ControlClient(cli.host, **cli.connect) as control:
         revisions = control.list_revisions(name)
     print_listing(
         output, revisions, f"Revisions of {name}",
@@ -183,7 +183,7 @@ def list_revisions(cli: CliContext, name: str, output: OutputFormat) -> None:
 @pass_cli
 def delete_revision(cli: CliContext, revision_id: str) -> None:
     """Delete a revision that is not live."""
-    with reporting_errors(cli.host), ControlClient(cli.host) as control:
+    with reporting_errors(cli.host), ControlClient(cli.host, **cli.connect) as control:
         control.delete_revision(revision_id)
     click.echo(f"deleted {revision_id}", err=True)
 
@@ -200,7 +200,7 @@ def rollback(
 ) -> None:
     """Make an earlier revision live again (no rebuild). Scale overrides of the
     runtime-tunable settings are kept; code-specific settings come from that revision."""
-    with reporting_errors(cli.host), ControlClient(cli.host) as control:
+    with reporting_errors(cli.host), ControlClient(cli.host, **cli.connect) as control:
         result = follow_deploy(
             control.rollback(name, revision_id, STRATEGIES[DeployStrategy(strategy)], auth or ""))
     stderr.print(f"{result.app_name} serves revision {result.revision_id}", style="green",
@@ -216,7 +216,7 @@ def rollback(
 def rollout(cli: CliContext, name: str, force: bool) -> None:
     """Replace every runner of the live revision (to pick up new secrets, machine types, or
     to clear a runner's state); graceful by default: replacements first, then drain."""
-    with reporting_errors(cli.host), ControlClient(cli.host) as control:
+    with reporting_errors(cli.host), ControlClient(cli.host, **cli.connect) as control:
         reply = control.rollout(name, force=force)
     if force:
         stderr.print(f"killed {len(reply.runner_ids)} runner(s)", highlight=False)
@@ -231,7 +231,7 @@ def rollout(cli: CliContext, name: str, force: bool) -> None:
 @pass_cli
 def delete_app(cli: CliContext, name: str) -> None:
     """Delete an app: its runners stop and its queued requests fail."""
-    with reporting_errors(cli.host), ControlClient(cli.host) as control:
+    with reporting_errors(cli.host), ControlClient(cli.host, **cli.connect) as control:
         control.delete_app(name)
     click.echo(f"deleted {name}", err=True)
 

@@ -77,7 +77,7 @@ def call(
     owner, _, app = endpoint_id.partition("/")
     if SEPARATOR not in app:
         endpoint_id = f"{owner}/{full_name(app, env)}"
-    with reporting_errors(cli.host), SyncClient(cli.host) as client:
+    with reporting_errors(cli.host), SyncClient(cli.host, **cli.connect) as client:
         if mode == "sync":
             print_json(client.run(endpoint_id, arguments, path=path, timeout=timeout))
         elif mode == "stream":

@@ -1,14 +1,15 @@
-"""What every command gets from the root group: where the server is."""
+"""What every command gets from the root group: where the server is, and how to reach it."""
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import click
 
+from falrt.client.connection import ConnectOptions
 from falrt.names import MAIN, full_name
 
 R = TypeVar("R")
@@ -18,7 +19,9 @@ R = TypeVar("R")
 class CliContext:
     """Global options, parsed once by the root group."""
 
-    host: str
+    host: str  # HOST:PORT, or https://HOST:PORT
+    # --tls-ca and the client certificate; passed to every client as they are
+    connect: ConnectOptions = field(default_factory=lambda: ConnectOptions())
 
 
 pass_cli = click.make_pass_decorator(CliContext)

@@ -112,7 +112,7 @@ def deploy(
             header.settings.app_auth = auth
         stderr.print(f"deploying {header.app_name} ({len(bundle.data)} bytes, "
                      f"sha256 {bundle.sha256[:12]})", highlight=False)
-        with ControlClient(cli.host) as control:
+        with ControlClient(cli.host, **cli.connect) as control:
             result = follow_deploy(control.deploy(header, bundle.data))
             kept = control.get_app(result.app_name).scale_overrides
     if output == "json":

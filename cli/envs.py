@@ -26,7 +26,7 @@ def envs() -> None:
 @pass_cli
 def create_env(cli: CliContext, name: str, description: str) -> None:
     """Create an environment (deploy into it with `falrt deploy --env NAME`)."""
-    with reporting_errors(cli.host), ControlClient(cli.host) as control:
+    with reporting_errors(cli.host), ControlClient(cli.host, **cli.connect) as control:
         control.create_environment(name, description)
     stderr.print(f"created environment {name}", highlight=False)
 
@@ -36,7 +36,7 @@ def create_env(cli: CliContext, name: str, description: str) -> None:
 @pass_cli
 def list_envs(cli: CliContext, output: OutputFormat) -> None:
     """List environments."""
-    with reporting_errors(cli.host), ControlClient(cli.host) as control:
+    with reporting_errors(cli.host), ControlClient(cli.host, **cli.connect) as control:
         infos = control.list_environments()
     print_listing(output, infos, "Environments", ["name", "description", "default", "created"],
                   lambda e: [e.name, e.description or "-", "yes" if e.is_default else "",
@@ -51,7 +51,7 @@ def delete_env(cli: CliContext, name: str, yes: bool) -> None:
     """Delete an environment with its apps, revisions and secrets."""
     if not yes:
         click.confirm(f"delete environment {name} with all its apps and secrets?", abort=True)
-    with reporting_errors(cli.host), ControlClient(cli.host) as control:
+    with reporting_errors(cli.host), ControlClient(cli.host, **cli.connect) as control:
         reply = control.delete_environment(name)
     stderr.print(f"deleted environment {name}: {len(reply.apps)} app(s), {reply.secrets} "
                  "secret(s)", highlight=False)
@@ -96,7 +96,7 @@ def set_secrets(
                                  param_hint="NAME")
     if alone:
         values[alone[0]] = _secret_value(alone[0], from_file)
-    with reporting_errors(cli.host), ControlClient(cli.host) as control:
+    with reporting_errors(cli.host), ControlClient(cli.host, **cli.connect) as control:
         names = control.set_secrets(env, values)
     stderr.print(f"set {', '.join(names)} in {env}", highlight=False)
 
@@ -107,7 +107,7 @@ def set_secrets(
 @pass_cli
 def list_secrets(cli: CliContext, env: str, output: OutputFormat) -> None:
     """List secret names (values are never shown)."""
-    with reporting_errors(cli.host), ControlClient(cli.host) as control:
+    with reporting_errors(cli.host), ControlClient(cli.host, **cli.connect) as control:
         infos = control.list_secrets(env)
     print_listing(output, infos, f"Secrets of {env}", ["name", "created", "updated"],
                   lambda s: [s.name, age(s.created_at), age(s.updated_at)])
@@ -119,7 +119,7 @@ def list_secrets(cli: CliContext, env: str, output: OutputFormat) -> None:
 @pass_cli
 def unset_secret(cli: CliContext, name: str, env: str) -> None:
     """Remove a secret (runners started from now on no longer get it)."""
-    with reporting_errors(cli.host), ControlClient(cli.host) as control:
+    with reporting_errors(cli.host), ControlClient(cli.host, **cli.connect) as control:
         control.unset_secret(env, name)
     stderr.print(f"unset {name} in {env}", highlight=False)
 
@@ -140,7 +140,7 @@ def create_key(
     cli: CliContext, scope: str, description: str, owner: str, output: OutputFormat
 ) -> None:
     """Create a key and print it (the only time it is shown)."""
-    with reporting_errors(cli.host), ControlClient(cli.host) as control:
+    with reporting_errors(cli.host), ControlClient(cli.host, **cli.connect) as control:
         reply = control.create_key(scope.upper(), description, owner)
     if output == "json":
         print_json({"key_id": reply.info.key_id, "key": reply.key, "scope": reply.info.scope,
@@ -156,7 +156,7 @@ def create_key(
 @pass_cli
 def list_keys(cli: CliContext, output: OutputFormat) -> None:
     """List keys (ids, scopes, owners; never the secrets)."""
-    with reporting_errors(cli.host), ControlClient(cli.host) as control:
+    with reporting_errors(cli.host), ControlClient(cli.host, **cli.connect) as control:
         infos = control.list_keys()
     print_listing(output, infos, "API keys",
                   ["key id", "scope", "owner", "description", "created", "revoked"],
@@ -169,7 +169,7 @@ def list_keys(cli: CliContext, output: OutputFormat) -> None:
 @pass_cli
 def revoke_key(cli: CliContext, key_id: str) -> None:
     """Revoke a key: calls with it are refused from now on."""
-    with reporting_errors(cli.host), ControlClient(cli.host) as control:
+    with reporting_errors(cli.host), ControlClient(cli.host, **cli.connect) as control:
         control.revoke_key(key_id)
     stderr.print(f"revoked {key_id}", highlight=False)
 

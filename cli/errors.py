@@ -74,7 +74,8 @@ def to_cli_error(error: FalrtError, host: str) -> CliError:
     if isinstance(error, UnavailableError):
         return ServerUnreachable(
             f"cannot reach the falrt server at {host}: is `falrt server` running? "
-            f"set --host or FALRT_HOST ({error.message})"
+            f"set --host or FALRT_HOST; a TLS server needs https://HOST:PORT and the CA "
+            f"it trusts (--tls-ca), a mutual-TLS one a client certificate ({error.message})"
         )
     if isinstance(error, NotFoundError):
         return NotFound(str(error))

@@ -22,7 +22,7 @@ def queue() -> None:
 @pass_cli
 def size(cli: CliContext, app: str, output: OutputFormat) -> None:
     """How many requests of APP wait IN_QUEUE."""
-    with reporting_errors(cli.host), ControlClient(cli.host) as control:
+    with reporting_errors(cli.host), ControlClient(cli.host, **cli.connect) as control:
         count = control.queue_size(app)
     if output == "json":
         print_json({"app": app, "size": count})
@@ -36,7 +36,7 @@ def size(cli: CliContext, app: str, output: OutputFormat) -> None:
 @pass_cli
 def flush(cli: CliContext, app: str, output: OutputFormat) -> None:
     """Cancel every queued request of APP (each completes with client_cancelled)."""
-    with reporting_errors(cli.host), ControlClient(cli.host) as control:
+    with reporting_errors(cli.host), ControlClient(cli.host, **cli.connect) as control:
         count = control.flush_queue(app)
     if output == "json":
         print_json({"app": app, "flushed": count})

@@ -23,7 +23,7 @@ def requests() -> None:
 @pass_cli
 def status(cli: CliContext, request_id: str, with_logs: bool, output: OutputFormat) -> None:
     """Show where a request stands: IN_QUEUE, IN_PROGRESS or COMPLETED."""
-    with reporting_errors(cli.host), SyncClient(cli.host) as client:
+    with reporting_errors(cli.host), SyncClient(cli.host, **cli.connect) as client:
         current = client.status(request_id, with_logs=with_logs)
     if output == "json":
         print_json(current)
@@ -52,7 +52,7 @@ def describe(status: Status) -> str:
 @pass_cli
 def result(cli: CliContext, request_id: str) -> None:
     """Print the output of a completed request as JSON (its error, if it failed)."""
-    with reporting_errors(cli.host), SyncClient(cli.host) as client:
+    with reporting_errors(cli.host), SyncClient(cli.host, **cli.connect) as client:
         print_json(client.result(request_id))
 
 
@@ -61,7 +61,7 @@ def result(cli: CliContext, request_id: str) -> None:
 @pass_cli
 def cancel(cli: CliContext, request_id: str) -> None:
     """Cancel a request; prints CANCELLATION_REQUESTED or ALREADY_COMPLETED."""
-    with reporting_errors(cli.host), SyncClient(cli.host) as client:
+    with reporting_errors(cli.host), SyncClient(cli.host, **cli.connect) as client:
         outcome = client.cancel(request_id)
     if outcome == "NOT_FOUND":
         raise NotFound(f"request {request_id} not found")

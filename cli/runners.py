@@ -49,7 +49,7 @@ def list_runners(
 ) -> None:
     """List runners (all, or one app's, or those in some states)."""
     app = full_name(app_name, env) if app_name else ""
-    with reporting_errors(cli.host), ControlClient(cli.host) as control:
+    with reporting_errors(cli.host), ControlClient(cli.host, **cli.connect) as control:
         infos = control.list_runners(app, state_values(states), env)
     if output == "json":
         print_protos(infos)
@@ -89,7 +89,7 @@ def _gpus(runner: control_pb2.RunnerInfo) -> str:
 def stop_runner(cli: CliContext, runner_id: str, replace: bool) -> None:
     """Stop a runner gracefully: it takes no new requests, finishes its in-flight ones,
     then exits (killed at the end of its termination grace period)."""
-    with reporting_errors(cli.host), ControlClient(cli.host) as control:
+    with reporting_errors(cli.host), ControlClient(cli.host, **cli.connect) as control:
         reply = control.stop_runner(runner_id, replace=replace)
     if reply.replacement_runner_id:
         stderr.print(f"starting {reply.replacement_runner_id}; {runner_id} drains once it "
@@ -103,7 +103,7 @@ def stop_runner(cli: CliContext, runner_id: str, replace: bool) -> None:
 @pass_cli
 def kill_runner(cli: CliContext, runner_id: str) -> None:
     """Kill a runner now; the requests it was running are retried."""
-    with reporting_errors(cli.host), ControlClient(cli.host) as control:
+    with reporting_errors(cli.host), ControlClient(cli.host, **cli.connect) as control:
         control.kill_runner(runner_id)
     stderr.print(f"killed {runner_id}", highlight=False)
 
@@ -116,6 +116,6 @@ def kill_runner(cli: CliContext, runner_id: str) -> None:
 @pass_cli
 def runner_logs(cli: CliContext, runner_id: str, follow: bool, tail: int) -> None:
     """Print a runner's output (its setup, prints and errors)."""
-    with reporting_errors(cli.host), ControlClient(cli.host) as control:
+    with reporting_errors(cli.host), ControlClient(cli.host, **cli.connect) as control:
         for line in control.runner_logs(runner_id, follow=follow, tail=tail):
             click.echo(line)

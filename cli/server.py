@@ -8,7 +8,9 @@ from typing import Any
 
 import click
 
-from falrt.settings import DEFAULT_LISTEN, DEFAULT_OWNER, ServerSettings
+from falrt.settings import DEFAULT_LISTEN, DEFAULT_OWNER, ServerSettings, TlsFiles
+
+from .server_tls import tls_options
 
 _DEFAULTS = ServerSettings(data_dir=Path("."))
 
@@ -67,12 +69,13 @@ _DEFAULTS = ServerSettings(data_dir=Path("."))
               callback=lambda _ctx, _param, value: _networks(value), metavar="CIDR",
               help="a network webhooks may reach although it is not public, e.g. "
                    "10.1.0.0/16 for receivers on premises (repeat for more)")
+@tls_options
 def server(
     listen: str, data_dir: Path | None, owner: str, backend: str, docker_base: str,
     registry: str, store: str, retry_backoff_base_s: float,
     retry_backoff_cap_s: float, result_retention_s: float, crash_backoff_step_s: float,
     crash_backoff_cap_s: float, gpu_inventory: Path | None, cluster_lease_s: float,
-    runner_reconnect_s: float, webhook_allow: tuple[str, ...],
+    runner_reconnect_s: float, webhook_allow: tuple[str, ...], tls: TlsFiles | None,
 ) -> None:
     """Run the falrt server until interrupted."""
     from falrt.server.main import StartupError, run  # load the server only for this command
@@ -85,6 +88,7 @@ def server(
         crash_backoff_cap_s=crash_backoff_cap_s, cluster_lease_s=cluster_lease_s,
         gpu_inventory=gpu_inventory, backend=backend, docker_base=docker_base,
         registry=registry, runner_reconnect_s=runner_reconnect_s, webhook_allow=webhook_allow,
+        tls=tls,
         ))
     except StartupError as exc:
         raise click.ClickException(f"the server cannot start: {exc}") from None

@@ -176,6 +176,14 @@ class FailedPreconditionError(FalrtError):
     error_type = "failed_precondition"
 
 
+class InsecureConnectionError(FailedPreconditionError):
+    """The client refused to send an API key over plaintext to a server that is not on this
+    machine (gRPC sends call credentials in clear only to a local address); raised before
+    any call, by the client itself."""
+
+    error_type = "insecure_connection"
+
+
 _BY_TYPE: dict[str, type[FalrtError]] = {
     cls.error_type: cls
     for cls in (
@@ -184,6 +192,7 @@ _BY_TYPE: dict[str, type[FalrtError]] = {
         NotFoundError,
         NotCompletedError,
         FailedPreconditionError,
+        InsecureConnectionError,
         AlreadyExistsError,
         UnauthenticatedError,
         PermissionDeniedError,

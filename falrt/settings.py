@@ -3,7 +3,9 @@
 `falrt server` reads its options in `cli/server.py`, each from its flag or its `FALRT_*`
 variable (click's `envvar`: FALRT_LISTEN, FALRT_DATA_DIR, FALRT_OWNER, FALRT_BACKEND,
 FALRT_DOCKER_BASE, FALRT_REGISTRY, FALRT_STORE, FALRT_RETRY_BACKOFF_S,
-FALRT_RESULT_RETENTION_S, FALRT_GPU_INVENTORY, FALRT_LEASE_S, FALRT_RECONNECT_WINDOW_S), and
+FALRT_RESULT_RETENTION_S, FALRT_GPU_INVENTORY, FALRT_LEASE_S, FALRT_RECONNECT_WINDOW_S,
+FALRT_WEBHOOK_ALLOW, FALRT_TLS_CERT, FALRT_TLS_KEY, FALRT_TLS_CLIENT_CA, FALRT_TLS_RUNNER_*,
+FALRT_TLS_SERVER_NAME), and
 passes them down in a `ServerSettings`. Durations end in `_s`, sizes in `_bytes`.
 
 These other places of the server process read `os.environ`, each for one reason:
@@ -20,9 +22,11 @@ These other places of the server process read `os.environ`, each for one reason:
   and `falrt.images.engine`) `DOCKER_HOST` and its TLS variables, asyncpg the `PG*`
   variables for what a PostgreSQL DSN leaves out.
 
-Outside the server: the clients and the CLI read `FALRT_HOST` (`falrt.client.connection`,
-`falrt --host`), `FALRT_KEY` and the credentials file's location (`falrt.client.credentials`),
-and the CLI reads `FALRT_ENV` for `--env`. The runner shim reads its environment in
+Outside the server: the clients and the CLI read `FALRT_HOST`, `FALRT_TLS_CA`,
+`FALRT_TLS_CLIENT_CERT` and `FALRT_TLS_CLIENT_KEY` (`falrt.client.connection`, `falrt --host`
+and `--tls-*`), `FALRT_KEY` and the credentials file's location (`falrt.client.credentials`),
+the CLI reads `FALRT_ENV` for `--env`, and `falrt certs dev` `XDG_CONFIG_HOME` for its default
+directory (`falrt.dev_certs`). The runner shim reads its environment in
 `shim/settings.py` and `shim/gpu_stats.py` (`CUDA_VISIBLE_DEVICES`).
 """
 
@@ -56,6 +60,22 @@ class AppDefaults(msgspec.Struct, frozen=True):
     request_timeout_s: float = 3600.0
     startup_timeout_s: float = 600.0
     termination_grace_period_s: float = 5.0
+
+
+class TlsFiles(msgspec.Struct, frozen=True):
+    """`falrt server --tls-*`: PEM files, read by `falrt.tls` (docs/security.md, "TLS")."""
+
+    cert: Path  # the server's certificate chain
+    key: Path  # its private key (never given to runners)
+    # Mutual TLS: every client (runners included) must show a certificate this CA signed.
+    client_ca: Path | None = None
+    # The roots runners verify the server with; None: the certificates of `cert`.
+    runner_ca: Path | None = None
+    # The client certificate and key runners show under mutual TLS (runner code can read them).
+    runner_cert: Path | None = None
+    runner_key: Path | None = None
+    # The name runners expect in the server's certificate; "": the host they dial.
+    server_name: str = ""
 
 
 class ServerSettings(msgspec.Struct, frozen=True):
@@ -100,6 +120,8 @@ class ServerSettings(msgspec.Struct, frozen=True):
     # Networks (CIDRs) webhooks may reach although they are not public: receivers on the
     # operator's own network (falrt/server/queue/webhook_targets.py).
     webhook_allow: tuple[str, ...] = ()
+    # TLS on the gRPC port (and for the runners' link); None: plaintext.
+    tls: TlsFiles | None = None
 
     @property
     def db_path(self) -> Path:

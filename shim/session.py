@@ -205,7 +205,7 @@ class RunnerSession:
             ("grpc.max_send_message_length", limit),
             ("grpc.max_receive_message_length", limit),
         ]
-        async with aio.insecure_channel(self._settings.server, options=options) as channel:
+        async with _channel(self._settings, options) as channel:
             self._call = runner_pb2_grpc.RunnerLinkStub(channel).Attach()
             await self.outbox.send(self._hello())
             helpers = [
@@ -581,3 +581,16 @@ async def _finish_hook(future: asyncio.Future[None], name: str, timeout_s: float
         log.warning("%s() still running after the grace period; going on", name)
     except Exception:
         log.exception("%s() raised", name)
+
+
+def _channel(settings: ShimSettings, options: list[tuple[str, Any]]) -> aio.Channel:
+    """The channel to the server: TLS verified against the roots the server gave (with the
+    runner's own certificate under mutual TLS), else plaintext."""
+    tls = settings.tls
+    if tls is None:
+        return aio.insecure_channel(settings.server, options=options)
+    credentials = grpc.ssl_channel_credentials(
+        tls.roots.encode(), tls.key.encode() or None, tls.cert.encode() or None)
+    if tls.server_name:
+        options = [*options, ("grpc.ssl_target_name_override", tls.server_name)]
+    return aio.secure_channel(settings.server, credentials, options=options)

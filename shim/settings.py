@@ -3,7 +3,8 @@
 This module reads the FALRT_* variables below (`ShimSettings.from_environ`, once at start).
 The server's backend sets those marked "required", FALRT_BUNDLE_DIR,
 FALRT_MAX_MULTIPLEXING and FALRT_GRACE_PERIOD_S; the process backend also sets
-FALRT_PARENT_PID and the docker backend FALRT_RECONNECT_S. No backend sets
+FALRT_PARENT_PID and the docker backend FALRT_RECONNECT_S; a TLS server the FALRT_TLS_*
+variables (`falrt.tls`). No backend sets
 FALRT_HEARTBEAT_S or FALRT_SYNC_HANDLERS (the process backend drops the server's own FALRT_*
 variables), so they keep their defaults unless the shim is started by hand.
 
@@ -20,6 +21,10 @@ variables), so they keep their defaults unless the shim is started by hand.
 | FALRT_SYNC_HANDLERS       | where sync handlers run: "thread", "loop", "auto"   | auto        |
 | FALRT_PARENT_PID          | die with this process (Linux; process backend)      | unset       |
 | FALRT_RECONNECT_S         | seconds to keep dialling after the stream is lost   | 0 (exit)    |
+| FALRT_TLS_ROOTS_PEM       | PEM roots to verify the server with: dial over TLS  | unset: plain|
+| FALRT_TLS_CERT_PEM        | PEM client certificate, for a mutual-TLS server     | unset       |
+| FALRT_TLS_KEY_PEM         | its private key (the runner's, never the server's)  | unset       |
+| FALRT_TLS_SERVER_NAME     | the name expected in the server's certificate       | the host    |
 
 "auto" runs sync handlers in the worker pool (see `falrt.shim.invoke` for why).
 
@@ -90,6 +95,31 @@ def _sync_mode(env: Mapping[str, str]) -> SyncMode:
     raise SettingsError(f"FALRT_SYNC_HANDLERS must be thread, loop or auto, got {raw!r}")
 
 
+class LinkTls(msgspec.Struct, frozen=True):
+    """How the runner dials a TLS server: the roots it verifies the server with and, for
+    mutual TLS, its own certificate and key (PEM text)."""
+
+    roots: str
+    cert: str = ""
+    key: str = ""
+    server_name: str = ""
+
+    def __repr__(self) -> str:  # never the key
+        return f"LinkTls(server_name={self.server_name!r}, client_cert={bool(self.cert)})"
+
+
+def _tls(env: Mapping[str, str]) -> LinkTls | None:
+    roots = env.get("FALRT_TLS_ROOTS_PEM", "")
+    cert, key = env.get("FALRT_TLS_CERT_PEM", ""), env.get("FALRT_TLS_KEY_PEM", "")
+    if not roots:
+        if cert or key:
+            raise SettingsError("FALRT_TLS_CERT_PEM needs FALRT_TLS_ROOTS_PEM")
+        return None
+    if bool(cert) != bool(key):
+        raise SettingsError("FALRT_TLS_CERT_PEM and FALRT_TLS_KEY_PEM go together")
+    return LinkTls(roots, cert, key, env.get("FALRT_TLS_SERVER_NAME", ""))
+
+
 class ShimSettings(msgspec.Struct, frozen=True):
     """Everything the shim is configured with."""
 
@@ -107,6 +137,7 @@ class ShimSettings(msgspec.Struct, frozen=True):
     # adopts its runners) instead of exiting. 0: exit at once (the process backend).
     reconnect_s: float = 0.0
     max_message_bytes: int = MAX_MESSAGE_BYTES
+    tls: LinkTls | None = None  # None: a plaintext link
 
     @classmethod
     def from_environ(cls, env: Mapping[str, str] = os.environ) -> ShimSettings:
@@ -126,4 +157,5 @@ class ShimSettings(msgspec.Struct, frozen=True):
             heartbeat_s=_number(env, "FALRT_HEARTBEAT_S", 5.0, 0.01),
             sync_handlers=_sync_mode(env),
             reconnect_s=_number(env, "FALRT_RECONNECT_S", 0.0, 0.0),
+            tls=_tls(env),
         )

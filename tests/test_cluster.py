@@ -19,7 +19,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from falrt.client import Completed, InProgress, Queued, SyncClient
+from falrt.client import Completed, InProgress, Queued, SyncClient, credentials
 from falrt.client.control import ControlClient
 from tests.harness import ServerProcess, stop_cleanly, wait_for
 from tests.postgres import fresh_database
@@ -42,9 +42,19 @@ def pair(tmp_path: Path) -> Iterator[tuple[ServerProcess, ServerProcess]]:
         try:
             for server in servers:
                 server.start()
+            share_admin_key(*servers)
             yield servers[0], servers[1]
         finally:  # a server the test killed, or that stopped itself, is not checked
             stop_cleanly(*[server for server in servers if server.is_running()])
+
+
+def share_admin_key(first: ServerProcess, second: ServerProcess) -> None:
+    """Records the admin key `first` made for `second` too: they share one store, but the
+    second found keys there and wrote none, and a key is sent only to a server it is
+    recorded for."""
+    key = credentials.key_for(first.address)
+    assert key is not None
+    credentials.save(second.address, key)
 
 
 def app_names(server: ServerProcess) -> list[str]:

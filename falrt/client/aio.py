@@ -15,7 +15,7 @@ from typing import Any, Unpack
 
 import grpc
 
-from falrt.client.connection import aio_channel, resolve_host
+from falrt.client.connection import ConnectOptions, aio_channel, resolve_target
 from falrt.client.messages import (
     CancelOutcome,
     QueueOptions,
@@ -64,8 +64,13 @@ class AsyncRequestHandle:
 class AsyncClient:
     """Calls deployed apps through the queue or directly. Close it (or use `async with`)."""
 
-    def __init__(self, host: str | None = None) -> None:
-        self.host = resolve_host(host)
+    def __init__(self, host: str | None = None, **connect: Unpack[ConnectOptions]) -> None:
+        """`host`: `HOST:PORT` or `https://HOST:PORT` (default `$FALRT_HOST`, else
+        127.0.0.1:50051); `connect`: TLS files and the API key (`ConnectOptions`).
+        Raises InsecureConnectionError rather than send a key in clear to another
+        machine."""
+        self.target = resolve_target(host, **connect)
+        self.host = self.target.address
         self._channel: grpc.aio.Channel | None = None
         # The generated stub's overload on an aio channel gives the async type.
         self._stub_cache: queue_pb2_grpc.QueueAsyncStub | None = None
@@ -73,7 +78,7 @@ class AsyncClient:
     @property
     def _stub(self) -> queue_pb2_grpc.QueueAsyncStub:
         if self._stub_cache is None:
-            self._channel = aio_channel(self.host)
+            self._channel = aio_channel(self.target)
             self._stub_cache = queue_pb2_grpc.QueueStub(self._channel)
         return self._stub_cache
 

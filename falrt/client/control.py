@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Generator, Iterator, Sequence
 from types import TracebackType
+from typing import Unpack
 
-from falrt.client.connection import channel, resolve_host
+from falrt.client.connection import ConnectOptions, channel, resolve_target
 from falrt.client.rpc_errors import translate_rpc_errors
 from falrt.v1 import control_pb2, control_pb2_grpc
 
@@ -19,9 +20,14 @@ DEPLOY_CHUNK_BYTES = 1024 * 1024
 class ControlClient:
     """Deploys apps and reads apps and runners. Close it (or use `with`)."""
 
-    def __init__(self, host: str | None = None) -> None:
-        self.host = resolve_host(host)
-        self._channel = channel(self.host)
+    def __init__(self, host: str | None = None, **connect: Unpack[ConnectOptions]) -> None:
+        """`host`: `HOST:PORT` or `https://HOST:PORT` (default `$FALRT_HOST`, else
+        127.0.0.1:50051); `connect`: TLS files and the API key (`ConnectOptions`).
+        Raises InsecureConnectionError rather than send a key in clear to another
+        machine."""
+        self.target = resolve_target(host, **connect)
+        self.host = self.target.address
+        self._channel = channel(self.target)
         self._stub = control_pb2_grpc.ControlStub(self._channel)
 
     def close(self) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Unpack
 
-from falrt.client.connection import channel, resolve_host
+from falrt.client.connection import ConnectOptions, channel, resolve_target
 from falrt.client.messages import (
     CancelOutcome,
     QueueOptions,
@@ -62,9 +62,14 @@ class RequestHandle:
 class SyncClient:
     """Calls deployed apps through the queue or directly. Close it (or use `with`)."""
 
-    def __init__(self, host: str | None = None) -> None:
-        self.host = resolve_host(host)
-        self._channel = channel(self.host)
+    def __init__(self, host: str | None = None, **connect: Unpack[ConnectOptions]) -> None:
+        """`host`: `HOST:PORT` or `https://HOST:PORT` (default `$FALRT_HOST`, else
+        127.0.0.1:50051); `connect`: TLS files and the API key (`ConnectOptions`).
+        Raises InsecureConnectionError rather than send a key in clear to another
+        machine."""
+        self.target = resolve_target(host, **connect)
+        self.host = self.target.address
+        self._channel = channel(self.target)
         self._stub = queue_pb2_grpc.QueueStub(self._channel)
 
     def close(self) -> None:

@@ -49,6 +49,7 @@ from falrt.server.tasks import Tasks
 from falrt.settings import ServerSettings
 from falrt.store import POSTGRES_SCHEMES, create_store
 from falrt.store.base import SharedStore, Store
+from falrt.tls import TlsError, runner_env, server_credentials
 from falrt.v1 import control_pb2, control_pb2_grpc, queue_pb2, queue_pb2_grpc, runner_pb2_grpc
 from falrt.vocabulary import KeyScope
 
@@ -134,6 +135,7 @@ async def serve(settings: ServerSettings) -> None:
     """Runs the server until SIGTERM or SIGINT, then stops it in order: no new calls, the
     fleet (scaling stops, runners drain or are left to the next server), the gRPC server,
     the recorder's pending writes, the cluster membership, webhooks, the store."""
+    tls = await asyncio.to_thread(_tls_credentials, settings)
     store = await _open_store(settings)
     webhook_key = await asyncio.to_thread(SigningKey.load_or_create, settings.data_dir / KEY_FILE)
     webhooks = WebhookSender(webhook_key, settings.owner,
@@ -165,7 +167,8 @@ async def serve(settings: ServerSettings) -> None:
     health_tasks = Tasks("health")
     store_health.watch(lambda _: health_tasks.spawn(_set_health(health_servicer, store_health)))
     try:
-        port = server.add_insecure_port(settings.listen)
+        port = (server.add_secure_port(settings.listen, tls) if tls is not None
+                else server.add_insecure_port(settings.listen))
     except RuntimeError as exc:
         await store.close()
         raise StartupError(f"cannot listen on {settings.listen}: {exc}") from None
@@ -184,7 +187,7 @@ async def serve(settings: ServerSettings) -> None:
     planes.recorder.start()
     log.info("loaded %d apps, %d unfinished requests, %d webhooks owed; adopted %d runners",
              len(planes.apps), requeued, owed, adopted)
-    print(f"falrt server listening on {host}:{port}", flush=True)
+    print(f"falrt server listening on {host}:{port}{' with TLS' if tls else ''}", flush=True)
     await _until_signalled()
     log.info("shutting down")
     await health_servicer.enter_graceful_shutdown()
@@ -196,6 +199,18 @@ async def serve(settings: ServerSettings) -> None:
         await cluster.close()
     await webhooks.close()
     await store.close()
+
+
+def _tls_credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:
+    """The gRPC port's TLS credentials (None: plaintext), after checking that what runners
+    will get can be read too. Blocking. Raises StartupError."""
+    if settings.tls is None:
+        return None
+    try:
+        runner_env(settings.tls)
+        return server_credentials(settings.tls)
+    except TlsError as exc:
+        raise StartupError(str(exc)) from None
 
 
 def _shared(store: Store, settings: ServerSettings) -> SharedStore | None:

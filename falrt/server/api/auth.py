@@ -44,8 +44,10 @@ CACHE_S = 2.0
 _BY_ENDPOINT = frozenset({"Submit", "Run", "Stream", "RealtimeOpen"})
 _BY_SUBMIT = frozenset({"Subscribe"})
 _BY_REQUEST = frozenset({"Watch", "GetStatus", "GetResult", "Cancel"})
-HINT = ("send `authorization: Key KEY_ID:SECRET` (the CLI and the Python client read "
-        "~/.config/falrt/credentials.json or $FALRT_KEY; `falrt keys create` makes keys)")
+HINT = ("send `authorization: Key KEY_ID:SECRET` (the CLI and the Python client send "
+        "$FALRT_KEY, else the key recorded for this server's address by `falrt login` or the "
+        "server's first start, and no key to a plaintext address of another machine; "
+        "`falrt keys create` makes keys)")
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from falrt.server.state.runners import RunnerHandle, RunnerState
 from falrt.settings import ServerSettings
 from falrt.store.base import Store
 from falrt.store.records import Revision
+from falrt.tls import TlsError, runner_env
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,8 @@ class Launcher:
 
     async def _env(self, app_name: str, revision: Revision) -> dict[str, str]:
         """What a runner of `revision` gets in its environment: the app's name and
-        environment, and the secrets of that environment (those the app lists, or all)."""
+        environment, the secrets of that environment (those the app lists, or all), and
+        with TLS what it needs to dial the server."""
         name, environment = split_name(app_name)
         env = {"FALRT_APP_NAME": name, "FALRT_ENV": environment}
         stored = {s.name: s for s in await self._store.list_secrets(environment)}
@@ -86,7 +88,17 @@ class Launcher:
         for secret_name, secret in stored.items():
             if not wanted or secret_name in wanted:
                 env[secret_name] = self._secret_box.decrypt(secret.value)
-        return env
+        return env | await self._tls_env()
+
+    async def _tls_env(self) -> dict[str, str]:
+        """What the runner needs to dial a TLS server (`falrt.tls.runner_env`); {} without
+        TLS. Raises FailedPreconditionError when a TLS file cannot be read now."""
+        if self._settings.tls is None:
+            return {}
+        try:
+            return await asyncio.to_thread(runner_env, self._settings.tls)
+        except TlsError as exc:
+            raise errors.FailedPreconditionError(str(exc)) from None
 
     async def exit_reason(self, runner: RunnerHandle) -> str:
         """Why an exited runner ended: what the backend knows (an OOM kill), else the last

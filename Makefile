@@ -5,13 +5,19 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run stop test test-fast proto lint bench bench-autoscale bench-coldstart clean
+.PHONY: run stop test test-fast fuzz proto lint bench bench-autoscale bench-coldstart clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
+
+# Node.js and tests/node's packages (the grpc-js client of tests/test_tls.py): installed
+# with apt and `npm ci` when missing (scripts/node.sh).
+NODE_STAMP := tests/node/node_modules/.installed
+$(NODE_STAMP): tests/node/package-lock.json
+	scripts/node.sh
 
 proto: $(STAMP)
 	$(BIN)/python scripts/protogen.py
@@ -31,7 +37,7 @@ stop: $(STAMP)
 # 3 or 4 workers (the torch install of test_embeddings.py is the longest path), 129 s with
 # 6, where a test that races a 2 s keep_alive failed; the whole suite ran 321 s serially.
 TEST_WORKERS ?= 3
-test: $(STAMP)
+test: $(STAMP) $(NODE_STAMP)
 	dsn=$${FALRT_TEST_POSTGRES_DSN:-$$(scripts/postgres.sh)} || exit 1; \
 	export FALRT_TEST_POSTGRES_DSN=$$dsn; status=0; \
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder \
@@ -42,6 +48,12 @@ test: $(STAMP)
 # The unit tests only: in-process, no server, database or Docker; a few seconds.
 test-fast: $(STAMP)
 	$(BIN)/pytest -m unit
+
+# The property suite (tests/test_properties.py) run long: FUZZ_EXAMPLES cases per property
+# instead of `make test`'s 20 (bench/fuzz.py; 5000 take about 40 min on 2 cores).
+FUZZ_EXAMPLES ?= 5000
+fuzz: $(STAMP)
+	$(BIN)/python bench/fuzz.py --examples $(FUZZ_EXAMPLES)
 
 lint: $(STAMP)
 	$(BIN)/ruff check falrt shim cli tests bench examples

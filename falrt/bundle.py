@@ -28,10 +28,11 @@ _SKIPPED_SUFFIXES = frozenset({".pyc", ".pyo"})
 # The runtime provides falrt itself; a checkout of it next to an app is never bundled.
 _RUNTIME_PACKAGES = frozenset({"falrt"})
 _CHUNK_BYTES = 1024 * 1024
-# An entry's path: at most this many characters, and this many per folder or file name (as
-# filesystems allow).
-MAX_NAME_CHARS = 1024
-MAX_PART_CHARS = 255
+# An entry's path: at most this many bytes, and this many per folder or file name, counted
+# as the filesystem gets them (UTF-8): Linux refuses a name part over 255 bytes, which 128
+# characters such as "é" already are.
+MAX_NAME_BYTES = 1024
+MAX_PART_BYTES = 255
 
 
 @dataclass(frozen=True)
@@ -205,10 +206,11 @@ def _checked_target(root: Path, member: tarfile.TarInfo, seen: set[str]) -> Path
             "(no links or devices)"
         )
     name = PurePosixPath(member.name)
-    if len(member.name) > MAX_NAME_CHARS or any(len(p) > MAX_PART_CHARS for p in name.parts):
+    encoded = os.fsencode(member.name)  # (ValueError for a name no filesystem can hold)
+    if len(encoded) > MAX_NAME_BYTES or any(len(p) > MAX_PART_BYTES for p in encoded.split(b"/")):
         raise InvalidArgumentError(
-            f"bundle entry {quote(member.name)}: names may have at most {MAX_NAME_CHARS} "
-            f"characters, {MAX_PART_CHARS} per folder or file name")
+            f"bundle entry {quote(member.name)}: names may have at most {MAX_NAME_BYTES} "
+            f"bytes in UTF-8, {MAX_PART_BYTES} per folder or file name")
     if not member.name or name.is_absolute() or ".." in name.parts or "\x00" in member.name:
         raise InvalidArgumentError(f"bundle entry {quote(member.name)}: path escapes the bundle")
     key = name.as_posix()

@@ -22,13 +22,16 @@ pytest-dev/pytest-xdist#1386.)
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis.database import DirectoryBasedExampleDatabase
 
-from tests.harness import ServerProcess, stop_cleanly
+from tests.harness import REPO, ServerProcess, stop_cleanly
 
 KINDS = ("unit", "e2e")
 # Markers that say a test needs something a unit test may not use.
@@ -41,6 +44,23 @@ SERVER_FIXTURES = ("server", "fresh_server")
 LONG_FIRST = ("test_embeddings.py", "test_mlp.py", "test_lifecycle.py", "test_cluster.py")
 # Where a GPU test can run: an NVIDIA driver is loaded (none in CI).
 NVIDIA_DEVICE = Path("/dev/nvidiactl")
+
+# The property suite (tests/test_properties.py) under hypothesis. `ci`, the default: few
+# cases per property, so `make test` stays short; no example database (a failure prints the
+# case and a `@reproduce_failure` blob). `fuzz` (`make fuzz`, bench/fuzz.py, which sets
+# FALRT_FUZZ_EXAMPLES): many cases, and what fails is kept under .hypothesis/ (git-ignored)
+# and replayed first by the next fuzz run. No deadline: a case's time is mostly the server's.
+settings.register_profile(
+    "ci", max_examples=20, deadline=None, database=None, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                           HealthCheck.large_base_example],
+)
+settings.register_profile(
+    "fuzz", parent=settings.get_profile("ci"),
+    max_examples=int(os.environ.get("FALRT_FUZZ_EXAMPLES", "5000")),
+    database=DirectoryBasedExampleDatabase(REPO / ".hypothesis" / "examples"),
+)
+settings.load_profile("ci")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

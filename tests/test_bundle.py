@@ -176,7 +176,9 @@ def test_unpack_counts_header_bytes_against_the_limit(tmp_path: Path, kind: byte
 
 
 def test_unpack_rejects_names_over_the_length_limits(tmp_path: Path) -> None:
-    for name in ("a" * 300 + ".py", "/".join(["d" * 100] * 11) + ".py"):
+    # (The last two are under the limits in characters, over them in bytes: "é" is 2.)
+    for name in ("a" * 300 + ".py", "/".join(["d" * 100] * 11) + ".py", "é" * 200,
+                 "/".join(["é" * 100] * 6)):
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
             info = tarfile.TarInfo(name)

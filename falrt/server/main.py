@@ -27,8 +27,10 @@ from falrt.backends.base import Backend
 from falrt.backends.environments import EnvironmentBuilder, Environments, ImageEnvironments
 from falrt.client import credentials
 from falrt.gpus import GpuAllocator, discover
+from falrt.server.api import rpc
 from falrt.server.api.auth import Authenticator
 from falrt.server.api.control_service import ControlService
+from falrt.server.api.health import HealthService
 from falrt.server.api.queue_service import QueueService
 from falrt.server.api.runner_link import RunnerLinkService
 from falrt.server.control.apps import AppControl
@@ -274,7 +276,7 @@ def _grpc_server(
         guard=authenticator.control_guard), handlers)
     runner_pb2_grpc.add_RunnerLinkServicer_to_server(
         RunnerLinkService(planes.fleet, planes.dispatcher, sid), handlers)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = HealthService()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, handlers)
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection.aio.ReflectionServicer(
         (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME)), handlers)
@@ -288,16 +290,23 @@ class _GenericHandlersOnly:
     waits on all of them with `asyncio.wait` (adding and removing a callback on each):
     with falrt's ~60 methods that was 8% of the server's CPU under a submit load (py-spy),
     a cost the bare echo it is measured against does not pay. With generic handlers only,
-    it waits on one future, and a call's handler is found by its service's dict lookup."""
+    it waits on one future, and a call's handler is found by its service's dict lookup.
+
+    The generic handler is made here from the method handlers, each made `rpc.tolerant`: a
+    unary request that does not parse reaches the method, which answers INVALID_ARGUMENT
+    (gRPC would answer UNKNOWN and log a traceback, for anyone, before any check)."""
 
     def __init__(self, server: aio.Server) -> None:
         self._server = server
 
     def add_generic_rpc_handlers(self, handlers: Any) -> None:
-        self._server.add_generic_rpc_handlers(handlers)
+        return None  # made from the method handlers, added next with them
 
     def add_registered_method_handlers(self, service: str, handlers: Any) -> None:
-        return None  # the generic handler added with them serves the same methods
+        own = service.startswith("falrt.")
+        tolerant = {name: rpc.tolerant(handler, own=own) for name, handler in handlers.items()}
+        self._server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(service, tolerant),))
 
 
 async def _set_health(health_servicer: Any, store_health: StoreHealth) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 from grpc import aio
@@ -92,7 +92,7 @@ class ControlService(control_pb2_grpc.ControlServicer):
     ) -> control_pb2.ListRunnersResponse:
         if request.app_name:
             self._app(request.app_name)
-        states = {RunnerState(s) for s in request.states if s}
+        states = _runner_states(request.states)
         runners = [*self._fleet.runners.values()]
         if RunnerState.TERMINATED in states:
             runners.extend(self._fleet.ended)
@@ -338,3 +338,15 @@ class ControlService(control_pb2_grpc.ControlServicer):
                      if r.state is not RunnerState.TERMINATED)
         return control_convert.app_info(app, owner=self._owner, active_runners=active,
                                         queue_size=self._scheduler.queue_size(app.name))
+
+
+def _runner_states(values: Iterable[int]) -> set[RunnerState]:
+    """The states a ListRunners request filters on (0, unspecified, is ignored). Raises
+    InvalidArgumentError for a number the contract has no state for."""
+    known = {state.value for state in RunnerState}
+    unknown = sorted({value for value in values if value and value not in known})
+    if unknown:
+        raise errors.InvalidArgumentError(
+            f"unknown runner states {unknown[:5]}: RunnerState numbers are {min(known)} to "
+            f"{max(known)}")
+    return {RunnerState(value) for value in values if value}

@@ -2,7 +2,10 @@
 
 `unary` and `server_stream` wrap servicer methods: a FalrtError raised inside becomes a
 gRPC status with its code, its message, and trailing metadata `falrt-error-type` and
-`falrt-error-bin` (the ErrorInfo). Any other exception is logged and becomes INTERNAL.
+`falrt-error-bin` (the ErrorInfo); so does a DecodeError (a message of a request stream
+that does not parse, met while the method reads the stream), as INVALID_ARGUMENT, and a
+unary request that does not parse (an `Unparsable`, which `tolerant` handlers hand over
+instead of letting gRPC answer UNKNOWN). Any other exception is logged and becomes INTERNAL.
 When the servicer has a `guard` (see falrt/server/auth.py), it runs first, with the
 method's name, the request (the request iterator for client streams) and the context.
 """
@@ -10,11 +13,13 @@ method's name, the request (the request iterator for client streams) and the con
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc import aio
 
 from falrt import errors
@@ -36,10 +41,58 @@ async def abort(context: aio.ServicerContext[Any, Any], info: common_pb2.ErrorIn
 
 
 async def _fail(context: aio.ServicerContext[Any, Any], exc: Exception) -> None:
+    if isinstance(exc, DecodeError):  # a message of a request stream that does not parse
+        exc = errors.InvalidArgumentError(f"a request message does not parse: {exc}")
     if isinstance(exc, errors.FalrtError):
         await abort(context, errors.to_proto(exc))
     log.exception("unexpected error in %s", type(exc).__name__)
     await abort(context, errors.to_proto(errors.InternalError("internal error; see server log")))
+
+
+class Unparsable:
+    """A unary request whose bytes do not parse, as a `tolerant` handler hands it over."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: DecodeError) -> None:
+        self.error = error
+
+    def invalid(self) -> errors.InvalidArgumentError:
+        return errors.InvalidArgumentError(f"the request message does not parse: {self.error}")
+
+
+def tolerant(handler: Any, *, own: bool = True) -> Any:
+    """`handler` (a grpc.RpcMethodHandler), but a request that does not parse is answered
+    INVALID_ARGUMENT instead of gRPC's UNKNOWN and a logged traceback, for anyone, before
+    any of falrt's code (the guard included) runs. A unary request reaches the method as an
+    `Unparsable` (which `unary` and `server_stream` answer). A request stream is parsed as
+    the method reads it: falrt's own methods (`own`) answer a DecodeError themselves
+    (`_fail`, and RunnerLink.Attach); another's (reflection) is wrapped here."""
+    if handler.request_streaming:
+        behavior = handler.stream_stream
+        if own or behavior is None or not inspect.isasyncgenfunction(behavior):
+            return handler
+
+        async def stream(requests: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+            try:
+                async for response in behavior(requests, context):
+                    yield response
+            except DecodeError as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    f"a request message does not parse: {exc}")
+
+        return handler._replace(stream_stream=stream)  # (a namedtuple)
+    parse = handler.request_deserializer
+    if parse is None:
+        return handler
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except DecodeError as exc:
+            return Unparsable(exc)
+
+    return handler._replace(request_deserializer=deserialize)
 
 
 def unary(
@@ -50,6 +103,8 @@ def unary(
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Req, context: aio.ServicerContext[Req, Resp]) -> Resp:
         try:
+            if isinstance(request, Unparsable):
+                raise request.invalid()
             guard: Guard | None = getattr(self, "guard", None)
             if guard is not None:
                 await guard(name, request, context)
@@ -73,6 +128,8 @@ def server_stream(
         self: Any, request: Req, context: aio.ServicerContext[Req, Resp]
     ) -> AsyncIterator[Resp]:
         try:
+            if isinstance(request, Unparsable):
+                raise request.invalid()
             guard: Guard | None = getattr(self, "guard", None)
             if guard is not None:
                 await guard(name, request, context)
@@ -86,4 +143,4 @@ def server_stream(
     return wrapper
 
 
-__all__ = ["abort", "grpc", "server_stream", "unary"]
+__all__ = ["Unparsable", "abort", "grpc", "server_stream", "tolerant", "unary"]

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc import aio
 
 from falrt import errors
@@ -67,6 +68,9 @@ class RunnerLinkService(runner_pb2_grpc.RunnerLinkServicer):
             first = await asyncio.wait_for(anext(messages), HELLO_TIMEOUT_S)
         except (TimeoutError, StopAsyncIteration):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "expected Hello first")
+        except DecodeError as exc:  # (anyone may dial in: no traceback logged)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"the first message does not parse: {exc}")
         if first.WhichOneof("event") != "hello":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "expected Hello first")
         hello = first.hello

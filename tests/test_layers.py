@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = {"falrt": ROOT / "falrt", "falrt.shim": ROOT / "shim", "falrt.cli": ROOT / "cli"}
 # The server's layers, lowest first: a module may import its own layer and those below
 # (`webhooks` only keeps an old import path of `verify` working).
-LAYERS = [("tasks", "webhooks"), ("state",), ("fleet",), ("queue",), ("control",), ("api",),
-          ("main",)]
+LAYERS = [("tasks", "webhooks"), ("state",), ("fleet",), ("queue",), ("control",),
+          ("api", "http"), ("main",)]
 MAX_SERVER_LINES = 450
 
 

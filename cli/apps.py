@@ -1,17 +1,20 @@
-"""`falrt apps list|get|scale|runners|revisions|delete-rev|rollback|rollout|delete`."""
+"""`falrt apps list|get|openapi|scale|runners|revisions|delete-rev|rollback|rollout|delete`."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
+from falrt import openapi
 from falrt.client.control import ControlClient
 from falrt.sdk.endpoints import EndpointKind
 from falrt.v1 import control_pb2
-from falrt.vocabulary import DeployStrategy
+from falrt.vocabulary import AppAuth, DeployStrategy
 
 from .context import CliContext, app_argument, env_option, pass_cli
 from .deploy import AUTH_MODES, STRATEGIES, follow_deploy, strategy_option
@@ -69,6 +72,31 @@ def get_app(cli: CliContext, name: str, output: OutputFormat) -> None:
                  f"{info.queue_size} queued", highlight=False)
     print_table("Endpoints", ["path", "method", "kind"],
                 [[e.path, e.name, _kind_name(e.kind)] for e in info.endpoints])
+
+
+@apps.command("openapi")
+@app_argument()
+@click.option("--output", "output_file", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="write the document to this file instead of stdout")
+@click.option("--server-url", default="",
+              help="the gateway's URL, e.g. https://falrt.example.com:8443 (the document's "
+                   "server; none when not given)")
+@pass_cli
+def app_openapi(cli: CliContext, name: str, output_file: Path | None, server_url: str) -> None:
+    """Print the app's OpenAPI document (the gateway serves the same one at
+    /OWNER/APP/openapi.json)."""
+    with reporting_errors(cli.host), ControlClient(cli.host, **cli.connect) as control:
+        info = control.get_app(name)
+    document = openapi.build(info.endpoint_id, info.endpoints, auth=info.auth or AppAuth.PRIVATE,
+                             version=info.revision_id, server_url=server_url)
+    if output_file is None:
+        print_json(document)
+        return
+    try:
+        output_file.write_text(json.dumps(document, indent=2) + "\n")
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {output_file}: {exc.strerror}") from None
+    click.echo(f"wrote {output_file}", err=True)
 
 
 # `falrt apps scale` flags: (flag, AppSettings field, type, help).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
 
@@ -69,13 +70,28 @@ _DEFAULTS = ServerSettings(data_dir=Path("."))
               callback=lambda _ctx, _param, value: _networks(value), metavar="CIDR",
               help="a network webhooks may reach although it is not public, e.g. "
                    "10.1.0.0/16 for receivers on premises (repeat for more)")
+@click.option("--http-listen", "http_listen", envvar="FALRT_HTTP_LISTEN", default="",
+              metavar="HOST:PORT",
+              help="serve fal's HTTP APIs here too: the direct API at the root, the queue API "
+                   "under /queue (HTTPS with --tls-cert; plain HTTP on loopback only). Off "
+                   "by default (env FALRT_HTTP_LISTEN; docs/http.md)")
+@click.option("--http-queue-listen", "http_queue_listen", envvar="FALRT_HTTP_QUEUE_LISTEN",
+              default="", metavar="HOST:PORT",
+              help="a second HTTP listener serving the queue API at its root, for a "
+                   "queue host name of its own (env FALRT_HTTP_QUEUE_LISTEN)")
+@click.option("--public-url", "public_url", envvar="FALRT_PUBLIC_URL", default="",
+              metavar="URL", callback=lambda _ctx, _param, value: _public_url(value),
+              help="the URL callers reach --http-listen at (behind a reverse proxy), for the "
+                   "status_url and response_url the queue API returns; default: each "
+                   "call's scheme and Host (env FALRT_PUBLIC_URL)")
 @tls_options
 def server(
     listen: str, data_dir: Path | None, owner: str, backend: str, docker_base: str,
     registry: str, store: str, retry_backoff_base_s: float,
     retry_backoff_cap_s: float, result_retention_s: float, crash_backoff_step_s: float,
     crash_backoff_cap_s: float, gpu_inventory: Path | None, cluster_lease_s: float,
-    runner_reconnect_s: float, webhook_allow: tuple[str, ...], tls: TlsFiles | None,
+    runner_reconnect_s: float, webhook_allow: tuple[str, ...], http_listen: str,
+    http_queue_listen: str, public_url: str, tls: TlsFiles | None,
 ) -> None:
     """Run the falrt server until interrupted."""
     from falrt.server.main import StartupError, run  # load the server only for this command
@@ -88,7 +104,8 @@ def server(
         crash_backoff_cap_s=crash_backoff_cap_s, cluster_lease_s=cluster_lease_s,
         gpu_inventory=gpu_inventory, backend=backend, docker_base=docker_base,
         registry=registry, runner_reconnect_s=runner_reconnect_s, webhook_allow=webhook_allow,
-        tls=tls,
+        tls=tls, http_listen=http_listen, http_queue_listen=http_queue_listen,
+        public_url=public_url,
         ))
     except StartupError as exc:
         raise click.ClickException(f"the server cannot start: {exc}") from None
@@ -102,6 +119,17 @@ def build_settings(
     if data_dir is not None:
         overrides["data_dir"] = data_dir.expanduser().resolve()
     return ServerSettings(**overrides)
+
+
+def _public_url(value: str) -> str:
+    """--public-url, checked to be an absolute http(s) URL; kept without a trailing slash."""
+    if not value:
+        return ""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
+        raise click.BadParameter("give an absolute URL such as https://falrt.example.com",
+                                 param_hint="--public-url")
+    return value.rstrip("/")
 
 
 def _networks(values: tuple[str, ...]) -> tuple[str, ...]:

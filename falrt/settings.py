@@ -5,7 +5,7 @@ variable (click's `envvar`: FALRT_LISTEN, FALRT_DATA_DIR, FALRT_OWNER, FALRT_BAC
 FALRT_DOCKER_BASE, FALRT_REGISTRY, FALRT_STORE, FALRT_RETRY_BACKOFF_S,
 FALRT_RESULT_RETENTION_S, FALRT_GPU_INVENTORY, FALRT_LEASE_S, FALRT_RECONNECT_WINDOW_S,
 FALRT_WEBHOOK_ALLOW, FALRT_TLS_CERT, FALRT_TLS_KEY, FALRT_TLS_CLIENT_CA, FALRT_TLS_RUNNER_*,
-FALRT_TLS_SERVER_NAME), and
+FALRT_TLS_SERVER_NAME, FALRT_HTTP_LISTEN, FALRT_HTTP_QUEUE_LISTEN, FALRT_PUBLIC_URL), and
 passes them down in a `ServerSettings`. Durations end in `_s`, sizes in `_bytes`.
 
 These other places of the server process read `os.environ`, each for one reason:
@@ -120,8 +120,15 @@ class ServerSettings(msgspec.Struct, frozen=True):
     # Networks (CIDRs) webhooks may reach although they are not public: receivers on the
     # operator's own network (falrt/server/queue/webhook_targets.py).
     webhook_allow: tuple[str, ...] = ()
-    # TLS on the gRPC port (and for the runners' link); None: plaintext.
+    # TLS on the gRPC port (and for the runners' link), and HTTPS on the HTTP ports; None:
+    # plaintext (HTTP then only on a loopback address).
     tls: TlsFiles | None = None
+    # The HTTP edge (docs/http.md): HOST:PORT of fal's queue and direct APIs ("": off), of
+    # a second listener serving the queue API at its root ("": none), and the URL callers
+    # reach the first at, for the URLs the queue API returns ("": each call's scheme and Host).
+    http_listen: str = ""
+    http_queue_listen: str = ""
+    public_url: str = ""
 
     @property
     def db_path(self) -> Path:

@@ -67,6 +67,8 @@ class ServerProcess:
         self.proc: subprocess.Popen[str] | None = None
         self.address = ""
         self.tag = uuid.uuid4().hex  # marks this server's runners; see TAG_VARIABLE
+        self.output: list[str] = []  # the lines of stdout read so far
+        self._lines: queue.SimpleQueue[str | None] | None = None
 
     def start(self, timeout: float = 30.0) -> ServerProcess:
         """Starts the server and returns once it reports its address.
@@ -83,23 +85,42 @@ class ServerProcess:
                 stdout=subprocess.PIPE, stderr=log, text=True,
                 env={**_env(), TAG_VARIABLE: self.tag},
             )
-        lines = _read_lines(self.proc)
+        self._lines = _read_lines(self.proc)
+        self.output = []  # (a restarted server prints its addresses again)
+        try:
+            match = self.wait_for_output(LISTENING, timeout)
+        except AssertionError:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.wait()
+            raise
+        self.address = f"{match.group(1)}:{match.group(2)}"
+        return self
+
+    def wait_for_output(self, pattern: re.Pattern[str], timeout: float = 30.0) -> re.Match[str]:
+        """The first match of `pattern` in a line the server printed on stdout (one already
+        read, else the next ones); fails after `timeout` seconds, and at once when the
+        server's stdout closes first. Other listeners' lines (`falrt http listening on
+        HOST:PORT`) are read with it."""
+        assert self._lines is not None, "the server was not started"
+        for line in self.output:
+            if match := pattern.search(line):
+                return match
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
             try:
-                line = lines.get(timeout=left)
+                line = self._lines.get(timeout=left)
             except queue.Empty:
                 break
             if line is None:  # stdout closed: the server exited
-                code = self.proc.wait(timeout=10)
-                raise AssertionError(f"server exited {code} before listening; log:\n{self.log()}")
-            match = LISTENING.search(line)
-            if match:
-                self.address = f"{match.group(1)}:{match.group(2)}"
-                return self
-        self.proc.kill()
-        self.proc.wait()
-        raise AssertionError(f"server did not report listening within {timeout} s; "
+                self._lines.put(None)  # for the next reader too
+                code = self.proc.wait(timeout=10) if self.proc else None
+                raise AssertionError(f"server exited {code} before printing {pattern.pattern!r}"
+                                     f"; log:\n{self.log()}")
+            self.output.append(line)
+            if match := pattern.search(line):
+                return match
+        raise AssertionError(f"server did not print {pattern.pattern!r} within {timeout} s; "
                              f"log:\n{self.log()}")
 
     def log(self) -> str:

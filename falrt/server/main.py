@@ -1,6 +1,7 @@
 """`falrt server`: assembles the store, scheduler, fleet and gRPC services, and runs them.
 
-Shutdown is ordered: stop scaling, drain runners (their in-flight requests finish while the
+Shutdown is ordered: no new calls (health NOT_SERVING, the HTTP listeners stop accepting),
+stop scaling, drain runners (their in-flight requests finish while the
 server still serves their streams), stop the gRPC server, flush store writes, close.
 """
 
@@ -10,6 +11,7 @@ import asyncio
 import logging
 import os
 import signal
+import ssl
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +42,8 @@ from falrt.server.control.keys import new_key
 from falrt.server.fleet.events import FleetEvents
 from falrt.server.fleet.fleet import Fleet
 from falrt.server.fleet.secret_box import SecretBox
+from falrt.server.http.gateway import Gateway
+from falrt.server.http.serve import HttpEdge, ListenError, check_addresses
 from falrt.server.queue.dispatch import Dispatcher
 from falrt.server.queue.recorder import Recorder
 from falrt.server.queue.requests import Requests
@@ -138,6 +142,10 @@ async def serve(settings: ServerSettings) -> None:
     fleet (scaling stops, runners drain or are left to the next server), the gRPC server,
     the recorder's pending writes, the cluster membership, webhooks, the store."""
     tls = await asyncio.to_thread(_tls_credentials, settings)
+    try:
+        check_addresses(settings)
+    except ListenError as exc:
+        raise StartupError(str(exc)) from None
     store = await _open_store(settings)
     webhook_key = await asyncio.to_thread(SigningKey.load_or_create, settings.data_dir / KEY_FILE)
     webhooks = WebhookSender(webhook_key, settings.owner,
@@ -163,7 +171,9 @@ async def serve(settings: ServerSettings) -> None:
     requeued = await planes.scheduler.load()
     admin_key = await _admin_key(store, settings)
     owed = await planes.recorder.resend_webhooks()
-    server, health_servicer = _grpc_server(settings, planes, store, sid)
+    authenticator = Authenticator(store, planes.apps, planes.scheduler, settings)
+    server, health_servicer = _grpc_server(settings, planes, store, sid, authenticator)
+    http = _http_edge(settings, planes, authenticator)
     store_health = planes.recorder.store_health
     await _set_health(health_servicer, store_health)
     health_tasks = Tasks("health")
@@ -176,10 +186,12 @@ async def serve(settings: ServerSettings) -> None:
         raise StartupError(f"cannot listen on {settings.listen}: {exc}") from None
     host = settings.listen.rpartition(":")[0]
     address = f"{_dial_host(host)}:{port}"
+    http_addresses = await _bind_http(http, store)
     # Runners of this server's previous life that still run are adopted before the first
     # of them can dial in.
     adopted = planes.fleet.open(address, await backend.survivors(planes.fleet.log_path))
     await server.start()
+    await http.start()
     if admin_key:  # the CLI and the Python client on this machine find it there
         saved = await asyncio.to_thread(credentials.save, address, admin_key)
         log.info("the admin key is in %s", saved)
@@ -189,12 +201,17 @@ async def serve(settings: ServerSettings) -> None:
     planes.recorder.start()
     log.info("loaded %d apps, %d unfinished requests, %d webhooks owed; adopted %d runners",
              len(planes.apps), requeued, owed, adopted)
+    for name, http_address in http_addresses:  # (before the gRPC line: tests read it)
+        print(f"falrt {name} listening on {http_address}{' with TLS' if tls else ''}",
+              flush=True)
     print(f"falrt server listening on {host}:{port}{' with TLS' if tls else ''}", flush=True)
     await _until_signalled()
     log.info("shutting down")
     await health_servicer.enter_graceful_shutdown()
+    http.stop_accepting()
     await health_tasks.close()
     await planes.fleet.close()
+    await http.close()
     await server.stop(grace=2.0)
     await planes.recorder.close()
     if cluster is not None:
@@ -256,11 +273,29 @@ async def _join_cluster(
     return cluster
 
 
+def _http_edge(settings: ServerSettings, planes: Planes, authenticator: Authenticator) -> HttpEdge:
+    """The HTTP listeners (none unless --http-listen or --http-queue-listen); nothing is
+    bound yet (their addresses were checked first thing)."""
+    gateway = Gateway(planes.scheduler, authenticator, planes.apps, planes.control, settings,
+                      public_url=settings.public_url.rstrip("/"))
+    return HttpEdge(gateway, settings)
+
+
+async def _bind_http(http: HttpEdge, store: Store) -> list[tuple[str, str]]:
+    """Binds the HTTP listeners (served once the gRPC server starts); returns their
+    (name, HOST:PORT). Raises StartupError."""
+    try:
+        return await asyncio.to_thread(http.bind)
+    except (ListenError, OSError, ssl.SSLError) as exc:
+        await store.close()
+        raise StartupError(f"the HTTP edge cannot start: {exc}") from None
+
+
 def _grpc_server(
     settings: ServerSettings, planes: Planes, store: Store, sid: str,
+    authenticator: Authenticator,
 ) -> tuple[aio.Server, Any]:
     size = settings.max_message_bytes
-    authenticator = Authenticator(store, planes.apps, planes.scheduler, settings)
     server = aio.server(options=[
         ("grpc.max_receive_message_length", size),
         ("grpc.max_send_message_length", size),

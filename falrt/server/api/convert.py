@@ -13,8 +13,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from falrt import errors
 from falrt.limits import MAX_DURATION_SECONDS
+from falrt.server.queue.options import CONDITIONS, check_options
 from falrt.server.queue.outcomes import SubmitOptions, Verdict
-from falrt.server.queue.webhooks import check_webhook_url
 from falrt.server.state.runners import GpuFigures, RunnerHandle
 from falrt.server.state.work import QueuedRequest
 from falrt.store.records import (
@@ -27,9 +27,6 @@ from falrt.store.records import (
     Status,
 )
 from falrt.v1 import common_pb2, control_pb2, queue_pb2, runner_pb2
-from falrt.vocabulary import RetryCondition, names
-
-CONDITIONS = frozenset(names(RetryCondition))
 
 _OPTIONAL_FIELDS = (
     "num_gpus", "keep_alive_s", "min_concurrency", "max_concurrency", "concurrency_buffer",
@@ -75,32 +72,14 @@ def seconds(value: Duration, name: str) -> float:
 
 
 def submit_options(request: queue_pb2.SubmitRequest) -> SubmitOptions:
-    """The caller's options of a Submit, checked. Raises InvalidArgumentError.
-
-    On the hot path of every Submit: fields left at their defaults (the usual case) cost
-    one presence test each.
-    """
-    retry_config: dict[str, int] = {}
-    if request.retry_config:
-        retry_config = dict(request.retry_config)
-        unknown = retry_config.keys() - CONDITIONS
-        if unknown:
-            raise errors.InvalidArgumentError(
-                f"unknown retry condition(s) {sorted(unknown)}: use {sorted(CONDITIONS)}")
-        if any(n < 0 for n in retry_config.values()):
-            raise errors.InvalidArgumentError("retry_config budgets must be >= 0")
+    """The caller's options of a Submit, checked (`falrt.server.queue.options`, the rules
+    the HTTP edge applies too). Raises InvalidArgumentError."""
     start_timeout_s = 0.0
     if request.HasField("start_timeout"):
         start_timeout_s = seconds(request.start_timeout, "start_timeout")
-    if start_timeout_s < 0 or request.max_queue_length < 0:
-        raise errors.InvalidArgumentError("start_timeout and max_queue_length must be >= 0")
-    if len(request.idempotency_key) > 256:
-        raise errors.InvalidArgumentError("idempotency_key is longer than 256 characters")
-    if request.webhook_url:
-        check_webhook_url(request.webhook_url)
-    return SubmitOptions(
+    return check_options(
         priority=priority(request.priority), no_retry=request.no_retry,
-        retry_config=retry_config, start_timeout_s=start_timeout_s,
+        retry_config=request.retry_config, start_timeout_s=start_timeout_s,
         webhook_url=request.webhook_url, max_queue_length=request.max_queue_length,
         idempotency_key=request.idempotency_key,
     )

@@ -16,7 +16,7 @@ from falrt import errors
 from falrt.server.api import convert
 from falrt.server.api.rpc import Guard, abort, server_stream, unary
 from falrt.server.queue.scheduler import Scheduler
-from falrt.server.state.work import DirectCall, QueuedRequest, RealtimeSession
+from falrt.server.state.work import DirectCall, QueuedRequest, RealtimeSession, any_done
 from falrt.store.records import Outcome, Status
 from falrt.v1 import queue_pb2, queue_pb2_grpc
 from falrt.vocabulary import CancelOutcome
@@ -90,28 +90,7 @@ class QueueService(queue_pb2_grpc.QueueServicer):
                 continue  # the request may have moved on while this update was sent
             if item.status is Status.COMPLETED:
                 return
-            await self._changed(item)
-
-    async def _changed(self, item: QueuedRequest) -> None:
-        """Waits until the request changes, or (while it is queued) its app's queue does.
-
-        One plain future woken by the signals' callbacks: no task, and cancelling this wait
-        (the caller went away) never cancels a signal other watchers share.
-        """
-        sources = self._scheduler.changes(item)
-        waiter = asyncio.get_running_loop().create_future()
-
-        def wake(_: asyncio.Future[None]) -> None:
-            if not waiter.done():
-                waiter.set_result(None)
-
-        for source in sources:
-            source.add_done_callback(wake)
-        try:
-            await waiter
-        finally:
-            for source in sources:
-                source.remove_done_callback(wake)
+            await any_done(self._scheduler.changes(item))
 
     @unary
     async def GetStatus(

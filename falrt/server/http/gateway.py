@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from falrt.limits import payload_limit
 from falrt.server.api.auth import Authenticator, Caller
 from falrt.server.control.apps import AppControl
 from falrt.server.queue.scheduler import Scheduler
@@ -32,3 +33,8 @@ class Gateway:
         without one); raises UnauthenticatedError for a bad key, as the gRPC edge does."""
         value = headers.get("authorization")
         return await self.authenticator.caller([("authorization", value)] if value else ())
+
+    @property
+    def payload_limit(self) -> int:
+        """The largest input a call may carry (falrt/limits.py), as the gRPC edge's."""
+        return payload_limit(self.settings.max_message_bytes)

@@ -15,7 +15,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from falrt.limits import LOG_BYTES, LOG_LINES, cut_line
 from falrt.server.state.transitions import TransitionTable
@@ -49,6 +49,27 @@ class Signal:
         future, self._future = self._future, None
         if future is not None and not future.done():
             future.set_result(None)
+
+
+async def any_done(sources: Sequence[asyncio.Future[Any]]) -> None:
+    """Waits until one of `sources` is done.
+
+    One plain future woken by their callbacks: no task, and cancelling this wait (its
+    caller went away) never cancels a source that other waiters share.
+    """
+    waiter = asyncio.get_running_loop().create_future()
+
+    def wake(_: asyncio.Future[Any]) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    for source in sources:
+        source.add_done_callback(wake)
+    try:
+        await waiter
+    finally:
+        for source in sources:
+            source.remove_done_callback(wake)
 
 
 @dataclass(eq=False, slots=True)

@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run stop test test-fast fuzz proto lint bench bench-autoscale bench-coldstart clean
+.PHONY: run stop test test-fast fuzz proto lint bench bench-http bench-autoscale bench-coldstart clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -63,6 +63,11 @@ bench: $(STAMP)
 	$(BIN)/python bench/overhead.py --out bench/overhead.json
 	dsn=$${FALRT_TEST_POSTGRES_DSN:-$$(scripts/postgres.sh)} && \
 	  $(BIN)/python bench/queue.py --postgres $$dsn --out bench/queue.json
+
+# The HTTP gateway next to the gRPC edge and bare gRPC and ASGI echoes: bench/http.json
+# (about a minute; bench/RESULTS.md, "HTTP gateway").
+bench-http: $(STAMP)
+	$(BIN)/python bench/gateway.py --out bench/http.json
 
 # The autoscaling picture: docs/autoscale.png and bench/autoscale.json (about 40 s).
 bench-autoscale: $(STAMP)

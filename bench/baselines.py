@@ -4,11 +4,14 @@
     python bench/baselines.py grpc-mlp   [--port 0]   # the same, running examples/mlp.py's model
     python bench/baselines.py http-echo  [--port 0]   # raw asyncio HTTP/1.1 (keep-alive), echo
     python bench/baselines.py http-mlp   [--port 0]   # the same, running the model
+    python bench/baselines.py asgi-echo  [--port 0]   # a bare ASGI callable on uvicorn, echo
 
 Each prints `listening on PORT` once it serves and runs until it is terminated. All run on
 uvloop. The model servers decode the request JSON into examples/mlp.py's `Input` (with its
 validation), run the model inline on the event loop, and encode the `Output` as JSON: the
-work falrt's runner does for one request, without falrt.
+work falrt's runner does for one request, without falrt. The ASGI server is what falrt's HTTP
+gateway stands on (uvicorn with uvloop and httptools) without any framework or routing: the
+floor of an HTTP call through that stack (bench/gateway.py).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import uvloop
@@ -89,6 +93,33 @@ async def serve_http(handle: Handler, port: int) -> None:
     server.close()
 
 
+async def serve_asgi(handle: Handler, port: int) -> None:
+    import socket
+
+    import uvicorn
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        assert scope["type"] == "http"
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        out = handle(body)
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", b"%d" % len(out))]})
+        await send({"type": "http.response.body", "body": out})
+
+    # Bound here, so that port 0 reports the port it got (uvicorn would print 0).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    config = uvicorn.Config(app, loop="none", http="httptools", lifespan="off",
+                            access_log=False, log_level="warning")
+    print(f"listening on {sock.getsockname()[1]}", flush=True)
+    await uvicorn.Server(config).serve(sockets=[sock])  # exits on SIGTERM
+
+
 async def read_http_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes] | None:
     """(head, body) of the next request on a keep-alive connection; None at its end."""
     head = await reader.readuntil(b"\r\n\r\n") if not reader.at_eof() else b""
@@ -114,6 +145,7 @@ SERVERS = {
     "grpc-mlp": (serve_grpc, mlp_handler),
     "http-echo": (serve_http, echo_handler),
     "http-mlp": (serve_http, mlp_handler),
+    "asgi-echo": (serve_asgi, echo_handler),
 }
 
 

@@ -10,7 +10,6 @@ contract these tests hold the gateway to.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import socket
 import ssl
@@ -27,13 +26,12 @@ import pytest
 from falrt.client import credentials
 from falrt.client.control import ControlClient
 from falrt.dev_certs import DevCerts, make
+from tests import https
 from tests.fifo import make_gate, release
 from tests.harness import FALRT, ServerProcess, stop_cleanly, wait_for
 
 pytestmark = pytest.mark.e2e
 
-HTTP = re.compile(r"falrt http listening on (\S+)")
-HTTP_QUEUE = re.compile(r"falrt http queue listening on (\S+)")
 HELLO = "examples/hello.py::Hello"
 
 
@@ -45,11 +43,8 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> DevCerts:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, certs: DevCerts
            ) -> Iterator[ServerProcess]:
-    root = tmp_path_factory.mktemp("http-server")
-    tls = ["--tls-cert", str(certs.path("server.pem")), "--tls-key", str(certs.path("server.key"))]
-    proc = ServerProcess(root / "data", root / "server.log", extra=[
-        *tls, "--http-listen", "127.0.0.1:0", "--http-queue-listen", "127.0.0.1:0",
-        "--webhook-allow", "127.0.0.0/8"]).start()
+    proc = https.start(tmp_path_factory.mktemp("http-server"), certs,
+                       "--http-queue-listen", "127.0.0.1:0", "--webhook-allow", "127.0.0.0/8")
     yield proc
     stop_cleanly(proc)
 
@@ -58,8 +53,8 @@ class Gateway:
     """The server's two HTTPS listeners, its keys, and an httpx client that trusts its CA."""
 
     def __init__(self, server: ServerProcess, certs: DevCerts) -> None:
-        self.url = "https://" + server.wait_for_output(HTTP).group(1)
-        self.queue_url = "https://" + server.wait_for_output(HTTP_QUEUE).group(1)
+        self.url = "https://" + https.gateway(server)
+        self.queue_url = "https://" + server.wait_for_output(https.HTTP_QUEUE_LISTENING).group(1)
         self.ca = str(certs.path("ca.pem"))
         self.client = httpx.Client(verify=ssl.create_default_context(cafile=self.ca), timeout=60)
         admin = credentials.key_for(server.address)
@@ -487,7 +482,7 @@ def test_under_mutual_tls_an_http_client_needs_a_certificate_the_ca_signed(
             "--tls-runner-key", str(certs.path("runner.key")), "--http-listen", "127.0.0.1:0"]
     proc = ServerProcess(tmp_path / "data", tmp_path / "server.log", extra=args).start()
     try:
-        url = "https://" + proc.wait_for_output(HTTP).group(1) + "/local/nothing"
+        url = "https://" + https.gateway(proc) + "/local/nothing"
         anonymous = ssl.create_default_context(cafile=str(certs.path("ca.pem")))
         with pytest.raises(httpx.TransportError):
             httpx.post(url, json={}, verify=anonymous)

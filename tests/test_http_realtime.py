@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
-import re
 import ssl
 import sys
 from collections.abc import Iterable, Iterator
@@ -29,11 +28,11 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from falrt.client import credentials
 from falrt.dev_certs import DevCerts, make
+from tests import https
 from tests.harness import ServerProcess, stop_cleanly, wait_for
 
 pytestmark = pytest.mark.e2e
 
-HTTP_LISTENING = re.compile(r"falrt http listening on (\S+)")
 CHAT = "tests/apps/chat.py::Chat"
 
 
@@ -45,18 +44,14 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> DevCerts:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, certs: DevCerts
            ) -> Iterator[ServerProcess]:
-    root = tmp_path_factory.mktemp("realtime-server")
-    tls = ["--tls-cert", str(certs.path("server.pem")), "--tls-key", str(certs.path("server.key"))]
-    proc = ServerProcess(root / "data", root / "server.log",
-                         extra=[*tls, "--http-listen", "127.0.0.1:0"]).start()
+    proc = https.start(tmp_path_factory.mktemp("realtime-server"), certs)
     yield proc
     stop_cleanly(proc)
 
 
 @pytest.fixture(scope="module")
 def gateway(server: ServerProcess) -> str:
-    """HOST:PORT of the server's HTTPS listener."""
-    return server.wait_for_output(HTTP_LISTENING).group(1)
+    return https.gateway(server)
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,11 @@ STAMP := $(VENV)/.installed
 .PHONY: run stop test test-fast fuzz proto lint bench bench-http bench-autoscale bench-coldstart clean
 
 $(STAMP): pyproject.toml
+	@echo "installing falrt and its dependencies into $(VENV) with pip (quiet; 20-60 s the first" \
+	  "time, then only again when pyproject.toml changes)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[server,dev]'
 	touch $(STAMP)
 
 # Node.js and tests/node's packages (the grpc-js client of tests/test_tls.py): installed
@@ -25,11 +27,14 @@ proto: $(STAMP)
 run: $(STAMP)
 	$(BIN)/python scripts/run_local.py
 
+# Stops the server of `make run` and the test PostgreSQL of `make test` (each if it runs).
 stop: $(STAMP)
 	$(BIN)/python scripts/run_local.py --stop
+	scripts/postgres.sh stop
 
 # The tests need a real PostgreSQL: scripts/postgres.sh starts (or reuses) a private one,
-# unless FALRT_TEST_POSTGRES_DSN already names a database. Two runs, both always made (see
+# unless FALRT_TEST_POSTGRES_DSN already names a database; it keeps running for the next run
+# (a start costs seconds), and `make stop` stops it. Two runs, both always made (see
 # tests/conftest.py): all but the `bench` and `docker` tests on TEST_WORKERS pytest-xdist
 # workers, one test file per worker at a time; then the benchmarks and the Docker tests on
 # their own, one after another. The end-to-end tests mostly wait on their servers and
@@ -43,6 +48,8 @@ test: $(STAMP) $(NODE_STAMP)
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder \
 	  -m "not bench and not docker" || status=$$?; \
 	$(BIN)/pytest -m "bench or docker" || status=$$?; \
+	[[ -n "$(FALRT_TEST_POSTGRES_DSN)" ]] || echo "The test PostgreSQL keeps running for the" \
+	  "next make test (scripts/postgres.sh, 127.0.0.1:$${FALRT_PG_PORT:-54329}); make stop stops it."; \
 	exit $$status
 
 # The unit tests only: in-process, no server, database or Docker; a few seconds.

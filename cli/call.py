@@ -117,7 +117,7 @@ class QueueReporter:
 
     def __init__(self) -> None:
         self.request_id: str | None = None
-        self._last: tuple[str, int] | None = None
+        self._last: tuple[str, int, str] | None = None
 
     def enqueued(self, request_id: str) -> None:
         self.request_id = request_id
@@ -126,17 +126,18 @@ class QueueReporter:
     def update(self, status: Status) -> None:
         match status:
             case Queued(position=position, waiting_reason=reason):
-                self._say(("queued", position), f"in queue, position {position}"
+                # Each new waiting reason is news (a startup failure, a retry's countdown),
+                # even when the position stays the same.
+                self._say(("queued", position, reason), f"in queue, position {position}"
                           + (f" ({reason})" if reason else ""))
             case InProgress(logs=logs):
-                self._say(("running", 0), "in progress")
+                self._say(("running", 0, ""), "in progress")
                 self._logs(logs)
-            case Completed(logs=logs, inference_time_s=seconds):
+            case Completed(logs=logs, error=error, inference_time_s=seconds):
                 self._logs(logs)
-                timing = f" in {seconds:.3f} s" if seconds is not None else ""
-                self._say(("done", 0), f"completed{timing}")
+                self._say(("done", 0, ""), _completion(error is not None, seconds))
 
-    def _say(self, key: tuple[str, int], text: str) -> None:
+    def _say(self, key: tuple[str, int, str], text: str) -> None:
         if key != self._last:
             self._last = key
             stderr.print(text, style="cyan", highlight=False)
@@ -144,3 +145,11 @@ class QueueReporter:
     def _logs(self, logs: tuple[LogLine, ...]) -> None:
         for line in logs:
             stderr.print(f"  {line.message}", style="dim", markup=False, highlight=False)
+
+
+def _completion(failed: bool, seconds: float | None) -> str:
+    """The last progress line: a failed request did not complete, and its (absent or zero)
+    inference time says nothing, so only a success reports one."""
+    if failed:
+        return "failed"
+    return f"completed in {seconds:.3f} s" if seconds is not None else "completed"

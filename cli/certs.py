@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from .extras import server_extra
+
 
 @click.group()
 def certs() -> None:
@@ -23,7 +25,8 @@ def certs() -> None:
 def dev(directory: Path | None, hosts: tuple[str, ...], force: bool) -> None:
     """Make a local CA, a server certificate and client certificates (for mutual TLS and
     for runners), and print how to use them. For trying TLS, not for production."""
-    from falrt import dev_certs  # cryptography loads only here
+    with server_extra("certs dev"):  # cryptography loads only here
+        from falrt import dev_certs
 
     target = (directory or dev_certs.default_dir()).expanduser().resolve()
     try:

@@ -86,12 +86,15 @@ def _pairs(items: tuple[str, ...]) -> dict[str, str]:
                    "(anyone), shared (any valid key); overrides the class's app_auth")
 @click.option("--annotation", "annotations", multiple=True, metavar="KEY=VALUE",
               help="a label stored with the revision (repeatable), e.g. commit=3f2a1c")
+@click.option("--wait", is_flag=True,
+              help="return once a runner of the new revision is ready; if its setup fails, "
+                   "exit 5 with the startup error")
 @output_option
 @pass_cli
 def deploy(
     cli: CliContext, app_ref: str, app_name: str | None, message: str, reset_scale: bool,
     strategy: str, no_cache: bool, env: str, auth: str | None, annotations: tuple[str, ...],
-    output: OutputFormat,
+    wait: bool, output: OutputFormat,
 ) -> None:
     """Deploy an app; print its endpoint id.
 
@@ -101,13 +104,14 @@ def deploy(
     path, class_name = parse_app_ref(app_ref)
     with reporting_errors(cli.host):
         cls = load_app_class(path, class_name)
-        bundle = pack(path)
+        bundle = pack(path, cls)
         header = build_header(cls, bundle, app_name=app_name, message=message)
         header.reset_scale = reset_scale
         header.strategy = STRATEGIES[DeployStrategy(strategy)]
         header.annotations.update(_pairs(annotations))
         header.environment = env
         header.no_cache = no_cache
+        header.wait = wait
         if auth:
             header.settings.app_auth = auth
         stderr.print(f"deploying {header.app_name} ({len(bundle.data)} bytes, "
@@ -121,6 +125,9 @@ def deploy(
         return
     stderr.print(f"deployed {result.app_name}, revision {result.revision_id}", style="green",
                  highlight=False)
+    if not wait:
+        stderr.print("its runners start when they are needed; `falrt deploy --wait` waits "
+                     "until one is ready", style="dim", highlight=False)
     if kept.ByteSize():
         settings = ", ".join(f"{field.name}={_text(value)}" for field, value in kept.ListFields())
         stderr.print(f"kept the settings `falrt apps scale` set: {settings} "

@@ -22,6 +22,7 @@ from falrt.errors import (
     ResourceExhaustedError,
     RunnerDisconnectedError,
     RunnerServerError,
+    StartupFailedError,
     StartupTimeoutError,
     UnavailableError,
 )
@@ -61,6 +62,7 @@ _REQUEST_FAILURES: tuple[type[FalrtError], ...] = (
     RunnerServerError,
     RequestTimeoutError,
     StartupTimeoutError,
+    StartupFailedError,
     RunnerDisconnectedError,
     RequestCancelledError,
     ResourceExhaustedError,

@@ -14,11 +14,10 @@ from pathlib import Path
 import click
 from rich.status import Status
 
-from falrt.images.base import DEFAULT_MIRROR, DEFAULT_SUITE, BaseSpec, build_base
-from falrt.images.build import EnvironmentImageBuilder
-from falrt.images.engine import ImageError
+from falrt.images import DEFAULT_MIRROR, DEFAULT_SUITE
 
 from .errors import CliError
+from .extras import server_extra
 from .render import OutputFormat, output_option, print_json, stderr, stdout
 
 registry_option = click.option(
@@ -64,6 +63,9 @@ def build_base_command(
     ca_bundle: Path | None, no_cache: bool, output: OutputFormat,
 ) -> None:
     """Build a Python base image from Debian packages (mmdebstrap; no Docker Hub needed)."""
+    with server_extra("images build-base"):  # the docker SDK loads only here
+        from falrt.images.base import BaseSpec, build_base
+        from falrt.images.engine import ImageError
     spec = BaseSpec(python=python, suite=suite, mirror=mirror,
                     ca_bundle=ca_bundle.read_bytes() if ca_bundle else None)
     try:
@@ -94,6 +96,9 @@ def build_env_command(
     output: OutputFormat,
 ) -> None:
     """Build (or reuse) the environment image for some requirements: base, shim, requirements."""
+    with server_extra("images build-env"):  # the docker SDK loads only here
+        from falrt.images.build import EnvironmentImageBuilder
+        from falrt.images.engine import ImageError
     builder = EnvironmentImageBuilder(registry=registry)
     log = (lambda line: None) if output == "json" else (lambda line: stderr.print(line,
                                                                                   markup=False))

@@ -11,6 +11,7 @@ import click
 
 from falrt.settings import DEFAULT_LISTEN, DEFAULT_OWNER, ServerSettings, TlsFiles
 
+from .extras import server_extra
 from .server_tls import tls_options
 
 _DEFAULTS = ServerSettings(data_dir=Path("."))
@@ -94,7 +95,8 @@ def server(
     http_queue_listen: str, public_url: str, tls: TlsFiles | None,
 ) -> None:
     """Run the falrt server until interrupted."""
-    from falrt.server.main import StartupError, run  # load the server only for this command
+    with server_extra("server"):  # load the server only for this command
+        from falrt.server.main import StartupError, run
 
     try:
         run(build_settings(

@@ -3,7 +3,7 @@
 offline), on the GPU when there is one, else on the CPU.
 
     falrt deploy examples/embeddings.py::Embeddings
-    falrt call local/embeddings --sync --path /embed --data '{"text": "a cat on a mat"}'
+    falrt call local/embeddings/embed --sync --data '{"text": "a cat on a mat"}'
 
 Two endpoints serve the same model:
 

@@ -7,14 +7,17 @@ inside every runner.
 
 from falrt.errors import FalrtError, RequestCancelledError, ValidationFailedError
 from falrt.sdk.app import App, RequestContext, endpoint
-from falrt.sdk.endpoints import HealthCheck
+from falrt.sdk.endpoints import HealthCheck, realtime
+from falrt.sdk.options import FalOptionWarning
 
 __all__ = [
     "App",
+    "FalOptionWarning",
     "FalrtError",
     "HealthCheck",
     "RequestCancelledError",
     "RequestContext",
     "ValidationFailedError",
     "endpoint",
+    "realtime",
 ]

@@ -1,4 +1,5 @@
-"""App bundles: a deterministic gzipped tar of an app file and its local modules.
+"""App bundles: a deterministic gzipped tar of an app file, its local modules, and the
+files its App classes add (`app_files`, `local_python_modules`: see `falrt.app_files`).
 
 `pack` runs on the deploying machine (the CLI); `unpack` runs on the server and treats the
 archive as hostile input. A bundle is content-addressed: the same files give the same bytes,
@@ -20,8 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from types import ModuleType
 
+from falrt.app_files import app_file_entries, local_module_entries
 from falrt.errors import InvalidArgumentError, quote
-from falrt.sdk.loader import import_app_file
+from falrt.sdk.app import App
+from falrt.sdk.loader import app_classes, import_app_file
 
 _SKIPPED_DIRS = frozenset({"__pycache__", ".git"})
 _SKIPPED_SUFFIXES = frozenset({".pyc", ".pyo"})
@@ -43,20 +46,35 @@ class Bundle:
     sha256: str
 
 
-def pack(app_file: Path) -> Bundle:
-    """Packs `app_file` and the local modules it imports into a deterministic bundle.
+def pack(app_file: Path, app: type[App] | None = None) -> Bundle:
+    """Packs `app_file`, the local modules it imports and the files of `app` (default: of
+    every App class the file defines) into a deterministic bundle.
 
     The app file is imported (`falrt.sdk.loader.import_app_file`) so that its local imports
     show up in `sys.modules`; every loaded module whose file lives under the app file's
-    folder is included (a package with all its files). Entries are named relative to that
-    folder. Same files -> same bytes. Raises whatever importing the app file raises.
+    folder is included (a package with all its files), then the `app_files` and
+    `local_python_modules` of the App class(es). Entries are named relative to that folder.
+    Same files -> same bytes. Raises whatever importing the app file raises, and
+    `InvalidArgumentError` for app files or modules that cannot be bundled.
     """
     app_file = app_file.resolve()
     root = app_file.parent
-    import_app_file(app_file)
-    files = sorted({app_file, *_local_module_files(root)})
-    data = _archive(root, files)
+    module = import_app_file(app_file)
+    entries = {p.relative_to(root).as_posix(): p
+               for p in {app_file, *_local_module_files(root)}}
+    for cls in [app] if app is not None else app_classes(module):
+        _add(entries, app_file_entries(root, cls))
+        _add(entries, local_module_entries(cls.local_python_modules or ()))
+    data = _archive(entries)
     return Bundle(data=data, sha256=hashlib.sha256(data).hexdigest())
+
+
+def _add(entries: dict[str, Path], more: dict[str, Path]) -> None:
+    """Adds `more`; raises `InvalidArgumentError` when a name would hold two files."""
+    for name, path in more.items():
+        if entries.setdefault(name, path) != path:
+            raise InvalidArgumentError(
+                f"bundle entry {quote(name)} would be both {entries[name]} and {path}")
 
 
 def _module_path(module: ModuleType) -> Path | None:
@@ -94,17 +112,16 @@ def _package_files(root: Path, package_dir: Path) -> set[Path]:
     return {p for p in package_dir.rglob("*") if _is_bundleable(root, p)}
 
 
-def _archive(root: Path, files: list[Path]) -> bytes:
-    """A gzipped tar of `files` (sorted by entry name) with all metadata normalised."""
+def _archive(entries: dict[str, Path]) -> bytes:
+    """A gzipped tar of `entries` (name -> file, sorted by name), all metadata normalised."""
     buffer = io.BytesIO()
     with (
         gzip.GzipFile(filename="", mode="wb", fileobj=buffer, mtime=0, compresslevel=9) as gz,
         tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
     ):
-        for path in sorted(files, key=lambda p: p.relative_to(root).as_posix()):
+        for name, path in sorted(entries.items()):
             content = path.read_bytes()
-            tar.addfile(_entry(path.relative_to(root).as_posix(), len(content)),
-                        io.BytesIO(content))
+            tar.addfile(_entry(name, len(content)), io.BytesIO(content))
     return buffer.getvalue()
 
 

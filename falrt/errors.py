@@ -4,12 +4,18 @@ Every exception carries its gRPC status code and a stable, machine-readable reas
 (`error_type`, fal's names where fal has one). This module is also the one place that maps
 errors to the wire and back: `to_proto`/`from_proto` for the ErrorInfo message that
 travels inside results, `trailing_metadata`/`from_rpc_error` for gRPC statuses.
+
+A failed call carries its error twice in its trailers: falrt's own (`falrt-error-type`, and
+`falrt-error-bin`, the ErrorInfo, which falrt's clients read), and gRPC's standard place,
+`grpc-status-details-bin`: a `google.rpc.Status` with a `google.rpc.ErrorInfo` (reason =
+`error_type`, domain `falrt.dev`) and, for field errors, a `google.rpc.BadRequest`, which
+clients in any language decode with their stock libraries (Python: `grpc_status.rpc_status`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import grpc
 
@@ -19,6 +25,11 @@ ERROR_TYPE_KEY = "falrt-error-type"
 # At most this many characters of what a caller sent are repeated in an error message.
 QUOTE_CHARS = 80
 ERROR_BIN_KEY = "falrt-error-bin"
+STATUS_DETAILS_KEY = "grpc-status-details-bin"  # gRPC's standard place (google.rpc.Status)
+ERROR_DOMAIN = "falrt.dev"  # google.rpc.ErrorInfo.domain: the reasons below are falrt's
+# Field violations the standard details repeat, in bytes: trailers have a size limit (gRPC's
+# clients refuse more than 8 KiB by default), and falrt-error-bin carries them all anyway.
+FIELD_VIOLATIONS_BYTES = 2048
 
 
 def quote(value: object, limit: int = QUOTE_CHARS) -> str:
@@ -176,6 +187,13 @@ class FailedPreconditionError(FalrtError):
     error_type = "failed_precondition"
 
 
+class StartupFailedError(FailedPreconditionError):
+    """The app's runners fail to start (its `setup()` raised, say): a call that needs one
+    now is answered with the startup error instead of waiting out its deadline."""
+
+    error_type = "startup_failed"
+
+
 class InsecureConnectionError(FailedPreconditionError):
     """The client refused to send an API key over plaintext to a server that is not on this
     machine (gRPC sends call credentials in clear only to a local address); raised before
@@ -192,6 +210,7 @@ _BY_TYPE: dict[str, type[FalrtError]] = {
         NotFoundError,
         NotCompletedError,
         FailedPreconditionError,
+        StartupFailedError,
         InsecureConnectionError,
         AlreadyExistsError,
         UnauthenticatedError,
@@ -248,8 +267,58 @@ def status_code_of(info: common_pb2.ErrorInfo) -> grpc.StatusCode:
 
 
 def trailing_metadata(info: common_pb2.ErrorInfo) -> tuple[tuple[str, str | bytes], ...]:
-    """Metadata that lets any gRPC client read the reason of a failed call."""
-    return ((ERROR_TYPE_KEY, info.error_type), (ERROR_BIN_KEY, info.SerializeToString()))
+    """Metadata that lets any gRPC client read the reason of a failed call: falrt's trailers
+    and the standard `grpc-status-details-bin`. The call's status message must be
+    `status_message(info)`, as stock decoders check that it matches the details."""
+    return (
+        (ERROR_TYPE_KEY, info.error_type),
+        (ERROR_BIN_KEY, info.SerializeToString()),
+        (STATUS_DETAILS_KEY, status_details(info)),
+    )
+
+
+def status_message(info: common_pb2.ErrorInfo) -> str:
+    """The gRPC status message of a call failed with `info`."""
+    return str(from_proto(info))
+
+
+def status_details(info: common_pb2.ErrorInfo) -> bytes:
+    """The serialized `google.rpc.Status` of a call failed with `info`: its code and message,
+    an ErrorInfo (reason, domain, metadata `grpcCode`), and a BadRequest with the field errors
+    (those that fit in FIELD_VIOLATIONS_BYTES; falrt-error-bin has every one)."""
+    # Imported here, not at the top: runner images carry this module without
+    # googleapis-common-protos, and runners never build a status.
+    from google.protobuf import any_pb2
+    from google.rpc import error_details_pb2, status_pb2
+
+    reason = error_details_pb2.ErrorInfo(
+        reason=info.error_type, domain=ERROR_DOMAIN,
+        metadata={"grpcCode": status_code_of(info).name})
+    details = [reason]
+    violations = _field_violations(info)
+    if violations:
+        details.append(error_details_pb2.BadRequest(field_violations=violations))
+    status = status_pb2.Status(code=info.grpc_code, message=status_message(info))
+    for detail in details:
+        packed = any_pb2.Any()
+        packed.Pack(detail)
+        status.details.append(packed)
+    return bytes(status.SerializeToString())
+
+
+def _field_violations(info: common_pb2.ErrorInfo) -> list[Any]:
+    from google.rpc import error_details_pb2
+
+    violations: list[Any] = []
+    size = 0
+    for field in info.field_errors:
+        violation = error_details_pb2.BadRequest.FieldViolation(
+            field=field.location, description=field.message)
+        size += violation.ByteSize()
+        if size > FIELD_VIOLATIONS_BYTES:
+            break
+        violations.append(violation)
+    return violations
 
 
 def from_rpc_error(error: grpc.RpcError) -> FalrtError:

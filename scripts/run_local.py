@@ -56,6 +56,11 @@ def falrt_command() -> str:
     return str(beside) if beside.exists() else "falrt"
 
 
+def progress(text: str) -> None:
+    """What this run is doing now, on stderr (stdout is the instructions at the end)."""
+    print(text, file=sys.stderr, flush=True)
+
+
 def display(path: str) -> str:
     """`path` relative to the repository when it lies inside it (for printed commands)."""
     with contextlib.suppress(ValueError):
@@ -113,6 +118,7 @@ def start_server(listen: str) -> tuple[int, str]:
     STATE_DIR.mkdir(parents=True, exist_ok=True)
     log_start = LOG.stat().st_size if LOG.exists() else 0
     argv = [falrt_command(), "server", "--listen", listen, "--data-dir", str(STATE_DIR)]
+    progress(f"starting a falrt server on {listen} in the background (log {display(str(LOG))})")
     with LOG.open("ab") as log:
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -167,6 +173,7 @@ def ensure_server(listen: str | None) -> tuple[int, str, bool]:
 def deploy(address: str) -> str:
     """Deploys the hello example; its endpoint id (the last line `falrt deploy` prints)."""
     env = {**os.environ, "FALRT_HOST": address}
+    progress(f"deploying {EXAMPLE} to {address}")
     try:
         done = subprocess.run(
             [falrt_command(), "deploy", EXAMPLE], cwd=REPO, env=env, stdin=subprocess.DEVNULL,

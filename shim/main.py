@@ -40,8 +40,13 @@ STATE_VAR = "FALRT_RUNNER_STATE"
 
 
 def start_app(settings: ShimSettings) -> App:
-    """Imports the entrypoint and runs `setup()`. Raises whatever user code raises."""
+    """Imports the entrypoint and runs `setup()`. Raises whatever user code raises.
+
+    The bundle dir becomes the working directory (as on fal, an app reads its `app_files`
+    by paths relative to its own file) and the first entry of sys.path.
+    """
     bundle = str(settings.bundle_dir)
+    os.chdir(bundle)
     if bundle in sys.path:
         sys.path.remove(bundle)
     sys.path.insert(0, bundle)

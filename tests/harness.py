@@ -153,11 +153,14 @@ class ServerProcess:
                 if self.proc is None or pid != self.proc.pid]
 
     def cli(
-        self, *args: str, check: bool = True, timeout: float = 300, input: str | None = None
+        self, *args: str, check: bool = True, timeout: float = 300, input: str | None = None,
+        host_last: bool = False,
     ) -> subprocess.CompletedProcess[str]:
-        """Runs the `falrt` CLI against this server (`input`: its standard input)."""
+        """Runs the `falrt` CLI against this server (`input`: its standard input); `--host`
+        goes before the subcommand, or after the arguments (`host_last`), as people type it."""
+        host = ["--host", self.address]
         result = subprocess.run(
-            [FALRT, "--host", self.address, *args], input=input,
+            [FALRT, *args, *host] if host_last else [FALRT, *host, *args], input=input,
             capture_output=True, text=True, timeout=timeout, env=_env(), cwd=REPO,
         )
         if check and result.returncode != 0:

@@ -186,3 +186,76 @@ def test_unpack_rejects_names_over_the_length_limits(tmp_path: Path) -> None:
             tar.addfile(info, io.BytesIO(b"x"))
         with pytest.raises(InvalidArgumentError, match="names may have at most 1024"):
             unpack(buffer.getvalue(), tmp_path / "out", max_bytes=1024 * 1024)
+
+
+# fal's app_files and local_python_modules
+
+
+@pytest.fixture
+def files_app(tmp_path: Path) -> Iterator[Path]:
+    """An app whose class names `app_files` (a file, a folder) and a local module elsewhere."""
+    root = tmp_path / "proj"
+    (root / "assets" / "__pycache__").mkdir(parents=True)
+    (root / "assets" / "a.txt").write_text("a\n")
+    (root / "assets" / "notes.tmp").write_text("skip\n")
+    (root / "assets" / "__pycache__" / "x.pyc").write_bytes(b"junk")
+    (root / "config.yaml").write_text("k: v\n")
+    (root / "left_out.txt").write_text("not named\n")
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "shared_pkg").mkdir(parents=True)
+    (elsewhere / "shared_pkg" / "__init__.py").write_text("X = 1\n")
+    (elsewhere / "single_mod.py").write_text("Y = 2\n")
+    (root / "files_app.py").write_text(
+        "import falrt\n\n"
+        "class Files(falrt.App):\n"
+        "    app_files = ['config.yaml', 'assets']\n"
+        "    app_files_ignore = [r'\\.tmp$', '__pycache__/']\n"
+        "    local_python_modules = ['shared_pkg', 'single_mod']\n")
+    sys.path.insert(0, str(elsewhere))
+    yield root
+    sys.path.remove(str(elsewhere))
+    for name in ("files_app", "other_app", "shared_pkg", "single_mod"):
+        sys.modules.pop(name, None)
+
+
+def test_pack_adds_app_files_minus_ignored_ones_and_local_python_modules(
+    files_app: Path,
+) -> None:
+    bundle = pack(files_app / "files_app.py")
+    assert _names(bundle.data) == [
+        "assets/a.txt", "config.yaml", "files_app.py", "shared_pkg/__init__.py",
+        "single_mod.py",
+    ]
+    assert pack(files_app / "files_app.py").sha256 == bundle.sha256
+
+
+def test_default_app_files_ignore_is_fals(files_app: Path) -> None:
+    (files_app / "other_app.py").write_text(
+        "import falrt\n\nclass Other(falrt.App):\n    app_files = ['assets']\n")
+    assert _names(pack(files_app / "other_app.py").data) == [
+        "assets/a.txt", "assets/notes.tmp", "other_app.py"]
+
+
+@pytest.mark.parametrize(("files", "context", "message"), [
+    ("['missing.txt']", None, "does not exist"),
+    ("['/etc/hostname']", None, "must be relative"),
+    ("['../outside.txt']", None, "outside the context dir"),
+    ("['outside.txt']", "'..'", "outside the app file's folder"),
+])
+def test_app_files_that_cannot_be_bundled_fail_clearly(
+    files_app: Path, files: str, context: str | None, message: str
+) -> None:
+    (files_app.parent / "outside.txt").write_text("x\n")
+    (files_app / "other_app.py").write_text(
+        f"import falrt\n\nclass Other(falrt.App):\n    app_files = {files}\n"
+        f"    app_files_context_dir = {context}\n")
+    with pytest.raises(InvalidArgumentError, match=message):
+        pack(files_app / "other_app.py")
+
+
+def test_an_unknown_local_python_module_fails_clearly(files_app: Path) -> None:
+    (files_app / "other_app.py").write_text(
+        "import falrt\n\nclass Other(falrt.App):\n"
+        "    local_python_modules = ['no_such_module_here']\n")
+    with pytest.raises(InvalidArgumentError, match="no_such_module_here"):
+        pack(files_app / "other_app.py")

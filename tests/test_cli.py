@@ -179,6 +179,55 @@ def test_the_host_can_come_from_the_environment() -> None:
     assert UNREACHABLE in result.stderr
 
 
+# --- the global options, before or after the subcommand ------------------------------------
+
+@pytest.mark.parametrize(
+    "command",
+    [["deploy"], ["call"], ["login"], ["logout"], ["apps", "list"], ["apps", "scale"],
+     ["runners", "logs"], ["requests", "status"], ["queue", "size"], ["envs", "list"],
+     ["secrets", "set"], ["keys", "create"]],
+)
+def test_every_server_command_lists_the_global_options(command: list[str]) -> None:
+    help_text = falrt(*command, "--help").stdout
+    for option in ("--host", "--tls-ca", "--tls-client-cert", "--tls-client-key"):
+        assert option in help_text
+    assert "FALRT_HOST" in help_text and "127.0.0.1:50051" in help_text
+
+
+def test_the_host_can_follow_the_subcommand() -> None:
+    result = falrt("apps", "list", "--host", UNREACHABLE, env={"FALRT_HOST": "127.0.0.1:2"})
+    assert result.exit_code == 6
+    assert f"cannot reach the falrt server at {UNREACHABLE}" in result.stderr
+
+
+def test_the_host_after_the_subcommand_wins_over_the_one_before() -> None:
+    result = falrt("--host", "127.0.0.1:2", "runners", "list", "--host", UNREACHABLE)
+    assert result.exit_code == 6
+    assert f"cannot reach the falrt server at {UNREACHABLE}" in result.stderr
+
+
+def test_the_host_before_the_subcommand_stands_when_none_follows_it() -> None:
+    result = falrt("--host", UNREACHABLE, "runners", "list", env={"FALRT_HOST": "127.0.0.1:2"})
+    assert result.exit_code == 6
+    assert f"cannot reach the falrt server at {UNREACHABLE}" in result.stderr
+
+
+def test_half_a_client_certificate_pair_after_the_subcommand_is_a_usage_error(
+    tmp_path: Path,
+) -> None:
+    pem = tmp_path / "client.pem"
+    pem.write_text("")
+    result = falrt("apps", "list", "--tls-client-cert", str(pem))
+    assert result.exit_code == 2
+    assert "--tls-client-cert and --tls-client-key go together" in result.stderr
+
+
+def test_a_call_takes_the_host_after_its_arguments(host: str) -> None:
+    result = falrt("call", "local/ok", "--data", '{"name": "x"}', "--host", host)
+    assert result.exit_code == 0, result.stderr
+    assert msgspec.json.decode(result.stdout) == {"greeting": "hi"}
+
+
 # --- calls against a server -----------------------------------------------------------------
 
 def test_a_queued_call_prints_progress_on_stderr_and_the_output_on_stdout(host: str) -> None:

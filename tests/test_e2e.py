@@ -194,6 +194,15 @@ def test_runners_and_apps_are_listed(server: ServerProcess, hello: str, gated: s
     assert any(r["app_name"] == "gated" for r in runners)
 
 
+def test_the_host_can_follow_the_subcommand(server: ServerProcess, hello: str) -> None:
+    """`falrt deploy FILE --host H`, `falrt apps list --host H`: as people type them."""
+    deployed = server.cli("deploy", "examples/hello.py::Hello", "--app-name", "hello-host-last",
+                          host_last=True)
+    assert deployed.stdout.strip().splitlines()[-1] == "local/hello-host-last"
+    apps = json.loads(server.cli("apps", "list", "--output", "json", host_last=True).stdout)
+    assert {"hello", "hello-host-last"} <= {app["name"] for app in apps}
+
+
 def test_each_revision_records_its_endpoint_schemas(server: ServerProcess, hello: str) -> None:
     app = json.loads(server.cli("apps", "get", "hello", "--output", "json").stdout)
     (endpoint,) = app["endpoints"]

@@ -337,3 +337,60 @@ def test_an_input_nested_100000_levels_deep_is_a_bad_request_naming_the_limit(
     assert "nested too deeply" in refused.value.details()
     with SyncClient(server.address) as client:
         assert client.run(endpoint, {"mode": "quiet"}) == {"mode": "quiet"}
+
+
+def _write_broken(tmp_path: Path) -> str:
+    """BROKEN_SETUP as a file; its FILE::CLASS."""
+    app_file = tmp_path / "broken_app" / "broken.py"
+    app_file.parent.mkdir()
+    app_file.write_text(BROKEN_SETUP)
+    return f"{app_file}::Broken"
+
+
+def test_deploy_wait_exits_5_with_the_startup_error_of_a_failing_setup(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    deployed = server.cli("deploy", _write_broken(tmp_path), "--app-name", "broken-wait",
+                          "--wait", check=False, timeout=120)
+    assert deployed.returncode == 5, deployed.stderr
+    assert "RuntimeError: the model file is missing" in deployed.stderr
+    assert "falrt runners logs" in deployed.stderr
+
+
+def test_deploy_wait_returns_once_a_runner_is_ready(server: ServerProcess) -> None:
+    deployed = server.cli("deploy", "examples/hello.py::Hello", "--app-name", "hello-wait",
+                          "--wait")
+    assert deployed.stdout.strip().endswith("/hello-wait")
+    runners = json.loads(
+        server.cli("runners", "list", "--app", "hello-wait", "--output", "json").stdout)
+    assert [r["state"] for r in runners] == ["RUNNER_STATE_IDLE"]
+
+
+def test_a_queued_call_shows_why_its_request_waits(server: ServerProcess, tmp_path: Path) -> None:
+    endpoint = server.deploy(_write_broken(tmp_path), "--app-name", "broken-queued")
+    called = server.cli("call", endpoint, "--data", '{"x": 1}', "--timeout", "15", check=False)
+    assert called.returncode != 0
+    assert "in queue, position 0 (runners of broken-queued fail to start" in called.stderr
+    assert "RuntimeError: the model file is missing" in called.stderr
+
+
+def test_a_direct_call_to_an_app_whose_setup_fails_answers_with_the_startup_error(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    endpoint = server.deploy(_write_broken(tmp_path), "--app-name", "broken-direct")
+    for _ in range(2):  # while the first runner starts, then while the app backs off
+        called = server.cli("call", endpoint, "--sync", "--data", '{"x": 1}', "--timeout", "60",
+                            check=False, timeout=50)
+        assert called.returncode == 5, called.stderr
+        assert "startup_failed" in called.stderr and "Deadline Exceeded" not in called.stderr
+        assert "RuntimeError: the model file is missing" in called.stderr
+
+
+def test_a_queued_call_with_invalid_input_says_failed_not_completed(
+    server: ServerProcess,
+) -> None:
+    endpoint = server.deploy("examples/hello.py::Hello", "--app-name", "hello-invalid")
+    called = server.cli("call", endpoint, "--data", '{"nom": 1}', check=False)
+    assert called.returncode == 4, called.stderr
+    assert "completed" not in called.stderr
+    assert "failed" in called.stderr

@@ -13,7 +13,7 @@ import pytest
 
 import falrt
 from falrt.errors import InvalidArgumentError, ValidationFailedError
-from falrt.sdk.app import instantiate
+from falrt.sdk.app import FalOptionWarning, instantiate
 from falrt.sdk.codec import codec_for, is_msgpack
 from falrt.sdk.context import RequestContext, request_var
 from falrt.sdk.endpoints import EndpointKind
@@ -453,3 +453,146 @@ def test_app_references_are_parsed() -> None:
     assert parse_app_ref("examples/hello.py::Hello") == ("examples/hello.py", "Hello")
     assert parse_app_ref("hello:Hello") == ("hello", "Hello")
     assert parse_app_ref("hello.py") == ("hello.py", None)
+
+
+# fal's forms (docs/porting-from-fal.md)
+
+
+class Prompt(msgspec.Struct):
+    prompt: str
+
+
+class Answer(msgspec.Struct):
+    result: str
+
+
+@pytest.mark.parametrize(("retry_config", "expected"), [
+    ({"timeout": {"retries": 0}, "server_error": {"retries": 3}},
+     {"timeout": 0, "server_error": 3}),
+    ({"timeout": 0, "connection_error": 2}, {"timeout": 0, "connection_error": 2}),
+])
+def test_retry_config_takes_fal_form_and_falrt_form(
+    retry_config: dict[str, object], expected: dict[str, int]
+) -> None:
+    class AsKeyword(falrt.App, retry_config=retry_config):
+        pass
+
+    given = retry_config
+
+    class AsAttribute(falrt.App):
+        retry_config = given
+
+    assert describe(AsKeyword).settings.retry_config == expected
+    assert describe(AsAttribute).settings.retry_config == expected
+
+
+@pytest.mark.parametrize("bad", [
+    {"timeout": {"attempts": 1}}, {"timeout": {"retries": -1}}, {"nonsense": {"retries": 1}},
+])
+def test_malformed_retry_configs_fail_at_class_creation(bad: dict[str, object]) -> None:
+    with pytest.raises((TypeError, ValueError), match="retry_config"):
+        class Bad(falrt.App, retry_config=bad):
+            pass
+
+
+def test_requirement_stages_are_flattened_in_order() -> None:
+    class Staged(falrt.App):
+        requirements = [["torch==2.5.0"], ["flash-attn", "einops"]]
+
+    assert describe(Staged).requirements == ("torch==2.5.0", "flash-attn", "einops")
+
+
+def test_mixed_requirement_forms_are_refused() -> None:
+    with pytest.raises(TypeError, match="requirements"):
+        class Mixed(falrt.App, requirements=["a", ["b"]]):
+            pass
+
+
+def test_fal_file_options_are_accepted_and_checked() -> None:
+    class Files(falrt.App, app_files=["config.json"], app_files_ignore=[r"\.tmp$"],
+                app_files_context_dir=".", local_python_modules=["helpers"]):
+        pass
+
+    assert Files.app_files == ["config.json"]
+    with pytest.raises(ValueError, match="app_files_ignore"):
+        class BadPattern(falrt.App, app_files_ignore=["(unclosed"]):
+            pass
+
+
+def test_unimplemented_fal_options_warn_and_change_nothing() -> None:
+    with pytest.warns(FalOptionWarning, match="regions is not implemented"):
+        class Regional(falrt.App, regions=["us-east"]):
+            pass
+    with pytest.warns(FalOptionWarning, match="data_mounts"):
+        class Mounted(falrt.App):
+            data_mounts = ["/data"]
+    assert describe(Regional).settings == describe(Mounted).settings
+
+
+def test_a_method_named_like_a_fal_option_is_no_option(recwarn: pytest.WarningsRecorder) -> None:
+    class Images(falrt.App):
+        @falrt.endpoint("/image")
+        def image(self, input: Prompt) -> Answer:
+            return Answer(result=input.prompt)
+
+    assert not [w for w in recwarn if issubclass(w.category, FalOptionWarning)]
+
+
+def test_private_logs_is_accepted_with_a_warning_saying_what_falrt_does() -> None:
+    with pytest.warns(FalOptionWarning, match="private_logs.*every caller"):
+        class Private(falrt.App, private_logs=True):
+            pass
+    with pytest.raises(TypeError, match="private_logs"):
+        class Wrong(falrt.App, private_logs="yes"):
+            pass
+
+
+def test_unknown_options_are_still_refused() -> None:
+    with pytest.raises(TypeError, match="unknown App option"):
+        class Typo(falrt.App, keep_alvie=3):
+            pass
+
+
+def test_fal_realtime_declares_a_realtime_endpoint_answering_each_input() -> None:
+    class Live(falrt.App):
+        @falrt.realtime("/realtime")
+        def shout(self, input: Prompt) -> Answer:
+            return Answer(result=input.prompt.upper())
+
+        with pytest.warns(FalOptionWarning, match="buffering"):
+            @falrt.realtime("/async", buffering=4)
+            async def echo(self, input: Prompt) -> Answer:
+                return Answer(result=input.prompt)
+
+    endpoints = Live.endpoints()
+    assert {p: (e.kind, e.input_type, e.output_type) for p, e in endpoints.items()} == {
+        "/realtime": (EndpointKind.REALTIME, Prompt, Answer),
+        "/async": (EndpointKind.REALTIME, Prompt, Answer),
+    }
+    app = instantiate(Live)
+
+    async def session(path: str) -> list[str]:
+        async def inputs() -> AsyncIterator[Prompt]:
+            for text in ("a", "b"):
+                yield Prompt(prompt=text)
+
+        handler = getattr(app, endpoints[path].name)
+        return [answer.result async for answer in handler(inputs())]
+
+    assert asyncio.run(session("/realtime")) == ["A", "B"]
+    assert asyncio.run(session("/async")) == ["a", "b"]
+
+
+def test_fal_realtime_refuses_options_fal_does_not_have() -> None:
+    with pytest.raises(TypeError, match="bufering"):
+        falrt.realtime("/realtime", bufering=4)
+
+
+def test_fal_realtime_keeps_falrt_session_handlers() -> None:
+    class Session(falrt.App):
+        @falrt.realtime()
+        async def chat(self, lines: AsyncIterator[Prompt]) -> AsyncIterator[Answer]:
+            async for line in lines:
+                yield Answer(result=line.prompt)
+
+    assert Session.endpoints()["/realtime"].kind is EndpointKind.REALTIME

@@ -76,11 +76,12 @@ def https(server: ServerProcess) -> str:
 
 def tls_cli(server: ServerProcess, certs: DevCerts, *args: str, mutual: bool = False,
             check: bool = True) -> subprocess.CompletedProcess[str]:
-    """The real CLI against `server` over TLS (the later --host wins over the harness's)."""
+    """The real CLI against `server` over TLS, the options after the subcommand's arguments
+    as people type them (they win over the plain --host the harness puts before it)."""
     client = (["--tls-client-cert", str(certs.path("client.pem")),
                "--tls-client-key", str(certs.path("client.key"))] if mutual else [])
-    return server.cli("--host", https(server), "--tls-ca", str(certs.path("ca.pem")), *client,
-                      *args, check=check)
+    return server.cli(*args, "--host", https(server), "--tls-ca", str(certs.path("ca.pem")),
+                      *client, check=check)
 
 
 @pytest.fixture(scope="module")

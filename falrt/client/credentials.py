@@ -20,10 +20,10 @@ A `default` entry written by older versions is never sent, and is dropped at the
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import ipaddress
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -172,9 +172,37 @@ def _read(path: Path) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
+    """Holds an exclusive lock on `path`'s `.lock` file: writers wait for each other."""
     with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        _lock(lock.fileno())
         try:
             yield
         finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+            _unlock(lock.fileno())
+
+
+# The lock modules are imported where they are used, not at the top, so that importing
+# falrt.client needs no POSIX-only module: `fcntl` on POSIX, `msvcrt` on Windows.
+if sys.platform == "win32":
+
+    def _lock(fd: int) -> None:
+        import msvcrt
+
+        msvcrt.locking(fd, msvcrt.LK_LOCK, 1)  # retries for 10 s, then raises OSError
+
+    def _unlock(fd: int) -> None:
+        import msvcrt
+
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+
+else:
+
+    def _lock(fd: int) -> None:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX)
+
+    def _unlock(fd: int) -> None:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_UN)

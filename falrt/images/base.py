@@ -20,13 +20,12 @@ from pathlib import Path
 import docker
 from docker.errors import DockerException
 
+from falrt.images import DEFAULT_MIRROR, DEFAULT_SUITE
 from falrt.images.engine import ImageError, ImageRef, LineSink, digest, engine, local_image_id
 from falrt.images.engine import push as push_image
 
 BASE_NAME = "falrt-base"
 RECIPE = "falrt-base/1"  # change when the recipe below changes, so old tags are not reused
-DEFAULT_SUITE = "bookworm"
-DEFAULT_MIRROR = "http://deb.debian.org/debian"
 SUITE_PYTHON = {"bookworm": "3.11", "trixie": "3.13"}
 PACKAGES = (
     "python3",

@@ -9,6 +9,7 @@ of range). Apps are instantiated only by the runner (`instantiate`); user code n
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -16,9 +17,15 @@ from typing import Any, ClassVar, TypeVar
 
 from falrt.sdk.context import RequestContext, request_var
 from falrt.sdk.endpoints import Endpoint, collect_endpoints, endpoint
-from falrt.sdk.options import OPTION_NAMES, kebab_case, validate_options
+from falrt.sdk.options import (
+    FAL_UNSUPPORTED,
+    OPTION_NAMES,
+    FalOptionWarning,
+    kebab_case,
+    validate_options,
+)
 
-__all__ = ["App", "RequestContext", "endpoint", "instantiate"]
+__all__ = ["App", "FalOptionWarning", "RequestContext", "endpoint", "instantiate"]
 
 A = TypeVar("A", bound="App")
 
@@ -33,7 +40,8 @@ class App:
     then in-flight requests finish, then `teardown()` once.
     """
 
-    requirements: ClassVar[list[str]] = []
+    # pip specs; fal's list of lists (install stages) is accepted and flattened in order.
+    requirements: ClassVar[list[str] | list[list[str]]] = []
     machine_type: ClassVar[str | list[str]] = "S"
     num_gpus: ClassVar[int | None] = None
     app_name: ClassVar[str | None] = None
@@ -57,11 +65,22 @@ class App:
     # The docker backend: a Dockerfile (its text) to build the app's base image from
     # (python3 with venv in it); the server adds falrt and the requirements on top.
     dockerfile: ClassVar[str | None] = None
+    # Files and folders bundled with the app (fal's app_files), relative to
+    # `app_files_context_dir` (default and, for now, only: the app file's folder); the
+    # runner's working directory is that folder. `app_files_ignore`: regular expressions
+    # searched in each path (None: fal's default, DEFAULT_APP_FILES_IGNORE).
+    app_files: ClassVar[list[str] | None] = None
+    app_files_ignore: ClassVar[list[str] | None] = None
+    app_files_context_dir: ClassVar[str | None] = None
+    # Importable modules (names) bundled with the app wherever they live locally.
+    local_python_modules: ClassVar[list[str] | None] = None
+    # fal hides request logs from non-owners; falrt does not yet (a warning says so).
+    private_logs: ClassVar[bool | None] = None
 
     __falrt_endpoints__: ClassVar[Mapping[str, Endpoint]] = {}
 
     def __init_subclass__(cls, **options: Any) -> None:
-        unknown = sorted(set(options) - OPTION_NAMES)
+        unknown = sorted(set(options) - OPTION_NAMES - set(FAL_UNSUPPORTED))
         if unknown:
             raise TypeError(f"{cls.__qualname__}: unknown App option(s) {', '.join(unknown)}")
         super().__init_subclass__()
@@ -72,6 +91,7 @@ class App:
         for name, value in options.items():
             setattr(cls, name, value)
         validate_options(cls.__qualname__, {name: getattr(cls, name) for name in OPTION_NAMES})
+        _warn_unsupported(cls)
         cls.__falrt_endpoints__ = collect_endpoints(cls)
 
     def __init__(self) -> None:
@@ -104,6 +124,27 @@ class App:
 
     def handle_exit(self) -> None:
         """Runs first on SIGTERM, while in-flight requests may still run (signal them)."""
+
+
+def unsupported_options(cls: type[App]) -> dict[str, str]:
+    """The fal options `cls` sets that falrt does not implement: name -> what to do."""
+    found = {name: why for name, why in FAL_UNSUPPORTED.items() if _sets(cls, name)}
+    if cls.private_logs:
+        found["private_logs"] = ("request logs are returned to every caller allowed to read "
+                                 "the request; falrt does not hide them from non-owners")
+    return found
+
+
+def _sets(cls: type[App], name: str) -> bool:
+    """True when `cls` gives `name` a value (an endpoint method named `image` is no option)."""
+    value = getattr(cls, name, None)
+    return value is not None and not callable(value) and not isinstance(value, property)
+
+
+def _warn_unsupported(cls: type[App]) -> None:
+    for name, why in unsupported_options(cls).items():
+        warnings.warn(f"{cls.__qualname__}: fal option {name} is not implemented by falrt and "
+                      f"is ignored: {why}", FalOptionWarning, stacklevel=3)
 
 
 @contextmanager

@@ -9,18 +9,23 @@ work as long as the names are defined in the method's module.
 
 from __future__ import annotations
 
+import asyncio
 import collections.abc
 import enum
+import functools
 import inspect
 import typing
-from collections.abc import Callable
+import warnings
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from falrt.sdk.codec import Codec, codec_for, is_model_type
+from falrt.sdk.options import FalOptionWarning
 
 __all__ = [
     "Endpoint", "EndpointKind", "HealthCheck", "collect_endpoints", "endpoint", "endpoint_path",
+    "realtime",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -159,6 +164,58 @@ def endpoint(
         return fn
 
     return mark
+
+
+_FAL_REALTIME_OPTIONS = frozenset({
+    "buffering", "session_timeout", "input_modal", "output_modal", "max_batch_size",
+    "content_type", "encode_message", "decode_message",
+})
+
+
+def realtime(path: str = "/realtime", **fal_options: Any) -> Callable[[F], F]:
+    """fal's `@fal.realtime(path)`: a realtime endpoint (`endpoint(path, realtime=True)`).
+
+    The method is either falrt's form, an async generator taking `AsyncIterator[Input]`, or
+    fal's: a method (sync or async) taking one `Input` and returning one `Output`, called
+    for each input of the session in order (a sync one in a worker thread). fal's other
+    options (`buffering`, `session_timeout`, `max_batch_size`, `content_type`, ...) are
+    accepted with a `FalOptionWarning` and ignored: falrt sessions are gRPC streams, bounded
+    by the server. Raises TypeError for an option fal does not have either.
+    """
+    unknown = sorted(set(fal_options) - _FAL_REALTIME_OPTIONS)
+    if unknown:
+        raise TypeError(f"realtime() got unknown option(s) {', '.join(unknown)}")
+    if fal_options:
+        warnings.warn(f"realtime({path!r}): fal option(s) {', '.join(sorted(fal_options))} "
+                      "are not implemented by falrt and are ignored (sessions are gRPC "
+                      "streams with the server's bounds)", FalOptionWarning, stacklevel=2)
+    mark = endpoint(path, realtime=True)
+
+    def decorate(fn: F) -> F:
+        if inspect.isasyncgenfunction(fn):
+            return mark(fn)
+        return mark(typing.cast(F, _per_message_session(fn)))
+
+    return decorate
+
+
+def _per_message_session(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """An async generator answering each input of a session with `fn(self, input)`."""
+    input_type, output_type = _io_types(fn, streams=False)
+    is_async = inspect.iscoroutinefunction(fn)
+
+    @functools.wraps(fn)
+    async def session(self: Any, inputs: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        async for item in inputs:
+            if is_async:
+                yield await fn(self, item)
+            else:
+                yield await asyncio.to_thread(fn, self, item)
+
+    del session.__wrapped__  # (so signature and type hints are the session's own)
+    session.__annotations__ = {"inputs": AsyncIterator[input_type],  # type: ignore[valid-type]
+                               "return": AsyncIterator[output_type]}  # type: ignore[valid-type]
+    return session
 
 
 def endpoint_path(obj: object) -> str | None:

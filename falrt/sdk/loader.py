@@ -24,7 +24,7 @@ from types import ModuleType
 from falrt.errors import InvalidArgumentError
 from falrt.sdk.app import App
 
-__all__ = ["import_app_file", "load_app_class", "load_app_ref", "parse_app_ref"]
+__all__ = ["app_classes", "import_app_file", "load_app_class", "load_app_ref", "parse_app_ref"]
 
 
 def parse_app_ref(ref: str) -> tuple[str, str | None]:
@@ -84,7 +84,7 @@ def _import_module(name: str) -> ModuleType:
         raise InvalidArgumentError(f"app module {name!r} not found on sys.path") from None
 
 
-def _app_classes(module: ModuleType) -> list[type[App]]:
+def app_classes(module: ModuleType) -> list[type[App]]:
     """App subclasses defined in `module` itself (not imported into it)."""
     return [
         value
@@ -98,7 +98,7 @@ def _app_classes(module: ModuleType) -> list[type[App]]:
 
 def _pick_class(module: ModuleType, class_name: str | None) -> type[App]:
     if class_name is None:
-        found = _app_classes(module)
+        found = app_classes(module)
         if len(found) != 1:
             names = ", ".join(sorted(c.__name__ for c in found)) or "none"
             raise InvalidArgumentError(

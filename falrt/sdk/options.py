@@ -14,12 +14,20 @@ from typing import Any
 from falrt.names import check_app_name
 from falrt.vocabulary import AppAuth, RetryCondition, names
 
-__all__ = ["APP_AUTH_MODES", "OPTION_NAMES", "kebab_case", "validate_options"]
+__all__ = [
+    "APP_AUTH_MODES", "DEFAULT_APP_FILES_IGNORE", "FAL_UNSUPPORTED", "OPTION_NAMES",
+    "FalOptionWarning",
+    "flat_requirements", "kebab_case", "retry_counts", "validate_options",
+]
 
 APP_AUTH_MODES = names(AppAuth)  # (kept for the SDK's callers)
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 
 Check = Callable[[str, Any], None]
+
+
+class FalOptionWarning(UserWarning):
+    """A fal option that falrt accepts but does not implement (it changes nothing)."""
 
 
 def kebab_case(class_name: str) -> str:
@@ -62,6 +70,39 @@ def _check_str_list(name: str, value: Any) -> None:
         raise TypeError(f"App option {name} must be a list of strings, got {value!r}")
 
 
+def _check_requirements(name: str, value: Any) -> None:
+    """A list of pip specs, or fal's list of lists (install stages)."""
+    if isinstance(value, list | tuple) and value and all(isinstance(v, list | tuple)
+                                                         for v in value):
+        for stage in value:
+            _check_str_list(name, stage)
+        return
+    _check_str_list(name, value)
+
+
+def flat_requirements(value: Any) -> list[str]:
+    """The pip specs of `requirements` in order, fal's stages (a list of lists) joined.
+
+    falrt installs an app's requirements with one `pip install` (one resolve, cached as one
+    environment), so stages are flattened, keeping their order.
+    """
+    if not value:
+        return []
+    if all(isinstance(v, list | tuple) for v in value):
+        return [spec for stage in value for spec in stage]
+    return list(value)
+
+
+def _check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"App option {name} must be True or False, got {value!r}")
+
+
+def _check_str(name: str, value: Any) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"App option {name} must be a string, got {value!r}")
+
+
 def _check_machine_type(name: str, value: Any) -> None:
     if isinstance(value, str):
         value = [value]
@@ -95,7 +136,19 @@ def _check_retry_config(name: str, value: Any) -> None:
         raise TypeError(f"App option {name} must be a dict of condition -> retries")
     _check_conditions(name, list(value))
     for condition, retries in value.items():
+        if isinstance(retries, Mapping):  # fal's form: {"timeout": {"retries": 0}}
+            if set(retries) != {"retries"}:
+                raise TypeError(f"App option {name}[{condition!r}] must be "
+                                f'{{"retries": N}} or N, got {retries!r}')
+            retries = retries["retries"]
         _int_at_least(0)(f"{name}[{condition!r}]", retries)
+
+
+def retry_counts(value: Mapping[str, Any] | None) -> dict[str, int]:
+    """`retry_config` as condition -> extra attempts, from falrt's form (`{"timeout": 0}`)
+    or fal's (`{"timeout": {"retries": 0}}`); the value must have passed validation."""
+    return {condition: int(retries["retries"] if isinstance(retries, Mapping) else retries)
+            for condition, retries in (value or {}).items()}
 
 
 def _check_dockerfile(name: str, value: Any) -> None:
@@ -108,8 +161,23 @@ def _check_app_auth(name: str, value: Any) -> None:
         raise ValueError(f"App option {name} must be one of {APP_AUTH_MODES}, got {value!r}")
 
 
+# fal's default `app_files_ignore`: regular expressions searched in each file's path
+# (relative to the context dir, with "/" separators).
+DEFAULT_APP_FILES_IGNORE = (r"\.pyc$", r"__pycache__/", r"\.git/", r"\.DS_Store$")
+
+
+def _check_patterns(name: str, value: Any) -> None:
+    _check_str_list(name, value)
+    for pattern in value:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"App option {name}: {pattern!r} is not a regular expression: "
+                             f"{exc}") from None
+
+
 _CHECKS: dict[str, Check] = {
-    "requirements": _check_str_list,
+    "requirements": _check_requirements,
     "machine_type": _check_machine_type,
     "num_gpus": _int_at_least(0),
     "app_name": _check_app_name,
@@ -128,6 +196,25 @@ _CHECKS: dict[str, Check] = {
     "retry_config": _check_retry_config,
     "secrets": _check_str_list,
     "dockerfile": _check_dockerfile,
+    "app_files": _check_str_list,
+    "app_files_ignore": _check_patterns,
+    "app_files_context_dir": _check_str,
+    "local_python_modules": _check_str_list,
+    "private_logs": _check_bool,
+}
+
+# fal.App attributes falrt accepts but does not implement: setting one warns (at import,
+# hence at deploy) and changes nothing. See docs/porting-from-fal.md.
+FAL_UNSUPPORTED: dict[str, str] = {
+    "regions": "falrt runs where its server runs; there are no regions",
+    "image": "use falrt's `dockerfile` (the Dockerfile's text) with the docker backend",
+    "data_mounts": "mount shared storage on the machine and pass its path in a secret",
+    "metrics_port": "falrt does not scrape a metrics port inside the runner",
+    "exposed_port": "falrt has no direct server mode; serve through endpoints",
+    "requirements_context_dir": "local-path requirements are not sent to the server",
+    "python_version": "runners use the server's Python",
+    "host_kwargs": "fal's internal host settings have no falrt meaning",
+    "kind": "falrt apps always run in a virtual environment or the docker backend",
 }
 
 OPTION_NAMES: frozenset[str] = frozenset(_CHECKS)

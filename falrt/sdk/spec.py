@@ -15,6 +15,7 @@ import msgspec
 from falrt.sdk.app import App
 from falrt.sdk.codec import json_schema
 from falrt.sdk.endpoints import Endpoint
+from falrt.sdk.options import flat_requirements, retry_counts
 
 __all__ = ["AppDescription", "AppSettingsSpec", "EndpointDescription", "describe"]
 
@@ -85,7 +86,7 @@ def _settings(cls: type[App]) -> AppSettingsSpec:
         startup_timeout_s=_float(cls.startup_timeout),
         termination_grace_period_s=_float(cls.termination_grace_period_seconds),
         skip_retry_conditions=tuple(cls.skip_retry_conditions or ()),
-        retry_config=dict(cls.retry_config or {}),
+        retry_config=retry_counts(cls.retry_config),
     )
 
 
@@ -111,7 +112,7 @@ def describe(cls: type[App]) -> AppDescription:
     return AppDescription(
         app_name=cls.resolved_app_name(),
         entrypoint=f"{cls.__module__}:{cls.__qualname__}",
-        requirements=tuple(cls.requirements),
+        requirements=tuple(flat_requirements(cls.requirements)),
         settings=_settings(cls),
         endpoints=tuple(describe_endpoint(ep) for ep in cls.endpoints().values()),
     )

@@ -325,6 +325,7 @@ class DeployHeader(_message.Message):
     ANNOTATIONS_FIELD_NUMBER: _builtins.int
     ENVIRONMENT_FIELD_NUMBER: _builtins.int
     NO_CACHE_FIELD_NUMBER: _builtins.int
+    WAIT_FIELD_NUMBER: _builtins.int
     app_name: _builtins.str
     """The app's name (kebab-case); the endpoint id is "owner/app_name"."""
     entrypoint: _builtins.str
@@ -346,6 +347,11 @@ class DeployHeader(_message.Message):
     """
     no_cache: _builtins.bool
     """Rebuild the environment from scratch (no cached layers or virtual environment)."""
+    wait: _builtins.bool
+    """Ends the deploy only once a runner of the new revision is ready; if it fails to start,
+    the stream ends with FAILED_PRECONDITION (error type "startup_failed") carrying its
+    startup error, the revision staying live.
+    """
     @_builtins.property
     def settings(self) -> Global___AppSettings: ...
     @_builtins.property
@@ -369,10 +375,11 @@ class DeployHeader(_message.Message):
         annotations: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         environment: _builtins.str = ...,
         no_cache: _builtins.bool = ...,
+        wait: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "app_name", b"app_name", "bundle_sha256", b"bundle_sha256", "bundle_size", b"bundle_size", "endpoints", b"endpoints", "entrypoint", b"entrypoint", "environment", b"environment", "message", b"message", "no_cache", b"no_cache", "reset_scale", b"reset_scale", "settings", b"settings", "strategy", b"strategy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "app_name", b"app_name", "bundle_sha256", b"bundle_sha256", "bundle_size", b"bundle_size", "endpoints", b"endpoints", "entrypoint", b"entrypoint", "environment", b"environment", "message", b"message", "no_cache", b"no_cache", "reset_scale", b"reset_scale", "settings", b"settings", "strategy", b"strategy", "wait", b"wait"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -87,6 +87,7 @@ def plan(header: control_pb2.DeployHeader) -> DeployPlan:
         reset_scale=header.reset_scale,
         environment=header.environment or MAIN,
         no_cache=header.no_cache,
+        wait=header.wait,
         strategy=strategy(header.strategy),
         annotations=dict(header.annotations),
     )

@@ -35,7 +35,7 @@ Guard = Callable[[str, Any, aio.ServicerContext[Any, Any]], Awaitable[None]]
 async def abort(context: aio.ServicerContext[Any, Any], info: common_pb2.ErrorInfo) -> None:
     """Ends the call with the status an ErrorInfo describes. Always raises."""
     await context.abort(
-        errors.status_code_of(info), str(errors.from_proto(info)),
+        errors.status_code_of(info), errors.status_message(info),
         trailing_metadata=errors.trailing_metadata(info),
     )
 

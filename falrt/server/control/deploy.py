@@ -52,6 +52,7 @@ class DeployPlan:
     annotations: dict[str, str] = field(default_factory=dict)
     environment: str = MAIN
     no_cache: bool = False
+    wait: bool = False  # until a runner of the new revision is ready (or failed to start)
 
     @property
     def name(self) -> str:
@@ -131,7 +132,7 @@ class Deployer:
         scale = kept_on_deploy(existing.record.scale if existing else AppConfig(),
                                reset=plan.reset_scale)
         auth = plan.config.app_auth or AppAuth.PRIVATE  # fal: deploys are private unless told
-        async for event in self._switch(revision, scale, plan.strategy, auth):
+        async for event in self._switch(revision, scale, plan.strategy, auth, wait=plan.wait):
             yield event
 
     async def rollback(
@@ -161,11 +162,14 @@ class Deployer:
             yield event
 
     async def _switch(
-        self, revision: Revision, scale: AppConfig, strategy: DeployStrategy, auth: str
+        self, revision: Revision, scale: AppConfig, strategy: DeployStrategy, auth: str,
+        *, wait: bool = False,
     ) -> AsyncIterator[DeployEvent]:
         """Makes `revision` live. Rolling (an app that serves already): a runner of the
         revision starts first, and the switch waits until it is ready; if it cannot start,
-        the app keeps serving what it served and this raises FailedPreconditionError."""
+        the app keeps serving what it served and this raises FailedPreconditionError.
+        `wait` (when no rolling runner proved the revision): once live, a runner of it starts
+        and this waits until it is ready; StartupFailedError if it fails to start."""
         check_config(with_overrides(revision.config, scale))
         settings = self._control.resolve(revision.config, scale)
         existing = self._apps.get(revision.app_name)
@@ -193,10 +197,27 @@ class Deployer:
                 self._fleet.stop(candidate)
             raise
         self._control.activate(record, revision)  # the old revision's runners drain
+        if wait and candidate is None and settings.scaling.max_concurrency > 0:
+            yield Progress(DeployStage.ROLLOUT, f"waiting for a runner of {revision.revision_id}")
+            runner_id = await self._first_runner(revision)
+            yield Progress(DeployStage.ROLLOUT, f"runner {runner_id} is ready")
         endpoint_id = f"{self._settings.owner}/{revision.app_name}"
         yield Progress(DeployStage.DONE,
                        f"{endpoint_id} serves revision {revision.revision_id}", 1.0)
         yield Deployed(endpoint_id, revision.app_name, revision.revision_id)
+
+    async def _first_runner(self, revision: Revision) -> str:
+        """Starts a runner of the live `revision` and waits until it is ready; its id.
+        Raises StartupFailedError with its startup error if it fails to start (the revision
+        stays live: its runners go on starting, in fal's CRASH_BACKOFF)."""
+        app = self._apps.get(revision.app_name)
+        assert app is not None, "the revision was just activated"
+        runner, error = await self._fleet.start_candidate(app, revision, app.settings)
+        if error:
+            raise errors.StartupFailedError(
+                f"{revision.app_name} serves revision {revision.revision_id}, but its runner "
+                f"failed to start: {error}. Its output: `falrt runners logs {runner.runner_id}`")
+        return runner.runner_id
 
     def _check(self, plan: DeployPlan) -> None:
         try:

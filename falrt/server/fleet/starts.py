@@ -209,6 +209,8 @@ class Starts:
                     runner.runner_id, app.name, reason, delay)
         runner.process, runner.attached = None, False
         runner.set_state(RunnerState.CRASH_BACKOFF)
+        if runner.ready is not None and not runner.ready.done():  # a deploy --wait waits
+            runner.ready.set_result(reason)
         self._events.on_startup_failure(app)
         self._wake()
         return True

@@ -48,6 +48,8 @@ STATUS_BY_TYPE: dict[str, int] = {
     errors.StartupTimeoutError.error_type: 504,
     errors.RunnerDisconnectedError.error_type: 503,
     errors.RunnerRefusedError.error_type: 503,
+    # The app's runners fail to start: it cannot serve until its code or setup is fixed.
+    errors.StartupFailedError.error_type: 503,
     errors.RunnerServerError.error_type: 500,
 }
 

@@ -84,7 +84,23 @@ class Dispatcher(FleetEvents):
                 self._recorder.background(self._claim_and_start(app, runner, item))
             else:
                 self._start(app, runner, item)
+        self._fail_direct_calls(app)
         self.fleet.dispatched(app)
+
+    def _fail_direct_calls(self, app: AppState) -> None:
+        """While the app's runners fail to start and none serves, its waiting direct calls
+        are answered with the startup error (StartupFailedError): unlike a queued request
+        they have no record to wait in, and their callers would only see a deadline pass."""
+        if app.startup_failures == 0 or any(
+            r.attached and r.revision_id == app.revision.revision_id
+            for r in self.fleet.runners_of(app.name)
+        ):
+            return
+        failed = error_record(errors.StartupFailedError(app.waiting_reason()))
+        for item in app.queue.items():
+            if isinstance(item, DirectCall):
+                app.queue.remove(item)
+                self._recorder.finish(item, Outcome(error=failed))
 
     def _start(self, app: AppState, runner: RunnerHandle, item: WorkItem) -> None:
         """Sends `item` to `runner` as its next attempt."""
@@ -265,6 +281,7 @@ class Dispatcher(FleetEvents):
         for item in app.queue.items():
             if isinstance(item, QueuedRequest):
                 item.waiting_reason = reason
+        self._fail_direct_calls(app)
         app.queue.changed.fire()
 
     # -- retries and timers ------------------------------------------------------------

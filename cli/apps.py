@@ -19,16 +19,16 @@ from falrt.vocabulary import AppAuth, DeployStrategy
 from .context import CliContext, app_argument, env_option, pass_cli
 from .deploy import AUTH_MODES, STRATEGIES, follow_deploy, strategy_option
 from .errors import reporting_errors
+from .json_shapes import message_json
 from .render import (
     OutputFormat,
     age,
     output_option,
+    print_done,
     print_json,
     print_listing,
     print_protos,
     print_table,
-    proto_dict,
-    stderr,
     stdout,
 )
 from .runners import print_runners, state_name, state_option, state_values
@@ -64,7 +64,7 @@ def get_app(cli: CliContext, name: str, output: OutputFormat) -> None:
     with reporting_errors(cli.host), ControlClient(cli.host, **cli.connect) as control:
         info = control.get_app(name)
     if output == "json":
-        print_json(proto_dict(info))
+        print_json(message_json(info))
         return
     stdout.print(f"[bold]{info.name}[/]  {info.endpoint_id}  revision {info.revision_id}",
                  highlight=False)
@@ -149,7 +149,7 @@ def scale_app(cli: CliContext, /, name: str, output: OutputFormat, **values: obj
     with reporting_errors(cli.host), ControlClient(cli.host, **cli.connect) as control:
         info = control.scale_app(name, settings)
     if output == "json":
-        print_json(proto_dict(info))
+        print_json(message_json(info))
         return
     print_scale(info)
 
@@ -208,12 +208,13 @@ def list_revisions(cli: CliContext, name: str, output: OutputFormat) -> None:
 
 @apps.command("delete-rev")
 @click.argument("revision_id")
+@output_option
 @pass_cli
-def delete_revision(cli: CliContext, revision_id: str) -> None:
+def delete_revision(cli: CliContext, revision_id: str, output: OutputFormat) -> None:
     """Delete a revision that is not live."""
     with reporting_errors(cli.host), ControlClient(cli.host, **cli.connect) as control:
         control.delete_revision(revision_id)
-    click.echo(f"deleted {revision_id}", err=True)
+    print_done(output, {"revision_id": revision_id, "deleted": True}, f"deleted {revision_id}")
 
 
 @apps.command("rollback")
@@ -222,17 +223,19 @@ def delete_revision(cli: CliContext, revision_id: str) -> None:
 @strategy_option
 @click.option("--auth", type=click.Choice(AUTH_MODES), default=None,
               help="change who may call the app (default: unchanged)")
+@output_option
 @pass_cli
 def rollback(
-    cli: CliContext, name: str, revision_id: str, strategy: str, auth: str | None
+    cli: CliContext, name: str, revision_id: str, strategy: str, auth: str | None,
+    output: OutputFormat,
 ) -> None:
     """Make an earlier revision live again (no rebuild). Scale overrides of the
     runtime-tunable settings are kept; code-specific settings come from that revision."""
     with reporting_errors(cli.host), ControlClient(cli.host, **cli.connect) as control:
         result = follow_deploy(
             control.rollback(name, revision_id, STRATEGIES[DeployStrategy(strategy)], auth or ""))
-    stderr.print(f"{result.app_name} serves revision {result.revision_id}", style="green",
-                 highlight=False)
+    print_done(output, message_json(result),
+               f"{result.app_name} serves revision {result.revision_id}", style="green")
 
 
 @apps.command("rollout")
@@ -240,28 +243,28 @@ def rollback(
 @click.option("--force", is_flag=True,
               help="kill every runner now (in-flight requests are retried) instead of "
                    "replacing them one by one")
+@output_option
 @pass_cli
-def rollout(cli: CliContext, name: str, force: bool) -> None:
+def rollout(cli: CliContext, name: str, force: bool, output: OutputFormat) -> None:
     """Replace every runner of the live revision (to pick up new secrets, machine types, or
     to clear a runner's state); graceful by default: replacements first, then drain."""
     with reporting_errors(cli.host), ControlClient(cli.host, **cli.connect) as control:
         reply = control.rollout(name, force=force)
-    if force:
-        stderr.print(f"killed {len(reply.runner_ids)} runner(s)", highlight=False)
-    else:
-        stderr.print(f"replacing {len(reply.runner_ids)} runner(s): "
-                     f"{', '.join(reply.replacement_runner_ids) or 'none running'}",
-                     highlight=False)
+    text = (f"killed {len(reply.runner_ids)} runner(s)" if force else
+            f"replacing {len(reply.runner_ids)} runner(s): "
+            f"{', '.join(reply.replacement_runner_ids) or 'none running'}")
+    print_done(output, {"app_name": name, "force": force, **message_json(reply)}, text)
 
 
 @apps.command("delete")
 @app_argument()
+@output_option
 @pass_cli
-def delete_app(cli: CliContext, name: str) -> None:
+def delete_app(cli: CliContext, name: str, output: OutputFormat) -> None:
     """Delete an app: its runners stop and its queued requests fail."""
     with reporting_errors(cli.host), ControlClient(cli.host, **cli.connect) as control:
         control.delete_app(name)
-    click.echo(f"deleted {name}", err=True)
+    print_done(output, {"app_name": name, "deleted": True}, f"deleted {name}")
 
 
 def _kind_name(number: int) -> str:

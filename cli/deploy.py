@@ -89,12 +89,14 @@ def _pairs(items: tuple[str, ...]) -> dict[str, str]:
 @click.option("--wait", is_flag=True,
               help="return once a runner of the new revision is ready; if its setup fails, "
                    "exit 5 with the startup error")
+@click.option("--force", is_flag=True,
+              help="make a new revision even when nothing changed since the live one")
 @output_option
 @pass_cli
 def deploy(
     cli: CliContext, app_ref: str, app_name: str | None, message: str, reset_scale: bool,
     strategy: str, no_cache: bool, env: str, auth: str | None, annotations: tuple[str, ...],
-    wait: bool, output: OutputFormat,
+    wait: bool, force: bool, output: OutputFormat,
 ) -> None:
     """Deploy an app; print its endpoint id.
 
@@ -112,6 +114,7 @@ def deploy(
         header.environment = env
         header.no_cache = no_cache
         header.wait = wait
+        header.force = force
         if auth:
             header.settings.app_auth = auth
         stderr.print(f"deploying {header.app_name} ({len(bundle.data)} bytes, "
@@ -121,7 +124,15 @@ def deploy(
             kept = control.get_app(result.app_name).scale_overrides
     if output == "json":
         print_json({"endpoint_id": result.endpoint_id, "app_name": result.app_name,
-                    "revision_id": result.revision_id, "status": "deployed"})
+                    "revision_id": result.revision_id,
+                    "status": "unchanged" if result.unchanged else "deployed",
+                    "unchanged": result.unchanged})
+        return
+    if result.unchanged:
+        stderr.print(f"unchanged: revision {result.revision_id} already serves this; no new "
+                     "revision (`falrt deploy --force` makes one)", style="green",
+                     highlight=False)
+        click.echo(result.endpoint_id)
         return
     stderr.print(f"deployed {result.app_name}, revision {result.revision_id}", style="green",
                  highlight=False)

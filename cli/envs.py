@@ -12,7 +12,16 @@ from falrt.names import is_secret_name
 
 from .context import CliContext, env_option, pass_cli
 from .errors import reporting_errors
-from .render import OutputFormat, age, output_option, print_json, print_listing, stderr
+from .json_shapes import message_json
+from .render import (
+    OutputFormat,
+    age,
+    output_option,
+    print_done,
+    print_json,
+    print_listing,
+    stderr,
+)
 
 
 @click.group()
@@ -23,12 +32,13 @@ def envs() -> None:
 @envs.command("create")
 @click.argument("name")
 @click.option("--description", default="", help="what the environment is for")
+@output_option
 @pass_cli
-def create_env(cli: CliContext, name: str, description: str) -> None:
+def create_env(cli: CliContext, name: str, description: str, output: OutputFormat) -> None:
     """Create an environment (deploy into it with `falrt deploy --env NAME`)."""
     with reporting_errors(cli.host), ControlClient(cli.host, **cli.connect) as control:
-        control.create_environment(name, description)
-    stderr.print(f"created environment {name}", highlight=False)
+        info = control.create_environment(name, description)
+    print_done(output, message_json(info), f"created environment {name}")
 
 
 @envs.command("list")
@@ -46,15 +56,16 @@ def list_envs(cli: CliContext, output: OutputFormat) -> None:
 @envs.command("delete")
 @click.argument("name")
 @click.option("--yes", is_flag=True, help="do not ask (the apps, revisions and secrets go too)")
+@output_option
 @pass_cli
-def delete_env(cli: CliContext, name: str, yes: bool) -> None:
+def delete_env(cli: CliContext, name: str, yes: bool, output: OutputFormat) -> None:
     """Delete an environment with its apps, revisions and secrets."""
     if not yes:
         click.confirm(f"delete environment {name} with all its apps and secrets?", abort=True)
     with reporting_errors(cli.host), ControlClient(cli.host, **cli.connect) as control:
         reply = control.delete_environment(name)
-    stderr.print(f"deleted environment {name}: {len(reply.apps)} app(s), {reply.secrets} "
-                 "secret(s)", highlight=False)
+    print_done(output, {"name": name, **message_json(reply)},
+               f"deleted environment {name}: {len(reply.apps)} app(s), {reply.secrets} secret(s)")
 
 
 @click.group()
@@ -67,9 +78,11 @@ def secrets() -> None:
 @click.option("--from-file", "from_file", type=click.File("r"), default=None,
               help="read the value of the NAME given alone from this file (`-`: standard input)")
 @env_option
+@output_option
 @pass_cli
 def set_secrets(
-    cli: CliContext, pairs: tuple[str, ...], from_file: TextIO | None, env: str
+    cli: CliContext, pairs: tuple[str, ...], from_file: TextIO | None, env: str,
+    output: OutputFormat,
 ) -> None:
     """Set secrets. Give a NAME alone and its value is read from --from-file, from standard
     input when it is not a terminal, or else asked for without echo; NAME=VALUE also works,
@@ -98,7 +111,7 @@ def set_secrets(
         values[alone[0]] = _secret_value(alone[0], from_file)
     with reporting_errors(cli.host), ControlClient(cli.host, **cli.connect) as control:
         names = control.set_secrets(env, values)
-    stderr.print(f"set {', '.join(names)} in {env}", highlight=False)
+    print_done(output, {"environment": env, "names": names}, f"set {', '.join(names)} in {env}")
 
 
 @secrets.command("list")
@@ -116,12 +129,14 @@ def list_secrets(cli: CliContext, env: str, output: OutputFormat) -> None:
 @secrets.command("unset")
 @click.argument("name")
 @env_option
+@output_option
 @pass_cli
-def unset_secret(cli: CliContext, name: str, env: str) -> None:
+def unset_secret(cli: CliContext, name: str, env: str, output: OutputFormat) -> None:
     """Remove a secret (runners started from now on no longer get it)."""
     with reporting_errors(cli.host), ControlClient(cli.host, **cli.connect) as control:
         control.unset_secret(env, name)
-    stderr.print(f"unset {name} in {env}", highlight=False)
+    print_done(output, {"environment": env, "name": name, "unset": True},
+               f"unset {name} in {env}")
 
 
 @click.group()
@@ -143,8 +158,7 @@ def create_key(
     with reporting_errors(cli.host), ControlClient(cli.host, **cli.connect) as control:
         reply = control.create_key(scope.upper(), description, owner)
     if output == "json":
-        print_json({"key_id": reply.info.key_id, "key": reply.key, "scope": reply.info.scope,
-                    "owner": reply.info.owner})
+        print_json({**message_json(reply.info), "key": reply.key})
         return
     stderr.print(f"created {reply.info.scope} key {reply.info.key_id} for "
                  f"{reply.info.owner}; it is shown only now:", highlight=False)
@@ -166,12 +180,13 @@ def list_keys(cli: CliContext, output: OutputFormat) -> None:
 
 @keys.command("revoke")
 @click.argument("key_id")
+@output_option
 @pass_cli
-def revoke_key(cli: CliContext, key_id: str) -> None:
+def revoke_key(cli: CliContext, key_id: str, output: OutputFormat) -> None:
     """Revoke a key: calls with it are refused from now on."""
     with reporting_errors(cli.host), ControlClient(cli.host, **cli.connect) as control:
         control.revoke_key(key_id)
-    stderr.print(f"revoked {key_id}", highlight=False)
+    print_done(output, {"key_id": key_id, "revoked": True}, f"revoked {key_id}")
 
 
 def _secret_value(name: str, source: TextIO | None) -> str:

@@ -12,12 +12,13 @@ from typing import Any, Literal, TypeVar
 
 import click
 import msgspec
-from google.protobuf import json_format
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
+
+from .json_shapes import message_json
 
 OutputFormat = Literal["table", "json"]
 M = TypeVar("M", bound=Message)
@@ -42,15 +43,19 @@ def print_json(value: Any, *, indent: int = 2) -> None:
     click.echo(text.decode())
 
 
-def proto_dict(message: Message) -> dict[str, Any]:
-    """A protobuf message as a JSON-ready dict with the proto's field names."""
-    return json_format.MessageToDict(
-        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-    )
-
-
 def print_protos(messages: Sequence[Message]) -> None:
-    print_json([proto_dict(m) for m in messages])
+    """Messages as a JSON array of their documented shapes (`json_shapes`)."""
+    print_json([message_json(m) for m in messages])
+
+
+def print_done(output: OutputFormat, shape: dict[str, Any], text: str,
+               style: str | None = None) -> None:
+    """A mutating command's answer: `shape` as JSON on stdout (`--output json`), else `text`
+    for people on stderr."""
+    if output == "json":
+        print_json(shape)
+        return
+    stderr.print(text, style=style, highlight=False)
 
 
 def print_listing(

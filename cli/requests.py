@@ -58,11 +58,16 @@ def result(cli: CliContext, request_id: str) -> None:
 
 @requests.command("cancel")
 @click.argument("request_id")
+@output_option
 @pass_cli
-def cancel(cli: CliContext, request_id: str) -> None:
-    """Cancel a request; prints CANCELLATION_REQUESTED or ALREADY_COMPLETED."""
+def cancel(cli: CliContext, request_id: str, output: OutputFormat) -> None:
+    """Cancel a request; prints CANCELLATION_REQUESTED or ALREADY_COMPLETED (as JSON:
+    `{"request_id": ..., "outcome": "cancellation_requested"}` or `"already_completed"`)."""
     with reporting_errors(cli.host), SyncClient(cli.host, **cli.connect) as client:
         outcome = client.cancel(request_id)
     if outcome == "NOT_FOUND":
         raise NotFound(f"request {request_id} not found")
+    if output == "json":
+        print_json({"request_id": request_id, "outcome": outcome.lower()})
+        return
     click.echo(outcome)

@@ -12,7 +12,8 @@ from falrt.v1 import common_pb2, control_pb2
 
 from .context import CliContext, pass_cli
 from .errors import reporting_errors
-from .render import OutputFormat, age, output_option, print_protos, print_table, stderr
+from .json_shapes import message_json
+from .render import OutputFormat, age, output_option, print_done, print_protos, print_table
 
 STATE_NAMES = [name.removeprefix("RUNNER_STATE_").lower()
                for name in common_pb2.RunnerState.keys()[1:]]
@@ -85,27 +86,29 @@ def _gpus(runner: control_pb2.RunnerInfo) -> str:
 @click.argument("runner_id")
 @click.option("--replace", is_flag=True,
               help="start a replacement first; this runner drains once it is ready")
+@output_option
 @pass_cli
-def stop_runner(cli: CliContext, runner_id: str, replace: bool) -> None:
+def stop_runner(cli: CliContext, runner_id: str, replace: bool, output: OutputFormat) -> None:
     """Stop a runner gracefully: it takes no new requests, finishes its in-flight ones,
     then exits (killed at the end of its termination grace period)."""
     with reporting_errors(cli.host), ControlClient(cli.host, **cli.connect) as control:
         reply = control.stop_runner(runner_id, replace=replace)
-    if reply.replacement_runner_id:
-        stderr.print(f"starting {reply.replacement_runner_id}; {runner_id} drains once it "
-                     "is ready", highlight=False)
-    else:
-        stderr.print(f"{runner_id} is {state_name(reply.runner.state)}", highlight=False)
+    text = (f"starting {reply.replacement_runner_id}; {runner_id} drains once it is ready"
+            if reply.replacement_runner_id else f"{runner_id} is {state_name(reply.runner.state)}")
+    shape = message_json(reply)
+    shape["replacement_runner_id"] = reply.replacement_runner_id or None
+    print_done(output, shape, text)
 
 
 @runners.command("kill")
 @click.argument("runner_id")
+@output_option
 @pass_cli
-def kill_runner(cli: CliContext, runner_id: str) -> None:
+def kill_runner(cli: CliContext, runner_id: str, output: OutputFormat) -> None:
     """Kill a runner now; the requests it was running are retried."""
     with reporting_errors(cli.host), ControlClient(cli.host, **cli.connect) as control:
-        control.kill_runner(runner_id)
-    stderr.print(f"killed {runner_id}", highlight=False)
+        info = control.kill_runner(runner_id)
+    print_done(output, {"runner": message_json(info)}, f"killed {runner_id}")
 
 
 @runners.command("logs")

@@ -47,6 +47,10 @@ _DEFAULTS = ServerSettings(data_dir=Path("."))
 @click.option("--result-retention", "result_retention_s", envvar="FALRT_RESULT_RETENTION_S",
               type=click.FloatRange(min=1), default=_DEFAULTS.result_retention_s,
               show_default=True, help="seconds a completed request is kept")
+@click.option("--runner-log-retention", "runner_log_retention_s",
+              envvar="FALRT_RUNNER_LOG_RETENTION_S", type=click.FloatRange(min=1),
+              default=_DEFAULTS.runner_log_retention_s, show_default=True,
+              help="seconds the log of an ended runner is kept after its last line")
 @click.option("--crash-backoff-step", "crash_backoff_step_s", type=click.FloatRange(min=0),
               default=_DEFAULTS.crash_backoff_step_s, show_default=True,
               help="seconds added to an app's wait before its next runner start, per "
@@ -89,8 +93,9 @@ _DEFAULTS = ServerSettings(data_dir=Path("."))
 def server(
     listen: str, data_dir: Path | None, owner: str, backend: str, docker_base: str,
     registry: str, store: str, retry_backoff_base_s: float,
-    retry_backoff_cap_s: float, result_retention_s: float, crash_backoff_step_s: float,
-    crash_backoff_cap_s: float, gpu_inventory: Path | None, cluster_lease_s: float,
+    retry_backoff_cap_s: float, result_retention_s: float, runner_log_retention_s: float,
+    crash_backoff_step_s: float, crash_backoff_cap_s: float, gpu_inventory: Path | None,
+    cluster_lease_s: float,
     runner_reconnect_s: float, webhook_allow: tuple[str, ...], http_listen: str,
     http_queue_listen: str, public_url: str, tls: TlsFiles | None,
 ) -> None:
@@ -102,8 +107,9 @@ def server(
         run(build_settings(
         listen=listen, data_dir=data_dir, owner=owner, store=store,
         retry_backoff_base_s=retry_backoff_base_s, retry_backoff_cap_s=retry_backoff_cap_s,
-        result_retention_s=result_retention_s, crash_backoff_step_s=crash_backoff_step_s,
-        crash_backoff_cap_s=crash_backoff_cap_s, cluster_lease_s=cluster_lease_s,
+        result_retention_s=result_retention_s, runner_log_retention_s=runner_log_retention_s,
+        crash_backoff_step_s=crash_backoff_step_s, crash_backoff_cap_s=crash_backoff_cap_s,
+        cluster_lease_s=cluster_lease_s,
         gpu_inventory=gpu_inventory, backend=backend, docker_base=docker_base,
         registry=registry, runner_reconnect_s=runner_reconnect_s, webhook_allow=webhook_allow,
         tls=tls, http_listen=http_listen, http_queue_listen=http_queue_listen,

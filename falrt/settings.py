@@ -104,6 +104,9 @@ class ServerSettings(msgspec.Struct, frozen=True):
     retry_backoff_cap_s: float = 30.0
     # Completed requests are deleted this long after they completed.
     result_retention_s: float = 24 * 3600.0
+    # The log file of a runner that no longer runs is removed once nothing was written to
+    # it for this long (docs/runners.md).
+    runner_log_retention_s: float = 24 * 3600.0
     # A failed start delays the app's next start by step * consecutive failures, at most
     # cap (fal: 30 s steps, 10 minutes); no capacity for any of its machine types delays it
     # by no_capacity_wait (fal: 20 s).

@@ -8,13 +8,20 @@ multiplexing. Output outside any request (setup, teardown, the shim itself, thre
 handler started on its own) goes to the real stderr, which the server keeps as the runner's
 log. One RunnerLog per line; a line without its newline yet is held until the newline comes
 or the request ends (`LogTarget.flush`).
+
+Each request log line is also copied into the runner's log, timestamped and tagged with its
+request id (`RunnerLogCopy`), so `falrt runners logs` shows what the handlers printed. The
+copy costs the line's writer a clock read and a queue put; one thread writes the lines out.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import queue
 import sys
+import threading
+import time
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import TextIO
@@ -29,6 +36,51 @@ __all__ = ["LogTarget", "RequestLogHandler", "RoutedStream", "bind", "install"]
 Emit = Callable[[runner_pb2.RunnerMessage], None]
 
 _target: ContextVar[LogTarget | None] = ContextVar("falrt_log_target", default=None)
+
+
+class RunnerLogCopy:
+    """Copies request log lines into the runner's log (its real stderr) as
+    `<time> <source> [<request id>]: <line>`. `put` is callable from any thread and never
+    blocks; a daemon thread, started by the first `put`, writes and flushes. Lines still
+    queued when the process exits abruptly (os._exit) are lost: the request's own log has them.
+    """
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+        self._lines: queue.SimpleQueue[tuple[float, str, str, str]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def put(self, request_id: str, source: str, line: str) -> None:
+        self._lines.put((time.time(), request_id, source, line))
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._write, name="falrt-runner-log", daemon=True)
+                    self._thread.start()
+
+    def _write(self) -> None:
+        while True:
+            item = self._lines.get()
+            while True:
+                self._out.write(_copied_line(*item))
+                try:
+                    item = self._lines.get_nowait()
+                except queue.Empty:
+                    break
+            try:
+                self._out.flush()
+            except (OSError, ValueError):  # stderr closed at exit: nothing left to keep
+                return
+
+
+def _copied_line(at: float, request_id: str, source: str, line: str) -> str:
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+    return f"{stamp},{int(at % 1 * 1000):03d} {source} [{request_id}]: {line}\n"
+
+
+_copy: RunnerLogCopy | None = None
 
 
 class LogTarget:
@@ -75,7 +127,10 @@ class LogTarget:
         self._dropping[source] = len(text[LOG_LINE_BYTES:].encode(errors="replace"))
 
     def _emit_line(self, source: str, line: str, dropped_bytes: int = 0) -> None:
-        self._emit(wire.log_message(self.request_id, cut_line(line, dropped_bytes), source))
+        line = cut_line(line, dropped_bytes)
+        self._emit(wire.log_message(self.request_id, line, source))
+        if _copy is not None:
+            _copy.put(self.request_id, source, line)
 
     def record(self, source: str, message: str) -> None:
         """Emits a whole message (e.g. a logging record), one RunnerLog per line."""
@@ -151,8 +206,11 @@ class RequestLogHandler(logging.Handler):
 
 
 def install() -> TextIO:
-    """Routes sys.stdout, sys.stderr and root logging; returns the real stderr. Once per process."""
+    """Routes sys.stdout, sys.stderr and root logging, and copies request log lines into
+    the runner's log; returns the real stderr. Once per process."""
+    global _copy
     real_stderr = sys.__stderr__ or sys.stderr
+    _copy = RunnerLogCopy(real_stderr)
     sys.stdout = RoutedStream("stdout", real_stderr)
     sys.stderr = RoutedStream("stderr", real_stderr)
     root = logging.getLogger()

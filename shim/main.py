@@ -1,7 +1,8 @@
 """The runner shim's entry point: `python -m falrt.shim`.
 
 Order: route stdout/stderr/logging (`logcapture`), read settings (exit 2 when malformed),
-put the bundle dir first on sys.path, import the entrypoint, instantiate the App and run
+put the bundle dir first on sys.path, with a TLS server write its PEM for `falrt.client`
+(`_client_tls_files`), import the entrypoint, instantiate the App and run
 `setup()` in the main thread with FALRT_RUNNER_STATE=SETUP (on any exception: traceback on
 stderr, exit 3), then FALRT_RUNNER_STATE=RUNNING and serve on uvloop until shutdown.
 Exit codes: 0 after a shutdown or when the server went away, 2 bad settings, 3 import or
@@ -14,12 +15,16 @@ generated falrt.v1 code, grpc, uvloop and msgspec.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import faulthandler
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import traceback
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import NoReturn, TextIO
 
 import uvloop
@@ -50,6 +55,7 @@ def start_app(settings: ShimSettings) -> App:
     if bundle in sys.path:
         sys.path.remove(bundle)
     sys.path.insert(0, bundle)
+    _client_tls_files(settings)
     os.environ[STATE_VAR] = "SETUP"
     app = instantiate(load_app_ref(settings.entrypoint))
     app.setup()
@@ -69,6 +75,27 @@ def _exit_now(code: int, stderr: TextIO) -> NoReturn:
     """Leaves without joining handler threads that shutdown abandoned."""
     stderr.flush()
     os._exit(code)
+
+
+def _client_tls_files(settings: ShimSettings) -> None:
+    """With a TLS server, `falrt.client` in the app's code dials it as the shim does: the
+    roots (and the runner's certificate for mutual TLS) the server gave as PEM text are
+    written to a private temporary directory, named by FALRT_TLS_CA (and
+    FALRT_TLS_CLIENT_CERT/KEY), which the client reads; FALRT_TLS_SERVER_NAME is already
+    set. Variables the app set itself (its secrets) are kept."""
+    tls = settings.tls
+    if tls is None or os.environ.get("FALRT_TLS_CA"):
+        return
+    folder = Path(tempfile.mkdtemp(prefix="falrt-client-tls-"))  # mode 0700
+    atexit.register(shutil.rmtree, folder, True)  # (an os._exit leaves it to tmp cleaning)
+    files = {"FALRT_TLS_CA": ("roots.pem", tls.roots)}
+    if tls.cert and tls.key:
+        files |= {"FALRT_TLS_CLIENT_CERT": ("cert.pem", tls.cert),
+                  "FALRT_TLS_CLIENT_KEY": ("key.pem", tls.key)}
+    for var, (name, text) in files.items():
+        path = folder / name
+        path.write_text(text)
+        os.environ[var] = str(path)
 
 
 def main() -> int:

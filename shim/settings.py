@@ -28,10 +28,13 @@ variables), so they keep their defaults unless the shim is started by hand.
 
 "auto" runs sync handlers in the worker pool (see `falrt.shim.invoke` for why).
 
-The rest of the shim touches the environment in two places only: `shim/gpu_stats.py` reads
-CUDA_VISIBLE_DEVICES (the UUIDs of the runner's GPUs, for heartbeat figures), and
+The rest of the shim touches the environment in three places only: `shim/gpu_stats.py`
+reads CUDA_VISIBLE_DEVICES (the UUIDs of the runner's GPUs, for heartbeat figures),
 `shim/main.py` and `shim/session.py` set FALRT_RUNNER_STATE (SETUP, RUNNING, TERMINATING)
-for the app's code to read. The app's secrets, FALRT_APP_NAME and FALRT_ENV are in the
+for the app's code to read, and on a TLS server `shim/main.py` sets FALRT_TLS_CA (and
+FALRT_TLS_CLIENT_CERT/KEY) to files holding the PEM above, for `falrt.client` in the app's
+code (which dials FALRT_HOST with the runner's FALRT_KEY; docs/security.md, "Runner
+keys"). The app's secrets, FALRT_APP_NAME, FALRT_ENV, FALRT_KEY and FALRT_HOST are in the
 environment for the app; the shim does not read them.
 """
 

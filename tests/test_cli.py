@@ -290,6 +290,13 @@ def test_cancel_prints_fal_words_and_exits_3_for_an_unknown_request(host: str) -
     assert falrt("--host", host, "requests", "cancel", "nope").exit_code == 3
 
 
+def test_cancel_as_json_gives_the_request_and_the_outcome_in_lower_case(host: str) -> None:
+    done = falrt("--host", host, "requests", "cancel", "r1", "--output", "json")
+    assert done.exit_code == 0
+    assert msgspec.json.decode(done.stdout) == {"request_id": "r1",
+                                                "outcome": "already_completed"}
+
+
 # --- the mapping and the server's settings --------------------------------------------------
 
 @pytest.mark.parametrize(

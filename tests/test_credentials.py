@@ -114,6 +114,14 @@ def test_a_local_plaintext_server_gets_its_key(recorded: Path) -> None:
     assert (target.address, target.tls, target.api_key) == ("localhost:50051", False, KEY)
 
 
+def test_the_server_name_a_runner_is_given_is_checked_over_tls_only(
+    recorded: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FALRT_TLS_SERVER_NAME", "falrt.internal")
+    assert resolve_target("https://127.0.0.1:50051").server_name == "falrt.internal"
+    assert resolve_target("127.0.0.1:50051").server_name == ""
+
+
 def test_a_key_for_a_remote_plaintext_server_is_refused_before_any_call(
     recorded: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -206,8 +206,11 @@ def test_the_host_can_follow_the_subcommand(server: ServerProcess, hello: str) -
 def test_each_revision_records_its_endpoint_schemas(server: ServerProcess, hello: str) -> None:
     app = json.loads(server.cli("apps", "get", "hello", "--output", "json").stdout)
     (endpoint,) = app["endpoints"]
-    schema = json.loads(endpoint["input_schema_json"])
-    assert "name" in json.dumps(schema)
+    assert endpoint["kind"] == "unary"
+    schema = endpoint["input_schema"]  # a nested object, not JSON text
+    assert isinstance(schema, dict) and "name" in json.dumps(schema)
+    assert isinstance(endpoint["output_schema"], dict)
+    assert isinstance(app["queue_size"], int) and isinstance(app["active_runners"], int)
     assert app["revision_id"].startswith("rev-")
 
 

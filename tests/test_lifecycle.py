@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -196,6 +197,9 @@ def test_runner_commands_stop_replace_kill_and_logs(
     server: ServerProcess, client: SyncClient, control: ControlClient
 ) -> None:
     endpoint = server.deploy(APP, "--app-name", "ops")
+    # The app's keep_alive (2 s) could end the idle runner before the commands reach it
+    # when the machine is busy: this test is about the commands.
+    server.cli("apps", "scale", "ops", "--keep-alive", "300")
     first = client.wait(client.submit(endpoint, {}).request_id, timeout=60).output["runner"]
     assert "lifecycle setup done" in server.cli("runners", "logs", first).stdout
     follower = subprocess.Popen([FALRT, "--host", server.address, "runners", "logs", first,
@@ -278,3 +282,58 @@ def test_a_stop_drains_in_flight_requests_then_tears_down_within_the_grace_perio
     assert 2.0 <= time.monotonic() - stopped_at < 6.0
     log = server.cli("runners", "logs", hung).stdout
     assert "teardown started" in log and "teardown done" not in log
+
+
+PRINTING_APP = '''
+import os
+
+import msgspec
+import falrt
+
+
+class Nothing(msgspec.Struct):
+    pass
+
+
+class Said(msgspec.Struct):
+    runner: str
+
+
+class Printing(falrt.App):
+    app_name = "printing"
+    keep_alive = 300
+
+    @falrt.endpoint("/")
+    def run(self, request: Nothing) -> Said:
+        print("hello from the handler")
+        return Said(runner=os.environ["FALRT_RUNNER_ID"])
+'''
+
+
+def test_a_runner_log_shows_its_handlers_prints_and_is_removed_after_the_retention(
+    tmp_path: Path,
+) -> None:
+    server = ServerProcess(tmp_path / "data", tmp_path / "server.log",
+                           extra=["--runner-log-retention", "1"]).start()
+    try:
+        app_file = tmp_path / "printing.py"
+        app_file.write_text(PRINTING_APP)
+        endpoint = server.deploy(f"{app_file}::Printing")
+        with SyncClient(server.address) as client, ControlClient(server.address) as control:
+            request_id = client.submit(endpoint, {}).request_id
+            said = client.wait(request_id, timeout=60).output
+            [runner] = control.list_runners("printing")
+        assert runner.runner_id == said["runner"]
+        line = re.compile(rf"^\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d,\d{{3}} stdout \[{request_id}\]: "
+                          r"hello from the handler$", re.M)
+        wait_for(lambda: line.search(server.cli("runners", "logs", runner.runner_id).stdout),
+                 what="the handler's print in the runner's log")
+        log_file = tmp_path / "data" / "runners" / f"{runner.runner_id}.log"
+        time.sleep(1.5)  # older than the retention, but its runner still runs: kept
+        assert log_file.exists()
+        server.cli("runners", "kill", runner.runner_id)
+        wait_for(lambda: not log_file.exists(), what="the ended runner's log removed")
+        gone = server.cli("runners", "logs", runner.runner_id, check=False)
+        assert gone.returncode != 0 and "no log for runner" in gone.stderr
+    finally:
+        stop_cleanly(server)

@@ -183,6 +183,22 @@ def test_rollback_serves_the_earlier_revision_and_revisions_can_be_deleted(
         assert again.returncode != 0 and "has no revision" in again.stderr
 
 
+def test_deploying_the_same_app_again_changes_nothing_and_says_so(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    _, first, _ = deploy(server, tmp_path, 1)
+    again = server.cli("deploy", f"{tmp_path / 'v1' / 'versioned.py'}::Versioned")
+    assert f"unchanged: revision {first} already serves this" in again.stderr
+    assert again.stdout.strip() == "local/versioned"
+    result = json.loads(server.cli("deploy", f"{tmp_path / 'v1' / 'versioned.py'}::Versioned",
+                                   "--output", "json").stdout)
+    assert result["unchanged"] is True and result["revision_id"] == first
+    listing = json.loads(server.cli("apps", "revisions", "versioned", "--output", "json").stdout)
+    assert [r["revision_id"] for r in listing] == [first]
+    _, forced, _ = deploy(server, tmp_path, 1, "--force", "--strategy", "recreate")
+    assert forced != first
+
+
 def test_rollout_replaces_every_runner_and_force_kills_them(
     server: ServerProcess, tmp_path: Path
 ) -> None:

@@ -269,3 +269,20 @@ def test_a_node_grpc_js_client_from_the_proto_submits_over_tls(
 def _environ(pid: int) -> dict[str, str]:
     raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     return dict(item.decode().partition("=")[::2] for item in raw if item)
+
+
+def test_under_mutual_tls_a_handler_calls_another_app_with_no_configuration(
+    mtls_server: ServerProcess, certs: DevCerts,
+) -> None:
+    """The runner's client finds the server's address (https), its roots and the runner
+    certificate in its environment, as the shim wrote them (docs/security.md, "Runner keys")."""
+    hello = tls_cli(mtls_server, certs, "deploy", HELLO, "--app-name", "hello-relayed",
+                    mutual=True).stdout.split()[-1]
+    relay = tls_cli(mtls_server, certs, "deploy", "tests/apps/relay.py::Relay",
+                    mutual=True).stdout.split()[-1]
+    with SyncClient(https(mtls_server), tls_ca=certs.path("ca.pem"),
+                    tls_client_cert=certs.path("client.pem"),
+                    tls_client_key=certs.path("client.key")) as client:
+        out = client.run(relay, {"endpoint_id": hello, "arguments": {"name": "mtls"}})
+        assert out == {"answer": {"greeting": "Hello, mtls!"}}
+        assert client.run(relay, {}, path="/key")["host"] == https(mtls_server)

@@ -5,7 +5,8 @@ A target is `host:port` (plaintext) or `https://host:port` (TLS). A CA file (`tl
 else `$FALRT_TLS_CA`) also means TLS, verified against that CA instead of gRPC's default
 roots; a client certificate and key (`tls_client_cert`/`tls_client_key`, else
 `$FALRT_TLS_CLIENT_CERT`/`$FALRT_TLS_CLIENT_KEY`) are shown to a server that asks for one
-(mutual TLS).
+(mutual TLS); `$FALRT_TLS_SERVER_NAME` names the host the server's certificate must carry
+when it is not the one dialled (a runner's environment sets it, see docs/runners.md).
 
 The API key (`falrt.client.credentials`: given, `$FALRT_KEY`, or recorded for this server)
 travels as gRPC call credentials, which gRPC attaches only to a secure channel: TLS, or a
@@ -31,6 +32,7 @@ HOST_ENV = "FALRT_HOST"
 TLS_CA_ENV = "FALRT_TLS_CA"
 TLS_CERT_ENV = "FALRT_TLS_CLIENT_CERT"
 TLS_KEY_ENV = "FALRT_TLS_CLIENT_KEY"
+TLS_SERVER_NAME_ENV = "FALRT_TLS_SERVER_NAME"  # the name expected in the server's certificate
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
@@ -58,6 +60,7 @@ class Target:
     cert: bytes | None = field(default=None, repr=False)
     client_key: bytes | None = field(default=None, repr=False)
     api_key: str | None = field(default=None, repr=False)
+    server_name: str = ""  # the name the certificate must carry ("": the host dialled)
 
 
 def resolve_host(host: str | None) -> str:
@@ -82,7 +85,14 @@ def resolve_target(host: str | None = None, **options: Unpack[ConnectOptions]) -
             f"clear only to this machine. Use https://{address} (with --tls-ca FILE or "
             f"${TLS_CA_ENV} for a private CA) if the server has TLS; else reach it through "
             f"an SSH tunnel to a local port, or unset ${KEY_ENV}")
-    return Target(address, tls, _read(ca_file), _read(cert_file), _read(key_file), api_key)
+    return Target(address, tls, _read(ca_file), _read(cert_file), _read(key_file), api_key,
+                  os.environ.get(TLS_SERVER_NAME_ENV, "") if tls else "")
+
+
+def _options(target: Target) -> tuple[tuple[str, int | str], ...]:
+    if not target.server_name:
+        return CHANNEL_OPTIONS
+    return (*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", target.server_name))
 
 
 def channel(target: Target | str) -> grpc.Channel:
@@ -91,7 +101,7 @@ def channel(target: Target | str) -> grpc.Channel:
     creds = _credentials(target)
     if creds is None:
         return grpc.insecure_channel(target.address, options=CHANNEL_OPTIONS)
-    return grpc.secure_channel(target.address, creds, options=CHANNEL_OPTIONS)
+    return grpc.secure_channel(target.address, creds, options=_options(target))
 
 
 def aio_channel(target: Target | str) -> grpc.aio.Channel:
@@ -100,7 +110,7 @@ def aio_channel(target: Target | str) -> grpc.aio.Channel:
     creds = _credentials(target)
     if creds is None:
         return grpc.aio.insecure_channel(target.address, options=CHANNEL_OPTIONS)
-    return grpc.aio.secure_channel(target.address, creds, options=CHANNEL_OPTIONS)
+    return grpc.aio.secure_channel(target.address, creds, options=_options(target))
 
 
 def _credentials(target: Target) -> grpc.ChannelCredentials | None:

@@ -38,7 +38,6 @@ from falrt.server.api.runner_link import RunnerLinkService
 from falrt.server.control.apps import AppControl
 from falrt.server.control.cluster import Cluster, server_id
 from falrt.server.control.deploy import Deployer
-from falrt.server.control.keys import new_key
 from falrt.server.fleet.events import FleetEvents
 from falrt.server.fleet.fleet import Fleet
 from falrt.server.fleet.secret_box import SecretBox
@@ -51,6 +50,7 @@ from falrt.server.queue.scheduler import Scheduler
 from falrt.server.queue.store_health import StoreHealth
 from falrt.server.queue.webhooks import KEY_FILE, DeliverySettings, SigningKey, WebhookSender
 from falrt.server.state.apps import Apps
+from falrt.server.state.keys import new_key
 from falrt.server.tasks import Tasks
 from falrt.settings import ServerSettings
 from falrt.store import POSTGRES_SCHEMES, create_store
@@ -190,6 +190,7 @@ async def serve(settings: ServerSettings) -> None:
     # Runners of this server's previous life that still run are adopted before the first
     # of them can dial in.
     adopted = planes.fleet.open(address, await backend.survivors(planes.fleet.log_path))
+    await planes.fleet.sweep_runner_keys(shared_store=cluster is not None)
     await server.start()
     await http.start()
     if admin_key:  # the CLI and the Python client on this machine find it there

@@ -326,6 +326,7 @@ class DeployHeader(_message.Message):
     ENVIRONMENT_FIELD_NUMBER: _builtins.int
     NO_CACHE_FIELD_NUMBER: _builtins.int
     WAIT_FIELD_NUMBER: _builtins.int
+    FORCE_FIELD_NUMBER: _builtins.int
     app_name: _builtins.str
     """The app's name (kebab-case); the endpoint id is "owner/app_name"."""
     entrypoint: _builtins.str
@@ -352,6 +353,11 @@ class DeployHeader(_message.Message):
     the stream ends with FAILED_PRECONDITION (error type "startup_failed") carrying its
     startup error, the revision staying live.
     """
+    force: _builtins.bool
+    """Makes a new revision even when the bundle, entrypoint, endpoints, settings and
+    environment equal the live revision's (otherwise such a deploy changes nothing and
+    its result says unchanged).
+    """
     @_builtins.property
     def settings(self) -> Global___AppSettings: ...
     @_builtins.property
@@ -376,10 +382,11 @@ class DeployHeader(_message.Message):
         environment: _builtins.str = ...,
         no_cache: _builtins.bool = ...,
         wait: _builtins.bool = ...,
+        force: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "app_name", b"app_name", "bundle_sha256", b"bundle_sha256", "bundle_size", b"bundle_size", "endpoints", b"endpoints", "entrypoint", b"entrypoint", "environment", b"environment", "message", b"message", "no_cache", b"no_cache", "reset_scale", b"reset_scale", "settings", b"settings", "strategy", b"strategy", "wait", b"wait"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "app_name", b"app_name", "bundle_sha256", b"bundle_sha256", "bundle_size", b"bundle_size", "endpoints", b"endpoints", "entrypoint", b"entrypoint", "environment", b"environment", "force", b"force", "message", b"message", "no_cache", b"no_cache", "reset_scale", b"reset_scale", "settings", b"settings", "strategy", b"strategy", "wait", b"wait"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -446,21 +453,27 @@ class DeployResult(_message.Message):
     ENDPOINT_ID_FIELD_NUMBER: _builtins.int
     APP_NAME_FIELD_NUMBER: _builtins.int
     REVISION_ID_FIELD_NUMBER: _builtins.int
+    UNCHANGED_FIELD_NUMBER: _builtins.int
     endpoint_id: _builtins.str
     """The permanent endpoint id, "owner/app_name"."""
     app_name: _builtins.str
     revision_id: _builtins.str
-    """The new revision."""
+    """The new revision (or, when unchanged, the live one)."""
+    unchanged: _builtins.bool
+    """True when the deploy changed nothing: revision_id already served this bundle,
+    entrypoint, endpoints, settings and environment, and no revision was made.
+    """
     def __init__(
         self,
         *,
         endpoint_id: _builtins.str = ...,
         app_name: _builtins.str = ...,
         revision_id: _builtins.str = ...,
+        unchanged: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_name", b"app_name", "endpoint_id", b"endpoint_id", "revision_id", b"revision_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_name", b"app_name", "endpoint_id", b"endpoint_id", "revision_id", b"revision_id", "unchanged", b"unchanged"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

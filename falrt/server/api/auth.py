@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from falrt import errors
-from falrt.server.control.keys import matches, parse
 from falrt.server.queue.scheduler import Scheduler
 from falrt.server.state.apps import Apps
+from falrt.server.state.keys import matches, parse
 from falrt.server.state.work import QueuedRequest
 from falrt.settings import ServerSettings
 from falrt.store.base import Store

@@ -88,6 +88,7 @@ def plan(header: control_pb2.DeployHeader) -> DeployPlan:
         environment=header.environment or MAIN,
         no_cache=header.no_cache,
         wait=header.wait,
+        force=header.force,
         strategy=strategy(header.strategy),
         annotations=dict(header.annotations),
     )
@@ -137,8 +138,10 @@ def deploy_response(event: DeployEvent) -> control_pb2.DeployResponse:
                 stage=_STAGES[stage], message=message, fraction=fraction))
         case BuildLog(line=line):
             return control_pb2.DeployResponse(log=common_pb2.LogLine(message=line, source="build"))
-        case Deployed(endpoint_id=endpoint_id, app_name=app_name, revision_id=revision_id):
+        case Deployed(endpoint_id=endpoint_id, app_name=app_name, revision_id=revision_id,
+                      unchanged=unchanged):
             return control_pb2.DeployResponse(result=control_pb2.DeployResult(
-                endpoint_id=endpoint_id, app_name=app_name, revision_id=revision_id))
+                endpoint_id=endpoint_id, app_name=app_name, revision_id=revision_id,
+                unchanged=unchanged))
         case _:
             raise AssertionError(f"unexpected deploy event {event!r}")

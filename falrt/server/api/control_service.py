@@ -14,12 +14,12 @@ from falrt.server.api import control_convert, convert
 from falrt.server.api.rpc import Guard, server_stream, unary
 from falrt.server.control.apps import AppControl
 from falrt.server.control.deploy import Deployer
-from falrt.server.control.keys import new_key
 from falrt.server.fleet.fleet import Fleet
 from falrt.server.fleet.runner_logs import check_runner_id, read_lines
 from falrt.server.fleet.secret_box import SecretBox, check_secret
 from falrt.server.queue.scheduler import Scheduler
 from falrt.server.state.apps import Apps, AppState
+from falrt.server.state.keys import new_key
 from falrt.server.state.runners import RunnerHandle, RunnerState
 from falrt.settings import ServerSettings
 from falrt.store.base import Store

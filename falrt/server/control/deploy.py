@@ -53,6 +53,7 @@ class DeployPlan:
     environment: str = MAIN
     no_cache: bool = False
     wait: bool = False  # until a runner of the new revision is ready (or failed to start)
+    force: bool = False  # a new revision even when nothing changed
 
     @property
     def name(self) -> str:
@@ -77,6 +78,7 @@ class Deployed:
     endpoint_id: str
     app_name: str
     revision_id: str
+    unchanged: bool = False  # the live revision already served this; nothing was made
 
 
 DeployEvent = Progress | BuildLog | Deployed
@@ -107,6 +109,10 @@ class Deployer:
         data = bytearray()
         async for event in self._receive(plan, chunks, data):
             yield event
+        if (live := self._unchanged(plan)) is not None:
+            async for event in self._keep(live, wait=plan.wait):
+                yield event
+            return
         await asyncio.to_thread(
             bundle.unpack, bytes(data), self._settings.bundles_dir / plan.bundle_sha256,
             max_bytes=self._settings.max_bundle_bytes,
@@ -134,6 +140,33 @@ class Deployer:
         auth = plan.config.app_auth or AppAuth.PRIVATE  # fal: deploys are private unless told
         async for event in self._switch(revision, scale, plan.strategy, auth, wait=plan.wait):
             yield event
+
+    def _unchanged(self, plan: DeployPlan) -> Revision | None:
+        """The live revision when `plan` would change nothing: same bundle, entrypoint,
+        endpoints, settings (environment included) and auth, no `apps scale` setting to drop,
+        and neither --force nor --no-cache asked for."""
+        existing = self._apps.get(plan.name)
+        if existing is None or plan.force or plan.no_cache:
+            return None
+        live = existing.revision
+        auth = plan.config.app_auth or AppAuth.PRIVATE
+        if kept_on_deploy(existing.record.scale, reset=plan.reset_scale) != existing.record.scale:
+            return None  # the deploy drops settings `falrt apps scale` set
+        same = (live.bundle_sha256 == plan.bundle_sha256 and live.entrypoint == plan.entrypoint
+                and live.endpoints == plan.endpoints and live.config == plan.config
+                and existing.record.auth == auth)
+        return live if same else None
+
+    async def _keep(self, live: Revision, *, wait: bool) -> AsyncIterator[DeployEvent]:
+        """Ends a deploy that changed nothing: says which revision already serves it."""
+        if wait:
+            yield Progress(DeployStage.ROLLOUT, f"waiting for a runner of {live.revision_id}")
+            runner_id = await self._first_runner(live)
+            yield Progress(DeployStage.ROLLOUT, f"runner {runner_id} is ready")
+        endpoint_id = f"{self._settings.owner}/{live.app_name}"
+        yield Progress(DeployStage.DONE,
+                       f"unchanged: revision {live.revision_id} already serves this", 1.0)
+        yield Deployed(endpoint_id, live.app_name, live.revision_id, unchanged=True)
 
     async def rollback(
         self, app_name: str, revision_id: str, strategy: DeployStrategy, auth: str = ""

@@ -23,6 +23,7 @@ from falrt import errors
 from falrt.autoscaler.policy import ScalingDecision
 from falrt.backends.base import Backend, Survivor
 from falrt.backends.environments import Environments
+from falrt.server.fleet import runner_logs
 from falrt.server.fleet.events import FleetEvents
 from falrt.server.fleet.launch import Launcher, kill_after
 from falrt.server.fleet.scaling import ScalingLoop
@@ -122,10 +123,36 @@ class Fleet:
         self._starts.address = address
         return self._starts.adopt(survivors)
 
+    async def sweep_runner_keys(self, shared_store: bool) -> None:
+        """Revokes the runner keys left valid by runners that ended while no server was up
+        (`Launcher.sweep_runner_keys`); adopted runners keep theirs. Not on a shared store,
+        where the other servers' runners hold theirs."""
+        revoked = await self._launcher.sweep_runner_keys(set(self.runners), not shared_store)
+        if revoked:
+            log.info("revoked %d keys of runners that ended while the server was down", revoked)
+
     def start(self) -> None:
         """Starts the scaling loop (the server is serving: runners can dial in)."""
         self._scaler = self._tasks.spawn(self._scaling.run(), name="falrt-scaling",
                                          essential=True)
+        self._tasks.spawn(self._remove_old_logs(), name="falrt-runner-logs")
+
+    async def _remove_old_logs(self) -> None:
+        """Removes the logs of ended runners past `runner_log_retention_s`, until cancelled;
+        every quarter of it (at most every minute, at least every 0.25 s). A failure is
+        logged and the next round runs as usual."""
+        retention_s = self.settings.runner_log_retention_s
+        while True:
+            await asyncio.sleep(min(60.0, max(0.25, retention_s / 4)))
+            try:
+                removed = await asyncio.to_thread(
+                    runner_logs.remove_old, self.settings.runner_logs_dir, retention_s,
+                    set(self.runners))
+            except Exception:
+                log.exception("removing old runner logs failed")
+                continue
+            if removed:
+                log.info("removed %d runner logs older than %.0f s", removed, retention_s)
 
     def _apply(self, app: AppState, decision: ScalingDecision) -> None:
         """Applies the scaling loop's decision to the app's live-revision runners."""
@@ -294,6 +321,7 @@ class Fleet:
             self.ended.append(runner)
         runner.set_state(RunnerState.TERMINATED)
         self.runners.pop(runner.runner_id, None)
+        self._tasks.spawn(self._launcher.revoke_runner_key(runner.runner_id))  # dies with it
         if runner.in_flight:
             self._events.on_runner_lost(runner)
         self.wake()
@@ -314,6 +342,8 @@ class Fleet:
         else:
             await self._stop_all()
         await self._tasks.close()
+        if not self.backend.keeps_runners:  # (those left running keep theirs)
+            await self._launcher.revoke_runner_keys()
         await self.backend.close()
 
     async def _leave_runners(self) -> None:

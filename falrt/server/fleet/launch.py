@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Awaitable
 from pathlib import Path
 
 from falrt import errors
@@ -14,13 +16,17 @@ from falrt.backends.environments import Environments
 from falrt.names import split_name
 from falrt.server.fleet.secret_box import SecretBox
 from falrt.server.state.apps import AppState, EffectiveSettings
+from falrt.server.state.keys import new_key
 from falrt.server.state.runners import RunnerHandle, RunnerState
 from falrt.settings import ServerSettings
 from falrt.store.base import Store
 from falrt.store.records import Revision
 from falrt.tls import TlsError, runner_env
+from falrt.vocabulary import KeyScope
 
 log = logging.getLogger(__name__)
+
+RUNNER_KEY_PREFIX = "runner "  # the description of a runner's key: "runner r-... of app X"
 
 
 class Launcher:
@@ -35,6 +41,8 @@ class Launcher:
         self._store = store
         self._secret_box = secret_box
         self._settings = settings
+        # The API key each runner was given at its latest start (runner id -> key id).
+        self._runner_keys: dict[str, str] = {}
 
     def capacity(self, machine_type: str, num_gpus: int) -> str:
         """Why the backend cannot start a runner of `machine_type` now ("" when it can)."""
@@ -63,7 +71,9 @@ class Launcher:
             num_gpus=settings.num_gpus,
             app_name=runner.app_name,
             revision_id=revision.revision_id,
-            env=await self._env(runner.app_name, revision),
+            # The app's own variables (secrets) win over the runner key's.
+            env=await self._runner_key_env(runner, address)
+            | await self._env(runner.app_name, revision),
         )
 
     async def start(self, spec: RunnerSpec, runner: RunnerHandle) -> RunnerProcess:
@@ -89,6 +99,63 @@ class Launcher:
             if not wanted or secret_name in wanted:
                 env[secret_name] = self._secret_box.decrypt(secret.value)
         return env | await self._tls_env()
+
+    async def _runner_key_env(self, runner: RunnerHandle, address: str) -> dict[str, str]:
+        """A new API-scope key of the server's owner for this start of the runner, with the
+        address it dials (`FALRT_KEY`, `FALRT_HOST`): `falrt.client` works in a handler with
+        no configuration (docs/security.md, "Runner keys"). The key of the runner's previous
+        start is revoked; `revoke_runner_key` revokes this one when the runner ends. {} for
+        a docker runner of a server without TLS: its key would travel in clear to another
+        address, which the client refuses."""
+        await self.revoke_runner_key(runner.runner_id)
+        tls = self._settings.tls is not None
+        if not tls and self._settings.backend != "process":
+            return {}
+        record, key = new_key(KeyScope.API, self._settings.owner,
+                              f"{RUNNER_KEY_PREFIX}{runner.runner_id} of app {runner.app_name}")
+        await self._store.create_key(record)
+        self._runner_keys[runner.runner_id] = record.key_id
+        return {"FALRT_KEY": key, "FALRT_HOST": f"https://{address}" if tls else address}
+
+    def revoke_runner_key(self, runner_id: str) -> Awaitable[None]:
+        """Revokes the key the runner was given at its latest start (the one it holds now,
+        not one a later start makes). Never raises: a store error is logged, and the key is
+        revoked when the server stops or at its next start."""
+        return self._revoke(runner_id, self._runner_keys.get(runner_id))
+
+    async def _revoke(self, runner_id: str, key_id: str | None) -> None:
+        if key_id is None:
+            return
+        try:
+            await self._store.revoke_key(key_id, time.time())
+        except Exception:
+            log.exception("revoking key %s of runner %s failed", key_id, runner_id)
+            return
+        if self._runner_keys.get(runner_id) == key_id:
+            del self._runner_keys[runner_id]
+
+    async def sweep_runner_keys(self, running: set[str], revoke_others: bool) -> int:
+        """At the server's start: takes over the keys of the `running` (adopted) runners,
+        so that they are revoked when those end, and with `revoke_others` revokes every
+        other runner key left valid (its runner ended while no server was up). Returns how
+        many were revoked."""
+        revoked = 0
+        for record in await self._store.list_keys():
+            if record.revoked_at is not None or not record.description.startswith(
+                    RUNNER_KEY_PREFIX) or record.scope != KeyScope.API:
+                continue
+            runner_id = record.description.removeprefix(RUNNER_KEY_PREFIX).partition(" ")[0]
+            if runner_id in running:
+                self._runner_keys[runner_id] = record.key_id
+            elif revoke_others:
+                await self._store.revoke_key(record.key_id, time.time())
+                revoked += 1
+        return revoked
+
+    async def revoke_runner_keys(self) -> None:
+        """Revokes the keys of every runner this launcher started (the server stops)."""
+        for runner_id in list(self._runner_keys):
+            await self.revoke_runner_key(runner_id)
 
     async def _tls_env(self) -> dict[str, str]:
         """What the runner needs to dial a TLS server (`falrt.tls.runner_env`); {} without

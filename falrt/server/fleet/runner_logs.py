@@ -4,12 +4,16 @@ A runner's stdout and stderr go straight from its process into
 `<data_dir>/runners/<runner id>.log` (the backend hands the process the file), so there is
 no event when a line lands: following reads the file again every `FOLLOW_INTERVAL_S`, as
 `tail -f` does, until the runner has ended and everything it wrote has been sent.
+
+The log of a runner that no longer runs is removed once nothing was written to it for the
+server's `runner_log_retention_s` (`remove_old`, run by the fleet).
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -67,3 +71,20 @@ def _split(data: bytes) -> tuple[list[str], bytes]:
     """Complete lines (decoded) and the unfinished rest."""
     *complete, rest = data.split(b"\n")
     return [line.decode(errors="replace") for line in complete], rest
+
+
+def remove_old(logs_dir: Path, retention_s: float, running: set[str]) -> int:
+    """Removes the logs of runners not in `running` last written over `retention_s` ago;
+    how many. Blocking (call it in a thread); a file that vanishes meanwhile is skipped."""
+    cutoff = time.time() - retention_s
+    removed = 0
+    for path in logs_dir.glob("r-*.log"):
+        if path.stem in running:
+            continue
+        try:
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+        except FileNotFoundError:
+            continue
+    return removed

@@ -199,6 +199,7 @@ class Starts:
         """A start failed: the app's next start waits (fal's CRASH_BACKOFF). Returns True
         when the runner waits in CRASH_BACKOFF to start again, False when it ends."""
         runner.last_error = reason
+        self._tasks.spawn(self._launcher.revoke_runner_key(runner.runner_id))  # it exited
         app = self._apps.get(runner.app_name)
         if (app is None or app.revision.revision_id != runner.revision_id or self._stopped
                 or runner.stop_requested):

@@ -356,7 +356,9 @@ def test_an_app_may_bring_its_own_dockerfile_and_no_cache_rebuilds(
     endpoint = first.stdout.strip().splitlines()[-1]
     with SyncClient(server.address) as client:
         assert client.run(endpoint, {}) == {"greeting": "from the app's own image"}
-    again = server.cli("deploy", f"{app}::Own")  # nothing changed: nothing is built
+    same = server.cli("deploy", f"{app}::Own")  # nothing changed: no revision, no build
+    assert "unchanged" in same.stderr and "(built," not in same.stderr
+    again = server.cli("deploy", f"{app}::Own", "--force")  # a new revision: image cached
     assert "is cached" in again.stderr and "(cached," in again.stderr
     rebuilt = server.cli("deploy", f"{app}::Own", "--no-cache")
     assert "(built," in rebuilt.stderr

@@ -60,6 +60,7 @@ from loadgen import (
 )
 from servers import (
     LISTENING,
+    PARKED_APP,
     REPO,
     START_DEADLINE_S,
     baseline,
@@ -78,25 +79,6 @@ TARGET_DIRECT_RATIO = 1.2
 TARGET_SUBMIT_SHARE = 0.8
 TARGET_SSE_ADDED_MS = 0.3
 SUBMIT_CONCURRENCY = 64
-PARKED_APP = '''"""Runs nothing: with max_concurrency 0 no runner starts, so submits stay queued."""
-
-import msgspec
-
-import falrt
-
-
-class Payload(msgspec.Struct):
-    value: int = 0
-
-
-class Parked(falrt.App):
-    app_name = "parked"
-    max_concurrency = 0
-
-    @falrt.endpoint("/")
-    async def echo(self, request: Payload) -> Payload:
-        return request
-'''
 Progress = Callable[[str], None]
 
 

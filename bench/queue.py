@@ -66,6 +66,7 @@ from loadgen import (
 )
 from servers import (
     LISTENING,
+    PARKED_APP,
     REPO,
     baseline,
     deploy,
@@ -85,25 +86,6 @@ SUBSCRIBE, SUBMIT_WATCH = "subscribe", "submit+watch"
 QUEUE_MEASURES = (SUBSCRIBE, SUBMIT_WATCH)  # the first is the one the target judges
 TARGET_QUEUE_C1_RATIO = 4.0
 TARGET_SQLITE_SUBMITS_PER_S = 2000.0
-PARKED_APP = '''"""Runs nothing: with max_concurrency 0 no runner starts, so submits stay queued."""
-
-import msgspec
-
-import falrt
-
-
-class Payload(msgspec.Struct):
-    value: int = 0
-
-
-class Parked(falrt.App):
-    app_name = "parked"
-    max_concurrency = 0
-
-    @falrt.endpoint("/")
-    async def echo(self, request: Payload) -> Payload:
-        return request
-'''
 Progress = Callable[[str], None]
 
 

@@ -162,3 +162,26 @@ def machine() -> dict[str, Any]:
         info["torch"] = importlib.metadata.version("torch")
     info["gpus"] = [gpu.name for gpu in discover()]  # NVML's; none without a GPU
     return info
+
+
+# An app the queue benchmarks submit to: it never runs (max_concurrency 0), so each request
+# is stored durably and stays queued (bench/queue.py, bench/gateway.py write it to a file).
+PARKED_APP = '''"""Runs nothing: with max_concurrency 0 no runner starts, so submits stay queued."""
+
+import msgspec
+
+import falrt
+
+
+class Payload(msgspec.Struct):
+    value: int = 0
+
+
+class Parked(falrt.App):
+    app_name = "parked"
+    max_concurrency = 0
+
+    @falrt.endpoint("/")
+    async def echo(self, request: Payload) -> Payload:
+        return request
+'''

@@ -19,20 +19,18 @@ without a newline. What must hold:
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from falrt import errors
-from falrt.client import connection
-from falrt.v1 import common_pb2, queue_pb2, queue_pb2_grpc
 from tests.disk import NOT_SERVING, SERVING, fill, health, tmpfs
 from tests.harness import ServerProcess, wait_for
+from tests.submitter import Submitter as Resubmitter
 
 pytestmark = pytest.mark.e2e
 
@@ -40,54 +38,40 @@ TOTAL = 300
 WORKERS = 32
 RUNNERS = 2  # the app's max_concurrency; keep_alive outlasts the test
 SLOTS = RUNNERS * 8  # x max_multiplexing: the attempts one crash can cut
-COMPLETED = common_pb2.REQUEST_STATUS_COMPLETED
 
 
 def kind_of(n: int) -> str:
     return {7: "huge_output", 22: "huge_line"}.get(n % 30, "small")
 
 
-class Submitter:
-    """Threads submitting with idempotency keys; a Submit refused because the server is
-    down waits for it, one refused because its store is full waits for SERVING."""
+class Submitter(Resubmitter):
+    """A Submit refused because the store is full waits for SERVING, then is made again;
+    request n waits until the test allows it (its pace)."""
 
     def __init__(self, address: str, endpoint: str, marks: Path) -> None:
-        self.channel = connection.channel(address)
-        self.stub = queue_pb2_grpc.QueueStub(self.channel)
+        super().__init__(address, endpoint, marks)
         self.health = health_pb2_grpc.HealthStub(self.channel)
-        self.endpoint, self.marks = endpoint, marks
-        self.acked: dict[str, str] = {}  # key -> request id
         self.store_full = 0  # Submits refused because the store was full
-        self.allowed = 0  # requests 0 .. allowed-1 may be submitted (the test's pace)
-        self.changed = threading.Condition()
+        self.allowed = 0  # requests 0 .. allowed-1 may be submitted
 
     def allow(self, count: int) -> None:
         with self.changed:
             self.allowed = count
             self.changed.notify_all()
 
+    def input(self, key: str, n: int) -> dict[str, Any]:
+        return {**super().input(key, n), "kind": kind_of(n)}
+
     def submit(self, n: int) -> None:
         self.wait_until(f"request {n} allowed", lambda: n < self.allowed)
-        key = f"k{n:03d}"
-        data = json.dumps({"key": key, "n": n, "marks": str(self.marks),
-                           "kind": kind_of(n)}).encode()
-        request = queue_pb2.SubmitRequest(endpoint_id=self.endpoint, idempotency_key=key,
-                                          input=common_pb2.Payload(data=data))
-        while True:
-            try:  # wait_for_ready: a call made while the server is down waits for it
-                reply = self.stub.Submit(request, wait_for_ready=True, timeout=60)
-                break
-            except grpc.RpcError as exc:
-                if exc.code() is grpc.StatusCode.UNAVAILABLE:
-                    continue
-                assert isinstance(errors.from_rpc_error(exc), errors.StoreFullError), exc
-                with self.changed:
-                    self.store_full += 1
-                    self.changed.notify_all()
-                self.wait_serving()
+        super().submit(n)
+
+    def refused(self, exc: grpc.RpcError) -> None:
+        assert isinstance(errors.from_rpc_error(exc), errors.StoreFullError), exc
         with self.changed:
-            assert self.acked.setdefault(key, reply.request_id) == reply.request_id
+            self.store_full += 1
             self.changed.notify_all()
+        self.wait_serving()
 
     def wait_serving(self) -> None:
         """Follows the health service until it says SERVING (across server restarts)."""
@@ -97,21 +81,6 @@ class Submitter:
                                                 wait_for_ready=True, timeout=120):
                     if update.status == SERVING:
                         return
-            except grpc.RpcError as exc:
-                if exc.code() is not grpc.StatusCode.UNAVAILABLE:
-                    raise
-
-    def wait_until(self, what: str, condition: Callable[[], bool]) -> None:
-        with self.changed:
-            assert self.changed.wait_for(condition, timeout=120), what
-
-    def result(self, request_id: str) -> queue_pb2.RequestState:
-        while True:
-            try:
-                for update in self.stub.Watch(queue_pb2.WatchRequest(request_id=request_id),
-                                              wait_for_ready=True, timeout=120):
-                    if update.state.status == COMPLETED:
-                        return update.state
             except grpc.RpcError as exc:
                 if exc.code() is not grpc.StatusCode.UNAVAILABLE:
                     raise
@@ -139,17 +108,17 @@ def test_crashes_a_full_disk_and_oversized_outputs_lose_nothing_and_fail_only_th
             with ThreadPoolExecutor(WORKERS) as pool:
                 futures = [pool.submit(submitter.submit, n) for n in range(TOTAL)]
                 submitter.allow(100)
-                submitter.wait_until("60 acknowledged", lambda: len(submitter.acked) >= 60)
+                submitter.wait_acked(60)
                 live.kill()
                 live = server("second")
-                submitter.wait_until("100 acknowledged", lambda: len(submitter.acked) >= 100)
+                submitter.wait_acked(100)
                 filler = fill(disk)  # the server learns it at its next write
                 submitter.allow(TOTAL)
                 submitter.wait_until("submits refused", lambda: submitter.store_full >= 10)
                 assert health(listen) == NOT_SERVING
                 filler.unlink()
                 wait_for(lambda: health(listen) == SERVING, what="SERVING once freed")
-                submitter.wait_until("240 acknowledged", lambda: len(submitter.acked) >= 240)
+                submitter.wait_acked(240)
                 live.kill()
                 live = server("third")
                 for future in futures:

@@ -12,65 +12,19 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import grpc
 import pytest
 
-from falrt.client import connection
-from falrt.v1 import common_pb2, queue_pb2, queue_pb2_grpc
 from tests.harness import ServerProcess, wait_for
+from tests.submitter import Submitter
 
 pytestmark = pytest.mark.e2e
 
 TOTAL = 500
 WORKERS = 32
 SLOTS = 16  # runners (max_concurrency 2) x max_multiplexing 8: attempts a crash can cut
-COMPLETED = common_pb2.REQUEST_STATUS_COMPLETED
-
-
-class Submitter:
-    """32 threads submitting with idempotency keys, waiting for the server when it is down."""
-
-    def __init__(self, address: str, endpoint: str, marks: Path) -> None:
-        self.channel = connection.channel(address)
-        self.stub = queue_pb2_grpc.QueueStub(self.channel)
-        self.endpoint, self.marks = endpoint, marks
-        self.acked: dict[str, str] = {}  # key -> request id
-        self.changed = threading.Condition()
-
-    def submit(self, n: int) -> None:
-        key = f"k{n:03d}"
-        data = json.dumps({"key": key, "n": n, "marks": str(self.marks)}).encode()
-        request = queue_pb2.SubmitRequest(endpoint_id=self.endpoint, idempotency_key=key,
-                                          input=common_pb2.Payload(data=data))
-        while True:
-            try:  # wait_for_ready: a call made while the server is down waits for it
-                reply = self.stub.Submit(request, wait_for_ready=True, timeout=60)
-                break
-            except grpc.RpcError as exc:
-                if exc.code() is not grpc.StatusCode.UNAVAILABLE:
-                    raise
-        with self.changed:
-            assert self.acked.setdefault(key, reply.request_id) == reply.request_id
-            self.changed.notify_all()
-
-    def wait_acked(self, count: int) -> None:
-        with self.changed:
-            assert self.changed.wait_for(lambda: len(self.acked) >= count, timeout=120)
-
-    def result(self, request_id: str) -> queue_pb2.RequestState:
-        while True:
-            try:
-                for update in self.stub.Watch(queue_pb2.WatchRequest(request_id=request_id),
-                                              wait_for_ready=True, timeout=120):
-                    if update.state.status == COMPLETED:
-                        return update.state
-            except grpc.RpcError as exc:
-                if exc.code() is not grpc.StatusCode.UNAVAILABLE:
-                    raise
 
 
 def live_runner(marks: Path, server_pid: int) -> int | None:

@@ -89,6 +89,10 @@ _DEFAULTS = ServerSettings(data_dir=Path("."))
               help="the URL callers reach --http-listen at (behind a reverse proxy), for the "
                    "status_url and response_url the queue API returns; default: each "
                    "call's scheme and Host (env FALRT_PUBLIC_URL)")
+@click.option("--input-check/--no-input-check", "input_check", envvar="FALRT_INPUT_CHECK",
+              default=True, show_default=True,
+              help="check JSON inputs against their endpoint's schema when they arrive "
+                   "(--no-input-check: only runners validate; docs/requests.md)")
 @tls_options
 def server(
     listen: str, data_dir: Path | None, owner: str, backend: str, docker_base: str,
@@ -97,7 +101,7 @@ def server(
     crash_backoff_step_s: float, crash_backoff_cap_s: float, gpu_inventory: Path | None,
     cluster_lease_s: float,
     runner_reconnect_s: float, webhook_allow: tuple[str, ...], http_listen: str,
-    http_queue_listen: str, public_url: str, tls: TlsFiles | None,
+    http_queue_listen: str, public_url: str, input_check: bool, tls: TlsFiles | None,
 ) -> None:
     """Run the falrt server until interrupted."""
     with server_extra("server"):  # load the server only for this command
@@ -113,7 +117,7 @@ def server(
         gpu_inventory=gpu_inventory, backend=backend, docker_base=docker_base,
         registry=registry, runner_reconnect_s=runner_reconnect_s, webhook_allow=webhook_allow,
         tls=tls, http_listen=http_listen, http_queue_listen=http_queue_listen,
-        public_url=public_url,
+        public_url=public_url, input_check=input_check,
         ))
     except StartupError as exc:
         raise click.ClickException(f"the server cannot start: {exc}") from None

@@ -123,6 +123,9 @@ class ServerSettings(msgspec.Struct, frozen=True):
     # Networks (CIDRs) webhooks may reach although they are not public: receivers on the
     # operator's own network (falrt/server/queue/webhook_targets.py).
     webhook_allow: tuple[str, ...] = ()
+    # JSON inputs are checked against their endpoint's schema when they arrive
+    # (falrt/server/queue/input_check.py); False: only runners validate.
+    input_check: bool = True
     # TLS on the gRPC port (and for the runners' link), and HTTPS on the HTTP ports; None:
     # plaintext (HTTP then only on a loopback address).
     tls: TlsFiles | None = None

@@ -54,9 +54,37 @@ class DeployStrategy(enum.StrEnum):
     RECREATE = "recreate"
 
 
+class InputCheck(enum.StrEnum):
+    """How much of an endpoint's input schema the server checks before a runner sees an
+    input (falrt/server/queue/input_check.py): none of it, all of it, or its shape (objects,
+    arrays, required and unknown fields). The SDK chooses per input type at deploy."""
+
+    NONE = "none"
+    EXACT = "exact"
+    SHAPE = "shape"
+
+    @property
+    def number(self) -> int:
+        """Its number in the contract (falrt.v1.InputCheck) and in stored revisions."""
+        return _INPUT_CHECK_NUMBERS.index(self)
+
+    @classmethod
+    def from_number(cls, number: int) -> InputCheck:
+        """The check a contract number stands for; NONE for a number this version does not
+        know (a newer client's check is skipped, never guessed)."""
+        return _INPUT_CHECK_NUMBERS[number] if 0 <= number < len(_INPUT_CHECK_NUMBERS) \
+            else cls.NONE
+
+
+_INPUT_CHECK_NUMBERS = (InputCheck.NONE, InputCheck.EXACT, InputCheck.SHAPE)
+
+
 def names(members: type[enum.StrEnum]) -> tuple[str, ...]:
     """The strings of a closed set, in definition order (for messages and CLI choices)."""
     return tuple(member.value for member in members)
 
 
-__all__ = ["AppAuth", "CancelOutcome", "DeployStrategy", "KeyScope", "RetryCondition", "names"]
+__all__ = [
+    "AppAuth", "CancelOutcome", "DeployStrategy", "InputCheck", "KeyScope", "RetryCondition",
+    "names",
+]

@@ -352,9 +352,14 @@ def test_an_input_nested_100000_levels_deep_is_a_bad_request_naming_the_limit(
 
 def _write_broken(tmp_path: Path) -> str:
     """BROKEN_SETUP as a file; its FILE::CLASS."""
+    return _write_source(tmp_path, BROKEN_SETUP)
+
+
+def _write_source(tmp_path: Path, source: str) -> str:
+    """A variant of BROKEN_SETUP as a file; its FILE::CLASS."""
     app_file = tmp_path / "broken_app" / "broken.py"
     app_file.parent.mkdir()
-    app_file.write_text(BROKEN_SETUP)
+    app_file.write_text(source)
     return f"{app_file}::Broken"
 
 
@@ -366,6 +371,18 @@ def test_deploy_wait_exits_5_with_the_startup_error_of_a_failing_setup(
     assert deployed.returncode == 5, deployed.stderr
     assert "RuntimeError: the model file is missing" in deployed.stderr
     assert "falrt runners logs" in deployed.stderr
+
+
+def test_a_plain_deploy_of_an_app_kept_warm_reports_its_failing_setup(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """min_concurrency > 0 starts runners at deploy: the deploy waits for the first one
+    without --wait, and fails with its startup error."""
+    source = BROKEN_SETUP.replace('app_name = "broken"', 'app_name = "broken-warm"\n'
+                                  '    min_concurrency = 1')
+    deployed = server.cli("deploy", _write_source(tmp_path, source), check=False, timeout=120)
+    assert deployed.returncode == 5, deployed.stderr
+    assert "RuntimeError: the model file is missing" in deployed.stderr
 
 
 def test_deploy_wait_returns_once_a_runner_is_ready(server: ServerProcess) -> None:

@@ -59,7 +59,10 @@ def test_schemas_are_nested_objects_under_names_without_json() -> None:
     spec = control_pb2.EndpointSpec(path="/", name="run", kind=control_pb2.ENDPOINT_KIND_UNARY,
                                     input_schema_json=json.dumps(schema))
     assert message_json(spec) == {"path": "/", "name": "run", "kind": "unary",
-                                  "input_schema": schema, "output_schema": None}
+                                  "input_schema": schema, "output_schema": None,
+                                  "input_check": None}
+    spec.input_check = control_pb2.INPUT_CHECK_SHAPE
+    assert message_json(spec)["input_check"] == "shape"
 
 
 def test_unset_optional_fields_are_null_and_maps_are_objects() -> None:

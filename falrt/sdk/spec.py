@@ -15,7 +15,9 @@ import msgspec
 from falrt.sdk.app import App
 from falrt.sdk.codec import json_schema
 from falrt.sdk.endpoints import Endpoint
+from falrt.sdk.input_check import input_check_for
 from falrt.sdk.options import flat_requirements, retry_counts
+from falrt.vocabulary import InputCheck
 
 __all__ = ["AppDescription", "AppSettingsSpec", "EndpointDescription", "describe"]
 
@@ -50,6 +52,8 @@ class EndpointDescription(msgspec.Struct, frozen=True):
     kind: Literal["unary", "stream", "realtime"]
     input_schema_json: str
     output_schema_json: str
+    # How much of the input schema the server checks before a runner sees an input.
+    input_check: InputCheck = InputCheck.NONE
 
 
 class AppDescription(msgspec.Struct, frozen=True):
@@ -102,6 +106,7 @@ def describe_endpoint(ep: Endpoint) -> EndpointDescription:
         kind=ep.kind.value,
         input_schema_json=_schema_text(ep.input_type),
         output_schema_json=_schema_text(ep.output_type),
+        input_check=input_check_for(ep.input_type),
     )
 
 

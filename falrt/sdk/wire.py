@@ -14,6 +14,7 @@ from typing import Any, Literal, cast
 from falrt.sdk.endpoints import EndpointKind
 from falrt.sdk.spec import AppDescription, AppSettingsSpec, EndpointDescription
 from falrt.v1 import control_pb2
+from falrt.vocabulary import InputCheck
 
 __all__ = [
     "endpoint_from_proto",
@@ -96,6 +97,7 @@ def endpoints_to_proto(
             kind=cast(control_pb2.EndpointKind.ValueType, EndpointKind(ep.kind).number),
             input_schema_json=ep.input_schema_json,
             output_schema_json=ep.output_schema_json,
+            input_check=cast(control_pb2.InputCheck.ValueType, ep.input_check.number),
         )
         for ep in endpoints
     ]
@@ -114,6 +116,7 @@ def endpoint_from_proto(message: control_pb2.EndpointSpec) -> EndpointDescriptio
         kind=cast(Literal["unary", "stream", "realtime"], kind),
         input_schema_json=message.input_schema_json,
         output_schema_json=message.output_schema_json,
+        input_check=InputCheck.from_number(message.input_check),
     )
 
 

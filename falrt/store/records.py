@@ -53,6 +53,8 @@ class EndpointRecord(msgspec.Struct, frozen=True):
     kind: int
     input_schema_json: str = ""
     output_schema_json: str = ""
+    # falrt.v1.InputCheck's number (0: no check at the edge; revisions stored before it).
+    input_check: int = 0
 
 
 class Revision(msgspec.Struct, frozen=True):

@@ -75,6 +75,40 @@ ENDPOINT_KIND_REALTIME: EndpointKind.ValueType  # 3
 """A stream of inputs, a stream of outputs (Queue.Realtime)."""
 Global___EndpointKind: _TypeAlias = EndpointKind  # noqa: Y015
 
+class _InputCheck:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _InputCheckEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_InputCheck.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    INPUT_CHECK_UNSPECIFIED: _InputCheck.ValueType  # 0
+    """No check at the edge (deploys of older clients; models with validators that transform
+    their input, which the schema cannot describe).
+    """
+    INPUT_CHECK_EXACT: _InputCheck.ValueType  # 1
+    """The whole schema (msgspec Structs, which decode exactly what their schema says)."""
+    INPUT_CHECK_SHAPE: _InputCheck.ValueType  # 2
+    """Objects, arrays, required and unknown fields, not the types of scalars (pydantic models,
+    whose lax mode turns "3" into 3).
+    """
+
+class InputCheck(_InputCheck, metaclass=_InputCheckEnumTypeWrapper):
+    """How much of an endpoint's input schema the server checks at the edge. The SDK chooses, so
+    that the check never refuses an input the runner's validation would accept.
+    """
+
+INPUT_CHECK_UNSPECIFIED: InputCheck.ValueType  # 0
+"""No check at the edge (deploys of older clients; models with validators that transform
+their input, which the schema cannot describe).
+"""
+INPUT_CHECK_EXACT: InputCheck.ValueType  # 1
+"""The whole schema (msgspec Structs, which decode exactly what their schema says)."""
+INPUT_CHECK_SHAPE: InputCheck.ValueType  # 2
+"""Objects, arrays, required and unknown fields, not the types of scalars (pydantic models,
+whose lax mode turns "3" into 3).
+"""
+Global___InputCheck: _TypeAlias = InputCheck  # noqa: Y015
+
 class _DeployStage:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -261,6 +295,7 @@ class EndpointSpec(_message.Message):
     KIND_FIELD_NUMBER: _builtins.int
     INPUT_SCHEMA_JSON_FIELD_NUMBER: _builtins.int
     OUTPUT_SCHEMA_JSON_FIELD_NUMBER: _builtins.int
+    INPUT_CHECK_FIELD_NUMBER: _builtins.int
     path: _builtins.str
     """e.g. "/" or "/embed"."""
     name: _builtins.str
@@ -270,6 +305,10 @@ class EndpointSpec(_message.Message):
     """JSON Schema of the input, as JSON text."""
     output_schema_json: _builtins.str
     """JSON Schema of the output (of each partial output for streams), as JSON text."""
+    input_check: Global___InputCheck.ValueType
+    """How the server checks a JSON input against input_schema_json before a runner sees it
+    (the runner's own validation stays the last word; docs/requests.md says the rules).
+    """
     def __init__(
         self,
         *,
@@ -278,10 +317,11 @@ class EndpointSpec(_message.Message):
         kind: Global___EndpointKind.ValueType = ...,
         input_schema_json: _builtins.str = ...,
         output_schema_json: _builtins.str = ...,
+        input_check: Global___InputCheck.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["input_schema_json", b"input_schema_json", "kind", b"kind", "name", b"name", "output_schema_json", b"output_schema_json", "path", b"path"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input_check", b"input_check", "input_schema_json", b"input_schema_json", "kind", b"kind", "name", b"name", "output_schema_json", b"output_schema_json", "path", b"path"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

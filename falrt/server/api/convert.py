@@ -210,13 +210,14 @@ def app_settings(config: AppConfig) -> control_pb2.AppSettings:
 
 def endpoint_record(spec: control_pb2.EndpointSpec) -> EndpointRecord:
     return EndpointRecord(spec.path, spec.name, int(spec.kind), spec.input_schema_json,
-                          spec.output_schema_json)
+                          spec.output_schema_json, int(spec.input_check))
 
 
 def endpoint_spec(record: EndpointRecord) -> control_pb2.EndpointSpec:
     return control_pb2.EndpointSpec(
         path=record.path, name=record.name, kind=record.kind,  # type: ignore[arg-type]
         input_schema_json=record.input_schema_json, output_schema_json=record.output_schema_json,
+        input_check=record.input_check,  # type: ignore[arg-type]
     )
 
 

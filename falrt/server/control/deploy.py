@@ -202,7 +202,9 @@ class Deployer:
         revision starts first, and the switch waits until it is ready; if it cannot start,
         the app keeps serving what it served and this raises FailedPreconditionError.
         `wait` (when no rolling runner proved the revision): once live, a runner of it starts
-        and this waits until it is ready; StartupFailedError if it fails to start."""
+        and this waits until it is ready; StartupFailedError if it fails to start. A revision
+        that keeps runners warm (min_concurrency > 0) is waited for so, asked or not: its
+        runners start now anyway, and the deploy reports whether they can."""
         check_config(with_overrides(revision.config, scale))
         settings = self._control.resolve(revision.config, scale)
         existing = self._apps.get(revision.app_name)
@@ -230,6 +232,7 @@ class Deployer:
                 self._fleet.stop(candidate)
             raise
         self._control.activate(record, revision)  # the old revision's runners drain
+        wait = wait or settings.scaling.min_concurrency > 0
         if wait and candidate is None and settings.scaling.max_concurrency > 0:
             yield Progress(DeployStage.ROLLOUT, f"waiting for a runner of {revision.revision_id}")
             runner_id = await self._first_runner(revision)

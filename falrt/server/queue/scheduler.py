@@ -18,6 +18,7 @@ from falrt import errors
 from falrt.limits import check_payload, payload_limit
 from falrt.sdk.endpoints import EndpointKind
 from falrt.server.queue.dispatch import Dispatcher
+from falrt.server.queue.input_check import InputChecks
 from falrt.server.queue.outcomes import SubmitOptions, content_type_of, error_record
 from falrt.server.queue.recorder import Recorder
 from falrt.server.queue.requests import Requests
@@ -58,6 +59,7 @@ class Scheduler:
         # An input larger than this would not fit in the runner's Assign (falrt/limits.py).
         self._payload_limit = payload_limit(settings.max_message_bytes)
         self._webhook_targets = TargetPolicy(settings.webhook_allow)
+        self._input_checks: dict[str, InputChecks] = {}  # by app name, of its live revision
 
     # -- startup -----------------------------------------------------------------------
 
@@ -124,6 +126,14 @@ class Scheduler:
                 f"app {name!r} has no endpoint {errors.quote(path)}; it serves {known}")
         return app
 
+    def _check_input(self, app: AppState, path: str, data: bytes, content_type: str) -> None:
+        """Raises ValidationFailedError for a JSON input its endpoint's schema refuses
+        (falrt/server/queue/input_check.py), with checks compiled once per live revision."""
+        checks = self._input_checks.get(app.name)
+        if checks is None or checks.revision_id != app.revision.revision_id:
+            checks = self._input_checks[app.name] = InputChecks.of(app.revision)
+        checks.check(path, data, content_type)
+
     async def submit(
         self, endpoint_id: str, path: str, data: bytes, content_type: str,
         options: SubmitOptions,
@@ -132,6 +142,8 @@ class Scheduler:
         whether an earlier Submit with the same idempotency key made it."""
         app = self.resolve(endpoint_id, path)
         check_payload(len(data), self._payload_limit, "input")
+        if self._settings.input_check:
+            self._check_input(app, path, data, content_type)
         if not self._recorder.store_health.writable:
             raise errors.StoreFullError(
                 "the request was not stored: the server's store has no space left; try "
@@ -279,6 +291,8 @@ class Scheduler:
         """Queues a direct call (not stored, never retried); the caller awaits `done`."""
         app = self.resolve(endpoint_id, path)
         check_payload(len(data), self._payload_limit, "input")
+        if self._settings.input_check:
+            self._check_input(app, path, data, content_type)
         item = DirectCall(
             request_id=str(uuid.uuid4()), app_name=app.name, path=path, input=data,
             content_type=content_type_of(content_type), priority=Priority.NORMAL,
@@ -396,6 +410,7 @@ class Scheduler:
     def app_deleted(self, app: AppState) -> None:
         """Ends the work a deleted app had waiting (its rows go with the app)."""
         gone = errors.NotFoundError(f"app {app.name!r} was deleted")
+        self._input_checks.pop(app.name, None)
         for item in [*app.queue.items(), *app.retrying]:
             app.queue.remove(item)
             self._recorder.finish(item, Outcome(error=error_record(gone)), store=False)

@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run stop test test-fast fuzz proto lint bench bench-http bench-autoscale bench-coldstart clean
+.PHONY: run stop chromium test test-fast fuzz proto lint bench bench-http bench-autoscale bench-coldstart clean
 
 $(STAMP): pyproject.toml
 	@echo "installing falrt and its dependencies into $(VENV) with pip (quiet; 20-60 s the first" \
@@ -21,6 +21,11 @@ NODE_STAMP := tests/node/node_modules/.installed
 $(NODE_STAMP): tests/node/package-lock.json
 	scripts/node.sh
 
+# Chromium for the dashboard's browser test (tests/test_dashboard.py): installed with apt
+# when missing (scripts/chromium.sh; quiet and quick when it is there).
+chromium:
+	@scripts/chromium.sh >/dev/null
+
 proto: $(STAMP)
 	$(BIN)/python scripts/protogen.py
 
@@ -32,6 +37,8 @@ stop: $(STAMP)
 	$(BIN)/python scripts/run_local.py --stop
 	scripts/postgres.sh stop
 
+# The tests need a real Prometheus too (tests/test_metrics.py): scripts/prometheus.sh
+# installs Debian's package when it is missing and prints the binary's path.
 # The tests need a real PostgreSQL: scripts/postgres.sh starts (or reuses) a private one,
 # unless FALRT_TEST_POSTGRES_DSN already names a database; it keeps running for the next run
 # (a start costs seconds), and `make stop` stops it. Two runs, both always made (see
@@ -42,9 +49,10 @@ stop: $(STAMP)
 # 3 or 4 workers (the torch install of test_embeddings.py is the longest path), 129 s with
 # 6, where a test that races a 2 s keep_alive failed; the whole suite ran 321 s serially.
 TEST_WORKERS ?= 3
-test: $(STAMP) $(NODE_STAMP)
+test: $(STAMP) $(NODE_STAMP) chromium
 	dsn=$${FALRT_TEST_POSTGRES_DSN:-$$(scripts/postgres.sh)} || exit 1; \
 	export FALRT_TEST_POSTGRES_DSN=$$dsn; status=0; \
+	prometheus=$$(scripts/prometheus.sh) || exit 1; export FALRT_TEST_PROMETHEUS=$$prometheus; \
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder \
 	  -m "not bench and not docker" || status=$$?; \
 	$(BIN)/pytest -m "bench or docker" || status=$$?; \

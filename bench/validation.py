@@ -29,18 +29,31 @@ import grpc
 import msgspec
 import uvloop
 from baselines import ECHO_METHOD
-from loadgen import CHANNEL_OPTIONS, Figures, falrt_direct_call, grpc_bytes_call
-from loadgen import measure_interleaved
-from servers import LISTENING, baseline, deploy, falrt_server, first_success, guarded, machine
-from servers import process
+from loadgen import (
+    CHANNEL_OPTIONS,
+    Figures,
+    falrt_direct_call,
+    grpc_bytes_call,
+    measure_interleaved,
+)
+from servers import (
+    LISTENING,
+    baseline,
+    deploy,
+    falrt_server,
+    first_success,
+    guarded,
+    machine,
+    process,
+)
 
 sys.path.insert(0, str(Path(__file__).parent / "apps"))
-from job_app import Job  # noqa: E402
+from job_app import Job
 
-from falrt.client.credentials import metadata_for  # noqa: E402
-from falrt.sdk.codec import json_schema  # noqa: E402
-from falrt.sdk.input_check import input_check_for  # noqa: E402
-from falrt.server.queue.input_check import compile_check  # noqa: E402
+from falrt.client.credentials import metadata_for
+from falrt.sdk.codec import json_schema
+from falrt.sdk.input_check import input_check_for
+from falrt.server.queue.input_check import compile_check
 
 TARGET = "bench/apps/job_app.py::JobApp"
 

@@ -20,6 +20,7 @@ from .images import images
 from .login import login, logout
 from .queue import queue
 from .requests import requests
+from .run import run
 from .runners import runners
 from .server import server
 
@@ -40,6 +41,6 @@ def main(
     ctx.obj = make_context(host, tls_ca, tls_client_cert, tls_client_key)
 
 
-for command in (server, deploy, apps, runners, call, requests, queue, envs, secrets, keys, images,
-                login, logout, certs):
+for command in (server, deploy, run, apps, runners, call, requests, queue, envs, secrets, keys,
+                images, login, logout, certs):
     main.add_command(command)

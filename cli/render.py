@@ -99,3 +99,8 @@ def age(timestamp: Timestamp, now: datetime | None = None) -> str:
     if hours:
         return f"{hours}h{minutes:02d}m"
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def say(text: str, style: str | None = None) -> None:
+    """A line for the person at the terminal (stderr), never markup."""
+    stderr.print(text, style=style, markup=False, highlight=False)

@@ -89,10 +89,26 @@ _DEFAULTS = ServerSettings(data_dir=Path("."))
               help="the URL callers reach --http-listen at (behind a reverse proxy), for the "
                    "status_url and response_url the queue API returns; default: each "
                    "call's scheme and Host (env FALRT_PUBLIC_URL)")
+@click.option("--metrics-listen", "metrics_listen", envvar="FALRT_METRICS_LISTEN", default="",
+              metavar="HOST:PORT",
+              help="serve /metrics (Prometheus) and /healthz here too, without a key, plain "
+                   "HTTP unless --tls-cert (they are on --http-listen as well; env "
+                   "FALRT_METRICS_LISTEN; docs/observability.md)")
+@click.option("--metrics/--no-metrics", "metrics", envvar="FALRT_METRICS", default=True,
+              show_default=True,
+              help="keep Prometheus metrics (--no-metrics: /metrics answers 404)")
 @click.option("--input-check/--no-input-check", "input_check", envvar="FALRT_INPUT_CHECK",
               default=True, show_default=True,
               help="check JSON inputs against their endpoint's schema when they arrive "
                    "(--no-input-check: only runners validate; docs/requests.md)")
+@click.option("--otlp-endpoint", "otlp_endpoint", envvar="FALRT_OTLP_ENDPOINT", default="",
+              metavar="URL",
+              help="export traces of requests to this OpenTelemetry collector (OTLP over "
+                   "HTTP, e.g. http://127.0.0.1:4318); runners export their handlers' spans "
+                   "there too (env FALRT_OTLP_ENDPOINT; docs/observability.md)")
+@click.option("--tracing/--no-tracing", "tracing", envvar="FALRT_TRACING", default=False,
+              help="make the spans of requests even without --otlp-endpoint (to measure "
+                   "their cost; nothing is exported)")
 @tls_options
 def server(
     listen: str, data_dir: Path | None, owner: str, backend: str, docker_base: str,
@@ -101,7 +117,8 @@ def server(
     crash_backoff_step_s: float, crash_backoff_cap_s: float, gpu_inventory: Path | None,
     cluster_lease_s: float,
     runner_reconnect_s: float, webhook_allow: tuple[str, ...], http_listen: str,
-    http_queue_listen: str, public_url: str, input_check: bool, tls: TlsFiles | None,
+    http_queue_listen: str, public_url: str, metrics_listen: str, metrics: bool,
+    input_check: bool, otlp_endpoint: str, tracing: bool, tls: TlsFiles | None,
 ) -> None:
     """Run the falrt server until interrupted."""
     with server_extra("server"):  # load the server only for this command
@@ -117,7 +134,8 @@ def server(
         gpu_inventory=gpu_inventory, backend=backend, docker_base=docker_base,
         registry=registry, runner_reconnect_s=runner_reconnect_s, webhook_allow=webhook_allow,
         tls=tls, http_listen=http_listen, http_queue_listen=http_queue_listen,
-        public_url=public_url, input_check=input_check,
+        public_url=public_url, metrics_listen=metrics_listen, metrics=metrics,
+        input_check=input_check, otlp_endpoint=otlp_endpoint, tracing=tracing,
         ))
     except StartupError as exc:
         raise click.ClickException(f"the server cannot start: {exc}") from None

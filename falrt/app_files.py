@@ -1,9 +1,11 @@
 """The files an App class adds to its bundle: fal's `app_files` and `local_python_modules`.
 
 Runs on the deploying machine (the CLI, through `falrt.bundle.pack`). Every function returns
-bundle entries: entry name (a POSIX path relative to the bundle root, the app file's folder)
--> local file. The runner's working directory is the bundle root, so an app reads its
-`app_files` by the same relative paths as on the deploying machine, as on fal.
+bundle entries: entry name (a POSIX path relative to the bundle root) -> local file. The
+bundle root is the app file's folder, or the highest `app_files_context_dir` above it
+(`bundle_root`); either way the runner's working directory is the app file's folder inside
+the bundle, so an app reads its `app_files` by the same relative paths as on the deploying
+machine, as on fal (whose runners work in the app file's folder under the context dir).
 """
 
 from __future__ import annotations
@@ -17,20 +19,35 @@ from falrt.errors import InvalidArgumentError
 from falrt.sdk.app import App
 from falrt.sdk.options import DEFAULT_APP_FILES_IGNORE
 
-__all__ = ["app_file_entries", "local_module_entries"]
+__all__ = ["app_file_entries", "bundle_root", "local_module_entries"]
 
 _CACHE_PARTS = frozenset({"__pycache__", ".git"})
 
 
-def app_file_entries(root: Path, cls: type[App]) -> dict[str, Path]:
-    """The files `cls.app_files` names (a folder: every file under it), minus those an
-    `app_files_ignore` pattern finds (`re.search` in the path relative to the context dir).
+def _context_dir(folder: Path, cls: type[App]) -> Path:
+    """`cls.app_files_context_dir` resolved against the app file's `folder` (default: it)."""
+    return (folder / (cls.app_files_context_dir or ".")).resolve()
 
-    Paths are relative to `app_files_context_dir` (default: `root`). Raises
-    `InvalidArgumentError` for an absolute path, a path that escapes the context dir, a
-    missing one, or a file outside `root` (falrt's bundles hold the app file's folder only).
+
+def bundle_root(folder: Path, classes: Iterable[type[App]]) -> Path:
+    """The bundle root of an app file in `folder` (resolved): `folder`, or the highest
+    context dir of `classes` that `folder` lies under (fal's `app_files_context_dir=".."`)."""
+    above = [context for context in (_context_dir(folder, cls) for cls in classes)
+             if folder.is_relative_to(context)]
+    return min(above, key=lambda path: len(path.parts), default=folder)
+
+
+def app_file_entries(root: Path, folder: Path, cls: type[App]) -> dict[str, Path]:
+    """The files `cls.app_files` names (a folder: every file under it), minus those an
+    `app_files_ignore` pattern finds (`re.search` in the path relative to the context dir),
+    named relative to the bundle `root`.
+
+    Paths are relative to `app_files_context_dir`, itself relative to the app file's
+    `folder` (default: `folder`). Raises `InvalidArgumentError` for an absolute path, a path
+    that escapes the context dir, a missing one, or a file outside `root` (a context dir
+    beside the app file's folder rather than above or below it).
     """
-    context = (root / (cls.app_files_context_dir or ".")).resolve()
+    context = _context_dir(folder, cls)
     ignore = [re.compile(p) for p in (cls.app_files_ignore
                                       if cls.app_files_ignore is not None
                                       else DEFAULT_APP_FILES_IGNORE)]
@@ -61,8 +78,9 @@ def _expand(context: Path, name: str) -> Iterable[Path]:
 def _entry_name(root: Path, path: Path, name: str) -> str:
     if not path.is_relative_to(root):
         raise InvalidArgumentError(
-            f"app_files: {name!r} is outside the app file's folder {root}; falrt bundles "
-            "that folder only (move the app file up, or the files in)")
+            f"app_files: {name!r} is outside the bundle's folder {root}: falrt bundles the "
+            "app file's folder, or the app_files_context_dir above it (a context dir beside "
+            "the app file's folder holds no app file: make it a folder above both)")
     return path.relative_to(root).as_posix()
 
 

@@ -4,6 +4,14 @@ files its App classes add (`app_files`, `local_python_modules`: see `falrt.app_f
 `pack` runs on the deploying machine (the CLI); `unpack` runs on the server and treats the
 archive as hostile input. A bundle is content-addressed: the same files give the same bytes,
 hence the same SHA-256.
+
+The bundle root is the app file's folder, whose module the runner imports by the
+entrypoint's name from the root. When an App's `app_files_context_dir` is a folder above the
+app file's (fal's `".."`), the bundle root is that folder instead: the app file keeps its
+place below it, and a small loader (`_entry_loader`) at the root, named as the app module,
+makes the import work unchanged on every server and runner. It puts the app file's folder
+first on `sys.path` and makes it the working directory (where fal's runners work, so the app
+reads its files by the relative paths it uses locally), then runs the app file as that module.
 """
 
 from __future__ import annotations
@@ -17,11 +25,12 @@ import sys
 import tarfile
 import tempfile
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from types import ModuleType
 
-from falrt.app_files import app_file_entries, local_module_entries
+from falrt.app_files import app_file_entries, bundle_root, local_module_entries
 from falrt.errors import InvalidArgumentError, quote
 from falrt.sdk.app import App
 from falrt.sdk.loader import app_classes, import_app_file
@@ -53,28 +62,56 @@ def pack(app_file: Path, app: type[App] | None = None) -> Bundle:
     The app file is imported (`falrt.sdk.loader.import_app_file`) so that its local imports
     show up in `sys.modules`; every loaded module whose file lives under the app file's
     folder is included (a package with all its files), then the `app_files` and
-    `local_python_modules` of the App class(es). Entries are named relative to that folder.
-    Same files -> same bytes. Raises whatever importing the app file raises, and
-    `InvalidArgumentError` for app files or modules that cannot be bundled.
+    `local_python_modules` of the App class(es). Entries are named relative to the bundle
+    root (the module's docstring). Same files -> same bytes. Raises whatever importing the
+    app file raises, and `InvalidArgumentError` for app files or modules that cannot be
+    bundled.
     """
     app_file = app_file.resolve()
-    root = app_file.parent
+    folder = app_file.parent
     module = import_app_file(app_file)
-    entries = {p.relative_to(root).as_posix(): p
-               for p in {app_file, *_local_module_files(root)}}
-    for cls in [app] if app is not None else app_classes(module):
-        _add(entries, app_file_entries(root, cls))
+    classes = [app] if app is not None else app_classes(module)
+    root = bundle_root(folder, classes)
+    entries: dict[str, Path | bytes] = {p.relative_to(root).as_posix(): p
+                                        for p in {app_file, *_local_module_files(folder)}}
+    for cls in classes:
+        _add(entries, app_file_entries(root, folder, cls))
         _add(entries, local_module_entries(cls.local_python_modules or ()))
+    if root != folder:
+        _add(entries, {app_file.name: _entry_loader(folder.relative_to(root), app_file.name)})
     data = _archive(entries)
     return Bundle(data=data, sha256=hashlib.sha256(data).hexdigest())
 
 
-def _add(entries: dict[str, Path], more: dict[str, Path]) -> None:
+def _entry_loader(folder: Path, file_name: str) -> bytes:
+    """The bundle root's module that loads the app file `folder/file_name` (both relative to
+    the root) as itself: the module's docstring says why."""
+    return (
+        '"""Written by falrt (falrt/bundle.py): loads the app module from '
+        f'{(folder / file_name).as_posix()}."""\n'
+        "import importlib.util\nimport os\nimport sys\n\n"
+        "_FOLDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "
+        f"*{list(folder.parts)!r})\n"
+        "sys.path.insert(0, _FOLDER)\n"
+        "os.chdir(_FOLDER)\n"
+        f"_SPEC = importlib.util.spec_from_file_location(__name__, os.path.join(_FOLDER, "
+        f"{file_name!r}))\n"
+        "_MODULE = importlib.util.module_from_spec(_SPEC)\n"
+        "sys.modules[__name__] = _MODULE  # what importing this module returns\n"
+        "_SPEC.loader.exec_module(_MODULE)\n"
+    ).encode()
+
+
+def _add(entries: dict[str, Path | bytes], more: Mapping[str, Path | bytes]) -> None:
     """Adds `more`; raises `InvalidArgumentError` when a name would hold two files."""
-    for name, path in more.items():
-        if entries.setdefault(name, path) != path:
-            raise InvalidArgumentError(
-                f"bundle entry {quote(name)} would be both {entries[name]} and {path}")
+    for name, source in more.items():
+        if entries.setdefault(name, source) != source:
+            raise InvalidArgumentError(f"bundle entry {quote(name)} would be both "
+                                       f"{_shown(entries[name])} and {_shown(source)}")
+
+
+def _shown(source: Path | bytes) -> str:
+    return str(source) if isinstance(source, Path) else "falrt's loader of the app module"
 
 
 def _module_path(module: ModuleType) -> Path | None:
@@ -112,15 +149,16 @@ def _package_files(root: Path, package_dir: Path) -> set[Path]:
     return {p for p in package_dir.rglob("*") if _is_bundleable(root, p)}
 
 
-def _archive(entries: dict[str, Path]) -> bytes:
-    """A gzipped tar of `entries` (name -> file, sorted by name), all metadata normalised."""
+def _archive(entries: Mapping[str, Path | bytes]) -> bytes:
+    """A gzipped tar of `entries` (name -> file or content, sorted by name), all metadata
+    normalised."""
     buffer = io.BytesIO()
     with (
         gzip.GzipFile(filename="", mode="wb", fileobj=buffer, mtime=0, compresslevel=9) as gz,
         tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
     ):
-        for name, path in sorted(entries.items()):
-            content = path.read_bytes()
+        for name, source in sorted(entries.items()):
+            content = source if isinstance(source, bytes) else source.read_bytes()
             tar.addfile(_entry(name, len(content)), io.BytesIO(content))
     return buffer.getvalue()
 

@@ -127,3 +127,66 @@ class GpuAllocator:
 
     def held_by(self, runner_id: str) -> list[Gpu]:
         return [g for g in self.gpus if self._holder.get(g.uuid) == runner_id]
+
+
+@dataclass(frozen=True)
+class GpuSample:
+    """One GPU's figures now, as NVML reports them (falrt_gpu_* metrics)."""
+
+    index: int
+    uuid: str
+    name: str
+    utilization_percent: int  # of NVML's last sample period, busy
+    memory_used_bytes: int
+    memory_total_bytes: int
+
+
+class GpuMonitor:
+    """Reads the utilisation and memory of the host's GPUs from NVML, which it keeps
+    initialised from `open` to `close`. `open` returns None without GPUs or without NVML
+    (then there is nothing to report). `sample` takes microseconds per GPU; a GPU that
+    fails to answer (it fell off the bus) is left out of that sample."""
+
+    def __init__(self, nvml: Any, gpus: list[tuple[Gpu, Any]]) -> None:
+        self._nvml = nvml
+        self._gpus = gpus
+
+    @classmethod
+    def open(cls, gpus: Iterable[Gpu]) -> GpuMonitor | None:
+        """Blocking (NVML's initialisation may take a moment)."""
+        gpus = list(gpus)
+        if not gpus:
+            return None
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+        except Exception as exc:  # no module, no driver: no figures
+            log.info("no GPU metrics: NVML is not available here (%s)", exc)
+            return None
+        handles = []
+        for gpu in gpus:
+            try:
+                handles.append((gpu, pynvml.nvmlDeviceGetHandleByUUID(gpu.uuid)))
+            except pynvml.NVMLError as exc:  # an inventory file may name GPUs NVML lacks
+                log.info("no metrics for GPU %s: %s", gpu.uuid, exc)
+        if not handles:
+            pynvml.nvmlShutdown()
+            return None
+        return cls(pynvml, handles)
+
+    def sample(self) -> list[GpuSample]:
+        samples = []
+        for gpu, handle in self._gpus:
+            try:
+                busy = self._nvml.nvmlDeviceGetUtilizationRates(handle).gpu
+                memory = self._nvml.nvmlDeviceGetMemoryInfo(handle)
+            except self._nvml.NVMLError as exc:
+                log.warning("GPU %s did not answer NVML: %s", gpu.uuid, exc)
+                continue
+            samples.append(GpuSample(gpu.index, gpu.uuid, gpu.name, int(busy),
+                                     int(memory.used), int(memory.total)))
+        return samples
+
+    def close(self) -> None:
+        self._nvml.nvmlShutdown()

@@ -5,7 +5,8 @@ variable (click's `envvar`: FALRT_LISTEN, FALRT_DATA_DIR, FALRT_OWNER, FALRT_BAC
 FALRT_DOCKER_BASE, FALRT_REGISTRY, FALRT_STORE, FALRT_RETRY_BACKOFF_S,
 FALRT_RESULT_RETENTION_S, FALRT_GPU_INVENTORY, FALRT_LEASE_S, FALRT_RECONNECT_WINDOW_S,
 FALRT_WEBHOOK_ALLOW, FALRT_TLS_CERT, FALRT_TLS_KEY, FALRT_TLS_CLIENT_CA, FALRT_TLS_RUNNER_*,
-FALRT_TLS_SERVER_NAME, FALRT_HTTP_LISTEN, FALRT_HTTP_QUEUE_LISTEN, FALRT_PUBLIC_URL), and
+FALRT_TLS_SERVER_NAME, FALRT_HTTP_LISTEN, FALRT_HTTP_QUEUE_LISTEN, FALRT_PUBLIC_URL,
+FALRT_METRICS, FALRT_METRICS_LISTEN), and
 passes them down in a `ServerSettings`. Durations end in `_s`, sizes in `_bytes`.
 
 These other places of the server process read `os.environ`, each for one reason:
@@ -126,6 +127,11 @@ class ServerSettings(msgspec.Struct, frozen=True):
     # JSON inputs are checked against their endpoint's schema when they arrive
     # (falrt/server/queue/input_check.py); False: only runners validate.
     input_check: bool = True
+    # Traces (falrt/server/tracing.py): the OTLP/HTTP collector spans are exported to (its
+    # base URL, e.g. http://127.0.0.1:4318; "": none, and no spans are made unless
+    # `tracing`, which makes them without exporting).
+    otlp_endpoint: str = ""
+    tracing: bool = False
     # TLS on the gRPC port (and for the runners' link), and HTTPS on the HTTP ports; None:
     # plaintext (HTTP then only on a loopback address).
     tls: TlsFiles | None = None
@@ -135,6 +141,11 @@ class ServerSettings(msgspec.Struct, frozen=True):
     http_listen: str = ""
     http_queue_listen: str = ""
     public_url: str = ""
+    # Prometheus metrics (docs/observability.md): kept and served at `/metrics` of
+    # --http-listen unless off; HOST:PORT of a listener serving only /metrics and /healthz
+    # ("": none).
+    metrics: bool = True
+    metrics_listen: str = ""
 
     @property
     def db_path(self) -> Path:

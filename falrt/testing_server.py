@@ -4,7 +4,8 @@ The server listens on a port the OS picks (127.0.0.1), keeps its state in a data
 of the test's own, and writes its admin key to a credentials file of its own (never the
 user's `~/.config/falrt/credentials.json`); deploys go through the real `falrt` CLI and
 calls through the real clients. On exit the server gets SIGTERM (its runners stop with it)
-and is killed if it has not exited within `stop_timeout_s`.
+and is killed if it has not exited within `stop_timeout_s`. `falrt run` starts its private
+server with it too (`new_session=True`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from falrt.client.sync import SyncClient
 __all__ = ["LocalServer", "local_server"]
 
 LISTENING = re.compile(r"falrt server listening on (\S+):(\d+)")
+# The lines the other listeners (the HTTP edge's) print before the gRPC one.
+OTHER_LISTENER = re.compile(r"falrt (\S+) listening on (\S+)")
 
 
 def falrt_command() -> str:
@@ -50,6 +53,8 @@ class LocalServer:
     root: Path
     env: dict[str, str] = field(repr=False)
     log_path: Path
+    # The server's other listeners by name (`http` with `--http-listen`): HOST:PORT.
+    listeners: dict[str, str] = field(default_factory=dict)
 
     @property
     def key(self) -> str | None:
@@ -91,10 +96,12 @@ class LocalServer:
 @contextmanager
 def local_server(
     root: Path, *, extra_args: Sequence[str] = (), start_timeout_s: float = 30.0,
-    stop_timeout_s: float = 30.0,
+    stop_timeout_s: float = 30.0, new_session: bool = False,
 ) -> Iterator[LocalServer]:
     """Starts `falrt server` under `root` (a test's `tmp_path`) and stops it at exit.
 
+    `new_session`: the server runs in a session of its own, so that a Ctrl-C typed in the
+    terminal reaches only this process (`falrt run`), which then stops the server in order.
     Raises RuntimeError (with the server's log) when it has not reported its address
     within `start_timeout_s`, or exited first.
     """
@@ -105,10 +112,12 @@ def local_server(
         proc = subprocess.Popen(
             [falrt_command(), "server", "--listen", "127.0.0.1:0", "--data-dir",
              str(root / "data"), *extra_args],
-            stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+            stdout=subprocess.PIPE, stderr=log, text=True, env=env,
+            start_new_session=new_session)
     try:
-        address = _wait_listening(proc, start_timeout_s, log_path)
-        yield LocalServer(address, root, env, log_path)
+        listeners: dict[str, str] = {}
+        address = _wait_listening(proc, start_timeout_s, log_path, listeners)
+        yield LocalServer(address, root, env, log_path, listeners)
     finally:
         _stop(proc, stop_timeout_s)
 
@@ -121,9 +130,12 @@ def _env(credentials_file: Path) -> dict[str, str]:
     return env
 
 
-def _wait_listening(proc: subprocess.Popen[str], timeout_s: float, log_path: Path) -> str:
-    """The address the server prints; its stdout is read on a thread so that neither a
-    silent server nor a full pipe blocks the test."""
+def _wait_listening(
+    proc: subprocess.Popen[str], timeout_s: float, log_path: Path, listeners: dict[str, str],
+) -> str:
+    """The address the server prints (the other listeners it reports first go into
+    `listeners`); its stdout is read on a thread so that neither a silent server nor a full
+    pipe blocks the test."""
     lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
 
     def pump() -> None:
@@ -137,6 +149,8 @@ def _wait_listening(proc: subprocess.Popen[str], timeout_s: float, log_path: Pat
         while (line := lines.get(timeout=timeout_s)) is not None:
             if match := LISTENING.search(line):
                 return f"{match.group(1)}:{match.group(2)}"
+            if match := OTHER_LISTENER.search(line):
+                listeners[match.group(1)] = match.group(2)
     except queue.Empty:
         pass
     raise RuntimeError(f"falrt server did not start within {timeout_s} s; log:\n"

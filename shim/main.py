@@ -36,6 +36,7 @@ from . import logcapture
 from .parent import die_with_parent
 from .session import RunnerSession
 from .settings import SettingsError, ShimSettings
+from .tracing import HandlerTracing
 
 __all__ = ["EXIT_BAD_SETTINGS", "EXIT_SETUP_FAILED", "main"]
 
@@ -108,6 +109,7 @@ def main() -> int:
         print(f"falrt.shim: {exc}", file=real_stderr)
         return EXIT_BAD_SETTINGS
     die_with_parent(settings.parent_pid)
+    tracing = HandlerTracing.from_environ()  # (before setup(): its spans are exported too)
     try:
         app = start_app(settings)
     except BaseException:
@@ -117,8 +119,9 @@ def main() -> int:
     health = any(ep.health_check is not None for ep in type(app).endpoints().values())
     pool = ThreadPoolExecutor(settings.max_multiplexing + int(health),
                               thread_name_prefix="falrt-handler")
-    session = RunnerSession(settings, app, pool)
+    session = RunnerSession(settings, app, pool, tracing)
     code = uvloop.run(serve(session))
+    tracing.shutdown()
     if session.threads_abandoned:
         return _exit_now(code, real_stderr)
     pool.shutdown(wait=True)

@@ -76,6 +76,7 @@ from .lifecycle import DIALLING, LINKED, SHUTTING_DOWN, Lifecycle, SessionState
 from .outbox import Outbox
 from .realtime import RealtimeInputs
 from .settings import ShimSettings
+from .tracing import HandlerTracing
 
 __all__ = ["EXIT_REFUSED", "RunnerSession"]
 
@@ -118,8 +119,12 @@ def handler_error(exc: BaseException) -> RunnerServerError:
 class RunnerSession:
     """Serves one App instance over one Attach stream. Loop-affine; see the module docstring."""
 
-    def __init__(self, settings: ShimSettings, app: App, pool: Executor) -> None:
+    def __init__(
+        self, settings: ShimSettings, app: App, pool: Executor,
+        tracing: HandlerTracing | None = None,
+    ) -> None:
         self._settings = settings
+        self._tracing = tracing or HandlerTracing()
         self._payload_limit = payload_limit(settings.max_message_bytes)
         self._app = app
         self._endpoints: dict[str, Endpoint] = dict(type(app).endpoints())
@@ -434,7 +439,8 @@ class RunnerSession:
         request_var.set(context)
         logcapture.bind(entry.log)
         try:
-            message = await self._outcome(assign, ep, entry)
+            with self._tracing.span(assign.traceparent, assign.request_id, assign.path):
+                message = await self._outcome(assign, ep, entry)
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if entry.abandoned or not entry.client_cancelled or task is None:

@@ -38,6 +38,7 @@ class Assign(msgspec.Struct, frozen=True):
     path: str
     data: bytes
     content_type: str
+    traceparent: str = ""  # the server's span of this attempt ("": not traced)
 
 
 class Cancel(msgspec.Struct, frozen=True):
@@ -87,7 +88,8 @@ def event_from_proto(message: runner_pb2.ServerMessage) -> ServerEvent:
     match message.WhichOneof("event"):
         case "assign":
             a = message.assign
-            return Assign(a.request_id, a.path, a.input.data, a.input.content_type)
+            return Assign(a.request_id, a.path, a.input.data, a.input.content_type,
+                          a.traceparent)
         case "cancel":
             return Cancel(message.cancel.request_id)
         case "drain":

@@ -240,17 +240,38 @@ def test_default_app_files_ignore_is_fals(files_app: Path) -> None:
     ("['missing.txt']", None, "does not exist"),
     ("['/etc/hostname']", None, "must be relative"),
     ("['../outside.txt']", None, "outside the context dir"),
-    ("['outside.txt']", "'..'", "outside the app file's folder"),
+    ("['outside.txt']", "'../beside'", "outside the bundle's folder"),
 ])
 def test_app_files_that_cannot_be_bundled_fail_clearly(
     files_app: Path, files: str, context: str | None, message: str
 ) -> None:
     (files_app.parent / "outside.txt").write_text("x\n")
+    (files_app.parent / "beside").mkdir()
+    (files_app.parent / "beside" / "outside.txt").write_text("x\n")
     (files_app / "other_app.py").write_text(
         f"import falrt\n\nclass Other(falrt.App):\n    app_files = {files}\n"
         f"    app_files_context_dir = {context}\n")
     with pytest.raises(InvalidArgumentError, match=message):
         pack(files_app / "other_app.py")
+
+
+def test_a_context_dir_above_the_app_file_roots_the_bundle_with_a_loader_of_the_app(
+    files_app: Path,
+) -> None:
+    (files_app.parent / "configs").mkdir()
+    (files_app.parent / "configs" / "model.json").write_text("{}\n")
+    (files_app / "other_app.py").write_text(
+        "import falrt\n\nclass Other(falrt.App):\n    app_files = ['configs', 'proj/config.yaml']\n"
+        "    app_files_context_dir = '..'\n")
+    bundle = pack(files_app / "other_app.py")
+    assert _names(bundle.data) == [
+        "configs/model.json", "other_app.py", "proj/config.yaml", "proj/other_app.py"]
+    with tarfile.open(fileobj=io.BytesIO(bundle.data), mode="r:gz") as tar:
+        member = tar.extractfile("other_app.py")
+        assert member is not None
+        loader = member.read().decode()
+    assert "'proj'" in loader and "'other_app.py'" in loader
+    assert pack(files_app / "other_app.py").sha256 == bundle.sha256
 
 
 def test_an_unknown_local_python_module_fails_clearly(files_app: Path) -> None:

@@ -22,6 +22,18 @@ def test_app_settings_round_trip_keeping_unset_fields_unset() -> None:
     assert convert.app_config(message) == config
 
 
+def test_requirement_stages_and_private_logs_round_trip_in_one_normal_form() -> None:
+    config = AppConfig(requirements=("torch==2.5.0", "", "flash-attn", "--no-build-isolation"),
+                       private_logs=True)
+    message = convert.app_settings(config)
+    assert list(message.requirements) == list(config.requirements) and message.private_logs
+    assert convert.app_config(message) == config
+    # Empty stages and blank specifiers an older or other client sends are dropped.
+    sloppy = control_pb2.AppSettings(requirements=["", " six ", "", "", "idna", ""])
+    assert convert.app_config(sloppy).requirements == ("six", "", "idna")
+    assert convert.app_config(control_pb2.AppSettings()).private_logs is False
+
+
 def test_unknown_retry_conditions_in_app_settings_are_invalid() -> None:
     with pytest.raises(errors.InvalidArgumentError, match="unknown retry condition"):
         convert.app_config(control_pb2.AppSettings(skip_retry_conditions=["sometimes"]))

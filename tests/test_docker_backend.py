@@ -206,6 +206,62 @@ def test_a_requirements_change_builds_one_new_layer(
     assert "idna six" in layers_built[0] and "COPY falrt" in log, log
 
 
+STAGED_APP = '''
+import json
+from pathlib import Path
+
+import msgspec
+import falrt
+
+
+class In(msgspec.Struct):
+    pass
+
+
+class Out(msgspec.Struct):
+    config: dict[str, str]
+    modules: list[str]
+
+
+class Staged(falrt.App):
+    app_name = "staged"
+    machine_type = "XS"
+    requirements = [["six"], ["idna"]]
+    app_files = ["configs"]
+    app_files_context_dir = ".."
+
+    def setup(self) -> None:
+        self.config = json.loads(Path("../configs/model.json").read_text())
+
+    @falrt.endpoint("/")
+    def run(self, request: In) -> Out:
+        import idna
+        import six
+        return Out(self.config, [six.__name__, idna.__name__])
+'''
+
+
+def test_fal_install_stages_and_a_context_dir_above_the_app_work_in_containers(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "model.json").write_text('{"size": "small"}')
+    (tmp_path / "apps").mkdir()
+    app = tmp_path / "apps" / "staged.py"
+    app.write_text(STAGED_APP)
+    # The image is built by this deploy even when an earlier run left it (the steps may
+    # come from the engine's build cache; the log shows them either way).
+    base_id = _engine.images.get(build_base(spec()).ref).id
+    key = environment_key(base_id, ["six", "", "idna"], falrt_sources())
+    with contextlib.suppress(docker.errors.ImageNotFound):
+        _engine.images.remove(f"{ENV_NAME}:{key}", force=True)
+    log = server.cli("deploy", f"{app}::Staged").stderr
+    assert log.index("installing stage 1/2: six") < log.index("installing stage 2/2: idna")
+    with SyncClient(server.address) as client:
+        assert client.run("local/staged", {}) == {
+            "config": {"size": "small"}, "modules": ["six", "idna"]}
+
+
 def test_a_killed_container_is_replaced_and_its_request_retried(
     server: ServerProcess, tmp_path: Path
 ) -> None:

@@ -101,6 +101,19 @@ def test_environment_image_is_built_once(client: docker.DockerClient, base: str)
     assert out.strip() == "six"
 
 
+def test_requirement_stages_are_installed_by_one_step_each_in_order(
+    client: docker.DockerClient, base: str,
+) -> None:
+    lines: list[str] = []
+    image = EnvironmentImageBuilder().ensure_blocking(
+        base, ["six", "", "idna"], no_cache=True, on_line=lines.append)
+    first = next(n for n, line in enumerate(lines) if "installing stage 1/2: six" in line)
+    second = next(n for n, line in enumerate(lines) if "installing stage 2/2: idna" in line)
+    assert first < second, lines
+    assert any("Successfully installed six" in line for line in lines[first:second]), lines
+    assert run_in(client, image.ref, "import idna, six; print('ok')").strip() == "ok"
+
+
 def test_push_and_pull(client: docker.DockerClient, base: str) -> None:
     builder = EnvironmentImageBuilder(registry=f"{REGISTRY}/falrt-test")
     image = builder.ensure_blocking(base, ["six"])

@@ -16,26 +16,9 @@ from falrt.client import Completed, Queued, SyncClient, connection
 from falrt.v1 import control_pb2, control_pb2_grpc
 from tests.fifo import make_gate, release
 from tests.harness import ServerProcess, wait_for
+from tests.sources import BROKEN_SETUP
 
 pytestmark = pytest.mark.e2e
-
-BROKEN_SETUP = '''
-import msgspec
-import falrt
-
-class Input(msgspec.Struct):
-    x: int
-
-class Broken(falrt.App):
-    app_name = "broken"
-
-    def setup(self) -> None:
-        raise RuntimeError("the model file is missing")
-
-    @falrt.endpoint("/")
-    def run(self, request: Input) -> Input:
-        return request
-'''
 
 
 def deploy_source(server: ServerProcess, tmp_path: Path, module: str, source: str,

@@ -151,6 +151,7 @@ def test_an_unusable_schema_means_no_edge_check() -> None:
     assert compile_check("not json", InputCheck.EXACT, "test") is None
     assert compile_check('{"$ref": "#/$defs/Missing"}', InputCheck.EXACT, "test") is None
     assert compile_check('{"type": "object"}', InputCheck.NONE, "test") is None
+    assert compile_check('{"properties": [1]}', InputCheck.EXACT, "test") is None
 
 
 # Inputs near valid ones: the fields of the models with values of every JSON kind.

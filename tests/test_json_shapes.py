@@ -89,9 +89,10 @@ def test_the_shape_is_plain_json() -> None:
 
 
 # Commands without --output json: their answer is already JSON (call, requests result, apps
-# openapi), a stream of log lines, a server, or local files and credentials.
+# openapi), a stream of log lines (runners logs, and run: a dev loop in a terminal), a
+# server, or local files and credentials.
 NO_OUTPUT_FORMAT = {"server", "call", "requests result", "apps openapi", "runners logs",
-                    "login", "logout", "certs dev"}
+                    "login", "logout", "certs dev", "run"}
 
 
 def test_every_command_that_answers_or_changes_something_takes_output_json() -> None:

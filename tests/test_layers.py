@@ -18,8 +18,10 @@ ROOT = Path(__file__).resolve().parent.parent
 # The repository's folders and the names they import as (pyproject's package-dir).
 PACKAGES = {"falrt": ROOT / "falrt", "falrt.shim": ROOT / "shim", "falrt.cli": ROOT / "cli"}
 # The server's layers, lowest first: a module may import its own layer and those below
-# (`webhooks` only keeps an old import path of `verify` working).
-LAYERS = [("tasks", "webhooks"), ("state",), ("fleet",), ("queue",), ("control",),
+# (`webhooks` only keeps an old import path of `verify` working; `metrics` is beside the
+# state it reads, below the planes that report events to it; so is `tracing`).
+LAYERS = [("tasks", "webhooks"), ("state", "metrics", "tracing"), ("fleet",), ("queue",),
+          ("control",),
           ("api", "http"), ("main",)]
 MAX_SERVER_LINES = 450
 

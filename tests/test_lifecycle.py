@@ -23,7 +23,8 @@ from falrt.client.control import ControlClient
 from falrt.v1 import common_pb2, control_pb2
 from tests.fifo import make_gate, release
 from tests.harness import FALRT, ServerProcess, _env, stop_cleanly, wait_for
-from tests.test_failures import BROKEN_SETUP, waiting_reason
+from tests.sources import BROKEN_SETUP
+from tests.test_failures import waiting_reason
 
 pytestmark = pytest.mark.e2e
 

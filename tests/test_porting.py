@@ -45,3 +45,48 @@ def test_deploying_a_fal_option_falrt_lacks_warns_and_still_deploys(
     result = server.cli("deploy", f"{app}::Regional")
     assert "FalOptionWarning: Regional: fal option regions is not implemented" in result.stderr
     assert result.stdout.strip().splitlines()[-1].endswith("/regional")
+
+
+NESTED_APP = """
+import json
+from pathlib import Path
+
+import msgspec
+
+import falrt as fal
+import helpers  # beside the app file
+
+
+class Echo(msgspec.Struct):
+    text: str
+
+
+class Nested(fal.App):
+    app_files = ["configs"]
+    app_files_context_dir = ".."
+    app_files_ignore = [r"\\.draft$"]
+
+    def setup(self) -> None:
+        # As on fal, the working directory is the app file's folder under the context dir.
+        self.config = json.loads(Path("../configs/model.json").read_text())
+        self.found = sorted(p.name for p in (Path(__file__).parent.parent / "configs").iterdir())
+
+    @fal.endpoint("/")
+    def echo(self, input: Echo) -> Echo:
+        return Echo(text=f"{input.text}{self.config['suffix']}{helpers.MARK} {self.found}")
+"""
+
+
+def test_an_app_files_context_dir_above_the_app_file_serves_files_from_there(
+    server: ServerProcess, tmp_path: Path,
+) -> None:
+    configs, apps = tmp_path / "configs", tmp_path / "apps"
+    configs.mkdir()
+    apps.mkdir()
+    (configs / "model.json").write_text('{"suffix": "!"}')
+    (configs / "old.draft").write_text("ignored")
+    (apps / "helpers.py").write_text("MARK = '?'\n")
+    (apps / "nested.py").write_text(NESTED_APP)
+    endpoint_id = server.deploy(f"{apps / 'nested.py'}::Nested")
+    with SyncClient(server.address) as client:
+        assert client.run(endpoint_id, {"text": "hi"}) == {"text": "hi!? ['model.json']"}

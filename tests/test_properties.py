@@ -376,14 +376,15 @@ def test_requests_the_properties_found_are_invalid_arguments(
 @pytest.mark.e2e
 def test_health_lists_every_service(world: World) -> None:
     """grpcio's asyncio health servicer leaves List unimplemented (UNIMPLEMENTED, and a
-    traceback logged for every call); falrt's lists each service's status."""
+    traceback logged for every call); falrt's lists each service's status, and each app's
+    (docs/observability.md, "Health")."""
     assert world.channel is not None
     world.begin()
     stub = health_pb2_grpc.HealthStub(world.channel)
     listed = stub.List(health_pb2.HealthListRequest(), timeout=CALL_TIMEOUT_S)
     assert {name: status.status for name, status in listed.statuses.items()} == {
         name: health_pb2.HealthCheckResponse.SERVING
-        for name in ("", "falrt.v1.Queue", "falrt.v1.Control")}
+        for name in ("", "falrt.v1.Queue", "falrt.v1.Control", "falrt.app/hello")}
     world.check()
 
 

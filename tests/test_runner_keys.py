@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from falrt import errors
-from falrt.client import SyncClient
+from falrt.client import SyncClient, credentials
 from falrt.client.control import ControlClient
 from tests.harness import ServerProcess, stop_cleanly, wait_for
+from tests.postgres import fresh_database
 
 pytestmark = pytest.mark.e2e
 
@@ -39,7 +40,8 @@ def test_a_handler_calls_a_private_app_and_its_key_dies_with_its_runner(
     assert key_id in listed and secret not in listed
     with ControlClient(server.address) as control:
         info = next(k for k in control.list_keys() if k.key_id == key_id)
-        assert (info.scope, info.description) == ("API", f"runner {runner} of app relay")
+        assert info.scope == "API"
+        assert info.description.startswith(f"runner {runner} of app relay on server ")
         assert not info.HasField("revoked_at")
         control.stop_runner(runner)
 
@@ -83,3 +85,31 @@ def test_the_keys_of_runners_that_died_with_their_server_are_revoked_at_the_next
         assert "revoked 1 keys of runners" in second.log()
     finally:
         stop_cleanly(second)
+
+
+@pytest.mark.postgres
+def test_on_a_shared_store_the_keys_of_a_dead_servers_runners_are_revoked_by_another(
+    tmp_path: Path,
+) -> None:
+    """Two servers on one PostgreSQL: the one that takes over a killed server's lease
+    revokes the keys of the runners that server started (they died with it)."""
+    with fresh_database() as dsn:
+        lease = ["--lease", "1"]
+        first = ServerProcess(tmp_path / "a", tmp_path / "a.log", store=dsn, extra=lease).start()
+        second = ServerProcess(tmp_path / "b", tmp_path / "b.log", store=dsn, extra=lease)
+        try:
+            second.start()
+            relay = first.deploy("tests/apps/relay.py::Relay")
+            with SyncClient(first.address) as client:
+                key_id = client.run(relay, {}, path="/key")["key"].partition(":")[0]
+            admin = credentials.key_for(first.address)  # (the store's one admin key)
+            first.kill()  # its lease lapses; its process runners die with it
+            with ControlClient(second.address, key=admin) as control:
+
+                def revoked() -> bool:
+                    return any(k.key_id == key_id and k.HasField("revoked_at")
+                               for k in control.list_keys())
+
+                wait_for(revoked, timeout=30, what="the dead server's runner key revoked")
+        finally:
+            stop_cleanly(second)

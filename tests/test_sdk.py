@@ -13,6 +13,7 @@ import pytest
 
 import falrt
 from falrt.errors import InvalidArgumentError, ValidationFailedError
+from falrt.requirement_stages import split_stages
 from falrt.sdk.app import FalOptionWarning, instantiate
 from falrt.sdk.codec import codec_for, is_msgpack
 from falrt.sdk.context import RequestContext, request_var
@@ -495,11 +496,20 @@ def test_malformed_retry_configs_fail_at_class_creation(bad: dict[str, object]) 
             pass
 
 
-def test_requirement_stages_are_flattened_in_order() -> None:
+def test_requirement_stages_reach_the_deploy_header_in_order_and_come_back() -> None:
     class Staged(falrt.App):
-        requirements = [["torch==2.5.0"], ["flash-attn", "einops"]]
+        requirements = [["torch==2.5.0"], [], ["flash-attn", " einops "]]
 
-    assert describe(Staged).requirements == ("torch==2.5.0", "flash-attn", "einops")
+    class Flat(falrt.App):
+        requirements = ["torch==2.5.0", "flash-attn"]
+
+    staged = describe(Staged)
+    assert staged.requirements == ("torch==2.5.0", "", "flash-attn", "einops")
+    assert describe(Flat).requirements == ("torch==2.5.0", "flash-attn")  # one stage, as ever
+    header = control_pb2.DeployHeader.FromString(to_deploy_header(
+        staged, bundle_sha256="0" * 64, bundle_size=0).SerializeToString())
+    assert split_stages(header.settings.requirements) == (
+        ("torch==2.5.0",), ("flash-attn", "einops"))
 
 
 def test_mixed_requirement_forms_are_refused() -> None:
@@ -538,10 +548,18 @@ def test_a_method_named_like_a_fal_option_is_no_option(recwarn: pytest.WarningsR
     assert not [w for w in recwarn if issubclass(w.category, FalOptionWarning)]
 
 
-def test_private_logs_is_accepted_with_a_warning_saying_what_falrt_does() -> None:
-    with pytest.warns(FalOptionWarning, match="private_logs.*every caller"):
-        class Private(falrt.App, private_logs=True):
-            pass
+def test_private_logs_is_a_setting_that_travels_without_a_warning(
+    recwarn: pytest.WarningsRecorder,
+) -> None:
+    class Private(falrt.App, private_logs=True):
+        pass
+
+    assert not [w for w in recwarn if issubclass(w.category, FalOptionWarning)]
+    settings = describe(Private).settings
+    assert settings.private_logs
+    message = control_pb2.AppSettings.FromString(settings_to_proto(settings).SerializeToString())
+    assert settings_from_proto(message) == settings
+    assert message.private_logs and not describe(MyTextApp).settings.private_logs
     with pytest.raises(TypeError, match="private_logs"):
         class Wrong(falrt.App, private_logs="yes"):
             pass

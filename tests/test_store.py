@@ -427,3 +427,21 @@ def test_environments_secrets_and_keys_are_kept(make_store: Callable[[], Store])
         await store.close()
 
     asyncio.run(scenario())
+
+
+def test_a_durable_store_reports_each_committed_batch_with_its_size_and_time(
+    make_durable_store: Callable[[], Store],
+) -> None:
+    """What falrt_store_batch_size and falrt_store_write_seconds observe (`on_batch`; SQLite
+    calls it on its writer thread)."""
+    async def scenario() -> None:
+        store = make_durable_store()
+        await store.open()
+        batches: list[tuple[int, float]] = []
+        store.on_batch = lambda size, seconds: batches.append((size, seconds))
+        await asyncio.gather(*(store.insert_request(request(s)) for s in range(1, 201)))
+        await store.close()
+        assert sum(size for size, _ in batches) == 200
+        assert all(seconds >= 0 for _, seconds in batches)
+
+    asyncio.run(scenario())

@@ -2,12 +2,13 @@
 
 An app without requirements runs on the server's own interpreter (no environment is
 created). An app with requirements gets a virtual environment under `venvs/<key>/`, where
-`key` hashes the interpreter version and the sorted requirement specifiers. The
-environment sees the server's site-packages (through a .pth file that calls
-`site.addsitedir`, so the falrt shim and its dependencies are importable) and has the
-app's requirements installed on top with pip; a requirement already satisfied there is not
-installed again. A finished environment carries a `.ready` marker; one without it is
-rebuilt.
+`key` hashes the interpreter version and the sorted requirement specifiers of each install
+stage (falrt/requirement_stages.py). The environment sees the server's site-packages
+(through a .pth file that calls `site.addsitedir`, so the falrt shim and its dependencies
+are importable) and has the app's requirements installed on top with pip, one `pip install`
+per stage in order, so a stage's builds see the stages before it (with pip's
+`--no-build-isolation` in the stage); a requirement already satisfied there is not installed
+again. A finished environment carries a `.ready` marker; one without it is rebuilt.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from falrt import errors
 from falrt.backends.spawn import run_streaming
+from falrt.requirement_stages import split_stages
 
 if TYPE_CHECKING:
     from falrt.images.build import EnvironmentImageBuilder
@@ -33,10 +35,14 @@ READY = ".ready"
 
 
 def environment_key(requirements: Sequence[str]) -> str:
-    """"" for no requirements, else a stable hash of the interpreter and the requirements."""
-    if not requirements:
+    """"" for no requirements, else a stable hash of the interpreter and the requirements'
+    stages (one stage hashes as every list did before stages, so its cached environment
+    stays valid; splitting the same specifiers into other stages changes the key)."""
+    stages = split_stages(requirements)
+    if not stages:
         return ""
-    spec = json.dumps([sys.version_info[:2], sorted(r.strip() for r in requirements)])
+    listed = sorted(stages[0]) if len(stages) == 1 else [sorted(stage) for stage in stages]
+    spec = json.dumps([sys.version_info[:2], listed])
     return hashlib.sha256(spec.encode()).hexdigest()[:20]
 
 
@@ -129,19 +135,25 @@ class EnvironmentBuilder:
         if code != 0:
             raise errors.InternalError(f"creating the environment failed (exit status {code})")
         await asyncio.to_thread(_link_base_site, self._base_python, target)
-        await on_line(f"installing {' '.join(requirements)}")
-        code = await run_streaming(
+        stages = split_stages(requirements)
+        for number, stage in enumerate(stages, 1):
+            which = f"stage {number}/{len(stages)}: " if len(stages) > 1 else ""
+            await on_line(f"installing {which}{' '.join(stage)}")
+            code = await self._pip_install(target, stage, on_line)
+            if code != 0:
+                raise errors.InvalidArgumentError(
+                    f"installing the requirements failed ({which}pip exit status {code}); "
+                    "see the build log above")
+        await asyncio.to_thread((target / READY).write_text, "")
+
+    async def _pip_install(self, target: Path, specs: Sequence[str], on_line: LineSink) -> int:
+        """One `pip install` of `specs` into the environment at `target`; its exit status."""
+        return await run_streaming(
             [self._base_python, "-m", "pip", "--python", str(target / "bin" / "python"),
              "install", "--no-input", "--disable-pip-version-check", "--progress-bar", "off",
-             *requirements],
+             *specs],
             on_line,
         )
-        if code != 0:
-            raise errors.InvalidArgumentError(
-                f"installing the requirements failed (pip exit status {code}); "
-                "see the build log above"
-            )
-        await asyncio.to_thread((target / READY).write_text, "")
 
 
 def _reset_dir(path: Path) -> None:

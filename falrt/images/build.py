@@ -11,14 +11,16 @@ Layers, bottom to top:
    msgspec, uvloop, pinned to the versions of this installation) — shared by every app;
 3. falrt's own sources (falrt, falrt.sdk, falrt.v1, falrt.client, falrt.shim), a small COPY
    layer, found through a .pth file;
-4. the app's requirements, installed by one RUN step whose command lists them, so Docker's
-   build cache keys the layer by the requirements. It is the top layer: a change of the
-   requirements builds this one layer on the cached ones below (a new falrt rebuilds it too).
+4. the app's requirements, installed by one RUN step per install stage
+   (falrt/requirement_stages.py), in order, whose command lists them, so Docker's build cache
+   keys each layer by its stage and those below. They are the top layers: a change of the
+   requirements builds from the first changed stage on the cached layers below (a new falrt
+   rebuilds them too).
 
-The image tag is content-addressed: a hash of the base image's id, the sorted requirements,
-the shim's pinned dependencies and a fingerprint of falrt's sources. An existing tag is
-reused without building (and, with a registry, pulled from it when the engine lacks it);
-`no_cache` rebuilds every layer.
+The image tag is content-addressed: a hash of the base image's id, the sorted requirements
+of each stage, the shim's pinned dependencies and a fingerprint of falrt's sources. An
+existing tag is reused without building (and, with a registry, pulled from it when the
+engine lacks it); `no_cache` rebuilds every layer.
 
 The docker SDK is blocking: `EnvironmentImageBuilder.ensure` runs it in a worker thread and
 delivers the build log, line by line as it comes, to an async callback on the caller's loop.
@@ -53,6 +55,7 @@ from falrt.images.engine import (
     pull,
     push,
 )
+from falrt.requirement_stages import join_stages, split_stages
 
 ENV_NAME = "falrt-env"
 RECIPE = "falrt-env/2"  # change when the Dockerfile below changes
@@ -84,15 +87,14 @@ def shim_dependencies() -> list[str]:
 
 
 def normalize_requirements(requirements: Iterable[str]) -> list[str]:
-    """Stripped, de-duplicated and sorted; raises ImageError for a multi-line specifier."""
-    result = set()
+    """Each install stage stripped, de-duplicated and sorted, the stages in order (one stage
+    normalizes as every list did before stages); raises ImageError for a multi-line
+    specifier."""
+    requirements = list(requirements)
     for requirement in requirements:
-        text = requirement.strip()
-        if "\n" in text or "\r" in text:
+        if "\n" in requirement.strip() or "\r" in requirement.strip():
             raise ImageError(f"a requirement must be one line: {requirement!r}")
-        if text:
-            result.add(text)
-    return sorted(result)
+    return list(join_stages(sorted(set(stage)) for stage in split_stages(requirements)))
 
 
 def falrt_sources() -> dict[str, bytes]:
@@ -136,9 +138,14 @@ def dockerfile(base: str, requirements: Sequence[str]) -> str:
         f"COPY falrt {SRC}/falrt",
         'CMD ["python", "-m", "falrt.shim"]',
     ]
-    if requirements:
-        listed = " ".join(shlex.quote(r) for r in requirements)
-        lines.append(f"RUN {pip} {listed}")
+    stages = split_stages(requirements)
+    for number, stage in enumerate(stages, 1):
+        listed = " ".join(shlex.quote(r) for r in stage)
+        if len(stages) == 1:  # the step of every image built before stages
+            lines.append(f"RUN {pip} {listed}")
+        else:
+            shown = shlex.quote(f"installing stage {number}/{len(stages)}: {' '.join(stage)}")
+            lines.append(f"RUN echo {shown} && {pip} {listed}")
     return "\n".join(lines) + "\n"
 
 

@@ -40,7 +40,8 @@ class App:
     then in-flight requests finish, then `teardown()` once.
     """
 
-    # pip specs; fal's list of lists (install stages) is accepted and flattened in order.
+    # pip specs; or fal's list of lists: install stages, each installed by its own
+    # `pip install` after the one before it (falrt/requirement_stages.py).
     requirements: ClassVar[list[str] | list[list[str]]] = []
     machine_type: ClassVar[str | list[str]] = "S"
     num_gpus: ClassVar[int | None] = None
@@ -66,15 +67,17 @@ class App:
     # (python3 with venv in it); the server adds falrt and the requirements on top.
     dockerfile: ClassVar[str | None] = None
     # Files and folders bundled with the app (fal's app_files), relative to
-    # `app_files_context_dir` (default and, for now, only: the app file's folder); the
-    # runner's working directory is that folder. `app_files_ignore`: regular expressions
-    # searched in each path (None: fal's default, DEFAULT_APP_FILES_IGNORE).
+    # `app_files_context_dir` (itself relative to the app file's folder, its default; a
+    # folder above it works too); the runner's working directory is the app file's folder,
+    # as on fal. `app_files_ignore`: regular expressions searched in each path (None: fal's
+    # default, DEFAULT_APP_FILES_IGNORE).
     app_files: ClassVar[list[str] | None] = None
     app_files_ignore: ClassVar[list[str] | None] = None
     app_files_context_dir: ClassVar[str | None] = None
     # Importable modules (names) bundled with the app wherever they live locally.
     local_python_modules: ClassVar[list[str] | None] = None
-    # fal hides request logs from non-owners; falrt does not yet (a warning says so).
+    # True: request logs reach only keys of the app's owner, API or ADMIN (other callers
+    # allowed to read a request get it without logs), as on fal.
     private_logs: ClassVar[bool | None] = None
 
     __falrt_endpoints__: ClassVar[Mapping[str, Endpoint]] = {}
@@ -128,11 +131,7 @@ class App:
 
 def unsupported_options(cls: type[App]) -> dict[str, str]:
     """The fal options `cls` sets that falrt does not implement: name -> what to do."""
-    found = {name: why for name, why in FAL_UNSUPPORTED.items() if _sets(cls, name)}
-    if cls.private_logs:
-        found["private_logs"] = ("request logs are returned to every caller allowed to read "
-                                 "the request; falrt does not hide them from non-owners")
-    return found
+    return {name: why for name, why in FAL_UNSUPPORTED.items() if _sets(cls, name)}
 
 
 def _sets(cls: type[App], name: str) -> bool:

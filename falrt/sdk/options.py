@@ -17,7 +17,7 @@ from falrt.vocabulary import AppAuth, RetryCondition, names
 __all__ = [
     "APP_AUTH_MODES", "DEFAULT_APP_FILES_IGNORE", "FAL_UNSUPPORTED", "OPTION_NAMES",
     "FalOptionWarning",
-    "flat_requirements", "kebab_case", "retry_counts", "validate_options",
+    "kebab_case", "requirement_stages", "retry_counts", "validate_options",
 ]
 
 APP_AUTH_MODES = names(AppAuth)  # (kept for the SDK's callers)
@@ -80,17 +80,14 @@ def _check_requirements(name: str, value: Any) -> None:
     _check_str_list(name, value)
 
 
-def flat_requirements(value: Any) -> list[str]:
-    """The pip specs of `requirements` in order, fal's stages (a list of lists) joined.
-
-    falrt installs an app's requirements with one `pip install` (one resolve, cached as one
-    environment), so stages are flattened, keeping their order.
-    """
+def requirement_stages(value: Any) -> list[list[str]]:
+    """The install stages of `requirements` in order: fal's list of lists as it is, a plain
+    list as one stage, nothing as none (the value must have passed validation)."""
     if not value:
         return []
     if all(isinstance(v, list | tuple) for v in value):
-        return [spec for stage in value for spec in stage]
-    return list(value)
+        return [list(stage) for stage in value]
+    return [list(value)]
 
 
 def _check_bool(name: str, value: Any) -> None:

@@ -12,11 +12,12 @@ from typing import Literal
 
 import msgspec
 
+from falrt.requirement_stages import join_stages
 from falrt.sdk.app import App
 from falrt.sdk.codec import json_schema
 from falrt.sdk.endpoints import Endpoint
 from falrt.sdk.input_check import input_check_for
-from falrt.sdk.options import flat_requirements, retry_counts
+from falrt.sdk.options import requirement_stages, retry_counts
 from falrt.vocabulary import InputCheck
 
 __all__ = ["AppDescription", "AppSettingsSpec", "EndpointDescription", "describe"]
@@ -42,6 +43,8 @@ class AppSettingsSpec(msgspec.Struct, frozen=True, omit_defaults=True, forbid_un
     retry_config: dict[str, int] = msgspec.field(default_factory=dict)
     secrets: tuple[str, ...] = ()
     dockerfile: str = ""
+    # fal's private_logs: request logs reach only keys of the app's owner.
+    private_logs: bool = False
 
 
 class EndpointDescription(msgspec.Struct, frozen=True):
@@ -62,6 +65,8 @@ class AppDescription(msgspec.Struct, frozen=True):
     app_name: str
     # "module:Class", relative to the folder of the app file (the bundle root).
     entrypoint: str
+    # pip specifiers in install stages, an empty string ending each stage but the last
+    # (falrt/requirement_stages.py); a list without one is one stage.
     requirements: tuple[str, ...]
     settings: AppSettingsSpec
     endpoints: tuple[EndpointDescription, ...]
@@ -79,6 +84,7 @@ def _settings(cls: type[App]) -> AppSettingsSpec:
         app_auth=cls.app_auth,
         secrets=tuple(cls.secrets or ()),
         dockerfile=cls.dockerfile or "",
+        private_logs=bool(cls.private_logs),
         keep_alive_s=_float(cls.keep_alive),
         min_concurrency=cls.min_concurrency,
         max_concurrency=cls.max_concurrency,
@@ -117,7 +123,7 @@ def describe(cls: type[App]) -> AppDescription:
     return AppDescription(
         app_name=cls.resolved_app_name(),
         entrypoint=f"{cls.__module__}:{cls.__qualname__}",
-        requirements=tuple(flat_requirements(cls.requirements)),
+        requirements=join_stages(requirement_stages(cls.requirements)),
         settings=_settings(cls),
         endpoints=tuple(describe_endpoint(ep) for ep in cls.endpoints().values()),
     )

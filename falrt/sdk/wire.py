@@ -68,6 +68,7 @@ def settings_to_proto(
         retry_config=dict(settings.retry_config),
         secrets=list(settings.secrets),
         dockerfile=settings.dockerfile,
+        private_logs=settings.private_logs,
         **values,
     )
 
@@ -82,6 +83,7 @@ def settings_from_proto(message: control_pb2.AppSettings) -> AppSettingsSpec:
         retry_config=dict(message.retry_config),
         secrets=tuple(message.secrets),
         dockerfile=message.dockerfile,
+        private_logs=message.private_logs,
         **values,
     )
 

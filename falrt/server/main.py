@@ -21,14 +21,14 @@ from typing import Any, cast
 import grpc
 import uvloop
 from grpc import aio
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from falrt.backends import create_backend
 from falrt.backends.base import Backend
 from falrt.backends.environments import EnvironmentBuilder, Environments, ImageEnvironments
 from falrt.client import credentials
-from falrt.gpus import GpuAllocator, discover
+from falrt.gpus import Gpu, GpuAllocator, GpuMonitor, discover
 from falrt.server.api import rpc
 from falrt.server.api.auth import Authenticator
 from falrt.server.api.control_service import ControlService
@@ -38,11 +38,15 @@ from falrt.server.api.runner_link import RunnerLinkService
 from falrt.server.control.apps import AppControl
 from falrt.server.control.cluster import Cluster, server_id
 from falrt.server.control.deploy import Deployer
+from falrt.server.control.health import ServerHealth
 from falrt.server.fleet.events import FleetEvents
 from falrt.server.fleet.fleet import Fleet
 from falrt.server.fleet.secret_box import SecretBox
 from falrt.server.http.gateway import Gateway
+from falrt.server.http.observe import Observed
 from falrt.server.http.serve import HttpEdge, ListenError, check_addresses
+from falrt.server.http.ui.dashboard import Dashboard
+from falrt.server.metrics import Metrics, StateCollector
 from falrt.server.queue.dispatch import Dispatcher
 from falrt.server.queue.recorder import Recorder
 from falrt.server.queue.requests import Requests
@@ -52,6 +56,7 @@ from falrt.server.queue.webhooks import KEY_FILE, DeliverySettings, SigningKey, 
 from falrt.server.state.apps import Apps
 from falrt.server.state.keys import new_key
 from falrt.server.tasks import Tasks
+from falrt.server.tracing import Tracing
 from falrt.settings import ServerSettings
 from falrt.store import POSTGRES_SCHEMES, create_store
 from falrt.store.base import SharedStore, Store
@@ -61,6 +66,7 @@ from falrt.vocabulary import KeyScope
 
 log = logging.getLogger(__name__)
 ADMIN_KEY_FILE = "admin.key"
+HEALTH_REFRESH_S = 1.0
 SERVICES = (
     queue_pb2.DESCRIPTOR.services_by_name["Queue"].full_name,
     control_pb2.DESCRIPTOR.services_by_name["Control"].full_name,
@@ -110,6 +116,7 @@ class Planes:
     deployer: Deployer
     secret_box: SecretBox
     webhooks: WebhookSender
+    metrics: Metrics | None = None  # None: --no-metrics
 
 
 def build(
@@ -120,21 +127,25 @@ def build(
     """Builds the planes (nothing runs yet). `on_lost` is called with its name when a loop
     that must run as long as the server ends."""
     apps = Apps()
+    metrics = Metrics(apps) if settings.metrics else None
+    if metrics is not None:
+        store.on_batch = metrics.store_observer("postgres" if shared else settings.store)
     requests = Requests()
     store_health = StoreHealth(store, Tasks("store health", on_lost))
+    tracing = Tracing.configure(settings.otlp_endpoint, settings.tracing)
     recorder = Recorder(store, settings, requests, webhooks, shared, Tasks("recorder", on_lost),
-                        store_health)
+                        store_health, metrics, tracing)
 
     def fleet(events: FleetEvents) -> Fleet:
         return Fleet(events, apps, backend, environments, store, secret_box, settings,
-                     Tasks("fleet", on_lost))
+                     Tasks("fleet", on_lost), metrics)
 
-    dispatcher = Dispatcher(apps, store, shared, recorder, settings, fleet)
+    dispatcher = Dispatcher(apps, store, shared, recorder, settings, fleet, metrics, tracing)
     scheduler = Scheduler(apps, store, shared, requests, recorder, dispatcher, settings)
     control = AppControl(apps, store, dispatcher.fleet, scheduler, dispatcher, settings)
     deployer = Deployer(apps, control, dispatcher.fleet, store, shared, environments, settings)
     return Planes(apps, dispatcher.fleet, recorder, dispatcher, scheduler, control, deployer,
-                  secret_box, webhooks)
+                  secret_box, webhooks, metrics)
 
 
 async def serve(settings: ServerSettings) -> None:
@@ -172,12 +183,17 @@ async def serve(settings: ServerSettings) -> None:
     admin_key = await _admin_key(store, settings)
     owed = await planes.recorder.resend_webhooks()
     authenticator = Authenticator(store, planes.apps, planes.scheduler, settings)
-    server, health_servicer = _grpc_server(settings, planes, store, sid, authenticator)
-    http = _http_edge(settings, planes, authenticator)
     store_health = planes.recorder.store_health
-    await _set_health(health_servicer, store_health)
+    server_health = ServerHealth(store_health, planes.fleet, planes.apps)
+    server, health_servicer = _grpc_server(settings, planes, store, sid, authenticator,
+                                           server_health)
+    dashboard = Dashboard(planes.apps, planes.fleet, store)
+    gpu_monitor = await _collect_state(planes, webhooks, gpus)
+    observed = Observed(planes.metrics.registry if planes.metrics else None, server_health.check)
+    http = _http_edge(settings, planes, authenticator, dashboard, observed)
+    await health_servicer.refresh()
     health_tasks = Tasks("health")
-    store_health.watch(lambda _: health_tasks.spawn(_set_health(health_servicer, store_health)))
+    store_health.watch(lambda _: health_tasks.spawn(health_servicer.refresh()))
     try:
         port = (server.add_secure_port(settings.listen, tls) if tls is not None
                 else server.add_insecure_port(settings.listen))
@@ -190,9 +206,12 @@ async def serve(settings: ServerSettings) -> None:
     # Runners of this server's previous life that still run are adopted before the first
     # of them can dial in.
     adopted = planes.fleet.open(address, await backend.survivors(planes.fleet.log_path))
-    await planes.fleet.sweep_runner_keys(shared_store=cluster is not None)
+    await planes.fleet.sweep_runner_keys(
+        sid, await shared.live_servers() if shared is not None else None)
     await server.start()
     await http.start()
+    if settings.http_listen:
+        dashboard.start()  # (its charts' samples)
     if admin_key:  # the CLI and the Python client on this machine find it there
         saved = await asyncio.to_thread(credentials.save, address, admin_key)
         log.info("the admin key is in %s", saved)
@@ -200,6 +219,7 @@ async def serve(settings: ServerSettings) -> None:
         cluster.start()
     planes.fleet.start()
     planes.recorder.start()
+    health_tasks.spawn(_refresh_health(health_servicer), name="falrt-health")
     log.info("loaded %d apps, %d unfinished requests, %d webhooks owed; adopted %d runners",
              len(planes.apps), requeued, owed, adopted)
     for name, http_address in http_addresses:  # (before the gRPC line: tests read it)
@@ -213,12 +233,15 @@ async def serve(settings: ServerSettings) -> None:
     await health_tasks.close()
     await planes.fleet.close()
     await http.close()
+    await dashboard.close()
     await server.stop(grace=2.0)
     await planes.recorder.close()
+    await asyncio.to_thread(planes.recorder.tracing.shutdown)  # the spans left are sent
     if cluster is not None:
         await cluster.close()
     await webhooks.close()
     await store.close()
+    _close_monitor(gpu_monitor)
 
 
 def _tls_credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:
@@ -265,7 +288,8 @@ async def _join_cluster(
 
     assert isinstance(shared, PostgresStore)
     cluster = Cluster(shared, planes.apps, planes.control, planes.scheduler, planes.recorder,
-                      environments, settings)
+                      environments, settings,
+                      lambda live: planes.fleet.sweep_runner_keys(sid, live))
     try:
         await cluster.join(sid)
     except Exception as exc:
@@ -274,11 +298,16 @@ async def _join_cluster(
     return cluster
 
 
-def _http_edge(settings: ServerSettings, planes: Planes, authenticator: Authenticator) -> HttpEdge:
+def _http_edge(
+    settings: ServerSettings, planes: Planes, authenticator: Authenticator, dashboard: Dashboard,
+    observed: Observed,
+) -> HttpEdge:
     """The HTTP listeners (none unless --http-listen or --http-queue-listen); nothing is
-    bound yet (their addresses were checked first thing)."""
+    bound yet (their addresses were checked first thing). `--http-listen` serves the
+    dashboard (`/ui`)."""
     gateway = Gateway(planes.scheduler, authenticator, planes.apps, planes.control, settings,
-                      public_url=settings.public_url.rstrip("/"))
+                      public_url=settings.public_url.rstrip("/"), dashboard=dashboard,
+                      observed=observed)
     return HttpEdge(gateway, settings)
 
 
@@ -294,8 +323,8 @@ async def _bind_http(http: HttpEdge, store: Store) -> list[tuple[str, str]]:
 
 def _grpc_server(
     settings: ServerSettings, planes: Planes, store: Store, sid: str,
-    authenticator: Authenticator,
-) -> tuple[aio.Server, Any]:
+    authenticator: Authenticator, server_health: ServerHealth,
+) -> tuple[aio.Server, HealthService]:
     size = settings.max_message_bytes
     server = aio.server(options=[
         ("grpc.max_receive_message_length", size),
@@ -305,14 +334,15 @@ def _grpc_server(
     ])
     handlers = cast(aio.Server, _GenericHandlersOnly(server))  # all the add_* functions use
     queue_pb2_grpc.add_QueueServicer_to_server(
-        QueueService(planes.scheduler, guard=authenticator.queue_guard), handlers)
+        QueueService(planes.scheduler, guard=authenticator.queue_guard,
+                     sees_logs=authenticator.queue_sees_logs), handlers)
     control_pb2_grpc.add_ControlServicer_to_server(ControlService(
         planes.apps, planes.control, planes.deployer, planes.fleet, planes.scheduler, store,
         planes.secret_box, planes.webhooks.key, settings, on_revoke=authenticator.forget,
         guard=authenticator.control_guard), handlers)
     runner_pb2_grpc.add_RunnerLinkServicer_to_server(
         RunnerLinkService(planes.fleet, planes.dispatcher, sid), handlers)
-    health_servicer = HealthService()
+    health_servicer = HealthService(server_health.check, SERVICES)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, handlers)
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection.aio.ReflectionServicer(
         (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME)), handlers)
@@ -345,13 +375,30 @@ class _GenericHandlersOnly:
             (grpc.method_handlers_generic_handler(service, tolerant),))
 
 
-async def _set_health(health_servicer: Any, store_health: StoreHealth) -> None:
-    """Every service SERVING, or NOT_SERVING while the store cannot write (read at each
-    set, so that the last of several quick changes wins)."""
-    for name in (*SERVICES, ""):
-        serving = store_health.writable
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING if serving
-                                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+async def _collect_state(
+    planes: Planes, webhooks: WebhookSender, gpus: list[Gpu]
+) -> GpuMonitor | None:
+    """With metrics on, registers the figures computed at each scrape (queues, runners,
+    webhooks, and each GPU's NVML figures); returns the GPU monitor to close at the end."""
+    if planes.metrics is None:
+        return None
+    monitor = await asyncio.to_thread(GpuMonitor.open, gpus)
+    planes.metrics.registry.register(
+        StateCollector(planes.apps, planes.fleet.runners, webhooks.stats, monitor))
+    return monitor
+
+
+def _close_monitor(monitor: GpuMonitor | None) -> None:
+    if monitor is not None:
+        monitor.close()
+
+
+async def _refresh_health(health_servicer: HealthService) -> None:
+    """Pushes health changes to `Watch` callers once a second (a `Check` evaluates the rules
+    itself): an app's runners failing to start, the scaling loop stuck."""
+    while True:
+        await health_servicer.refresh()
+        await asyncio.sleep(HEALTH_REFRESH_S)
 
 
 def _stop(task_name: str) -> None:

@@ -36,6 +36,9 @@ from falrt.store.records import (
 class Store(Protocol):
     # Called on the event loop each time a write fails for lack of space; None: nobody.
     on_full: Callable[[], None] | None
+    # Called after each committed batch of writes with its size and its duration in
+    # seconds (metrics), on the store's writer thread or task; None: nobody.
+    on_batch: Callable[[int, float], None] | None
 
     async def open(self) -> None:
         """Creates or migrates the schema. Called once before any other method."""
@@ -156,3 +159,6 @@ class SharedStore(Store, Protocol):
 
     def put_bundle(self, sha256: str, data: bytes) -> Awaitable[None]:
         """Keeps a deployed bundle for the other servers."""
+
+    def live_servers(self) -> Awaitable[set[str]]:
+        """The ids of the servers whose lease has not expired (this one included)."""

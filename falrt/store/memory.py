@@ -26,6 +26,7 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self.on_full: Callable[[], None] | None = None  # (memory is never full)
+        self.on_batch: Callable[[int, float], None] | None = None  # (nor batched)
         self._apps: dict[str, AppRecord] = {}
         self._revisions: dict[str, Revision] = {}
         self._requests: dict[str, RequestRecord] = {}

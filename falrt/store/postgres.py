@@ -205,6 +205,7 @@ class PostgresStore:
         self._writer: asyncio.Task[None] | None = None
         self.server_id = ""  # set by `join`
         self.on_full: Callable[[], None] | None = None
+        self.on_batch: Callable[[int, float], None] | None = None
 
     async def open(self) -> None:
         """Connects, creates the schema if it is missing and starts the writer task."""
@@ -268,6 +269,7 @@ class PostgresStore:
 
     async def _commit(self, batch: list[_Write]) -> None:
         """Commits the batch in one transaction, or else each write in its own."""
+        began = time.perf_counter()
         try:
             results = await self._run_batch(batch)
         except Exception as exc:
@@ -279,6 +281,8 @@ class PostgresStore:
             for write in batch:
                 await self._commit([write])
             return
+        if self.on_batch is not None:
+            self.on_batch(len(batch), time.perf_counter() - began)
         for write, result in zip(batch, results, strict=True):
             if not write.done.done():
                 write.done.set_result(result)
@@ -538,6 +542,11 @@ class PostgresStore:
             f"UPDATE falrt.servers SET lease_until = {_NOW} + $2 WHERE server_id = $1",
             self.server_id, lease_s)
         return bool(status == "UPDATE 1")
+
+    async def live_servers(self) -> set[str]:
+        rows = await self._readers.fetch(
+            f"SELECT server_id FROM falrt.servers WHERE lease_until >= {_NOW}")
+        return {row["server_id"] for row in rows}
 
     async def leave(self) -> None:
         """Drops the lease at a clean stop: what this server still holds is taken over."""

@@ -25,6 +25,8 @@ class Priority(enum.IntEnum):
 class AppConfig(msgspec.Struct, frozen=True, omit_defaults=True):
     """An app's settings as its code declares them; None means the server default."""
 
+    # pip specifiers in install stages, an empty string ending each stage but the last
+    # (falrt/requirement_stages.py); a list without one is one stage.
     requirements: tuple[str, ...] = ()
     machine_types: tuple[str, ...] = ()
     num_gpus: int | None = None
@@ -45,6 +47,8 @@ class AppConfig(msgspec.Struct, frozen=True, omit_defaults=True):
     secrets: tuple[str, ...] = ()
     # The docker backend: the app's own Dockerfile (text), the base of its environment.
     dockerfile: str = ""
+    # fal's private_logs: request logs reach only keys of the app's owner.
+    private_logs: bool = False
 
 
 class EndpointRecord(msgspec.Struct, frozen=True):

@@ -110,6 +110,7 @@ class SQLiteStore:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.on_full: Callable[[], None] | None = None
+        self.on_batch: Callable[[int, float], None] | None = None  # (on the writer thread)
 
     async def open(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -202,6 +203,7 @@ class SQLiteStore:
         return batch
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
+        began = time.perf_counter()
         try:
             if len(batch) == 1 and isinstance(batch[0][0], _Rows):
                 # One statement commits on its own (autocommit): one call into SQLite
@@ -213,6 +215,9 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             failure = self._failure(exc)
             results = [(future, None, failure) for _, future in batch]
+        else:
+            if self.on_batch is not None:
+                self.on_batch(len(batch), time.perf_counter() - began)
         self._post(results)
 
     def _failure(self, exc: sqlite3.Error) -> Exception:

@@ -174,6 +174,7 @@ class AppSettings(_message.Message):
     RETRY_CONFIG_FIELD_NUMBER: _builtins.int
     SECRETS_FIELD_NUMBER: _builtins.int
     DOCKERFILE_FIELD_NUMBER: _builtins.int
+    PRIVATE_LOGS_FIELD_NUMBER: _builtins.int
     num_gpus: _builtins.int
     app_auth: _builtins.str
     """"private", "public" or "shared"."""
@@ -191,9 +192,19 @@ class AppSettings(_message.Message):
     """The docker backend: a Dockerfile (its text) whose image replaces the server's base
     image under the app's environment (it needs python3 with venv).
     """
+    private_logs: _builtins.bool
+    """fal's private_logs: request logs are sent only to callers whose key (API or ADMIN)
+    belongs to the app's owner; any other caller allowed to read a request gets it without
+    logs.
+    """
     @_builtins.property
     def requirements(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """pip requirement specifiers installed into the runner's environment."""
+        """pip requirement specifiers installed into the runner's environment, in install stages
+        (fal's list of lists): an empty string ends a stage, and each stage is installed by its
+        own `pip install` after the stage before it, into the same environment
+        (["torch", "", "flash-attn"]: torch, then flash-attn). A list without an empty string is
+        one stage.
+        """
 
     @_builtins.property
     def machine_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -232,10 +243,11 @@ class AppSettings(_message.Message):
         retry_config: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         secrets: _abc.Iterable[_builtins.str] | None = ...,
         dockerfile: _builtins.str = ...,
+        private_logs: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_concurrency_buffer", b"_concurrency_buffer", "_concurrency_buffer_perc", b"_concurrency_buffer_perc", "_keep_alive_s", b"_keep_alive_s", "_max_concurrency", b"_max_concurrency", "_max_multiplexing", b"_max_multiplexing", "_min_concurrency", b"_min_concurrency", "_num_gpus", b"_num_gpus", "_request_timeout_s", b"_request_timeout_s", "_scaling_delay_s", b"_scaling_delay_s", "_startup_timeout_s", b"_startup_timeout_s", "_termination_grace_period_s", b"_termination_grace_period_s", "concurrency_buffer", b"concurrency_buffer", "concurrency_buffer_perc", b"concurrency_buffer_perc", "keep_alive_s", b"keep_alive_s", "max_concurrency", b"max_concurrency", "max_multiplexing", b"max_multiplexing", "min_concurrency", b"min_concurrency", "num_gpus", b"num_gpus", "request_timeout_s", b"request_timeout_s", "scaling_delay_s", b"scaling_delay_s", "startup_timeout_s", b"startup_timeout_s", "termination_grace_period_s", b"termination_grace_period_s"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_concurrency_buffer", b"_concurrency_buffer", "_concurrency_buffer_perc", b"_concurrency_buffer_perc", "_keep_alive_s", b"_keep_alive_s", "_max_concurrency", b"_max_concurrency", "_max_multiplexing", b"_max_multiplexing", "_min_concurrency", b"_min_concurrency", "_num_gpus", b"_num_gpus", "_request_timeout_s", b"_request_timeout_s", "_scaling_delay_s", b"_scaling_delay_s", "_startup_timeout_s", b"_startup_timeout_s", "_termination_grace_period_s", b"_termination_grace_period_s", "app_auth", b"app_auth", "concurrency_buffer", b"concurrency_buffer", "concurrency_buffer_perc", b"concurrency_buffer_perc", "dockerfile", b"dockerfile", "keep_alive_s", b"keep_alive_s", "machine_types", b"machine_types", "max_concurrency", b"max_concurrency", "max_multiplexing", b"max_multiplexing", "min_concurrency", b"min_concurrency", "num_gpus", b"num_gpus", "request_timeout_s", b"request_timeout_s", "requirements", b"requirements", "retry_config", b"retry_config", "scaling_delay_s", b"scaling_delay_s", "secrets", b"secrets", "skip_retry_conditions", b"skip_retry_conditions", "startup_timeout_s", b"startup_timeout_s", "termination_grace_period_s", b"termination_grace_period_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_concurrency_buffer", b"_concurrency_buffer", "_concurrency_buffer_perc", b"_concurrency_buffer_perc", "_keep_alive_s", b"_keep_alive_s", "_max_concurrency", b"_max_concurrency", "_max_multiplexing", b"_max_multiplexing", "_min_concurrency", b"_min_concurrency", "_num_gpus", b"_num_gpus", "_request_timeout_s", b"_request_timeout_s", "_scaling_delay_s", b"_scaling_delay_s", "_startup_timeout_s", b"_startup_timeout_s", "_termination_grace_period_s", b"_termination_grace_period_s", "app_auth", b"app_auth", "concurrency_buffer", b"concurrency_buffer", "concurrency_buffer_perc", b"concurrency_buffer_perc", "dockerfile", b"dockerfile", "keep_alive_s", b"keep_alive_s", "machine_types", b"machine_types", "max_concurrency", b"max_concurrency", "max_multiplexing", b"max_multiplexing", "min_concurrency", b"min_concurrency", "num_gpus", b"num_gpus", "private_logs", b"private_logs", "request_timeout_s", b"request_timeout_s", "requirements", b"requirements", "retry_config", b"retry_config", "scaling_delay_s", b"scaling_delay_s", "secrets", b"secrets", "skip_retry_conditions", b"skip_retry_conditions", "startup_timeout_s", b"startup_timeout_s", "termination_grace_period_s", b"termination_grace_period_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__concurrency_buffer: _TypeAlias = _typing.Literal["concurrency_buffer"]  # noqa: Y015
     _WhichOneofArgType__concurrency_buffer: _TypeAlias = _typing.Literal["_concurrency_buffer", b"_concurrency_buffer"]  # noqa: Y015

@@ -422,9 +422,14 @@ class Assign(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     PATH_FIELD_NUMBER: _builtins.int
     INPUT_FIELD_NUMBER: _builtins.int
+    TRACEPARENT_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     path: _builtins.str
     """Endpoint path, e.g. "/"."""
+    traceparent: _builtins.str
+    """W3C trace context of the attempt's span on the server ("" when tracing is off): the
+    parent of the handler's span (docs/observability.md, "Traces").
+    """
     @_builtins.property
     def input(self) -> _common_pb2.Payload: ...
     def __init__(
@@ -433,10 +438,11 @@ class Assign(_message.Message):
         request_id: _builtins.str = ...,
         path: _builtins.str = ...,
         input: _common_pb2.Payload | None = ...,
+        traceparent: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "path", b"path", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "path", b"path", "request_id", b"request_id", "traceparent", b"traceparent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

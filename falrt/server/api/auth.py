@@ -14,6 +14,11 @@ stays):
   goes on to the servicer, which answers NOT_FOUND. A request whose app was deleted (it stays
   readable for a while) is checked against the auth mode its app had when the request was
   submitted, and as `private` when that is not known: authorization never falls open.
+- Request logs (Watch, Subscribe and GetStatus `with_logs`, the HTTP status routes' `logs=1`):
+  every caller allowed to read a request gets its logs, unless its app sets `private_logs`
+  (fal's): then only keys of the app's owner (the server's owner, API or ADMIN scope) get
+  them, and any other caller gets the request without logs. A request whose app was deleted
+  shows its logs to the owner's keys only (what the app set is no longer known).
 - RunnerLink is not checked here: a runner proves itself with its own token in Hello
   (`Fleet.attach`). Health and reflection are open.
 
@@ -143,6 +148,18 @@ class Authenticator:
         app = self._apps.get(item.app_name)
         mode = app.record.auth if app is not None else item.auth or AppAuth.PRIVATE
         self._check_mode(caller, item.app_name, mode)
+
+    def sees_logs(self, caller: Caller | None, item: QueuedRequest) -> bool:
+        """Whether a caller allowed to read `item` also gets its request logs (the rule is
+        in the module's docstring)."""
+        if caller is not None and caller.owner == self._owner:
+            return True
+        app = self._apps.get(item.app_name)
+        return app is not None and not app.revision.config.private_logs
+
+    async def queue_sees_logs(self, item: QueuedRequest, context: Any) -> bool:
+        """`sees_logs` for the caller of a Queue call (its gRPC context)."""
+        return self.sees_logs(await self.caller(context.invocation_metadata()), item)
 
     def _check_mode(self, caller: Caller | None, app_name: str, mode: str) -> None:
         if mode == AppAuth.PUBLIC:

@@ -13,6 +13,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from falrt import errors
 from falrt.limits import MAX_DURATION_SECONDS
+from falrt.requirement_stages import join_stages, split_stages
 from falrt.server.queue.options import CONDITIONS, check_options
 from falrt.server.queue.outcomes import SubmitOptions, Verdict
 from falrt.server.state.runners import GpuFigures, RunnerHandle
@@ -184,13 +185,14 @@ def app_config(settings: control_pb2.AppSettings) -> AppConfig:
         raise errors.InvalidArgumentError(
             f"unknown retry condition(s) {sorted(unknown)}: use {sorted(CONDITIONS)}")
     return AppConfig(
-        requirements=tuple(settings.requirements),
+        requirements=join_stages(split_stages(settings.requirements)),
         machine_types=tuple(settings.machine_types),
         app_auth=settings.app_auth,
         skip_retry_conditions=tuple(settings.skip_retry_conditions),
         retry_config=dict(settings.retry_config),
         secrets=tuple(settings.secrets),
         dockerfile=settings.dockerfile,
+        private_logs=settings.private_logs,
         **optional,
     )
 
@@ -200,6 +202,7 @@ def app_settings(config: AppConfig) -> control_pb2.AppSettings:
         requirements=config.requirements, machine_types=config.machine_types,
         app_auth=config.app_auth, skip_retry_conditions=config.skip_retry_conditions,
         retry_config=config.retry_config, secrets=config.secrets, dockerfile=config.dockerfile,
+        private_logs=config.private_logs,
     )
     for name in _OPTIONAL_FIELDS:
         value = getattr(config, name)

@@ -7,7 +7,7 @@ Payload bytes pass through untouched: the server never decodes or re-encodes the
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from grpc import aio
@@ -17,12 +17,15 @@ from falrt.server.api import convert
 from falrt.server.api.rpc import Guard, abort, server_stream, unary
 from falrt.server.queue.scheduler import Scheduler
 from falrt.server.state.work import DirectCall, QueuedRequest, RealtimeSession, any_done
+from falrt.server.tracing import UNTRACED, Origin, grpc_origin
 from falrt.store.records import Outcome, Status
 from falrt.v1 import queue_pb2, queue_pb2_grpc
 from falrt.vocabulary import CancelOutcome
 
 Context = aio.ServicerContext[Any, Any]
 R = TypeVar("R", queue_pb2.StreamResponse, queue_pb2.RealtimeResponse)
+# Whether the caller of a call (its context) gets the request logs of a request it may read.
+LogsPolicy = Callable[[QueuedRequest, Context], Awaitable[bool]]
 _CANCEL_OUTCOMES = {
     CancelOutcome.CANCELLATION_REQUESTED: queue_pb2.CANCEL_OUTCOME_CANCELLATION_REQUESTED,
     CancelOutcome.ALREADY_COMPLETED: queue_pb2.CANCEL_OUTCOME_ALREADY_COMPLETED,
@@ -31,9 +34,14 @@ _CANCEL_OUTCOMES = {
 
 
 class QueueService(queue_pb2_grpc.QueueServicer):
-    def __init__(self, scheduler: Scheduler, guard: Guard | None = None) -> None:
+    def __init__(
+        self, scheduler: Scheduler, guard: Guard | None = None,
+        sees_logs: LogsPolicy | None = None,
+    ) -> None:
         self._scheduler = scheduler
         self.guard = guard  # who may call (falrt/server/auth.py), run before each method
+        # Who gets request logs (private_logs, falrt/server/auth.py); None: every caller.
+        self._sees_logs = sees_logs
 
     @unary
     async def Submit(
@@ -42,6 +50,7 @@ class QueueService(queue_pb2_grpc.QueueServicer):
         request_id, position, deduplicated = await self._scheduler.submit(
             request.endpoint_id, request.path or "/", request.input.data,
             request.input.content_type, convert.submit_options(request),
+            self._origin(context, "submit"),
         )
         return queue_pb2.SubmitResponse(
             request_id=request_id, queue_position=position, deduplicated=deduplicated)
@@ -51,7 +60,8 @@ class QueueService(queue_pb2_grpc.QueueServicer):
         self, request: queue_pb2.WatchRequest, context: Context
     ) -> AsyncIterator[queue_pb2.WatchResponse]:
         item = await self._find(request.request_id)
-        async for response in self._follow(item, request.with_logs):
+        with_logs = await self._with_logs(item, request.with_logs, context)
+        async for response in self._follow(item, with_logs):
             yield response
 
     @server_stream
@@ -62,10 +72,17 @@ class QueueService(queue_pb2_grpc.QueueServicer):
         request_id, _, _ = await self._scheduler.submit(
             submit.endpoint_id, submit.path or "/", submit.input.data,
             submit.input.content_type, convert.submit_options(submit),
+            self._origin(context, "subscribe"),
         )
         item = await self._find(request_id)  # stored: the first message says so
-        async for response in self._follow(item, request.with_logs):
+        with_logs = await self._with_logs(item, request.with_logs, context)
+        async for response in self._follow(item, with_logs):
             yield response
+
+    async def _with_logs(self, item: QueuedRequest, asked: bool, context: Context) -> bool:
+        """Whether an answer about `item` carries its logs: asked for, and the caller may
+        see them."""
+        return asked and (self._sees_logs is None or await self._sees_logs(item, context))
 
     async def _follow(
         self, item: QueuedRequest, with_logs: bool
@@ -76,8 +93,8 @@ class QueueService(queue_pb2_grpc.QueueServicer):
         last: tuple[Any, ...] = ()
         while True:
             position = self._scheduler.position(item)
-            key = (item.status, position, len(item.logs), item.waiting_reason,
-                   len(item.partials))
+            key = (item.status, position, len(item.logs) if with_logs else 0,
+                   item.waiting_reason, len(item.partials))
             if key != last:
                 logs = item.logs[sent_logs:] if with_logs else []
                 partials = item.partials[sent_partials:]
@@ -97,9 +114,10 @@ class QueueService(queue_pb2_grpc.QueueServicer):
         self, request: queue_pb2.GetStatusRequest, context: Context
     ) -> queue_pb2.GetStatusResponse:
         item = await self._find(request.request_id)
+        with_logs = await self._with_logs(item, request.with_logs, context)
         return queue_pb2.GetStatusResponse(state=convert.request_state(
             item, position=self._scheduler.position(item),
-            logs=item.logs if request.with_logs else [], waiting_reason=item.waiting_reason,
+            logs=item.logs if with_logs else [], waiting_reason=item.waiting_reason,
         ))
 
     @unary
@@ -125,7 +143,7 @@ class QueueService(queue_pb2_grpc.QueueServicer):
     async def Run(self, request: queue_pb2.RunRequest, context: Context) -> queue_pb2.RunResponse:
         call = self._scheduler.call_direct(
             request.endpoint_id, request.path or "/", request.input.data,
-            request.input.content_type, stream=False,
+            request.input.content_type, stream=False, origin=self._origin(context, "run"),
         )
         outcome = await self._wait(call)
         await _raise_error(context, outcome)
@@ -141,7 +159,7 @@ class QueueService(queue_pb2_grpc.QueueServicer):
     ) -> AsyncIterator[queue_pb2.StreamResponse]:
         call = self._scheduler.call_direct(
             request.endpoint_id, request.path or "/", request.input.data,
-            request.input.content_type, stream=True,
+            request.input.content_type, stream=True, origin=self._origin(context, "stream"),
         )
         async for response in self._outputs(call, queue_pb2.StreamResponse):
             yield response
@@ -164,6 +182,10 @@ class QueueService(queue_pb2_grpc.QueueServicer):
         finally:
             pump.cancel()
         await _raise_error(context, session.done.result())
+
+    def _origin(self, context: Context, call: str) -> Origin:
+        """Where a call came from, for its trace (read only when tracing is on)."""
+        return grpc_origin(context, call) if self._scheduler.tracing.enabled else UNTRACED
 
     async def _outputs(self, call: DirectCall, response_type: type[R]) -> AsyncIterator[R]:
         """The outputs of a direct call or a realtime session as they come, each in a

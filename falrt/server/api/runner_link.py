@@ -160,6 +160,8 @@ def _message(event: OutboxEvent) -> runner_pb2.ServerMessage:
             assign = message.assign
             assign.request_id, assign.path = item.request_id, item.path
             assign.input.data, assign.input.content_type = item.input, item.content_type
+            if item.trace is not None:
+                assign.traceparent = item.trace.runner_parent
             return message
         case CancelEvent(request_id=request_id):
             return runner_pb2.ServerMessage(

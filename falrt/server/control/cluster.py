@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -66,8 +67,12 @@ class Cluster:
     def __init__(
         self, store: PostgresStore, apps: Apps, control: AppControl, scheduler: Scheduler,
         recorder: Recorder, environments: Environments, settings: ServerSettings,
+        sweep_keys: Callable[[set[str]], Awaitable[None]] | None = None,
     ) -> None:
         self._store = store
+        # Revokes the runner keys of servers that are gone, given the live ones.
+        self._sweep_keys = sweep_keys
+        self._servers: set[str] = set()  # the live servers the last take-over saw
         self._apps = apps
         self._control = control
         self._scheduler = scheduler
@@ -244,3 +249,7 @@ class Cluster:
         for request_id in completed:
             await self._scheduler.on_remote_completed(request_id)
         await self._recorder.send_owed_webhooks(owed)
+        live = await self._store.live_servers()
+        if self._sweep_keys is not None and self._servers - live:
+            await self._sweep_keys(live)  # their runners' keys are no one's now
+        self._servers = live

@@ -29,6 +29,7 @@ from falrt.server.fleet.launch import Launcher, kill_after
 from falrt.server.fleet.scaling import ScalingLoop
 from falrt.server.fleet.secret_box import SecretBox
 from falrt.server.fleet.starts import Starts
+from falrt.server.metrics import Metrics
 from falrt.server.state.apps import Apps, AppState, EffectiveSettings
 from falrt.server.state.runners import (
     ALIVE_STATES,
@@ -45,6 +46,8 @@ from falrt.store.base import Store
 from falrt.store.records import Revision
 
 log = logging.getLogger(__name__)
+# The scaling loop counts as stuck once a wake has waited this long for its pass.
+STALL_S = 10.0
 
 
 class Fleet:
@@ -60,8 +63,10 @@ class Fleet:
         secret_box: SecretBox,
         settings: ServerSettings,
         tasks: Tasks,
+        metrics: Metrics | None = None,
     ) -> None:
         self._events = events
+        self._metrics = metrics  # None: no metrics (`--no-metrics`)
         self._apps = apps
         self.backend = backend
         self.settings = settings
@@ -72,7 +77,8 @@ class Fleet:
         self.ended: deque[RunnerHandle] = deque(maxlen=settings.ended_runners_kept)
         self._scaling = ScalingLoop(apps, self.runners, self._apply)
         self._starts = Starts(events, apps, self.runners, self._launcher, settings, tasks,
-                              end=self._terminated, wake=self._scaling.wake)
+                              end=self._terminated, wake=self._scaling.wake,
+                              on_failed=metrics.start_failed if metrics else None)
         self._scaler: asyncio.Future[None] | None = None  # the loop, once started
         self._leaving = False  # closing, and leaving the runners for the next server
 
@@ -95,6 +101,19 @@ class Fleet:
         return best
 
     # -- scaling ---------------------------------------------------------------------
+
+    def scaling_problem(self, now: float) -> str:
+        """Why the scaling loop does not scale ("" when it does): it has not started, it
+        ended (the server then stops), or it was woken more than `STALL_S` before `now`
+        (monotonic) and has not made a pass since."""
+        if self._scaler is None:
+            return "the scaling loop has not started"
+        if self._scaler.done():
+            return "the scaling loop ended"
+        stalled = self._scaling.stalled_s(now)
+        if stalled > STALL_S:
+            return f"the scaling loop has not run for {stalled:.0f} s since it was woken"
+        return ""
 
     def wake(self) -> None:
         """Makes the scaling loop look at every app again, at once."""
@@ -123,13 +142,20 @@ class Fleet:
         self._starts.address = address
         return self._starts.adopt(survivors)
 
-    async def sweep_runner_keys(self, shared_store: bool) -> None:
-        """Revokes the runner keys left valid by runners that ended while no server was up
-        (`Launcher.sweep_runner_keys`); adopted runners keep theirs. Not on a shared store,
-        where the other servers' runners hold theirs."""
-        revoked = await self._launcher.sweep_runner_keys(set(self.runners), not shared_store)
+    async def sweep_runner_keys(
+        self, server_id: str, live_servers: set[str] | None = None
+    ) -> None:
+        """At the start, and on a shared store whenever servers go: revokes the runner keys
+        no runner holds any more (`Launcher.sweep_runner_keys`): alone on its store, every
+        one but the adopted runners'; on a shared store (`live_servers`, this one among
+        them), those of runners started by servers that are gone. New keys name
+        `server_id`."""
+        self._launcher.server_id = server_id
+        revoked = await self._launcher.sweep_runner_keys(
+            set(self.runners), live_servers is None, live_servers)
         if revoked:
-            log.info("revoked %d keys of runners that ended while the server was down", revoked)
+            log.info("revoked %d keys of runners that ended while their server was down",
+                     revoked)
 
     def start(self) -> None:
         """Starts the scaling loop (the server is serving: runners can dial in)."""
@@ -205,6 +231,8 @@ class Fleet:
         if runner.state not in STARTING_STATES:
             raise errors.InvalidArgumentError(f"runner {runner_id} is being stopped")
         runner.attached = True
+        if self._metrics is not None:
+            self._metrics.runner_ready(runner)
         runner.max_multiplexing = max(1, min(slots, runner.max_multiplexing))
         runner.set_state(RunnerState.IDLE)
         runner.idle_since = time.monotonic()

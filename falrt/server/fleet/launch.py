@@ -26,7 +26,10 @@ from falrt.vocabulary import KeyScope
 
 log = logging.getLogger(__name__)
 
-RUNNER_KEY_PREFIX = "runner "  # the description of a runner's key: "runner r-... of app X"
+# The description of a runner's key: "runner r-... of app X on server S" (S: the server
+# that started it; keys made before falrt named it have no " on server " part).
+RUNNER_KEY_PREFIX = "runner "
+_ON_SERVER = " on server "
 
 
 class Launcher:
@@ -43,6 +46,7 @@ class Launcher:
         self._settings = settings
         # The API key each runner was given at its latest start (runner id -> key id).
         self._runner_keys: dict[str, str] = {}
+        self.server_id = ""  # named in the runner keys' descriptions once set
 
     def capacity(self, machine_type: str, num_gpus: int) -> str:
         """Why the backend cannot start a runner of `machine_type` now ("" when it can)."""
@@ -98,6 +102,8 @@ class Launcher:
         for secret_name, secret in stored.items():
             if not wanted or secret_name in wanted:
                 env[secret_name] = self._secret_box.decrypt(secret.value)
+        if self._settings.otlp_endpoint:  # the handler's spans go where the server's go
+            env["FALRT_OTLP_ENDPOINT"] = self._settings.otlp_endpoint
         return env | await self._tls_env()
 
     async def _runner_key_env(self, runner: RunnerHandle, address: str) -> dict[str, str]:
@@ -111,8 +117,10 @@ class Launcher:
         tls = self._settings.tls is not None
         if not tls and self._settings.backend != "process":
             return {}
-        record, key = new_key(KeyScope.API, self._settings.owner,
-                              f"{RUNNER_KEY_PREFIX}{runner.runner_id} of app {runner.app_name}")
+        description = f"{RUNNER_KEY_PREFIX}{runner.runner_id} of app {runner.app_name}"
+        if self.server_id:
+            description += f"{_ON_SERVER}{self.server_id}"
+        record, key = new_key(KeyScope.API, self._settings.owner, description)
         await self._store.create_key(record)
         self._runner_keys[runner.runner_id] = record.key_id
         return {"FALRT_KEY": key, "FALRT_HOST": f"https://{address}" if tls else address}
@@ -134,20 +142,27 @@ class Launcher:
         if self._runner_keys.get(runner_id) == key_id:
             del self._runner_keys[runner_id]
 
-    async def sweep_runner_keys(self, running: set[str], revoke_others: bool) -> int:
-        """At the server's start: takes over the keys of the `running` (adopted) runners,
-        so that they are revoked when those end, and with `revoke_others` revokes every
-        other runner key left valid (its runner ended while no server was up). Returns how
-        many were revoked."""
+    async def sweep_runner_keys(
+        self, running: set[str], revoke_others: bool, live_servers: set[str] | None = None,
+    ) -> int:
+        """Takes over the keys of the `running` (adopted) runners, so that they are revoked
+        when those end; with `revoke_others` (one server on its store, at its start) revokes
+        every other runner key left valid (its runner ended while no server was up); with
+        `live_servers` (a shared store) revokes those of runners started by a server not
+        among them (it stopped without revoking them) or by this one (they ended while it
+        was down). Returns how many were revoked."""
         revoked = 0
         for record in await self._store.list_keys():
             if record.revoked_at is not None or not record.description.startswith(
                     RUNNER_KEY_PREFIX) or record.scope != KeyScope.API:
                 continue
             runner_id = record.description.removeprefix(RUNNER_KEY_PREFIX).partition(" ")[0]
+            started_by = record.description.rpartition(_ON_SERVER)[2] if (
+                _ON_SERVER in record.description) else ""
             if runner_id in running:
                 self._runner_keys[runner_id] = record.key_id
-            elif revoke_others:
+            elif revoke_others or (live_servers is not None and started_by and (
+                    started_by == self.server_id or started_by not in live_servers)):
                 await self._store.revoke_key(record.key_id, time.time())
                 revoked += 1
         return revoked

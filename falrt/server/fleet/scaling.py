@@ -41,10 +41,14 @@ class ScalingLoop:
         self._woken = False
         self._waiter: asyncio.Future[None] | None = None
         self._planned: dict[str, float] = {}
+        # Since when (monotonic) a wake waits for the next pass (None: none waits).
+        self._woken_at: float | None = None
 
     def wake(self) -> None:
         """Makes the loop look at every app again, at once."""
         self._woken = True
+        if self._woken_at is None:
+            self._woken_at = time.monotonic()
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -78,6 +82,7 @@ class ScalingLoop:
         while True:
             next_check: float | None = None
             now = time.monotonic()
+            self._woken_at = None  # this pass sees every wake so far
             for app in self._apps:
                 try:
                     decision = self._decide(app)
@@ -93,6 +98,11 @@ class ScalingLoop:
                     next_check = decision.next_check_s
             self._woken = False  # what woke this pass has been seen
             await self._wait(next_check)
+
+    def stalled_s(self, now: float) -> float:
+        """How long before `now` (monotonic) a wake began waiting for a pass that has not
+        come (0.0 when none waits): the loop is stuck when this grows."""
+        return 0.0 if self._woken_at is None else max(0.0, now - self._woken_at)
 
     async def next_wake(self, timeout_s: float) -> None:
         """Until the next `wake()` from now, or `timeout_s` (the fleet waits so while it

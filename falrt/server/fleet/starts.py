@@ -35,6 +35,7 @@ class Starts:
         self, events: FleetEvents, apps: Apps, runners: dict[str, RunnerHandle],
         launcher: Launcher, settings: ServerSettings, tasks: Tasks,
         end: Callable[[RunnerHandle], None], wake: Callable[[], None],
+        on_failed: Callable[[str], None] | None = None,
     ) -> None:
         self._events = events
         self._apps = apps
@@ -44,6 +45,7 @@ class Starts:
         self._tasks = tasks
         self._end = end
         self._wake = wake
+        self._on_failed = on_failed  # told the app's name at each failed start (metrics)
         self.address = ""  # where runners dial: known once the server is bound
         self._stopped = False  # the server stops: exits are no failed starts
 
@@ -206,6 +208,8 @@ class Starts:
             return False
         delay = app.start_failed(reason, self._settings.crash_backoff_step_s,
                                  self._settings.crash_backoff_cap_s)
+        if self._on_failed is not None:
+            self._on_failed(app.name)
         log.warning("runner %s of %s failed to start (%s); next start in %.0f s",
                     runner.runner_id, app.name, reason, delay)
         runner.process, runner.attached = None, False

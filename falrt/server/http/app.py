@@ -3,7 +3,8 @@
 `--http-listen` serves fal's two hosts on one listener: the queue API under `/queue` and the
 direct API at the root, so `FAL_RUN_HOST=HOST:PORT` and `FAL_QUEUE_RUN_HOST=HOST:PORT/queue`
 point fal's clients at falrt. `--http-queue-listen` serves the queue API at its root, for
-operators who give fal's two host names two listeners. One middleware besides Starlette's
+operators who give fal's two host names two listeners. `/metrics` and `/healthz` are on
+`--http-listen` and on `--metrics-listen` (`observe`, no key). One middleware besides Starlette's
 error handling: CORS for any origin (as fal's apps answer), so a web page can call with
 its key; keys travel in a header, never in cookies, so a page only acts with a key it was
 given. Every route module answers errors through `falrt.server.http.errors`.
@@ -16,10 +17,12 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute, Mount
 
-from falrt.server.http import direct_api, openapi, queue_api, realtime
+from falrt.server.http import direct_api, observe, openapi, queue_api, realtime
 from falrt.server.http.errors import ERROR_TYPE_HEADER, EXCEPTION_HANDLERS, REQUEST_ID_HEADER
 from falrt.server.http.gateway import Gateway
+from falrt.server.http.observe import Observed
 from falrt.server.http.queue_api import QUEUE_PREFIX
+from falrt.server.http.ui import routes as ui
 
 CORS = [Middleware(
     CORSMiddleware, allow_origins=["*"], allow_methods=["GET", "POST", "PUT"],
@@ -29,14 +32,24 @@ CORS = [Middleware(
 
 def build_app(gateway: Gateway) -> Starlette:
     """The app of `--http-listen`. The direct API's POST routes catch every path, so they
-    come last; WebSocket routes never match an HTTP call, nor the other way round."""
+    come after every route with a POST; WebSocket routes never match an HTTP call, nor the
+    other way round."""
     routes: list[BaseRoute] = [
         Mount(QUEUE_PREFIX, routes=queue_api.routes(gateway)),
         *realtime.routes(gateway),
         *openapi.routes(gateway),
+        *(observe.routes(gateway.observed) if gateway.observed else []),
         *direct_api.routes(gateway),
+        # GET only, after the POST catch-all: an owner named "ui" keeps its direct API.
+        *(ui.routes(gateway, gateway.dashboard) if gateway.dashboard else []),
     ]
     return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, middleware=CORS)
+
+
+def build_metrics_app(observed: Observed) -> Starlette:
+    """The app of `--metrics-listen`: `/metrics` and `/healthz` only, no CORS (a scraper
+    is no web page)."""
+    return Starlette(routes=observe.routes(observed), exception_handlers=EXCEPTION_HANDLERS)
 
 
 def build_queue_app(gateway: Gateway) -> Starlette:

@@ -2,7 +2,8 @@
 names, the caller's key checked against the app's auth mode, and the payload.
 
 The payload is read as bytes, bounded by the payload limit (`falrt.limits`) while it
-arrives, and passed on untouched: the runner decodes and validates it.
+arrives, and passed on untouched (the scheduler checks JSON against the endpoint's schema;
+the runner decodes and validates it).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from starlette.requests import Request
 from falrt import errors
 from falrt.limits import check_payload
 from falrt.server.http.gateway import Gateway
+from falrt.server.queue.scheduler import Scheduler
+from falrt.server.tracing import UNTRACED, Origin, http_origin
 
 MSGPACK = "application/msgpack"
 JSON = "application/json"
@@ -75,3 +78,9 @@ def start_timeout(request: Request) -> float:
 
 def not_found(request_id: str) -> errors.NotFoundError:
     return errors.NotFoundError(f"no request with id {errors.quote(request_id)}")
+
+
+def origin(scheduler: Scheduler, request: Request, call: str) -> Origin:
+    """Where a call came from, for its trace: its `traceparent` header (read only when
+    tracing is on)."""
+    return http_origin(request.headers, call) if scheduler.tracing.enabled else UNTRACED

@@ -64,12 +64,14 @@ class DirectApi:
                 raise errors.InvalidArgumentError(
                     f"{path} of {app} streams server-sent events, which carry JSON: send "
                     "the input as application/json")
-            call = self._scheduler.call_direct(endpoint_id, path, data, content_type,
-                                               stream=True)
+            call = self._scheduler.call_direct(
+                endpoint_id, path, data, content_type, stream=True,
+                origin=calls.origin(self._scheduler, request, "stream"))
             return EventStream(self._outputs(call), {REQUEST_ID_HEADER: call.request_id},
                                on_gone=lambda: self._scheduler.abandon(call))
         deadline_s = check_options(start_timeout_s=calls.start_timeout(request)).start_timeout_s
-        call = self._scheduler.call_direct(endpoint_id, path, data, content_type, stream=False)
+        call = self._scheduler.call_direct(endpoint_id, path, data, content_type, stream=False,
+                                           origin=calls.origin(self._scheduler, request, "run"))
         outcome = await self._outcome(call, request.receive, deadline_s)
         if outcome is None:
             return Response(status_code=CLIENT_CLOSED)

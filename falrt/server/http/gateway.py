@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from falrt.limits import payload_limit
 from falrt.server.api.auth import Authenticator, Caller
 from falrt.server.control.apps import AppControl
+from falrt.server.http.observe import Observed
+from falrt.server.http.ui.dashboard import Dashboard
 from falrt.server.queue.scheduler import Scheduler
 from falrt.server.state.apps import Apps
 from falrt.settings import ServerSettings
@@ -27,6 +29,10 @@ class Gateway:
     # The URL callers reach the gateway at, without a trailing slash ("" when not set:
     # then the URLs the gateway returns are made from each request's own scheme and Host).
     public_url: str = ""
+    # The dashboard's sources (`/ui`, falrt/server/http/ui/); None: no dashboard is served.
+    dashboard: Dashboard | None = None
+    # What `/metrics` and `/healthz` read (falrt/server/http/observe.py); None: not served.
+    observed: Observed | None = None
 
     async def caller(self, headers: Mapping[str, str]) -> Caller | None:
         """The caller an HTTP request's `Authorization: Key KEY_ID:SECRET` names (None

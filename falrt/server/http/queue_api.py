@@ -79,7 +79,8 @@ class QueueApi:
         options = submit_options(request)
         data = await calls.payload(self._gateway, request)
         request_id, position, deduplicated = await self._scheduler.submit(
-            endpoint_id, path, data, calls.content_type(request), options)
+            endpoint_id, path, data, calls.content_type(request), options,
+            calls.origin(self._scheduler, request, "submit"))
         base = self._requests_url(request) + "/" + request_id
         doc: dict[str, Any] = {
             "request_id": request_id, "response_url": base, "status_url": base + "/status",
@@ -94,7 +95,7 @@ class QueueApi:
 
     async def status(self, request: Request) -> Response:
         item = await self._find(request)
-        logs = item.logs if _flag(request, "logs") else None
+        logs = item.logs if await self._with_logs(request, item) else None
         body = status_document(item, position=self._scheduler.position(item),
                                response_url=self._response_url(request, item), logs=logs)
         code = 200 if item.status is Status.COMPLETED else 202
@@ -103,7 +104,8 @@ class QueueApi:
 
     async def status_stream(self, request: Request) -> EventStream:
         item = await self._find(request)
-        events = self._follow(item, self._response_url(request, item), _flag(request, "logs"))
+        events = self._follow(item, self._response_url(request, item),
+                              await self._with_logs(request, item))
         return EventStream(events, {REQUEST_ID_HEADER: item.request_id})
 
     async def _follow(
@@ -165,6 +167,13 @@ class QueueApi:
         caller = await self._gateway.caller(request.headers)
         self._gateway.authenticator.check_request(caller, item)
         return item
+
+    async def _with_logs(self, request: Request, item: QueuedRequest) -> bool:
+        """`?logs=1`, and the caller may see the request's logs (an app's private_logs)."""
+        if not _flag(request, "logs"):
+            return False
+        caller = await self._gateway.caller(request.headers)
+        return self._gateway.authenticator.sees_logs(caller, item)
 
     def _requests_url(self, request: Request) -> str:
         """`…/{owner}/{app}/requests`, absolute: under `--public-url` when it is set, else

@@ -23,7 +23,7 @@ import ssl
 import uvicorn
 from starlette.applications import Starlette
 
-from falrt.server.http.app import build_app, build_queue_app
+from falrt.server.http.app import build_app, build_metrics_app, build_queue_app
 from falrt.server.http.gateway import Gateway
 from falrt.settings import ServerSettings, TlsFiles
 
@@ -103,8 +103,8 @@ class HttpListener:
 
 
 class HttpEdge:
-    """The server's HTTP listeners: `--http-listen` and `--http-queue-listen` (none, one or
-    both)."""
+    """The server's HTTP listeners: `--http-listen`, `--http-queue-listen` and
+    `--metrics-listen` (any of them, or none)."""
 
     def __init__(self, gateway: Gateway, settings: ServerSettings) -> None:
         """(The server checks `check_addresses(settings)` first thing.)"""
@@ -116,6 +116,10 @@ class HttpEdge:
         if settings.http_queue_listen:
             self.listeners["http queue"] = HttpListener(
                 build_queue_app(gateway), settings.http_queue_listen, settings.tls, grace, size)
+        if settings.metrics_listen and gateway.observed is not None:
+            self.listeners["metrics"] = HttpListener(
+                build_metrics_app(gateway.observed), settings.metrics_listen, settings.tls,
+                grace, size)
         _UVICORN_LOG.addFilter(_REDACT)
 
     def bind(self) -> list[tuple[str, str]]:
@@ -161,7 +165,10 @@ def is_loopback(host: str) -> bool:
 
 def check_addresses(settings: ServerSettings) -> None:
     """Checks the HTTP addresses before anything starts: each is HOST:PORT, and without a
-    certificate a loopback address (served with a warning). Raises ListenError."""
+    certificate a loopback address (served with a warning), except `--metrics-listen`,
+    which carries no key or payload (plain HTTP on any address). Raises ListenError."""
+    if settings.metrics_listen:
+        split_address(settings.metrics_listen)
     for flag, address in (("--http-listen", settings.http_listen),
                           ("--http-queue-listen", settings.http_queue_listen)):
         if not address:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from falrt import errors
 from falrt.server.fleet.events import FleetEvents
 from falrt.server.fleet.fleet import Fleet
+from falrt.server.metrics import Metrics
 from falrt.server.queue.outcomes import (
     NO_VERDICT,
     START_TIMEOUT,
@@ -31,6 +32,7 @@ from falrt.server.queue.retries import RetryContext, backoff_s, should_retry
 from falrt.server.state.apps import Apps, AppState
 from falrt.server.state.runners import CancelEvent, RunnerHandle
 from falrt.server.state.work import DirectCall, QueuedRequest, RealtimeSession, WorkItem
+from falrt.server.tracing import Tracing
 from falrt.settings import ServerSettings
 from falrt.store.base import SharedStore, Store
 from falrt.store.records import ErrorRecord, LogRecord, Outcome, Status
@@ -49,8 +51,11 @@ class Dispatcher(FleetEvents):
     def __init__(
         self, apps: Apps, store: Store, shared: SharedStore | None, recorder: Recorder,
         settings: ServerSettings, fleet: Callable[[FleetEvents], Fleet],
+        metrics: Metrics | None = None, tracing: Tracing | None = None,
     ) -> None:
         self._apps = apps
+        self._tracing = tracing or Tracing()
+        self._metrics = metrics  # None: no metrics (`--no-metrics`)
         self._store = store
         self._shared = shared
         self._recorder = recorder
@@ -62,6 +67,8 @@ class Dispatcher(FleetEvents):
     def enqueue(self, app: AppState, item: WorkItem) -> None:
         """Queues new, loaded or retried work (arming a request's start deadline)."""
         app.queue.push(item)
+        if item.trace is not None:
+            self._tracing.requeued(item)
         if (isinstance(item, QueuedRequest) and item.start_deadline is not None
                 and item.deadline_timer is None):
             delay = max(0.0, item.start_deadline - time.time())
@@ -105,6 +112,10 @@ class Dispatcher(FleetEvents):
     def _start(self, app: AppState, runner: RunnerHandle, item: WorkItem) -> None:
         """Sends `item` to `runner` as its next attempt."""
         item.timed_out = False
+        if self._metrics is not None:
+            self._metrics.started(item)
+        if item.trace is not None:  # (before the Assign is built: it carries the context)
+            self._tracing.assigned(item, runner.runner_id)
         runner.assign(item)
         if isinstance(item, RealtimeSession):  # a session lasts as long as its caller wants
             item.started.set()
@@ -196,6 +207,10 @@ class Dispatcher(FleetEvents):
                         request_id)
             return
         item.stop_timers()
+        if self._metrics is not None:
+            self._metrics.ran(item)
+        if item.trace is not None:
+            self._tracing.attempt_ended(item, outcome.error.error_type if outcome.error else "")
         if verdict.stop_runner:
             runner.last_error = f"stopped after request {request_id} asked for it (stop_runner)"
             self.fleet.stop(runner)
@@ -238,6 +253,8 @@ class Dispatcher(FleetEvents):
         item = runner.release(session_id)
         if item is None:
             return
+        if self._metrics is not None:
+            self._metrics.ran(item)
         app = self._apps.get(item.app_name)
         refused = error is not None and error.error_type == REFUSED
         if refused and app is not None and not item.cancel_requested:
@@ -269,6 +286,8 @@ class Dispatcher(FleetEvents):
             condition, error = (
                 (RetryCondition.TIMEOUT, timed_out_error(item)) if item.timed_out
                 else (RetryCondition.CONNECTION_ERROR, lost))
+            if item.trace is not None:
+                self._tracing.attempt_ended(item, error.error_type)
             if not self._retry(item, condition, None, error):
                 self._recorder.finish(item, Outcome(error=error))
         app = self._apps.get(runner.app_name)
@@ -307,6 +326,8 @@ class Dispatcher(FleetEvents):
         )
         if not should_retry(ctx):
             return False
+        if self._metrics is not None:
+            self._metrics.retried(item.app_name, condition or "none")
         delay = backoff_s(item.attempts, self._settings.retry_backoff_base_s,
                           self._settings.retry_backoff_cap_s)
         item.runner_id = ""

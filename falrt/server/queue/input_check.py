@@ -62,17 +62,7 @@ def edge_schema(schema: Any, check: InputCheck) -> Any:
         return schema
     out: dict[str, Any] = {}
     for key, value in schema.items():
-        if key in _INVERTING_KEYWORDS or key == "uniqueItems":
-            continue
-        if check is InputCheck.SHAPE and key in _VALUE_KEYWORDS:
-            continue
-        if key in ("properties", "patternProperties", "$defs", "definitions",
-                   "dependentSchemas"):
-            out[key] = {name: edge_schema(sub, check) for name, sub in value.items()}
-        elif key == "oneOf":
-            out["anyOf"] = edge_schema(value, check)
-        else:
-            out[key] = edge_schema(value, check)
+        _keep(out, key, value, check)
     if schema.get("format") == "decimal" and out.get("type") == "string":
         out["type"] = ["string", "number"]
     if check is InputCheck.SHAPE and "type" in out:
@@ -80,6 +70,20 @@ def edge_schema(schema: Any, check: InputCheck) -> Any:
         if any(t in _SCALAR_TYPES for t in types):
             del out["type"]
     return out
+
+
+def _keep(out: dict[str, Any], key: str, value: Any, check: InputCheck) -> None:
+    """Puts keyword `key` of a schema object into `out` as `edge_schema` keeps it."""
+    if key in _INVERTING_KEYWORDS or key == "uniqueItems":
+        return
+    if check is InputCheck.SHAPE and key in _VALUE_KEYWORDS:
+        return
+    if key in ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas"):
+        out[key] = {name: edge_schema(sub, check) for name, sub in value.items()}
+    elif key == "oneOf":
+        out["anyOf"] = edge_schema(value, check)
+    else:
+        out[key] = edge_schema(value, check)
 
 
 def compile_check(schema_json: str, check: InputCheck, what: str) -> Check | None:
@@ -90,7 +94,8 @@ def compile_check(schema_json: str, check: InputCheck, what: str) -> Check | Non
     try:
         schema = edge_schema(msgspec.json.decode(schema_json), check)
         validator = jsonschema_rs.validator_for(schema, validate_formats=False)
-    except (msgspec.DecodeError, ValueError, jsonschema_rs.ReferencingError) as exc:
+    except (msgspec.DecodeError, ValueError, TypeError, AttributeError,
+            jsonschema_rs.ReferencingError) as exc:
         log.warning("the input schema of %s does not compile (%s); its inputs are checked "
                     "by its runners only", what, exc)
         return None

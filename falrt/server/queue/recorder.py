@@ -23,11 +23,13 @@ from collections.abc import Awaitable
 from typing import Any
 
 from falrt import errors
+from falrt.server.metrics import Metrics
 from falrt.server.queue.outcomes import WebhookSink, with_logs
 from falrt.server.queue.requests import Requests
 from falrt.server.queue.store_health import StoreHealth
 from falrt.server.state.work import DirectCall, QueuedRequest, WorkItem
 from falrt.server.tasks import Tasks
+from falrt.server.tracing import Tracing
 from falrt.settings import ServerSettings
 from falrt.store.base import SharedStore, Store
 from falrt.store.records import ClusterEvent, ClusterEventKind, Outcome, RequestRecord, Status
@@ -48,9 +50,12 @@ class Recorder:
     def __init__(
         self, store: Store, settings: ServerSettings, requests: Requests,
         webhooks: WebhookSink, shared: SharedStore | None, tasks: Tasks,
-        store_health: StoreHealth,
+        store_health: StoreHealth, metrics: Metrics | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.store = store
+        self.tracing = tracing or Tracing()
+        self._metrics = metrics  # None: no metrics (`--no-metrics`)
         self.store_health = store_health
         self.settings = settings
         self.webhooks = webhooks
@@ -75,12 +80,18 @@ class Recorder:
 
     def finish(self, item: WorkItem, outcome: Outcome, *, store: bool = True) -> None:
         item.stop_timers()
+        if item.trace is not None:
+            self.tracing.finished(item, outcome)
         if isinstance(item, DirectCall):
             if not item.done.done():
+                if self._metrics is not None:
+                    self._metrics.finished(item, outcome)
                 item.done.set_result(outcome)
                 if item.partials is not None:
                     item.partials.put_nowait(None)
         elif isinstance(item, QueuedRequest) and item.outcome is None:
+            if self._metrics is not None:
+                self._metrics.finished(item, outcome)
             item.outcome = with_logs(item, outcome)
             if store and self.shared is None and item.persisted:
                 # The write is queued now (after the request's INSERT: stores apply writes

@@ -27,6 +27,7 @@ from falrt.server.queue.webhook_targets import TargetPolicy
 from falrt.server.state.apps import Apps, AppState
 from falrt.server.state.runners import RealtimeEndEvent, RealtimeInputEvent
 from falrt.server.state.work import DirectCall, QueuedRequest, RealtimeSession
+from falrt.server.tracing import UNTRACED, Origin, Tracing
 from falrt.settings import ServerSettings
 from falrt.store.base import SharedStore, Store
 from falrt.store.records import (
@@ -60,6 +61,7 @@ class Scheduler:
         self._payload_limit = payload_limit(settings.max_message_bytes)
         self._webhook_targets = TargetPolicy(settings.webhook_allow)
         self._input_checks: dict[str, InputChecks] = {}  # by app name, of its live revision
+        self.tracing: Tracing = recorder.tracing  # the spans of requests (edges read it)
 
     # -- startup -----------------------------------------------------------------------
 
@@ -136,7 +138,7 @@ class Scheduler:
 
     async def submit(
         self, endpoint_id: str, path: str, data: bytes, content_type: str,
-        options: SubmitOptions,
+        options: SubmitOptions, origin: Origin = UNTRACED,
     ) -> tuple[str, int, bool]:
         """Stores a request, queues it, dispatches; returns its id, its queue position, and
         whether an earlier Submit with the same idempotency key made it."""
@@ -153,7 +155,8 @@ class Scheduler:
         key = options.idempotency_key
         if not key:
             self._check_queue_length(app, options.max_queue_length)
-            return (*await self._store_and_queue(app, path, data, content_type, options), False)
+            return (*await self._store_and_queue(app, path, data, content_type, options,
+                                                 origin), False)
         earlier = await self._requests.keys.reserve(key)
         if earlier is not None:
             return earlier, self.position_of(earlier), True
@@ -163,7 +166,8 @@ class Scheduler:
                 self._requests.keys.claim(key, earlier)
                 return earlier, self.position_of(earlier), True
             self._check_queue_length(app, options.max_queue_length)
-            return (*await self._store_and_queue(app, path, data, content_type, options), False)
+            return (*await self._store_and_queue(app, path, data, content_type, options,
+                                                 origin), False)
         finally:
             self._requests.keys.settle(key)
 
@@ -176,7 +180,8 @@ class Scheduler:
             )
 
     async def _store_and_queue(
-        self, app: AppState, path: str, data: bytes, content_type: str, options: SubmitOptions
+        self, app: AppState, path: str, data: bytes, content_type: str, options: SubmitOptions,
+        origin: Origin,
     ) -> tuple[str, int]:
         now = time.time()
         record = RequestRecord(
@@ -195,6 +200,8 @@ class Scheduler:
         # lands after it (stores apply writes in call order).
         item = QueuedRequest.from_record(record)
         item.auth = app.record.auth
+        if self.tracing.enabled:
+            self.tracing.begin(item, app.name, origin, direct=False)
         self._requests.add(item)
         self._dispatcher.enqueue(app, item)
         position = app.queue.position(item)
@@ -205,11 +212,15 @@ class Scheduler:
         try:
             await asyncio.shield(stored)
         except Exception as exc:
+            if item.trace is not None:
+                self.tracing.acknowledged(item, getattr(exc, "error_type", "internal_error"))
             self._withdraw(app, item)
             if isinstance(exc, errors.StoreFullError):
                 raise errors.StoreFullError(f"the request was not stored: {exc}") from None
             log.exception("storing request %s failed", item.request_id)
             raise errors.InternalError("the request could not be stored; try again") from exc
+        if item.trace is not None:
+            self.tracing.acknowledged(item)
         return item.request_id, position
 
     def position_of(self, request_id: str) -> int:
@@ -286,7 +297,8 @@ class Scheduler:
     # -- the direct path ---------------------------------------------------------------
 
     def call_direct(
-        self, endpoint_id: str, path: str, data: bytes, content_type: str, *, stream: bool
+        self, endpoint_id: str, path: str, data: bytes, content_type: str, *, stream: bool,
+        origin: Origin = UNTRACED,
     ) -> DirectCall:
         """Queues a direct call (not stored, never retried); the caller awaits `done`."""
         app = self.resolve(endpoint_id, path)
@@ -298,6 +310,8 @@ class Scheduler:
             content_type=content_type_of(content_type), priority=Priority.NORMAL,
             seq=self._requests.next_seq(), partials=asyncio.Queue() if stream else None,
         )
+        if self.tracing.enabled:
+            self.tracing.begin(item, app.name, origin, direct=True)
         self._dispatcher.enqueue(app, item)
         self._dispatcher.dispatch(app)
         return item

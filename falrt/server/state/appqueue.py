@@ -91,6 +91,10 @@ class AppQueue:
             ahead += len(self._lanes[Priority.NORMAL])
         return ahead
 
+    def lengths(self) -> dict[Priority, int]:
+        """How many items wait at each priority."""
+        return {priority: len(lane) for priority, lane in self._lanes.items()}
+
     def items(self) -> list[WorkItem]:
         """All waiting items in dispatch order."""
         return [self._items[s] for lane in self._lanes.values() for s in lane.seqs()]

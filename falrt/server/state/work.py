@@ -84,6 +84,8 @@ class WorkItem:
     priority: Priority
     seq: int
     enqueued_at: float = field(default_factory=time.monotonic)
+    # When its running attempt started (monotonic; 0: none yet), for falrt_run_seconds.
+    started_at: float = 0.0
     runner_id: str = ""
     cancel_requested: bool = False
     # The running attempt's request_timeout timer, and whether it fired.
@@ -91,6 +93,8 @@ class WorkItem:
     timed_out: bool = False
     # The runner of a failed attempt the handler asked to retry: another one is preferred.
     avoid_runner: str = ""
+    # Its open spans when tracing is on (falrt/server/tracing.py RequestTrace), else None.
+    trace: Any = None
 
     def stop_timers(self) -> None:
         if self.attempt_timer is not None:

@@ -134,12 +134,10 @@ class Tracing:
             trace.queue.end()
             trace.queue = None
         trace.attempts += 1
-        trace.dispatch = self._tracer.start_span("falrt.dispatch", context=trace.context,
-                                                 attributes={"falrt.runner_id": runner_id,
-                                                             "falrt.attempt": trace.attempts})
-        carrier: dict[str, str] = {}
-        self._propagator.inject(carrier, self._trace.set_span_in_context(trace.dispatch))
-        trace.runner_parent = carrier.get(TRACEPARENT, "")
+        trace.dispatch = span = self._tracer.start_span(
+            "falrt.dispatch", context=trace.context,
+            attributes={"falrt.runner_id": runner_id, "falrt.attempt": trace.attempts})
+        trace.runner_parent = _traceparent(span.get_span_context())
 
     def attempt_ended(self, item: Any, error_type: str = "") -> None:
         """The running attempt ended (`error_type`: how it failed)."""
@@ -167,6 +165,12 @@ class Tracing:
                 _end(span, error_type)
         if trace.direct:  # (a queued request's edge span ends when it is acknowledged)
             _end(trace.edge, error_type)
+
+
+def _traceparent(context: Any) -> str:
+    """A span context as W3C `traceparent` (what the propagator's inject writes, without
+    building a context and a carrier for it)."""
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
 
 
 def _end(span: Any, error_type: str) -> None:

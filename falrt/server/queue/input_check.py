@@ -86,9 +86,12 @@ def _keep(out: dict[str, Any], key: str, value: Any, check: InputCheck) -> None:
         out[key] = edge_schema(value, check)
 
 
-def compile_check(schema_json: str, check: InputCheck, what: str) -> Check | None:
-    """The check of one endpoint's inputs (None: inputs are not checked at the edge). A
-    schema that does not compile is logged and not applied (the runner still validates)."""
+def compile_check(
+    schema_json: str, check: InputCheck, what: str, max_bytes: int = MAX_CHECKED_BYTES
+) -> Check | None:
+    """The check of one endpoint's inputs up to `max_bytes` (None: inputs are not checked
+    at the edge). A schema that does not compile is logged and not applied (the runner
+    still validates)."""
     if check is InputCheck.NONE or not schema_json:
         return None
     try:
@@ -101,7 +104,7 @@ def compile_check(schema_json: str, check: InputCheck, what: str) -> Check | Non
         return None
 
     def run(data: bytes) -> None:
-        if len(data) > MAX_CHECKED_BYTES:
+        if len(data) > max_bytes:
             return
         try:
             value = _decode(data)

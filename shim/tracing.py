@@ -45,7 +45,10 @@ class HandlerTracing:
         url = base if base.endswith("/v1/traces") else f"{base}/v1/traces"
         provider = TracerProvider(resource=Resource.create(
             {"service.name": f"falrt-runner {app_name}".strip()}))
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=url)))
+        # (an export gives up after 5 s: a collector that is down delays the runner's exit
+        # by at most that much)
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=url,
+                                                                        timeout=5.0)))
         trace.set_tracer_provider(provider)  # handler code's get_tracer() finds it
         self._provider = provider
         self._tracer = provider.get_tracer("falrt.shim")

@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 
 TRACEPARENT = "traceparent"
 SERVICE_NAME = "falrt-server"
+# An export (with its retries) gives up after this: a collector that is down delays the
+# server's stop by at most this much, and loses those spans.
+EXPORT_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +96,8 @@ class Tracing:
         if otlp_endpoint:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-            provider.add_span_processor(BatchSpanProcessor(
-                OTLPSpanExporter(endpoint=traces_url(otlp_endpoint))))
+            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(
+                endpoint=traces_url(otlp_endpoint), timeout=EXPORT_TIMEOUT_S)))
         return cls(provider)
 
     def shutdown(self) -> None:

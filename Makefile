@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	  "time, then only again when pyproject.toml changes)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[server,dev]'
+	$(BIN)/pip install -q -e '.[server,dev,ray]'
 	touch $(STAMP)
 
 # Node.js and tests/node's packages (the grpc-js client of tests/test_tls.py): installed
@@ -42,10 +42,12 @@ stop: $(STAMP)
 # The tests need a real PostgreSQL: scripts/postgres.sh starts (or reuses) a private one,
 # unless FALRT_TEST_POSTGRES_DSN already names a database; it keeps running for the next run
 # (a start costs seconds), and `make stop` stops it. Two runs, both always made (see
-# tests/conftest.py): all but the `bench` and `docker` tests on TEST_WORKERS pytest-xdist
-# workers, one test file per worker at a time; then the benchmarks and the Docker tests on
-# their own, one after another. The end-to-end tests mostly wait on their servers and
-# runners, so there are more workers than cores: on 2 cores the first run took 110 s with
+# tests/conftest.py): all but the `bench`, `docker` and `ray` tests on TEST_WORKERS
+# pytest-xdist workers, one test file per worker at a time; then the benchmarks, the Docker
+# tests and the Ray tests on their own, one after another (tests/test_ray_backend.py runs a
+# four-node Ray cluster, up to 4 runners and two more servers: 60-110 s alone on 2 cores).
+# The end-to-end tests mostly wait on their servers and runners, so there are more workers
+# than cores: on 2 cores the first run took 110 s with
 # 3 or 4 workers (the torch install of test_embeddings.py is the longest path), 129 s with
 # 6, where a test that races a 2 s keep_alive failed; the whole suite ran 321 s serially.
 TEST_WORKERS ?= 3
@@ -54,8 +56,8 @@ test: $(STAMP) $(NODE_STAMP) chromium
 	export FALRT_TEST_POSTGRES_DSN=$$dsn; status=0; \
 	prometheus=$$(scripts/prometheus.sh) || exit 1; export FALRT_TEST_PROMETHEUS=$$prometheus; \
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder \
-	  -m "not bench and not docker" || status=$$?; \
-	$(BIN)/pytest -m "bench or docker" || status=$$?; \
+	  -m "not bench and not docker and not ray" || status=$$?; \
+	$(BIN)/pytest -m "bench or docker or ray" || status=$$?; \
 	[[ -n "$(FALRT_TEST_POSTGRES_DSN)" ]] || echo "The test PostgreSQL keeps running for the" \
 	  "next make test (scripts/postgres.sh, 127.0.0.1:$${FALRT_PG_PORT:-54329}); make stop stops it."; \
 	exit $$status

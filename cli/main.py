@@ -16,6 +16,7 @@ from .certs import certs
 from .context import global_options, make_context
 from .deploy import deploy
 from .envs import envs, keys, secrets
+from .files import files
 from .images import images
 from .login import login, logout
 from .queue import queue
@@ -42,5 +43,5 @@ def main(
 
 
 for command in (server, deploy, run, apps, runners, call, requests, queue, envs, secrets, keys,
-                images, login, logout, certs):
+                images, login, logout, certs, files):
     main.add_command(command)

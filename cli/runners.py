@@ -62,7 +62,7 @@ def print_runners(infos: Sequence[control_pb2.RunnerInfo]) -> None:
     print_table(
         "Runners",
         ["runner id", "app", "revision", "state", "for", "in flight", "served", "machine",
-         "gpus", "started", "last error"],
+         "node", "gpus", "started", "last error"],
         [_row(r) for r in infos],
     )
 
@@ -71,7 +71,8 @@ def _row(runner: control_pb2.RunnerInfo) -> list[str]:
     in_flight = f"{len(runner.in_flight_request_ids)}/{runner.max_multiplexing}"
     return [runner.runner_id, runner.app_name, runner.revision_id, state_name(runner.state),
             age(runner.state_since), in_flight, str(runner.served), runner.machine_type or "-",
-            _gpus(runner), age(runner.started_at), runner.last_error[:80] or "-"]
+            runner.node or "-", _gpus(runner), age(runner.started_at),
+            runner.last_error[:80] or "-"]
 
 
 def _gpus(runner: control_pb2.RunnerInfo) -> str:

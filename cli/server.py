@@ -12,6 +12,7 @@ import click
 from falrt.settings import DEFAULT_LISTEN, DEFAULT_OWNER, ServerSettings, TlsFiles
 
 from .extras import server_extra
+from .server_files import file_options
 from .server_tls import tls_options
 
 _DEFAULTS = ServerSettings(data_dir=Path("."))
@@ -25,10 +26,20 @@ _DEFAULTS = ServerSettings(data_dir=Path("."))
               help="where the store, bundles and runner environments live (env FALRT_DATA_DIR)")
 @click.option("--owner", envvar="FALRT_OWNER", default=DEFAULT_OWNER, show_default=True,
               help="owner part of endpoint ids, owner/app (env FALRT_OWNER)")
-@click.option("--backend", envvar="FALRT_BACKEND", type=click.Choice(["process", "docker"]),
-              default="process", show_default=True,
-              help="how runners run: local subprocesses, or containers on the local Docker "
-                   "engine (needs --docker-base)")
+@click.option("--backend", envvar="FALRT_BACKEND",
+              type=click.Choice(["process", "docker", "ray"]), default="process",
+              show_default=True,
+              help="how runners run: local subprocesses, containers on the local Docker "
+                   "engine (needs --docker-base), or Ray actors on a Ray cluster's nodes "
+                   "(--ray-address; docs/scaling.md)")
+@click.option("--ray-address", "ray_address", envvar="FALRT_RAY_ADDRESS",
+              default=_DEFAULTS.ray_address, show_default=True,
+              help="ray backend: the Ray cluster: auto (the one this host is a node of), "
+                   "HOST:6379 (its GCS) or ray://HOST:10001 (Ray Client)")
+@click.option("--advertise", "advertise", envvar="FALRT_ADVERTISE", default="",
+              metavar="HOST:PORT",
+              help="the address runners dial (runners on other hosts: the ray backend); "
+                   "default: the --listen address (port 0: the port bound)")
 @click.option("--docker-base", "docker_base", envvar="FALRT_DOCKER_BASE", default="",
               help="the docker backend's base image (`falrt images build-base` prints one)")
 @click.option("--registry", envvar="FALRT_REGISTRY", default="",
@@ -110,15 +121,17 @@ _DEFAULTS = ServerSettings(data_dir=Path("."))
               help="make the spans of requests even without --otlp-endpoint (to measure "
                    "their cost; nothing is exported)")
 @tls_options
+@file_options
 def server(
-    listen: str, data_dir: Path | None, owner: str, backend: str, docker_base: str,
-    registry: str, store: str, retry_backoff_base_s: float,
+    listen: str, data_dir: Path | None, owner: str, backend: str, ray_address: str,
+    advertise: str, docker_base: str, registry: str, store: str, retry_backoff_base_s: float,
     retry_backoff_cap_s: float, result_retention_s: float, runner_log_retention_s: float,
     crash_backoff_step_s: float, crash_backoff_cap_s: float, gpu_inventory: Path | None,
     cluster_lease_s: float,
     runner_reconnect_s: float, webhook_allow: tuple[str, ...], http_listen: str,
     http_queue_listen: str, public_url: str, metrics_listen: str, metrics: bool,
     input_check: bool, otlp_endpoint: str, tracing: bool, tls: TlsFiles | None,
+    file_settings: dict[str, Any],
 ) -> None:
     """Run the falrt server until interrupted."""
     with server_extra("server"):  # load the server only for this command
@@ -131,11 +144,13 @@ def server(
         result_retention_s=result_retention_s, runner_log_retention_s=runner_log_retention_s,
         crash_backoff_step_s=crash_backoff_step_s, crash_backoff_cap_s=crash_backoff_cap_s,
         cluster_lease_s=cluster_lease_s,
-        gpu_inventory=gpu_inventory, backend=backend, docker_base=docker_base,
+        gpu_inventory=gpu_inventory, backend=backend, ray_address=ray_address,
+        advertise=advertise, docker_base=docker_base,
         registry=registry, runner_reconnect_s=runner_reconnect_s, webhook_allow=webhook_allow,
         tls=tls, http_listen=http_listen, http_queue_listen=http_queue_listen,
         public_url=public_url, metrics_listen=metrics_listen, metrics=metrics,
         input_check=input_check, otlp_endpoint=otlp_endpoint, tracing=tracing,
+        **file_settings,
         ))
     except StartupError as exc:
         raise click.ClickException(f"the server cannot start: {exc}") from None

@@ -149,6 +149,14 @@ def _package_files(root: Path, package_dir: Path) -> set[Path]:
     return {p for p in package_dir.rglob("*") if _is_bundleable(root, p)}
 
 
+def pack_folder(folder: Path) -> bytes:
+    """The unpacked bundle in `folder` packed again (a gzipped tar `unpack` takes), for a
+    runner on a host that does not share the server's disk. Blocking."""
+    files = {path.relative_to(folder).as_posix(): path
+             for path in folder.rglob("*") if path.is_file() and not path.is_symlink()}
+    return _archive(files)
+
+
 def _archive(entries: Mapping[str, Path | bytes]) -> bytes:
     """A gzipped tar of `entries` (name -> file or content, sorted by name), all metadata
     normalised."""

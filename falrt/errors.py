@@ -175,6 +175,13 @@ class PermissionDeniedError(FalrtError):
     error_type = "permission_denied"
 
 
+class OutOfRangeError(InvalidArgumentError):
+    """An offset or range past the end of what it reads (a file's bytes)."""
+
+    code = grpc.StatusCode.OUT_OF_RANGE
+    error_type = "out_of_range"
+
+
 class AlreadyExistsError(FalrtError):
     code = grpc.StatusCode.ALREADY_EXISTS
     error_type = "already_exists"
@@ -207,6 +214,7 @@ _BY_TYPE: dict[str, type[FalrtError]] = {
     for cls in (
         InternalError,
         InvalidArgumentError,
+        OutOfRangeError,
         NotFoundError,
         NotCompletedError,
         FailedPreconditionError,

@@ -2,11 +2,13 @@
 
 `falrt server` reads its options in `cli/server.py`, each from its flag or its `FALRT_*`
 variable (click's `envvar`: FALRT_LISTEN, FALRT_DATA_DIR, FALRT_OWNER, FALRT_BACKEND,
-FALRT_DOCKER_BASE, FALRT_REGISTRY, FALRT_STORE, FALRT_RETRY_BACKOFF_S,
+FALRT_RAY_ADDRESS, FALRT_ADVERTISE, FALRT_DOCKER_BASE, FALRT_REGISTRY, FALRT_STORE,
+FALRT_RETRY_BACKOFF_S,
 FALRT_RESULT_RETENTION_S, FALRT_GPU_INVENTORY, FALRT_LEASE_S, FALRT_RECONNECT_WINDOW_S,
 FALRT_WEBHOOK_ALLOW, FALRT_TLS_CERT, FALRT_TLS_KEY, FALRT_TLS_CLIENT_CA, FALRT_TLS_RUNNER_*,
 FALRT_TLS_SERVER_NAME, FALRT_HTTP_LISTEN, FALRT_HTTP_QUEUE_LISTEN, FALRT_PUBLIC_URL,
-FALRT_METRICS, FALRT_METRICS_LISTEN), and
+FALRT_METRICS, FALRT_METRICS_LISTEN, FALRT_FILE_STORE, FALRT_MAX_FILE_BYTES,
+FALRT_FILE_EXPIRY_S), and
 passes them down in a `ServerSettings`. Durations end in `_s`, sizes in `_bytes`.
 
 These other places of the server process read `os.environ`, each for one reason:
@@ -86,6 +88,10 @@ class ServerSettings(msgspec.Struct, frozen=True):
     data_dir: Path = msgspec.field(default_factory=default_data_dir)
     owner: str = DEFAULT_OWNER
     backend: str = "process"
+    # The ray backend: the cluster's address ("auto", "HOST:6379", "ray://HOST:10001").
+    ray_address: str = "auto"
+    # HOST:PORT runners dial ("": the listen address; port 0: the port bound).
+    advertise: str = ""
     # The docker backend: the base of environment images, and the registry they go to.
     docker_base: str = ""
     registry: str = ""
@@ -146,6 +152,12 @@ class ServerSettings(msgspec.Struct, frozen=True):
     # ("": none).
     metrics: bool = True
     metrics_listen: str = ""
+    # The file store (docs/files.md): where files live ("local": <data_dir>/files), the
+    # largest file an upload may announce, and how long a file is kept unless its upload
+    # says otherwise.
+    file_store: str = "local"
+    max_file_bytes: int = 4 * 1024**3
+    file_expiry_s: float = 7 * 24 * 3600.0
 
     @property
     def db_path(self) -> Path:
@@ -162,3 +174,12 @@ class ServerSettings(msgspec.Struct, frozen=True):
     @property
     def runner_logs_dir(self) -> Path:
         return self.data_dir / "runners"
+
+
+def advertised(advertise: str, port: int) -> str:
+    """`--advertise HOST:PORT` as runners dial it (port 0 or none: the port bound); "" when
+    not given (runners dial the listen address)."""
+    if not advertise:
+        return ""
+    host, _, wanted = advertise.rpartition(":") if ":" in advertise else (advertise, "", "")
+    return f"{host}:{wanted if wanted not in ('', '0') else port}"

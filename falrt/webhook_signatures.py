@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from falrt import errors
+from falrt.durable import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -112,15 +113,7 @@ def _write_new_key(path: Path) -> None:
             os.link(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(path.parent)
 
 
 def signature_message(request_id: str, user_id: str, timestamp: int, body: bytes) -> bytes:

@@ -14,7 +14,9 @@ one after another:
   that other tests' load on the same cores would distort;
 - `docker`: tests that share the Docker engine and its registry (one removes the `six`
   environment image that others run, one asserts that a redeploy added no image to the
-  engine, and the base image is built once per machine).
+  engine, and the base image is built once per machine);
+- `ray`: tests on a multi-node Ray cluster of this machine (tests/raycluster.py): four
+  raylets, a GCS and up to 5 runners, heavy for 2 cores beside other tests' servers.
 (`--dist loadgroup` with xdist_group markers would keep the Docker tests together on one
 worker instead, but pytest-xdist 3.8 ignores the groups under pytest 9.2:
 pytest-dev/pytest-xdist#1386.)
@@ -35,7 +37,7 @@ from tests.harness import REPO, ServerProcess, stop_cleanly
 
 KINDS = ("unit", "e2e")
 # Markers that say a test needs something a unit test may not use.
-NOT_UNIT = ("postgres", "docker", "bench", "gpu")
+NOT_UNIT = ("postgres", "docker", "bench", "gpu", "ray")
 # Fixtures that start a server: a test that uses one is not a unit test.
 SERVER_FIXTURES = ("server", "fresh_server")
 # The files that take longest (installing torch into an environment) are handed to

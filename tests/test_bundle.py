@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from falrt.bundle import pack, unpack
+from falrt.bundle import pack, pack_folder, unpack
 from falrt.errors import InvalidArgumentError
 from falrt.sdk.loader import import_app_file
 
@@ -280,3 +280,18 @@ def test_an_unknown_local_python_module_fails_clearly(files_app: Path) -> None:
         "    local_python_modules = ['no_such_module_here']\n")
     with pytest.raises(InvalidArgumentError, match="no_such_module_here"):
         pack(files_app / "other_app.py")
+
+
+def test_an_unpacked_bundle_packs_again_into_the_same_files(tmp_path: Path) -> None:
+    """What RunnerLink.FetchBundle sends a runner on another host (the ray backend)."""
+    app = tmp_path / "src" / "app.py"
+    app.parent.mkdir()
+    app.write_text("import helper\n")
+    (tmp_path / "src" / "helper.py").write_text("X = 1\n")
+    unpack(pack(app).data, tmp_path / "server", max_bytes=2**20)
+    unpack(pack_folder(tmp_path / "server"), tmp_path / "node", max_bytes=2**20)
+    files = {p.relative_to(tmp_path / "server"): p.read_bytes()
+             for p in (tmp_path / "server").rglob("*") if p.is_file()}
+    assert files and files == {p.relative_to(tmp_path / "node"): p.read_bytes()
+                               for p in (tmp_path / "node").rglob("*") if p.is_file()}
+    assert pack_folder(tmp_path / "server") == pack_folder(tmp_path / "node")  # deterministic

@@ -4,6 +4,7 @@ a real server through the CLI as scripts call it."""
 from __future__ import annotations
 
 import json
+import socket
 from typing import Any
 
 import pytest
@@ -52,6 +53,7 @@ def test_apps_and_runners_list_numbers_and_flag_words(server: ServerProcess) -> 
     (runner,) = _runners(server, "jsonlist")
     assert runner["state"] == "idle" and type(runner["served"]) is int
     assert runner["transitions"][0]["state"] == "pending"
+    assert runner["node"] == socket.gethostname()  # (the process backend's runners: this host)
     assert as_json(server, "apps", "runners", "jsonlist")[0]["state"] == "idle"
 
 

@@ -9,6 +9,7 @@ follows it to the end and cancels it; a server that dies has its requests taken 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 from collections import Counter
@@ -33,10 +34,18 @@ TALLY = "tests/apps/tally.py::Tally"
 @pytest.fixture
 def pair(tmp_path: Path) -> Iterator[tuple[ServerProcess, ServerProcess]]:
     """Two servers on one fresh database, both up."""
+    with server_pair(tmp_path, LEASE_S) as servers:
+        yield servers
+
+
+@contextlib.contextmanager
+def server_pair(tmp_path: Path, lease_s: float) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    """Two servers on one fresh database with a lease of `lease_s`, both up and sharing the
+    admin key; stopped (and checked) at the end."""
     with fresh_database() as dsn:
         servers = [
             ServerProcess(tmp_path / name, tmp_path / f"{name}.log", store=dsn,
-                          extra=["--lease", str(LEASE_S)])
+                          extra=["--lease", str(lease_s)])
             for name in ("a", "b")
         ]
         try:
@@ -83,7 +92,8 @@ def runner_ids(server: ServerProcess) -> set[str]:
 
 def warm_up(client: SyncClient, endpoint: str, marks: Path) -> None:
     """Starts a runner on this client's server: a direct call runs only on the server it
-    reaches, so the requests submitted next go straight to that runner."""
+    reaches (which starts a runner for it, within the app's max_concurrency across the
+    servers), so the requests submitted next go straight to that runner."""
     client.run(endpoint, {"key": "warm-up", "n": 0, "marks": str(marks), "seconds": 0})
     (marks / next(p.name for p in marks.iterdir() if p.name.startswith("warm-up."))).unlink()
 
@@ -111,7 +121,12 @@ def test_two_servers_share_one_queue_and_run_each_request_once(
     marks = tmp_path / "marks"
     marks.mkdir()
     total = 60
+    # max_concurrency holds for the app across the servers: 2 lets each server run one
+    # runner, started by a direct call through it.
+    a.cli("apps", "scale", "tally", "--max-concurrency", "2")
     with SyncClient(a.address) as on_a, SyncClient(b.address) as on_b:
+        warm_up(on_a, endpoint, marks)
+        warm_up(on_b, endpoint, marks)
 
         def one(n: int) -> tuple[int, Completed]:
             submit_to, watch_on = (on_a, on_b) if n % 2 else (on_b, on_a)
@@ -135,7 +150,10 @@ def test_any_server_shows_positions_follows_and_cancels_requests_another_runs(
 ) -> None:
     a, b = pair
     endpoint = deploy_on(a, b, "tests/apps/waiter.py::Waiter")
+    a.cli("apps", "scale", "waiter", "--max-concurrency", "2")  # (across the servers)
     with SyncClient(a.address) as on_a, SyncClient(b.address) as on_b:
+        for client in (on_a, on_b):  # a direct call starts a runner where it arrives
+            client.run(endpoint, {"text": "warm-up"}, path="/async", timeout=60)
         # 4 slots per server: 8 requests that wait until cancelled fill both runners.
         waiting = [on_a.submit(endpoint, {"text": f"w{n}", "wait": True}, path="/async")
                    .request_id for n in range(8)]

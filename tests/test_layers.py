@@ -19,8 +19,10 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = {"falrt": ROOT / "falrt", "falrt.shim": ROOT / "shim", "falrt.cli": ROOT / "cli"}
 # The server's layers, lowest first: a module may import its own layer and those below
 # (`webhooks` only keeps an old import path of `verify` working; `metrics` is beside the
-# state it reads, below the planes that report events to it; so is `tracing`).
-LAYERS = [("tasks", "webhooks"), ("state", "metrics", "tracing"), ("fleet",), ("queue",),
+# state it reads, below the planes that report events to it; so is `tracing`; `files`, the
+# file store's rules, is below the planes that will keep payloads in it).
+LAYERS = [("tasks", "webhooks"), ("state", "metrics", "tracing"), ("files",), ("fleet",),
+          ("queue",),
           ("control",),
           ("api", "http"), ("main",)]
 MAX_SERVER_LINES = 450

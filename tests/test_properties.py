@@ -44,6 +44,7 @@ from falrt.v1 import (
     common_pb2,
     control_pb2,
     control_pb2_grpc,
+    files_pb2,
     queue_pb2,
     queue_pb2_grpc,
     runner_pb2,
@@ -75,7 +76,7 @@ class Method:
 METHODS = [
     Method(f"/{service.full_name}/{method.name}", method.input_type, method.client_streaming,
            method.server_streaming)
-    for module in (queue_pb2, control_pb2, runner_pb2, health_pb2, reflection_pb2)
+    for module in (queue_pb2, control_pb2, files_pb2, runner_pb2, health_pb2, reflection_pb2)
     for service in module.DESCRIPTOR.services_by_name.values()
     for method in service.methods
     # Health.Watch streams forever by design: each case would only wait for its deadline.
@@ -384,7 +385,8 @@ def test_health_lists_every_service(world: World) -> None:
     listed = stub.List(health_pb2.HealthListRequest(), timeout=CALL_TIMEOUT_S)
     assert {name: status.status for name, status in listed.statuses.items()} == {
         name: health_pb2.HealthCheckResponse.SERVING
-        for name in ("", "falrt.v1.Queue", "falrt.v1.Control", "falrt.app/hello")}
+        for name in ("", "falrt.v1.Queue", "falrt.v1.Control", "falrt.v1.Files",
+                     "falrt.app/hello")}
     world.check()
 
 

@@ -14,6 +14,24 @@ For one app at time `now` (monotonic seconds):
   min_concurrency nor a buffer (fal's rule).
 The caller counts `queued_ready` (and `next_ready_s`) from the app's queue; with no
 scaling_delay that is the queue's length, so a decision costs O(runners), not O(queue).
+
+Several servers on one store (docs/stores.md, "Scaling across servers"): one server at a
+time holds the app's scaling lease and *leads* it:
+
+- The lead counts `remote_alive` (the app's runners on the other servers) as alive, so
+  min_concurrency, the buffers and max_concurrency hold for the app as a whole; it stops
+  only its own runners. `desired` is then what it wants on its own: the app's total minus
+  `remote_alive`, but at least `local`, the runners its waiting direct calls need (they run
+  only here): local = ceil(direct_waiting / max_multiplexing), at most the cap.
+- `remote_waiting` other servers wait for a runner slot (their direct calls have no runner):
+  the lead's cap is `max_concurrency - remote_waiting`, and its runners above that cap stop
+  at once to free the slots: idle ones first (longest idle first; keep_alive does not hold
+  them), then busy ones, least busy first (they drain: their work in flight finishes).
+- A server that does not lead an app scales it only for its own direct calls: the caller
+  counts as `queued_ready` (and `direct_waiting`) its waiting direct calls only, the work in
+  flight on its runners is not demand (busy runners are never stopped anyway), and
+  min_concurrency and the buffers are 0 there (`follower_settings`); it ignores the remote
+  counts.
 - `next_check_s` says when the decision may change without any event (a keep-alive
   expiring, a queued request passing scaling_delay, a backoff ending).
 """
@@ -21,7 +39,7 @@ scaling_delay that is the queue's length, so a decision costs O(runners), not O(
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 FRESH_REAP_S = 10.0
 
@@ -54,6 +72,10 @@ class ScalingContext:
     runners: tuple[RunnerView, ...]
     backoff_until: float = 0.0
     next_ready_s: float | None = None  # until the next queued request has waited that long
+    lead: bool = True  # this server holds the app's scaling lease (always, alone on a store)
+    remote_alive: int = 0  # the app's runners on other servers (the lead counts them)
+    remote_waiting: int = 0  # other servers waiting for a runner slot of the app
+    direct_waiting: int = 0  # of the demand, direct calls waiting here (they run only here)
 
 
 @dataclass(frozen=True)
@@ -66,9 +88,15 @@ class ScalingDecision:
 
 def decide(ctx: ScalingContext) -> ScalingDecision:
     """The scaling decision for one app; see the module docstring for the rule."""
-    s = ctx.settings
-    active = ctx.queued_ready + sum(r.in_flight for r in ctx.runners if r.alive)
-    desired = desired_count(s, active)
+    s = ctx.settings if ctx.lead else follower_settings(ctx.settings)
+    remote, waiting = (ctx.remote_alive, ctx.remote_waiting) if ctx.lead else (0, 0)
+    cap = max(0, s.max_concurrency - waiting)
+    in_flight = sum(r.in_flight for r in ctx.runners if r.alive)
+    # A follower's runners take queued work too, which is the lead's to scale for.
+    active = ctx.queued_ready + (in_flight if ctx.lead else 0)
+    total = min(cap, desired_count(s, active))
+    local = math.ceil(ctx.direct_waiting / max(1, s.max_multiplexing))
+    desired = max(0, total - remote, min(cap, local))
     alive = [r for r in ctx.runners if r.alive]
     waits = [] if ctx.next_ready_s is None else [ctx.next_ready_s]
     if len(alive) < desired:
@@ -76,8 +104,17 @@ def decide(ctx: ScalingContext) -> ScalingDecision:
             backoff_left = ctx.backoff_until - ctx.now
             return ScalingDecision(desired, next_check_s=_soonest(waits, backoff_left))
         return ScalingDecision(desired, start=desired - len(alive), next_check_s=_soonest(waits))
-    stop, expiries = _expired_idle(ctx, len(alive) - desired)
-    return ScalingDecision(desired, stop=stop, next_check_s=_soonest(waits, *expiries))
+    # Slots other servers wait for: freed now (a lowered max_concurrency alone waits for
+    # keep_alive, as ever).
+    yielded = _give_back(ctx, len(alive) + remote - cap) if waiting else ()
+    stop, expiries = _expired_idle(ctx, s, len(alive) - desired - len(yielded), set(yielded))
+    return ScalingDecision(desired, stop=yielded + stop, next_check_s=_soonest(waits, *expiries))
+
+
+def follower_settings(s: ScalingSettings) -> ScalingSettings:
+    """The settings a server that does not lead the app scales it by (its direct calls
+    only): no minimum and no buffer."""
+    return replace(s, min_concurrency=0, concurrency_buffer=0, concurrency_buffer_perc=0)
 
 
 def desired_count(s: ScalingSettings, active: int) -> int:
@@ -94,13 +131,26 @@ def idle_limit(s: ScalingSettings, served: int) -> float:
     return FRESH_REAP_S if (reap_fresh and served == 0) else s.keep_alive_s
 
 
-def _expired_idle(ctx: ScalingContext, surplus: int) -> tuple[tuple[str, ...], list[float]]:
-    """Idle runners to stop (at most `surplus`) and the delays until others expire."""
-    s = ctx.settings
+def _give_back(ctx: ScalingContext, count: int) -> tuple[str, ...]:
+    """Up to `count` runners to stop for slots other servers wait for: idle ones, longest
+    idle first, whatever their keep_alive; then busy ones, least busy first. Starting
+    runners are left to start."""
+    idle = sorted((0, r.idle_since, r.runner_id) for r in ctx.runners
+                  if r.alive and not r.in_flight and r.idle_since is not None)
+    busy = sorted((1, float(r.in_flight), r.runner_id) for r in ctx.runners
+                  if r.alive and r.in_flight)
+    return tuple(runner_id for *_, runner_id in [*idle, *busy][: max(0, count)])
+
+
+def _expired_idle(
+    ctx: ScalingContext, s: ScalingSettings, surplus: int, taken: set[str],
+) -> tuple[tuple[str, ...], list[float]]:
+    """Idle runners to stop (at most `surplus`, none of `taken`) and the delays until others
+    expire."""
     candidates: list[tuple[float, str]] = []
     expiries: list[float] = []
     for r in ctx.runners:
-        if not r.alive or r.in_flight or r.idle_since is None:
+        if not r.alive or r.in_flight or r.idle_since is None or r.runner_id in taken:
             continue
         left = r.idle_since + idle_limit(s, r.served) - ctx.now
         if left <= 0:

@@ -8,10 +8,12 @@ from falrt.gpus import GpuAllocator
 
 
 def create_backend(
-    name: str, gpus: GpuAllocator | None = None, server_id: str = "", reconnect_s: float = 0.0
+    name: str, gpus: GpuAllocator | None = None, server_id: str = "", reconnect_s: float = 0.0,
+    ray_address: str = "auto",
 ) -> Backend:
     """The backend a settings string names, handing out `gpus`; `reconnect_s`: how long the
-    runners of a backend that outlive the server wait for the next one. Raises ValueError."""
+    runners of a backend that outlive the server wait for the next one; `ray_address`: the
+    ray backend's cluster. Raises ValueError (for ray without Ray installed: how to)."""
     match name:
         case "process":
             return ProcessBackend(gpus)
@@ -19,5 +21,9 @@ def create_backend(
             from falrt.backends.docker import DockerBackend  # the docker SDK loads only here
 
             return DockerBackend(gpus, server_id, reconnect_s)
+        case "ray":
+            from falrt.backends.ray import RayBackend  # Ray loads only here
+
+            return RayBackend(ray_address)
         case other:
-            raise ValueError(f"unknown backend {other!r}: choose process or docker")
+            raise ValueError(f"unknown backend {other!r}: choose process, docker or ray")

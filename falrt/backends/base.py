@@ -30,6 +30,9 @@ class RunnerSpec:
     num_gpus: int = 0
     # Whose runner it is (a backend whose runners outlive the server records them).
     app_name: str = ""
+    # The revision's requirements: a backend that builds the environment on another host
+    # (ray) builds it from these; `python` is the server's own build of them.
+    requirements: tuple[str, ...] = ()
     revision_id: str = ""
     # Extra environment variables: the app's secrets among them, so never in a repr.
     env: dict[str, str] = field(default_factory=dict, repr=False)
@@ -58,6 +61,10 @@ class RunnerProcess(Protocol):
     @property
     def exit_reason(self) -> str:
         """Why it ended, when the backend knows better than its log (an OOM kill); else ""."""
+
+    @property
+    def node(self) -> str:
+        """The machine it runs on (`falrt runners list`); "" while not known yet."""
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ from docker.types import DeviceRequest
 
 from falrt import machines
 from falrt.backends.base import RunnerProcess, RunnerSpec, Survivor
+from falrt.backends.process import HOST_NAME
 from falrt.gpus import GpuAllocator
 from falrt.images.engine import ImageError
 
@@ -82,6 +83,10 @@ class Container:
     @property
     def exit_reason(self) -> str:
         return self._exit_reason
+
+    @property
+    def node(self) -> str:
+        return HOST_NAME  # (the engine is the local one)
 
     async def wait(self) -> int:
         """Its exit status, once it has ended and been removed. One engine wait, however

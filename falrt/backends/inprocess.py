@@ -37,6 +37,10 @@ class InProcessRunner:
         return ""
 
     @property
+    def node(self) -> str:
+        return "inprocess"
+
+    @property
     def exit_code(self) -> int | None:
         return self._exited.result() if self._exited.done() else None
 

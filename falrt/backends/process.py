@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,8 @@ from falrt import machines as machine_types
 from falrt.backends.base import RunnerProcess, RunnerSpec, Survivor
 from falrt.backends.spawn import Child, spawn
 from falrt.gpus import GpuAllocator
+
+HOST_NAME = socket.gethostname()  # the node of every runner of this host's backends
 
 
 class LocalProcess:
@@ -40,6 +43,10 @@ class LocalProcess:
     @property
     def exit_reason(self) -> str:
         return ""  # its log says why
+
+    @property
+    def node(self) -> str:
+        return HOST_NAME
 
     @property
     def pid(self) -> int:
@@ -95,7 +102,7 @@ class ProcessBackend:
             try:
                 child = await spawn(
                     [spec.python, "-m", "falrt.shim"],
-                    cwd=spec.bundle_dir, env=_runner_env(spec, held), stdout=log_file,
+                    cwd=spec.bundle_dir, env=shim_env(spec, held), stdout=log_file,
                     stderr=subprocess.STDOUT, new_session=True,
                 )
             finally:
@@ -117,7 +124,9 @@ def _open_log(spec: RunnerSpec) -> BinaryIO:
     return open(spec.log_path, "ab", buffering=0)
 
 
-def _runner_env(spec: RunnerSpec, gpus: list[str]) -> dict[str, str]:
+def shim_env(spec: RunnerSpec, gpus: list[str]) -> dict[str, str]:
+    """The shim's environment: this process's own (less falrt's and virtualenv's), the
+    spec's, and the shim's settings; it dies with this process."""
     env = {
         key: value
         for key, value in os.environ.items()

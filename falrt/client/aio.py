@@ -7,7 +7,9 @@ Cancelling a task that awaits a call cancels the call.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import os
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -15,7 +17,8 @@ from typing import Any, Unpack
 
 import grpc
 
-from falrt.client.connection import ConnectOptions, aio_channel, resolve_target
+from falrt.client.connection import ConnectOptions, aio_channel, channel, resolve_target
+from falrt.client.files import FilesClient, url_of
 from falrt.client.messages import (
     CancelOutcome,
     QueueOptions,
@@ -87,6 +90,21 @@ class AsyncClient:
         if self._channel is not None:
             await self._channel.close()
         self._channel, self._stub_cache = None, None
+
+    async def upload_file(
+        self, path: str | os.PathLike[str], *, content_type: str = "", expires_in_s: int = 0
+    ) -> str:
+        """`SyncClient.upload_file`, on a thread with a channel of its own (the file's reads
+        block)."""
+        def upload() -> str:
+            sync = channel(self.target)
+            try:
+                return url_of(FilesClient(sync).upload(
+                    path, content_type=content_type, expires_in_s=expires_in_s))
+            finally:
+                sync.close()
+
+        return await asyncio.to_thread(upload)
 
     async def __aenter__(self) -> AsyncClient:
         return self

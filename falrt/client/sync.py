@@ -8,12 +8,14 @@ raises `UnavailableError`.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Unpack
 
 from falrt.client.connection import ConnectOptions, channel, resolve_target
+from falrt.client.files import FilesClient, url_of
 from falrt.client.messages import (
     CancelOutcome,
     QueueOptions,
@@ -75,6 +77,17 @@ class SyncClient:
     def close(self) -> None:
         """Closes the channel; calls in flight are cancelled. Idempotent."""
         self._channel.close()
+
+    def upload_file(
+        self, path: str | os.PathLike[str], *, content_type: str = "", expires_in_s: int = 0
+    ) -> str:
+        """fal_client's `upload_file`: uploads the file at `path` to the server's file store
+        (streamed, resumed after an interruption) and returns its signed URL, which fetches
+        it without a key until it expires (`expires_in_s`; 0: the server's default).
+        Raises FailedPreconditionError when the server serves no HTTP edge (docs/files.md)."""
+        info = FilesClient(self._channel).upload(
+            path, content_type=content_type, expires_in_s=expires_in_s)
+        return url_of(info)
 
     def __enter__(self) -> SyncClient:
         return self

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import grpc
 import uvloop
@@ -29,7 +29,7 @@ from falrt.backends.base import Backend
 from falrt.backends.environments import EnvironmentBuilder, Environments, ImageEnvironments
 from falrt.client import credentials
 from falrt.gpus import Gpu, GpuAllocator, GpuMonitor, discover
-from falrt.server.api import rpc
+from falrt.server.api import files_service, rpc
 from falrt.server.api.auth import Authenticator
 from falrt.server.api.control_service import ControlService
 from falrt.server.api.health import HealthService
@@ -39,6 +39,7 @@ from falrt.server.control.apps import AppControl
 from falrt.server.control.cluster import Cluster, server_id
 from falrt.server.control.deploy import Deployer
 from falrt.server.control.health import ServerHealth
+from falrt.server.files import FilePlane, open_files
 from falrt.server.fleet.events import FleetEvents
 from falrt.server.fleet.fleet import Fleet
 from falrt.server.fleet.secret_box import SecretBox
@@ -57,7 +58,7 @@ from falrt.server.state.apps import Apps
 from falrt.server.state.keys import new_key
 from falrt.server.tasks import Tasks
 from falrt.server.tracing import Tracing
-from falrt.settings import ServerSettings
+from falrt.settings import ServerSettings, advertised
 from falrt.store import POSTGRES_SCHEMES, create_store
 from falrt.store.base import SharedStore, Store
 from falrt.tls import TlsError, runner_env, server_credentials
@@ -70,6 +71,7 @@ HEALTH_REFRESH_S = 1.0
 SERVICES = (
     queue_pb2.DESCRIPTOR.services_by_name["Queue"].full_name,
     control_pb2.DESCRIPTOR.services_by_name["Control"].full_name,
+    files_service.SERVICE,
 )
 
 
@@ -138,7 +140,7 @@ def build(
 
     def fleet(events: FleetEvents) -> Fleet:
         return Fleet(events, apps, backend, environments, store, secret_box, settings,
-                     Tasks("fleet", on_lost), metrics)
+                     Tasks("fleet", on_lost), metrics, slots=shared)
 
     dispatcher = Dispatcher(apps, store, shared, recorder, settings, fleet, metrics, tracing)
     scheduler = Scheduler(apps, store, shared, requests, recorder, dispatcher, settings)
@@ -170,10 +172,10 @@ async def serve(settings: ServerSettings) -> None:
     sid = await asyncio.to_thread(server_id, settings.data_dir)
     try:
         backend = create_backend(settings.backend, GpuAllocator(gpus), sid,
-                                 settings.runner_reconnect_s)
+                                 settings.runner_reconnect_s, settings.ray_address)
+        await backend.open()
     except ValueError as exc:
         raise StartupError(str(exc)) from None
-    await backend.open()
     shared = _shared(store, settings)
     planes = build(settings, store, shared, backend, environments, secret_box, webhooks,
                    on_lost=_stop)
@@ -187,10 +189,12 @@ async def serve(settings: ServerSettings) -> None:
     server_health = ServerHealth(store_health, planes.fleet, planes.apps)
     server, health_servicer = _grpc_server(settings, planes, store, sid, authenticator,
                                            server_health)
+    files = await open_files(settings, Tasks("files", _stop))  # (docs/files.md)
+    files_service.add_to(cast(aio.Server, rpc.GenericHandlersOnly(server)), files, authenticator)
     dashboard = Dashboard(planes.apps, planes.fleet, store)
     gpu_monitor = await _collect_state(planes, webhooks, gpus)
     observed = Observed(planes.metrics.registry if planes.metrics else None, server_health.check)
-    http = _http_edge(settings, planes, authenticator, dashboard, observed)
+    http = _http_edge(settings, planes, authenticator, dashboard, observed, files)
     await health_servicer.refresh()
     health_tasks = Tasks("health")
     store_health.watch(lambda _: health_tasks.spawn(health_servicer.refresh()))
@@ -203,9 +207,11 @@ async def serve(settings: ServerSettings) -> None:
     host = settings.listen.rpartition(":")[0]
     address = f"{_dial_host(host)}:{port}"
     http_addresses = await _bind_http(http, store)
+    files.serve_urls_at(http_addresses, tls=settings.tls is not None)
     # Runners of this server's previous life that still run are adopted before the first
     # of them can dial in.
-    adopted = planes.fleet.open(address, await backend.survivors(planes.fleet.log_path))
+    adopted = planes.fleet.open(advertised(settings.advertise, port) or address,
+                                await backend.survivors(planes.fleet.log_path))
     await planes.fleet.sweep_runner_keys(
         sid, await shared.live_servers() if shared is not None else None)
     await server.start()
@@ -219,6 +225,7 @@ async def serve(settings: ServerSettings) -> None:
         cluster.start()
     planes.fleet.start()
     planes.recorder.start()
+    files.start()
     health_tasks.spawn(_refresh_health(health_servicer), name="falrt-health")
     log.info("loaded %d apps, %d unfinished requests, %d webhooks owed; adopted %d runners",
              len(planes.apps), requeued, owed, adopted)
@@ -235,6 +242,7 @@ async def serve(settings: ServerSettings) -> None:
     await http.close()
     await dashboard.close()
     await server.stop(grace=2.0)
+    await files.close()
     await planes.recorder.close()
     await asyncio.to_thread(planes.recorder.tracing.shutdown)  # the spans left are sent
     if cluster is not None:
@@ -289,7 +297,7 @@ async def _join_cluster(
     assert isinstance(shared, PostgresStore)
     cluster = Cluster(shared, planes.apps, planes.control, planes.scheduler, planes.recorder,
                       environments, settings,
-                      lambda live: planes.fleet.sweep_runner_keys(sid, live))
+                      lambda live: planes.fleet.sweep_runner_keys(sid, live), planes.fleet)
     try:
         await cluster.join(sid)
     except Exception as exc:
@@ -300,14 +308,14 @@ async def _join_cluster(
 
 def _http_edge(
     settings: ServerSettings, planes: Planes, authenticator: Authenticator, dashboard: Dashboard,
-    observed: Observed,
+    observed: Observed, files: FilePlane | None = None,
 ) -> HttpEdge:
     """The HTTP listeners (none unless --http-listen or --http-queue-listen); nothing is
     bound yet (their addresses were checked first thing). `--http-listen` serves the
     dashboard (`/ui`)."""
     gateway = Gateway(planes.scheduler, authenticator, planes.apps, planes.control, settings,
                       public_url=settings.public_url.rstrip("/"), dashboard=dashboard,
-                      observed=observed)
+                      observed=observed, files=files)
     return HttpEdge(gateway, settings)
 
 
@@ -332,7 +340,7 @@ def _grpc_server(
         # A second server on a taken port must fail, not share the port with the first.
         ("grpc.so_reuseport", 0),
     ])
-    handlers = cast(aio.Server, _GenericHandlersOnly(server))  # all the add_* functions use
+    handlers = cast(aio.Server, rpc.GenericHandlersOnly(server))  # all the add_* functions use
     queue_pb2_grpc.add_QueueServicer_to_server(
         QueueService(planes.scheduler, guard=authenticator.queue_guard,
                      sees_logs=authenticator.queue_sees_logs), handlers)
@@ -347,32 +355,6 @@ def _grpc_server(
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection.aio.ReflectionServicer(
         (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME)), handlers)
     return server, health_servicer
-
-
-class _GenericHandlersOnly:
-    """What the generated `add_*Servicer_to_server` functions see of the server: their
-    handlers are added as generic handlers only, not as registered methods. grpc.aio's
-    server keeps one pending future per registered method and, at every incoming call,
-    waits on all of them with `asyncio.wait` (adding and removing a callback on each):
-    with falrt's ~60 methods that was 8% of the server's CPU under a submit load (py-spy),
-    a cost the bare echo it is measured against does not pay. With generic handlers only,
-    it waits on one future, and a call's handler is found by its service's dict lookup.
-
-    The generic handler is made here from the method handlers, each made `rpc.tolerant`: a
-    unary request that does not parse reaches the method, which answers INVALID_ARGUMENT
-    (gRPC would answer UNKNOWN and log a traceback, for anyone, before any check)."""
-
-    def __init__(self, server: aio.Server) -> None:
-        self._server = server
-
-    def add_generic_rpc_handlers(self, handlers: Any) -> None:
-        return None  # made from the method handlers, added next with them
-
-    def add_registered_method_handlers(self, service: str, handlers: Any) -> None:
-        own = service.startswith("falrt.")
-        tolerant = {name: rpc.tolerant(handler, own=own) for name, handler in handlers.items()}
-        self._server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(service, tolerant),))
 
 
 async def _collect_state(

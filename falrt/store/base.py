@@ -17,7 +17,7 @@ A write that fails for lack of space (the disk, or the database server's) raises
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
 
 from falrt.store.records import (
@@ -162,3 +162,24 @@ class SharedStore(Store, Protocol):
 
     def live_servers(self) -> Awaitable[set[str]]:
         """The ids of the servers whose lease has not expired (this one included)."""
+
+    # Scaling across servers (docs/stores.md, "Scaling across servers").
+
+    def take_runner_slot(
+        self, app_name: str, runner_id: str, limit: int | None,
+    ) -> Awaitable[bool]:
+        """Takes one of the app's runner slots for `runner_id` while fewer than `limit` are
+        held by live servers (None: in any case); False (and this server is recorded as
+        waiting for one) otherwise."""
+
+    def free_runner_slot(self, runner_id: str) -> Awaitable[None]:
+        """Gives a runner's slot back (idempotent)."""
+
+    def hold_apps(
+        self, names: list[str], lease_s: float, runner_ids: list[str],
+    ) -> Awaitable[Mapping[str, tuple[int, int]]]:
+        """Takes or renews for `lease_s` the scaling lease of each app in `names` that is
+        free (never taken, expired, or its holder's server lease is gone) or this
+        server's; gives back the slots of runners not in `runner_ids` that are older than
+        `lease_s`. Returns the apps held, each with the runner slots other live servers
+        hold and how many of them waited for a slot within `lease_s`."""

@@ -34,6 +34,7 @@ from typing import Any, NamedTuple
 import asyncpg
 import msgspec
 
+import falrt.store.scaling_leases as scaling_leases
 from falrt import errors
 from falrt.store.records import (
     AppConfig,
@@ -214,7 +215,7 @@ class PostgresStore:
         )
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK)
-            await conn.execute(SCHEMA)
+            await conn.execute(SCHEMA + scaling_leases.SCHEMA)
         self._writer = asyncio.create_task(self._write_loop(), name="falrt-postgres-writer")
 
     async def close(self) -> None:
@@ -533,6 +534,7 @@ class PostgresStore:
             await conn.execute(
                 "UPDATE falrt.requests SET owner = $1 WHERE owner IS NULL AND status = 2",
                 server_id)
+            await scaling_leases.leave(conn, server_id)  # its runners of before are gone
         self.server_id = server_id
 
     async def renew(self, lease_s: float) -> bool:
@@ -549,9 +551,28 @@ class PostgresStore:
         return {row["server_id"] for row in rows}
 
     async def leave(self) -> None:
-        """Drops the lease at a clean stop: what this server still holds is taken over."""
+        """Drops the lease at a clean stop: what this server still holds is taken over,
+        and its apps' scaling leases and runner slots are free at once."""
+        async with self._readers.acquire() as conn:
+            await scaling_leases.leave(conn, self.server_id)
+            await conn.execute("DELETE FROM falrt.servers WHERE server_id = $1", self.server_id)
+
+    # -- scaling across servers (falrt/store/scaling_leases.py) --------------------------
+
+    async def take_runner_slot(self, app_name: str, runner_id: str, limit: int | None) -> bool:
+        async with self._readers.acquire() as conn:
+            return await scaling_leases.take_slot(
+                conn, self.server_id, app_name, runner_id, limit)
+
+    async def free_runner_slot(self, runner_id: str) -> None:
         await self._readers.execute(
-            "DELETE FROM falrt.servers WHERE server_id = $1", self.server_id)
+            "DELETE FROM falrt.runner_slots WHERE runner_id = $1", runner_id)
+
+    async def hold_apps(
+        self, names: list[str], lease_s: float, runner_ids: list[str],
+    ) -> dict[str, scaling_leases.Elsewhere]:
+        async with self._readers.acquire() as conn:
+            return await scaling_leases.hold(conn, self.server_id, names, lease_s, runner_ids)
 
     async def listen(
         self, on_event: Callable[[ClusterEvent], None], on_lost: Callable[[], None]
@@ -662,6 +683,7 @@ class PostgresStore:
                 "UPDATE falrt.requests SET owner = $1 WHERE status = 3 AND webhook_pending "
                 "AND owner IS NOT NULL AND owner NOT IN (SELECT server_id FROM falrt.servers) "
                 f"RETURNING {_REQUEST_COLUMNS}", self.server_id)
+            await scaling_leases.forget_gone(conn)  # (after the requests: the lock order)
             events = [ClusterEvent(ClusterEventKind.QUEUED, self.server_id, i) for i in queued]
             events += [ClusterEvent(ClusterEventKind.COMPLETED, self.server_id, i)
                        for i in completed]

@@ -769,6 +769,7 @@ class RunnerInfo(_message.Message):
     SERVED_FIELD_NUMBER: _builtins.int
     GPUS_FIELD_NUMBER: _builtins.int
     GPU_STATS_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
     runner_id: _builtins.str
     app_name: _builtins.str
     revision_id: _builtins.str
@@ -780,6 +781,10 @@ class RunnerInfo(_message.Message):
     """Why its last start failed (CRASH_BACKOFF), or why it was stopped."""
     served: _builtins.int
     """Requests it has finished."""
+    node: _builtins.str
+    """The machine it runs on: the host name (process and docker backends), or the Ray node's
+    host name and id (ray backend); "" until known (a Ray runner not placed yet).
+    """
     @_builtins.property
     def in_flight_request_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Ids of the requests the runner is serving."""
@@ -819,10 +824,11 @@ class RunnerInfo(_message.Message):
         served: _builtins.int = ...,
         gpus: _abc.Iterable[_builtins.str] | None = ...,
         gpu_stats: _abc.Iterable[_common_pb2.GpuStats] | None = ...,
+        node: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["started_at", b"started_at", "state_since", b"state_since"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_name", b"app_name", "gpu_stats", b"gpu_stats", "gpus", b"gpus", "in_flight_request_ids", b"in_flight_request_ids", "last_error", b"last_error", "machine_type", b"machine_type", "max_multiplexing", b"max_multiplexing", "revision_id", b"revision_id", "runner_id", b"runner_id", "served", b"served", "started_at", b"started_at", "state", b"state", "state_since", b"state_since", "transitions", b"transitions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_name", b"app_name", "gpu_stats", b"gpu_stats", "gpus", b"gpus", "in_flight_request_ids", b"in_flight_request_ids", "last_error", b"last_error", "machine_type", b"machine_type", "max_multiplexing", b"max_multiplexing", "node", b"node", "revision_id", b"revision_id", "runner_id", b"runner_id", "served", b"served", "started_at", b"started_at", "state", b"state", "state_since", b"state_since", "transitions", b"transitions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -26,49 +26,53 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from falrt.v1 import common_pb2 as falrt_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x66\x61lrt/v1/runner.proto\x12\x08\x66\x61lrt.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x15\x66\x61lrt/v1/common.proto\"P\n\x05Hello\x12\x11\n\trunner_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\r\n\x05slots\x18\x03 \x01(\x05\x12\x16\n\x0e\x65ndpoint_paths\x18\x04 \x03(\t\"@\n\tRunnerLog\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x1f\n\x04line\x18\x02 \x01(\x0b\x32\x11.falrt.v1.LogLine\"@\n\x07Partial\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12!\n\x06output\x18\x02 \x01(\x0b\x32\x11.falrt.v1.Payload\"\xea\x01\n\x06Result\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12!\n\x06output\x18\x02 \x01(\x0b\x32\x11.falrt.v1.Payload\x12\"\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x13.falrt.v1.ErrorInfo\x12\x31\n\x0einference_time\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x18\n\x0bneeds_retry\x18\x05 \x01(\x08H\x00\x88\x01\x01\x12\x18\n\x0bstop_runner\x18\x06 \x01(\x08H\x01\x88\x01\x01\x42\x0e\n\x0c_needs_retryB\x0e\n\x0c_stop_runner\"A\n\tHeartbeat\x12\x12\n\nfree_slots\x18\x01 \x01(\x05\x12 \n\x04gpus\x18\x02 \x03(\x0b\x32\x12.falrt.v1.GpuStats\"3\n\x0bStateChange\x12$\n\x05state\x18\x01 \x01(\x0e\x32\x15.falrt.v1.RunnerState\"\xa0\x03\n\rRunnerMessage\x12 \n\x05hello\x18\x01 \x01(\x0b\x32\x0f.falrt.v1.HelloH\x00\x12\"\n\x03log\x18\x02 \x01(\x0b\x32\x13.falrt.v1.RunnerLogH\x00\x12$\n\x07partial\x18\x03 \x01(\x0b\x32\x11.falrt.v1.PartialH\x00\x12\"\n\x06result\x18\x04 \x01(\x0b\x32\x10.falrt.v1.ResultH\x00\x12(\n\theartbeat\x18\x05 \x01(\x0b\x32\x13.falrt.v1.HeartbeatH\x00\x12-\n\x0cstate_change\x18\x06 \x01(\x0b\x32\x15.falrt.v1.StateChangeH\x00\x12\x33\n\x0frealtime_output\x18\x07 \x01(\x0b\x32\x18.falrt.v1.RealtimeOutputH\x00\x12\x33\n\x0frealtime_closed\x18\x08 \x01(\x0b\x32\x18.falrt.v1.RealtimeClosedH\x00\x12\x33\n\x0frealtime_credit\x18\t \x01(\x0b\x32\x18.falrt.v1.RealtimeCreditH\x00\x42\x07\n\x05\x65vent\"G\n\x0eRealtimeOutput\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12!\n\x06output\x18\x02 \x01(\x0b\x32\x11.falrt.v1.Payload\"4\n\x0eRealtimeCredit\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06inputs\x18\x02 \x01(\x05\"H\n\x0eRealtimeClosed\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\"\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x13.falrt.v1.ErrorInfo\"1\n\rRealtimeStart\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"E\n\rRealtimeInput\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12 \n\x05input\x18\x02 \x01(\x0b\x32\x11.falrt.v1.Payload\"!\n\x0bRealtimeEnd\x12\x12\n\nsession_id\x18\x01 \x01(\t\"a\n\x06\x41ssign\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12 \n\x05input\x18\x03 \x01(\x0b\x32\x11.falrt.v1.Payload\x12\x13\n\x0btraceparent\x18\x04 \x01(\t\"&\n\x10\x43\x61ncelAssignment\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x07\n\x05\x44rain\"\x1c\n\x07Welcome\x12\x11\n\tserver_id\x18\x01 \x01(\t\"\xc7\x02\n\rServerMessage\x12\"\n\x06\x61ssign\x18\x01 \x01(\x0b\x32\x10.falrt.v1.AssignH\x00\x12,\n\x06\x63\x61ncel\x18\x02 \x01(\x0b\x32\x1a.falrt.v1.CancelAssignmentH\x00\x12 \n\x05\x64rain\x18\x03 \x01(\x0b\x32\x0f.falrt.v1.DrainH\x00\x12\x31\n\x0erealtime_start\x18\x04 \x01(\x0b\x32\x17.falrt.v1.RealtimeStartH\x00\x12\x31\n\x0erealtime_input\x18\x05 \x01(\x0b\x32\x17.falrt.v1.RealtimeInputH\x00\x12-\n\x0crealtime_end\x18\x06 \x01(\x0b\x32\x15.falrt.v1.RealtimeEndH\x00\x12$\n\x07welcome\x18\x07 \x01(\x0b\x32\x11.falrt.v1.WelcomeH\x00\x42\x07\n\x05\x65vent2L\n\nRunnerLink\x12>\n\x06\x41ttach\x12\x17.falrt.v1.RunnerMessage\x1a\x17.falrt.v1.ServerMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x66\x61lrt/v1/runner.proto\x12\x08\x66\x61lrt.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x15\x66\x61lrt/v1/common.proto\"6\n\x12\x46\x65tchBundleRequest\x12\x11\n\trunner_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\"2\n\x0b\x42undleChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x15\n\rbundle_sha256\x18\x02 \x01(\t\"P\n\x05Hello\x12\x11\n\trunner_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\r\n\x05slots\x18\x03 \x01(\x05\x12\x16\n\x0e\x65ndpoint_paths\x18\x04 \x03(\t\"@\n\tRunnerLog\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x1f\n\x04line\x18\x02 \x01(\x0b\x32\x11.falrt.v1.LogLine\"@\n\x07Partial\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12!\n\x06output\x18\x02 \x01(\x0b\x32\x11.falrt.v1.Payload\"\xea\x01\n\x06Result\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12!\n\x06output\x18\x02 \x01(\x0b\x32\x11.falrt.v1.Payload\x12\"\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x13.falrt.v1.ErrorInfo\x12\x31\n\x0einference_time\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x18\n\x0bneeds_retry\x18\x05 \x01(\x08H\x00\x88\x01\x01\x12\x18\n\x0bstop_runner\x18\x06 \x01(\x08H\x01\x88\x01\x01\x42\x0e\n\x0c_needs_retryB\x0e\n\x0c_stop_runner\"A\n\tHeartbeat\x12\x12\n\nfree_slots\x18\x01 \x01(\x05\x12 \n\x04gpus\x18\x02 \x03(\x0b\x32\x12.falrt.v1.GpuStats\"3\n\x0bStateChange\x12$\n\x05state\x18\x01 \x01(\x0e\x32\x15.falrt.v1.RunnerState\"\xa0\x03\n\rRunnerMessage\x12 \n\x05hello\x18\x01 \x01(\x0b\x32\x0f.falrt.v1.HelloH\x00\x12\"\n\x03log\x18\x02 \x01(\x0b\x32\x13.falrt.v1.RunnerLogH\x00\x12$\n\x07partial\x18\x03 \x01(\x0b\x32\x11.falrt.v1.PartialH\x00\x12\"\n\x06result\x18\x04 \x01(\x0b\x32\x10.falrt.v1.ResultH\x00\x12(\n\theartbeat\x18\x05 \x01(\x0b\x32\x13.falrt.v1.HeartbeatH\x00\x12-\n\x0cstate_change\x18\x06 \x01(\x0b\x32\x15.falrt.v1.StateChangeH\x00\x12\x33\n\x0frealtime_output\x18\x07 \x01(\x0b\x32\x18.falrt.v1.RealtimeOutputH\x00\x12\x33\n\x0frealtime_closed\x18\x08 \x01(\x0b\x32\x18.falrt.v1.RealtimeClosedH\x00\x12\x33\n\x0frealtime_credit\x18\t \x01(\x0b\x32\x18.falrt.v1.RealtimeCreditH\x00\x42\x07\n\x05\x65vent\"G\n\x0eRealtimeOutput\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12!\n\x06output\x18\x02 \x01(\x0b\x32\x11.falrt.v1.Payload\"4\n\x0eRealtimeCredit\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06inputs\x18\x02 \x01(\x05\"H\n\x0eRealtimeClosed\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\"\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x13.falrt.v1.ErrorInfo\"1\n\rRealtimeStart\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"E\n\rRealtimeInput\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12 \n\x05input\x18\x02 \x01(\x0b\x32\x11.falrt.v1.Payload\"!\n\x0bRealtimeEnd\x12\x12\n\nsession_id\x18\x01 \x01(\t\"a\n\x06\x41ssign\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12 \n\x05input\x18\x03 \x01(\x0b\x32\x11.falrt.v1.Payload\x12\x13\n\x0btraceparent\x18\x04 \x01(\t\"&\n\x10\x43\x61ncelAssignment\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x07\n\x05\x44rain\"\x1c\n\x07Welcome\x12\x11\n\tserver_id\x18\x01 \x01(\t\"\xc7\x02\n\rServerMessage\x12\"\n\x06\x61ssign\x18\x01 \x01(\x0b\x32\x10.falrt.v1.AssignH\x00\x12,\n\x06\x63\x61ncel\x18\x02 \x01(\x0b\x32\x1a.falrt.v1.CancelAssignmentH\x00\x12 \n\x05\x64rain\x18\x03 \x01(\x0b\x32\x0f.falrt.v1.DrainH\x00\x12\x31\n\x0erealtime_start\x18\x04 \x01(\x0b\x32\x17.falrt.v1.RealtimeStartH\x00\x12\x31\n\x0erealtime_input\x18\x05 \x01(\x0b\x32\x17.falrt.v1.RealtimeInputH\x00\x12-\n\x0crealtime_end\x18\x06 \x01(\x0b\x32\x15.falrt.v1.RealtimeEndH\x00\x12$\n\x07welcome\x18\x07 \x01(\x0b\x32\x11.falrt.v1.WelcomeH\x00\x42\x07\n\x05\x65vent2\x92\x01\n\nRunnerLink\x12>\n\x06\x41ttach\x12\x17.falrt.v1.RunnerMessage\x1a\x17.falrt.v1.ServerMessage(\x01\x30\x01\x12\x44\n\x0b\x46\x65tchBundle\x12\x1c.falrt.v1.FetchBundleRequest\x1a\x15.falrt.v1.BundleChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'falrt.v1.runner_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_HELLO']._serialized_start=90
-  _globals['_HELLO']._serialized_end=170
-  _globals['_RUNNERLOG']._serialized_start=172
-  _globals['_RUNNERLOG']._serialized_end=236
-  _globals['_PARTIAL']._serialized_start=238
-  _globals['_PARTIAL']._serialized_end=302
-  _globals['_RESULT']._serialized_start=305
-  _globals['_RESULT']._serialized_end=539
-  _globals['_HEARTBEAT']._serialized_start=541
-  _globals['_HEARTBEAT']._serialized_end=606
-  _globals['_STATECHANGE']._serialized_start=608
-  _globals['_STATECHANGE']._serialized_end=659
-  _globals['_RUNNERMESSAGE']._serialized_start=662
-  _globals['_RUNNERMESSAGE']._serialized_end=1078
-  _globals['_REALTIMEOUTPUT']._serialized_start=1080
-  _globals['_REALTIMEOUTPUT']._serialized_end=1151
-  _globals['_REALTIMECREDIT']._serialized_start=1153
-  _globals['_REALTIMECREDIT']._serialized_end=1205
-  _globals['_REALTIMECLOSED']._serialized_start=1207
-  _globals['_REALTIMECLOSED']._serialized_end=1279
-  _globals['_REALTIMESTART']._serialized_start=1281
-  _globals['_REALTIMESTART']._serialized_end=1330
-  _globals['_REALTIMEINPUT']._serialized_start=1332
-  _globals['_REALTIMEINPUT']._serialized_end=1401
-  _globals['_REALTIMEEND']._serialized_start=1403
-  _globals['_REALTIMEEND']._serialized_end=1436
-  _globals['_ASSIGN']._serialized_start=1438
-  _globals['_ASSIGN']._serialized_end=1535
-  _globals['_CANCELASSIGNMENT']._serialized_start=1537
-  _globals['_CANCELASSIGNMENT']._serialized_end=1575
-  _globals['_DRAIN']._serialized_start=1577
-  _globals['_DRAIN']._serialized_end=1584
-  _globals['_WELCOME']._serialized_start=1586
-  _globals['_WELCOME']._serialized_end=1614
-  _globals['_SERVERMESSAGE']._serialized_start=1617
-  _globals['_SERVERMESSAGE']._serialized_end=1944
-  _globals['_RUNNERLINK']._serialized_start=1946
-  _globals['_RUNNERLINK']._serialized_end=2022
+  _globals['_FETCHBUNDLEREQUEST']._serialized_start=90
+  _globals['_FETCHBUNDLEREQUEST']._serialized_end=144
+  _globals['_BUNDLECHUNK']._serialized_start=146
+  _globals['_BUNDLECHUNK']._serialized_end=196
+  _globals['_HELLO']._serialized_start=198
+  _globals['_HELLO']._serialized_end=278
+  _globals['_RUNNERLOG']._serialized_start=280
+  _globals['_RUNNERLOG']._serialized_end=344
+  _globals['_PARTIAL']._serialized_start=346
+  _globals['_PARTIAL']._serialized_end=410
+  _globals['_RESULT']._serialized_start=413
+  _globals['_RESULT']._serialized_end=647
+  _globals['_HEARTBEAT']._serialized_start=649
+  _globals['_HEARTBEAT']._serialized_end=714
+  _globals['_STATECHANGE']._serialized_start=716
+  _globals['_STATECHANGE']._serialized_end=767
+  _globals['_RUNNERMESSAGE']._serialized_start=770
+  _globals['_RUNNERMESSAGE']._serialized_end=1186
+  _globals['_REALTIMEOUTPUT']._serialized_start=1188
+  _globals['_REALTIMEOUTPUT']._serialized_end=1259
+  _globals['_REALTIMECREDIT']._serialized_start=1261
+  _globals['_REALTIMECREDIT']._serialized_end=1313
+  _globals['_REALTIMECLOSED']._serialized_start=1315
+  _globals['_REALTIMECLOSED']._serialized_end=1387
+  _globals['_REALTIMESTART']._serialized_start=1389
+  _globals['_REALTIMESTART']._serialized_end=1438
+  _globals['_REALTIMEINPUT']._serialized_start=1440
+  _globals['_REALTIMEINPUT']._serialized_end=1509
+  _globals['_REALTIMEEND']._serialized_start=1511
+  _globals['_REALTIMEEND']._serialized_end=1544
+  _globals['_ASSIGN']._serialized_start=1546
+  _globals['_ASSIGN']._serialized_end=1643
+  _globals['_CANCELASSIGNMENT']._serialized_start=1645
+  _globals['_CANCELASSIGNMENT']._serialized_end=1683
+  _globals['_DRAIN']._serialized_start=1685
+  _globals['_DRAIN']._serialized_end=1692
+  _globals['_WELCOME']._serialized_start=1694
+  _globals['_WELCOME']._serialized_end=1722
+  _globals['_SERVERMESSAGE']._serialized_start=1725
+  _globals['_SERVERMESSAGE']._serialized_end=2052
+  _globals['_RUNNERLINK']._serialized_start=2055
+  _globals['_RUNNERLINK']._serialized_end=2201
 # @@protoc_insertion_point(module_scope)

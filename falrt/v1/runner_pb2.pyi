@@ -23,6 +23,58 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class FetchBundleRequest(_message.Message):
+    """Which runner asks for its bundle."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUNNER_ID_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
+    runner_id: _builtins.str
+    """The runner's id and the token of its current start (as in Hello)."""
+    token: _builtins.str
+    def __init__(
+        self,
+        *,
+        runner_id: _builtins.str = ...,
+        token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["runner_id", b"runner_id", "token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FetchBundleRequest: _TypeAlias = FetchBundleRequest  # noqa: Y015
+
+@_typing.final
+class BundleChunk(_message.Message):
+    """One piece of the bundle: the chunks, in order, make the gzipped tar."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    BUNDLE_SHA256_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    bundle_sha256: _builtins.str
+    """The bundle's SHA-256 (the revision's bundle hash), in the first chunk only: the name
+    of its folder in the node's cache.
+    """
+    def __init__(
+        self,
+        *,
+        data: _builtins.bytes = ...,
+        bundle_sha256: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle_sha256", b"bundle_sha256", "data", b"data"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BundleChunk: _TypeAlias = BundleChunk  # noqa: Y015
+
+@_typing.final
 class Hello(_message.Message):
     """First message: who the runner is and how much it can take."""
 

@@ -39,6 +39,11 @@ class RunnerLinkStub:
                 request_serializer=falrt_dot_v1_dot_runner__pb2.RunnerMessage.SerializeToString,
                 response_deserializer=falrt_dot_v1_dot_runner__pb2.ServerMessage.FromString,
                 _registered_method=True)
+        self.FetchBundle = channel.unary_stream(
+                '/falrt.v1.RunnerLink/FetchBundle',
+                request_serializer=falrt_dot_v1_dot_runner__pb2.FetchBundleRequest.SerializeToString,
+                response_deserializer=falrt_dot_v1_dot_runner__pb2.BundleChunk.FromString,
+                _registered_method=True)
 
 
 class RunnerLinkServicer:
@@ -52,6 +57,16 @@ class RunnerLinkServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchBundle(self, request, context):
+        """The code bundle of the runner's revision, as a gzipped tar in chunks, for a runner
+        whose host does not share the server's disk (the ray backend fetches it on the runner's
+        node before the shim starts). Authenticated by the runner's id and token, like Attach;
+        a stranger gets PERMISSION_DENIED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RunnerLinkServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -59,6 +74,11 @@ def add_RunnerLinkServicer_to_server(servicer, server):
                     servicer.Attach,
                     request_deserializer=falrt_dot_v1_dot_runner__pb2.RunnerMessage.FromString,
                     response_serializer=falrt_dot_v1_dot_runner__pb2.ServerMessage.SerializeToString,
+            ),
+            'FetchBundle': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchBundle,
+                    request_deserializer=falrt_dot_v1_dot_runner__pb2.FetchBundleRequest.FromString,
+                    response_serializer=falrt_dot_v1_dot_runner__pb2.BundleChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -88,6 +108,33 @@ class RunnerLink:
             '/falrt.v1.RunnerLink/Attach',
             falrt_dot_v1_dot_runner__pb2.RunnerMessage.SerializeToString,
             falrt_dot_v1_dot_runner__pb2.ServerMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchBundle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/falrt.v1.RunnerLink/FetchBundle',
+            falrt_dot_v1_dot_runner__pb2.FetchBundleRequest.SerializeToString,
+            falrt_dot_v1_dot_runner__pb2.BundleChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,6 +37,12 @@ class RunnerLinkStub:
     """The runner sends Hello first; the server then assigns and cancels requests.
     The stream ending means the runner is gone (its in-flight requests are failed over).
     """
+    FetchBundle: _grpc.UnaryStreamMultiCallable[_runner_pb2.FetchBundleRequest, _runner_pb2.BundleChunk]
+    """The code bundle of the runner's revision, as a gzipped tar in chunks, for a runner
+    whose host does not share the server's disk (the ray backend fetches it on the runner's
+    node before the shim starts). Authenticated by the runner's id and token, like Attach;
+    a stranger gets PERMISSION_DENIED.
+    """
 
 @_typing.type_check_only
 class RunnerLinkAsyncStub(RunnerLinkStub):
@@ -44,6 +50,12 @@ class RunnerLinkAsyncStub(RunnerLinkStub):
     Attach: _aio.StreamStreamMultiCallable[_runner_pb2.RunnerMessage, _runner_pb2.ServerMessage]  # type: ignore[assignment]
     """The runner sends Hello first; the server then assigns and cancels requests.
     The stream ending means the runner is gone (its in-flight requests are failed over).
+    """
+    FetchBundle: _aio.UnaryStreamMultiCallable[_runner_pb2.FetchBundleRequest, _runner_pb2.BundleChunk]  # type: ignore[assignment]
+    """The code bundle of the runner's revision, as a gzipped tar in chunks, for a runner
+    whose host does not share the server's disk (the ray backend fetches it on the runner's
+    node before the shim starts). Authenticated by the runner's id and token, like Attach;
+    a stranger gets PERMISSION_DENIED.
     """
 
 class RunnerLinkServicer(metaclass=_abc_1.ABCMeta):
@@ -55,6 +67,18 @@ class RunnerLinkServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_runner_pb2.ServerMessage], _abc.AsyncIterator[_runner_pb2.ServerMessage]]:
         """The runner sends Hello first; the server then assigns and cancels requests.
         The stream ending means the runner is gone (its in-flight requests are failed over).
+        """
+
+    @_abc_1.abstractmethod
+    def FetchBundle(
+        self,
+        request: _runner_pb2.FetchBundleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_runner_pb2.BundleChunk], _abc.AsyncIterator[_runner_pb2.BundleChunk]]:
+        """The code bundle of the runner's revision, as a gzipped tar in chunks, for a runner
+        whose host does not share the server's disk (the ray backend fetches it on the runner's
+        node before the shim starts). Authenticated by the runner's id and token, like Attach;
+        a stranger gets PERMISSION_DENIED.
         """
 
 def add_RunnerLinkServicer_to_server(servicer: RunnerLinkServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -19,6 +19,8 @@ stays):
   (fal's): then only keys of the app's owner (the server's owner, API or ADMIN scope) get
   them, and any other caller gets the request without logs. A request whose app was deleted
   shows its logs to the owner's keys only (what the app set is no longer known).
+- Files (gRPC and the HTTP `/files` routes): a key of the server's owner, API or ADMIN scope
+  (`check_files`); a signed file URL needs none (falrt/files/signing.py).
 - RunnerLink is not checked here: a runner proves itself with its own token in Hello
   (`Fleet.attach`). Health and reflection are open.
 
@@ -135,6 +137,14 @@ class Authenticator:
                 f"key {caller.key_id} has the {caller.scope} scope: it may call apps, not use "
                 "the control plane (that needs an ADMIN key)")
         self._check_owner(caller)
+
+    def check_files(self, caller: Caller | None) -> str:
+        """The file store's callers (docs/files.md): a key of the server's owner, API or ADMIN
+        scope; returns the owner files are kept for."""
+        if caller is None:
+            raise errors.UnauthenticatedError(f"the file store needs a key: {HINT}")
+        self._check_owner(caller)
+        return caller.owner
 
     def check_app(self, caller: Caller | None, app_name: str) -> None:
         """An app's callers (an app that does not exist is the servicer's NOT_FOUND)."""

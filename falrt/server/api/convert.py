@@ -251,4 +251,5 @@ def runner_info(runner: RunnerHandle) -> control_pb2.RunnerInfo:
             uuid=g.uuid, memory_used_bytes=g.memory_used_bytes,
             memory_total_bytes=g.memory_total_bytes, utilization_percent=g.utilization_percent)
             for g in runner.gpu_stats],
+        node=runner.process.node if runner.process is not None else "",
     )

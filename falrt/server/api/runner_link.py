@@ -6,6 +6,9 @@ server's first message is Welcome (a runner that may reconnect knows it was take
 one task reads the runner's messages and hands them to the dispatcher, while the RPC
 itself writes the runner's outbox (assignments, cancels, drain) to the stream in order.
 When either side ends, the runner's in-flight work is failed over.
+
+FetchBundle gives a runner on another host (the ray backend) its bundle, packed again from
+the server's bundle folder, against the same id and token (PERMISSION_DENIED otherwise).
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ import grpc
 from google.protobuf.message import DecodeError
 from grpc import aio
 
-from falrt import errors
+from falrt import bundle, errors
 from falrt.server.api import convert
+from falrt.server.api.rpc import server_stream
 from falrt.server.fleet.fleet import Fleet
 from falrt.server.queue.dispatch import Dispatcher
 from falrt.server.state.runners import (
@@ -39,6 +43,7 @@ from falrt.v1 import common_pb2, runner_pb2, runner_pb2_grpc
 log = logging.getLogger(__name__)
 Context = aio.ServicerContext[Any, Any]
 HELLO_TIMEOUT_S = 30.0
+BUNDLE_CHUNK_BYTES = 1024 * 1024
 
 
 class RunnerLinkService(runner_pb2_grpc.RunnerLinkServicer):
@@ -60,6 +65,26 @@ class RunnerLinkService(runner_pb2_grpc.RunnerLinkServicer):
         finally:
             reader.cancel()
             self._fleet.detached(runner)
+
+    @server_stream  # (a request that does not parse: INVALID_ARGUMENT)
+    async def FetchBundle(
+        self, request: runner_pb2.FetchBundleRequest, context: Context
+    ) -> AsyncIterator[runner_pb2.BundleChunk]:
+        """The runner's bundle folder packed again (a gzipped tar), in chunks of
+        BUNDLE_CHUNK_BYTES; the first names the bundle's hash."""
+        try:
+            folder = self._fleet.bundle_dir(request.runner_id, request.token)
+        except errors.FalrtError as exc:
+            log.warning("refused a bundle fetch: %s", exc)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        try:
+            data = await asyncio.to_thread(bundle.pack_folder, folder)
+        except OSError as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"the bundle {folder.name} is not on this server: {exc}")
+        for offset in range(0, len(data), BUNDLE_CHUNK_BYTES):
+            yield runner_pb2.BundleChunk(data=data[offset:offset + BUNDLE_CHUNK_BYTES],
+                                         bundle_sha256=folder.name if offset == 0 else "")
 
     async def _hello(
         self, messages: AsyncIterator[runner_pb2.RunnerMessage], context: Context

@@ -8,7 +8,9 @@ about it apply. Servers tell each other what changed with PostgreSQL notificatio
 `queue size` count the whole cluster), follows requests other servers run (so `Watch` on
 any server sees them complete), and installs the apps others deploy (their bundles are in
 the database). When a lease expires, any server takes over its requests: cut attempts are
-retried by the rule of a server crash, queued ones go back to every queue.
+retried by the rule of a server crash, queued ones go back to every queue. It also holds
+the scaling leases of apps (one server at a time makes an app's scaling decisions), and
+tells the fleet which it leads (`Fleet.update_leases`).
 
 The exact rules, and what is still per server, are in docs/stores.md.
 """
@@ -16,6 +18,7 @@ The exact rules, and what is still per server, are in docs/stores.md.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -27,6 +30,8 @@ from typing import TYPE_CHECKING
 from falrt import bundle
 from falrt.backends.environments import Environments
 from falrt.server.control.apps import AppControl
+from falrt.server.fleet.fleet import Fleet
+from falrt.server.fleet.leases import AppLease
 from falrt.server.queue.recorder import Recorder
 from falrt.server.queue.scheduler import Scheduler
 from falrt.server.state.apps import Apps
@@ -68,8 +73,10 @@ class Cluster:
         self, store: PostgresStore, apps: Apps, control: AppControl, scheduler: Scheduler,
         recorder: Recorder, environments: Environments, settings: ServerSettings,
         sweep_keys: Callable[[set[str]], Awaitable[None]] | None = None,
+        fleet: Fleet | None = None,
     ) -> None:
         self._store = store
+        self._fleet = fleet  # told which apps this server leads (None: no scaling leases)
         # Revokes the runner keys of servers that are gone, given the live ones.
         self._sweep_keys = sweep_keys
         self._servers: set[str] = set()  # the live servers the last take-over saw
@@ -104,6 +111,8 @@ class Cluster:
         self._tasks.spawn(self._follow(), name="falrt-cluster-events")
         self._tasks.spawn(self._keep_lease(), name="falrt-cluster-lease")
         self._tasks.spawn(self._take_over_loop(), name="falrt-cluster-take-over")
+        if self._fleet is not None:
+            self._tasks.spawn(self._keep_app_leases(self._fleet), name="falrt-scaling-leases")
 
     async def close(self) -> None:
         """Stops, and gives up the lease (what this server still holds is taken over)."""
@@ -228,6 +237,25 @@ class Cluster:
                              "over; stopping")
                 os.kill(os.getpid(), signal.SIGTERM)
                 return
+
+    async def _keep_app_leases(self, fleet: Fleet) -> None:
+        """Every quarter of the lease: takes or renews the scaling lease of every app for
+        three quarters of it, so that a holder that dies has its apps taken over within
+        the lease; a renewal that fails leads nothing until the next one succeeds. An app
+        the fleet meets for the first time (a deploy) is asked for at once."""
+        lease_s = self._settings.cluster_lease_s
+        new_app = fleet.leases.new_app
+        while True:
+            new_app.clear()
+            names = self._apps.names()
+            try:
+                held = await self._store.hold_apps(names, lease_s * 3 / 4, list(fleet.runners))
+            except Exception:
+                log.exception("renewing the scaling leases failed; leading no app for now")
+                held = {}
+            fleet.update_leases({n: AppLease(*counts) for n, counts in held.items()}, names)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(new_app.wait(), lease_s / 4)
 
     async def _take_over_loop(self) -> None:
         while True:

@@ -26,6 +26,7 @@ from falrt.backends.environments import Environments
 from falrt.server.fleet import runner_logs
 from falrt.server.fleet.events import FleetEvents
 from falrt.server.fleet.launch import Launcher, kill_after
+from falrt.server.fleet.leases import AppLease, RunnerSlots, ScalingLeases
 from falrt.server.fleet.scaling import ScalingLoop
 from falrt.server.fleet.secret_box import SecretBox
 from falrt.server.fleet.starts import Starts
@@ -64,6 +65,7 @@ class Fleet:
         settings: ServerSettings,
         tasks: Tasks,
         metrics: Metrics | None = None,
+        slots: RunnerSlots | None = None,
     ) -> None:
         self._events = events
         self._metrics = metrics  # None: no metrics (`--no-metrics`)
@@ -75,10 +77,13 @@ class Fleet:
         self.runners: dict[str, RunnerHandle] = {}
         # The latest TERMINATED runners, for `falrt runners list --state terminated`.
         self.ended: deque[RunnerHandle] = deque(maxlen=settings.ended_runners_kept)
-        self._scaling = ScalingLoop(apps, self.runners, self._apply)
+        # Which apps this server leads, and its runners' slots (a shared store: `slots`).
+        self.leases = ScalingLeases(slots)
+        self._scaling = ScalingLoop(apps, self.runners, self._apply, self.leases)
         self._starts = Starts(events, apps, self.runners, self._launcher, settings, tasks,
                               end=self._terminated, wake=self._scaling.wake,
-                              on_failed=metrics.start_failed if metrics else None)
+                              on_failed=metrics.start_failed if metrics else None,
+                              leases=self.leases)
         self._scaler: asyncio.Future[None] | None = None  # the loop, once started
         self._leaving = False  # closing, and leaving the runners for the next server
 
@@ -118,6 +123,12 @@ class Fleet:
     def wake(self) -> None:
         """Makes the scaling loop look at every app again, at once."""
         self._scaling.wake()
+
+    def update_leases(self, held: dict[str, AppLease], asked: list[str]) -> None:
+        """The apps this server leads now, of those the cluster's renewal of the scaling
+        leases asked for; the scaling loop looks at every app again when that changed."""
+        if self.leases.update(held, asked):
+            self.wake()
 
     def dispatched(self, app: AppState) -> None:
         """Work of `app` was queued, handed out or finished: wakes the scaling loop when its
@@ -188,8 +199,10 @@ class Fleet:
         machine = self._starts.placeable(app) if decision.start else None
         for _ in range(decision.start if machine else 0):
             # A runner waiting out a crash backoff starts again (CRASH_BACKOFF -> PENDING).
-            runner = backing_off.pop() if backing_off else self._starts.new_runner(app)
-            self._starts.begin(app, runner, machine or "")
+            if backing_off:
+                self._starts.begin(app, backing_off.pop(), machine or "")
+            else:
+                self._starts.start_new(app, machine or "")
         for runner_id in decision.stop:
             self.stop(self.runners[runner_id])
         # Runners in crash backoff stand for wanted capacity; those no longer wanted end.
@@ -220,6 +233,16 @@ class Fleet:
         return self._launcher.log_path(runner_id)
 
     # -- the runner link ---------------------------------------------------------------
+
+    def bundle_dir(self, runner_id: str, token: str) -> Path:
+        """The bundle folder the runner (its id and its current start's token) runs, for
+        RunnerLink.FetchBundle. Raises InvalidArgumentError for strangers and ended runners."""
+        runner = self.runners.get(runner_id)
+        folder = self._launcher.bundle_dir(runner_id)
+        if runner is None or not runner.token or folder is None or not hmac.compare_digest(
+                runner.token, token):
+            raise errors.InvalidArgumentError("unknown runner or wrong token")
+        return folder
 
     def attach(self, runner_id: str, token: str, slots: int) -> RunnerHandle:
         """A runner said Hello. Raises PermissionDenied-like errors for strangers."""
@@ -350,9 +373,19 @@ class Fleet:
         runner.set_state(RunnerState.TERMINATED)
         self.runners.pop(runner.runner_id, None)
         self._tasks.spawn(self._launcher.revoke_runner_key(runner.runner_id))  # dies with it
+        if self.leases.shared:
+            self._tasks.spawn(self._free_slot(runner.runner_id))
         if runner.in_flight:
             self._events.on_runner_lost(runner)
         self.wake()
+
+    async def _free_slot(self, runner_id: str) -> None:
+        """Gives back an ended runner's slot; a failure is logged (the cluster's next
+        renewal frees the slots of runners this server no longer has)."""
+        try:
+            await self.leases.free_slot(runner_id)
+        except Exception:
+            log.exception("giving back the runner slot of %s failed", runner_id)
 
     def _grace(self, runner: RunnerHandle) -> float:
         app = self._apps.get(runner.app_name)

@@ -46,6 +46,8 @@ class Launcher:
         self._settings = settings
         # The API key each runner was given at its latest start (runner id -> key id).
         self._runner_keys: dict[str, str] = {}
+        # The bundle folder of each runner's latest start (RunnerLink.FetchBundle serves it).
+        self._bundles: dict[str, Path] = {}
         self.server_id = ""  # named in the runner keys' descriptions once set
 
     def capacity(self, machine_type: str, num_gpus: int) -> str:
@@ -61,7 +63,7 @@ class Launcher:
     ) -> RunnerSpec:
         """The spec of the runner's next start. Raises FailedPreconditionError when a secret
         the app lists is not set."""
-        return RunnerSpec(
+        spec = RunnerSpec(
             runner_id=runner.runner_id,
             token=runner.token,
             server_address=address,
@@ -75,10 +77,17 @@ class Launcher:
             num_gpus=settings.num_gpus,
             app_name=runner.app_name,
             revision_id=revision.revision_id,
+            requirements=revision.config.requirements,
             # The app's own variables (secrets) win over the runner key's.
             env=await self._runner_key_env(runner, address)
             | await self._env(runner.app_name, revision),
         )
+        self._bundles[runner.runner_id] = spec.bundle_dir
+        return spec
+
+    def bundle_dir(self, runner_id: str) -> Path | None:
+        """The bundle folder of the runner's latest start; None once it has ended."""
+        return self._bundles.get(runner_id)
 
     async def start(self, spec: RunnerSpec, runner: RunnerHandle) -> RunnerProcess:
         """Fetches the runner's image (IMAGE_PULL meanwhile) and starts it. Raises
@@ -129,6 +138,7 @@ class Launcher:
         """Revokes the key the runner was given at its latest start (the one it holds now,
         not one a later start makes). Never raises: a store error is logged, and the key is
         revoked when the server stops or at its next start."""
+        self._bundles.pop(runner_id, None)  # (the runner ended, or starts again)
         return self._revoke(runner_id, self._runner_keys.get(runner_id))
 
     async def _revoke(self, runner_id: str, key_id: str | None) -> None:

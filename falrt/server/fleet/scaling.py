@@ -3,12 +3,15 @@
 `ScalingLoop` decides; the fleet applies each decision (`apply`, given at construction).
 The loop wakes on events (`wake`, `dispatched`) or when a decision asked to be checked
 again, and never dies: a failure for one app is logged and that app is tried again in 1 s.
+On a shared store it leads only the apps whose scaling lease this server holds
+(`ScalingLeases`); for the others it starts runners for its own direct calls only.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 
@@ -18,8 +21,10 @@ from falrt.autoscaler.policy import (
     ScalingDecision,
     decide,
     desired_count,
+    follower_settings,
     idle_limit,
 )
+from falrt.server.fleet.leases import ScalingLeases
 from falrt.server.state.apps import Apps, AppState
 from falrt.server.state.runners import ALIVE_STATES, RunnerHandle, RunnerState
 
@@ -32,10 +37,14 @@ Apply = Callable[[AppState, ScalingDecision], None]
 class ScalingLoop:
     """Decides, for every app, how many runners it needs. Loop-affine."""
 
-    def __init__(self, apps: Apps, runners: Mapping[str, RunnerHandle], apply: Apply) -> None:
+    def __init__(
+        self, apps: Apps, runners: Mapping[str, RunnerHandle], apply: Apply,
+        leases: ScalingLeases | None = None,
+    ) -> None:
         self._apps = apps
         self._runners = runners
         self._apply = apply
+        self._leases = leases or ScalingLeases(None)
         # Wakes: a flag for wakes while a pass runs, a future while it waits; and the time
         # (monotonic) each app's last decision asked to be checked again.
         self._woken = False
@@ -58,10 +67,18 @@ class ScalingLoop:
         - more runners may be wanted than are alive (a start), or
         - a runner is idle whose idle limit ends before the check the loop planned for the
           app (a stop it would owe before then; the desired count may have fallen), or
-        - a runner waits in crash backoff (it ends as soon as it is no longer wanted)."""
-        scaling = app.settings.scaling
+        - a runner waits in crash backoff (it ends as soon as it is no longer wanted), or
+        - another server waits for one of the runner slots of an app this server leads, or
+        - its own direct calls need more runners here than it has (they run only here).
+        A server that does not lead the app counts only its waiting direct calls."""
+        lease = self._leases.lease(app.name)
+        if lease.remote_waiting:
+            return True
+        leads = self._leases.leads(app.name)
+        scaling = app.settings.scaling if leads else follower_settings(app.settings.scaling)
+        waiting = len(app.queue) if leads else app.queue.direct
         planned = self._planned.get(app.name)
-        alive = active = 0
+        alive, active = self._leases.starting(app.name), 0
         for runner in self._runners.values():
             if runner.app_name != app.name or runner.revision_id != app.revision.revision_id:
                 continue
@@ -75,7 +92,10 @@ class ScalingLoop:
                     planned is None
                     or runner.idle_since + idle_limit(scaling, runner.served) < planned):
                 return True
-        return alive < desired_count(scaling, active + len(app.queue))
+        if not leads:
+            active = 0  # (a follower's in-flight work is the lead's to scale for)
+        return (alive + lease.remote_alive < desired_count(scaling, active + waiting)
+                or alive < math.ceil(app.queue.direct / max(1, scaling.max_multiplexing)))
 
     async def run(self) -> None:
         """Scales every app until cancelled; wakes on events or when a deadline passes."""
@@ -130,18 +150,25 @@ class ScalingLoop:
         runners = [r for r in self._runners.values() if r.app_name == app.name
                    and r.revision_id == app.revision.revision_id
                    and r.state is not RunnerState.CRASH_BACKOFF]
-        ready, next_ready_s = _queued_ready(app, now)
+        leads = self._leases.leads(app.name)
+        lease = self._leases.lease(app.name)
+        ready, next_ready_s = _queued_ready(app, now) if leads else (app.queue.direct, None)
         decision = decide(ScalingContext(
             settings=app.settings.scaling,
             now=now,
             queued_ready=ready,
-            runners=tuple(_view(r) for r in runners),
+            runners=(*(_view(r) for r in runners), *_starting(self._leases.starting(app.name))),
             backoff_until=app.backoff_until,
             next_ready_s=next_ready_s,
+            lead=leads,
+            remote_alive=lease.remote_alive,
+            remote_waiting=lease.remote_waiting,
+            direct_waiting=app.queue.direct,
         ))
         if decision.start or decision.stop:
-            log.info("scale %s: desired=%d start=%d stop=%s", app.name, decision.desired,
-                     decision.start, list(decision.stop))
+            log.info("scale %s: desired=%d start=%d stop=%s%s", app.name, decision.desired,
+                     decision.start, list(decision.stop),
+                     "" if leads else " (its direct calls: another server leads it)")
         return decision
 
 
@@ -159,6 +186,12 @@ def _queued_ready(app: AppState, now: float) -> tuple[int, float | None]:
     times = [item.enqueued_at for item in app.queue.items()]
     young = [t for t in times if t > cutoff]
     return len(times) - len(young), (min(young) - cutoff if young else None)
+
+
+def _starting(count: int) -> list[RunnerView]:
+    """Starts waiting for their runner slot, seen as starting runners."""
+    return [RunnerView(f"(starting {n})", alive=True, in_flight=0, idle_since=None, served=0)
+            for n in range(count)]
 
 
 def _view(runner: RunnerHandle) -> RunnerView:

@@ -4,7 +4,8 @@ that said Hello, or to a failed start that waits in CRASH_BACKOFF.
 `Starts` is the fleet's: it shares the fleet's runner table, ends runners through the
 fleet (`end`), and reports failed starts through `FleetEvents`. Each start is one task
 (spawned in the fleet's `Tasks`) that prepares the spec, starts the runner on the backend,
-arms the startup deadline and watches for the runner's exit until it ends.
+arms the startup deadline and watches for the runner's exit until it ends. On a shared
+store a new runner exists only once it holds one of the app's runner slots (`start_new`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections.abc import Callable
 
 from falrt import errors
@@ -19,6 +21,7 @@ from falrt.backends.base import Survivor
 from falrt.gpus import NoCapacityError
 from falrt.server.fleet.events import FleetEvents
 from falrt.server.fleet.launch import Launcher, kill_after, not_adoptable
+from falrt.server.fleet.leases import ScalingLeases
 from falrt.server.state.apps import Apps, AppState, EffectiveSettings
 from falrt.server.state.runners import STARTING_STATES, RunnerHandle, RunnerState
 from falrt.server.tasks import Tasks
@@ -36,7 +39,9 @@ class Starts:
         launcher: Launcher, settings: ServerSettings, tasks: Tasks,
         end: Callable[[RunnerHandle], None], wake: Callable[[], None],
         on_failed: Callable[[str], None] | None = None,
+        leases: ScalingLeases | None = None,
     ) -> None:
+        self._leases = leases or ScalingLeases(None)
         self._events = events
         self._apps = apps
         self._runners = runners
@@ -72,9 +77,11 @@ class Starts:
         self._events.on_startup_failure(app)
         self._wake()
 
-    def new_runner(self, app: AppState, revision: Revision | None = None) -> RunnerHandle:
+    def new_runner(
+        self, app: AppState, revision: Revision | None = None, runner_id: str = "",
+    ) -> RunnerHandle:
         runner = RunnerHandle(
-            runner_id=f"r-{secrets.token_hex(6)}",
+            runner_id=runner_id or new_runner_id(),
             app_name=app.name,
             revision_id=(revision or app.revision).revision_id,
             token="",
@@ -91,14 +98,59 @@ class Starts:
     ) -> None:
         """Starts `runner` (new, or waiting out a crash backoff) of the app's live revision,
         or of `target` (a rolling deploy's revision, not live yet)."""
-        self._tasks.spawn(self._start(app, runner, machine, target))
+        self._tasks.spawn(self._begin(app, runner, machine, target))
+
+    async def _begin(
+        self, app: AppState, runner: RunnerHandle, machine: str,
+        target: tuple[Revision, EffectiveSettings] | None,
+    ) -> None:
+        if runner.state is RunnerState.TERMINATED:  # it ended before its start began
+            return
+        if target is not None or runner.replaces:
+            # A rolling deploy's candidate and a replacement run on top of max_concurrency
+            # (fal): they hold a slot all the same, so that the other servers count them.
+            try:
+                await self._leases.take_slot(app.name, runner.runner_id, None)
+            except Exception:  # it starts all the same: the limit does not bind it
+                log.exception("recording the runner slot of %s failed", runner.runner_id)
+        await self._start(app, runner, machine, target)
+
+    def start_new(self, app: AppState, machine: str) -> None:
+        """Starts a new runner of the app's live revision. On a shared store, the runner
+        exists only once it holds one of the app's runner slots: until then the start is
+        counted by `ScalingLeases.starting`, and a refusal makes the app's next start
+        wait a quarter of the lease."""
+        if not self._leases.shared:
+            self.begin(app, self.new_runner(app), machine)
+            return
+        self._leases.reserve(app.name)
+        self._tasks.spawn(self._start_in_slot(app, machine))
+
+    async def _start_in_slot(self, app: AppState, machine: str) -> None:
+        runner_id = new_runner_id()
+        limit = app.settings.scaling.max_concurrency
+        try:
+            taken = await self._leases.take_slot(app.name, runner_id, limit)
+        except Exception:
+            log.exception("taking a runner slot for %s failed", app.name)
+            taken = False
+        finally:
+            self._leases.unreserve(app.name)
+        if taken and (self._stopped or self._apps.get(app.name) is not app):
+            await self._leases.free_slot(runner_id)  # the app went meanwhile
+        elif taken:
+            await self._start(app, self.new_runner(app, runner_id=runner_id), machine)
+        else:
+            log.info("no runner slot of %s is free across the servers (max_concurrency "
+                     "%d); trying again", app.name, limit)
+            app.backoff_until = max(app.backoff_until,
+                                    time.monotonic() + self._settings.cluster_lease_s / 4)
+        self._wake()
 
     async def _start(
         self, app: AppState, runner: RunnerHandle, machine: str,
         target: tuple[Revision, EffectiveSettings] | None = None,
     ) -> None:
-        if runner.state is RunnerState.TERMINATED:  # it ended before its start began
-            return
         revision, settings = target or (app.revision, app.settings)
         runner.set_state(RunnerState.PENDING)
         runner.token = secrets.token_urlsafe(24)  # a new one for every start
@@ -161,6 +213,8 @@ class Starts:
             )
             runner.process, runner.ready = survivor.process, loop.create_future()
             self._runners[runner.runner_id] = runner
+            if self._leases.shared:  # it runs: it counts, whatever the limit
+                self._tasks.spawn(self._leases.take_slot(app.name, runner.runner_id, None))
             timeout_s = app.settings.startup_timeout_s
             deadline = loop.call_later(timeout_s, self._startup_deadline, runner, timeout_s)
             self._tasks.spawn(self._watch_exit(runner, deadline))
@@ -219,6 +273,10 @@ class Starts:
         self._events.on_startup_failure(app)
         self._wake()
         return True
+
+
+def new_runner_id() -> str:
+    return f"r-{secrets.token_hex(6)}"
 
 
 __all__ = ["Starts"]

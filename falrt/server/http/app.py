@@ -17,7 +17,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute, Mount
 
-from falrt.server.http import direct_api, observe, openapi, queue_api, realtime
+from falrt.server.http import direct_api, files_api, observe, openapi, queue_api, realtime
 from falrt.server.http.errors import ERROR_TYPE_HEADER, EXCEPTION_HANDLERS, REQUEST_ID_HEADER
 from falrt.server.http.gateway import Gateway
 from falrt.server.http.observe import Observed
@@ -25,7 +25,7 @@ from falrt.server.http.queue_api import QUEUE_PREFIX
 from falrt.server.http.ui import routes as ui
 
 CORS = [Middleware(
-    CORSMiddleware, allow_origins=["*"], allow_methods=["GET", "POST", "PUT"],
+    CORSMiddleware, allow_origins=["*"], allow_methods=["GET", "HEAD", "POST", "PUT"],
     allow_headers=["*"], expose_headers=[REQUEST_ID_HEADER, ERROR_TYPE_HEADER], max_age=600,
 )]
 
@@ -36,6 +36,7 @@ def build_app(gateway: Gateway) -> Starlette:
     other way round."""
     routes: list[BaseRoute] = [
         Mount(QUEUE_PREFIX, routes=queue_api.routes(gateway)),
+        *(files_api.routes(gateway, gateway.files) if gateway.files else []),
         *realtime.routes(gateway),
         *openapi.routes(gateway),
         *(observe.routes(gateway.observed) if gateway.observed else []),

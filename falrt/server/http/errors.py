@@ -29,6 +29,7 @@ TIMEOUT_TYPE_HEADER = "x-fal-request-timeout-type"
 STATUS_BY_TYPE: dict[str, int] = {
     errors.InternalError.error_type: 500,
     errors.InvalidArgumentError.error_type: 400,
+    errors.OutOfRangeError.error_type: 416,  # (a Range past a file's end)
     errors.NotFoundError.error_type: 404,
     # fal answers 400 "Request is still in progress" for a result asked too early.
     errors.NotCompletedError.error_type: 400,

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from falrt.limits import payload_limit
 from falrt.server.api.auth import Authenticator, Caller
 from falrt.server.control.apps import AppControl
+from falrt.server.files import FilePlane
 from falrt.server.http.observe import Observed
 from falrt.server.http.ui.dashboard import Dashboard
 from falrt.server.queue.scheduler import Scheduler
@@ -33,6 +34,8 @@ class Gateway:
     dashboard: Dashboard | None = None
     # What `/metrics` and `/healthz` read (falrt/server/http/observe.py); None: not served.
     observed: Observed | None = None
+    # The file store's rules (`/files`, falrt/server/http/files_api.py); None: not served.
+    files: FilePlane | None = None
 
     async def caller(self, headers: Mapping[str, str]) -> Caller | None:
         """The caller an HTTP request's `Authorization: Key KEY_ID:SECRET` names (None

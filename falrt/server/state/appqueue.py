@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import bisect
 
-from falrt.server.state.work import Signal, WorkItem
+from falrt.server.state.work import QueuedRequest, Signal, WorkItem
 from falrt.store.records import Priority
 
 
@@ -57,6 +57,8 @@ class AppQueue:
         self._lanes = {Priority.NORMAL: _Lane(), Priority.LOW: _Lane()}
         self._items: dict[int, WorkItem] = {}
         self.changed = Signal()
+        # Waiting direct calls and realtime sessions (not stored: they run only here).
+        self.direct = 0
 
     def __len__(self) -> int:
         return len(self._items)
@@ -67,6 +69,7 @@ class AppQueue:
     def push(self, item: WorkItem) -> None:
         self._items[item.seq] = item
         self._lanes[item.priority].add(item.seq)
+        self.direct += not isinstance(item, QueuedRequest)
         self.changed.fire()
 
     def peek(self) -> WorkItem | None:
@@ -82,6 +85,7 @@ class AppQueue:
             return False
         del self._items[item.seq]
         self._lanes[item.priority].remove(item.seq)
+        self.direct -= not isinstance(item, QueuedRequest)
         self.changed.fire()
         return True
 

@@ -1,0 +1,158 @@
+"""The file store's throughput beside `cp`, and the server's memory while it moves files.
+
+    python bench/files.py [--quick] [--out bench/files.json]
+
+Starts a `falrt server --http-listen 127.0.0.1:0` (its own data directory under a temporary
+folder on the same disk as the files), then for each size (1 MiB, 64 MiB, 1 GiB; `--quick`:
+the first two) writes a file of random bytes and times, on that disk:
+- `cp` of the file and an fsync of the copy (the store fsyncs a file when it completes);
+- a gRPC upload (`FilesClient.upload`: chunks of 1 MiB, sha256 checked) and download;
+- an HTTP `PUT /files/NAME` (streamed from the file) and a `GET` of the signed URL;
+and the server's RSS (VmRSS from /proc) after each. Prints one JSON document (MiB/s, the
+ratio of each to `cp`, RSS in MiB). Ratios, not absolute figures, compare across machines.
+The request-through-the-queue figure of issue 19 waits for payloads by reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+from servers import machine
+
+from falrt.client import SyncClient, credentials
+from falrt.client.files import FilesClient
+
+MIB = 1024 * 1024
+SIZES_MIB = (1, 64, 1024)
+HTTP = re.compile(r"falrt http listening on (\S+)")
+GRPC = re.compile(r"falrt server listening on (\S+)")
+
+
+@contextmanager
+def server(root: Path) -> Iterator[tuple[int, str, str]]:
+    """A falrt server: (its pid, its gRPC address, its HTTP base URL)."""
+    argv = [str(Path(sys.executable).parent / "falrt"), "server", "--listen", "127.0.0.1:0",
+            "--data-dir", str(root / "data"), "--http-listen", "127.0.0.1:0",
+            "--max-file-bytes", str(2 * 1024 * MIB)]
+    with (root / "server.log").open("w") as log:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, text=True)
+    try:
+        http = ""
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if match := HTTP.search(line):
+                http = "http://" + match.group(1)
+            if match := GRPC.search(line):
+                yield proc.pid, match.group(1), http
+                return
+        raise RuntimeError(f"the server did not start; see {root / 'server.log'}")
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def random_file(path: Path, mib: int) -> None:
+    with path.open("wb") as out:
+        for _ in range(mib):
+            out.write(os.urandom(MIB))
+
+
+def timed(work: Any) -> tuple[float, Any]:
+    started = time.perf_counter()
+    result = work()
+    return time.perf_counter() - started, result
+
+
+def cp(source: Path, target: Path) -> None:
+    shutil.copyfile(source, target)
+    with target.open("rb") as copy:
+        os.fsync(copy.fileno())
+
+
+def measure(mib: int, root: Path, pid: int, files: FilesClient, http: httpx.Client,
+            key: str) -> dict[str, Any]:
+    source = root / f"{mib}.bin"
+    random_file(source, mib)
+    cp_s, _ = timed(lambda: cp(source, root / "copy.bin"))
+    (root / "copy.bin").unlink()
+    up_s, info = timed(lambda: files.upload(source))
+    rss_up = rss_mib(pid)
+    down_s, _ = timed(lambda: files.download(info.file_id, root / "back.bin"))
+    (root / "back.bin").unlink()
+
+    def put() -> dict[str, Any]:
+        with source.open("rb") as body:
+            response = http.put(f"/files/{source.name}", content=body, headers={
+                "content-length": str(mib * MIB), "authorization": f"Key {key}"})
+        response.raise_for_status()
+        return response.json()  # type: ignore[no-any-return]
+
+    put_s, doc = timed(put)
+
+    def get() -> str:
+        hasher = hashlib.sha256()
+        with http.stream("GET", doc["url"]) as response:
+            for chunk in response.iter_bytes(MIB):
+                hasher.update(chunk)
+        return hasher.hexdigest()
+
+    get_s, digest = timed(get)
+    assert digest == info.sha256 == doc["sha256"]
+    files.delete(info.file_id)
+    files.delete(doc["file_id"])
+    source.unlink()
+    figures = {"cp": cp_s, "grpc_upload": up_s, "grpc_download": down_s,
+               "http_upload": put_s, "http_download": get_s}
+    return {
+        "mib": mib,
+        "mib_per_s": {name: round(mib / s, 1) for name, s in figures.items()},
+        "x_cp": {name: round(s / cp_s, 2) for name, s in figures.items() if name != "cp"},
+        "rss_mib": {"after_grpc_upload": round(rss_up, 1), "after_all": round(rss_mib(pid), 1)},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="1 MiB and 64 MiB only")
+    parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    args = parser.parse_args()
+    sizes = SIZES_MIB[:2] if args.quick else SIZES_MIB
+    with tempfile.TemporaryDirectory(prefix="falrt-bench-files-") as tmp:
+        root = Path(tmp)
+        with server(root) as (pid, address, base):
+            key = credentials.key_for(address) or ""
+            before = rss_mib(pid)
+            with SyncClient(address) as client, httpx.Client(base_url=base, timeout=600) as http:
+                files = FilesClient(client._channel)
+                rows = [measure(mib, root, pid, files, http, key) for mib in sizes]
+    result = {"bench": "files", "machine": machine(), "server_rss_mib_before": round(before, 1),
+              "sizes": rows}
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

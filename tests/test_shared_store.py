@@ -56,7 +56,10 @@ def test_two_servers_claiming_the_same_requests_get_each_once(dsn: str) -> None:
             won = dict(zip(ids, first, strict=True))
             for request_id, claimed in zip(reversed(ids), second, strict=True):
                 assert won[request_id] != claimed, request_id  # exactly one of the two
-            assert 0 < sum(first) < 200  # both took some
+            # (How many each took depends on timing: the two batches, claiming in opposite
+            # orders, may deadlock; PostgreSQL then fails one, whose claims are committed one
+            # by one after the other's, so one server may take all. Either way each request
+            # has exactly one holder, as checked above and below.)
             held = {r.request_id: r.owner for r in await s1.load_unfinished()}
             assert held == {i: ("s1" if won[i] else "s2") for i in ids}
 

@@ -89,6 +89,13 @@ def run(settings: ServerSettings) -> None:
     uvloop.run(serve(settings))
 
 
+async def _secret_box(settings: ServerSettings) -> SecretBox:
+    try:
+        return await asyncio.to_thread(SecretBox.load_or_create, settings.data_dir)
+    except ValueError as exc:  # a key that is not a Fernet key; the message never holds it
+        raise StartupError(str(exc)) from None
+
+
 async def _open_store(settings: ServerSettings) -> Store:
     """The configured store, opened. The DSN is never repeated in errors (it may hold a
     password)."""
@@ -163,7 +170,7 @@ async def serve(settings: ServerSettings) -> None:
     webhook_key = await asyncio.to_thread(SigningKey.load_or_create, settings.data_dir / KEY_FILE)
     webhooks = WebhookSender(webhook_key, settings.owner,
                              DeliverySettings(allowed_networks=settings.webhook_allow))
-    secret_box = await asyncio.to_thread(SecretBox.load_or_create, settings.data_dir)
+    secret_box = await _secret_box(settings)
     environments = _environments(settings)
     gpus = await asyncio.to_thread(discover, settings.gpu_inventory)
     if gpus:

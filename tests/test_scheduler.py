@@ -3,10 +3,12 @@ the test through the inprocess backend (tests/inprocess.py). Milliseconds per te
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import pytest
 
+from falrt.server.queue.requests import Requests
 from falrt.server.state.runners import CancelEvent, RunnerState
 from falrt.server.state.transitions import IllegalTransition
 from falrt.store.records import Priority, Status
@@ -148,3 +150,14 @@ def test_a_request_status_cannot_leave_completed(tmp_path: Path) -> None:
                 item.set_status(Status.IN_QUEUE)
 
     run(scenario)
+
+
+def test_request_ids_are_random_version_4_uuids_unique_across_servers() -> None:
+    first, second = Requests(), Requests()
+    # (more than one read of random bytes per server: ID_RANDOM_BYTES holds 256 ids)
+    ids = [r.new_id() for r in (first, second) for _ in range(600)]
+    assert len(set(ids)) == len(ids)
+    for request_id in ids:
+        parsed = uuid.UUID(request_id)
+        assert str(parsed) == request_id
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122

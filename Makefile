@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	  "time, then only again when pyproject.toml changes)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[server,dev,ray]'
+	$(BIN)/pip install -q -e '.[server,dev,ray,s3]'
 	touch $(STAMP)
 
 # Node.js and tests/node's packages (the grpc-js client of tests/test_tls.py): installed

@@ -8,7 +8,7 @@ FALRT_RESULT_RETENTION_S, FALRT_GPU_INVENTORY, FALRT_LEASE_S, FALRT_RECONNECT_WI
 FALRT_WEBHOOK_ALLOW, FALRT_TLS_CERT, FALRT_TLS_KEY, FALRT_TLS_CLIENT_CA, FALRT_TLS_RUNNER_*,
 FALRT_TLS_SERVER_NAME, FALRT_HTTP_LISTEN, FALRT_HTTP_QUEUE_LISTEN, FALRT_PUBLIC_URL,
 FALRT_METRICS, FALRT_METRICS_LISTEN, FALRT_FILE_STORE, FALRT_MAX_FILE_BYTES,
-FALRT_FILE_EXPIRY_S), and
+FALRT_FILE_EXPIRY_S, FALRT_S3_ENDPOINT, FALRT_S3_BUCKET, FALRT_S3_REGION), and
 passes them down in a `ServerSettings`. Durations end in `_s`, sizes in `_bytes`.
 
 These other places of the server process read `os.environ`, each for one reason:
@@ -23,7 +23,8 @@ These other places of the server process read `os.environ`, each for one reason:
 - the venv and pip subprocesses that build process-backend environments inherit it all;
 - libraries read their own: the Docker SDK (`docker.from_env` in `falrt.backends.docker`
   and `falrt.images.engine`) `DOCKER_HOST` and its TLS variables, asyncpg the `PG*`
-  variables for what a PostgreSQL DSN leaves out.
+  variables for what a PostgreSQL DSN leaves out, boto3 (`falrt.files.s3`) the `AWS_*`
+  credentials of the S3 file store.
 
 Outside the server: the clients and the CLI read `FALRT_HOST`, `FALRT_TLS_CA`,
 `FALRT_TLS_CLIENT_CERT` and `FALRT_TLS_CLIENT_KEY` (`falrt.client.connection`, `falrt --host`
@@ -158,6 +159,12 @@ class ServerSettings(msgspec.Struct, frozen=True):
     file_store: str = "local"
     max_file_bytes: int = 4 * 1024**3
     file_expiry_s: float = 7 * 24 * 3600.0
+    # The S3 file store (`file_store = "s3"`): its bucket, the service's URL ("": AWS's
+    # own endpoint for the region) and region ("": boto3's default). Credentials come
+    # from the AWS_* environment, never from settings.
+    s3_bucket: str = ""
+    s3_endpoint: str = ""
+    s3_region: str = ""
 
     @property
     def db_path(self) -> Path:

@@ -34,6 +34,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis.database import DirectoryBasedExampleDatabase
 
 from tests.harness import REPO, ServerProcess, stop_cleanly
+from tests.s3server import s3_server  # noqa: F401 (moto_server, for the S3 file store's tests)
 
 KINDS = ("unit", "e2e")
 # Markers that say a test needs something a unit test may not use.

@@ -7,9 +7,9 @@ file has its own owner and expiry, so deleting or expiring one never touches ano
 later option behind this same interface).
 
 Implementations: `falrt/files/local.py` (the local filesystem under the server's data
-directory, the default). An S3-compatible store implements the same `FileStore`: `create`
-starts a multipart upload, `write` uploads parts, `finish` completes it, `read` streams a
-ranged GET (docs/files.md).
+directory, the default) and `falrt/files/s3.py` (an S3-compatible service: `write` buffers
+and uploads the parts of a multipart upload, `pause` saves an unfinished part, `finish`
+completes it, `read` streams a ranged GET; docs/files.md).
 
 Every call runs its blocking I/O off the event loop; `read` yields bounded chunks, so a
 file's size never bounds the server's memory.
@@ -87,9 +87,16 @@ class FileStore(Protocol):
         ...
 
     async def write(self, file_id: str, offset: int, data: bytes) -> int:
-        """Appends `data` at `offset`, which must be the bytes the store has; returns the
-        bytes it has now. A write interrupted by a crash leaves a prefix of `data`: `stat`
-        then says how far it got."""
+        """Appends `data` at `offset`, which must be the bytes the store has (or, within
+        one upload stream, what the last write returned); returns the bytes it has now. A
+        write interrupted by a crash leaves a prefix of what the writes sent: `stat` then
+        says how far it got (the S3 store: up to its last whole part)."""
+        ...
+
+    async def pause(self, file_id: str) -> None:
+        """An upload stream ended before the file's last byte (the caller went away or
+        half-closed early): makes what it wrote count in `received`, so that a resume, by
+        this server or another, goes on from there. Never raises for a missing file."""
         ...
 
     async def finish(self, file_id: str) -> FileRecord:

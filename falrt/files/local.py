@@ -76,6 +76,9 @@ class LocalFileStore:
         check_id(file_id)
         return await _io(self._write, file_id, offset, data)
 
+    async def pause(self, file_id: str) -> None:
+        """Nothing to do: every write reached the `.part` file already."""
+
     async def finish(self, file_id: str) -> FileRecord:
         check_id(file_id)
         try:

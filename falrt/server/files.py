@@ -151,11 +151,27 @@ class FilePlane:
             raise errors.FailedPreconditionError(
                 f"file {file_id} has {record.received} bytes: the upload must go on from "
                 f"offset {record.received}, not {offset}")
+        finished = False
+        try:
+            offset = await self._write(file_id, offset, record.size, chunks)
+            if offset == record.size:
+                finished = True
+                return await self.store.finish(file_id)
+        finally:
+            if not finished:  # (a broken stream too: what arrived counts for a resume)
+                await asyncio.shield(self.store.pause(file_id))
+        return await self.stat(file_id)
+
+    async def _write(
+        self, file_id: str, offset: int, size: int, chunks: AsyncIterator[bytes]
+    ) -> int:
+        """Writes `chunks` from `offset` in writes of at least CHUNK_BYTES (but the last);
+        returns the offset reached."""
         buffer = bytearray()
         async for chunk in chunks:
-            if offset + len(buffer) + len(chunk) > record.size:
+            if offset + len(buffer) + len(chunk) > size:
                 raise errors.InvalidArgumentError(
-                    f"more bytes than the {record.size} the upload announced")
+                    f"more bytes than the {size} the upload announced")
             if not buffer and len(chunk) >= CHUNK_BYTES:  # (a whole chunk: no copy)
                 offset = await self.store.write(file_id, offset, chunk)
                 continue
@@ -165,9 +181,7 @@ class FilePlane:
                 buffer.clear()
         if buffer:
             offset = await self.store.write(file_id, offset, bytes(buffer))
-        if offset < record.size:
-            return await self.stat(file_id)
-        return await self.store.finish(file_id)
+        return offset
 
     # -- reads ------------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """Cold starts: how long until a deployed app answers, on the process, docker and ray backends.
 
-    python bench/coldstart.py [--quick] [--reps 5] [--no-docker] [--ray] [--out FILE.json]
+    python bench/coldstart.py [--quick] [--reps 5] [--no-docker] [--ray] [--no-zygote]
+                              [--out FILE.json]
 
 Two measurements, each repeated (`--reps`, 5; `--quick`: 1) and reported as median, min and
 max, on one `falrt server` per backend (`--backend process`, then `--backend docker
@@ -32,6 +33,9 @@ Apps: `hello` (examples/hello.py, no requirements) and `six` (the same code with
   sources layer are built (pip in the build container downloads six from the index); the
   base image and the shim-venv layer below them are cached by the engine, as they are for
   every app on a host that has built one before.
+
+The process backend forks runners from a warm zygote (falrt/backends/zygote.py) unless
+`--no-zygote`, which passes that option to its server (for A/B runs).
 
 Calls carry the server's API key (the client reads the credentials file the server wrote).
 """
@@ -242,10 +246,11 @@ async def ray_cluster() -> AsyncIterator[str]:
 
 
 async def run_all(reps: int, docker: bool, progress: Callable[[str], None],
-                  ray: bool = False) -> dict[str, Any]:
+                  ray: bool = False, zygote: bool = True) -> dict[str, Any]:
     run_id = str(uuid.uuid4().int % 10**12)  # digits: it goes into a version
-    report: dict[str, Any] = {"reps": reps, "run_id": run_id, "backends": {}, "skipped": {}}
-    backends: list[tuple[str, list[str]]] = [("process", [])]
+    report: dict[str, Any] = {"reps": reps, "run_id": run_id, "backends": {}, "skipped": {},
+                              "zygote": zygote}
+    backends: list[tuple[str, list[str]]] = [("process", [] if zygote else ["--no-zygote"])]
     if docker:
         reason = docker_engine()
         if reason is None:
@@ -333,6 +338,8 @@ def main() -> None:
     parser.add_argument("--no-docker", action="store_true", help="no docker backend")
     parser.add_argument("--ray", action="store_true",
                         help="the ray backend too, on a Ray cluster of this machine")
+    parser.add_argument("--no-zygote", action="store_true",
+                        help="the process backend's server without zygotes (A/B runs)")
     parser.add_argument("--out", type=Path, default=None, help="write the JSON here")
     args = parser.parse_args()
     reps = args.reps or (1 if args.quick else 5)
@@ -341,7 +348,8 @@ def main() -> None:
         print(line, file=sys.stderr, flush=True)
 
     started = time.monotonic()
-    report = asyncio.run(guarded(run_all(reps, not args.no_docker, progress, args.ray)))
+    report = asyncio.run(guarded(run_all(reps, not args.no_docker, progress, args.ray,
+                                          not args.no_zygote)))
     report["machine"] = machine()
     report["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
                                       capture_output=True, text=True, check=False).stdout.strip()

@@ -30,6 +30,7 @@ the server closes the socket. It never logs a Fork message: it carries the app's
 
 from __future__ import annotations
 
+import gc
 import os
 import selectors
 import socket
@@ -220,6 +221,7 @@ def serve(environ: Any = os.environ) -> int:
 
     die_with_parent(int(environ["FALRT_PARENT_PID"]) if "FALRT_PARENT_PID" in environ else None)
     preload()
+    gc.freeze()  # what the imports made stays shared with the children (no GC writes to it)
     inherited = {key: value for key, value in environ.items() if key not in before}
     sock = socket.socket(fileno=int(raw))
     sock.setblocking(True)

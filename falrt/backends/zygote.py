@@ -155,21 +155,36 @@ class Zygote:
 
     async def fork(self, env: dict[str, str], cwd: str, log_file: IO[Any]) -> ForkedChild:
         """Forks a runner with environment `env` in `cwd`, its output to `log_file`.
-        Raises ZygoteError (the runner was not started)."""
+        Raises ZygoteError (the runner was not started). A zygote that does not take the
+        request or does not answer in time is stopped."""
         if not self.ready or self._sock is None:
             raise ZygoteError("the zygote is not ready")
         self._next_id += 1
         fork_id = self._next_id
+        payload = encode(Fork(fork_id, env, cwd))
+        if len(payload) > MAX_MESSAGE_BYTES:
+            raise ZygoteError(f"the runner's environment is too large ({len(payload)} bytes)")
         future = asyncio.get_running_loop().create_future()
         self._pending[fork_id] = future
         try:
-            socket.send_fds(self._sock, [encode(Fork(fork_id, env, cwd))], [log_file.fileno()])
+            self._send(payload, log_file.fileno())
             return await asyncio.wait_for(asyncio.shield(future), FORK_TIMEOUT_S)
-        except (OSError, TimeoutError) as exc:  # (a full socket too: the zygote is stuck)
+        except TimeoutError:
             self.stop()
-            raise ZygoteError(f"forking through the zygote failed: {exc!r}") from None
+            raise ZygoteError(
+                f"the zygote did not fork within {FORK_TIMEOUT_S:g} s; stopped it") from None
         finally:
             self._pending.pop(fork_id, None)
+
+    def _send(self, payload: bytes, log_fd: int) -> None:
+        assert self._sock is not None
+        try:
+            socket.send_fds(self._sock, [payload], [log_fd])
+        except BlockingIOError:  # it reads nothing: stuck
+            self.stop()
+            raise ZygoteError("the zygote takes no requests; stopped it") from None
+        except OSError as exc:  # (too large for the socket, or the zygote is gone)
+            raise ZygoteError(f"the fork request could not be sent: {exc}") from None
 
     def _on_readable(self) -> None:
         assert self._sock is not None
@@ -258,10 +273,13 @@ class Zygotes:
         self._env = env  # every zygote's environment
         self._zygotes: dict[str, Zygote] = {}
         self._broken: set[str] = set()  # interpreters whose zygote died before it was ready
+        self._closed = False
 
     async def forkable(self, python: str, env: Mapping[str, str]) -> Zygote | None:
         """The ready zygote of `python` that can fork a runner with environment `env`;
         None when there is none (the first call for `python` starts one)."""
+        if self._closed:
+            return None
         zygote = self._zygotes.get(python)
         if zygote is not None and zygote.gone:
             await zygote.close()  # (reaped already: it exited)
@@ -275,8 +293,7 @@ class Zygotes:
             zygote = None
         if zygote is None:
             if python not in self._broken:
-                self._zygotes[python] = zygote = Zygote(python, self._env)
-                await zygote.open()
+                await self._start(python)
             return None
         if not zygote.ready:
             return None
@@ -287,7 +304,19 @@ class Zygotes:
             return None
         return zygote
 
+    async def _start(self, python: str) -> None:
+        zygote = Zygote(python, self._env)
+        try:
+            await zygote.open()
+        except Exception:
+            log.exception("starting the zygote of %s failed; runners of it start without one",
+                          python)
+            self._broken.add(python)
+            return
+        self._zygotes[python] = zygote
+
     async def close(self) -> None:
-        """Stops every zygote. Idempotent."""
+        """Stops every zygote; none starts from now on. Idempotent."""
+        self._closed = True
         zygotes, self._zygotes = list(self._zygotes.values()), {}
         await asyncio.gather(*(zygote.close() for zygote in zygotes))

@@ -70,6 +70,9 @@ CALL_DEADLINE_S = 300.0
 GONE_DEADLINE_S = 60.0
 BASE_DEADLINE_S = 600.0
 TARGETS_ZERO_HELLO_S = {"process": 1.5, "docker": 3.0}
+# Issue 18's tighter goals for the same case, reported (not failed on: one sample on a
+# shared machine is too noisy for a gate of a tenth of a second).
+GOALS_ZERO_HELLO_S = {"process": 0.10, "docker": 0.25}
 # The ray backend's target is relative (issue 17): at most this much more than the process
 # backend's median in the same run.
 RAY_EXTRA_S = 1.5
@@ -275,6 +278,7 @@ async def run_all(reps: int, docker: bool, progress: Callable[[str], None],
         else:
             report["skipped"]["ray"] = "no --ray"
     report["targets"] = targets(report)
+    report["goals"] = goals(report)
     return report
 
 
@@ -310,6 +314,17 @@ def targets(report: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def goals(report: dict[str, Any]) -> dict[str, Any]:
+    """Issue 18's goals for the same case: median at most the goal, where measured."""
+    out = {}
+    for backend, limit in GOALS_ZERO_HELLO_S.items():
+        case = report["backends"].get(backend, {}).get("zero/hello/cached")
+        if case is not None:
+            out[backend] = {"goal_s": limit, "median_s": case["median_s"],
+                            "holds": case["median_s"] <= limit}
+    return out
+
+
 def table(report: dict[str, Any]) -> str:
     lines = ["| backend | from | app | environment | median s | min s | max s | n |",
              "|---|---|---|---|---:|---:|---:|---:|"]
@@ -328,6 +343,10 @@ def table(report: dict[str, Any]) -> str:
                        + ("holds" if target["holds"] else "DOES NOT HOLD"))
         lines.append(f"target {backend}, hello, cached, from zero runners, under "
                      f"{target['target_s']} s: {verdict}")
+    for backend, goal in report.get("goals", {}).items():
+        lines.append(f"goal (issue 18) {backend}, the same case, at most {goal['goal_s']} s: "
+                     f"median {goal['median_s']:.3f} s: "
+                     + ("holds" if goal["holds"] else "does not hold"))
     return "\n".join(lines)
 
 

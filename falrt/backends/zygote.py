@@ -91,10 +91,9 @@ class ForkedChild:
         if self._exited.done():
             return
         try:
-            if group:
+            signal.pidfd_send_signal(self._pidfd, sig)
+            if group:  # (no group yet if it has not called setsid: it was signalled above)
                 os.killpg(self._pid, sig)
-            else:
-                signal.pidfd_send_signal(self._pidfd, sig)
         except ProcessLookupError:
             return
 

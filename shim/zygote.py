@@ -18,7 +18,8 @@ below; file descriptors travel beside it (SCM_RIGHTS):
 
 Rules that keep fork safe (gRPC's among them): the zygote creates no gRPC channel or server
 (importing grpc initialises nothing, and fork support stays off), runs no thread and no
-event loop (one blocking `selectors` loop in the main thread), and never touches a GPU (its
+event loop (one blocking `selectors` loop in the main thread; before each fork it checks
+that it has one thread, and answers Failed otherwise), and never touches a GPU (its
 CUDA_VISIBLE_DEVICES is empty). The child applies the runner's settings before anything
 reads them: a new session, its log on stdout and stderr, stdin from /dev/null, its
 environment (secrets included: the zygote's own never changes), its working directory.
@@ -37,9 +38,11 @@ import socket
 import sys
 import time
 import traceback
-from typing import Any
+from collections.abc import Mapping
 
 import msgspec
+
+from .parent import die_with_parent
 
 __all__ = ["Exited", "Failed", "Fork", "Forked", "Ready", "ZygoteMessage", "decode", "encode"]
 
@@ -131,6 +134,9 @@ class Zygote:
         return True
 
     def _fork(self, request: Fork, log_fd: int) -> None:
+        if len(os.listdir("/proc/self/task")) > 1:  # (native ones too): fork is unsafe
+            self._send(Failed(request.fork_id, "the zygote runs threads; not forking"))
+            return
         try:
             pid = os.fork()
         except OSError as exc:
@@ -193,6 +199,7 @@ def _redirect(log_fd: int) -> None:
     os.close(devnull)
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
+    os.close(log_fd)
 
 
 def _apply_env(env: dict[str, str]) -> None:
@@ -210,15 +217,13 @@ def preload() -> None:
     from . import main  # noqa: F401
 
 
-def serve(environ: Any = os.environ) -> int:
+def serve(environ: Mapping[str, str] = os.environ) -> int:
     """The zygote's entry point. Exit status 2 when it was not started by a server."""
     raw = environ.get(FD_VARIABLE, "")
     if not raw.isdigit():
         print(f"falrt.shim.zygote: {FD_VARIABLE} is not set", file=sys.stderr)
         return 2
     before = dict(environ)
-    from .parent import die_with_parent
-
     die_with_parent(int(environ["FALRT_PARENT_PID"]) if "FALRT_PARENT_PID" in environ else None)
     preload()
     gc.freeze()  # what the imports made stays shared with the children (no GC writes to it)

@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run stop chromium test test-fast fuzz proto lint bench bench-http bench-autoscale bench-coldstart clean
+.PHONY: run stop chromium test test-fast fuzz proto lint bench bench-check bench-http bench-autoscale bench-coldstart clean
 
 $(STAMP): pyproject.toml
 	@echo "installing falrt and its dependencies into $(VENV) with pip (quiet; 20-60 s the first" \
@@ -79,7 +79,16 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/overhead.py --out bench/overhead.json
 	dsn=$${FALRT_TEST_POSTGRES_DSN:-$$(scripts/postgres.sh)} && \
-	  $(BIN)/python bench/queue.py --postgres $$dsn --out bench/queue.json
+	  $(BIN)/python bench/queue_bench.py --postgres $$dsn --out bench/queue.json
+
+# The regression check to run before resolving a change to the hot path (not a CI gate: a
+# shared machine is too noisy to fail on a timing): a quick h2load run of bench/overhead.py
+# (about 20 s; scripts/h2load.sh installs h2load when missing), its ratios to the bare echo
+# compared with those recorded in bench/ratios.json; it prints each that got worse by more
+# than 25% and fails then. After an improvement, record the new ratios from a full run:
+#   .venv/bin/python bench/overhead.py --h2load --no-mlp --record bench/ratios.json
+bench-check: $(STAMP)
+	$(BIN)/python bench/overhead.py --h2load --quick --no-mlp --check bench/ratios.json
 
 # The HTTP gateway next to the gRPC edge and bare gRPC and ASGI echoes: bench/http.json
 # (about a minute; bench/RESULTS.md, "HTTP gateway").

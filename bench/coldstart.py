@@ -93,8 +93,7 @@ def app_source(name: str, requirements: list[str] | None) -> str:
 class Bench:
     """One backend's server: writes app variants, deploys them, times calls."""
 
-    # The control calls are blocking (short, and nothing else runs meanwhile): a worker
-    # thread would import `queue`, which here is bench/queue.py.
+    # The control calls are blocking (short, and nothing else runs meanwhile).
 
     def __init__(self, backend: str, address: str, tmp: Path, run_id: str) -> None:
         self.backend = backend
@@ -208,8 +207,8 @@ async def measure_backend(bench: Bench, reps: int, progress: Callable[[str], Non
 
 
 def docker_engine() -> str | None:
-    """None when a Docker engine answers; otherwise why not. Asked in a child process: the
-    docker SDK imports `queue`, which in this process is bench/queue.py."""
+    """None when a Docker engine answers; otherwise why not. Asked in a child process, with
+    a timeout that holds even when the SDK's own call hangs."""
     probe = "import docker; docker.from_env(timeout=10).ping()"
     try:
         done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True,
@@ -234,8 +233,7 @@ def base_image() -> str:
 
 @contextlib.asynccontextmanager
 async def ray_cluster() -> AsyncIterator[str]:
-    """A Ray cluster of this machine (tests/raycluster.py); yields its GCS address. Asked
-    without threads: one would import `queue`, which in this process is bench/queue.py."""
+    """A Ray cluster of this machine (tests/raycluster.py); yields its GCS address."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "tests.raycluster", json.dumps(RAY_NODES), cwd=REPO,
         stdin=subprocess.PIPE, stdout=subprocess.PIPE)

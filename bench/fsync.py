@@ -3,7 +3,7 @@
     python bench/fsync.py [--dir DIR] [--n 500]
 
 Times, in a temporary directory on the disk that holds DIR (default: the system's temporary
-directory, where bench/queue.py and bench/overhead.py keep their servers' data):
+directory, where bench/queue_bench.py and bench/overhead.py keep their servers' data):
 
 - `fdatasync` of a 4 KiB append (what SQLite calls once per commit in WAL mode with
   synchronous=FULL);

@@ -13,7 +13,7 @@ target alike:
   two bare echoes. Target: HTTP p50 within 1.2x the gRPC direct call's p50.
 - submit, concurrency 64: `POST /queue/local/parked` against `Queue.Submit` to the same app
   (each request is stored and stays queued: the durable write is measured, as in
-  bench/queue.py), with the bare gRPC echo as this client's ceiling. Target: HTTP at least
+  bench/queue_bench.py), with the bare gRPC echo as this client's ceiling. Target: HTTP at least
   80% of the gRPC rate.
 - sse, concurrency 1: the status stream (`GET .../requests/ID/status/stream`, read to its
   end) of a request that has COMPLETED, against a plain `GET .../status` of it. Target: the

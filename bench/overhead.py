@@ -2,6 +2,7 @@
 
     python bench/overhead.py [--quick] [--out bench/overhead.json]
     python bench/overhead.py --metrics [--quick] [--out bench/metrics.json]
+    python bench/overhead.py --h2load [--quick] [--no-mlp] [--record|--check bench/ratios.json]
 
 Two sections, each at concurrency 1 and 16 (p50, p99, requests per second; a fixed number of
 calls per level after a warm-up):
@@ -24,6 +25,15 @@ grpc.aio echo (section `metrics`; targets `falrt_direct`, `falrt_queue` with met
 p50 with metrics on to the same with them off. `--metrics-control` runs the same with metrics
 off on both servers (an A/A run): the spread of its ratios around 1 is the noise the
 on/off ratios must be read against.
+
+`--h2load` drives the calls with h2load, a C HTTP/2 load generator, instead of this process
+(bench/h2drive.py, bench/h2targets.py; issue 18): sections `h2load` (the bare echo, examples/
+noop.py called with `Queue.Run` and with `Queue.Subscribe`) and `h2load_mlp` (the same with the
+model), at concurrency 1, 16 and 64, two interleaved rounds (one with --quick). Per target and
+level: p50, p99, requests per second and the serving processes' CPU per call (server and
+runner), and each as a ratio to the bare server of the section. `--record FILE` writes those
+ratios; `--check FILE` compares them with the ones recorded there and exits 1 when one got
+worse by more than 25% (`make bench-check`).
 
 A raw asyncio HTTP/1.1 server doing the same work is measured too, for reference (`http_raw`).
 Every server runs in its own process; the client is this process (uvloop, one grpc.aio
@@ -53,6 +63,8 @@ import grpc
 import httpx
 import uvloop
 from baselines import ECHO_METHOD
+from h2drive import Run, drive, h2load_binary
+from h2targets import MLP_BODY, NOOP_BODY, WORKLOADS, workload_targets
 from loadgen import (
     CHANNEL_OPTIONS,
     Call,
@@ -77,8 +89,6 @@ from servers import (
 
 from falrt.client.credentials import metadata_for
 
-NOOP_BODY = b'{"value": 1}'
-MLP_BODY = json.dumps({"features": [((i * 37) % 101) / 101 for i in range(256)]}).encode()
 TARGETS_ECHO_C1 = {"falrt_direct": 3.0, "falrt_queue": 6.0}
 
 
@@ -86,16 +96,26 @@ class Plan:
     """How much to measure."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        self.levels: list[int] = args.concurrency
+        self.levels: list[int] = args.concurrency or ([1, 16, 64] if args.h2load else [1, 16])
         self.calls: int = args.calls or (300 if args.quick else 1500)
+        self.calls_given: bool = args.calls is not None
+        self.quick: bool = args.quick
         self.warmup: int = 10 if args.quick else 50
         self.cap_s: float = 5.0 if args.quick else 12.0
         self.http: bool = not args.no_http
         self.mlp: bool = not args.no_mlp
         self.metrics: bool = args.metrics or args.metrics_control
         self.control: bool = args.metrics_control
+        self.h2load: bool = args.h2load
+        self.rounds: int = 1 if args.quick else 2  # --h2load: interleaved rounds
         # --metrics: each server's CPU time per call served ("on", "off"), in µs.
         self.cpu_us_per_call: dict[str, float] = {}
+
+    def h2load_calls(self, level: int) -> int:
+        """--h2load: calls per run at `level` (--calls, or enough for 0.5-4 s each)."""
+        if self.calls_given:
+            return self.calls
+        return (600 if self.quick else 1500) if level == 1 else (2000 if self.quick else 5000)
 
     async def run(self, calls: dict[str, Call]) -> dict[str, dict[str, Figures]]:
         """Figures per target, then per concurrency level (as strings)."""
@@ -183,6 +203,83 @@ async def measure_metrics(plan: Plan, tmp: Path, progress: Callable[[str], None]
         return results
 
 
+async def measure_h2load(plan: Plan, tmp: Path, progress: Callable[[str], None], kind: str
+                         ) -> dict[str, dict[str, Run]]:
+    """Section `h2load` (kind "echo") or `h2load_mlp` ("mlp"): the bare grpc.aio server,
+    falrt direct and falrt Subscribe driven by h2load (bench/h2drive.py, bench/h2targets.py),
+    each level of each target in turn, `plan.rounds` times; a real client checks every
+    target's answer before and after each round."""
+    binary = h2load_binary()
+    folder = tmp / f"h2load-{kind}"
+    folder.mkdir()
+    async with contextlib.AsyncExitStack() as stack:
+        address = await stack.enter_async_context(
+            falrt_server(folder / "data", folder / "server.log"))
+        targets = await workload_targets(stack, folder, address, WORKLOADS[kind])
+        progress(f"h2load {kind}: {', '.join(targets)}; falrt at {address}")
+        runs = {name: {str(level): Run() for level in plan.levels} for name in targets}
+        for _ in range(plan.rounds):
+            for level in plan.levels:
+                for name, target in targets.items():
+                    await drive(binary, target, level, max(100, 10 * level))  # warm-up
+                    runs[name][str(level)].add(
+                        await drive(binary, target, level, plan.h2load_calls(level)))
+            for target in targets.values():
+                await target.verify()
+        return runs
+
+
+def h2load_ratios(results: dict[str, Any]) -> dict[str, Any]:
+    """Each falrt path against the bare server of its section: p50 at c=1, requests per
+    second and CPU per call at every level; the issue's targets (issue 18) met or not."""
+    out: dict[str, Any] = {}
+    for name, section in results.items():
+        out |= _section_ratios(name, section)
+    figures = _h2load_figures(results["h2load"]) if "h2load" in results else {}
+    mlp = out.get("h2load_mlp.falrt_direct.c16.rps_ratio")
+    return out | {"targets": (_targets(out, figures) if figures else {}) | (
+        {"mlp.falrt_direct.c16.rps_ratio>=1": bool(mlp >= 1.0)} if mlp is not None else {})}
+
+
+def _h2load_figures(section: dict[str, dict[str, Run]]) -> dict[str, Any]:
+    return {name: {level: run.as_json() for level, run in levels.items()}
+            for name, levels in section.items()}
+
+
+def _section_ratios(prefix: str, section: dict[str, dict[str, Run]]) -> dict[str, float]:
+    figures = _h2load_figures(section)
+    out = {}
+    for name in ("falrt_direct", "falrt_subscribe"):
+        for level, f in figures[name].items():
+            base = figures["grpc_echo"][level]
+            if level == "1":
+                # (No CPU ratio at c=1: there the servers' idle work, timers and the scaling
+                # loop, grows with the wall time and swings with the machine's load.)
+                out[f"{prefix}.{name}.c1.p50_ratio"] = _ratio(f["p50_ms"], base["p50_ms"])
+                continue
+            out[f"{prefix}.{name}.c{level}.rps_ratio"] = _ratio(f["rps"], base["rps"])
+            out[f"{prefix}.{name}.c{level}.cpu_ratio"] = _ratio(
+                f["cpu_ms_per_call"]["total"], base["cpu_ms_per_call"]["total"])
+    return out
+
+
+def _targets(out: dict[str, Any], figures: dict[str, Any]) -> dict[str, bool]:
+    """The issue's targets on the echo section."""
+    server_cpu = {name: figures[name].get("16", {}).get("cpu_ms_per_call", {}).get("server")
+                  for name in ("falrt_direct", "falrt_subscribe")}
+    limits = [("falrt_direct.c1.p50_ratio", 2.0, -1), ("falrt_subscribe.c1.p50_ratio", 3.5, -1),
+              *((f"falrt_direct.c{lvl}.rps_ratio", 0.5, 1) for lvl in (16, 64)),
+              *((f"falrt_subscribe.c{lvl}.rps_ratio", 0.3, 1) for lvl in (16, 64))]
+    return {
+        f"{key}{'>=' if sign > 0 else '<='}{limit:g}": bool(sign * (value - limit) >= 0)
+        for key, limit, sign in limits if (value := out.get(f"h2load.{key}")) is not None
+    } | {
+        f"{name}.c16.server_cpu_ms<={limit:g}": bool(server_cpu[name] <= limit)
+        for name, limit in (("falrt_direct", 0.30), ("falrt_subscribe", 0.45))
+        if server_cpu[name] is not None
+    }
+
+
 def _cpu_s(data_dir: Path) -> float:
     """User and system CPU seconds of the `falrt server` whose data is in `data_dir` (its
     own process, not its runners), from /proc."""
@@ -233,6 +330,11 @@ async def run_all(plan: Plan, progress: Callable[[str], None]) -> dict[str, Any]
         if plan.metrics:
             results["metrics"] = await measure_metrics(plan, tmp, progress)
             return results
+        if plan.h2load:
+            results["h2load"] = await measure_h2load(plan, tmp, progress, "echo")
+            if plan.mlp:
+                results["h2load_mlp"] = await measure_h2load(plan, tmp, progress, "mlp")
+            return results
         async with falrt_server(tmp / "data", tmp / "server.log") as address:
             progress(f"echo: bare servers and examples/noop.py on falrt at {address}")
             results["echo"] = await measure_section(plan, "echo", NOOP_BODY, tmp, address,
@@ -252,6 +354,8 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
     """falrt p50 / bare gRPC p50 per section and concurrency, and the issue's targets."""
     if "metrics" in results:
         return metrics_ratios(results["metrics"])
+    if "h2load" in results:
+        return h2load_ratios(results)
     out: dict[str, Any] = {}
     for section, targets in results.items():
         base = targets["grpc_echo"]
@@ -275,7 +379,7 @@ def _ratio(a: float, b: float) -> float:
 
 
 def to_json(results: dict[str, Any], plan: Plan) -> dict[str, Any]:
-    plain = {
+    plain: dict[str, Any] = {
         section: {name: {lvl: f.as_json() for lvl, f in levels.items()}
                   for name, levels in targets.items()}
         for section, targets in results.items()
@@ -291,6 +395,62 @@ def to_json(results: dict[str, Any], plan: Plan) -> dict[str, Any]:
         "plan": {"concurrency": plan.levels, "calls_per_level": plan.calls,
                  "warmup_per_worker": plan.warmup, "cap_s_per_level": plan.cap_s},
     }
+
+
+def print_h2load_table(results: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="h2load: falrt next to bare grpc.aio servers (ratios: to the bare one)")
+    for column in ("section", "target", "conc", "p50 ms", "p99 ms", "req/s", "CPU ms/call",
+                   "server", "runner", "p50 ratio", "req/s ratio", "CPU ratio"):
+        table.add_column(column, justify="left" if column in ("section", "target") else "right")
+    for kind, runs in results.items():
+        _h2load_rows(table, kind, _h2load_figures(runs))
+    Console(width=160).print(table)
+
+
+def _h2load_rows(table: Any, kind: str, section: dict[str, Any]) -> None:
+    for name, levels in section.items():
+        for level, f in levels.items():
+            base, cpu = section["grpc_echo"][level], f["cpu_ms_per_call"]
+            table.add_row(
+                kind, name, level, f"{f['p50_ms']:.3f}", f"{f['p99_ms']:.3f}", f"{f['rps']:.0f}",
+                f"{cpu['total']:.3f}", f"{cpu['server']:.3f}", f"{cpu.get('runner', 0):.3f}",
+                f"{_ratio(f['p50_ms'], base['p50_ms']):.2f}",
+                f"{_ratio(f['rps'], base['rps']):.2f}",
+                f"{_ratio(cpu['total'], base['cpu_ms_per_call']['total']):.2f}")
+
+
+# -- recorded ratios (make bench-check) ------------------------------------------------------
+
+WORSE_BY = 1.25  # --check reports a ratio that got worse by more than this factor
+
+
+def record_ratios(path: Path, report: dict[str, Any]) -> None:
+    """Writes the run's ratios (those `check_ratios` compares) with the machine and plan."""
+    recorded = {key: value for key, value in report["ratios"].items()
+                if key.endswith("_ratio") and not math.isnan(value)}
+    path.write_text(json.dumps({"ratios": recorded, "machine": report["machine"],
+                                "plan": report["plan"]}, indent=2) + "\n")
+
+
+def check_ratios(path: Path, ratios: dict[str, Any]) -> bool:
+    """Prints each recorded ratio that got worse by more than 25% (`rps` ratios: lower,
+    the others: higher); whether none did."""
+    recorded = json.loads(path.read_text())["ratios"]
+    worse = []
+    for key, old in recorded.items():
+        new = ratios.get(key)
+        if new is None or math.isnan(new):
+            worse.append(f"{key}: recorded {old}, not measured now")
+            continue
+        factor = old / new if "rps" in key else new / old
+        if factor > WORSE_BY:
+            worse.append(f"{key}: {old} -> {new} ({(factor - 1) * 100:.0f}% worse)")
+    print(f"bench-check against {path}: {len(worse)} of {len(recorded)} ratios worse by more "
+          "than 25%" + "".join(f"\n  {line}" for line in worse))
+    return not worse
 
 
 def print_table(results: dict[str, Any]) -> None:
@@ -314,13 +474,21 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write the results as JSON to this file")
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
     parser.add_argument("--calls", type=int, help="calls per concurrency level")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--concurrency", type=int, nargs="+",
+                        help="levels (default 1 16; with --h2load 1 16 64)")
     parser.add_argument("--no-http", action="store_true", help="skip the raw HTTP reference")
     parser.add_argument("--no-mlp", action="store_true", help="skip the mlp section")
     parser.add_argument("--metrics", action="store_true",
                         help="only the cost of metrics: servers with and without, same run")
     parser.add_argument("--metrics-control", action="store_true",
                         help="--metrics with metrics off on both servers (an A/A run)")
+    parser.add_argument("--h2load", action="store_true",
+                        help="drive the bare server, falrt direct and Subscribe calls with "
+                        "h2load instead (echo, and mlp unless --no-mlp)")
+    parser.add_argument("--record", type=Path,
+                        help="write the ratios to this file (what --check compares with)")
+    parser.add_argument("--check", type=Path, help="compare the ratios with those recorded "
+                        "in this file; exit 1 if one got worse by more than 25%%")
     args = parser.parse_args()
     plan = Plan(args)
     if plan.mlp and importlib.util.find_spec("torch") is None:
@@ -332,12 +500,16 @@ def main() -> None:
         results = uvloop.run(guarded(run_all(plan, lambda s: print(f"-- {s}", file=sys.stderr))))
     except asyncio.CancelledError:
         sys.exit("interrupted; the servers it started were stopped")
-    print_table(results)
+    (print_h2load_table if plan.h2load else print_table)(results)
     report = to_json(results, plan)
     print(json.dumps(report["ratios"], indent=2))
     print(f"total {time.monotonic() - started:.0f} s", file=sys.stderr)
     if args.out:
         args.out.write_text(json.dumps(report, indent=2) + "\n")
+    if args.record:
+        record_ratios(args.record, report)
+    if args.check and not check_ratios(args.check, report["ratios"]):
+        sys.exit(1)
 
 
 if __name__ == "__main__":

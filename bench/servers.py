@@ -38,13 +38,16 @@ T = TypeVar("T")
 
 
 @contextlib.asynccontextmanager
-async def process(argv: list[str], ready: str, log: Path) -> AsyncIterator[re.Match[str]]:
-    """Runs `argv` (output to `log`) until the block ends; yields the match of the `ready`
-    pattern in its output. SIGTERM at the end, SIGKILL if it lingers."""
+async def process(
+    argv: list[str], ready: str, log: Path, env: dict[str, str] | None = None
+) -> AsyncIterator[re.Match[str]]:
+    """Runs `argv` (output to `log`; `env` added to this process's environment) until the
+    block ends; yields the match of the `ready` pattern in its output. SIGTERM at the end,
+    SIGKILL if it lingers."""
     with log.open("ab") as out:
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            start_new_session=True, env={**os.environ, **(env or {})},
         )
     try:
         yield await _wait_for_line(proc, re.compile(ready), log)
@@ -93,11 +96,14 @@ def falrt_cli(*args: str) -> list[str]:
 
 
 @contextlib.asynccontextmanager
-async def falrt_server(data_dir: Path, log: Path, *options: str) -> AsyncIterator[str]:
+async def falrt_server(
+    data_dir: Path, log: Path, *options: str, env: dict[str, str] | None = None
+) -> AsyncIterator[str]:
     """A `falrt server` on a free local port, with its data in `data_dir`; yields its
-    address. `options` are more of its flags (`--store postgresql://...`)."""
+    address. `options` are more of its flags (`--store postgresql://...`), `env` more
+    environment variables (its runners inherit them, less FALRT_* and PYTHONPATH)."""
     argv = falrt_cli("server", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir), *options)
-    async with process(argv, r"falrt server listening on (\S+)", log) as ready:
+    async with process(argv, r"falrt server listening on (\S+)", log, env) as ready:
         yield ready.group(1)
 
 
@@ -158,14 +164,14 @@ def machine() -> dict[str, Any]:
         "grpcio": grpc.__version__,
     }
     with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-        # its version only: importing torch from here would find bench/queue.py as `queue`
+        # its version only: importing torch costs seconds and memory this process does not need
         info["torch"] = importlib.metadata.version("torch")
     info["gpus"] = [gpu.name for gpu in discover()]  # NVML's; none without a GPU
     return info
 
 
 # An app the queue benchmarks submit to: it never runs (max_concurrency 0), so each request
-# is stored durably and stays queued (bench/queue.py, bench/gateway.py write it to a file).
+# is stored durably and stays queued (bench/queue_bench.py, bench/gateway.py write it to a file).
 PARKED_APP = '''"""Runs nothing: with max_concurrency 0 no runner starts, so submits stay queued."""
 
 import msgspec

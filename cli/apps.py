@@ -19,7 +19,7 @@ from falrt.vocabulary import AppAuth, DeployStrategy
 from .context import CliContext, app_argument, env_option, pass_cli
 from .deploy import AUTH_MODES, STRATEGIES, follow_deploy, strategy_option
 from .errors import reporting_errors
-from .json_shapes import message_json
+from .json_shapes import message_json, timestamp_json
 from .render import (
     OutputFormat,
     age,
@@ -70,8 +70,19 @@ def get_app(cli: CliContext, name: str, output: OutputFormat) -> None:
                  highlight=False)
     stdout.print(f"entrypoint {info.entrypoint}, {info.active_runners} runner(s), "
                  f"{info.queue_size} queued", highlight=False)
+    stdout.print(f"scaling lead: {_lead_text(info.scaling_lead)}", highlight=False)
     print_table("Endpoints", ["path", "method", "kind"],
                 [[e.path, e.name, _kind_name(e.kind)] for e in info.endpoints])
+
+
+def _lead_text(lead: control_pb2.ScalingLead) -> str:
+    """Which server makes the app's scaling decisions, in words."""
+    if not lead.shared:
+        return f"{lead.server_id or 'this server'} (this server, alone on its store)"
+    if not lead.server_id:
+        return "none now (a live server takes the lease within the server lease)"
+    whose = "this server" if lead.this_server else "another server"
+    return f"{lead.server_id} ({whose}; its lease runs until {timestamp_json(lead.lease_until)})"
 
 
 @apps.command("openapi")

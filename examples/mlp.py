@@ -85,7 +85,8 @@ class MLP(falrt.App):
         import torch
 
         # A batch-1 MLP gains nothing from intra-op threads; they only contend with the
-        # requests running in other threads.
+        # requests running in other threads. (Set here on the main thread, it holds in the
+        # threads that run `classify` too: the runner carries it into them.)
         torch.set_num_threads(1)
         self.model = build_model()
         self.device = str(next(self.model.parameters()).device)

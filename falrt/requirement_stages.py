@@ -14,12 +14,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ["STAGE_BREAK", "join_stages", "split_stages"]
+__all__ = ["STAGE_BREAK", "join_stages", "sorted_stage", "split_stages"]
 
 # The entry that ends a stage in the one-list form (no pip specifier is empty).
 STAGE_BREAK = ""
 
 Stages = tuple[tuple[str, ...], ...]
+
+# pip install's options whose value may come as the next entry (`"--extra-index-url", URL`):
+# such a pair is one unit when a stage is sorted, so sorting never parts them.
+OPTIONS_WITH_VALUE = frozenset({
+    "-i", "--index-url", "--extra-index-url", "-f", "--find-links", "-c", "--constraint",
+    "-r", "--requirement", "-e", "--editable", "--trusted-host", "--no-binary",
+    "--only-binary", "-C", "--config-settings", "--global-option", "--platform",
+    "--python-version", "--implementation", "--abi", "--progress-bar",
+})
 
 
 def join_stages(stages: Iterable[Iterable[str]]) -> tuple[str, ...]:
@@ -48,6 +57,21 @@ def split_stages(requirements: Iterable[str]) -> Stages:
     if current:
         stages.append(tuple(current))
     return tuple(stages)
+
+
+def sorted_stage(stage: Iterable[str], *, unique: bool = False) -> tuple[str, ...]:
+    """One stage's entries sorted (and with `unique`, repeats dropped) for a stable cache
+    key, keeping each option that takes a value together with the entry after it (pip reads
+    `--extra-index-url URL torch` and `torch --extra-index-url URL` alike, but not
+    `--extra-index-url torch URL`)."""
+    units: list[tuple[str, ...]] = []
+    entries = list(_specifiers(stage))
+    index = 0
+    while index < len(entries):
+        width = 2 if entries[index] in OPTIONS_WITH_VALUE and index + 1 < len(entries) else 1
+        units.append(tuple(entries[index:index + width]))
+        index += width
+    return tuple(entry for unit in sorted(set(units) if unique else units) for entry in unit)
 
 
 def _specifiers(stage: Iterable[str]) -> tuple[str, ...]:

@@ -51,6 +51,7 @@ from falrt.shim.batching import Batcher  # type: ignore[import-not-found]
 from falrt.shim.invoke import Invoker  # type: ignore[import-not-found]
 from falrt.shim.realtime import RealtimeInputs  # type: ignore[import-not-found]
 from falrt.shim.session import handler_error  # type: ignore[import-not-found]
+from falrt.shim.threads import handler_thread_initializer  # type: ignore[import-not-found]
 from falrt.testing_server import LocalServer, local_server
 
 __all__ = ["AppClient", "LocalServer", "RealtimeSession", "local_server"]
@@ -119,7 +120,9 @@ class AppClient(Generic[A]):
             self._stop_loop()
             raise
         self._app = app
-        self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="falrt-test-handler")
+        # As in a runner: per-thread settings setup() made hold in the handler threads.
+        self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="falrt-test-handler",
+                                        initializer=handler_thread_initializer())
         self._invoker = Invoker(app, self._pool)
         self._batchers = {path: Batcher(ep, self._invoker)
                           for path, ep in self._endpoints.items() if ep.batched}

@@ -34,6 +34,9 @@ from typing import Any
 
 from falrt.sdk.app import App
 from falrt.sdk.endpoints import Endpoint
+from falrt.sdk.files import mentions_files
+
+from .files import RunnerFiles
 
 __all__ = ["Invoker", "SendPartial"]
 
@@ -44,39 +47,65 @@ _DONE = object()
 class Invoker:
     """Runs the handlers of one App instance. Loop-affine (call from the event loop)."""
 
-    def __init__(self, app: App, pool: Executor | None) -> None:
-        """`pool` None runs sync handlers inline on the loop thread."""
+    def __init__(self, app: App, pool: Executor | None, files: RunnerFiles | None = None) -> None:
+        """`pool` None runs sync handlers inline on the loop thread. `files` fetches the
+        File fields of inputs and uploads those of outputs (shim/files.py); by default one
+        is made when an endpoint of the app has such fields."""
         self._app = app
         self._pool = pool
+        self._files = files or RunnerFiles.for_app(type(app))
 
     async def unary(self, ep: Endpoint, value: Any, msgpack: bool) -> bytes:
         """Calls a unary endpoint and returns its encoded output."""
         handler = getattr(self._app, ep.name)
+        await self._fetch_files(ep, [value])
         if ep.is_async:
             output = await handler(value)
         else:
             output = await self._call_sync(handler, value)
+        await self._upload_files(ep, output)
         return ep.output_codec.encode(output, msgpack)
 
     async def batch(self, ep: Endpoint, values: list[Any]) -> Any:
         """Calls a batched endpoint once with a list of inputs; its (unencoded) outputs."""
         handler = getattr(self._app, ep.name)
+        await self._fetch_files(ep, values)
         if ep.is_async:
-            return await handler(values)
-        return await self._call_sync(handler, values)
+            outputs = await handler(values)
+        else:
+            outputs = await self._call_sync(handler, values)
+        await self._upload_files(ep, outputs)
+        return outputs
 
     async def stream(
         self, ep: Endpoint, value: Any, msgpack: bool, send: SendPartial, cancel: threading.Event
     ) -> None:
-        """Runs a streaming endpoint, passing each encoded item to `send` as it comes.
+        """Runs a streaming endpoint, passing each encoded item to `send` as it comes (its
+        files uploaded first).
 
         A sync generator stops between items once `cancel` is set.
         """
         handler = getattr(self._app, ep.name)
+        await self._fetch_files(ep, [value])
+
+        async def emit(item: Any) -> None:
+            await self._upload_files(ep, item)
+            await send(ep.output_codec.encode(item, msgpack))
+
         if ep.is_async:
-            await _drain_async(handler(value), ep, msgpack, send)
+            await _drain_async(handler(value), emit)
         else:
-            await self._drain_sync(handler(value), ep, msgpack, send, cancel)
+            await self._drain_sync(handler(value), emit, cancel)
+
+    async def _fetch_files(self, ep: Endpoint, values: list[Any]) -> None:
+        """Fetches the File fields of inputs before the handler sees them (none: no cost)."""
+        if self._files is not None and mentions_files(ep.input_type):
+            await asyncio.gather(*(self._files.fetch_inputs(value) for value in values))
+
+    async def _upload_files(self, ep: Endpoint, output: Any) -> None:
+        """Uploads the File fields of an output (or a batch's outputs) before encoding."""
+        if self._files is not None and mentions_files(ep.output_type):
+            await self._files.upload_outputs(output)
 
     async def _call_sync(self, fn: Callable[..., Any], *args: Any) -> Any:
         if self._pool is None:
@@ -86,12 +115,7 @@ class Invoker:
         return await loop.run_in_executor(self._pool, context.run, fn, *args)
 
     async def _drain_sync(
-        self,
-        gen: Iterator[Any],
-        ep: Endpoint,
-        msgpack: bool,
-        send: SendPartial,
-        cancel: threading.Event,
+        self, gen: Iterator[Any], emit: Callable[[Any], Awaitable[None]], cancel: threading.Event,
     ) -> None:
         # One context for the whole generator: its code sees the same context throughout.
         context = contextvars.copy_context()
@@ -100,7 +124,7 @@ class Invoker:
             item = await step(next, gen, _DONE)
             if item is _DONE:
                 return
-            await send(ep.output_codec.encode(item, msgpack))
+            await emit(item)
         await step(_close, gen)
 
 
@@ -123,11 +147,11 @@ def _stepper(pool: Executor | None, context: contextvars.Context) -> Callable[..
 
 
 async def _drain_async(
-    agen: AsyncIterator[Any], ep: Endpoint, msgpack: bool, send: SendPartial
+    agen: AsyncIterator[Any], emit: Callable[[Any], Awaitable[None]]
 ) -> None:
     try:
         async for item in agen:
-            await send(ep.output_codec.encode(item, msgpack))
+            await emit(item)
     finally:
         aclose = getattr(agen, "aclose", None)
         if aclose is not None:

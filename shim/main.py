@@ -4,7 +4,8 @@ Order: route stdout/stderr/logging (`logcapture`), read settings (exit 2 when ma
 put the bundle dir first on sys.path, with a TLS server write its PEM for `falrt.client`
 (`_client_tls_files`), import the entrypoint, instantiate the App and run
 `setup()` in the main thread with FALRT_RUNNER_STATE=SETUP (on any exception: traceback on
-stderr, exit 3), then FALRT_RUNNER_STATE=RUNNING and serve on uvloop until shutdown.
+stderr, exit 3), then FALRT_RUNNER_STATE=RUNNING and serve on uvloop until shutdown. The
+threads of sync handlers start with the per-thread settings setup() made (`threads`).
 Exit codes: 0 after a shutdown or when the server went away, 2 bad settings, 3 import or
 setup failed, 4 the server refused the runner.
 
@@ -36,6 +37,7 @@ from . import logcapture
 from .parent import die_with_parent
 from .session import RunnerSession
 from .settings import SettingsError, ShimSettings
+from .threads import handler_thread_initializer
 from .tracing import HandlerTracing
 
 __all__ = ["EXIT_BAD_SETTINGS", "EXIT_SETUP_FAILED", "main"]
@@ -118,7 +120,8 @@ def main() -> int:
     # One more thread when the app has a health check: its calls never wait for a request's.
     health = any(ep.health_check is not None for ep in type(app).endpoints().values())
     pool = ThreadPoolExecutor(settings.max_multiplexing + int(health),
-                              thread_name_prefix="falrt-handler")
+                              thread_name_prefix="falrt-handler",
+                              initializer=handler_thread_initializer())
     session = RunnerSession(settings, app, pool, tracing)
     code = uvloop.run(serve(session))
     tracing.shutdown()

@@ -4,6 +4,14 @@ Every message the runner sends goes through one bounded FIFO queue, drained by o
 (`pump`) that writes to the gRPC call, so messages leave in exactly the order they were
 accepted: a request's log lines and partial outputs always precede its Result.
 
+Batching: each message on the stream has a fixed cost on both sides (a write, a read, a
+wake-up of the server's loop), and under load many requests share one runner. So `pump`
+takes everything that waits when the stream can take the next message (what was queued
+while the last one was written), and results next to each other go out as one ResultBatch
+(`wire.results_message`; results are queued as plain `wire.Result`s and built into their
+message only then, so none is copied). Nothing waits to fill a batch: a lone result goes out
+at once.
+
 Producers:
 - `await send(msg)` waits for room: results, partials, heartbeats, state changes.
 - `offer(msg)` never waits; when the queue is full the message is dropped and counted.
@@ -23,12 +31,20 @@ import logging
 import threading
 from typing import Any
 
+from falrt.limits import ENVELOPE_BYTES
 from falrt.v1 import runner_pb2
+
+from . import wire
 
 __all__ = ["Outbox"]
 
 log = logging.getLogger(__name__)
-Message = runner_pb2.RunnerMessage
+Message = runner_pb2.RunnerMessage | wire.Result
+# A ResultBatch: at most this many results, with outputs (and error messages) of at most
+# this many bytes in all; the rest of ENVELOPE_BYTES is room for their other fields. A
+# larger result goes alone.
+BATCH_RESULTS = 64
+BATCH_RESULT_BYTES = ENVELOPE_BYTES // 2
 
 
 class Outbox:
@@ -66,14 +82,18 @@ class Outbox:
             self.dropped += 1
 
     async def pump(self, call: Any) -> None:
-        """Writes queued messages to `call` (a grpc.aio stream call) until cancelled.
+        """Writes queued messages to `call` (a grpc.aio stream call) until cancelled,
+        coalescing what waits (see the module docstring).
 
         Returns when a write fails, after marking the outbox broken and releasing waiters.
         """
         while True:
-            message = await self._queue.get()
+            items = [await self._queue.get()]
+            while not self._queue.empty():
+                items.append(self._queue.get_nowait())
             try:
-                await call.write(message)
+                for message in coalesce(items):
+                    await call.write(message)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the stream ended under us: the reader reports why
@@ -81,7 +101,8 @@ class Outbox:
                 self._break()
                 return
             finally:
-                self._queue.task_done()
+                for _ in items:
+                    self._queue.task_done()
 
     def _break(self) -> None:
         self._broken = True
@@ -96,3 +117,26 @@ class Outbox:
         except TimeoutError:
             return False
         return not self._broken
+
+
+def coalesce(items: list[Message]) -> list[runner_pb2.RunnerMessage]:
+    """`items` as messages, in order: runs of results as ResultBatches of at most
+    BATCH_RESULTS results and BATCH_RESULT_BYTES of outputs (a run of one as a Result)."""
+    messages: list[runner_pb2.RunnerMessage] = []
+    run: list[wire.Result] = []
+    run_bytes = 0
+    for item in items:
+        if not isinstance(item, wire.Result):
+            if run:
+                messages.append(wire.results_message(run))
+                run, run_bytes = [], 0
+            messages.append(item)
+            continue
+        if run and (len(run) >= BATCH_RESULTS or run_bytes + item.size > BATCH_RESULT_BYTES):
+            messages.append(wire.results_message(run))
+            run, run_bytes = [], 0
+        run.append(item)
+        run_bytes += item.size
+    if run:
+        messages.append(wire.results_message(run))
+    return messages

@@ -232,11 +232,12 @@ class RunnerSession:
         try:
             async for message in call:
                 try:
-                    event = wire.event_from_proto(message)
+                    events = wire.events_from_proto(message)
                 except wire.UnknownEvent as exc:
                     log.warning("%s", exc)
                     continue
-                await self._on_event(event)
+                for event in events:
+                    await self._on_event(event)
         except aio.AioRpcError as exc:
             self._report_stream_end(exc, refusal_is_final)
         except asyncio.CancelledError:
@@ -440,22 +441,22 @@ class RunnerSession:
         logcapture.bind(entry.log)
         try:
             with self._tracing.span(assign.traceparent, assign.request_id, assign.path):
-                message = await self._outcome(assign, ep, entry)
+                result = await self._outcome(assign, ep, entry)
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if entry.abandoned or not entry.client_cancelled or task is None:
                 raise
             task.uncancel()
-            message = wire.error_result(assign.request_id, RequestCancelledError("cancelled"))
+            result = wire.error_result(assign.request_id, RequestCancelledError("cancelled"))
         finally:
             entry.log.flush()
             del self._inflight[assign.request_id]
-        wire.add_verdict(message, context.needs_retry, context.stop_runner)
-        await self.outbox.send(message)
+        result.needs_retry, result.stop_runner = context.needs_retry, context.stop_runner
+        await self.outbox.send(result)
 
     async def _outcome(
         self, assign: wire.Assign, ep: Endpoint, entry: _Inflight
-    ) -> runner_pb2.RunnerMessage:
+    ) -> wire.Result:
         request_id = assign.request_id
         started = time.perf_counter()
         try:

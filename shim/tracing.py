@@ -19,6 +19,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 ENDPOINT_VAR = "FALRT_OTLP_ENDPOINT"
+_NO_SPAN = contextlib.nullcontext()
 
 
 class HandlerTracing:
@@ -58,13 +59,18 @@ class HandlerTracing:
     def from_environ(cls) -> HandlerTracing:
         return cls(os.environ.get(ENDPOINT_VAR, ""), os.environ.get("FALRT_APP_NAME", ""))
 
-    @contextlib.contextmanager
-    def span(self, traceparent: str, request_id: str, path: str) -> Iterator[None]:
+    def span(
+        self, traceparent: str, request_id: str, path: str
+    ) -> contextlib.AbstractContextManager[None]:
         """The handler's span, current while the block runs (and in the threads it starts
-        with a copy of its context)."""
+        with a copy of its context). Off, or for an untraced request, a context that does
+        nothing (one shared object: no generator made per request)."""
         if self._provider is None or not traceparent:
-            yield
-            return
+            return _NO_SPAN
+        return self._span(traceparent, request_id, path)
+
+    @contextlib.contextmanager
+    def _span(self, traceparent: str, request_id: str, path: str) -> Iterator[None]:
         parent = self._propagator.extract({"traceparent": traceparent})
         with self._tracer.start_as_current_span(
                 "falrt.handler", context=parent,

@@ -1,13 +1,17 @@
 """The RunnerLink protocol as the shim sees it: server events in, runner messages out.
 
-Incoming `ServerMessage`s become a closed union of small frozen events (`ServerEvent`);
-outgoing messages are built by the functions below. This is the only shim module that
-touches the generated protobuf classes of RunnerLink.
+Incoming `ServerMessage`s become a closed union of small frozen events (`ServerEvent`; an
+AssignBatch becomes its Assigns, in order); outgoing messages are built by the functions
+below. A request's end is a plain `Result`, built into a message only when it is written
+(`results_message`), so that results ready together share one message without being
+copied. This is the only shim module that touches the generated protobuf classes of
+RunnerLink.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import msgspec
 
@@ -18,15 +22,18 @@ __all__ = [
     "Assign",
     "Cancel",
     "Drain",
+    "Result",
     "ServerEvent",
     "Welcome",
     "error_result",
     "event_from_proto",
+    "events_from_proto",
     "heartbeat",
     "hello",
     "log_message",
     "ok_result",
     "partial",
+    "results_message",
     "state_change",
 ]
 
@@ -83,13 +90,23 @@ class UnknownEvent(ValueError):
     """A ServerMessage with no event the shim knows (a newer server)."""
 
 
+def events_from_proto(message: runner_pb2.ServerMessage) -> list[ServerEvent]:
+    """The events a ServerMessage carries, in order (several for an AssignBatch). Raises
+    UnknownEvent."""
+    if message.WhichOneof("event") == "assigns":
+        return [_assign(a) for a in message.assigns.assigns]
+    return [event_from_proto(message)]
+
+
+def _assign(a: runner_pb2.Assign) -> Assign:
+    return Assign(a.request_id, a.path, a.input.data, a.input.content_type, a.traceparent)
+
+
 def event_from_proto(message: runner_pb2.ServerMessage) -> ServerEvent:
     """The event a ServerMessage carries. Raises UnknownEvent."""
     match message.WhichOneof("event"):
         case "assign":
-            a = message.assign
-            return Assign(a.request_id, a.path, a.input.data, a.input.content_type,
-                          a.traceparent)
+            return _assign(message.assign)
         case "cancel":
             return Cancel(message.cancel.request_id)
         case "drain":
@@ -156,41 +173,65 @@ def partial(request_id: str, data: bytes, content_type: str) -> runner_pb2.Runne
     return out
 
 
+@dataclass(slots=True)
+class Result:
+    """The end of a request on this runner, as the `Result` message will carry it."""
+
+    request_id: str
+    output: bytes | None = None  # None: no output (a failure, or a stream's end)
+    content_type: str = ""
+    error: FalrtError | None = None
+    inference_s: float | None = None
+    # What the handler said about a retry and about its runner (None: nothing).
+    needs_retry: bool | None = None
+    stop_runner: bool | None = None
+
+    @property
+    def size(self) -> int:
+        """Its bytes in a message, less its fixed-size fields and its id."""
+        error = 0 if self.error is None else to_proto(self.error).ByteSize()
+        return len(self.output or b"") + len(self.content_type) + error
+
+
 def ok_result(
     request_id: str, data: bytes | None, content_type: str, inference_s: float
-) -> runner_pb2.RunnerMessage:
+) -> Result:
     """A successful Result; `data` None for streams (no output payload)."""
-    out = runner_pb2.RunnerMessage()
-    result = out.result
-    result.request_id = request_id
-    if data is not None:
-        result.output.data = data
-        result.output.content_type = content_type
-    result.inference_time.FromNanoseconds(int(inference_s * 1e9))
-    return out
+    return Result(request_id, data, content_type, inference_s=inference_s)
 
 
 def error_result(
     request_id: str, error: FalrtError, inference_s: float | None = None
-) -> runner_pb2.RunnerMessage:
+) -> Result:
     """A failed Result carrying `error` as ErrorInfo."""
+    return Result(request_id, error=error, inference_s=inference_s)
+
+
+def results_message(results: list[Result]) -> runner_pb2.RunnerMessage:
+    """One message carrying `results`: a Result for one, else a ResultBatch."""
     out = runner_pb2.RunnerMessage()
-    result = out.result
-    result.request_id = request_id
-    result.error.CopyFrom(to_proto(error))
-    if inference_s is not None:
-        result.inference_time.FromNanoseconds(int(inference_s * 1e9))
+    if len(results) == 1:
+        _fill_result(out.result, results[0])
+    else:
+        batch = out.results.results
+        for result in results:
+            _fill_result(batch.add(), result)
     return out
 
 
-def add_verdict(
-    message: runner_pb2.RunnerMessage, needs_retry: bool | None, stop_runner: bool | None
-) -> None:
-    """Carries what the handler said about retrying and about its runner, when it said it."""
-    if needs_retry is not None:
-        message.result.needs_retry = needs_retry
-    if stop_runner is not None:
-        message.result.stop_runner = stop_runner
+def _fill_result(message: runner_pb2.Result, result: Result) -> None:
+    message.request_id = result.request_id
+    if result.output is not None:
+        message.output.data = result.output
+        message.output.content_type = result.content_type
+    if result.error is not None:
+        message.error.CopyFrom(to_proto(result.error))
+    if result.inference_s is not None:
+        message.inference_time.FromNanoseconds(int(result.inference_s * 1e9))
+    if result.needs_retry is not None:
+        message.needs_retry = result.needs_retry
+    if result.stop_runner is not None:
+        message.stop_runner = result.stop_runner
 
 
 def heartbeat(

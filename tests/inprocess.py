@@ -31,6 +31,7 @@ from falrt.server.state.runners import AssignEvent, RunnerHandle
 from falrt.server.state.work import QueuedRequest, WorkItem
 from falrt.server.tasks import Tasks
 from falrt.settings import AppDefaults, ServerSettings
+from falrt.store.base import Store
 from falrt.store.memory import MemoryStore
 from falrt.store.records import AppConfig, AppRecord, EndpointRecord, Outcome, Revision, Status
 
@@ -76,7 +77,7 @@ async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
 class Lab:
     planes: Planes
     backend: InProcessBackend
-    store: MemoryStore
+    store: Store
 
     def deploy(self, name: str, revision_id: str = "rev-1", **config: Any) -> AppState:
         """Makes a revision of `name` live (as a deploy's last step does)."""
@@ -112,10 +113,13 @@ class Lab:
 
 
 @asynccontextmanager
-async def lab(tmp_path: Path, **settings: Any) -> AsyncIterator[Lab]:
-    """The planes, started (fleet and recorder), and stopped in the server's order."""
+async def lab(
+    tmp_path: Path, store: Store | None = None, **settings: Any
+) -> AsyncIterator[Lab]:
+    """The planes, started (fleet and recorder), and stopped in the server's order; over
+    `store` (open), else over a memory store."""
     config = settings_for(tmp_path, **settings)
-    store, backend = MemoryStore(), InProcessBackend()
+    store, backend = store or MemoryStore(), InProcessBackend()
     environments = EnvironmentBuilder(config.venvs_dir, "python3")
     secret_box = SecretBox.load_or_create(config.data_dir)
     webhooks = WebhookSender(SigningKey.load_or_create(config.data_dir / "webhook.key"),

@@ -11,7 +11,9 @@ id}}, then obeys lines on stdin:
 
 - `kill NAME`: SIGKILLs that node's raylet (a node lost as a machine is lost: its workers
   and their children go with it); answers `killed NAME`;
-- `add NAME JSON`: adds a node like those of SPEC; answers `added NAME NODE_ID`.
+- `add NAME JSON`: adds a node like those of SPEC; answers `added NAME NODE_ID`;
+- `kill-head`: SIGKILLs the head's GCS server (the cluster's state, without fault
+  tolerance); answers `killed head`.
 
 Stdin closing (the test ended, or died) shuts the whole cluster down: every process it
 started, by its pid.
@@ -54,6 +56,9 @@ def main() -> None:
             if command == "kill":
                 nodes[rest].kill_raylet()
                 print(f"killed {rest}", flush=True)
+            elif command == "kill-head":
+                cluster.head_node.kill_gcs_server()
+                print("killed head", flush=True)
             elif command == "add":
                 name, _, spec = rest.partition(" ")
                 nodes[name] = _add(cluster, json.loads(spec))

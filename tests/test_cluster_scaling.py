@@ -12,6 +12,7 @@ app's scaling to the other server within the lease.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -60,6 +61,12 @@ def lead_of(pair: tuple[ServerProcess, ServerProcess], app: str) -> ServerProces
         pair[0].store, "SELECT holder FROM falrt.app_leases WHERE app_name = $1 AND "
         "lease_until >= extract(epoch from clock_timestamp())", app)
     return next((s for s in pair if server_id(s) == holder), None)
+
+
+def shown_lead(server: ServerProcess, app: str) -> dict[str, object]:
+    """The scaling lead `falrt apps get --output json` shows through `server`."""
+    shown = json.loads(server.cli("apps", "get", app, "--output", "json").stdout)
+    return dict(shown["scaling_lead"])
 
 
 def alive(server: ServerProcess, app: str) -> list[str]:
@@ -115,6 +122,11 @@ def test_a_direct_call_through_the_other_server_is_answered_and_the_lead_hands_o
     wait_for(lambda: len(alive(lead, "capped")) == MAX, timeout=60,
              what=f"{MAX} runners on the lead")
     assert alive(other, "capped") == []
+    for server in pair:  # both show the lead; only the lead says it is itself
+        assert shown_lead(server, "capped") | {"lease_until": None} == {
+            "shared": True, "server_id": server_id(lead), "this_server": server is lead,
+            "lease_until": None}
+    assert "(another server;" in other.cli("apps", "get", "capped").stdout
 
     with SyncClient(other.address) as client:
         started = time.monotonic()
@@ -132,6 +144,7 @@ def test_a_direct_call_through_the_other_server_is_answered_and_the_lead_hands_o
     wait_for(lambda: lead_of(pair, "capped") is other, timeout=10 * LEASE_S,
              what="the other server holding the lease")
     handed_s = time.monotonic() - killed
+    assert shown_lead(other, "capped")["this_server"] is True
     wait_for(lambda: len(alive(other, "capped")) == MAX, timeout=60,
              what=f"{MAX} runners on the server left")
     back_s = time.monotonic() - killed

@@ -203,6 +203,19 @@ def test_the_host_can_follow_the_subcommand(server: ServerProcess, hello: str) -
     assert {"hello", "hello-host-last"} <= {app["name"] for app in apps}
 
 
+def test_apps_get_shows_that_a_server_alone_on_its_store_leads_its_apps(
+    server: ServerProcess, hello: str
+) -> None:
+    app = json.loads(server.cli("apps", "get", "hello", "--output", "json").stdout)
+    own_id = (server.data_dir / "server-id").read_text().strip()
+    assert app["scaling_lead"] == {"shared": False, "server_id": own_id, "this_server": True,
+                                   "lease_until": None}
+    shown = server.cli("apps", "get", "hello").stdout
+    assert f"scaling lead: {own_id} (this server, alone on its store)" in shown
+    listed = json.loads(server.cli("apps", "list", "--output", "json").stdout)
+    assert all(a["scaling_lead"] is None for a in listed)  # (GetApp only: it reads the store)
+
+
 def test_each_revision_records_its_endpoint_schemas(server: ServerProcess, hello: str) -> None:
     app = json.loads(server.cli("apps", "get", "hello", "--output", "json").stdout)
     (endpoint,) = app["endpoints"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -173,9 +174,10 @@ def test_a_server_that_cannot_start_says_why(server: ServerProcess, tmp_path: Pa
 
     from tests.harness import FALRT
 
-    def start(*args: str) -> subprocess.CompletedProcess[str]:
+    def start(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run([FALRT, "server", "--data-dir", str(tmp_path / "d"), *args],
-                              capture_output=True, text=True, timeout=60)
+                              capture_output=True, text=True, timeout=60,
+                              env={**os.environ, **(env or {})})
 
     taken = start("--listen", server.address)
     assert taken.returncode != 0 and f"cannot listen on {server.address}" in taken.stderr
@@ -184,7 +186,11 @@ def test_a_server_that_cannot_start_says_why(server: ServerProcess, tmp_path: Pa
     refused = start("--listen", "127.0.0.1:0", "--store", "postgresql://u:hunter2@127.0.0.1:1/x")
     assert refused.returncode != 0 and "cannot open the PostgreSQL database" in refused.stderr
     assert "hunter2" not in refused.stderr  # the DSN's password is never printed
-    assert "Traceback" not in taken.stderr + unknown.stderr + refused.stderr
+    bad_key = start("--listen", "127.0.0.1:0", env={"FALRT_SECRETS_KEY": "hunter2-not-a-key"})
+    assert bad_key.returncode != 0
+    assert "the secrets key in FALRT_SECRETS_KEY is not valid" in bad_key.stderr
+    assert "hunter2" not in bad_key.stderr  # nor is the key
+    assert "Traceback" not in taken.stderr + unknown.stderr + refused.stderr + bad_key.stderr
 
 
 def test_an_app_with_its_own_dockerfile_needs_the_docker_backend(

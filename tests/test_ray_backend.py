@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import queue
+import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ NODES = {
     "s2": {"num_cpus": 2, "resources": {"falrt-S": 2}},
     "xs": {"num_cpus": 1, "resources": {"falrt-XS": 1}},
 }
+HEARTBEAT_WINDOW_S = 5.0  # the shim's default FALRT_HEARTBEAT_S
 
 
 class RayCluster:
@@ -74,6 +77,13 @@ class RayCluster:
         added = self._next(60).split()
         assert added[:2] == ["added", name], added
         self.node_ids[name] = added[2]
+
+    def kill_head(self) -> None:
+        """SIGKILLs the head's GCS: the cluster's state is gone."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("kill-head\n")
+        self.proc.stdin.flush()
+        assert self._next(30).strip() == "killed head"
 
     def kill(self, name: str) -> None:
         """SIGKILLs the node's raylet (its workers go with it)."""
@@ -314,11 +324,64 @@ def test_under_mutual_tls_a_ray_runner_fetches_its_bundle_and_serves(
              what="the TLS server's runners to end")
 
 
+def test_a_killed_servers_ray_runners_end_and_its_restart_reruns_their_request(
+    cluster: RayCluster, tmp_path: Path
+) -> None:
+    """A server SIGKILLed while its Ray runner serves a request: Ray ends the runners of
+    the dead server's job (their shims go, their resources free up, so a restarted server
+    fills every node's `falrt-S` with its own runners), none of them attaches to the server
+    restarted on the same data directory and port, and that server runs the request
+    again to completion on a runner of its own."""
+    listen = f"127.0.0.1:{_free_port()}"
+    extra = ["--backend", "ray", "--ray-address", cluster.address]
+    first = ServerProcess(tmp_path / "data", tmp_path / "server.log", extra=extra,
+                          listen=listen).start(timeout=60)
+    endpoint = first.deploy(APP, "--app-name", "placed-k")
+    started = tmp_path / "started"
+    with SyncClient(first.address) as client:
+        handle = client.submit(endpoint, {"sleep_s": 4, "started": str(started)})
+    old = wait_for(lambda: started.read_text() if started.exists() else "", timeout=120,
+                   what="the request to start")
+    assert shims_of(first.address)
+    first.kill()
+    wait_for(lambda: not shims_of(first.address), timeout=30,
+             what="the dead server's runners to end")
+    second = ServerProcess(tmp_path / "data", tmp_path / "server.log", extra=extra,
+                           listen=listen).start(timeout=60)
+    try:
+        with SyncClient(second.address) as client:
+            output = client.wait(handle.request_id, timeout=120).output_or_raise()
+        assert output["runner"] != old
+        second.cli("apps", "scale", "placed-k", "--min-concurrency", "4")
+
+        def idle() -> list[str]:
+            listed = [r["runner_id"] for r in runners(second, "placed-k")
+                      if r["state"] == "idle"]
+            return listed if len(listed) == 4 else []
+
+        assert old not in wait_for(idle, timeout=90, what="4 idle runners: all of falrt-S")
+        assert len(shims_of(second.address)) == 4
+    finally:
+        stop_cleanly(second)
+    wait_for(lambda: not shims_of(second.address), timeout=LEAK_GRACE_S,
+             what="the restarted server's runners to end")
+
+
+def _free_port() -> int:
+    """A port no one listens on now (a restarted server takes it again)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def test_a_lost_node_loses_no_queued_request_and_its_runner_is_replaced_elsewhere(
     server: ServerProcess, client: SyncClient, cluster: RayCluster, tmp_path: Path,
     apps: list[str],
 ) -> None:
-    """Last: it kills a node for good."""
+    """Last but one: it kills a node for good. A request runs on the node and more wait
+    when its raylet is killed: the lost runner is reported within the runner link's
+    heartbeat window, and every acknowledged request completes, the one cut short on a
+    runner of the surviving node."""
     apps.append("placed-c")
     endpoint = server.deploy(APP, "--app-name", "placed-c")
     started = tmp_path / "started"
@@ -326,12 +389,19 @@ def test_a_lost_node_loses_no_queued_request_and_its_runner_is_replaced_elsewher
     first = wait_for(lambda: started.read_text() if started.exists() else "", timeout=120,
                      what="the request to start")
     lost = cluster.name_of(node_of(server, "placed-c", first))
-    cluster.kill(lost)
-    done = client.wait(handle.request_id, timeout=120)
-    output = done.output_or_raise()
+    others = [client.submit(endpoint, {"sleep_s": 0.5}) for _ in range(6)]
+    with ControlClient(server.address) as control:
+        cluster.kill(lost)
+        killed_at = time.monotonic()
+        wait_for(lambda: first not in {r.runner_id for r in control.list_runners("placed-c")},
+                 timeout=HEARTBEAT_WINDOW_S, what=f"runner {first} to be reported lost")
+    assert time.monotonic() - killed_at < HEARTBEAT_WINDOW_S
+    output = client.wait(handle.request_id, timeout=120).output_or_raise()
     assert output["runner"] != first
     survivor = cluster.name_of(node_of(server, "placed-c", output["runner"]))
     assert survivor in ("s1", "s2") and survivor != lost
+    for other in others:
+        assert client.wait(other.request_id, timeout=120).output_or_raise()["runner"] != first
 
 
 def test_a_node_that_comes_back_is_used_again(

@@ -8,7 +8,9 @@ import sys
 import pytest
 
 from falrt.backends import create_backend
-from falrt.backends.ray import missing, resources
+from falrt.backends.ray import missing, resources, unreachable
+from falrt.backends.ray_node import gpu_uuids
+from falrt.gpus import Gpu
 from falrt.settings import advertised
 
 pytestmark = pytest.mark.unit
@@ -74,3 +76,28 @@ def test_the_ray_backend_without_ray_says_how_to_install_it(
     monkeypatch.setitem(sys.modules, "ray", None)  # (an import of it raises ImportError)
     with pytest.raises(ValueError, match=r"pip install 'falrt\[ray\]'"):
         create_backend("ray", ray_address="auto")
+
+
+H200 = [Gpu(0, "GPU-aaaa", "NVIDIA H200", 141 * 2**30),
+        Gpu(1, "GPU-bbbb", "NVIDIA H200", 141 * 2**30)]
+
+
+@pytest.mark.parametrize(("ray_ids", "gpus", "expected"), [
+    (["1"], H200, ["GPU-bbbb"]),  # Ray's device index -> NVML's UUID
+    (["0", "1"], H200, ["GPU-aaaa", "GPU-bbbb"]),
+    (["GPU-bbbb"], H200, ["GPU-bbbb"]),  # a node started with UUIDs in CUDA_VISIBLE_DEVICES
+    (["0"], [], ["0"]),  # no NVML on the node: Ray's id as it is
+    (["5"], H200, ["5"]),  # an index NVML does not list: as it is
+    ([], H200, []),  # a CPU machine type
+])
+def test_a_ray_runners_gpus_are_named_by_nvml_uuid_as_the_server_names_them(
+    ray_ids: list[str], gpus: list[Gpu], expected: list[str]
+) -> None:
+    assert gpu_uuids(ray_ids, gpus) == expected
+
+
+def test_a_cluster_that_does_not_answer_is_no_capacity_for_every_type_and_says_why() -> None:
+    reason = unreachable("ray://head:10001", 16.4, "Ray Client is not connected")
+    assert reason == ("no capacity: the Ray cluster at ray://head:10001 has not answered for "
+                      "16 s (is its head down?): Ray Client is not connected")
+    assert unreachable("head:6379", 20, "").endswith("(is its head down?)")

@@ -44,11 +44,20 @@ def test_a_single_stage_keeps_the_environment_key_it_had_before_stages() -> None
     assert environments.environment_key(["idna", "", "six"]) != environments.environment_key(
         ["six", "", "idna"])
     assert environments.environment_key(["", " "]) == ""
+    # the index an option names is part of the key, not sorted away from its option
+    assert environments.environment_key(["--extra-index-url", "https://a", "torch"]) != (
+        environments.environment_key(["--extra-index-url", "torch", "https://a"]))
 
 
 def test_docker_requirements_normalize_per_stage_and_a_single_stage_as_before() -> None:
     assert build.normalize_requirements([" six", "idna", "six"]) == ["idna", "six"]
     assert build.normalize_requirements(["torch", "", "b", "a", "b"]) == ["torch", "", "a", "b"]
+    # an option and its value stay together, whatever sorts between them
+    assert build.normalize_requirements(
+        ["torch", "--extra-index-url", "https://download.pytorch.org/whl/cpu", "aiohttp",
+         "--extra-index-url", "https://b.example/simple"]) == [
+        "--extra-index-url", "https://b.example/simple",
+        "--extra-index-url", "https://download.pytorch.org/whl/cpu", "aiohttp", "torch"]
     with pytest.raises(build.ImageError, match="one line"):
         build.normalize_requirements(["six\nidna"])
     assert build.environment_key("base", ["idna", "", "six"], {}) != build.environment_key(

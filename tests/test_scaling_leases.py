@@ -39,6 +39,10 @@ def test_one_server_at_a_time_holds_an_app_and_a_dead_holder_is_replaced(dsn: st
                 await asyncio.sleep(0.02)
             assert time.monotonic() - started <= 0.3 + 0.1
             assert await holder.hold_apps(["app"], 0.3, []) == {}  # the other's now
+            for store in (s1, s2):  # (what `falrt apps get` shows as its scaling lead)
+                lead = await store.scaling_lead("app")
+                assert lead is not None and lead[0] == other.server_id
+            assert await s1.scaling_lead("never-held") is None
 
     asyncio.run(main())
 

@@ -3,13 +3,20 @@ the test through the inprocess backend (tests/inprocess.py). Milliseconds per te
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import uuid
 from pathlib import Path
 
 import pytest
 
+from falrt.server.api.queue_service import QueueService
+from falrt.server.queue.requests import Requests
 from falrt.server.state.runners import CancelEvent, RunnerState
 from falrt.server.state.transitions import IllegalTransition
 from falrt.store.records import Priority, Status
+from falrt.store.sqlite import SQLiteStore
+from falrt.v1 import common_pb2, queue_pb2
 from falrt.vocabulary import CancelOutcome
 from tests.inprocess import completed, lab, run
 
@@ -146,5 +153,52 @@ def test_a_request_status_cannot_leave_completed(tmp_path: Path) -> None:
             await completed(item)
             with pytest.raises(IllegalTransition, match="COMPLETED -> IN_QUEUE"):
                 item.set_status(Status.IN_QUEUE)
+
+    run(scenario)
+
+
+def test_request_ids_are_random_version_4_uuids_unique_across_servers() -> None:
+    first, second = Requests(), Requests()
+    # (more than one read of random bytes per server: ID_RANDOM_BYTES holds 256 ids)
+    ids = [r.new_id() for r in (first, second) for _ in range(600)]
+    assert len(set(ids)) == len(ids)
+    for request_id in ids:
+        parsed = uuid.UUID(request_id)
+        assert str(parsed) == request_id
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+
+
+def test_a_subscribe_whose_result_is_there_once_it_is_stored_gets_one_message(
+    tmp_path: Path,
+) -> None:
+    """The acknowledgement (the request is durable) and the completion go as one message when
+    the result came while the request's INSERT was being committed."""
+    entered, release = threading.Event(), threading.Event()
+
+    def hold(size: int, seconds: float) -> None:  # (on the writer thread, after a commit)
+        if not entered.is_set():
+            entered.set()
+            release.wait(5.0)
+
+    async def scenario() -> None:
+        store = SQLiteStore(tmp_path / "falrt.db")
+        await store.open()
+        async with lab(tmp_path, store=store) as planes:
+            planes.deploy("echo", min_concurrency=1)
+            runner = await planes.runner("echo")
+            store.on_batch = hold
+            request = queue_pb2.SubscribeRequest(submit=queue_pb2.SubmitRequest(
+                endpoint_id="local/echo", input=common_pb2.Payload(data=b"{}")))
+            updates = QueueService(planes.planes.scheduler).Subscribe(request, None)  # type: ignore[arg-type]
+            first = asyncio.ensure_future(anext(updates))
+            item = await planes.assigned(runner)
+            assert await asyncio.to_thread(entered.wait, 5.0)  # its INSERT is committed
+            planes.answer(runner, item, b'{"ok": 1}')  # the result comes before Submit answers
+            release.set()
+            state = (await first).state
+            assert state.status == common_pb2.REQUEST_STATUS_COMPLETED
+            assert state.output.data == b'{"ok": 1}'
+            assert [update async for update in updates] == []
+        await store.close()
 
     run(scenario)

@@ -148,6 +148,7 @@ class Link(runner_pb2_grpc.RunnerLinkServicer):
         self.refuse = refuse
         self.welcome = welcome
         self.refused = 0  # streams refused
+        self.batches = 0  # ResultBatches received
 
     async def Attach(
         self, request_iterator: AsyncIterator[runner_pb2.RunnerMessage], context: Any
@@ -171,9 +172,16 @@ class Link(runner_pb2_grpc.RunnerLinkServicer):
             reader.cancel()
 
     async def _read(self, messages: AsyncIterator[runner_pb2.RunnerMessage]) -> None:
+        """Queues the runner's messages for the test; a ResultBatch as its Results, one by
+        one (`batches` counts them)."""
         try:
             async for message in messages:
-                await self.inbox.put(message)
+                if message.HasField("results"):
+                    self.batches += 1
+                    for result in message.results.results:
+                        await self.inbox.put(runner_pb2.RunnerMessage(result=result))
+                else:
+                    await self.inbox.put(message)
         finally:
             await self.inbox.put(None)
             await self.outbox.put(None)
@@ -373,6 +381,27 @@ def test_msgpack_input_gets_a_msgpack_output(tmp_path: Path) -> None:
             result = await runner.result("m1")
             assert result.output.content_type == "application/msgpack"
             assert msgspec.msgpack.decode(result.output.data) == {"text": "hello mp"}
+
+    run(main)
+
+
+def test_an_assign_batch_is_served_whole_and_results_ready_together_share_a_message(
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        async with shim(tmp_path, FALRT_MAX_MULTIPLEXING="8") as runner:
+            await attached(runner)
+            batch = runner_pb2.ServerMessage()
+            for i in range(8):
+                data = json.dumps({"name": f"n{i}"}).encode()
+                batch.assigns.assigns.add(request_id=f"b{i}", path="/async",
+                                          input=common_pb2.Payload(data=data))
+            runner.send(batch)
+            for i in range(8):
+                assert output(await runner.result(f"b{i}")) == {"text": f"async n{i}"}
+            # The eight handlers end in the same turns of the runner's loop: their results
+            # wait for the stream together, and at least some of them share a message.
+            assert runner.link.batches >= 1
 
     run(main)
 

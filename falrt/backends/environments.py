@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from falrt import errors
 from falrt.backends.spawn import run_streaming
-from falrt.requirement_stages import split_stages
+from falrt.requirement_stages import sorted_stage, split_stages
 
 if TYPE_CHECKING:
     from falrt.images.build import EnvironmentImageBuilder
@@ -41,7 +41,8 @@ def environment_key(requirements: Sequence[str]) -> str:
     stages = split_stages(requirements)
     if not stages:
         return ""
-    listed = sorted(stages[0]) if len(stages) == 1 else [sorted(stage) for stage in stages]
+    listed = (list(sorted_stage(stages[0])) if len(stages) == 1
+              else [list(sorted_stage(stage)) for stage in stages])
     spec = json.dumps([sys.version_info[:2], listed])
     return hashlib.sha256(spec.encode()).hexdigest()[:20]
 

@@ -21,19 +21,25 @@ requests and replace it.
 Capacity (`capacity`) is answered from Ray's view of its nodes, refreshed every
 `REFRESH_S` off the event loop: a machine type that no live node could ever host is "no
 capacity for ..."; one that some node could host but is busy is left to Ray, which starts
-the runner when resources free up (the request waits meanwhile).
+the runner when resources free up (the request waits meanwhile). When the cluster has not
+answered for `UNREACHABLE_S` (its head is down), no machine type has capacity, and the
+reason says so: requests wait, with that reason, and the server serves on.
 
-Every Ray call that may block runs in a thread; results are awaited as Ray's asyncio futures.
+Every Ray call that may block runs in a thread (asking for a result too: through Ray Client
+it waits while the client reconnects); results are awaited as futures. The `ray` module's
+auto-connect is off (`import_ray`).
 Runners are actors of the server's Ray job: they end when the server's driver disconnects.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import logging
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -46,9 +52,14 @@ log = logging.getLogger(__name__)
 
 RESOURCE_PREFIX = "falrt-"
 REFRESH_S = 2.0
+# After this long without an answer from the cluster, it is reported unreachable.
+UNREACHABLE_S = 15.0
 NAMESPACE = "falrt"
 CONNECT_ATTEMPTS = 3
 PLACEMENT_ATTEMPTS = 3
+# How long a killed runner's end may take to come back through its actor before the runner
+# counts as ended anyway (its cluster is out of reach).
+KILL_CONFIRM_S = 15.0
 INSTALL_HINT = "the ray backend needs Ray on the server: pip install 'falrt[ray]'"
 
 
@@ -75,12 +86,24 @@ def missing(need: dict[str, float], nodes: list[dict[str, float]], machine_type:
             f"'{{\"{RESOURCE_PREFIX}{machine_type}\": N}}')")
 
 
+def unreachable(address: str, since_s: float, error: str) -> str:
+    """Why nothing can start while the cluster does not answer. Pure."""
+    return (f"no capacity: the Ray cluster at {address} has not answered for {since_s:.0f} s "
+            f"(is its head down?){f': {error}' if error else ''}")
+
+
 def import_ray() -> Any:
-    """The `ray` module. Raises ValueError saying how to install it."""
+    """The `ray` module, with its auto-connect off. Raises ValueError saying how to
+    install it."""
     try:
         import ray
+        from ray._private import auto_init_hook
     except ImportError:
         raise ValueError(INSTALL_HINT) from None
+    # Else a Ray call made once the connection is lost (a Ray Client whose head went)
+    # calls ray.init() with no address: it blocks on whatever cluster this host knows, and
+    # once connected is a driver of its own, which Ray ends the whole process with.
+    auto_init_hook.enable_auto_connect = False
     return ray
 
 
@@ -129,11 +152,46 @@ class RayRunner:
         if self._exited.done():
             return
         if not self._node:
-            self._exit_reason = "stopped before Ray placed it"
-            asyncio.get_running_loop().run_in_executor(None, self._remove)
+            self.end_unplaced("stopped before Ray placed it", -int(number))
             return
-        asyncio.get_running_loop().run_in_executor(
-            None, lambda: self._actor.signal.remote(int(number), group))
+        loop = asyncio.get_running_loop()
+        sent = loop.run_in_executor(None, lambda: self._actor.signal.remote(int(number), group))
+        sent.add_done_callback(functools.partial(self._undelivered, number))
+        if number is signal.SIGKILL:
+            loop.call_later(KILL_CONFIRM_S, self._unconfirmed)
+
+    def _undelivered(self, number: signal.Signals, sent: asyncio.Future[Any]) -> None:
+        """A signal Ray could not take (its cluster cannot be reached: a Ray Client that
+        lost its head). Nothing of Ray will tell this runner's end any more, so a kill ends
+        it here, and the server's stop does not wait for it forever."""
+        if sent.cancelled() or (exc := sent.exception()) is None or self._exited.done():
+            return
+        log.warning("runner %s: Ray did not take its %s: %s", self._spec.runner_id,
+                    number.name, _first_line(exc))
+        if number is signal.SIGKILL:
+            self._exit_reason = f"its Ray cluster cannot be reached: {_first_line(exc)}"
+            self._exited.set_result(-int(number))
+
+    def _unconfirmed(self) -> None:
+        """A kill Ray has not confirmed in KILL_CONFIRM_S (the runner's end never came back
+        through its actor): the runner counts as ended, so that nothing, the server's stop
+        included, waits for it forever."""
+        if self._exited.done():
+            return
+        self._exit_reason = (f"killed, but Ray did not confirm its end within "
+                             f"{KILL_CONFIRM_S:g} s (can its cluster be reached?)")
+        log.warning("runner %s: %s", self._spec.runner_id, self._exit_reason)
+        self._exited.set_result(-int(signal.SIGKILL))
+
+    def end_unplaced(self, reason: str, code: int) -> None:
+        """Ends the runner if Ray has not placed it (nothing of it runs): its actor is
+        removed, and its exit is known at once, since a cluster that cannot be reached
+        would never tell it. Nothing once it is placed or has exited."""
+        if self._node or self._exited.done():
+            return
+        self._exit_reason = reason
+        self._exited.set_result(code)
+        asyncio.get_running_loop().run_in_executor(None, self._remove)
 
     def _remove(self) -> None:
         with contextlib.suppress(Exception):  # (gone already)
@@ -186,8 +244,8 @@ class RayRunner:
         blocking call.)"""
         seen = 0
         while True:
-            batch: list[NodeEvent] = await (
-                await asyncio.to_thread(self._actor.events.remote, seen))
+            batch: list[NodeEvent] = await asyncio.wrap_future(
+                await asyncio.to_thread(self._events_future, seen))
             seen += len(batch)
             output = b"".join(e.data for e in batch if isinstance(e, Output))
             if output:
@@ -205,6 +263,14 @@ class RayRunner:
                     case _:
                         raise AssertionError(f"unexpected event {event!r}")
 
+    def _events_future(self, seen: int) -> concurrent.futures.Future[list[NodeEvent]]:
+        """The next long poll of the actor's events, as a future. Blocking: through Ray
+        Client, asking for the result is a call on the client's channel, which waits while
+        the client reconnects (kept off the event loop)."""
+        future: concurrent.futures.Future[list[NodeEvent]] = (
+            self._actor.events.remote(seen).future())
+        return future
+
 
 class RayBackend:
     """Places runners on the Ray cluster at `address`; `cache_dir`: where each node caches
@@ -219,8 +285,11 @@ class RayBackend:
         self._cache_dir = cache_dir
         self._actor_class: Any = None
         self._nodes: list[dict[str, float]] = []  # the live nodes' total resources
+        self._answered_at = 0.0  # (monotonic) when the cluster last told its nodes
+        self._error = ""  # why the last refresh failed ("" when it did not)
         self._refresher: asyncio.Task[None] | None = None
         self._followers: set[asyncio.Task[None]] = set()
+        self._runners: set[RayRunner] = set()  # those followed
 
     async def open(self) -> None:
         """Connects to the cluster (in a thread) and takes its first view of the nodes;
@@ -243,6 +312,7 @@ class RayBackend:
                             self._address, _first_line(exc))
                 await asyncio.to_thread(self._ray.shutdown)
         self._nodes = await asyncio.to_thread(self._live_nodes)
+        self._answered_at = time.monotonic()
         log.info("Ray cluster at %s: %d live nodes", self._address, len(self._nodes))
         self._refresher = asyncio.get_running_loop().create_task(self._refresh())
 
@@ -256,15 +326,44 @@ class RayBackend:
                 if node.get("Alive")]
 
     async def _refresh(self) -> None:
-        """Ray's view of its nodes, every REFRESH_S (a failure keeps the last view)."""
+        """Ray's view of its nodes, every REFRESH_S (a failure keeps the last view, and
+        how long the cluster has not answered counts on, also while a read hangs: Ray
+        waits up to a minute for a GCS that is gone)."""
         while True:
             await asyncio.sleep(REFRESH_S)
+            reading = asyncio.ensure_future(asyncio.to_thread(self._live_nodes))
             try:
-                self._nodes = await asyncio.to_thread(self._live_nodes)
+                while not reading.done():
+                    await asyncio.wait({reading}, timeout=REFRESH_S)
+                    self._give_up_waiting()
+                self._nodes = reading.result()
+            except asyncio.CancelledError:
+                reading.cancel()
+                raise
             except Exception as exc:
-                log.warning("cannot read the Ray cluster's nodes: %s", _first_line(exc))
+                self._error = _first_line(exc)
+                log.warning("cannot read the Ray cluster's nodes: %s", self._error)
+                self._give_up_waiting()
+                continue
+            if self._error or self._silent_s() > UNREACHABLE_S:
+                log.warning("the Ray cluster at %s answers again", self._address)
+            self._answered_at, self._error = time.monotonic(), ""
+
+    def _give_up_waiting(self) -> None:
+        """Once the cluster is unreachable, the runners waiting for Ray to place them end
+        as failed starts, saying why; the next starts then wait with the same reason."""
+        if self._silent_s() <= UNREACHABLE_S:
+            return
+        reason = unreachable(self._address, self._silent_s(), self._error)
+        for runner in list(self._runners):
+            runner.end_unplaced(reason, -1)
+
+    def _silent_s(self) -> float:
+        return time.monotonic() - self._answered_at
 
     def capacity(self, machine_type: str, num_gpus: int) -> str:
+        if self._silent_s() > UNREACHABLE_S:
+            return unreachable(self._address, self._silent_s(), self._error)
         return missing(resources(machine_type, num_gpus), self._nodes, machine_type)
 
     async def fetch(self, spec: RunnerSpec, pulling: Callable[[], None]) -> None:
@@ -276,7 +375,9 @@ class RayBackend:
         runner = RayRunner(self._ray, functools.partial(self._create, spec), spec)
         task = asyncio.get_running_loop().create_task(runner.follow())
         self._followers.add(task)
+        self._runners.add(runner)
         task.add_done_callback(self._followers.discard)
+        task.add_done_callback(lambda _: self._runners.discard(runner))
         return runner
 
     def _create(self, spec: RunnerSpec) -> Any:

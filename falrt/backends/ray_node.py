@@ -20,8 +20,9 @@ runner, with the machine type's resources, so Ray places it on a node that has t
 `signal` reaches the shim (or stops the preparation when it has not started yet). This
 module runs in a Ray worker process on the node and reads that process's environment: the
 base of the shim's (as the process backend copies the server's) and TMPDIR (through
-`tempfile`, for the cache's place). The GPUs are those `ray.get_gpu_ids()` names, which Ray
-also set CUDA_VISIBLE_DEVICES of the actor's process to.
+`tempfile`, for the cache's place). The GPUs are those `ray.get_gpu_ids()` names (which Ray
+also set CUDA_VISIBLE_DEVICES of the actor's process to), given to the shim by their NVML
+UUIDs, as the process backend gives them.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from falrt.backends.base import RunnerSpec
 from falrt.backends.environments import EnvironmentBuilder, environment_key
 from falrt.backends.process import shim_env
 from falrt.backends.spawn import Child, spawn
+from falrt.gpus import Gpu, discover
 from falrt.v1 import runner_pb2, runner_pb2_grpc
 
 # Where runners' bundles and environments are cached on each node, under the node's own
@@ -196,12 +198,24 @@ class NodeRunner:
 
 def _placement() -> tuple[str, list[str]]:
     """This node (host name / the start of its Ray node id) and the GPUs Ray assigned to
-    this actor (what it set CUDA_VISIBLE_DEVICES to). Ray is imported here only: this
-    module runs inside a Ray worker."""
+    this actor, by UUID (`gpu_uuids`). Ray is imported here only: this module runs inside
+    a Ray worker."""
     import ray
 
     node_id = str(ray.get_runtime_context().get_node_id())
-    return f"{socket.gethostname()}/{node_id[:12]}", [str(g) for g in ray.get_gpu_ids()]
+    ray_ids = [str(g) for g in ray.get_gpu_ids()]
+    inventory = discover() if ray_ids else []  # (NVML: only where Ray gave GPUs)
+    return f"{socket.gethostname()}/{node_id[:12]}", gpu_uuids(ray_ids, inventory)
+
+
+def gpu_uuids(ray_ids: list[str], gpus: list[Gpu]) -> list[str]:
+    """Ray's GPU ids as NVML's UUIDs, which the server and the shim name GPUs by (the
+    runner list, GPU failure handling, heartbeat figures) and CUDA takes as well in
+    CUDA_VISIBLE_DEVICES. Ray's ids are the node's device indices (NVML's order), or
+    UUIDs when the node was started with CUDA_VISIBLE_DEVICES naming UUIDs; an id `gpus`
+    (the node's NVML inventory) has no device for stays as Ray gave it. Pure."""
+    by_index = {str(gpu.index): gpu.uuid for gpu in gpus}
+    return [by_index.get(ray_id, ray_id) for ray_id in ray_ids]
 
 
 async def fetch_bundle(spec: RunnerSpec) -> bytes:

@@ -55,7 +55,7 @@ from falrt.images.engine import (
     pull,
     push,
 )
-from falrt.requirement_stages import join_stages, split_stages
+from falrt.requirement_stages import join_stages, sorted_stage, split_stages
 
 ENV_NAME = "falrt-env"
 RECIPE = "falrt-env/2"  # change when the Dockerfile below changes
@@ -87,14 +87,15 @@ def shim_dependencies() -> list[str]:
 
 
 def normalize_requirements(requirements: Iterable[str]) -> list[str]:
-    """Each install stage stripped, de-duplicated and sorted, the stages in order (one stage
-    normalizes as every list did before stages); raises ImageError for a multi-line
-    specifier."""
+    """Each install stage stripped, de-duplicated and sorted (an option and its value as one
+    entry), the stages in order (one stage normalizes as every list did before stages);
+    raises ImageError for a multi-line specifier."""
     requirements = list(requirements)
     for requirement in requirements:
         if "\n" in requirement.strip() or "\r" in requirement.strip():
             raise ImageError(f"a requirement must be one line: {requirement!r}")
-    return list(join_stages(sorted(set(stage)) for stage in split_stages(requirements)))
+    stages = split_stages(requirements)
+    return list(join_stages(sorted_stage(stage, unique=True) for stage in stages))
 
 
 def falrt_sources() -> dict[str, bytes]:

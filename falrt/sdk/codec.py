@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import msgspec
 
 from falrt.errors import InvalidArgumentError, ValidationFailedError
+from falrt.sdk import files
 
 __all__ = [
     "JSON",
@@ -35,8 +36,9 @@ MSGPACK = "application/msgpack"
 _AT_SUFFIX = re.compile(r"^(?P<msg>.*) - at `(?P<loc>\$[^`]*)`$", re.DOTALL)
 _MISSING = re.compile(r"^Object missing required field `(?P<field>[^`]+)`$")
 
-_json_encoder = msgspec.json.Encoder()
-_msgpack_encoder = msgspec.msgpack.Encoder()
+# The hooks only run for types msgspec does not know (falrt.File and falrt.Image).
+_json_encoder = msgspec.json.Encoder(enc_hook=files.enc_hook)
+_msgpack_encoder = msgspec.msgpack.Encoder(enc_hook=files.enc_hook)
 
 
 def is_msgpack(content_type: str) -> bool:
@@ -70,12 +72,15 @@ def is_model_type(tp: object) -> bool:
     return (isinstance(tp, type) and issubclass(tp, msgspec.Struct)) or is_pydantic_model(tp)
 
 
-def json_schema(tp: type[Any]) -> dict[str, Any]:
-    """The JSON Schema of a model type."""
+def json_schema(tp: type[Any], output: bool = False) -> dict[str, Any]:
+    """The JSON Schema of a model type, as an input or (`output`) as an output: they differ
+    for falrt.File fields (a URL string in, fal's file object out)."""
     if is_pydantic_model(tp):
-        schema: dict[str, Any] = tp.model_json_schema()
+        schema: dict[str, Any] = tp.model_json_schema(
+            mode="serialization" if output else "validation")
         return schema
-    return msgspec.json.schema(tp)
+    hook = files.output_schema_hook if output else files.input_schema_hook
+    return msgspec.json.schema(tp, schema_hook=hook)
 
 
 class Codec(Protocol):
@@ -111,8 +116,8 @@ class StructCodec:
     """Codec of a msgspec Struct type (decoders built once)."""
 
     def __init__(self, tp: type[Any]) -> None:
-        self._json = msgspec.json.Decoder(tp)
-        self._msgpack = msgspec.msgpack.Decoder(tp)
+        self._json = msgspec.json.Decoder(tp, dec_hook=files.dec_hook)
+        self._msgpack = msgspec.msgpack.Decoder(tp, dec_hook=files.dec_hook)
 
     def decode(self, data: bytes, msgpack: bool) -> Any:
         try:

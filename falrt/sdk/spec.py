@@ -100,8 +100,8 @@ def _settings(cls: type[App]) -> AppSettingsSpec:
     )
 
 
-def _schema_text(tp: type) -> str:
-    return msgspec.json.encode(json_schema(tp)).decode()
+def _schema_text(tp: type, output: bool = False) -> str:
+    return msgspec.json.encode(json_schema(tp, output)).decode()
 
 
 def describe_endpoint(ep: Endpoint) -> EndpointDescription:
@@ -111,7 +111,7 @@ def describe_endpoint(ep: Endpoint) -> EndpointDescription:
         name=ep.name,
         kind=ep.kind.value,
         input_schema_json=_schema_text(ep.input_type),
-        output_schema_json=_schema_text(ep.output_type),
+        output_schema_json=_schema_text(ep.output_type, output=True),
         input_check=input_check_for(ep.input_type),
     )
 

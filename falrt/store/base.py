@@ -183,3 +183,7 @@ class SharedStore(Store, Protocol):
         server's; gives back the slots of runners not in `runner_ids` that are older than
         `lease_s`. Returns the apps held, each with the runner slots other live servers
         hold and how many of them waited for a slot within `lease_s`."""
+
+    def scaling_lead(self, app_name: str) -> Awaitable[tuple[str, float] | None]:
+        """The live server that holds the app's scaling lease, and when the lease ends
+        (seconds since the epoch, the database's clock); None when no live server holds it."""

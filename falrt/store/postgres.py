@@ -574,6 +574,10 @@ class PostgresStore:
         async with self._readers.acquire() as conn:
             return await scaling_leases.hold(conn, self.server_id, names, lease_s, runner_ids)
 
+    async def scaling_lead(self, app_name: str) -> tuple[str, float] | None:
+        async with self._readers.acquire() as conn:
+            return await scaling_leases.lead(conn, app_name)
+
     async def listen(
         self, on_event: Callable[[ClusterEvent], None], on_lost: Callable[[], None]
     ) -> asyncpg.Connection:

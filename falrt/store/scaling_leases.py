@@ -58,6 +58,11 @@ _FORGOTTEN = ("DELETE FROM falrt.runner_slots WHERE server_id = $1 AND NOT (runn
               f"ANY($2::text[])) AND taken_at < {_NOW} - $3")
 
 
+# The app's lease holder while the lease runs and its server lives.
+_LEAD = ("SELECT holder, lease_until FROM falrt.app_leases WHERE app_name = $1 AND "
+         f"lease_until >= {_NOW} AND holder IN {_LIVE}")
+
+
 class Elsewhere(NamedTuple):
     """For an app this server leads: what the other live servers hold and want."""
 
@@ -96,6 +101,13 @@ async def hold(
     return {row[0]: Elsewhere(int(row[1]), int(row[2])) for row in rows}
 
 
+async def lead(conn: Conn, app_name: str) -> tuple[str, float] | None:
+    """The server that holds the app's scaling lease and when it ends; None when no live
+    server holds it now."""
+    row = await conn.fetchrow(_LEAD, app_name)
+    return None if row is None else (str(row["holder"]), float(row["lease_until"]))
+
+
 async def leave(conn: Conn, server_id: str) -> None:
     """A clean stop: this server's leases, slots and waits go at once."""
     async with conn.transaction():
@@ -111,4 +123,4 @@ async def forget_gone(conn: Conn) -> None:
                            "(SELECT server_id FROM falrt.servers)")
 
 
-__all__ = ["SCHEMA", "Elsewhere", "forget_gone", "hold", "leave", "take_slot"]
+__all__ = ["SCHEMA", "Elsewhere", "forget_gone", "hold", "lead", "leave", "take_slot"]

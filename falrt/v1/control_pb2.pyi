@@ -583,6 +583,7 @@ class AppInfo(_message.Message):
     EFFECTIVE_FIELD_NUMBER: _builtins.int
     ENVIRONMENT_FIELD_NUMBER: _builtins.int
     AUTH_FIELD_NUMBER: _builtins.int
+    SCALING_LEAD_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     endpoint_id: _builtins.str
     revision_id: _builtins.str
@@ -612,6 +613,12 @@ class AppInfo(_message.Message):
     def effective(self) -> Global___AppSettings:
         """The settings in force: overrides, else the code's, else the server's defaults."""
 
+    @_builtins.property
+    def scaling_lead(self) -> Global___ScalingLead:
+        """Which server makes the app's scaling decisions. Set by GetApp (it reads the store);
+        unset in the other replies.
+        """
+
     def __init__(
         self,
         *,
@@ -629,14 +636,56 @@ class AppInfo(_message.Message):
         effective: Global___AppSettings | None = ...,
         environment: _builtins.str = ...,
         auth: _builtins.str = ...,
+        scaling_lead: Global___ScalingLead | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "effective", b"effective", "scale_overrides", b"scale_overrides", "settings", b"settings", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "effective", b"effective", "scale_overrides", b"scale_overrides", "scaling_lead", b"scaling_lead", "settings", b"settings", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_runners", b"active_runners", "auth", b"auth", "created_at", b"created_at", "effective", b"effective", "endpoint_id", b"endpoint_id", "endpoints", b"endpoints", "entrypoint", b"entrypoint", "environment", b"environment", "name", b"name", "queue_size", b"queue_size", "revision_id", b"revision_id", "scale_overrides", b"scale_overrides", "settings", b"settings", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_runners", b"active_runners", "auth", b"auth", "created_at", b"created_at", "effective", b"effective", "endpoint_id", b"endpoint_id", "endpoints", b"endpoints", "entrypoint", b"entrypoint", "environment", b"environment", "name", b"name", "queue_size", b"queue_size", "revision_id", b"revision_id", "scale_overrides", b"scale_overrides", "scaling_lead", b"scaling_lead", "settings", b"settings", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AppInfo: _TypeAlias = AppInfo  # noqa: Y015
+
+@_typing.final
+class ScalingLead(_message.Message):
+    """The holder of an app's scaling lease: the one server at a time that makes the app's
+    scaling decisions when several servers share a store (docs/stores.md, "Scaling across
+    servers").
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHARED_FIELD_NUMBER: _builtins.int
+    SERVER_ID_FIELD_NUMBER: _builtins.int
+    THIS_SERVER_FIELD_NUMBER: _builtins.int
+    LEASE_UNTIL_FIELD_NUMBER: _builtins.int
+    shared: _builtins.bool
+    """Whether servers share the store (PostgreSQL). A server alone on its store always leads."""
+    server_id: _builtins.str
+    """The lead's server id (each server logs its own when it joins the store); "" when no
+    live server holds the lease now, which one takes within the server lease.
+    """
+    this_server: _builtins.bool
+    """Whether the lead is the server that answered."""
+    @_builtins.property
+    def lease_until(self) -> _timestamp_pb2.Timestamp:
+        """When the lease ends unless the lead renews it (shared stores only)."""
+
+    def __init__(
+        self,
+        *,
+        shared: _builtins.bool = ...,
+        server_id: _builtins.str = ...,
+        this_server: _builtins.bool = ...,
+        lease_until: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lease_until", b"lease_until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_until", b"lease_until", "server_id", b"server_id", "shared", b"shared", "this_server", b"this_server"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScalingLead: _TypeAlias = ScalingLead  # noqa: Y015
 
 @_typing.final
 class ListAppsRequest(_message.Message):

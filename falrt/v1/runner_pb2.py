@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from falrt.v1 import common_pb2 as falrt_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x66\x61lrt/v1/runner.proto\x12\x08\x66\x61lrt.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x15\x66\x61lrt/v1/common.proto\"6\n\x12\x46\x65tchBundleRequest\x12\x11\n\trunner_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\"2\n\x0b\x42undleChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x15\n\rbundle_sha256\x18\x02 \x01(\t\"P\n\x05Hello\x12\x11\n\trunner_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\r\n\x05slots\x18\x03 \x01(\x05\x12\x16\n\x0e\x65ndpoint_paths\x18\x04 \x03(\t\"@\n\tRunnerLog\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x1f\n\x04line\x18\x02 \x01(\x0b\x32\x11.falrt.v1.LogLine\"@\n\x07Partial\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12!\n\x06output\x18\x02 \x01(\x0b\x32\x11.falrt.v1.Payload\"\xea\x01\n\x06Result\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12!\n\x06output\x18\x02 \x01(\x0b\x32\x11.falrt.v1.Payload\x12\"\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x13.falrt.v1.ErrorInfo\x12\x31\n\x0einference_time\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x18\n\x0bneeds_retry\x18\x05 \x01(\x08H\x00\x88\x01\x01\x12\x18\n\x0bstop_runner\x18\x06 \x01(\x08H\x01\x88\x01\x01\x42\x0e\n\x0c_needs_retryB\x0e\n\x0c_stop_runner\"A\n\tHeartbeat\x12\x12\n\nfree_slots\x18\x01 \x01(\x05\x12 \n\x04gpus\x18\x02 \x03(\x0b\x32\x12.falrt.v1.GpuStats\"3\n\x0bStateChange\x12$\n\x05state\x18\x01 \x01(\x0e\x32\x15.falrt.v1.RunnerState\"\xa0\x03\n\rRunnerMessage\x12 \n\x05hello\x18\x01 \x01(\x0b\x32\x0f.falrt.v1.HelloH\x00\x12\"\n\x03log\x18\x02 \x01(\x0b\x32\x13.falrt.v1.RunnerLogH\x00\x12$\n\x07partial\x18\x03 \x01(\x0b\x32\x11.falrt.v1.PartialH\x00\x12\"\n\x06result\x18\x04 \x01(\x0b\x32\x10.falrt.v1.ResultH\x00\x12(\n\theartbeat\x18\x05 \x01(\x0b\x32\x13.falrt.v1.HeartbeatH\x00\x12-\n\x0cstate_change\x18\x06 \x01(\x0b\x32\x15.falrt.v1.StateChangeH\x00\x12\x33\n\x0frealtime_output\x18\x07 \x01(\x0b\x32\x18.falrt.v1.RealtimeOutputH\x00\x12\x33\n\x0frealtime_closed\x18\x08 \x01(\x0b\x32\x18.falrt.v1.RealtimeClosedH\x00\x12\x33\n\x0frealtime_credit\x18\t \x01(\x0b\x32\x18.falrt.v1.RealtimeCreditH\x00\x42\x07\n\x05\x65vent\"G\n\x0eRealtimeOutput\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12!\n\x06output\x18\x02 \x01(\x0b\x32\x11.falrt.v1.Payload\"4\n\x0eRealtimeCredit\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06inputs\x18\x02 \x01(\x05\"H\n\x0eRealtimeClosed\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\"\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x13.falrt.v1.ErrorInfo\"1\n\rRealtimeStart\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"E\n\rRealtimeInput\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12 \n\x05input\x18\x02 \x01(\x0b\x32\x11.falrt.v1.Payload\"!\n\x0bRealtimeEnd\x12\x12\n\nsession_id\x18\x01 \x01(\t\"a\n\x06\x41ssign\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12 \n\x05input\x18\x03 \x01(\x0b\x32\x11.falrt.v1.Payload\x12\x13\n\x0btraceparent\x18\x04 \x01(\t\"&\n\x10\x43\x61ncelAssignment\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x07\n\x05\x44rain\"\x1c\n\x07Welcome\x12\x11\n\tserver_id\x18\x01 \x01(\t\"\xc7\x02\n\rServerMessage\x12\"\n\x06\x61ssign\x18\x01 \x01(\x0b\x32\x10.falrt.v1.AssignH\x00\x12,\n\x06\x63\x61ncel\x18\x02 \x01(\x0b\x32\x1a.falrt.v1.CancelAssignmentH\x00\x12 \n\x05\x64rain\x18\x03 \x01(\x0b\x32\x0f.falrt.v1.DrainH\x00\x12\x31\n\x0erealtime_start\x18\x04 \x01(\x0b\x32\x17.falrt.v1.RealtimeStartH\x00\x12\x31\n\x0erealtime_input\x18\x05 \x01(\x0b\x32\x17.falrt.v1.RealtimeInputH\x00\x12-\n\x0crealtime_end\x18\x06 \x01(\x0b\x32\x15.falrt.v1.RealtimeEndH\x00\x12$\n\x07welcome\x18\x07 \x01(\x0b\x32\x11.falrt.v1.WelcomeH\x00\x42\x07\n\x05\x65vent2\x92\x01\n\nRunnerLink\x12>\n\x06\x41ttach\x12\x17.falrt.v1.RunnerMessage\x1a\x17.falrt.v1.ServerMessage(\x01\x30\x01\x12\x44\n\x0b\x46\x65tchBundle\x12\x1c.falrt.v1.FetchBundleRequest\x1a\x15.falrt.v1.BundleChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x66\x61lrt/v1/runner.proto\x12\x08\x66\x61lrt.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x15\x66\x61lrt/v1/common.proto\"6\n\x12\x46\x65tchBundleRequest\x12\x11\n\trunner_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\"2\n\x0b\x42undleChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x15\n\rbundle_sha256\x18\x02 \x01(\t\"P\n\x05Hello\x12\x11\n\trunner_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\r\n\x05slots\x18\x03 \x01(\x05\x12\x16\n\x0e\x65ndpoint_paths\x18\x04 \x03(\t\"@\n\tRunnerLog\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x1f\n\x04line\x18\x02 \x01(\x0b\x32\x11.falrt.v1.LogLine\"@\n\x07Partial\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12!\n\x06output\x18\x02 \x01(\x0b\x32\x11.falrt.v1.Payload\"\xea\x01\n\x06Result\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12!\n\x06output\x18\x02 \x01(\x0b\x32\x11.falrt.v1.Payload\x12\"\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x13.falrt.v1.ErrorInfo\x12\x31\n\x0einference_time\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x18\n\x0bneeds_retry\x18\x05 \x01(\x08H\x00\x88\x01\x01\x12\x18\n\x0bstop_runner\x18\x06 \x01(\x08H\x01\x88\x01\x01\x42\x0e\n\x0c_needs_retryB\x0e\n\x0c_stop_runner\"A\n\tHeartbeat\x12\x12\n\nfree_slots\x18\x01 \x01(\x05\x12 \n\x04gpus\x18\x02 \x03(\x0b\x32\x12.falrt.v1.GpuStats\"3\n\x0bStateChange\x12$\n\x05state\x18\x01 \x01(\x0e\x32\x15.falrt.v1.RunnerState\"\xca\x03\n\rRunnerMessage\x12 \n\x05hello\x18\x01 \x01(\x0b\x32\x0f.falrt.v1.HelloH\x00\x12\"\n\x03log\x18\x02 \x01(\x0b\x32\x13.falrt.v1.RunnerLogH\x00\x12$\n\x07partial\x18\x03 \x01(\x0b\x32\x11.falrt.v1.PartialH\x00\x12\"\n\x06result\x18\x04 \x01(\x0b\x32\x10.falrt.v1.ResultH\x00\x12(\n\theartbeat\x18\x05 \x01(\x0b\x32\x13.falrt.v1.HeartbeatH\x00\x12-\n\x0cstate_change\x18\x06 \x01(\x0b\x32\x15.falrt.v1.StateChangeH\x00\x12\x33\n\x0frealtime_output\x18\x07 \x01(\x0b\x32\x18.falrt.v1.RealtimeOutputH\x00\x12\x33\n\x0frealtime_closed\x18\x08 \x01(\x0b\x32\x18.falrt.v1.RealtimeClosedH\x00\x12\x33\n\x0frealtime_credit\x18\t \x01(\x0b\x32\x18.falrt.v1.RealtimeCreditH\x00\x12(\n\x07results\x18\n \x01(\x0b\x32\x15.falrt.v1.ResultBatchH\x00\x42\x07\n\x05\x65vent\"0\n\x0bResultBatch\x12!\n\x07results\x18\x01 \x03(\x0b\x32\x10.falrt.v1.Result\"G\n\x0eRealtimeOutput\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12!\n\x06output\x18\x02 \x01(\x0b\x32\x11.falrt.v1.Payload\"4\n\x0eRealtimeCredit\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06inputs\x18\x02 \x01(\x05\"H\n\x0eRealtimeClosed\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\"\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x13.falrt.v1.ErrorInfo\"1\n\rRealtimeStart\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"E\n\rRealtimeInput\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12 \n\x05input\x18\x02 \x01(\x0b\x32\x11.falrt.v1.Payload\"!\n\x0bRealtimeEnd\x12\x12\n\nsession_id\x18\x01 \x01(\t\"a\n\x06\x41ssign\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12 \n\x05input\x18\x03 \x01(\x0b\x32\x11.falrt.v1.Payload\x12\x13\n\x0btraceparent\x18\x04 \x01(\t\"&\n\x10\x43\x61ncelAssignment\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x07\n\x05\x44rain\"\x1c\n\x07Welcome\x12\x11\n\tserver_id\x18\x01 \x01(\t\"\xf1\x02\n\rServerMessage\x12\"\n\x06\x61ssign\x18\x01 \x01(\x0b\x32\x10.falrt.v1.AssignH\x00\x12,\n\x06\x63\x61ncel\x18\x02 \x01(\x0b\x32\x1a.falrt.v1.CancelAssignmentH\x00\x12 \n\x05\x64rain\x18\x03 \x01(\x0b\x32\x0f.falrt.v1.DrainH\x00\x12\x31\n\x0erealtime_start\x18\x04 \x01(\x0b\x32\x17.falrt.v1.RealtimeStartH\x00\x12\x31\n\x0erealtime_input\x18\x05 \x01(\x0b\x32\x17.falrt.v1.RealtimeInputH\x00\x12-\n\x0crealtime_end\x18\x06 \x01(\x0b\x32\x15.falrt.v1.RealtimeEndH\x00\x12$\n\x07welcome\x18\x07 \x01(\x0b\x32\x11.falrt.v1.WelcomeH\x00\x12(\n\x07\x61ssigns\x18\x08 \x01(\x0b\x32\x15.falrt.v1.AssignBatchH\x00\x42\x07\n\x05\x65vent\"0\n\x0b\x41ssignBatch\x12!\n\x07\x61ssigns\x18\x01 \x03(\x0b\x32\x10.falrt.v1.Assign2\x92\x01\n\nRunnerLink\x12>\n\x06\x41ttach\x12\x17.falrt.v1.RunnerMessage\x1a\x17.falrt.v1.ServerMessage(\x01\x30\x01\x12\x44\n\x0b\x46\x65tchBundle\x12\x1c.falrt.v1.FetchBundleRequest\x1a\x15.falrt.v1.BundleChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -50,29 +50,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STATECHANGE']._serialized_start=716
   _globals['_STATECHANGE']._serialized_end=767
   _globals['_RUNNERMESSAGE']._serialized_start=770
-  _globals['_RUNNERMESSAGE']._serialized_end=1186
-  _globals['_REALTIMEOUTPUT']._serialized_start=1188
-  _globals['_REALTIMEOUTPUT']._serialized_end=1259
-  _globals['_REALTIMECREDIT']._serialized_start=1261
-  _globals['_REALTIMECREDIT']._serialized_end=1313
-  _globals['_REALTIMECLOSED']._serialized_start=1315
-  _globals['_REALTIMECLOSED']._serialized_end=1387
-  _globals['_REALTIMESTART']._serialized_start=1389
-  _globals['_REALTIMESTART']._serialized_end=1438
-  _globals['_REALTIMEINPUT']._serialized_start=1440
-  _globals['_REALTIMEINPUT']._serialized_end=1509
-  _globals['_REALTIMEEND']._serialized_start=1511
-  _globals['_REALTIMEEND']._serialized_end=1544
-  _globals['_ASSIGN']._serialized_start=1546
-  _globals['_ASSIGN']._serialized_end=1643
-  _globals['_CANCELASSIGNMENT']._serialized_start=1645
-  _globals['_CANCELASSIGNMENT']._serialized_end=1683
-  _globals['_DRAIN']._serialized_start=1685
-  _globals['_DRAIN']._serialized_end=1692
-  _globals['_WELCOME']._serialized_start=1694
-  _globals['_WELCOME']._serialized_end=1722
-  _globals['_SERVERMESSAGE']._serialized_start=1725
-  _globals['_SERVERMESSAGE']._serialized_end=2052
-  _globals['_RUNNERLINK']._serialized_start=2055
-  _globals['_RUNNERLINK']._serialized_end=2201
+  _globals['_RUNNERMESSAGE']._serialized_end=1228
+  _globals['_RESULTBATCH']._serialized_start=1230
+  _globals['_RESULTBATCH']._serialized_end=1278
+  _globals['_REALTIMEOUTPUT']._serialized_start=1280
+  _globals['_REALTIMEOUTPUT']._serialized_end=1351
+  _globals['_REALTIMECREDIT']._serialized_start=1353
+  _globals['_REALTIMECREDIT']._serialized_end=1405
+  _globals['_REALTIMECLOSED']._serialized_start=1407
+  _globals['_REALTIMECLOSED']._serialized_end=1479
+  _globals['_REALTIMESTART']._serialized_start=1481
+  _globals['_REALTIMESTART']._serialized_end=1530
+  _globals['_REALTIMEINPUT']._serialized_start=1532
+  _globals['_REALTIMEINPUT']._serialized_end=1601
+  _globals['_REALTIMEEND']._serialized_start=1603
+  _globals['_REALTIMEEND']._serialized_end=1636
+  _globals['_ASSIGN']._serialized_start=1638
+  _globals['_ASSIGN']._serialized_end=1735
+  _globals['_CANCELASSIGNMENT']._serialized_start=1737
+  _globals['_CANCELASSIGNMENT']._serialized_end=1775
+  _globals['_DRAIN']._serialized_start=1777
+  _globals['_DRAIN']._serialized_end=1784
+  _globals['_WELCOME']._serialized_start=1786
+  _globals['_WELCOME']._serialized_end=1814
+  _globals['_SERVERMESSAGE']._serialized_start=1817
+  _globals['_SERVERMESSAGE']._serialized_end=2186
+  _globals['_ASSIGNBATCH']._serialized_start=2188
+  _globals['_ASSIGNBATCH']._serialized_end=2236
+  _globals['_RUNNERLINK']._serialized_start=2239
+  _globals['_RUNNERLINK']._serialized_end=2385
 # @@protoc_insertion_point(module_scope)

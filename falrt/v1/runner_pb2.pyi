@@ -278,6 +278,7 @@ class RunnerMessage(_message.Message):
     REALTIME_OUTPUT_FIELD_NUMBER: _builtins.int
     REALTIME_CLOSED_FIELD_NUMBER: _builtins.int
     REALTIME_CREDIT_FIELD_NUMBER: _builtins.int
+    RESULTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___Hello: ...
     @_builtins.property
@@ -296,6 +297,8 @@ class RunnerMessage(_message.Message):
     def realtime_closed(self) -> Global___RealtimeClosed: ...
     @_builtins.property
     def realtime_credit(self) -> Global___RealtimeCredit: ...
+    @_builtins.property
+    def results(self) -> Global___ResultBatch: ...
     def __init__(
         self,
         *,
@@ -308,16 +311,42 @@ class RunnerMessage(_message.Message):
         realtime_output: Global___RealtimeOutput | None = ...,
         realtime_closed: Global___RealtimeClosed | None = ...,
         realtime_credit: Global___RealtimeCredit | None = ...,
+        results: Global___ResultBatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "heartbeat", b"heartbeat", "hello", b"hello", "log", b"log", "partial", b"partial", "realtime_closed", b"realtime_closed", "realtime_credit", b"realtime_credit", "realtime_output", b"realtime_output", "result", b"result", "state_change", b"state_change"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "heartbeat", b"heartbeat", "hello", b"hello", "log", b"log", "partial", b"partial", "realtime_closed", b"realtime_closed", "realtime_credit", b"realtime_credit", "realtime_output", b"realtime_output", "result", b"result", "results", b"results", "state_change", b"state_change"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "heartbeat", b"heartbeat", "hello", b"hello", "log", b"log", "partial", b"partial", "realtime_closed", b"realtime_closed", "realtime_credit", b"realtime_credit", "realtime_output", b"realtime_output", "result", b"result", "state_change", b"state_change"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "heartbeat", b"heartbeat", "hello", b"hello", "log", b"log", "partial", b"partial", "realtime_closed", b"realtime_closed", "realtime_credit", b"realtime_credit", "realtime_output", b"realtime_output", "result", b"result", "results", b"results", "state_change", b"state_change"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["hello", "log", "partial", "result", "heartbeat", "state_change", "realtime_output", "realtime_closed", "realtime_credit"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["hello", "log", "partial", "result", "heartbeat", "state_change", "realtime_output", "realtime_closed", "realtime_credit", "results"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
 Global___RunnerMessage: _TypeAlias = RunnerMessage  # noqa: Y015
+
+@_typing.final
+class ResultBatch(_message.Message):
+    """Several results at once: those that were ready in the same turn of the runner's loop
+    (under load many requests share one stream, and each message has a fixed cost). Handled
+    as the same Results sent one by one, in order. A lone result goes out as `result`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___Result]: ...
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___Result] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResultBatch: _TypeAlias = ResultBatch  # noqa: Y015
 
 @_typing.final
 class RealtimeOutput(_message.Message):
@@ -574,6 +603,7 @@ class ServerMessage(_message.Message):
     REALTIME_INPUT_FIELD_NUMBER: _builtins.int
     REALTIME_END_FIELD_NUMBER: _builtins.int
     WELCOME_FIELD_NUMBER: _builtins.int
+    ASSIGNS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def assign(self) -> Global___Assign: ...
     @_builtins.property
@@ -588,6 +618,8 @@ class ServerMessage(_message.Message):
     def realtime_end(self) -> Global___RealtimeEnd: ...
     @_builtins.property
     def welcome(self) -> Global___Welcome: ...
+    @_builtins.property
+    def assigns(self) -> Global___AssignBatch: ...
     def __init__(
         self,
         *,
@@ -598,13 +630,39 @@ class ServerMessage(_message.Message):
         realtime_input: Global___RealtimeInput | None = ...,
         realtime_end: Global___RealtimeEnd | None = ...,
         welcome: Global___Welcome | None = ...,
+        assigns: Global___AssignBatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["assign", b"assign", "cancel", b"cancel", "drain", b"drain", "event", b"event", "realtime_end", b"realtime_end", "realtime_input", b"realtime_input", "realtime_start", b"realtime_start", "welcome", b"welcome"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["assign", b"assign", "assigns", b"assigns", "cancel", b"cancel", "drain", b"drain", "event", b"event", "realtime_end", b"realtime_end", "realtime_input", b"realtime_input", "realtime_start", b"realtime_start", "welcome", b"welcome"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assign", b"assign", "cancel", b"cancel", "drain", b"drain", "event", b"event", "realtime_end", b"realtime_end", "realtime_input", b"realtime_input", "realtime_start", b"realtime_start", "welcome", b"welcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assign", b"assign", "assigns", b"assigns", "cancel", b"cancel", "drain", b"drain", "event", b"event", "realtime_end", b"realtime_end", "realtime_input", b"realtime_input", "realtime_start", b"realtime_start", "welcome", b"welcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["assign", "cancel", "drain", "realtime_start", "realtime_input", "realtime_end", "welcome"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["assign", "cancel", "drain", "realtime_start", "realtime_input", "realtime_end", "welcome", "assigns"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
 Global___ServerMessage: _TypeAlias = ServerMessage  # noqa: Y015
+
+@_typing.final
+class AssignBatch(_message.Message):
+    """Several assignments at once: those that were ready in the same turn of the server's loop
+    (never held back to fill a batch). Handled as the same Assigns sent one by one, in order.
+    A lone assignment goes out as `assign`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ASSIGNS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def assigns(self) -> _containers.RepeatedCompositeFieldContainer[Global___Assign]: ...
+    def __init__(
+        self,
+        *,
+        assigns: _abc.Iterable[Global___Assign] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assigns", b"assigns"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AssignBatch: _TypeAlias = AssignBatch  # noqa: Y015

@@ -12,6 +12,7 @@ import msgspec
 from falrt import errors
 from falrt.names import MAIN, environment_of
 from falrt.server.api import convert
+from falrt.server.control.cluster import ScalingLead
 from falrt.server.control.deploy import (
     BuildLog,
     Deployed,
@@ -31,6 +32,14 @@ _STAGES = {
     DeployStage.ROLLOUT: control_pb2.DEPLOY_STAGE_ROLLOUT,
     DeployStage.DONE: control_pb2.DEPLOY_STAGE_DONE,
 }
+
+
+def scaling_lead(lead: ScalingLead) -> control_pb2.ScalingLead:
+    message = control_pb2.ScalingLead(shared=lead.shared, server_id=lead.server_id,
+                                      this_server=lead.this_server)
+    if lead.lease_until:
+        message.lease_until.CopyFrom(convert.timestamp(lead.lease_until))
+    return message
 
 
 def app_info(

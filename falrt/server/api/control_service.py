@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 from grpc import aio
@@ -13,6 +13,7 @@ from falrt.names import MAIN, check_environment, environment_of
 from falrt.server.api import control_convert, convert
 from falrt.server.api.rpc import Guard, server_stream, unary
 from falrt.server.control.apps import AppControl
+from falrt.server.control.cluster import ScalingLead
 from falrt.server.control.deploy import Deployer
 from falrt.server.fleet.fleet import Fleet
 from falrt.server.fleet.runner_logs import check_runner_id, read_lines
@@ -39,8 +40,10 @@ class ControlService(control_pb2_grpc.ControlServicer):
         self, apps: Apps, control: AppControl, deployer: Deployer, fleet: Fleet,
         scheduler: Scheduler, store: Store, secret_box: SecretBox, webhook_key: SigningKey,
         settings: ServerSettings, on_revoke: Callable[[str], None], guard: Guard,
+        scaling_lead: Callable[[str], Awaitable[ScalingLead]],
     ) -> None:
         self._apps = apps
+        self._scaling_lead = scaling_lead  # an app's, as the store has it (GetApp)
         self._control = control
         self._deployer = deployer
         self._fleet = fleet
@@ -77,7 +80,11 @@ class ControlService(control_pb2_grpc.ControlServicer):
     async def GetApp(
         self, request: control_pb2.GetAppRequest, context: Context
     ) -> control_pb2.GetAppResponse:
-        return control_pb2.GetAppResponse(app=self._app_info(self._app(request.name)))
+        app = self._app(request.name)
+        info = self._app_info(app)
+        info.scaling_lead.CopyFrom(
+            control_convert.scaling_lead(await self._scaling_lead(app.name)))
+        return control_pb2.GetAppResponse(app=info)
 
     @unary
     async def DeleteApp(

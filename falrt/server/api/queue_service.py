@@ -75,6 +75,11 @@ class QueueService(queue_pb2_grpc.QueueServicer):
             self._origin(context, "subscribe"),
         )
         item = await self._find(request_id)  # stored: the first message says so
+        if item.storing is not None:
+            # Its result is there already, being stored: the acknowledgement and the
+            # completion go as one message once that write ends (one write to the caller
+            # less; if the write fails, the acknowledgement goes alone, as it would have).
+            await asyncio.wait([item.storing])
         with_logs = await self._with_logs(item, request.with_logs, context)
         async for response in self._follow(item, with_logs):
             yield response

@@ -4,8 +4,9 @@ The runner's first message must be Hello with the id and token the server gave i
 other first message, or a wrong token, ends the stream with PERMISSION_DENIED; else the
 server's first message is Welcome (a runner that may reconnect knows it was taken). After that,
 one task reads the runner's messages and hands them to the dispatcher, while the RPC
-itself writes the runner's outbox (assignments, cancels, drain) to the stream in order.
-When either side ends, the runner's in-flight work is failed over.
+itself writes the runner's outbox (assignments, cancels, drain) to the stream in order
+(`_ready`: what waits goes out together). When either side ends, the runner's
+in-flight work is failed over.
 
 FetchBundle gives a runner on another host (the ray backend) its bundle, packed again from
 the server's bundle folder, against the same id and token (PERMISSION_DENIED otherwise).
@@ -23,6 +24,7 @@ from google.protobuf.message import DecodeError
 from grpc import aio
 
 from falrt import bundle, errors
+from falrt.limits import ENVELOPE_BYTES
 from falrt.server.api import convert
 from falrt.server.api.rpc import server_stream
 from falrt.server.fleet.fleet import Fleet
@@ -37,13 +39,17 @@ from falrt.server.state.runners import (
     RealtimeInputEvent,
     RunnerHandle,
 )
-from falrt.server.state.work import RealtimeSession
+from falrt.server.state.work import RealtimeSession, WorkItem
 from falrt.v1 import common_pb2, runner_pb2, runner_pb2_grpc
 
 log = logging.getLogger(__name__)
 Context = aio.ServicerContext[Any, Any]
 HELLO_TIMEOUT_S = 30.0
 BUNDLE_CHUNK_BYTES = 1024 * 1024
+# An AssignBatch: at most this many assignments, with inputs of at most this many bytes in
+# all; the rest of ENVELOPE_BYTES is room for their ids, paths and trace contexts.
+BATCH_ASSIGNS = 64
+BATCH_INPUT_BYTES = ENVELOPE_BYTES // 2
 
 
 class RunnerLinkService(runner_pb2_grpc.RunnerLinkServicer):
@@ -60,8 +66,11 @@ class RunnerLinkService(runner_pb2_grpc.RunnerLinkServicer):
         reader = asyncio.get_running_loop().create_task(self._read(runner, request_iterator))
         try:
             yield self._welcome
-            while not isinstance(event := await runner.outbox.get(), CloseEvent):
-                yield _message(event)
+            while True:
+                for message in coalesce(await _ready(runner.outbox)):
+                    if message is None:  # (a CloseEvent)
+                        return
+                    yield message
         finally:
             reader.cancel()
             self._fleet.detached(runner)
@@ -121,10 +130,8 @@ class RunnerLinkService(runner_pb2_grpc.RunnerLinkServicer):
 
     def _handle(self, runner: RunnerHandle, message: runner_pb2.RunnerMessage) -> None:
         match message.WhichOneof("event"):
-            case "result":
-                result = message.result
-                self._dispatcher.on_result(runner, result.request_id, convert.outcome(result),
-                                          convert.verdict(result))
+            case "result" | "results":
+                self._on_results(runner, message)
             case "log":
                 entry = message.log
                 if entry.request_id:
@@ -148,6 +155,14 @@ class RunnerLinkService(runner_pb2_grpc.RunnerLinkServicer):
             case other:
                 raise errors.InvalidArgumentError(f"unexpected runner message {other!r}")
 
+    def _on_results(self, runner: RunnerHandle, message: runner_pb2.RunnerMessage) -> None:
+        """A Result, or a ResultBatch: the same results, one after the other."""
+        results = ([message.result] if message.HasField("result")
+                   else message.results.results)
+        for result in results:
+            self._dispatcher.on_result(runner, result.request_id, convert.outcome(result),
+                                       convert.verdict(result))
+
     def _handle_realtime(
         self, runner: RunnerHandle, kind: str, message: runner_pb2.RunnerMessage
     ) -> None:
@@ -166,6 +181,70 @@ class RunnerLinkService(runner_pb2_grpc.RunnerLinkServicer):
                 self._dispatcher.on_realtime_closed(runner, closed.session_id, error)
 
 
+async def _ready(outbox: asyncio.Queue[OutboxEvent]) -> list[OutboxEvent]:
+    """The events waiting in the runner's outbox (at least one: waits for it).
+
+    Each message on the stream has a fixed cost on both sides (a write, a read, a wake-up of
+    the other loop), and under load many requests share one runner. So the events that wait
+    when the stream can take the next message (those queued while the last one was written)
+    go out together: assignments next to each other as one AssignBatch. Nothing waits to
+    fill a batch; a lone event goes out at once in a message of its own (`coalesce`).
+    """
+    events = [await outbox.get()]
+    while not outbox.empty():
+        events.append(outbox.get_nowait())
+    return events
+
+
+def coalesce(events: list[OutboxEvent]) -> list[runner_pb2.ServerMessage | None]:
+    """`events` as messages, in order. Runs of requests' assignments go in AssignBatches of
+    at most BATCH_ASSIGNS with at most BATCH_INPUT_BYTES of inputs, so that a batch stays
+    smaller than ENVELOPE_BYTES, the room every message has (a larger input goes alone, as
+    before); a run of one is a plain Assign. A CloseEvent becomes None and ends the list."""
+    messages: list[runner_pb2.ServerMessage | None] = []
+    run: list[WorkItem] = []
+    run_bytes = 0
+    for event in events:
+        if isinstance(event, AssignEvent) and not isinstance(event.item, RealtimeSession):
+            size = len(event.item.input)
+            if run and (len(run) >= BATCH_ASSIGNS or run_bytes + size > BATCH_INPUT_BYTES):
+                messages.append(_assignments(run))
+                run, run_bytes = [], 0
+            run.append(event.item)
+            run_bytes += size
+            continue
+        if run:
+            messages.append(_assignments(run))
+            run, run_bytes = [], 0
+        if isinstance(event, CloseEvent):
+            messages.append(None)
+            return messages
+        messages.append(_message(event))
+    if run:
+        messages.append(_assignments(run))
+    return messages
+
+
+def _assignments(items: list[WorkItem]) -> runner_pb2.ServerMessage:
+    message = runner_pb2.ServerMessage()
+    if len(items) == 1:
+        _fill_assign(message.assign, items[0])
+    else:
+        assigns = message.assigns.assigns
+        for item in items:
+            _fill_assign(assigns.add(), item)
+    return message
+
+
+def _fill_assign(assign: runner_pb2.Assign, item: WorkItem) -> None:
+    """The Assign of a request's attempt (its input bytes set as they are, never copied
+    twice)."""
+    assign.request_id, assign.path = item.request_id, item.path
+    assign.input.data, assign.input.content_type = item.input, item.content_type
+    if item.trace is not None:
+        assign.traceparent = item.trace.runner_parent
+
+
 def _message(event: OutboxEvent) -> runner_pb2.ServerMessage:
     match event:
         case AssignEvent(item=RealtimeSession() as session):
@@ -181,13 +260,7 @@ def _message(event: OutboxEvent) -> runner_pb2.ServerMessage:
             return runner_pb2.ServerMessage(
                 realtime_end=runner_pb2.RealtimeEnd(session_id=sid))
         case AssignEvent(item=item):
-            message = runner_pb2.ServerMessage()
-            assign = message.assign
-            assign.request_id, assign.path = item.request_id, item.path
-            assign.input.data, assign.input.content_type = item.input, item.content_type
-            if item.trace is not None:
-                assign.traceparent = item.trace.runner_parent
-            return message
+            return _assignments([item])
         case CancelEvent(request_id=request_id):
             return runner_pb2.ServerMessage(
                 cancel=runner_pb2.CancelAssignment(request_id=request_id)

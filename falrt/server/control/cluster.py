@@ -24,6 +24,7 @@ import os
 import signal
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -60,6 +61,17 @@ def server_id(data_dir: Path) -> str:
         new = f"srv-{uuid.uuid4().hex[:12]}"
         path.write_text(new + "\n")
         return new
+
+
+@dataclass(frozen=True)
+class ScalingLead:
+    """Who makes an app's scaling decisions (`falrt apps get`): alone on its store, this
+    server; on a shared store, the live server that holds the app's scaling lease."""
+
+    server_id: str  # "" when no live server holds the lease now
+    this_server: bool
+    shared: bool = False
+    lease_until: float = 0.0  # (shared) when the lease ends unless it is renewed
 
 
 class Cluster:
@@ -237,6 +249,15 @@ class Cluster:
                              "over; stopping")
                 os.kill(os.getpid(), signal.SIGTERM)
                 return
+
+    async def scaling_lead(self, app_name: str) -> ScalingLead:
+        """The app's scaling lead as the store has it now (one read)."""
+        found = await self._store.scaling_lead(app_name)
+        if found is None:
+            return ScalingLead("", this_server=False, shared=True)
+        holder, until = found
+        return ScalingLead(holder, this_server=holder == self._store.server_id, shared=True,
+                           lease_until=until)
 
     async def _keep_app_leases(self, fleet: Fleet) -> None:
         """Every quarter of the lease: takes or renews the scaling lease of every app for

@@ -27,12 +27,13 @@ class SecretBox:
 
     @classmethod
     def load_or_create(cls, data_dir: Path) -> SecretBox:
-        """Blocking (file I/O): call it in a thread."""
+        """Blocking (file I/O): call it in a thread. Raises ValueError naming where the key
+        came from (never the key) when it is not a Fernet key."""
         if os.environ.get(KEY_ENV):
-            return cls(os.environ[KEY_ENV].encode())
+            return cls._checked(os.environ[KEY_ENV].encode(), KEY_ENV)
         path = data_dir / KEY_FILE
         try:
-            return cls(path.read_bytes().strip())
+            return cls._checked(path.read_bytes().strip(), str(path))
         except FileNotFoundError:
             pass
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -41,6 +42,16 @@ class SecretBox:
         with os.fdopen(fd, "wb") as f:
             f.write(key + b"\n")
         return cls(key)
+
+    @classmethod
+    def _checked(cls, key: bytes, source: str) -> SecretBox:
+        try:
+            return cls(key)
+        except ValueError:
+            raise ValueError(
+                f"the secrets key in {source} is not valid: it must be 32 url-safe "
+                "base64-encoded bytes; make one with: python -c 'from cryptography.fernet "
+                "import Fernet; print(Fernet.generate_key().decode())'") from None
 
     def encrypt(self, value: str) -> bytes:
         return self._fernet.encrypt(value.encode())

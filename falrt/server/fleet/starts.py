@@ -53,6 +53,7 @@ class Starts:
         self._on_failed = on_failed  # told the app's name at each failed start (metrics)
         self.address = ""  # where runners dial: known once the server is bound
         self._stopped = False  # the server stops: exits are no failed starts
+        self._refused: set[str] = set()  # apps whose last slot request was refused (logged once)
 
     def stop(self) -> None:
         """From now on a runner that exits while starting ends (no crash backoff)."""
@@ -139,10 +140,15 @@ class Starts:
         if taken and (self._stopped or self._apps.get(app.name) is not app):
             await self._leases.free_slot(runner_id)  # the app went meanwhile
         elif taken:
+            self._refused.discard(app.name)
             await self._start(app, self.new_runner(app, runner_id=runner_id), machine)
         else:
-            log.info("no runner slot of %s is free across the servers (max_concurrency "
-                     "%d); trying again", app.name, limit)
+            # Said once per streak of refusals: a burst held at max_concurrency asks again
+            # every quarter of the lease.
+            level = logging.DEBUG if app.name in self._refused else logging.INFO
+            self._refused.add(app.name)
+            log.log(level, "no runner slot of %s is free across the servers (max_concurrency "
+                    "%d); trying again while the limit is reached", app.name, limit)
             app.backoff_until = max(app.backoff_until,
                                     time.monotonic() + self._settings.cluster_lease_s / 4)
         self._wake()

@@ -11,6 +11,7 @@ loop; nothing here blocks or awaits on the path of a request.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -62,6 +63,12 @@ class Dispatcher(FleetEvents):
         self._settings = settings
         self.fleet = fleet(self)
 
+    @functools.cached_property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The server's loop, looked up once (on Python 3.11 every lookup makes a getpid()
+        system call); the dispatcher is loop-affine."""
+        return asyncio.get_running_loop()
+
     # -- dispatch ----------------------------------------------------------------------
 
     def enqueue(self, app: AppState, item: WorkItem) -> None:
@@ -72,7 +79,7 @@ class Dispatcher(FleetEvents):
         if (isinstance(item, QueuedRequest) and item.start_deadline is not None
                 and item.deadline_timer is None):
             delay = max(0.0, item.start_deadline - time.time())
-            item.deadline_timer = asyncio.get_running_loop().call_later(
+            item.deadline_timer = self.loop.call_later(
                 delay, self._start_deadline_passed, item)
 
     def dispatch(self, app: AppState) -> None:
@@ -120,7 +127,7 @@ class Dispatcher(FleetEvents):
         if isinstance(item, RealtimeSession):  # a session lasts as long as its caller wants
             item.started.set()
             return
-        item.attempt_timer = asyncio.get_running_loop().call_later(
+        item.attempt_timer = self.loop.call_later(
             app.settings.request_timeout_s, self._attempt_timed_out, runner, item)
         if isinstance(item, QueuedRequest):
             item.set_status(Status.IN_PROGRESS)
@@ -335,7 +342,7 @@ class Dispatcher(FleetEvents):
         item.waiting_reason = (f"attempt {item.attempts} failed ({error.error_type}: "
                                f"{error.message}); retrying in {delay:.1f} s")
         self._recorder.background(self._store.requeue(item.request_id, item.attempts))
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         item.backoff_timer = loop.call_later(delay, self._retry_now, item)
         if item.start_deadline is not None:
             item.deadline_timer = loop.call_later(

@@ -102,12 +102,14 @@ class Recorder:
                 stored = self.background(
                     self.store.complete(item.request_id, item.outcome, time.time()))
                 stored.add_done_callback(functools.partial(self._stored, item))
+                item.storing = stored
             else:
                 self.background(self._store_outcome(item, store=store))
 
     def _stored(self, item: QueuedRequest, stored: asyncio.Future[Any]) -> None:
         """The outcome's write ended: shown if it was committed, else kept and written
         again."""
+        item.storing = None
         if stored.cancelled():
             return
         if (error := stored.exception()) is not None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 
 from falrt import errors
 from falrt.limits import check_payload, payload_limit
@@ -185,7 +184,7 @@ class Scheduler:
     ) -> tuple[str, int]:
         now = time.time()
         record = RequestRecord(
-            request_id=str(uuid.uuid4()), app_name=app.name, path=path, input=data,
+            request_id=self._requests.new_id(), app_name=app.name, path=path, input=data,
             content_type=content_type_of(content_type), priority=options.priority,
             seq=self._requests.next_seq(), created_at=now, no_retry=options.no_retry,
             retry_config=dict(options.retry_config), webhook_url=options.webhook_url,
@@ -306,9 +305,10 @@ class Scheduler:
         if self._settings.input_check:
             self._check_input(app, path, data, content_type)
         item = DirectCall(
-            request_id=str(uuid.uuid4()), app_name=app.name, path=path, input=data,
+            request_id=self._requests.new_id(), app_name=app.name, path=path, input=data,
             content_type=content_type_of(content_type), priority=Priority.NORMAL,
             seq=self._requests.next_seq(), partials=asyncio.Queue() if stream else None,
+            done=self._dispatcher.loop.create_future(),
         )
         if self.tracing.enabled:
             self.tracing.begin(item, app.name, origin, direct=True)
@@ -327,7 +327,7 @@ class Scheduler:
                 f"{path} of {app.name} is not a realtime endpoint; call it with Run, Stream "
                 "or Submit")
         item = RealtimeSession(
-            request_id=f"rt-{uuid.uuid4()}", app_name=app.name, path=path, input=b"",
+            request_id=f"rt-{self._requests.new_id()}", app_name=app.name, path=path, input=b"",
             content_type="", priority=Priority.NORMAL, seq=self._requests.next_seq(),
             partials=asyncio.Queue())
         self._dispatcher.enqueue(app, item)

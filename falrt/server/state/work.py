@@ -118,6 +118,9 @@ class QueuedRequest(WorkItem):
     log_bytes: int = 0  # of the lines kept
     logs_dropped: int = 0  # lines dropped past the limits (the first one says so)
     outcome: Outcome | None = None
+    # The first write of its outcome while it is under way (None otherwise): it is shown
+    # COMPLETED once that write has committed (falrt/server/queue/recorder.py).
+    storing: asyncio.Future[Any] | None = None
     waiting_reason: str = ""
     changed: Signal = field(default_factory=Signal)
     # Whether its row exists (or its INSERT is queued): later attempts are then recorded.

@@ -1,6 +1,6 @@
 """Durable submits and submit-to-COMPLETED latency, on SQLite and on PostgreSQL, in one run.
 
-    python bench/queue.py [--quick] [--out bench/queue.json] [--postgres DSN]
+    python bench/queue_bench.py [--quick] [--out bench/queue.json] [--postgres DSN]
 
 Starts, all at once, a bare grpc.aio echo server (bench/baselines.py) and two `falrt
 server`s: one on SQLite (the default store, in a temporary data dir), one on PostgreSQL
@@ -27,13 +27,6 @@ per second. Submit-then-Watch is printed next to it, judged by nothing.
 
 from __future__ import annotations
 
-import sys
-
-# `python bench/queue.py` puts bench/ first on sys.path, where this file would stand in for
-# the standard library's `queue` (which concurrent.futures, and so asyncio and grpc, import):
-# search bench/ last, so that `queue` is the library's and `loadgen` still resolves.
-sys.path.append(sys.path.pop(0))
-
 import argparse
 import asyncio
 import contextlib
@@ -41,6 +34,7 @@ import json
 import math
 import os
 import subprocess
+import sys
 import tempfile
 import time
 import uuid

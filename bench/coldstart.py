@@ -1,6 +1,7 @@
 """Cold starts: how long until a deployed app answers, on the process, docker and ray backends.
 
-    python bench/coldstart.py [--quick] [--reps 5] [--no-docker] [--ray] [--out FILE.json]
+    python bench/coldstart.py [--quick] [--reps 5] [--no-docker] [--ray] [--no-zygote]
+                              [--out FILE.json]
 
 Two measurements, each repeated (`--reps`, 5; `--quick`: 1) and reported as median, min and
 max, on one `falrt server` per backend (`--backend process`, then `--backend docker
@@ -32,6 +33,9 @@ Apps: `hello` (examples/hello.py, no requirements) and `six` (the same code with
   sources layer are built (pip in the build container downloads six from the index); the
   base image and the shim-venv layer below them are cached by the engine, as they are for
   every app on a host that has built one before.
+
+The process backend forks runners from a warm zygote (falrt/backends/zygote.py) unless
+`--no-zygote`, which passes that option to its server (for A/B runs).
 
 Calls carry the server's API key (the client reads the credentials file the server wrote).
 """
@@ -66,6 +70,9 @@ CALL_DEADLINE_S = 300.0
 GONE_DEADLINE_S = 60.0
 BASE_DEADLINE_S = 600.0
 TARGETS_ZERO_HELLO_S = {"process": 1.5, "docker": 3.0}
+# Issue 18's tighter goals for the same case, reported (not failed on: one sample on a
+# shared machine is too noisy for a gate of a tenth of a second).
+GOALS_ZERO_HELLO_S = {"process": 0.10, "docker": 0.25}
 # The ray backend's target is relative (issue 17): at most this much more than the process
 # backend's median in the same run.
 RAY_EXTRA_S = 1.5
@@ -240,10 +247,11 @@ async def ray_cluster() -> AsyncIterator[str]:
 
 
 async def run_all(reps: int, docker: bool, progress: Callable[[str], None],
-                  ray: bool = False) -> dict[str, Any]:
+                  ray: bool = False, zygote: bool = True) -> dict[str, Any]:
     run_id = str(uuid.uuid4().int % 10**12)  # digits: it goes into a version
-    report: dict[str, Any] = {"reps": reps, "run_id": run_id, "backends": {}, "skipped": {}}
-    backends: list[tuple[str, list[str]]] = [("process", [])]
+    report: dict[str, Any] = {"reps": reps, "run_id": run_id, "backends": {}, "skipped": {},
+                              "zygote": zygote}
+    backends: list[tuple[str, list[str]]] = [("process", [] if zygote else ["--no-zygote"])]
     if docker:
         reason = docker_engine()
         if reason is None:
@@ -268,6 +276,7 @@ async def run_all(reps: int, docker: bool, progress: Callable[[str], None],
         else:
             report["skipped"]["ray"] = "no --ray"
     report["targets"] = targets(report)
+    report["goals"] = goals(report)
     return report
 
 
@@ -303,6 +312,17 @@ def targets(report: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def goals(report: dict[str, Any]) -> dict[str, Any]:
+    """Issue 18's goals for the same case: median at most the goal, where measured."""
+    out = {}
+    for backend, limit in GOALS_ZERO_HELLO_S.items():
+        case = report["backends"].get(backend, {}).get("zero/hello/cached")
+        if case is not None:
+            out[backend] = {"goal_s": limit, "median_s": case["median_s"],
+                            "holds": case["median_s"] <= limit}
+    return out
+
+
 def table(report: dict[str, Any]) -> str:
     lines = ["| backend | from | app | environment | median s | min s | max s | n |",
              "|---|---|---|---|---:|---:|---:|---:|"]
@@ -321,6 +341,10 @@ def table(report: dict[str, Any]) -> str:
                        + ("holds" if target["holds"] else "DOES NOT HOLD"))
         lines.append(f"target {backend}, hello, cached, from zero runners, under "
                      f"{target['target_s']} s: {verdict}")
+    for backend, goal in report.get("goals", {}).items():
+        lines.append(f"goal (issue 18) {backend}, the same case, at most {goal['goal_s']} s: "
+                     f"median {goal['median_s']:.3f} s: "
+                     + ("holds" if goal["holds"] else "does not hold"))
     return "\n".join(lines)
 
 
@@ -331,6 +355,8 @@ def main() -> None:
     parser.add_argument("--no-docker", action="store_true", help="no docker backend")
     parser.add_argument("--ray", action="store_true",
                         help="the ray backend too, on a Ray cluster of this machine")
+    parser.add_argument("--no-zygote", action="store_true",
+                        help="the process backend's server without zygotes (A/B runs)")
     parser.add_argument("--out", type=Path, default=None, help="write the JSON here")
     args = parser.parse_args()
     reps = args.reps or (1 if args.quick else 5)
@@ -339,7 +365,8 @@ def main() -> None:
         print(line, file=sys.stderr, flush=True)
 
     started = time.monotonic()
-    report = asyncio.run(guarded(run_all(reps, not args.no_docker, progress, args.ray)))
+    report = asyncio.run(guarded(run_all(reps, not args.no_docker, progress, args.ray,
+                                          not args.no_zygote)))
     report["machine"] = machine()
     report["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
                                       capture_output=True, text=True, check=False).stdout.strip()

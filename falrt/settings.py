@@ -7,7 +7,7 @@ FALRT_RETRY_BACKOFF_S,
 FALRT_RESULT_RETENTION_S, FALRT_GPU_INVENTORY, FALRT_LEASE_S, FALRT_RECONNECT_WINDOW_S,
 FALRT_WEBHOOK_ALLOW, FALRT_TLS_CERT, FALRT_TLS_KEY, FALRT_TLS_CLIENT_CA, FALRT_TLS_RUNNER_*,
 FALRT_TLS_SERVER_NAME, FALRT_HTTP_LISTEN, FALRT_HTTP_QUEUE_LISTEN, FALRT_PUBLIC_URL,
-FALRT_METRICS, FALRT_METRICS_LISTEN, FALRT_FILE_STORE, FALRT_MAX_FILE_BYTES,
+FALRT_METRICS, FALRT_METRICS_LISTEN, FALRT_ZYGOTE, FALRT_FILE_STORE, FALRT_MAX_FILE_BYTES,
 FALRT_FILE_EXPIRY_S, FALRT_S3_ENDPOINT, FALRT_S3_BUCKET, FALRT_S3_REGION), and
 passes them down in a `ServerSettings`. Durations end in `_s`, sizes in `_bytes`.
 
@@ -97,6 +97,9 @@ class ServerSettings(msgspec.Struct, frozen=True):
     docker_base: str = ""
     registry: str = ""
     store: str = "sqlite"
+    # The process backend forks runners from a warm template process per interpreter
+    # (falrt/backends/zygote.py); False: every runner starts a new interpreter.
+    zygotes: bool = True
     # Python interpreter that runs runners of apps without requirements (the server's own).
     runner_python: str = ""
     app_defaults: AppDefaults = AppDefaults()

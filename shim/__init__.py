@@ -4,5 +4,6 @@ Modules: `settings` (the FALRT_* environment, read once), `main` (entry point, s
 codes), `session` (the RunnerLink stream: admission, cancellation, shutdown), `lifecycle`
 (the session's states and their one transition table), `invoke` (calling handlers on the
 loop or in the pool), `outbox` (the one ordered writer), `logcapture` (per-request
-stdout/stderr/logging capture), `wire` (RunnerLink messages).
+stdout/stderr/logging capture), `wire` (RunnerLink messages), `zygote` (a warm template that
+forks runners for the process backend).
 """

@@ -9,14 +9,15 @@ from falrt.gpus import GpuAllocator
 
 def create_backend(
     name: str, gpus: GpuAllocator | None = None, server_id: str = "", reconnect_s: float = 0.0,
-    ray_address: str = "auto",
+    ray_address: str = "auto", zygotes: bool = True,
 ) -> Backend:
     """The backend a settings string names, handing out `gpus`; `reconnect_s`: how long the
     runners of a backend that outlive the server wait for the next one; `ray_address`: the
-    ray backend's cluster. Raises ValueError (for ray without Ray installed: how to)."""
+    ray backend's cluster; `zygotes`: the process backend forks runners from warm templates.
+    Raises ValueError (for ray without Ray installed: how to)."""
     match name:
         case "process":
-            return ProcessBackend(gpus)
+            return ProcessBackend(gpus, zygotes)
         case "docker":
             from falrt.backends.docker import DockerBackend  # the docker SDK loads only here
 

@@ -75,11 +75,13 @@ async def spawn(
     stdout: int | IO[Any] | None = None,
     stderr: int | IO[Any] | None = None,
     new_session: bool = False,
+    pass_fds: Sequence[int] = (),
 ) -> Child:
-    """Starts `argv` (stdin from /dev/null) and returns once it has been exec'd."""
+    """Starts `argv` (stdin from /dev/null; of this process's other file descriptors only
+    `pass_fds`) and returns once it has been exec'd."""
     popen = await asyncio.to_thread(
         subprocess.Popen, list(argv), cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-        stdout=stdout, stderr=stderr, start_new_session=new_session,
+        stdout=stdout, stderr=stderr, start_new_session=new_session, pass_fds=pass_fds,
     )
     return Child(popen)
 

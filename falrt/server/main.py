@@ -179,7 +179,8 @@ async def serve(settings: ServerSettings) -> None:
     sid = await asyncio.to_thread(server_id, settings.data_dir)
     try:
         backend = create_backend(settings.backend, GpuAllocator(gpus), sid,
-                                 settings.runner_reconnect_s, settings.ray_address)
+                                 settings.runner_reconnect_s, settings.ray_address,
+                                 settings.zygotes)
         await backend.open()
     except ValueError as exc:
         raise StartupError(str(exc)) from None

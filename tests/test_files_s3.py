@@ -169,8 +169,9 @@ def test_an_unreachable_endpoint_stops_the_server_at_start_naming_it(
     server = ServerProcess(tmp_path / "data", tmp_path / "server.log", extra=options)
     with pytest.raises(AssertionError, match="server exited"):
         server.start()
-    assert "the S3 service at http://127.0.0.1:9" in server.log()
+    assert "the server cannot start: the S3 service at http://127.0.0.1:9" in server.log()
     assert s3_server.secret_key not in server.log()
+    assert "Traceback" not in server.log()  # one sentence, not a stack
 
 
 @pytest.mark.parametrize(("options", "says"), [

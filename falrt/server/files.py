@@ -233,9 +233,13 @@ class FilePlane:
 async def open_files(settings: ServerSettings, tasks: Tasks) -> FilePlane:
     """The file plane of `settings`: its store opened (what a crash left repaired) and the
     data directory's URL key (made on the first start). Raises ValueError for an unknown
-    store, OSError when the data directory cannot be written."""
+    store or one that cannot be used (an S3 endpoint unreachable, its bucket missing),
+    OSError when the data directory cannot be written."""
     store = create_file_store(settings)
-    await store.open()
+    try:
+        await store.open()
+    except errors.UnavailableError as exc:
+        raise ValueError(str(exc)) from None
     signer = await asyncio.to_thread(UrlSigner.load_or_create, settings.data_dir / KEY_FILE)
     return FilePlane(store, signer, settings, tasks)
 

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import TypeVar, cast
 
 import grpc
 import uvloop
@@ -36,7 +36,7 @@ from falrt.server.api.health import HealthService
 from falrt.server.api.queue_service import QueueService
 from falrt.server.api.runner_link import RunnerLinkService
 from falrt.server.control.apps import AppControl
-from falrt.server.control.cluster import Cluster, ScalingLead, server_id
+from falrt.server.control.cluster import Cluster, alone_lead, server_id
 from falrt.server.control.deploy import Deployer
 from falrt.server.control.health import ServerHealth
 from falrt.server.files import FilePlane, open_files
@@ -75,6 +75,9 @@ SERVICES = (
 )
 
 
+T = TypeVar("T")
+
+
 class StartupError(Exception):
     """The server cannot start (bad store setting, unreachable database, port taken)."""
 
@@ -89,10 +92,11 @@ def run(settings: ServerSettings) -> None:
     uvloop.run(serve(settings))
 
 
-async def _secret_box(settings: ServerSettings) -> SecretBox:
+async def _or_startup_error(step: Awaitable[T]) -> T:
+    """`step`'s result; its ValueError (a bad secrets key, an unusable file store) as such."""
     try:
-        return await asyncio.to_thread(SecretBox.load_or_create, settings.data_dir)
-    except ValueError as exc:  # a key that is not a Fernet key; the message never holds it
+        return await step
+    except ValueError as exc:
         raise StartupError(str(exc)) from None
 
 
@@ -170,7 +174,8 @@ async def serve(settings: ServerSettings) -> None:
     webhook_key = await asyncio.to_thread(SigningKey.load_or_create, settings.data_dir / KEY_FILE)
     webhooks = WebhookSender(webhook_key, settings.owner,
                              DeliverySettings(allowed_networks=settings.webhook_allow))
-    secret_box = await _secret_box(settings)
+    secret_box = await _or_startup_error(
+        asyncio.to_thread(SecretBox.load_or_create, settings.data_dir))
     environments = _environments(settings)
     gpus = await asyncio.to_thread(discover, settings.gpu_inventory)
     if gpus:
@@ -197,7 +202,7 @@ async def serve(settings: ServerSettings) -> None:
     server_health = ServerHealth(store_health, planes.fleet, planes.apps)
     server, health_servicer = _grpc_server(settings, planes, store, sid, authenticator,
                                            server_health, cluster)
-    files = await open_files(settings, Tasks("files", _stop))  # (docs/files.md)
+    files = await _or_startup_error(open_files(settings, Tasks("files", _stop)))  # files.md
     files_service.add_to(cast(aio.Server, rpc.GenericHandlersOnly(server)), files, authenticator)
     dashboard = Dashboard(planes.apps, planes.fleet, store)
     gpu_monitor = await _collect_state(planes, webhooks, gpus)
@@ -337,14 +342,6 @@ async def _bind_http(http: HttpEdge, store: Store) -> list[tuple[str, str]]:
         raise StartupError(f"the HTTP edge cannot start: {exc}") from None
 
 
-def _alone_lead(sid: str) -> Callable[[str], Awaitable[ScalingLead]]:
-    """Alone on its store, the server leads every app."""
-    async def lead(app_name: str) -> ScalingLead:
-        return ScalingLead(sid, this_server=True)
-
-    return lead
-
-
 def _grpc_server(
     settings: ServerSettings, planes: Planes, store: Store, sid: str,
     authenticator: Authenticator, server_health: ServerHealth, cluster: Cluster | None,
@@ -364,7 +361,7 @@ def _grpc_server(
         planes.apps, planes.control, planes.deployer, planes.fleet, planes.scheduler, store,
         planes.secret_box, planes.webhooks.key, settings, on_revoke=authenticator.forget,
         guard=authenticator.control_guard,
-        scaling_lead=cluster.scaling_lead if cluster else _alone_lead(sid)), handlers)
+        scaling_lead=cluster.scaling_lead if cluster else alone_lead(sid)), handlers)
     runner_pb2_grpc.add_RunnerLinkServicer_to_server(
         RunnerLinkService(planes.fleet, planes.dispatcher, sid), handlers)
     health_servicer = HealthService(server_health.check, SERVICES)

@@ -74,6 +74,14 @@ class ScalingLead:
     lease_until: float = 0.0  # (shared) when the lease ends unless it is renewed
 
 
+def alone_lead(sid: str) -> Callable[[str], Awaitable[ScalingLead]]:
+    """`scaling_lead` of a server alone on its store: it leads every app."""
+    async def lead(app_name: str) -> ScalingLead:
+        return ScalingLead(sid, this_server=True)
+
+    return lead
+
+
 class Cluster:
     """This server's membership of the servers sharing a PostgreSQL store.
 

@@ -15,12 +15,13 @@ from falrt.settings import ServerSettings
 R = TypeVar("R")
 _DEFAULTS = ServerSettings()
 FIELDS = ("file_store", "max_file_bytes", "file_expiry_s", "s3_endpoint", "s3_bucket",
-          "s3_region")
+          "s3_region", "payload_ref_bytes")
 
 
 def file_options(command: Callable[..., R]) -> Callable[..., R]:
-    """Adds --file-store, --max-file-bytes, --file-expiry and the --s3-* options to
-    `command`, which receives them as `file_settings` (ServerSettings field -> value).
+    """Adds --file-store, --max-file-bytes, --file-expiry, --payload-ref-bytes and the
+    --s3-* options to `command`, which receives them as `file_settings` (ServerSettings
+    field -> value).
     The S3 credentials are not options: boto3 reads AWS_ACCESS_KEY_ID and
     AWS_SECRET_ACCESS_KEY (or ~/.aws) itself, so they never reach settings or logs."""
 
@@ -49,6 +50,11 @@ def file_options(command: Callable[..., R]) -> Callable[..., R]:
         type=click.FloatRange(min=1), default=_DEFAULTS.file_expiry_s, show_default=True,
         help="seconds an uploaded file is kept unless its upload says otherwise "
              "(env FALRT_FILE_EXPIRY_S)")(decorated)
+    decorated = click.option(
+        "--payload-ref-bytes", "payload_ref_bytes", envvar="FALRT_PAYLOAD_REF_BYTES",
+        type=click.IntRange(min=0), default=_DEFAULTS.payload_ref_bytes, show_default=True,
+        help="a payload over this many bytes travels by file reference, not inline (runner "
+             "outputs, HTTP inputs; 0: always inline) (env FALRT_PAYLOAD_REF_BYTES)")(decorated)
     decorated = click.option(
         "--max-file-bytes", "max_file_bytes", envvar="FALRT_MAX_FILE_BYTES",
         type=click.IntRange(min=0), default=_DEFAULTS.max_file_bytes, show_default=True,

@@ -40,6 +40,18 @@ def cut_line(line: str, dropped_bytes: int = 0) -> str:
     return data[:LOG_LINE_BYTES - len(marker)].decode(errors="ignore") + marker
 
 
+# A payload (a request's input, a result's output) larger than this travels by file reference
+# instead of inline (docs/files.md, "Payloads by reference"); the server's
+# `payload_ref_bytes`, which its runners and HTTP edge follow, and the Python client's.
+PAYLOAD_REF_BYTES = 1024 * 1024
+
+
+def by_reference(size: int, threshold: int = PAYLOAD_REF_BYTES) -> bool:
+    """Whether a payload of `size` bytes travels by file reference: over `threshold` (a
+    threshold of 0 or less sends every payload inline, up to the message limit)."""
+    return 0 < threshold < size
+
+
 def payload_limit(max_message_bytes: int) -> int:
     """The largest input or output a request may have, where messages are at most
     `max_message_bytes` (the server's `max_message_bytes`, 64 MiB by default)."""
@@ -55,5 +67,5 @@ def check_payload(size: int, limit: int, what: str) -> None:
             "pass large data by reference (a URL) instead")
 
 
-__all__ = ["ENVELOPE_BYTES", "LOG_BYTES", "LOG_LINES", "LOG_LINE_BYTES", "check_payload",
-           "cut_line", "payload_limit"]
+__all__ = ["ENVELOPE_BYTES", "LOG_BYTES", "LOG_LINES", "LOG_LINE_BYTES", "PAYLOAD_REF_BYTES",
+           "by_reference", "check_payload", "cut_line", "payload_limit"]

@@ -162,6 +162,9 @@ class ServerSettings(msgspec.Struct, frozen=True):
     file_store: str = "local"
     max_file_bytes: int = 4 * 1024**3
     file_expiry_s: float = 7 * 24 * 3600.0
+    # A payload over this many bytes travels by file reference (docs/files.md, "Payloads by
+    # reference"): the runners' outputs and the HTTP edge's inputs; 0: always inline.
+    payload_ref_bytes: int = 1024 * 1024
     # The S3 file store (`file_store = "s3"`): its bucket, the service's URL ("": AWS's
     # own endpoint for the region) and region ("": boto3's default). Credentials come
     # from the AWS_* environment, never from settings.

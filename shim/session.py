@@ -60,7 +60,7 @@ from falrt.errors import (
     RunnerRefusedError,
     RunnerServerError,
 )
-from falrt.limits import check_payload, payload_limit
+from falrt.limits import by_reference, check_payload, payload_limit
 from falrt.sdk.app import App
 from falrt.sdk.codec import is_msgpack
 from falrt.sdk.context import RequestContext, request_var
@@ -74,6 +74,7 @@ from .gpu_stats import GpuProbe
 from .invoke import Invoker
 from .lifecycle import DIALLING, LINKED, SHUTTING_DOWN, Lifecycle, SessionState
 from .outbox import Outbox
+from .payloads import PayloadFiles
 from .realtime import RealtimeInputs
 from .settings import ShimSettings
 from .tracing import HandlerTracing
@@ -126,6 +127,8 @@ class RunnerSession:
         self._settings = settings
         self._tracing = tracing or HandlerTracing()
         self._payload_limit = payload_limit(settings.max_message_bytes)
+        self._payload_ref_bytes = settings.payload_ref_bytes
+        self._payloads = PayloadFiles()  # large inputs and outputs (shim/payloads.py)
         self._app = app
         self._endpoints: dict[str, Endpoint] = dict(type(app).endpoints())
         inline = settings.sync_handlers == "loop"
@@ -461,9 +464,13 @@ class RunnerSession:
         started = time.perf_counter()
         try:
             msgpack = is_msgpack(assign.content_type)
-            value = ep.input_codec.decode(assign.data, msgpack)
+            data = await self._payloads.read(assign.file_id) if assign.file_id else assign.data
+            value = ep.input_codec.decode(data, msgpack)
+            del data  # (a large input is not held while the handler runs)
             started = time.perf_counter()
             output = await self._run_handler(assign, ep, entry, value, msgpack)
+            if output is not None and by_reference(len(output), self._payload_ref_bytes):
+                return await self._by_reference(assign, output, started)
             if output is not None:
                 check_payload(len(output), self._payload_limit, "output")
         except FalrtError as exc:
@@ -480,6 +487,15 @@ class RunnerSession:
             return wire.error_result(request_id, RequestCancelledError("cancelled"))
         content_type = assign.content_type or "application/json"
         return wire.ok_result(request_id, output, content_type, time.perf_counter() - started)
+
+    async def _by_reference(
+        self, assign: wire.Assign, output: bytes, started: float
+    ) -> wire.Result:
+        """The Result of an output too large to travel inline: stored in a file first."""
+        content_type = assign.content_type or "application/json"
+        file = await self._payloads.store(output, content_type)
+        return wire.ref_result(assign.request_id, file, content_type,
+                               time.perf_counter() - started)
 
     async def _run_handler(
         self, assign: wire.Assign, ep: Endpoint, entry: _Inflight, value: Any, msgpack: bool

@@ -21,6 +21,7 @@ variables), so they keep their defaults unless the shim is started by hand.
 | FALRT_SYNC_HANDLERS       | where sync handlers run: "thread", "loop", "auto"   | auto        |
 | FALRT_PARENT_PID          | die with this process (Linux; process backend)      | unset       |
 | FALRT_RECONNECT_S         | seconds to keep dialling after the stream is lost   | 0 (exit)    |
+| FALRT_PAYLOAD_REF_BYTES   | an output over this goes by file reference (0: never)| 1048576    |
 | FALRT_TLS_ROOTS_PEM       | PEM roots to verify the server with: dial over TLS  | unset: plain|
 | FALRT_TLS_CERT_PEM        | PEM client certificate, for a mutual-TLS server     | unset       |
 | FALRT_TLS_KEY_PEM         | its private key (the runner's, never the server's)  | unset       |
@@ -46,6 +47,8 @@ from pathlib import Path
 from typing import Literal, cast
 
 import msgspec
+
+from falrt.limits import PAYLOAD_REF_BYTES
 
 __all__ = ["SettingsError", "ShimSettings"]
 
@@ -140,6 +143,8 @@ class ShimSettings(msgspec.Struct, frozen=True):
     # adopts its runners) instead of exiting. 0: exit at once (the process backend).
     reconnect_s: float = 0.0
     max_message_bytes: int = MAX_MESSAGE_BYTES
+    # An output over this many bytes goes by file reference (shim/payloads.py; 0: never).
+    payload_ref_bytes: int = PAYLOAD_REF_BYTES
     tls: LinkTls | None = None  # None: a plaintext link
 
     @classmethod
@@ -160,5 +165,7 @@ class ShimSettings(msgspec.Struct, frozen=True):
             heartbeat_s=_number(env, "FALRT_HEARTBEAT_S", 5.0, 0.01),
             sync_handlers=_sync_mode(env),
             reconnect_s=_number(env, "FALRT_RECONNECT_S", 0.0, 0.0),
+            payload_ref_bytes=int(_number(
+                env, "FALRT_PAYLOAD_REF_BYTES", PAYLOAD_REF_BYTES, 0.0)),
             tls=_tls(env),
         )

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import msgspec
 
 from falrt.errors import FalrtError, to_proto
-from falrt.v1 import common_pb2, runner_pb2
+from falrt.v1 import common_pb2, files_pb2, runner_pb2
 
 __all__ = [
     "Assign",
@@ -33,19 +33,22 @@ __all__ = [
     "log_message",
     "ok_result",
     "partial",
+    "ref_result",
     "results_message",
     "state_change",
 ]
 
 
 class Assign(msgspec.Struct, frozen=True):
-    """Serve `data` (encoded as `content_type`) on endpoint `path`."""
+    """Serve `data` (encoded as `content_type`) on endpoint `path`; with `file_id`, the
+    input is that file's bytes instead (shim/payloads.py)."""
 
     request_id: str
     path: str
     data: bytes
     content_type: str
     traceparent: str = ""  # the server's span of this attempt ("": not traced)
+    file_id: str = ""
 
 
 class Cancel(msgspec.Struct, frozen=True):
@@ -99,7 +102,8 @@ def events_from_proto(message: runner_pb2.ServerMessage) -> list[ServerEvent]:
 
 
 def _assign(a: runner_pb2.Assign) -> Assign:
-    return Assign(a.request_id, a.path, a.input.data, a.input.content_type, a.traceparent)
+    return Assign(a.request_id, a.path, a.input.data, a.input.content_type, a.traceparent,
+                  a.input.file_id)
 
 
 def event_from_proto(message: runner_pb2.ServerMessage) -> ServerEvent:
@@ -185,6 +189,8 @@ class Result:
     # What the handler said about a retry and about its runner (None: nothing).
     needs_retry: bool | None = None
     stop_runner: bool | None = None
+    # The output by reference: the file holding it (`output` is then b"").
+    output_file: files_pb2.FileInfo | None = None
 
     @property
     def size(self) -> int:
@@ -198,6 +204,13 @@ def ok_result(
 ) -> Result:
     """A successful Result; `data` None for streams (no output payload)."""
     return Result(request_id, data, content_type, inference_s=inference_s)
+
+
+def ref_result(
+    request_id: str, file: files_pb2.FileInfo, content_type: str, inference_s: float
+) -> Result:
+    """A successful Result whose output is in `file` (shim/payloads.py)."""
+    return Result(request_id, b"", content_type, inference_s=inference_s, output_file=file)
 
 
 def error_result(
@@ -224,6 +237,10 @@ def _fill_result(message: runner_pb2.Result, result: Result) -> None:
     if result.output is not None:
         message.output.data = result.output
         message.output.content_type = result.content_type
+    if result.output_file is not None:
+        file = result.output_file
+        message.output.file_id, message.output.size = file.file_id, file.size
+        message.output.url = file.url
     if result.error is not None:
         message.error.CopyFrom(to_proto(result.error))
     if result.inference_s is not None:

@@ -33,10 +33,12 @@ from falrt.client.messages import (
     subscribe_options,
 )
 from falrt.client.payload import decode_payload
+from falrt.client.refs import fetch_reference, send_by_reference
 from falrt.client.rpc_errors import translate_rpc_errors
 from falrt.client.status import Completed, Status, status_from_proto
 from falrt.errors import FalrtError, InternalError, RequestTimeoutError
-from falrt.v1 import queue_pb2, queue_pb2_grpc
+from falrt.limits import PAYLOAD_REF_BYTES, by_reference
+from falrt.v1 import common_pb2, queue_pb2, queue_pb2_grpc
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,9 @@ class AsyncClient:
         self._channel: grpc.aio.Channel | None = None
         # The generated stub's overload on an aio channel gives the async type.
         self._stub_cache: queue_pb2_grpc.QueueAsyncStub | None = None
+        # An encoded input over this many bytes is sent by file reference (docs/files.md,
+        # "Payloads by reference"; 0: always inline).
+        self.payload_ref_bytes = PAYLOAD_REF_BYTES
 
     @property
     def _stub(self) -> queue_pb2_grpc.QueueAsyncStub:
@@ -124,6 +129,7 @@ class AsyncClient:
         `options` are the queue's per-request options (see `QueueOptions`).
         """
         request = submit_request(endpoint_id, arguments, path, options)
+        await self._send(request.input)
         with translate_rpc_errors():
             reply = await self._stub.Submit(request)
         return AsyncRequestHandle(self, reply.request_id, reply.queue_position)
@@ -142,6 +148,7 @@ class AsyncClient:
         try:
             with translate_rpc_errors():
                 async for reply in call:
+                    await self._fetch(reply.state.output)
                     status = status_from_proto(reply.state)
                     yield status
                     if isinstance(status, Completed):
@@ -160,6 +167,7 @@ class AsyncClient:
             reply = await self._stub.GetStatus(
                 queue_pb2.GetStatusRequest(request_id=request_id, with_logs=with_logs)
             )
+        await self._fetch(reply.state.output)
         return status_from_proto(reply.state)
 
     async def result(self, request_id: str) -> Any:
@@ -170,6 +178,7 @@ class AsyncClient:
         """
         with translate_rpc_errors():
             reply = await self._stub.GetResult(queue_pb2.GetResultRequest(request_id=request_id))
+        await self._fetch(reply.output)
         return read_result(reply)
 
     async def cancel(self, request_id: str) -> CancelOutcome:
@@ -183,15 +192,19 @@ class AsyncClient:
     ) -> Any:
         """Direct call (no queue record, no retries); the decoded output."""
         request = run_request(endpoint_id, arguments, path)
+        await self._send(request.input)
         with translate_rpc_errors():
             reply = await self._stub.Run(request, timeout=timeout)
+        await self._fetch(reply.output)
         return decode_payload(reply.output)
 
     async def stream(
         self, endpoint_id: str, arguments: Any, *, path: str = "/", timeout: float | None = None
     ) -> AsyncGenerator[Any, None]:
         """Direct call of a streaming endpoint: each partial output, decoded, in order."""
-        call = self._stub.Stream(stream_request(endpoint_id, arguments, path), timeout=timeout)
+        request = stream_request(endpoint_id, arguments, path)
+        await self._send(request.input)
+        call = self._stub.Stream(request, timeout=timeout)
         try:
             with translate_rpc_errors():
                 async for reply in call:
@@ -239,6 +252,7 @@ class AsyncClient:
         """
         submit = submit_request(
             endpoint_id, arguments, path, subscribe_options(options, client_timeout))
+        await self._send(submit.input)
         # One call (Queue.Subscribe): stored, then followed to completion.
         call = self._stub.Subscribe(
             queue_pb2.SubscribeRequest(submit=submit, with_logs=with_logs),
@@ -247,6 +261,7 @@ class AsyncClient:
         try:
             with translate_rpc_errors():
                 async for reply in call:
+                    await self._fetch(reply.state.output)
                     if (completed := subscription.update(reply.state)) is not None:
                         return completed.output_or_raise()
         except RequestTimeoutError:
@@ -269,6 +284,25 @@ class AsyncClient:
                 if isinstance(status, Completed):
                     return status
         raise InternalError(f"watch of request {request_id} ended before it completed")
+
+    async def _send(self, payload: common_pb2.Payload) -> None:
+        """An input over `payload_ref_bytes` goes into a file first (falrt/client/refs.py),
+        on a thread with a channel of its own."""
+        if by_reference(len(payload.data), self.payload_ref_bytes):
+            await asyncio.to_thread(
+                self._with_files, send_by_reference, payload, self.payload_ref_bytes)
+
+    async def _fetch(self, payload: common_pb2.Payload) -> None:
+        """The bytes of an output answered by reference, into `payload`."""
+        if payload.file_id:
+            await asyncio.to_thread(self._with_files, fetch_reference, payload)
+
+    def _with_files(self, call: Callable[..., None], *args: Any) -> None:
+        sync = channel(self.target)
+        try:
+            call(FilesClient(sync), *args)
+        finally:
+            sync.close()
 
     async def _cancel_quietly(self, request_id: str) -> None:
         with contextlib.suppress(FalrtError):

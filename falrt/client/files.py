@@ -65,6 +65,44 @@ class FilesClient:
                     break
         return _checked(info, source, hasher.hexdigest() if hasher else file_sha256(source))
 
+    def upload_bytes(
+        self, data: bytes, *, content_type: str = "", name: str = "payload",
+        expires_in_s: int = 0,
+    ) -> files_pb2.FileInfo:
+        """Uploads `data` as one file (one stream, sha256-checked by the server); returns the
+        complete file's info. Not resumed: the caller holds the bytes and may send them
+        again. Raises falrt errors."""
+        header = files_pb2.UploadHeader(
+            name=name, content_type=content_type, size=len(data), expires_in_s=expires_in_s,
+            sha256=hashlib.sha256(data).hexdigest())
+
+        def requests() -> Iterator[files_pb2.UploadRequest]:
+            yield files_pb2.UploadRequest(header=header)
+            view = memoryview(data)
+            for start in range(0, len(data), CHUNK_BYTES):
+                yield files_pb2.UploadRequest(chunk=bytes(view[start:start + CHUNK_BYTES]))
+
+        with translate_rpc_errors():
+            info = self._stub.Upload(requests()).file
+        if not info.complete:
+            raise errors.InternalError(
+                f"the upload stopped at {info.received} of {info.size} bytes")
+        return info
+
+    def read_bytes(self, file_id: str) -> bytes:
+        """A complete file's bytes, in memory, checked against its sha256."""
+        parts, hasher = [], hashlib.sha256()
+        info = files_pb2.FileInfo()
+        for message in self.chunks(file_id):
+            if message.HasField("file"):
+                info = message.file
+            parts.append(message.chunk)
+            hasher.update(message.chunk)
+        if hasher.hexdigest() != info.sha256:
+            raise errors.InternalError(
+                f"the bytes of file {file_id} hash to {hasher.hexdigest()}, not {info.sha256}")
+        return b"".join(parts)
+
     def resume(
         self, path: Path, file_id: str, offset: int, progress: Progress | None = None,
         hasher: Any = None,

@@ -30,10 +30,12 @@ from falrt.client.messages import (
     subscribe_options,
 )
 from falrt.client.payload import decode_payload
+from falrt.client.refs import fetch_reference, send_by_reference
 from falrt.client.rpc_errors import translate_rpc_errors
 from falrt.client.status import Completed, Status, status_from_proto
 from falrt.errors import FalrtError, InternalError, RequestTimeoutError
-from falrt.v1 import queue_pb2, queue_pb2_grpc
+from falrt.limits import PAYLOAD_REF_BYTES
+from falrt.v1 import common_pb2, queue_pb2, queue_pb2_grpc
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,10 @@ class SyncClient:
         self.host = self.target.address
         self._channel = channel(self.target)
         self._stub = queue_pb2_grpc.QueueStub(self._channel)
+        self._files = FilesClient(self._channel)
+        # An encoded input over this many bytes is sent by file reference (docs/files.md,
+        # "Payloads by reference"; 0: always inline).
+        self.payload_ref_bytes = PAYLOAD_REF_BYTES
 
     def close(self) -> None:
         """Closes the channel; calls in flight are cancelled. Idempotent."""
@@ -108,6 +114,7 @@ class SyncClient:
         """
         request = submit_request(endpoint_id, arguments, path, options)
         with translate_rpc_errors():
+            self._send(request.input)
             reply = self._stub.Submit(request)
         return RequestHandle(self, reply.request_id, reply.queue_position)
 
@@ -125,6 +132,7 @@ class SyncClient:
         try:
             with translate_rpc_errors():
                 for reply in call:
+                    fetch_reference(self._files, reply.state.output)
                     status = status_from_proto(reply.state)
                     yield status
                     if isinstance(status, Completed):
@@ -143,6 +151,7 @@ class SyncClient:
             reply = self._stub.GetStatus(
                 queue_pb2.GetStatusRequest(request_id=request_id, with_logs=with_logs)
             )
+            fetch_reference(self._files, reply.state.output)
         return status_from_proto(reply.state)
 
     def result(self, request_id: str) -> Any:
@@ -153,6 +162,7 @@ class SyncClient:
         """
         with translate_rpc_errors():
             reply = self._stub.GetResult(queue_pb2.GetResultRequest(request_id=request_id))
+            fetch_reference(self._files, reply.output)
         return read_result(reply)
 
     def cancel(self, request_id: str) -> CancelOutcome:
@@ -167,14 +177,18 @@ class SyncClient:
         """Direct call (no queue record, no retries); the decoded output."""
         request = run_request(endpoint_id, arguments, path)
         with translate_rpc_errors():
+            self._send(request.input)
             reply = self._stub.Run(request, timeout=timeout)
+            fetch_reference(self._files, reply.output)
         return decode_payload(reply.output)
 
     def stream(
         self, endpoint_id: str, arguments: Any, *, path: str = "/", timeout: float | None = None
     ) -> Generator[Any, None, None]:
         """Direct call of a streaming endpoint: each partial output, decoded, in order."""
-        call = self._stub.Stream(stream_request(endpoint_id, arguments, path), timeout=timeout)
+        request = stream_request(endpoint_id, arguments, path)
+        self._send(request.input)
+        call = self._stub.Stream(request, timeout=timeout)
         try:
             with translate_rpc_errors():
                 for reply in call:
@@ -223,6 +237,7 @@ class SyncClient:
         """
         submit = submit_request(
             endpoint_id, arguments, path, subscribe_options(options, client_timeout))
+        self._send(submit.input)
         # One call (Queue.Subscribe): stored, then followed to completion.
         call = self._stub.Subscribe(
             queue_pb2.SubscribeRequest(submit=submit, with_logs=with_logs),
@@ -231,6 +246,7 @@ class SyncClient:
         try:
             with translate_rpc_errors():
                 for reply in call:
+                    fetch_reference(self._files, reply.state.output)
                     if (completed := subscription.update(reply.state)) is not None:
                         return completed.output_or_raise()
         except RequestTimeoutError:
@@ -253,6 +269,10 @@ class SyncClient:
                 if isinstance(status, Completed):
                     return status
         raise InternalError(f"watch of request {request_id} ended before it completed")
+
+    def _send(self, payload: common_pb2.Payload) -> None:
+        """An input over `payload_ref_bytes` goes into a file first (falrt/client/refs.py)."""
+        send_by_reference(self._files, payload, self.payload_ref_bytes)
 
     def _cancel_quietly(self, request_id: str) -> None:
         with contextlib.suppress(FalrtError):

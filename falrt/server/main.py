@@ -33,6 +33,7 @@ from falrt.server.api import files_service, rpc
 from falrt.server.api.auth import Authenticator
 from falrt.server.api.control_service import ControlService
 from falrt.server.api.health import HealthService
+from falrt.server.api.payload_refs import PayloadRefs
 from falrt.server.api.queue_service import QueueService
 from falrt.server.api.runner_link import RunnerLinkService
 from falrt.server.control.apps import AppControl
@@ -200,9 +201,9 @@ async def serve(settings: ServerSettings) -> None:
     authenticator = Authenticator(store, planes.apps, planes.scheduler, settings)
     store_health = planes.recorder.store_health
     server_health = ServerHealth(store_health, planes.fleet, planes.apps)
-    server, health_servicer = _grpc_server(settings, planes, store, sid, authenticator,
-                                           server_health, cluster)
     files = await _or_startup_error(open_files(settings, Tasks("files", _stop)))  # files.md
+    server, health_servicer = _grpc_server(settings, planes, store, sid, authenticator,
+                                           server_health, cluster, files)
     files_service.add_to(cast(aio.Server, rpc.GenericHandlersOnly(server)), files, authenticator)
     dashboard = Dashboard(planes.apps, planes.fleet, store)
     gpu_monitor = await _collect_state(planes, webhooks, gpus)
@@ -345,6 +346,7 @@ async def _bind_http(http: HttpEdge, store: Store) -> list[tuple[str, str]]:
 def _grpc_server(
     settings: ServerSettings, planes: Planes, store: Store, sid: str,
     authenticator: Authenticator, server_health: ServerHealth, cluster: Cluster | None,
+    files: FilePlane,
 ) -> tuple[aio.Server, HealthService]:
     size = settings.max_message_bytes
     server = aio.server(options=[
@@ -356,7 +358,8 @@ def _grpc_server(
     handlers = cast(aio.Server, rpc.GenericHandlersOnly(server))  # all the add_* functions use
     queue_pb2_grpc.add_QueueServicer_to_server(
         QueueService(planes.scheduler, guard=authenticator.queue_guard,
-                     sees_logs=authenticator.queue_sees_logs), handlers)
+                     sees_logs=authenticator.queue_sees_logs,
+                     payloads=PayloadRefs(files, authenticator)), handlers)
     control_pb2_grpc.add_ControlServicer_to_server(ControlService(
         planes.apps, planes.control, planes.deployer, planes.fleet, planes.scheduler, store,
         planes.secret_box, planes.webhooks.key, settings, on_revoke=authenticator.forget,

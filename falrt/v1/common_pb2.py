@@ -26,29 +26,29 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x66\x61lrt/v1/common.proto\x12\x08\x66\x61lrt.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"-\n\x07Payload\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\"Y\n\x07LogLine\x12-\n\ttimestamp\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\"/\n\nFieldError\x12\x10\n\x08location\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x82\x01\n\tErrorInfo\x12\x12\n\nerror_type\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tgrpc_code\x18\x03 \x01(\x05\x12*\n\x0c\x66ield_errors\x18\x04 \x03(\x0b\x32\x14.falrt.v1.FieldError\x12\x11\n\ttraceback\x18\x05 \x01(\t\"C\n\x0eRequestMetrics\x12\x31\n\x0einference_time\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\"l\n\x08GpuStats\x12\x0c\n\x04uuid\x18\x01 \x01(\t\x12\x19\n\x11memory_used_bytes\x18\x02 \x01(\x03\x12\x1a\n\x12memory_total_bytes\x18\x03 \x01(\x03\x12\x1b\n\x13utilization_percent\x18\x04 \x01(\x05*\x8a\x01\n\rRequestStatus\x12\x1e\n\x1aREQUEST_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17REQUEST_STATUS_IN_QUEUE\x10\x01\x12\x1e\n\x1aREQUEST_STATUS_IN_PROGRESS\x10\x02\x12\x1c\n\x18REQUEST_STATUS_COMPLETED\x10\x03*K\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x13\n\x0fPRIORITY_NORMAL\x10\x01\x12\x10\n\x0cPRIORITY_LOW\x10\x02*\xa1\x02\n\x0bRunnerState\x12\x1c\n\x18RUNNER_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14RUNNER_STATE_PENDING\x10\x01\x12\x1b\n\x17RUNNER_STATE_IMAGE_PULL\x10\x02\x12\x16\n\x12RUNNER_STATE_SETUP\x10\x03\x12\x1e\n\x1aRUNNER_STATE_CRASH_BACKOFF\x10\x04\x12\x15\n\x11RUNNER_STATE_IDLE\x10\x05\x12\x18\n\x14RUNNER_STATE_RUNNING\x10\x06\x12\x19\n\x15RUNNER_STATE_DRAINING\x10\x07\x12\x1c\n\x18RUNNER_STATE_TERMINATING\x10\x08\x12\x1b\n\x17RUNNER_STATE_TERMINATED\x10\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x66\x61lrt/v1/common.proto\x12\x08\x66\x61lrt.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"Y\n\x07Payload\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x0f\n\x07\x66ile_id\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\x03\x12\x0b\n\x03url\x18\x05 \x01(\t\"Y\n\x07LogLine\x12-\n\ttimestamp\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\"/\n\nFieldError\x12\x10\n\x08location\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x82\x01\n\tErrorInfo\x12\x12\n\nerror_type\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tgrpc_code\x18\x03 \x01(\x05\x12*\n\x0c\x66ield_errors\x18\x04 \x03(\x0b\x32\x14.falrt.v1.FieldError\x12\x11\n\ttraceback\x18\x05 \x01(\t\"C\n\x0eRequestMetrics\x12\x31\n\x0einference_time\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\"l\n\x08GpuStats\x12\x0c\n\x04uuid\x18\x01 \x01(\t\x12\x19\n\x11memory_used_bytes\x18\x02 \x01(\x03\x12\x1a\n\x12memory_total_bytes\x18\x03 \x01(\x03\x12\x1b\n\x13utilization_percent\x18\x04 \x01(\x05*\x8a\x01\n\rRequestStatus\x12\x1e\n\x1aREQUEST_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17REQUEST_STATUS_IN_QUEUE\x10\x01\x12\x1e\n\x1aREQUEST_STATUS_IN_PROGRESS\x10\x02\x12\x1c\n\x18REQUEST_STATUS_COMPLETED\x10\x03*K\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x13\n\x0fPRIORITY_NORMAL\x10\x01\x12\x10\n\x0cPRIORITY_LOW\x10\x02*\xa1\x02\n\x0bRunnerState\x12\x1c\n\x18RUNNER_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14RUNNER_STATE_PENDING\x10\x01\x12\x1b\n\x17RUNNER_STATE_IMAGE_PULL\x10\x02\x12\x16\n\x12RUNNER_STATE_SETUP\x10\x03\x12\x1e\n\x1aRUNNER_STATE_CRASH_BACKOFF\x10\x04\x12\x15\n\x11RUNNER_STATE_IDLE\x10\x05\x12\x18\n\x14RUNNER_STATE_RUNNING\x10\x06\x12\x19\n\x15RUNNER_STATE_DRAINING\x10\x07\x12\x1c\n\x18RUNNER_STATE_TERMINATING\x10\x08\x12\x1b\n\x17RUNNER_STATE_TERMINATED\x10\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'falrt.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REQUESTSTATUS']._serialized_start=600
-  _globals['_REQUESTSTATUS']._serialized_end=738
-  _globals['_PRIORITY']._serialized_start=740
-  _globals['_PRIORITY']._serialized_end=815
-  _globals['_RUNNERSTATE']._serialized_start=818
-  _globals['_RUNNERSTATE']._serialized_end=1107
+  _globals['_REQUESTSTATUS']._serialized_start=644
+  _globals['_REQUESTSTATUS']._serialized_end=782
+  _globals['_PRIORITY']._serialized_start=784
+  _globals['_PRIORITY']._serialized_end=859
+  _globals['_RUNNERSTATE']._serialized_start=862
+  _globals['_RUNNERSTATE']._serialized_end=1151
   _globals['_PAYLOAD']._serialized_start=100
-  _globals['_PAYLOAD']._serialized_end=145
-  _globals['_LOGLINE']._serialized_start=147
-  _globals['_LOGLINE']._serialized_end=236
-  _globals['_FIELDERROR']._serialized_start=238
-  _globals['_FIELDERROR']._serialized_end=285
-  _globals['_ERRORINFO']._serialized_start=288
-  _globals['_ERRORINFO']._serialized_end=418
-  _globals['_REQUESTMETRICS']._serialized_start=420
-  _globals['_REQUESTMETRICS']._serialized_end=487
-  _globals['_GPUSTATS']._serialized_start=489
-  _globals['_GPUSTATS']._serialized_end=597
+  _globals['_PAYLOAD']._serialized_end=189
+  _globals['_LOGLINE']._serialized_start=191
+  _globals['_LOGLINE']._serialized_end=280
+  _globals['_FIELDERROR']._serialized_start=282
+  _globals['_FIELDERROR']._serialized_end=329
+  _globals['_ERRORINFO']._serialized_start=332
+  _globals['_ERRORINFO']._serialized_end=462
+  _globals['_REQUESTMETRICS']._serialized_start=464
+  _globals['_REQUESTMETRICS']._serialized_end=531
+  _globals['_GPUSTATS']._serialized_start=533
+  _globals['_GPUSTATS']._serialized_end=641
 # @@protoc_insertion_point(module_scope)

@@ -126,19 +126,38 @@ class Payload(_message.Message):
 
     DATA_FIELD_NUMBER: _builtins.int
     CONTENT_TYPE_FIELD_NUMBER: _builtins.int
+    FILE_ID_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
     data: _builtins.bytes
     """The encoded bytes (JSON by default)."""
     content_type: _builtins.str
     """"application/json" (the default when empty) or "application/msgpack"."""
+    file_id: _builtins.str
+    """A payload by reference (docs/files.md, "Payloads by reference"): set instead of `data`
+    to the id of a complete file in the server's file store that holds the encoded bytes
+    (`content_type` still says how they are encoded). Callers send one for an input larger
+    than the message limit allows (a file they uploaded, see files.proto); answers carry
+    one for an output the runner stored so (fetch it with Files.Download or `url`).
+    """
+    size: _builtins.int
+    """With `file_id`, in answers: the file's size in bytes."""
+    url: _builtins.str
+    """With `file_id`, in answers: a signed URL that downloads the bytes without a key until
+    the file expires ("" when the server serves no HTTP edge).
+    """
     def __init__(
         self,
         *,
         data: _builtins.bytes = ...,
         content_type: _builtins.str = ...,
+        file_id: _builtins.str = ...,
+        size: _builtins.int = ...,
+        url: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_type", b"content_type", "data", b"data"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_type", b"content_type", "data", b"data", "file_id", b"file_id", "size", b"size", "url", b"url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -12,6 +12,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from falrt import errors
+from falrt.files import refs
 from falrt.limits import MAX_DURATION_SECONDS
 from falrt.requirement_stages import join_stages, split_stages
 from falrt.server.queue.options import CONDITIONS, check_options
@@ -127,13 +128,29 @@ def error_info(record: ErrorRecord) -> common_pb2.ErrorInfo:
 
 
 def outcome(result: runner_pb2.Result) -> Outcome:
-    """A runner's Result as an Outcome (the output bytes are not decoded)."""
+    """A runner's Result as an Outcome (the output bytes are not decoded; an output the
+    runner stored in a file is kept as its reference, falrt/files/refs.py)."""
+    output, content_type = result.output.data, result.output.content_type
+    if result.output.file_id:
+        ref = refs.PayloadRef(result.output.file_id, result.output.size, result.output.url)
+        output, content_type = refs.pack(ref), refs.marked(content_type or "application/json")
     return Outcome(
-        output=result.output.data,
-        content_type=result.output.content_type,
+        output=output,
+        content_type=content_type,
         error=error_record(result.error) if result.HasField("error") else None,
         inference_time_s=result.inference_time.ToNanoseconds() / 1e9,
     )
+
+
+def fill_payload(message: common_pb2.Payload, data: bytes, content_type: str) -> None:
+    """Sets a Payload from the server's (bytes, content type) pair: the bytes as they are,
+    or, for a payload kept by reference, the file's id, size and URL."""
+    if refs.is_ref(content_type):
+        ref = refs.unpack(data)
+        message.file_id, message.size, message.url = ref.file_id, ref.size, ref.url
+        message.content_type = refs.plain(content_type)
+    else:
+        message.data, message.content_type = data, content_type
 
 
 def metrics(record: Outcome) -> common_pb2.RequestMetrics:
@@ -165,9 +182,7 @@ def _fill_outcome(
     if record.error is not None:
         message.error.CopyFrom(error_info(record.error))
     else:
-        output = message.output
-        output.data = record.output
-        output.content_type = record.content_type
+        fill_payload(message.output, record.output, record.content_type)
     message.metrics.inference_time.FromNanoseconds(round(record.inference_time_s * 1e9))
 
 

@@ -7,6 +7,7 @@ Payload bytes pass through untouched: the server never decodes or re-encodes the
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -14,6 +15,7 @@ from grpc import aio
 
 from falrt import errors
 from falrt.server.api import convert
+from falrt.server.api.payload_refs import PayloadRefs, input_of
 from falrt.server.api.rpc import Guard, abort, server_stream, unary
 from falrt.server.queue.scheduler import Scheduler
 from falrt.server.state.work import DirectCall, QueuedRequest, RealtimeSession, any_done
@@ -36,9 +38,10 @@ _CANCEL_OUTCOMES = {
 class QueueService(queue_pb2_grpc.QueueServicer):
     def __init__(
         self, scheduler: Scheduler, guard: Guard | None = None,
-        sees_logs: LogsPolicy | None = None,
+        sees_logs: LogsPolicy | None = None, payloads: PayloadRefs | None = None,
     ) -> None:
         self._scheduler = scheduler
+        self._payloads = payloads  # checks inputs by reference (None: no file store)
         self.guard = guard  # who may call (falrt/server/auth.py), run before each method
         # Who gets request logs (private_logs, falrt/server/auth.py); None: every caller.
         self._sees_logs = sees_logs
@@ -47,11 +50,7 @@ class QueueService(queue_pb2_grpc.QueueServicer):
     async def Submit(
         self, request: queue_pb2.SubmitRequest, context: Context
     ) -> queue_pb2.SubmitResponse:
-        request_id, position, deduplicated = await self._scheduler.submit(
-            request.endpoint_id, request.path or "/", request.input.data,
-            request.input.content_type, convert.submit_options(request),
-            self._origin(context, "submit"),
-        )
+        request_id, position, deduplicated = await self._submit(request, context, "submit")
         return queue_pb2.SubmitResponse(
             request_id=request_id, queue_position=position, deduplicated=deduplicated)
 
@@ -68,12 +67,7 @@ class QueueService(queue_pb2_grpc.QueueServicer):
     async def Subscribe(
         self, request: queue_pb2.SubscribeRequest, context: Context
     ) -> AsyncIterator[queue_pb2.WatchResponse]:
-        submit = request.submit
-        request_id, _, _ = await self._scheduler.submit(
-            submit.endpoint_id, submit.path or "/", submit.input.data,
-            submit.input.content_type, convert.submit_options(submit),
-            self._origin(context, "subscribe"),
-        )
+        request_id, _, _ = await self._submit(request.submit, context, "subscribe")
         item = await self._find(request_id)  # stored: the first message says so
         if item.storing is not None:
             # Its result is there already, being stored: the acknowledgement and the
@@ -83,6 +77,21 @@ class QueueService(queue_pb2_grpc.QueueServicer):
         with_logs = await self._with_logs(item, request.with_logs, context)
         async for response in self._follow(item, with_logs):
             yield response
+
+    async def _submit(
+        self, request: queue_pb2.SubmitRequest, context: Context, call: str
+    ) -> tuple[str, int, bool]:
+        options = convert.submit_options(request)
+        data, by_ref = await self._input(request.input, context)
+        if by_ref:
+            options = dataclasses.replace(options, input_by_ref=True)
+        return await self._scheduler.submit(
+            request.endpoint_id, request.path or "/", data, request.input.content_type,
+            options, self._origin(context, call))
+
+    def _input(self, payload: Any, context: Context) -> Awaitable[tuple[bytes, bool]]:
+        """A caller's input: its bytes, or the checked reference of the file it is in."""
+        return input_of(self._payloads, payload, context.invocation_metadata() or ())
 
     async def _with_logs(self, item: QueuedRequest, asked: bool, context: Context) -> bool:
         """Whether an answer about `item` carries its logs: asked for, and the caller may
@@ -146,15 +155,15 @@ class QueueService(queue_pb2_grpc.QueueServicer):
 
     @unary
     async def Run(self, request: queue_pb2.RunRequest, context: Context) -> queue_pb2.RunResponse:
+        data, by_ref = await self._input(request.input, context)
         call = self._scheduler.call_direct(
-            request.endpoint_id, request.path or "/", request.input.data,
-            request.input.content_type, stream=False, origin=self._origin(context, "run"),
+            request.endpoint_id, request.path or "/", data, request.input.content_type,
+            stream=False, origin=self._origin(context, "run"), by_ref=by_ref,
         )
         outcome = await self._wait(call)
         await _raise_error(context, outcome)
         response = queue_pb2.RunResponse(request_id=call.request_id)
-        response.output.data = outcome.output
-        response.output.content_type = outcome.content_type
+        convert.fill_payload(response.output, outcome.output, outcome.content_type)
         response.metrics.CopyFrom(convert.metrics(outcome))
         return response
 
@@ -162,9 +171,10 @@ class QueueService(queue_pb2_grpc.QueueServicer):
     async def Stream(
         self, request: queue_pb2.StreamRequest, context: Context
     ) -> AsyncIterator[queue_pb2.StreamResponse]:
+        data, by_ref = await self._input(request.input, context)
         call = self._scheduler.call_direct(
-            request.endpoint_id, request.path or "/", request.input.data,
-            request.input.content_type, stream=True, origin=self._origin(context, "stream"),
+            request.endpoint_id, request.path or "/", data, request.input.content_type,
+            stream=True, origin=self._origin(context, "stream"), by_ref=by_ref,
         )
         async for response in self._outputs(call, queue_pb2.StreamResponse):
             yield response

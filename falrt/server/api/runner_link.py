@@ -240,7 +240,7 @@ def _fill_assign(assign: runner_pb2.Assign, item: WorkItem) -> None:
     """The Assign of a request's attempt (its input bytes set as they are, never copied
     twice)."""
     assign.request_id, assign.path = item.request_id, item.path
-    assign.input.data, assign.input.content_type = item.input, item.content_type
+    convert.fill_payload(assign.input, item.input, item.content_type)
     if item.trace is not None:
         assign.traceparent = item.trace.runner_parent
 

@@ -111,6 +111,8 @@ class Launcher:
         for secret_name, secret in stored.items():
             if not wanted or secret_name in wanted:
                 env[secret_name] = self._secret_box.decrypt(secret.value)
+        # The runner sends outputs over this size by file reference (docs/files.md).
+        env["FALRT_PAYLOAD_REF_BYTES"] = str(self._settings.payload_ref_bytes)
         if self._settings.otlp_endpoint:  # the handler's spans go where the server's go
             env["FALRT_OTLP_ENDPOINT"] = self._settings.otlp_endpoint
         return env | await self._tls_env()

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from falrt import errors
+from falrt.files import refs
 from falrt.server.state.work import QueuedRequest, WorkItem
 from falrt.store.records import ErrorRecord, Outcome, Priority
 
@@ -39,6 +40,9 @@ class SubmitOptions:
     webhook_url: str = ""
     max_queue_length: int = 0
     idempotency_key: str = ""
+    # The input's bytes are a checked PayloadRef (falrt/files/refs.py), set by the edge that
+    # checked the file, never by a caller.
+    input_by_ref: bool = False
 
 
 @dataclass(frozen=True)
@@ -57,14 +61,16 @@ def error_record(error: errors.FalrtError) -> ErrorRecord:
                        error.field_errors, error.traceback)
 
 
-def content_type_of(value: str) -> str:
+def content_type_of(value: str, by_ref: bool = False) -> str:
+    """A caller's content type, checked; marked as by reference (falrt/files/refs.py) when
+    the edge checked the file the input is in."""
     value = value or "application/json"
     if value not in CONTENT_TYPES:
         raise errors.InvalidArgumentError(
             f"unsupported content type {errors.quote(value)}: use application/json or "
             "application/msgpack"
         )
-    return value
+    return refs.marked(value) if by_ref else value
 
 
 START_TIMEOUT = errors.RequestTimeoutError(

@@ -143,7 +143,7 @@ class Scheduler:
         whether an earlier Submit with the same idempotency key made it."""
         app = self.resolve(endpoint_id, path)
         check_payload(len(data), self._payload_limit, "input")
-        if self._settings.input_check:
+        if self._settings.input_check and not options.input_by_ref:
             self._check_input(app, path, data, content_type)
         if not self._recorder.store_health.writable:
             raise errors.StoreFullError(
@@ -185,7 +185,8 @@ class Scheduler:
         now = time.time()
         record = RequestRecord(
             request_id=self._requests.new_id(), app_name=app.name, path=path, input=data,
-            content_type=content_type_of(content_type), priority=options.priority,
+            content_type=content_type_of(content_type, options.input_by_ref),
+            priority=options.priority,
             seq=self._requests.next_seq(), created_at=now, no_retry=options.no_retry,
             retry_config=dict(options.retry_config), webhook_url=options.webhook_url,
             start_deadline=now + options.start_timeout_s if options.start_timeout_s else None,
@@ -297,16 +298,17 @@ class Scheduler:
 
     def call_direct(
         self, endpoint_id: str, path: str, data: bytes, content_type: str, *, stream: bool,
-        origin: Origin = UNTRACED,
+        origin: Origin = UNTRACED, by_ref: bool = False,
     ) -> DirectCall:
-        """Queues a direct call (not stored, never retried); the caller awaits `done`."""
+        """Queues a direct call (not stored, never retried); the caller awaits `done`.
+        `by_ref`: `data` is a checked PayloadRef (SubmitOptions.input_by_ref)."""
         app = self.resolve(endpoint_id, path)
         check_payload(len(data), self._payload_limit, "input")
-        if self._settings.input_check:
+        if self._settings.input_check and not by_ref:
             self._check_input(app, path, data, content_type)
         item = DirectCall(
             request_id=self._requests.new_id(), app_name=app.name, path=path, input=data,
-            content_type=content_type_of(content_type), priority=Priority.NORMAL,
+            content_type=content_type_of(content_type, by_ref), priority=Priority.NORMAL,
             seq=self._requests.next_seq(), partials=asyncio.Queue() if stream else None,
             done=self._dispatcher.loop.create_future(),
         )

@@ -25,6 +25,7 @@ import httpx
 import msgspec
 
 from falrt import errors
+from falrt.files import refs
 from falrt.server.queue.webhook_targets import TargetPolicy
 from falrt.store.records import ErrorRecord, Outcome
 from falrt.webhook_signatures import (
@@ -46,6 +47,9 @@ __all__ = [
 ]
 
 MAX_URL_LENGTH = 2048
+PAYLOAD_BY_REFERENCE = (
+    "The response payload has {size} bytes and is kept by reference: fetch payload_url, or "
+    "use the queue endpoint to retrieve the response.")
 PAYLOAD_NOT_JSON = (
     "Response payload is not JSON serializable. Either return a JSON serializable object or use"
     " the queue endpoint to retrieve the response."
@@ -73,6 +77,10 @@ def webhook_body(request_id: str, outcome: Outcome, gateway_request_id: str = ""
 
 
 def _output_fields(outcome: Outcome) -> dict[str, Any]:
+    if refs.is_ref(outcome.content_type):  # (too large for a webhook body: its URL instead)
+        ref = refs.unpack(outcome.output)
+        return {"status": "OK", "payload": None, "payload_url": ref.url,
+                "payload_error": PAYLOAD_BY_REFERENCE.format(size=ref.size)}
     raw = _json_output(outcome)
     if raw is None:
         return {"status": "OK", "payload": None, "payload_error": PAYLOAD_NOT_JSON}

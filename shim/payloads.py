@@ -1,0 +1,72 @@
+"""Payloads by reference on the runner (docs/files.md, "Payloads by reference").
+
+An Assign whose input has a `file_id` (the caller's input was over the size that travels
+inline) is read from the Files service with the runner's key before it is decoded; an output
+whose encoded bytes are over the server's `payload_ref_bytes` (FALRT_PAYLOAD_REF_BYTES) is
+uploaded to the Files service and its Result carries the file's id, size and URL instead of
+the bytes. So neither is bounded by the gRPC message limit. The bytes still pass through
+memory once (the handler's input and output are values, not streams); the network and disk
+work runs in the loop's default thread pool, never on the event loop.
+
+A failure to read or store a payload fails that request with the Files service's error (its
+type kept: NOT_FOUND for a file that expired, UNAVAILABLE while the server restarts), named
+as the input's or the output's; the request's retry rules then apply as to any failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from falrt.errors import FalrtError
+
+if TYPE_CHECKING:
+    from falrt.client.files import FilesClient
+    from falrt.v1 import files_pb2
+
+__all__ = ["PayloadFiles"]
+
+
+class PayloadFiles:
+    """Reads inputs and stores outputs by reference for one runner. Loop-affine coroutines;
+    the Files client is made on first use (an app whose payloads stay small never makes
+    one)."""
+
+    def __init__(self, connect: Callable[[], FilesClient] | None = None) -> None:
+        self._connect = connect or _connect_from_environment
+        self._lock = threading.Lock()
+        self._client: FilesClient | None = None
+
+    async def read(self, file_id: str) -> bytes:
+        """The bytes of the input in file `file_id`."""
+        try:
+            return await asyncio.to_thread(lambda: self._files().read_bytes(file_id))
+        except FalrtError as exc:
+            raise type(exc)(f"the request's input (file {file_id}) could not be read: "
+                            f"{exc.message}") from None
+
+    async def store(self, data: bytes, content_type: str) -> files_pb2.FileInfo:
+        """Uploads an encoded output; the complete file's info."""
+        try:
+            return await asyncio.to_thread(
+                lambda: self._files().upload_bytes(data, content_type=content_type,
+                                                   name="output"))
+        except FalrtError as exc:
+            raise type(exc)(f"the output ({len(data)} bytes, over the size that travels "
+                            f"inline) could not be stored: {exc.message}") from None
+
+    def _files(self) -> FilesClient:
+        with self._lock:
+            if self._client is None:
+                self._client = self._connect()
+            return self._client
+
+
+def _connect_from_environment() -> FilesClient:
+    """The Files client of the runner's server and key (FALRT_HOST, FALRT_KEY)."""
+    from falrt.client import connection
+    from falrt.client.files import FilesClient
+
+    return FilesClient(connection.channel(connection.resolve_target()))

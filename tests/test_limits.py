@@ -1,12 +1,19 @@
-"""Log limits (falrt/limits.py): where a line is cut, in the runner and in the server, and
-how many lines and bytes a request keeps."""
+"""Limits (falrt/limits.py): where a log line is cut, in the runner and in the server, how
+many lines and bytes a request keeps, and which payloads travel by file reference."""
 
 from __future__ import annotations
 
 import pytest
 from falrt.shim.logcapture import LogTarget
 
-from falrt.limits import LOG_BYTES, LOG_LINE_BYTES, LOG_LINES, cut_line
+from falrt.limits import (
+    LOG_BYTES,
+    LOG_LINE_BYTES,
+    LOG_LINES,
+    PAYLOAD_REF_BYTES,
+    by_reference,
+    cut_line,
+)
 from falrt.server.state.work import QueuedRequest
 from falrt.store.records import LogRecord, Priority
 from falrt.v1 import runner_pb2
@@ -64,3 +71,21 @@ def test_a_request_keeps_at_most_its_line_limit_and_cuts_what_a_runner_did_not()
     for n in range(LOG_LINES + 5):
         item.add_log(LogRecord(1.0, str(n), "stdout"))
     assert len(item.logs) == LOG_LINES and "reached its limit" in item.logs[-1].message
+
+
+@pytest.mark.parametrize(("size", "threshold", "expected"), [
+    (1024 * 1024, 1024 * 1024, False),  # at the threshold: inline
+    (1024 * 1024 + 1, 1024 * 1024, True),
+    (0, 1024 * 1024, False),
+    (10 ** 12, 0, False),  # 0: always inline
+    (5, -1, False),
+])
+def test_a_payload_travels_by_reference_only_over_a_positive_threshold(
+    size: int, threshold: int, expected: bool,
+) -> None:
+    assert by_reference(size, threshold) is expected
+
+
+def test_the_default_threshold_is_one_mib() -> None:
+    assert PAYLOAD_REF_BYTES == 1024 * 1024
+    assert by_reference(PAYLOAD_REF_BYTES + 1) and not by_reference(PAYLOAD_REF_BYTES)

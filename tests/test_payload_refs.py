@@ -15,7 +15,9 @@ import httpx
 import pytest
 
 from falrt import errors
-from falrt.client import SyncClient
+from falrt.client import SyncClient, credentials
+from falrt.client.rpc_errors import translate_rpc_errors
+from falrt.v1 import files_pb2, queue_pb2
 from tests.apps.bulky_payloads import made
 from tests.harness import ServerProcess, stop_cleanly
 
@@ -45,6 +47,16 @@ def client(server: ServerProcess) -> Iterator[SyncClient]:
 @pytest.fixture(scope="module")
 def endpoint(server: ServerProcess) -> str:
     return server.deploy("tests/apps/bulky_payloads.py::BulkyPayloads")
+
+
+@pytest.fixture(scope="module")
+def http(server: ServerProcess) -> Iterator[httpx.Client]:
+    """An HTTP client of the gateway with the owner's key, as fal_client would call it."""
+    base = "http://" + server.wait_for_output(HTTP_LISTENING).group(1)
+    key = credentials.key_for(server.address)
+    with httpx.Client(base_url=base, timeout=300,
+                      headers={"authorization": f"Key {key}"}) as client:
+        yield client
 
 
 def rss(server: ServerProcess, field: str = "VmRSS") -> int:
@@ -91,16 +103,74 @@ def test_a_70_mib_output_comes_back_through_subscribe_and_run(
                       path="/make") == expected
 
 
-def test_an_input_file_of_another_owner_or_unfinished_is_refused(
-    client: SyncClient, endpoint: str,
-) -> None:
-    from falrt.v1 import files_pb2, queue_pb2
-
+def test_an_unfinished_input_file_is_refused(client: SyncClient, endpoint: str) -> None:
     started = client._files._stub.StartUpload(
         files_pb2.UploadHeader(name="input", size=10, content_type="application/json"))
     request = queue_pb2.SubmitRequest(endpoint_id=endpoint, path="/")
     request.input.file_id = started.file_id
-    with pytest.raises(errors.FailedPreconditionError, match="finish its upload"):
-        from falrt.client.rpc_errors import translate_rpc_errors
-        with translate_rpc_errors():
-            client._stub.Submit(request)
+    with pytest.raises(errors.FailedPreconditionError, match="finish its upload"), \
+            translate_rpc_errors():
+        client._stub.Submit(request)
+
+
+def test_an_input_by_reference_that_is_no_file_is_not_found(
+    client: SyncClient, endpoint: str,
+) -> None:
+    request = queue_pb2.RunRequest(endpoint_id=endpoint, path="/")
+    request.input.file_id = "0" * 32
+    with pytest.raises(errors.NotFoundError), translate_rpc_errors():
+        client._stub.Run(request)
+
+
+def test_a_raw_grpc_caller_gets_the_reference_and_fetches_it(
+    client: SyncClient, endpoint: str,
+) -> None:
+    """What a caller in another language sees: a Payload with file_id, size and url."""
+    request = queue_pb2.RunRequest(endpoint_id=endpoint, path="/make")
+    request.input.data = b'{"size": 3000000}'
+    with translate_rpc_errors():
+        reply = client._stub.Run(request)
+    output = reply.output
+    assert (output.data, output.size, output.content_type) == (b"", 3000000 + 11,
+                                                               "application/json")
+    assert "signature=" in output.url
+    keyless = httpx.get(output.url, timeout=60)
+    assert keyless.content == client._files.read_bytes(output.file_id)
+    assert keyless.content == b'{"text":"' + made(3000000, "x").encode() + b'"}'
+
+
+def test_a_70_mib_output_comes_back_over_http(http: httpx.Client, endpoint: str) -> None:
+    """Both fal APIs: the direct call's body, and the queue's result, are the output."""
+    expected = b'{"text":"' + made(70 * MiB, "ab").encode() + b'"}'
+    direct = http.post(f"/{endpoint}/make", json={"size": 70 * MiB, "seed": "ab"})
+    assert direct.status_code == 200, direct.text[:500]
+    assert direct.headers["content-type"].startswith("application/json")
+    assert direct.content == expected
+    submitted = http.post(f"/queue/{endpoint}/make", json={"size": 70 * MiB, "seed": "ab"})
+    status_url, response_url = submitted.json()["status_url"], submitted.json()["response_url"]
+    with http.stream("GET", status_url + "/stream") as events:
+        for line in events.iter_lines():
+            if '"COMPLETED"' in line:
+                break
+    result = http.get(response_url)
+    assert result.status_code == 200
+    assert result.content == expected
+
+
+def test_a_large_body_is_streamed_into_a_file_and_submitted_by_reference(
+    server: ServerProcess, http: httpx.Client, client: SyncClient, endpoint: str,
+) -> None:
+    text = made(80 * MiB, "xyz")
+    body = b'{"text":"' + text.encode() + b'"}'
+    before = len(client._files.list())
+    start = rss(server)
+    direct = http.post(f"/{endpoint}", content=body,
+                       headers={"content-type": "application/json"})
+    assert direct.status_code == 200, direct.text[:500]
+    assert direct.json() == digest(text)
+    growth = rss(server, "VmHWM") - start
+    print(f"server RSS {start / MiB:.0f} MiB, peak growth over HTTP {growth / MiB:.1f} MiB")
+    assert growth < RSS_GROWTH
+    made_files = client._files.list()
+    assert len(made_files) == before + 1
+    assert (made_files[0].name, made_files[0].size) == ("input", len(body))

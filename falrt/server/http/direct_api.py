@@ -23,7 +23,7 @@ from starlette.types import Receive
 from falrt import errors
 from falrt.sdk.endpoints import EndpointKind
 from falrt.server.api import convert
-from falrt.server.http import calls
+from falrt.server.http import calls, payloads
 from falrt.server.http.errors import REQUEST_ID_HEADER, error_response
 from falrt.server.http.events import EventStream, disconnected, event
 from falrt.server.http.gateway import Gateway
@@ -52,8 +52,8 @@ class DirectApi:
     async def run(self, request: Request) -> Response | EventStream:
         endpoint_id, app, path = calls.endpoint(request)
         await calls.authorize(self._gateway, request, app)
-        data = await calls.payload(self._gateway, request)
         content_type = calls.content_type(request)
+        data, by_ref = await payloads.input_of(self._gateway, request, content_type)
         kind = self._kind(endpoint_id, path)
         if kind is EndpointKind.REALTIME:
             raise errors.InvalidArgumentError(
@@ -66,12 +66,13 @@ class DirectApi:
                     "the input as application/json")
             call = self._scheduler.call_direct(
                 endpoint_id, path, data, content_type, stream=True,
-                origin=calls.origin(self._scheduler, request, "stream"))
+                origin=calls.origin(self._scheduler, request, "stream"), by_ref=by_ref)
             return EventStream(self._outputs(call), {REQUEST_ID_HEADER: call.request_id},
                                on_gone=lambda: self._scheduler.abandon(call))
         deadline_s = check_options(start_timeout_s=calls.start_timeout(request)).start_timeout_s
         call = self._scheduler.call_direct(endpoint_id, path, data, content_type, stream=False,
-                                           origin=calls.origin(self._scheduler, request, "run"))
+                                           origin=calls.origin(self._scheduler, request, "run"),
+                                           by_ref=by_ref)
         outcome = await self._outcome(call, request.receive, deadline_s)
         if outcome is None:
             return Response(status_code=CLIENT_CLOSED)
@@ -80,8 +81,9 @@ class DirectApi:
         if outcome.error is not None:
             return error_response(errors.from_proto(convert.error_info(outcome.error)),
                                   call.request_id)
-        return Response(outcome.output, media_type=outcome.content_type or calls.JSON,
-                        headers={REQUEST_ID_HEADER: call.request_id})
+        return await payloads.output_response(
+            self._gateway, outcome.output, outcome.content_type,
+            {REQUEST_ID_HEADER: call.request_id})
 
     def _kind(self, endpoint_id: str, path: str) -> EndpointKind:
         """The endpoint's kind. Raises NotFoundError for an unknown app or path."""

@@ -15,6 +15,7 @@ both edges; every route checks the caller as `Authenticator` does for gRPC.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -27,7 +28,7 @@ from starlette.types import Scope
 
 from falrt import errors
 from falrt.server.api import convert
-from falrt.server.http import calls
+from falrt.server.http import calls, payloads
 from falrt.server.http.errors import REQUEST_ID_HEADER, error_response
 from falrt.server.http.events import EventStream, event
 from falrt.server.http.gateway import Gateway
@@ -77,9 +78,12 @@ class QueueApi:
         endpoint_id, app, path = calls.endpoint(request)
         await calls.authorize(self._gateway, request, app)
         options = submit_options(request)
-        data = await calls.payload(self._gateway, request)
+        content_type = calls.content_type(request)
+        data, by_ref = await payloads.input_of(self._gateway, request, content_type)
+        if by_ref:
+            options = dataclasses.replace(options, input_by_ref=True)
         request_id, position, deduplicated = await self._scheduler.submit(
-            endpoint_id, path, data, calls.content_type(request), options,
+            endpoint_id, path, data, content_type, options,
             calls.origin(self._scheduler, request, "submit"))
         base = self._requests_url(request) + "/" + request_id
         doc: dict[str, Any] = {
@@ -141,8 +145,8 @@ class QueueApi:
         if outcome.error is not None:
             error = errors.from_proto(convert.error_info(outcome.error))
             return error_response(error, item.request_id)
-        return Response(outcome.output, media_type=outcome.content_type or JSON,
-                        headers=headers)
+        return await payloads.output_response(
+            self._gateway, outcome.output, outcome.content_type, headers)
 
     async def cancel(self, request: Request) -> Response:
         request_id = request.path_params["request_id"]

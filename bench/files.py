@@ -8,9 +8,12 @@ the first two) writes a file of random bytes and times, on that disk:
 - `cp` of the file and an fsync of the copy (the store fsyncs a file when it completes);
 - a gRPC upload (`FilesClient.upload`: chunks of 1 MiB, sha256 checked) and download;
 - an HTTP `PUT /files/NAME` (streamed from the file) and a `GET` of the signed URL;
-and the server's RSS (VmRSS from /proc) after each. Prints one JSON document (MiB/s, the
-ratio of each to `cp`, RSS in MiB). Ratios, not absolute figures, compare across machines.
-The request-through-the-queue figure of issue 19 waits for payloads by reference.
+and the server's RSS (VmRSS from /proc) after each. Then, for a request whose input and
+output are 100 MiB (`--payload-mib`) of JSON (bench/apps/echo_app.py answers its input), the
+time from `submit` to the decoded result through the Python client (both payloads travel by
+file reference: docs/files.md, "Payloads by reference"), beside a `cp` of the same bytes, and
+the server's peak RSS growth meanwhile (VmHWM). Prints one JSON document (MiB/s, the ratio of
+each to `cp`, RSS in MiB). Ratios, not absolute figures, compare across machines.
 """
 
 from __future__ import annotations
@@ -132,12 +135,55 @@ def measure(mib: int, root: Path, pid: int, files: FilesClient, http: httpx.Clie
     }
 
 
+def measure_request(
+    mib: int, root: Path, pid: int, client: SyncClient, address: str, rounds: int = 3,
+) -> dict[str, Any]:
+    """Submit to result of a request whose input and output are `mib` MiB, beside `cp`
+    of the same bytes (the encoded input); medians of `rounds`."""
+    deployed = subprocess.run(
+        [str(Path(sys.executable).parent / "falrt"), "deploy", "bench/apps/echo_app.py::Echo"],
+        env={**os.environ, "FALRT_HOST": address}, capture_output=True, text=True, check=True,
+        cwd=Path(__file__).resolve().parent.parent)
+    endpoint = deployed.stdout.split()[-1]
+    client.subscribe(endpoint, {"text": "warm"})  # (starts the runner)
+    text = "0123456789abcdef" * (mib * MIB // 16 - 1)  # (+ the JSON around it: about mib)
+    source = root / "payload.json"
+    source.write_bytes(json.dumps({"text": text}).encode())
+    cp_times, request_times = [], []
+    before = rss_mib(pid)
+    for _ in range(rounds):
+        cp_times.append(timed(lambda: cp(source, root / "copy.json"))[0])
+        (root / "copy.json").unlink()
+        seconds, output = timed(lambda: client.submit(endpoint, {"text": text}).get())
+        assert output == {"text": text}
+        request_times.append(seconds)
+    source.unlink()
+    cp_s, request_s = sorted(cp_times)[rounds // 2], sorted(request_times)[rounds // 2]
+    return {
+        "mib": mib, "rounds": rounds, "cp_s": round(cp_s, 3),
+        "submit_to_result_s": round(request_s, 3), "x_cp": round(request_s / cp_s, 2),
+        "server_rss_mib": {"before": round(before, 1), "peak": round(hwm_mib(pid), 1)},
+    }
+
+
+def hwm_mib(pid: int) -> float:
+    """The process's peak resident memory (VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="1 MiB and 64 MiB only")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    parser.add_argument("--payload-mib", type=int, default=100,
+                        help="the size of the request's input and output (MiB)")
+    parser.add_argument("--request-only", action="store_true",
+                        help="only the request through the queue")
     args = parser.parse_args()
-    sizes = SIZES_MIB[:2] if args.quick else SIZES_MIB
+    sizes = () if args.request_only else SIZES_MIB[:2] if args.quick else SIZES_MIB
     with tempfile.TemporaryDirectory(prefix="falrt-bench-files-") as tmp:
         root = Path(tmp)
         with server(root) as (pid, address, base):
@@ -146,8 +192,9 @@ def main() -> None:
             with SyncClient(address) as client, httpx.Client(base_url=base, timeout=600) as http:
                 files = FilesClient(client._channel)
                 rows = [measure(mib, root, pid, files, http, key) for mib in sizes]
+                request = measure_request(args.payload_mib, root, pid, client, address)
     result = {"bench": "files", "machine": machine(), "server_rss_mib_before": round(before, 1),
-              "sizes": rows}
+              "sizes": rows, "request_by_reference": request}
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

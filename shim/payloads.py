@@ -34,7 +34,11 @@ class PayloadFiles:
     the Files client is made on first use (an app whose payloads stay small never makes
     one)."""
 
-    def __init__(self, connect: Callable[[], FilesClient] | None = None) -> None:
+    def __init__(
+        self, expires_in_s: int = 0, connect: Callable[[], FilesClient] | None = None
+    ) -> None:
+        """`expires_in_s`: how long an output's file is kept (0: the server's default)."""
+        self._expires_in_s = expires_in_s
         self._connect = connect or _connect_from_environment
         self._lock = threading.Lock()
         self._client: FilesClient | None = None
@@ -51,8 +55,9 @@ class PayloadFiles:
         """Uploads an encoded output; the complete file's info."""
         try:
             return await asyncio.to_thread(
-                lambda: self._files().upload_bytes(data, content_type=content_type,
-                                                   name="output"))
+                lambda: self._files().upload_bytes(
+                    data, content_type=content_type, name="output",
+                    expires_in_s=self._expires_in_s))
         except FalrtError as exc:
             raise type(exc)(f"the output ({len(data)} bytes, over the size that travels "
                             f"inline) could not be stored: {exc.message}") from None

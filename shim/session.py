@@ -128,7 +128,8 @@ class RunnerSession:
         self._tracing = tracing or HandlerTracing()
         self._payload_limit = payload_limit(settings.max_message_bytes)
         self._payload_ref_bytes = settings.payload_ref_bytes
-        self._payloads = PayloadFiles()  # large inputs and outputs (shim/payloads.py)
+        # Large inputs and outputs (shim/payloads.py).
+        self._payloads = PayloadFiles(settings.payload_expiry_s)
         self._app = app
         self._endpoints: dict[str, Endpoint] = dict(type(app).endpoints())
         inline = settings.sync_handlers == "loop"

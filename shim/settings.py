@@ -21,7 +21,8 @@ variables), so they keep their defaults unless the shim is started by hand.
 | FALRT_SYNC_HANDLERS       | where sync handlers run: "thread", "loop", "auto"   | auto        |
 | FALRT_PARENT_PID          | die with this process (Linux; process backend)      | unset       |
 | FALRT_RECONNECT_S         | seconds to keep dialling after the stream is lost   | 0 (exit)    |
-| FALRT_PAYLOAD_REF_BYTES   | an output over this goes by file reference (0: never)| 1048576    |
+| FALRT_PAYLOAD_REF_BYTES   | an output over this goes by reference (0: never)    | 1048576     |
+| FALRT_PAYLOAD_EXPIRY_S    | seconds such an output's file is kept (0: server's) | 0           |
 | FALRT_TLS_ROOTS_PEM       | PEM roots to verify the server with: dial over TLS  | unset: plain|
 | FALRT_TLS_CERT_PEM        | PEM client certificate, for a mutual-TLS server     | unset       |
 | FALRT_TLS_KEY_PEM         | its private key (the runner's, never the server's)  | unset       |
@@ -145,6 +146,8 @@ class ShimSettings(msgspec.Struct, frozen=True):
     max_message_bytes: int = MAX_MESSAGE_BYTES
     # An output over this many bytes goes by file reference (shim/payloads.py; 0: never).
     payload_ref_bytes: int = PAYLOAD_REF_BYTES
+    # Seconds such an output's file is kept (the server's result retention; 0: its default).
+    payload_expiry_s: int = 0
     tls: LinkTls | None = None  # None: a plaintext link
 
     @classmethod
@@ -167,5 +170,6 @@ class ShimSettings(msgspec.Struct, frozen=True):
             reconnect_s=_number(env, "FALRT_RECONNECT_S", 0.0, 0.0),
             payload_ref_bytes=int(_number(
                 env, "FALRT_PAYLOAD_REF_BYTES", PAYLOAD_REF_BYTES, 0.0)),
+            payload_expiry_s=int(_number(env, "FALRT_PAYLOAD_EXPIRY_S", 0, 0.0)),
             tls=_tls(env),
         )

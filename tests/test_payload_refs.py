@@ -134,6 +134,8 @@ def test_a_raw_grpc_caller_gets_the_reference_and_fetches_it(
     assert (output.data, output.size, output.content_type) == (b"", 3000000 + 11,
                                                                "application/json")
     assert "signature=" in output.url
+    info = client._files.stat(output.file_id)  # kept as long as the result (24 h default)
+    assert info.expires_at.seconds - info.created_at.seconds == 24 * 3600
     keyless = httpx.get(output.url, timeout=60)
     assert keyless.content == client._files.read_bytes(output.file_id)
     assert keyless.content == b'{"text":"' + made(3000000, "x").encode() + b'"}'

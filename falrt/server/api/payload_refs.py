@@ -10,7 +10,6 @@ from the Files service with its own key.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from falrt import errors
@@ -27,7 +26,7 @@ class PayloadRefs:
         self._files = files
         self._authenticator = authenticator
 
-    async def checked(self, file_id: str, metadata: Sequence[tuple[str, Any]]) -> bytes:
+    async def checked(self, file_id: str, metadata: Any) -> bytes:
         """The PayloadRef (packed) of an input in file `file_id`. Raises UnauthenticatedError
         or PermissionDeniedError (not the caller's file), NotFoundError (no such file, or
         expired), FailedPreconditionError (its upload is unfinished)."""
@@ -44,11 +43,10 @@ class PayloadRefs:
 
 
 async def input_of(
-    payloads: PayloadRefs | None, payload: common_pb2.Payload,
-    metadata: Sequence[tuple[str, Any]],
+    payloads: PayloadRefs | None, payload: common_pb2.Payload, metadata: Any,
 ) -> tuple[bytes, bool]:
     """A caller's input Payload as (bytes, by reference): its data, or the checked
-    reference of its file."""
+    reference of its file (`metadata`: the call's, naming the caller's key)."""
     if not payload.file_id:
         return payload.data, False
     if payload.data:

@@ -91,7 +91,7 @@ class QueueService(queue_pb2_grpc.QueueServicer):
 
     def _input(self, payload: Any, context: Context) -> Awaitable[tuple[bytes, bool]]:
         """A caller's input: its bytes, or the checked reference of the file it is in."""
-        return input_of(self._payloads, payload, context.invocation_metadata() or ())
+        return input_of(self._payloads, payload, context.invocation_metadata())
 
     async def _with_logs(self, item: QueuedRequest, asked: bool, context: Context) -> bool:
         """Whether an answer about `item` carries its logs: asked for, and the caller may

@@ -111,8 +111,10 @@ class Launcher:
         for secret_name, secret in stored.items():
             if not wanted or secret_name in wanted:
                 env[secret_name] = self._secret_box.decrypt(secret.value)
-        # The runner sends outputs over this size by file reference (docs/files.md).
+        # The runner sends outputs over this size by file reference, in files kept as long
+        # as the results are (docs/files.md, "Payloads by reference").
         env["FALRT_PAYLOAD_REF_BYTES"] = str(self._settings.payload_ref_bytes)
+        env["FALRT_PAYLOAD_EXPIRY_S"] = str(max(1, int(self._settings.result_retention_s)))
         if self._settings.otlp_endpoint:  # the handler's spans go where the server's go
             env["FALRT_OTLP_ENDPOINT"] = self._settings.otlp_endpoint
         return env | await self._tls_env()

@@ -22,6 +22,9 @@ from falrt.client.rpc_errors import translate_rpc_errors
 from falrt.v1 import files_pb2, files_pb2_grpc
 
 CHUNK_BYTES = 1024 * 1024
+# The chunks of an upload from memory (`upload_bytes`): the most files.proto advises, as
+# fewer, larger messages move bytes in memory about twice as fast (bench/files.py).
+MEMORY_CHUNK_BYTES = 4 * CHUNK_BYTES
 # Interrupted uploads are resumed this many times (each from the server's offset).
 RESUMES = 3
 # How long a resume waits for the server to be reachable again (a restart).
@@ -79,8 +82,9 @@ class FilesClient:
         def requests() -> Iterator[files_pb2.UploadRequest]:
             yield files_pb2.UploadRequest(header=header)
             view = memoryview(data)
-            for start in range(0, len(data), CHUNK_BYTES):
-                yield files_pb2.UploadRequest(chunk=bytes(view[start:start + CHUNK_BYTES]))
+            for start in range(0, len(data), MEMORY_CHUNK_BYTES):
+                chunk = bytes(view[start:start + MEMORY_CHUNK_BYTES])
+                yield files_pb2.UploadRequest(chunk=chunk)
 
         with translate_rpc_errors():
             info = self._stub.Upload(requests()).file

@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 
 from falrt import errors
+from falrt.files import refs
 from falrt.server.api import convert
+from falrt.server.queue.outcomes import content_type_of
 from falrt.server.state.apps import check_config
 from falrt.store.records import AppConfig, EndpointRecord, ErrorRecord, LogRecord, Priority
-from falrt.v1 import common_pb2, control_pb2, queue_pb2
+from falrt.v1 import common_pb2, control_pb2, queue_pb2, runner_pb2
 
 pytestmark = pytest.mark.unit
 
@@ -107,3 +109,26 @@ def test_app_settings_must_be_finite_durations_in_protobufs_range(config: AppCon
     with pytest.raises(errors.InvalidArgumentError, match="must be"):
         check_config(config)
     check_config(AppConfig(keep_alive_s=0.0, request_timeout_s=315_576_000_000.0))
+
+
+def test_a_payload_kept_by_reference_goes_out_as_its_file_and_comes_back_the_same() -> None:
+    """falrt/files/refs.py: the runner's Result with a file id, kept as a marked pair, is
+    answered as the same file id, size and URL; an inline payload stays as it was."""
+    result = runner_pb2.Result(request_id="r", output=common_pb2.Payload(
+        file_id="ab" * 16, size=70_000_000, url="http://h/files/x?signature=s",
+        content_type="application/msgpack"))
+    kept = convert.outcome(result)
+    assert refs.is_ref(kept.content_type) and len(kept.output) < 100
+    answer = common_pb2.Payload()
+    convert.fill_payload(answer, kept.output, kept.content_type)
+    assert answer == result.output
+    inline = common_pb2.Payload()
+    convert.fill_payload(inline, b'{"a":1}', "application/json")
+    assert inline == common_pb2.Payload(data=b'{"a":1}', content_type="application/json")
+
+
+def test_a_caller_cannot_send_the_marker_of_a_reference_as_a_content_type() -> None:
+    """Only the edge that checked a file marks an input as a reference."""
+    with pytest.raises(errors.InvalidArgumentError, match="unsupported content type"):
+        content_type_of(refs.marked("application/json"))
+    assert content_type_of("application/json", by_ref=True) == refs.marked("application/json")

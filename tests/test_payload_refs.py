@@ -19,6 +19,7 @@ from falrt.client import SyncClient, credentials
 from falrt.client.rpc_errors import translate_rpc_errors
 from falrt.v1 import files_pb2, queue_pb2
 from tests.apps.bulky_payloads import made
+from tests.fifo import make_gate, release
 from tests.harness import ServerProcess, stop_cleanly
 
 pytestmark = pytest.mark.e2e
@@ -120,6 +121,26 @@ def test_an_input_by_reference_that_is_no_file_is_not_found(
     request.input.file_id = "0" * 32
     with pytest.raises(errors.NotFoundError), translate_rpc_errors():
         client._stub.Run(request)
+
+
+def test_an_input_file_gone_before_the_runner_reads_it_fails_that_request(
+    client: SyncClient, endpoint: str, tmp_path: Path,
+) -> None:
+    """The one slot is held by a gated request while the input's file is deleted: the
+    request then fails with NOT_FOUND naming its input, and the runner serves on."""
+    gate = make_gate(tmp_path / "gate")
+    held = client.submit(endpoint, {"size": 10, "gate": str(gate)}, path="/make")
+    info = client._files.upload_bytes(b'{"text": "gone"}', content_type="application/json")
+    request = queue_pb2.SubmitRequest(endpoint_id=endpoint, path="/")
+    request.input.file_id, request.input.content_type = info.file_id, "application/json"
+    with translate_rpc_errors():
+        doomed = client._stub.Submit(request).request_id
+    client._files.delete(info.file_id)
+    release(gate)
+    assert held.get() == {"text": made(10, "x")}
+    with pytest.raises(errors.NotFoundError, match=f"input \\(file {info.file_id}\\)"):
+        client.wait(doomed, timeout=60).output_or_raise()
+    assert client.subscribe(endpoint, {"text": "after"}) == digest("after")
 
 
 def test_a_raw_grpc_caller_gets_the_reference_and_fetches_it(

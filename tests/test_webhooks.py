@@ -26,6 +26,7 @@ import uvloop
 
 from falrt import errors
 from falrt.client import connection
+from falrt.files import refs
 from falrt.server.queue.webhooks import (
     KEY_FILE,
     PAYLOAD_NOT_JSON,
@@ -212,6 +213,15 @@ def test_output_that_is_not_json_gives_a_null_payload_and_a_payload_error(
         "request_id": "req-1", "gateway_request_id": "req-1", "status": "OK",
         "payload": None, "payload_error": PAYLOAD_NOT_JSON,
     }
+
+
+def test_an_output_kept_by_reference_is_sent_as_its_url() -> None:
+    """Too large for a webhook's body (docs/files.md, "Payloads by reference")."""
+    ref = refs.PayloadRef("ab" * 16, 70 * 1024 * 1024, "http://h/files/abab?signature=s")
+    outcome = Outcome(output=refs.pack(ref), content_type=refs.marked("application/json"))
+    body = json.loads(webhook_body("req-1", outcome))
+    assert (body["status"], body["payload"], body["payload_url"]) == ("OK", None, ref.url)
+    assert f"{70 * 1024 * 1024} bytes" in body["payload_error"]
 
 
 def test_an_error_payload_carries_the_message_and_error_type() -> None:

@@ -1,6 +1,7 @@
 """A test app for payloads by reference (tests/test_payload_refs.py): `/` answers the size
 and sha256 of the text it was given; `/make` answers a text of `size` bytes made from
-`seed` (the test makes the same bytes to compare)."""
+`seed` (the test makes the same bytes to compare), after reading one byte from the FIFO
+`gate` when one is given. One request at a time."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ class Digest(msgspec.Struct):
 class Make(msgspec.Struct):
     size: int
     seed: str = "x"
+    gate: str = ""  # path of a FIFO to read one byte from before answering
 
 
 def made(size: int, seed: str) -> str:
@@ -32,6 +34,8 @@ def made(size: int, seed: str) -> str:
 
 class BulkyPayloads(falrt.App):
     keep_alive = 300
+    max_multiplexing = 1
+    max_concurrency = 1  # (one runner: a gated request holds the only slot)
 
     @falrt.endpoint("/")
     def digest(self, request: Text) -> Digest:
@@ -40,4 +44,7 @@ class BulkyPayloads(falrt.App):
 
     @falrt.endpoint("/make")
     def make(self, request: Make) -> Text:
+        if request.gate:
+            with open(request.gate, "rb") as gate:
+                gate.read(1)
         return Text(text=made(request.size, request.seed))

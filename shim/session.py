@@ -492,9 +492,18 @@ class RunnerSession:
     async def _by_reference(
         self, assign: wire.Assign, output: bytes, started: float
     ) -> wire.Result:
-        """The Result of an output too large to travel inline: stored in a file first."""
+        """The Result of an output over the size that travels inline: stored in a file
+        first. When the file cannot be stored (the store's disk is full, say) an output that
+        fits in a message goes inline after all, as it would without references."""
         content_type = assign.content_type or "application/json"
-        file = await self._payloads.store(output, content_type)
+        try:
+            file = await self._payloads.store(output, content_type)
+        except FalrtError as exc:
+            if len(output) > self._payload_limit:
+                raise
+            log.warning("request %s: %s; it goes inline", assign.request_id, exc)
+            return wire.ok_result(assign.request_id, output, content_type,
+                                  time.perf_counter() - started)
         return wire.ref_result(assign.request_id, file, content_type,
                                time.perf_counter() - started)
 

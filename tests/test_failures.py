@@ -16,7 +16,7 @@ import pytest
 from falrt.client import Completed, Queued, SyncClient, connection
 from falrt.v1 import control_pb2, control_pb2_grpc
 from tests.fifo import make_gate, release
-from tests.harness import ServerProcess, wait_for
+from tests.harness import ServerProcess, stop_cleanly, wait_for
 from tests.sources import BROKEN_SETUP
 
 pytestmark = pytest.mark.e2e
@@ -274,15 +274,27 @@ def test_a_handlers_endless_output_fails_nothing_and_its_log_is_cut(
     assert runner.served - before == 3 and not runner.last_error  # one runner, all three once
 
 
+@pytest.fixture
+def inline_server(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A server with payloads by reference off (--payload-ref-bytes 0): every payload
+    travels inline, so the 64 MiB message limit bounds it (docs/files.md)."""
+    proc = ServerProcess(tmp_path / "data", tmp_path / "server.log",
+                         extra=["--payload-ref-bytes", "0"]).start()
+    yield proc
+    stop_cleanly(proc)
+
+
 def test_an_oversized_output_or_input_fails_only_its_own_request(
-    server: ServerProcess, tmp_path: Path
+    inline_server: ServerProcess, tmp_path: Path
 ) -> None:
     from falrt import errors
     from falrt.client.control import ControlClient
 
+    server = inline_server
     endpoint = deploy_source(server, tmp_path, "noisy", NOISY, "Noisy")
     before = served_by(server, "noisy")
     with SyncClient(server.address) as client:
+        client.payload_ref_bytes = 0  # (the client's inputs inline too)
         with pytest.raises(errors.PayloadTooLargeError, match="the input is 67100011 bytes"):
             client.submit(endpoint, {"mode": "x" * 67_100_000})  # acknowledged before
         neighbour = client.submit(endpoint, {"mode": "quiet"})

@@ -6,6 +6,7 @@ the server's memory stays bounded meanwhile."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ import httpx
 import pytest
 
 from falrt import errors
-from falrt.client import SyncClient, credentials
+from falrt.client import AsyncClient, SyncClient, credentials
 from falrt.client.rpc_errors import translate_rpc_errors
 from falrt.v1 import files_pb2, queue_pb2
 from tests.apps.bulky_payloads import made
@@ -102,6 +103,22 @@ def test_a_70_mib_output_comes_back_through_subscribe_and_run(
                             path="/make") == expected
     assert client.run(endpoint, {"size": 70 * MiB, "seed": "0123456789"},
                       path="/make") == expected
+
+
+def test_the_asyncio_client_sends_and_receives_by_reference(
+    server: ServerProcess, endpoint: str,
+) -> None:
+    text = made(3 * MiB, "async")
+
+    async def calls() -> tuple[object, object, object]:
+        async with AsyncClient(server.address) as client:
+            return (await client.subscribe(endpoint, {"text": text}),
+                    await client.run(endpoint, {"size": 5 * MiB}, path="/make"),
+                    await (await client.submit(endpoint, {"size": 2 * MiB}, path="/make")).get())
+
+    sent, made_5, made_2 = asyncio.run(calls())
+    assert sent == digest(text)
+    assert made_5 == {"text": made(5 * MiB, "x")} and made_2 == {"text": made(2 * MiB, "x")}
 
 
 def test_an_unfinished_input_file_is_refused(client: SyncClient, endpoint: str) -> None:

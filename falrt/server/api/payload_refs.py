@@ -42,16 +42,14 @@ class PayloadRefs:
         return refs.pack(refs.PayloadRef(record.file_id, record.size, self._files.url(record)))
 
 
-async def input_of(
+async def checked_input(
     payloads: PayloadRefs | None, payload: common_pb2.Payload, metadata: Any,
-) -> tuple[bytes, bool]:
-    """A caller's input Payload as (bytes, by reference): its data, or the checked
-    reference of its file (`metadata`: the call's, naming the caller's key)."""
-    if not payload.file_id:
-        return payload.data, False
+) -> bytes:
+    """The checked reference of a caller's input Payload that names a file (`metadata`:
+    the call's, naming the caller's key)."""
     if payload.data:
         raise errors.InvalidArgumentError("an input carries data or a file_id, not both")
     if payloads is None:
         raise errors.FailedPreconditionError(
             "this server keeps no files: send the input inline")
-    return await payloads.checked(payload.file_id, metadata), True
+    return await payloads.checked(payload.file_id, metadata)

@@ -15,7 +15,7 @@ from grpc import aio
 
 from falrt import errors
 from falrt.server.api import convert
-from falrt.server.api.payload_refs import PayloadRefs, input_of
+from falrt.server.api.payload_refs import PayloadRefs, checked_input
 from falrt.server.api.rpc import Guard, abort, server_stream, unary
 from falrt.server.queue.scheduler import Scheduler
 from falrt.server.state.work import DirectCall, QueuedRequest, RealtimeSession, any_done
@@ -89,9 +89,13 @@ class QueueService(queue_pb2_grpc.QueueServicer):
             request.endpoint_id, request.path or "/", data, request.input.content_type,
             options, self._origin(context, call))
 
-    def _input(self, payload: Any, context: Context) -> Awaitable[tuple[bytes, bool]]:
-        """A caller's input: its bytes, or the checked reference of the file it is in."""
-        return input_of(self._payloads, payload, context.invocation_metadata())
+    async def _input(self, payload: Any, context: Context) -> tuple[bytes, bool]:
+        """A caller's input as (bytes, by reference): its bytes, or the checked reference
+        of the file it is in."""
+        if not payload.file_id:
+            return payload.data, False
+        metadata = context.invocation_metadata()
+        return await checked_input(self._payloads, payload, metadata), True
 
     async def _with_logs(self, item: QueuedRequest, asked: bool, context: Context) -> bool:
         """Whether an answer about `item` carries its logs: asked for, and the caller may

@@ -1,7 +1,9 @@
 """The public Queue service: the queue path (Submit, Watch, GetStatus, GetResult, Cancel)
 and the direct path (Run, Stream). Converts at the edge and calls the scheduler.
 
-Payload bytes pass through untouched: the server never decodes or re-encodes them.
+Payload bytes pass through untouched: the server never decodes or re-encodes them. An input
+that names a file instead (a payload by reference, docs/files.md) is checked and kept as
+the file's reference (falrt/server/api/payload_refs.py).
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ class QueueService(queue_pb2_grpc.QueueServicer):
     async def _submit(
         self, request: queue_pb2.SubmitRequest, context: Context, call: str
     ) -> tuple[str, int, bool]:
+        """Submit and Subscribe's store: (request id, queue position, deduplicated)."""
         options = convert.submit_options(request)
         data, by_ref = await self._input(request.input, context)
         if by_ref:

@@ -2,14 +2,15 @@
 
     python bench/link_ab.py [--rounds 3] [--levels 1 16] [--out bench/link_ab.json]
 
-Two `falrt server`s serve examples/noop.py, one with the gRPC RunnerLink (the default) and
-one with `--runner-link stream` (falrt/streamlink.py); h2load drives `Queue.Run` (direct)
-and `Queue.Subscribe` (durable) on each, and the bare grpc.aio echo for reference
-(bench/h2targets.py). Per round and level every target runs once, the two links of a path
-one right after the other, their order swapped every round, so that the machine's load
-(shared with others' work) falls on both alike. Per link, path and level: the server's and
-the runner's CPU per call (from /proc, every thread), requests per second and p50; CPU per
-call is the figure to read on a busy machine.
+Three `falrt server`s serve examples/noop.py: with the gRPC RunnerLink (the default), and
+with `--runner-link stream` (falrt/streamlink.py) on loopback TCP and on a Unix socket.
+h2load drives `Queue.Run` (direct) and `Queue.Subscribe` (durable) on each, and the bare
+grpc.aio echo for reference (bench/h2targets.py). Per round and level every target runs
+once, the links of a path one right after the other, their order reversed every other
+round, so that the machine's load (shared with others' work) falls on all alike. Per link,
+path and level: the server's and the runner's CPU per call (from /proc, every thread; the
+server's per round too), requests per second and p50. CPU per call is the figure to read on
+a busy machine.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from h2drive import Run, Target, drive, h2load_binary
 from h2targets import WORKLOADS, workload_targets
 from servers import falrt_server, guarded
 
-LINKS = {"grpc": (), "stream": ("--runner-link", "stream")}
+LINKS = {"grpc": (), "stream": ("--runner-link", "stream"),
+         "stream-unix": ("--runner-link", "stream", "--runner-link-listen", "unix:{folder}/link")}
 PATHS = {"direct": "falrt_direct", "subscribe": "falrt_subscribe"}
 
 
@@ -39,8 +41,9 @@ async def measure(rounds: int, levels: list[int], calls: dict[int, int]) -> dict
             for link, options in LINKS.items():
                 folder = Path(tmp) / link
                 folder.mkdir()
-                address = await stack.enter_async_context(
-                    falrt_server(folder / "data", folder / "server.log", *options))
+                address = await stack.enter_async_context(falrt_server(
+                    folder / "data", folder / "server.log",
+                    *(option.format(folder=folder) for option in options)))
                 found = await workload_targets(stack, folder, address, WORKLOADS["echo"])
                 targets["echo"] = targets.get("echo", found["grpc_echo"])
                 for path, name in PATHS.items():

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import uvloop
+from breakdown import strace
 from h2drive import Run, Target, drive, h2load_binary
 from h2targets import WORKLOADS, workload_targets
 from servers import falrt_server, guarded
@@ -33,7 +34,9 @@ LINKS = {"grpc": (), "stream": ("--runner-link", "stream"),
 PATHS = {"direct": "falrt_direct", "subscribe": "falrt_subscribe"}
 
 
-async def measure(rounds: int, levels: list[int], calls: dict[int, int]) -> dict[str, Any]:
+async def measure(
+    rounds: int, levels: list[int], calls: dict[int, int], syscalls: bool
+) -> dict[str, Any]:
     binary = h2load_binary()
     with tempfile.TemporaryDirectory(prefix="falrt-link-ab-") as tmp:
         async with contextlib.AsyncExitStack() as stack:
@@ -61,8 +64,23 @@ async def measure(rounds: int, levels: list[int], calls: dict[int, int]) -> dict
                         print(f"-- round {number + 1} c={level} {name} done", file=sys.stderr)
                 for target in targets.values():
                     await target.verify()
-            return {name: {str(level): _figures(each) for level, each in by_level.items()}
-                    for name, by_level in runs.items()}
+            out = {name: {str(level): _figures(each) for level, each in by_level.items()}
+                   for name, by_level in runs.items()}
+            if syscalls:
+                out["syscalls_c16"] = await _syscalls(binary, targets, Path(tmp))
+            return out
+
+
+async def _syscalls(binary: str, targets: dict[str, Target], tmp: Path) -> dict[str, Any]:
+    """System calls per call of the server and the runner (strace -c -f, every thread) for
+    2,000 calls at c=16 of each falrt target (bench/breakdown.py's way)."""
+    out = {}
+    for name, target in targets.items():
+        if name == "echo":
+            continue
+        pids = {role: group[0] for role, group in target.pids().items()}
+        out[name] = await strace(pids, lambda t=target: drive(binary, t, 16, 2000), 2000, tmp)
+    return out
 
 
 def _figures(runs: list[Run]) -> dict[str, Any]:
@@ -95,11 +113,17 @@ def main() -> None:
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--calls", type=int, default=0,
                         help="calls per run (default: 1,500 at c=1, 5,000 above)")
+    parser.add_argument("--syscalls", action="store_true",
+                        help="then strace each falrt target at c=16 (system calls per call)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     calls = {level: args.calls or (1500 if level == 1 else 5000) for level in args.levels}
-    results = uvloop.run(guarded(measure(args.rounds, args.levels, calls)))
+    results = uvloop.run(guarded(measure(args.rounds, args.levels, calls, args.syscalls)))
+    syscalls = results.pop("syscalls_c16", None)
     print_table(results)
+    if syscalls:
+        print(json.dumps(syscalls, indent=1))
+        results["syscalls_c16"] = syscalls
     if args.out:
         args.out.write_text(json.dumps(results, indent=2) + "\n")
 

@@ -38,17 +38,18 @@ def link_socket(server: ServerProcess) -> Path:
     return server.data_dir.parent / "link.sock"
 
 
-def runner_servers(server: ServerProcess) -> list[str]:
-    """FALRT_SERVER of each process of `server`'s that has one (its runners)."""
+def runner_variables(server: ServerProcess) -> list[tuple[str, str]]:
+    """(FALRT_SERVER, FALRT_HOST) of each process of `server`'s that has the first (its
+    runners)."""
     found = []
     for entry in Path("/proc").iterdir():
         try:
-            env = (entry / "environ").read_bytes().split(b"\0")
+            env = dict(v.decode().partition("=")[::2]
+                       for v in (entry / "environ").read_bytes().split(b"\0"))
         except OSError:
             continue
-        if f"{TAG_VARIABLE}={server.tag}".encode() in env:
-            found += [v.decode().partition("=")[2] for v in env
-                      if v.startswith(b"FALRT_SERVER=")]
+        if env.get(TAG_VARIABLE) == server.tag and "FALRT_SERVER" in env:
+            found.append((env["FALRT_SERVER"], env.get("FALRT_HOST", "")))
     return found
 
 
@@ -60,8 +61,9 @@ def test_direct_and_queue_calls_are_served_by_runners_on_the_stream_link(
     client = SyncClient(stream_server.address)
     assert client.run(hello, {"name": "direct"}) == {"greeting": "Hello, direct!"}
     assert client.subscribe(hello, {"name": "queue"}) == {"greeting": "Hello, queue!"}
-    dialled = wait_for(lambda: runner_servers(stream_server), what="a runner")
-    assert dialled == [f"stream:unix:{link_socket(stream_server)}"]
+    # The runner dials the stream link; its app's code calls the server at the gRPC port.
+    found = wait_for(lambda: runner_variables(stream_server), what="a runner")
+    assert found == [(f"stream:unix:{link_socket(stream_server)}", stream_server.address)]
 
 
 @pytest.mark.e2e

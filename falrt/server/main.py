@@ -219,9 +219,9 @@ async def serve(settings: ServerSettings) -> None:
     stream = await _stream_link(settings, runner_link, store)
     # Runners of this server's previous life that still run are adopted before the first
     # of them can dial in.
-    dial = stream.address or advertised(settings.advertise, port) or address
-    adopted = planes.fleet.open(dial,
-                                await backend.survivors(planes.fleet.log_path))
+    callers_at = advertised(settings.advertise, port) or address
+    adopted = planes.fleet.open(stream.address or callers_at,
+                                await backend.survivors(planes.fleet.log_path), callers_at)
     await planes.fleet.sweep_runner_keys(
         sid, await shared.live_servers() if shared is not None else None)
     await server.start()

@@ -40,6 +40,15 @@ _DEFAULTS = ServerSettings(data_dir=Path("."))
               metavar="HOST:PORT",
               help="the address runners dial (runners on other hosts: the ray backend); "
                    "default: the --listen address (port 0: the port bound)")
+@click.option("--runner-link", "runner_link", envvar="FALRT_RUNNER_LINK",
+              type=click.Choice(["grpc", "stream"]), default="grpc", show_default=True,
+              help="how runners reach the server: the gRPC RunnerLink service, or (a "
+                   "prototype, process backend only) length-prefixed frames on a plain "
+                   "connection to --runner-link-listen (env FALRT_RUNNER_LINK)")
+@click.option("--runner-link-listen", "runner_link_listen", envvar="FALRT_RUNNER_LINK_LISTEN",
+              default=_DEFAULTS.runner_link_listen, show_default=True,
+              metavar="HOST:PORT|unix:PATH",
+              help="--runner-link stream: where it listens (loopback or a Unix socket)")
 @click.option("--docker-base", "docker_base", envvar="FALRT_DOCKER_BASE", default="",
               help="the docker backend's base image (`falrt images build-base` prints one)")
 @click.option("--registry", envvar="FALRT_REGISTRY", default="",
@@ -129,7 +138,8 @@ _DEFAULTS = ServerSettings(data_dir=Path("."))
 @file_options
 def server(
     listen: str, data_dir: Path | None, owner: str, backend: str, ray_address: str,
-    advertise: str, docker_base: str, registry: str, store: str, retry_backoff_base_s: float,
+    advertise: str, runner_link: str, runner_link_listen: str, docker_base: str,
+    registry: str, store: str, retry_backoff_base_s: float,
     retry_backoff_cap_s: float, result_retention_s: float, runner_log_retention_s: float,
     crash_backoff_step_s: float, crash_backoff_cap_s: float, gpu_inventory: Path | None,
     cluster_lease_s: float,
@@ -150,7 +160,8 @@ def server(
         crash_backoff_step_s=crash_backoff_step_s, crash_backoff_cap_s=crash_backoff_cap_s,
         cluster_lease_s=cluster_lease_s,
         gpu_inventory=gpu_inventory, backend=backend, ray_address=ray_address,
-        advertise=advertise, docker_base=docker_base,
+        advertise=advertise, runner_link=runner_link, runner_link_listen=runner_link_listen,
+        docker_base=docker_base,
         registry=registry, runner_reconnect_s=runner_reconnect_s, webhook_allow=webhook_allow,
         tls=tls, http_listen=http_listen, http_queue_listen=http_queue_listen,
         public_url=public_url, metrics_listen=metrics_listen, metrics=metrics,

@@ -93,6 +93,11 @@ class ServerSettings(msgspec.Struct, frozen=True):
     ray_address: str = "auto"
     # HOST:PORT runners dial ("": the listen address; port 0: the port bound).
     advertise: str = ""
+    # How runners reach the server (issue 18's prototype): "grpc", the RunnerLink service on
+    # the gRPC port; "stream", frames on a plain connection to `runner_link_listen`
+    # (HOST:PORT on loopback, or unix:PATH; falrt/streamlink.py), process backend only.
+    runner_link: str = "grpc"
+    runner_link_listen: str = "127.0.0.1:0"
     # The docker backend: the base of environment images, and the registry they go to.
     docker_base: str = ""
     registry: str = ""

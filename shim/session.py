@@ -45,7 +45,7 @@ import os
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from typing import Any
 
@@ -67,7 +67,7 @@ from falrt.sdk.context import RequestContext, request_var
 from falrt.sdk.endpoints import Endpoint, EndpointKind
 from falrt.v1 import common_pb2, runner_pb2, runner_pb2_grpc
 
-from . import logcapture, wire
+from . import logcapture, stream_call, wire
 from .batching import Batcher
 from .gpu_errors import is_gpu_failure
 from .gpu_stats import GpuProbe
@@ -209,13 +209,8 @@ class RunnerSession:
         still WELCOMED if the server welcomed this runner on it)."""
         self._outbox = Outbox(asyncio.get_running_loop())
         self._lost = asyncio.Event()
-        limit = self._settings.max_message_bytes
-        options = [
-            ("grpc.max_send_message_length", limit),
-            ("grpc.max_receive_message_length", limit),
-        ]
-        async with _channel(self._settings, options) as channel:
-            self._call = runner_pb2_grpc.RunnerLinkStub(channel).Attach()
+        async with _dial(self._settings) as call:
+            self._call = call
             await self.outbox.send(self._hello())
             helpers = [
                 asyncio.create_task(self.outbox.pump(self._call)),
@@ -614,6 +609,24 @@ async def _finish_hook(future: asyncio.Future[None], name: str, timeout_s: float
         log.warning("%s() still running after the grace period; going on", name)
     except Exception:
         log.exception("%s() raised", name)
+
+
+def _dial(settings: ShimSettings) -> contextlib.AbstractAsyncContextManager[Any]:
+    """The Attach call, over the link the settings name (FALRT_SERVER), closed at the end."""
+    if settings.link == "stream":
+        return stream_call.dial(settings.server, settings.max_message_bytes)
+    return _grpc_call(settings)
+
+
+@contextlib.asynccontextmanager
+async def _grpc_call(settings: ShimSettings) -> AsyncIterator[Any]:
+    limit = settings.max_message_bytes
+    options = [
+        ("grpc.max_send_message_length", limit),
+        ("grpc.max_receive_message_length", limit),
+    ]
+    async with _channel(settings, options) as channel:
+        yield runner_pb2_grpc.RunnerLinkStub(channel).Attach()
 
 
 def _channel(settings: ShimSettings, options: list[tuple[str, Any]]) -> aio.Channel:

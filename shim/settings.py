@@ -10,7 +10,8 @@ variables), so they keep their defaults unless the shim is started by hand.
 
 | Variable                  | Meaning                                             | Default     |
 |---------------------------|-----------------------------------------------------|-------------|
-| FALRT_SERVER              | host:port of the server's RunnerLink service        | required    |
+| FALRT_SERVER              | host:port of the server's RunnerLink service, or    | required    |
+|                           | stream:HOST:PORT / stream:unix:PATH: a stream link  |             |
 | FALRT_RUNNER_ID           | this runner's id (sent in Hello)                    | required    |
 | FALRT_RUNNER_TOKEN        | this runner's token (sent in Hello)                 | required    |
 | FALRT_ENTRYPOINT          | "module:Class", module = a .py file in the bundle   | required    |
@@ -50,10 +51,12 @@ from typing import Literal, cast
 import msgspec
 
 from falrt.limits import PAYLOAD_REF_BYTES
+from falrt.streamlink import PREFIX as STREAM_PREFIX
 
 __all__ = ["SettingsError", "ShimSettings"]
 
 SyncMode = Literal["thread", "loop", "auto"]
+LinkKind = Literal["grpc", "stream"]
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
@@ -149,6 +152,9 @@ class ShimSettings(msgspec.Struct, frozen=True):
     # Seconds such an output's file is kept (the server's result retention; 0: its default).
     payload_expiry_s: int = 0
     tls: LinkTls | None = None  # None: a plaintext link
+    # "stream": the server's stream link (falrt/streamlink.py; FALRT_SERVER's "stream:"),
+    # never over TLS; "grpc": the RunnerLink service.
+    link: LinkKind = "grpc"
 
     @classmethod
     def from_environ(cls, env: Mapping[str, str] = os.environ) -> ShimSettings:
@@ -156,8 +162,11 @@ class ShimSettings(msgspec.Struct, frozen=True):
         entrypoint = _required(env, "FALRT_ENTRYPOINT")
         if entrypoint.count(":") != 1 or entrypoint.startswith(":"):
             raise SettingsError(f"FALRT_ENTRYPOINT must be module:Class, got {entrypoint!r}")
+        server = _required(env, "FALRT_SERVER")
+        stream = server.startswith(STREAM_PREFIX)
         return cls(
-            server=_required(env, "FALRT_SERVER"),
+            server=server.removeprefix(STREAM_PREFIX),
+            link="stream" if stream else "grpc",
             runner_id=_required(env, "FALRT_RUNNER_ID"),
             token=_required(env, "FALRT_RUNNER_TOKEN"),
             entrypoint=entrypoint,

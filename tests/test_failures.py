@@ -190,7 +190,11 @@ def test_a_server_that_cannot_start_says_why(server: ServerProcess, tmp_path: Pa
     assert bad_key.returncode != 0
     assert "the secrets key in FALRT_SECRETS_KEY is not valid" in bad_key.stderr
     assert "hunter2" not in bad_key.stderr  # nor is the key
-    assert "Traceback" not in taken.stderr + unknown.stderr + refused.stderr + bad_key.stderr
+    open_link = start("--listen", "127.0.0.1:0", "--runner-link", "stream",
+                      "--runner-link-listen", "0.0.0.0:0")
+    assert open_link.returncode != 0 and "--runner-link stream:" in open_link.stderr
+    assert "Traceback" not in (taken.stderr + unknown.stderr + refused.stderr + bad_key.stderr
+                               + open_link.stderr)
 
 
 def test_an_app_with_its_own_dockerfile_needs_the_docker_backend(

@@ -17,6 +17,7 @@ import grpc
 import msgspec
 import pytest
 
+from falrt.server.api.runner_stream import StreamLink
 from falrt.v1 import common_pb2, runner_pb2, runner_pb2_grpc
 
 pytestmark = pytest.mark.e2e
@@ -276,17 +277,45 @@ async def shim(
 ) -> AsyncIterator[Runner]:
     """Starts a RunnerLink server on port 0 and a shim subprocess attached to it."""
     link = Link(refuse, welcome)
+    async with (_link_server(link) as address,
+                _shim_process(root, link, address, env) as runner):
+        yield runner
+
+
+@contextlib.asynccontextmanager
+async def _link_server(link: Link) -> AsyncIterator[str]:
+    """Serves `link` on a free port; yields the address the shim is given (FALRT_SERVER).
+    With FALRT_RUNNER_LINK=stream in the tests' environment, over a stream link
+    (falrt/server/api/runner_stream.py), else as a gRPC service."""
+    if os.environ.get("FALRT_RUNNER_LINK") == "stream":
+        stream = StreamLink(link, 64 * 1024 * 1024)
+        await stream.start("127.0.0.1:0")
+        try:
+            yield stream.address
+        finally:
+            await stream.close()
+        return
     server = grpc.aio.server()
     runner_pb2_grpc.add_RunnerLinkServicer_to_server(link, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        await server.stop(0)
+
+
+@contextlib.asynccontextmanager
+async def _shim_process(
+    root: Path, link: Link, address: str, env: dict[str, str]
+) -> AsyncIterator[Runner]:
     bundle = root / "bundle"
     bundle.mkdir()
     (bundle / "testapp.py").write_text(textwrap.dedent(APP))
     (root / "marks").mkdir()
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("FALRT_")}
     full_env.update(
-        FALRT_SERVER=f"127.0.0.1:{port}",
+        FALRT_SERVER=address,
         FALRT_RUNNER_ID="runner-1",
         FALRT_RUNNER_TOKEN="secret-token",
         FALRT_BUNDLE_DIR=str(bundle),
@@ -314,7 +343,6 @@ async def shim(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
-        await server.stop(0)
 
 
 def run(test: Callable[[], Coroutine[Any, Any, None]]) -> None:

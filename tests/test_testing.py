@@ -296,14 +296,3 @@ def test_local_server_deploys_hello_and_answers_calls(tmp_path: Path) -> None:
             assert client.run(endpoint_id, {"name": "e2e"}, timeout=60) == {
                 "greeting": "Hello, e2e!"}
 
-
-@pytest.mark.unit
-def test_thread_settings_made_in_setup_hold_in_the_handler_threads_as_in_a_runner() -> None:
-    from tests.apps.threadset import ThreadSet
-
-    # torch is in the test environment (the dev extra's examples); the app's own
-    # requirement is for its runner.
-    with AppClient(ThreadSet, threads=2) as app:
-        reports = [app.call("/", {}) for _ in range(2)]
-    assert reports[0]["default_threads"] >= 2, reports  # else this test could not tell
-    assert [(report["setting"], report["helpers"]) for report in reports] == [(1, 0)] * 2

@@ -29,7 +29,7 @@ from falrt.backends.base import Backend
 from falrt.backends.environments import EnvironmentBuilder, Environments, ImageEnvironments
 from falrt.client import credentials
 from falrt.gpus import Gpu, GpuAllocator, GpuMonitor, discover
-from falrt.server.api import files_service, rpc
+from falrt.server.api import files_service, rpc, runner_stream
 from falrt.server.api.auth import Authenticator
 from falrt.server.api.control_service import ControlService
 from falrt.server.api.health import HealthService
@@ -201,9 +201,10 @@ async def serve(settings: ServerSettings) -> None:
     authenticator = Authenticator(store, planes.apps, planes.scheduler, settings)
     store_health = planes.recorder.store_health
     server_health = ServerHealth(store_health, planes.fleet, planes.apps)
+    runner_link = RunnerLinkService(planes.fleet, planes.dispatcher, sid)
     files = await _or_startup_error(open_files(settings, Tasks("files", _stop)))  # files.md
-    server, health_servicer = _grpc_server(settings, planes, store, sid, authenticator,
-                                           server_health, cluster, files)
+    server, health_servicer = _grpc_server(settings, planes, store, sid, runner_link,
+                                           authenticator, server_health, cluster, files)
     files_service.add_to(cast(aio.Server, rpc.GenericHandlersOnly(server)), files, authenticator)
     dashboard = Dashboard(planes.apps, planes.fleet, store)
     gpu_monitor = await _collect_state(planes, webhooks, gpus)
@@ -222,10 +223,12 @@ async def serve(settings: ServerSettings) -> None:
     address = f"{_dial_host(host)}:{port}"
     http_addresses = await _bind_http(http, store)
     files.serve_urls_at(http_addresses, tls=settings.tls is not None)
+    stream = await _or_startup_error(runner_stream.open_link(settings, runner_link))
     # Runners of this server's previous life that still run are adopted before the first
     # of them can dial in.
-    adopted = planes.fleet.open(advertised(settings.advertise, port) or address,
-                                await backend.survivors(planes.fleet.log_path))
+    callers_at = advertised(settings.advertise, port) or address
+    adopted = planes.fleet.open(stream.address or callers_at,
+                                await backend.survivors(planes.fleet.log_path), callers_at)
     await planes.fleet.sweep_runner_keys(
         sid, await shared.live_servers() if shared is not None else None)
     await server.start()
@@ -256,6 +259,7 @@ async def serve(settings: ServerSettings) -> None:
     await http.close()
     await dashboard.close()
     await server.stop(grace=2.0)
+    await stream.close()
     await files.close()
     await planes.recorder.close()
     await asyncio.to_thread(planes.recorder.tracing.shutdown)  # the spans left are sent
@@ -345,8 +349,8 @@ async def _bind_http(http: HttpEdge, store: Store) -> list[tuple[str, str]]:
 
 def _grpc_server(
     settings: ServerSettings, planes: Planes, store: Store, sid: str,
-    authenticator: Authenticator, server_health: ServerHealth, cluster: Cluster | None,
-    files: FilePlane,
+    runner_link: RunnerLinkService, authenticator: Authenticator, server_health: ServerHealth,
+    cluster: Cluster | None, files: FilePlane,
 ) -> tuple[aio.Server, HealthService]:
     size = settings.max_message_bytes
     server = aio.server(options=[
@@ -365,8 +369,7 @@ def _grpc_server(
         planes.secret_box, planes.webhooks.key, settings, on_revoke=authenticator.forget,
         guard=authenticator.control_guard,
         scaling_lead=cluster.scaling_lead if cluster else alone_lead(sid)), handlers)
-    runner_pb2_grpc.add_RunnerLinkServicer_to_server(
-        RunnerLinkService(planes.fleet, planes.dispatcher, sid), handlers)
+    runner_pb2_grpc.add_RunnerLinkServicer_to_server(runner_link, handlers)
     health_servicer = HealthService(server_health.check, SERVICES)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, handlers)
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection.aio.ReflectionServicer(

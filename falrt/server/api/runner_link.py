@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any, NoReturn, Protocol
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -44,6 +44,15 @@ from falrt.v1 import common_pb2, runner_pb2, runner_pb2_grpc
 
 log = logging.getLogger(__name__)
 Context = aio.ServicerContext[Any, Any]
+
+
+class LinkContext(Protocol):
+    """What Attach needs of its context: gRPC's, or a stream link's
+    (falrt/server/api/runner_stream.py)."""
+
+    async def abort(self, code: grpc.StatusCode, details: str = ...) -> NoReturn: ...
+
+
 HELLO_TIMEOUT_S = 30.0
 BUNDLE_CHUNK_BYTES = 1024 * 1024
 # An AssignBatch: at most this many assignments, with inputs of at most this many bytes in
@@ -60,8 +69,9 @@ class RunnerLinkService(runner_pb2_grpc.RunnerLinkServicer):
             welcome=runner_pb2.Welcome(server_id=server_id))
 
     async def Attach(
-        self, request_iterator: AsyncIterator[runner_pb2.RunnerMessage], context: Context
-    ) -> AsyncIterator[runner_pb2.ServerMessage]:
+        self, request_iterator: AsyncIterator[runner_pb2.RunnerMessage],
+        context: Context | LinkContext,
+    ) -> AsyncGenerator[runner_pb2.ServerMessage, None]:
         runner = await self._hello(request_iterator, context)
         reader = asyncio.get_running_loop().create_task(self._read(runner, request_iterator))
         try:
@@ -96,7 +106,7 @@ class RunnerLinkService(runner_pb2_grpc.RunnerLinkServicer):
                                          bundle_sha256=folder.name if offset == 0 else "")
 
     async def _hello(
-        self, messages: AsyncIterator[runner_pb2.RunnerMessage], context: Context
+        self, messages: AsyncIterator[runner_pb2.RunnerMessage], context: Context | LinkContext
     ) -> RunnerHandle:
         try:
             first = await asyncio.wait_for(anext(messages), HELLO_TIMEOUT_S)

@@ -145,12 +145,13 @@ class Fleet:
         """Where runners dial this server ("" until `open`)."""
         return self._starts.address
 
-    def open(self, address: str, survivors: list[Survivor]) -> int:
-        """Runners dial `address` from now on; the runners of this server's previous life
-        that still run (`survivors`) are adopted or stopped (see `Starts.adopt`). Call it
-        before the server serves, so that no survivor dials in first. Returns how many
+    def open(self, address: str, survivors: list[Survivor], host: str = "") -> int:
+        """Runners dial `address` from now on (and their app's code calls the server at
+        `host`, its gRPC address, if that differs); the runners of this server's previous
+        life that still run (`survivors`) are adopted or stopped (see `Starts.adopt`). Call
+        it before the server serves, so that no survivor dials in first. Returns how many
         were adopted."""
-        self._starts.address = address
+        self._starts.address, self._launcher.host = address, host
         return self._starts.adopt(survivors)
 
     async def sweep_runner_keys(

@@ -49,6 +49,7 @@ class Launcher:
         # The bundle folder of each runner's latest start (RunnerLink.FetchBundle serves it).
         self._bundles: dict[str, Path] = {}
         self.server_id = ""  # named in the runner keys' descriptions once set
+        self.host = ""  # FALRT_HOST: the gRPC address ("": the one runners dial)
 
     def capacity(self, machine_type: str, num_gpus: int) -> str:
         """Why the backend cannot start a runner of `machine_type` now ("" when it can)."""
@@ -121,7 +122,7 @@ class Launcher:
 
     async def _runner_key_env(self, runner: RunnerHandle, address: str) -> dict[str, str]:
         """A new API-scope key of the server's owner for this start of the runner, with the
-        address it dials (`FALRT_KEY`, `FALRT_HOST`): `falrt.client` works in a handler with
+        server's gRPC address (`FALRT_KEY`, `FALRT_HOST`): `falrt.client` works in a handler with
         no configuration (docs/security.md, "Runner keys"). The key of the runner's previous
         start is revoked; `revoke_runner_key` revokes this one when the runner ends. {} for
         a docker runner of a server without TLS: its key would travel in clear to another
@@ -136,7 +137,8 @@ class Launcher:
         record, key = new_key(KeyScope.API, self._settings.owner, description)
         await self._store.create_key(record)
         self._runner_keys[runner.runner_id] = record.key_id
-        return {"FALRT_KEY": key, "FALRT_HOST": f"https://{address}" if tls else address}
+        host = self.host or address
+        return {"FALRT_KEY": key, "FALRT_HOST": f"https://{host}" if tls else host}
 
     def revoke_runner_key(self, runner_id: str) -> Awaitable[None]:
         """Revokes the key the runner was given at its latest start (the one it holds now,

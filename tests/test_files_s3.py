@@ -141,10 +141,10 @@ def test_an_expired_file_is_not_found_on_either_server(
 ) -> None:
     source = tmp_path / "short.txt"
     source.write_text("short-lived")
+    uploaded = time.monotonic()  # before the server made the file and started its second
     info = first.upload(source, expires_in_s=1)
     with keyed(servers[1]) as http:
         assert http.get(f"/files/{info.file_id}").text == "short-lived"
-        uploaded = time.monotonic()
 
         def expired() -> bool:
             try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import mimetypes
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -123,10 +124,20 @@ class FilesClient:
         """How far an upload got; with `wait_s`, waits that long for an unreachable server
         (restarting, say) to answer."""
         request = files_pb2.UploadStatusRequest(file_id=file_id)
-        with translate_rpc_errors():
-            if wait_s:
-                return self._stub.UploadStatus(request, wait_for_ready=True, timeout=wait_s)
-            return self._stub.UploadStatus(request)
+        if not wait_s:
+            with translate_rpc_errors():
+                return self._stub.UploadStatus(request)
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                with translate_rpc_errors():
+                    return self._stub.UploadStatus(request, wait_for_ready=True,
+                                                   timeout=max(deadline - time.monotonic(), 0.01))
+            except errors.UnavailableError:
+                # Sent on the dead server's connection before the channel saw it break: the
+                # next call waits (wait_for_ready) for a connection to the server now there.
+                if time.monotonic() >= deadline:
+                    raise
 
     def stat(self, file_id: str) -> files_pb2.FileInfo:
         with translate_rpc_errors():

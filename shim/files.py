@@ -98,32 +98,50 @@ def files_in(value: Any, at: str = "$") -> Iterator[tuple[str, File]]:
             yield from files_in(item, f"{at}.{key}")
 
 
+class FilesConnection:
+    """A runner's one Files client, made on first use (an app that never moves a file
+    never makes one), from threads as well as the loop. Shared by the File fields here and
+    the payloads by reference (shim/payloads.py)."""
+
+    def __init__(self, connect: Callable[[], FilesClient] | None = None) -> None:
+        """`connect` makes the client (default: the server and key of the runner's
+        environment, `falrt.client.connection`)."""
+        self._connect = connect or _connect_from_environment
+        self._lock = threading.Lock()
+        self._client: FilesClient | None = None
+
+    def client(self) -> FilesClient:
+        with self._lock:
+            if self._client is None:
+                self._client = self._connect()
+            return self._client
+
+
 class RunnerFiles:
     """Fetches input files and uploads output files for one runner (module docstring).
     Loop-affine: call its coroutines from the runner's event loop."""
 
     def __init__(
-        self, connect: Callable[[], FilesClient] | None = None,
+        self, connection: FilesConnection | None = None,
         max_fetch_bytes: int = MAX_FETCH_BYTES, fetch_timeout_s: float = FETCH_TIMEOUT_S,
     ) -> None:
-        """`connect` makes the Files client on first use (default: the server and key of
-        the runner's environment, `falrt.client.connection`)."""
-        self._connect = connect or _connect_from_environment
+        self._connection = connection or FilesConnection()
         self._max_bytes = max_fetch_bytes
         self._timeout_s = fetch_timeout_s
-        self._lock = threading.Lock()  # (the client and the folder are made in threads)
-        self._client: FilesClient | None = None
+        self._lock = threading.Lock()  # (the cache folder is made in threads)
         self._folder: Path | None = None
         self._by_url: dict[str, Fetched] = {}
         self._pending: dict[str, asyncio.Future[tuple[Fetched, bool]]] = {}
 
     @classmethod
-    def for_app(cls, app_class: type[App]) -> RunnerFiles | None:
+    def for_app(
+        cls, app_class: type[App], connection: FilesConnection | None = None
+    ) -> RunnerFiles | None:
         """A RunnerFiles when an endpoint of the app takes or returns Files, else None."""
         endpoints = app_class.endpoints().values()
         if any(mentions_files(ep.input_type) or mentions_files(ep.output_type)
                for ep in endpoints):
-            return cls()
+            return cls(connection)
         return None
 
     # -- inputs -----------------------------------------------------------------------
@@ -207,7 +225,7 @@ class RunnerFiles:
         return Fetched(path, len(data), media.split(";")[0] or "text/plain", ""), had
 
     def _from_store(self, file_id: str) -> tuple[Fetched, bool]:
-        client = self._files_client()
+        client = self._connection.client()
         info = client.stat(file_id)
         self._check_size(info.size)
         path = self._cache_folder() / info.sha256 if info.sha256 else None
@@ -309,18 +327,12 @@ class RunnerFiles:
             temp.write_bytes(file.data or b"")
         try:
             path = path or file.path
-            info = self._files_client().upload(
+            info = self._connection.client().upload(
                 path, content_type=file.content_type, name=file.file_name or path.name)
         finally:
             if temp is not None:
                 temp.unlink(missing_ok=True)
         file.uploaded(_url_of(info), info.size)  # (an Image reads its size here, if unknown)
-
-    def _files_client(self) -> FilesClient:
-        with self._lock:
-            if self._client is None:
-                self._client = self._connect()
-            return self._client
 
 
 def _connect_from_environment() -> FilesClient:

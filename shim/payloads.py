@@ -16,14 +16,13 @@ as the input's or the output's; the request's retry rules then apply as to any f
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from falrt.errors import FalrtError
 
+from .files import FilesConnection
+
 if TYPE_CHECKING:
-    from falrt.client.files import FilesClient
     from falrt.v1 import files_pb2
 
 __all__ = ["PayloadFiles"]
@@ -31,22 +30,18 @@ __all__ = ["PayloadFiles"]
 
 class PayloadFiles:
     """Reads inputs and stores outputs by reference for one runner. Loop-affine coroutines;
-    the Files client is made on first use (an app whose payloads stay small never makes
-    one)."""
+    the runner's Files client is made on first use (an app whose payloads stay small never
+    makes one)."""
 
-    def __init__(
-        self, expires_in_s: int = 0, connect: Callable[[], FilesClient] | None = None
-    ) -> None:
+    def __init__(self, expires_in_s: int = 0, connection: FilesConnection | None = None) -> None:
         """`expires_in_s`: how long an output's file is kept (0: the server's default)."""
         self._expires_in_s = expires_in_s
-        self._connect = connect or _connect_from_environment
-        self._lock = threading.Lock()
-        self._client: FilesClient | None = None
+        self._connection = connection or FilesConnection()
 
     async def read(self, file_id: str) -> bytes:
         """The bytes of the input in file `file_id`."""
         try:
-            return await asyncio.to_thread(lambda: self._files().read_bytes(file_id))
+            return await asyncio.to_thread(lambda: self._connection.client().read_bytes(file_id))
         except FalrtError as exc:
             raise type(exc)(f"the request's input (file {file_id}) could not be read: "
                             f"{exc.message}") from None
@@ -55,23 +50,9 @@ class PayloadFiles:
         """Uploads an encoded output; the complete file's info."""
         try:
             return await asyncio.to_thread(
-                lambda: self._files().upload_bytes(
+                lambda: self._connection.client().upload_bytes(
                     data, content_type=content_type, name="output",
                     expires_in_s=self._expires_in_s))
         except FalrtError as exc:
             raise type(exc)(f"the output ({len(data)} bytes, over the size that travels "
                             f"inline) could not be stored: {exc.message}") from None
-
-    def _files(self) -> FilesClient:
-        with self._lock:
-            if self._client is None:
-                self._client = self._connect()
-            return self._client
-
-
-def _connect_from_environment() -> FilesClient:
-    """The Files client of the runner's server and key (FALRT_HOST, FALRT_KEY)."""
-    from falrt.client import connection
-    from falrt.client.files import FilesClient
-
-    return FilesClient(connection.channel(connection.resolve_target()))

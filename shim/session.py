@@ -69,6 +69,7 @@ from falrt.v1 import common_pb2, runner_pb2, runner_pb2_grpc
 
 from . import logcapture, stream_call, wire
 from .batching import Batcher
+from .files import FilesConnection, RunnerFiles
 from .gpu_errors import is_gpu_failure
 from .gpu_stats import GpuProbe
 from .invoke import Invoker
@@ -128,12 +129,14 @@ class RunnerSession:
         self._tracing = tracing or HandlerTracing()
         self._payload_limit = payload_limit(settings.max_message_bytes)
         self._payload_ref_bytes = settings.payload_ref_bytes
-        # Large inputs and outputs (shim/payloads.py).
-        self._payloads = PayloadFiles(settings.payload_expiry_s)
+        # One Files client for the app's File fields and its large payloads (shim/payloads.py).
+        files = FilesConnection()
+        self._payloads = PayloadFiles(settings.payload_expiry_s, files)
         self._app = app
         self._endpoints: dict[str, Endpoint] = dict(type(app).endpoints())
         inline = settings.sync_handlers == "loop"
-        self._invoker = Invoker(app, None if inline else pool)
+        self._invoker = Invoker(app, None if inline else pool,
+                                RunnerFiles.for_app(type(app), files))
         self._batchers = {path: Batcher(ep, self._invoker)
                           for path, ep in self._endpoints.items() if ep.batched}
         self._in_thread = not inline

@@ -69,6 +69,21 @@ class FilesStub:
                 request_serializer=falrt_dot_v1_dot_files__pb2.DeleteRequest.SerializeToString,
                 response_deserializer=falrt_dot_v1_dot_files__pb2.DeleteResponse.FromString,
                 _registered_method=True)
+        self.OpenLocal = channel.unary_unary(
+                '/falrt.v1.Files/OpenLocal',
+                request_serializer=falrt_dot_v1_dot_files__pb2.OpenLocalRequest.SerializeToString,
+                response_deserializer=falrt_dot_v1_dot_files__pb2.LocalFile.FromString,
+                _registered_method=True)
+        self.StartLocalUpload = channel.unary_unary(
+                '/falrt.v1.Files/StartLocalUpload',
+                request_serializer=falrt_dot_v1_dot_files__pb2.UploadHeader.SerializeToString,
+                response_deserializer=falrt_dot_v1_dot_files__pb2.LocalFile.FromString,
+                _registered_method=True)
+        self.FinishLocal = channel.unary_unary(
+                '/falrt.v1.Files/FinishLocal',
+                request_serializer=falrt_dot_v1_dot_files__pb2.FinishLocalRequest.SerializeToString,
+                response_deserializer=falrt_dot_v1_dot_files__pb2.FileInfo.FromString,
+                _registered_method=True)
 
 
 class FilesServicer:
@@ -132,6 +147,35 @@ class FilesServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def OpenLocal(self, request, context):
+        """Same-host transfers (docs/files.md, "Runners on the server's host"): the path of a
+        complete file's bytes in the server's local store, for a caller on the server's host
+        to copy instead of Download. NOT_FOUND as Download; FAILED_PRECONDITION when the
+        server's store is not the local one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartLocalUpload(self, request, context):
+        """Starts a file as StartUpload does and answers the path of its staging file in the
+        local store, which the caller (on the server's host) fills with exactly `size` bytes
+        and then hands over with FinishLocal. FAILED_PRECONDITION as OpenLocal.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FinishLocal(self, request, context):
+        """Completes a file StartLocalUpload made from its staging file: the server checks that it
+        is a plain file (not a link) of the announced size, hashes it (and checks the sha256
+        announced, if any), makes it durable and answers the complete file's info (with its
+        URL). FAILED_PRECONDITION when the staging file is not that.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FilesServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -169,6 +213,21 @@ def add_FilesServicer_to_server(servicer, server):
                     servicer.Delete,
                     request_deserializer=falrt_dot_v1_dot_files__pb2.DeleteRequest.FromString,
                     response_serializer=falrt_dot_v1_dot_files__pb2.DeleteResponse.SerializeToString,
+            ),
+            'OpenLocal': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenLocal,
+                    request_deserializer=falrt_dot_v1_dot_files__pb2.OpenLocalRequest.FromString,
+                    response_serializer=falrt_dot_v1_dot_files__pb2.LocalFile.SerializeToString,
+            ),
+            'StartLocalUpload': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartLocalUpload,
+                    request_deserializer=falrt_dot_v1_dot_files__pb2.UploadHeader.FromString,
+                    response_serializer=falrt_dot_v1_dot_files__pb2.LocalFile.SerializeToString,
+            ),
+            'FinishLocal': grpc.unary_unary_rpc_method_handler(
+                    servicer.FinishLocal,
+                    request_deserializer=falrt_dot_v1_dot_files__pb2.FinishLocalRequest.FromString,
+                    response_serializer=falrt_dot_v1_dot_files__pb2.FileInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -360,6 +419,87 @@ class Files:
             '/falrt.v1.Files/Delete',
             falrt_dot_v1_dot_files__pb2.DeleteRequest.SerializeToString,
             falrt_dot_v1_dot_files__pb2.DeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenLocal(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/falrt.v1.Files/OpenLocal',
+            falrt_dot_v1_dot_files__pb2.OpenLocalRequest.SerializeToString,
+            falrt_dot_v1_dot_files__pb2.LocalFile.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartLocalUpload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/falrt.v1.Files/StartLocalUpload',
+            falrt_dot_v1_dot_files__pb2.UploadHeader.SerializeToString,
+            falrt_dot_v1_dot_files__pb2.LocalFile.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FinishLocal(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/falrt.v1.Files/FinishLocal',
+            falrt_dot_v1_dot_files__pb2.FinishLocalRequest.SerializeToString,
+            falrt_dot_v1_dot_files__pb2.FileInfo.FromString,
             options,
             channel_credentials,
             insecure,

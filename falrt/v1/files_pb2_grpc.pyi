@@ -62,6 +62,23 @@ class FilesStub:
     """The files that have not expired, newest first."""
     Delete: _grpc.UnaryUnaryMultiCallable[_files_pb2.DeleteRequest, _files_pb2.DeleteResponse]
     """Deletes a file (complete or not). NOT_FOUND when there is no such file."""
+    OpenLocal: _grpc.UnaryUnaryMultiCallable[_files_pb2.OpenLocalRequest, _files_pb2.LocalFile]
+    """Same-host transfers (docs/files.md, "Runners on the server's host"): the path of a
+    complete file's bytes in the server's local store, for a caller on the server's host
+    to copy instead of Download. NOT_FOUND as Download; FAILED_PRECONDITION when the
+    server's store is not the local one.
+    """
+    StartLocalUpload: _grpc.UnaryUnaryMultiCallable[_files_pb2.UploadHeader, _files_pb2.LocalFile]
+    """Starts a file as StartUpload does and answers the path of its staging file in the
+    local store, which the caller (on the server's host) fills with exactly `size` bytes
+    and then hands over with FinishLocal. FAILED_PRECONDITION as OpenLocal.
+    """
+    FinishLocal: _grpc.UnaryUnaryMultiCallable[_files_pb2.FinishLocalRequest, _files_pb2.FileInfo]
+    """Completes a file StartLocalUpload made from its staging file: the server checks that it
+    is a plain file (not a link) of the announced size, hashes it (and checks the sha256
+    announced, if any), makes it durable and answers the complete file's info (with its
+    URL). FAILED_PRECONDITION when the staging file is not that.
+    """
 
 @_typing.type_check_only
 class FilesAsyncStub(FilesStub):
@@ -92,6 +109,23 @@ class FilesAsyncStub(FilesStub):
     """The files that have not expired, newest first."""
     Delete: _aio.UnaryUnaryMultiCallable[_files_pb2.DeleteRequest, _files_pb2.DeleteResponse]  # type: ignore[assignment]
     """Deletes a file (complete or not). NOT_FOUND when there is no such file."""
+    OpenLocal: _aio.UnaryUnaryMultiCallable[_files_pb2.OpenLocalRequest, _files_pb2.LocalFile]  # type: ignore[assignment]
+    """Same-host transfers (docs/files.md, "Runners on the server's host"): the path of a
+    complete file's bytes in the server's local store, for a caller on the server's host
+    to copy instead of Download. NOT_FOUND as Download; FAILED_PRECONDITION when the
+    server's store is not the local one.
+    """
+    StartLocalUpload: _aio.UnaryUnaryMultiCallable[_files_pb2.UploadHeader, _files_pb2.LocalFile]  # type: ignore[assignment]
+    """Starts a file as StartUpload does and answers the path of its staging file in the
+    local store, which the caller (on the server's host) fills with exactly `size` bytes
+    and then hands over with FinishLocal. FAILED_PRECONDITION as OpenLocal.
+    """
+    FinishLocal: _aio.UnaryUnaryMultiCallable[_files_pb2.FinishLocalRequest, _files_pb2.FileInfo]  # type: ignore[assignment]
+    """Completes a file StartLocalUpload made from its staging file: the server checks that it
+    is a plain file (not a link) of the announced size, hashes it (and checks the sha256
+    announced, if any), makes it durable and answers the complete file's info (with its
+    URL). FAILED_PRECONDITION when the staging file is not that.
+    """
 
 class FilesServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -161,5 +195,40 @@ class FilesServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_files_pb2.DeleteResponse, _abc.Awaitable[_files_pb2.DeleteResponse]]:
         """Deletes a file (complete or not). NOT_FOUND when there is no such file."""
+
+    @_abc_1.abstractmethod
+    def OpenLocal(
+        self,
+        request: _files_pb2.OpenLocalRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_files_pb2.LocalFile, _abc.Awaitable[_files_pb2.LocalFile]]:
+        """Same-host transfers (docs/files.md, "Runners on the server's host"): the path of a
+        complete file's bytes in the server's local store, for a caller on the server's host
+        to copy instead of Download. NOT_FOUND as Download; FAILED_PRECONDITION when the
+        server's store is not the local one.
+        """
+
+    @_abc_1.abstractmethod
+    def StartLocalUpload(
+        self,
+        request: _files_pb2.UploadHeader,
+        context: _ServicerContext,
+    ) -> _typing.Union[_files_pb2.LocalFile, _abc.Awaitable[_files_pb2.LocalFile]]:
+        """Starts a file as StartUpload does and answers the path of its staging file in the
+        local store, which the caller (on the server's host) fills with exactly `size` bytes
+        and then hands over with FinishLocal. FAILED_PRECONDITION as OpenLocal.
+        """
+
+    @_abc_1.abstractmethod
+    def FinishLocal(
+        self,
+        request: _files_pb2.FinishLocalRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_files_pb2.FileInfo, _abc.Awaitable[_files_pb2.FileInfo]]:
+        """Completes a file StartLocalUpload made from its staging file: the server checks that it
+        is a plain file (not a link) of the announced size, hashes it (and checks the sha256
+        announced, if any), makes it durable and answers the complete file's info (with its
+        URL). FAILED_PRECONDITION when the staging file is not that.
+        """
 
 def add_FilesServicer_to_server(servicer: FilesServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -7,7 +7,9 @@ by sha256 (a private temporary folder, removed when the runner exits):
 - the server's own file URLs (`.../files/<32 hex>`, signed or not) are read over gRPC from
   the Files service with the runner's key (`FALRT_KEY`, through `falrt.client.connection`
   as any app code would): a Stat first, so bytes the cache holds are not read again; a file
-  the server does not have is then tried as a plain URL;
+  the server does not have is then tried as a plain URL; a runner on the server's host
+  (FALRT_FILES_LOCAL) instead hard-links (or copies) the file from the server's local store
+  (docs/files.md, "Runners on the server's host");
 - `http(s)://` URLs are fetched with urllib, at most `MAX_FETCH_BYTES` within
   `FETCH_TIMEOUT_S`; each URL once per runner (a later change behind the same URL is not
   seen);
@@ -22,7 +24,10 @@ without File fields imports nothing of the client.
 
 Outputs. Every File without a URL (made with `from_bytes`, `from_path`, `Image.from_pil`,
 ...) is uploaded to the Files service with the runner's key (resumable, sha256-checked:
-falrt/client/files.py) and gets its signed URL; the queue carries only the URL.
+falrt/client/files.py) and gets its signed URL; the queue carries only the URL. A runner
+on the server's host writes it into the store's staging file and has the server adopt it.
+A same-host transfer that fails for another reason than the file's or the key's is logged
+once and the runner uses gRPC from then on.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import base64
 import binascii
 import hashlib
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -48,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from falrt.errors import FalrtError, ValidationFailedError
+from falrt.errors import FailedPreconditionError, FalrtError, ValidationFailedError
 from falrt.sdk.app import App
 from falrt.sdk.codec import is_pydantic_model
 from falrt.sdk.files import File, Image, mentions_files
@@ -64,6 +70,10 @@ MAX_FETCH_BYTES = 1 << 30  # an input file of an http(s), data or own URL: at mo
 FETCH_TIMEOUT_S = 60.0  # an http(s) fetch, from the request to the last byte
 CHUNK_BYTES = 1 << 20
 _OWN_PATH = re.compile(r"/files/([0-9a-f]{32})")
+
+
+# What the server answers when its store is not on this host's disk (S3): over gRPC then.
+_NOT_LOCAL = (FailedPreconditionError,)
 
 
 class FetchError(Exception):
@@ -103,12 +113,25 @@ class FilesConnection:
     never makes one), from threads as well as the loop. Shared by the File fields here and
     the payloads by reference (shim/payloads.py)."""
 
-    def __init__(self, connect: Callable[[], FilesClient] | None = None) -> None:
+    def __init__(
+        self, connect: Callable[[], FilesClient] | None = None, local: bool = False,
+    ) -> None:
         """`connect` makes the client (default: the server and key of the runner's
-        environment, `falrt.client.connection`)."""
+        environment, `falrt.client.connection`). `local`: the runner is on the server's
+        host and may move bytes through the server's local store (FALRT_FILES_LOCAL:
+        `falrt/server/fleet/launch.py` says when)."""
         self._connect = connect or _connect_from_environment
         self._lock = threading.Lock()
         self._client: FilesClient | None = None
+        self.local = local
+
+    def local_failed(self, exc: BaseException) -> None:
+        """A same-host transfer failed (a store that is not local, a path this runner
+        cannot see): this runner moves bytes over gRPC from now on."""
+        if self.local:
+            self.local = False
+            log.warning("files move over gRPC from now on: a transfer through the server's "
+                        "local store failed (%s)", exc)
 
     def client(self) -> FilesClient:
         with self._lock:
@@ -225,6 +248,13 @@ class RunnerFiles:
         return Fetched(path, len(data), media.split(";")[0] or "text/plain", ""), had
 
     def _from_store(self, file_id: str) -> tuple[Fetched, bool]:
+        if self._connection.local:
+            try:
+                return self._from_local_store(file_id)
+            except (OSError, FalrtError) as exc:
+                if isinstance(exc, FalrtError) and not isinstance(exc, _NOT_LOCAL):
+                    raise  # (NOT_FOUND, say: the same over gRPC)
+                self._connection.local_failed(exc)
         client = self._connection.client()
         info = client.stat(file_id)
         self._check_size(info.size)
@@ -234,6 +264,25 @@ class RunnerFiles:
             temp = self._temp_path()
             client.download(file_id, temp)
             path, _ = self._adopt(temp, info.sha256 or _sha256_of(temp))
+        return Fetched(path, info.size, info.content_type, info.name), had
+
+    def _from_local_store(self, file_id: str) -> tuple[Fetched, bool]:
+        """The file's bytes from the server's local store, with no gRPC download: a hard
+        link to them (read-only, mode 0444), else a kernel copy; their sha256 is the one
+        the store computed."""
+        local = self._connection.client().open_local(file_id)
+        info = local.file
+        self._check_size(info.size)
+        path = self._cache_folder() / info.sha256
+        had = path.exists()
+        if not had:
+            temp = self._temp_path()
+            try:
+                _link_or_copy(Path(local.path), temp)
+                path, had = self._adopt(temp, info.sha256)
+            finally:
+                temp.unlink(missing_ok=True)
+        log.info("file %s: read from the server's store on this host", file_id)
         return Fetched(path, info.size, info.content_type, info.name), had
 
     def _from_http(self, url: str) -> tuple[Fetched, bool]:
@@ -321,6 +370,14 @@ class RunnerFiles:
     def _upload(self, file: File) -> None:
         """Uploads one output file (in a worker thread: the handler is done with it, and
         nothing else touches it until the output is encoded)."""
+        if self._connection.local:
+            try:
+                self._upload_local(file)
+                return
+            except (OSError, FalrtError) as exc:
+                if isinstance(exc, FalrtError) and not isinstance(exc, _NOT_LOCAL):
+                    raise
+                self._connection.local_failed(exc)
         path = temp = None
         if file.local_path is None:  # (bytes in memory: through a temporary file, not kept)
             path = temp = self._temp_path()
@@ -333,6 +390,33 @@ class RunnerFiles:
             if temp is not None:
                 temp.unlink(missing_ok=True)
         file.uploaded(_url_of(info), info.size)  # (an Image reads its size here, if unknown)
+
+
+    def _upload_local(self, file: File) -> None:
+        """Writes one output file straight into the server's local store (its bytes, or
+        a kernel copy of its local file) and has the server adopt it."""
+        source, data = file.local_path, file.data
+        size = source.stat().st_size if source is not None else len(data or b"")
+
+        def write(staging: Path) -> None:
+            if source is not None:
+                shutil.copyfile(source, staging)
+            else:
+                staging.write_bytes(data or b"")
+
+        name = file.file_name or (source.name if source is not None else "output")
+        info = self._connection.client().upload_local(
+            write, size, content_type=file.content_type, name=name)
+        file.uploaded(_url_of(info), info.size)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """`target` becomes a hard link to `source` (no bytes move), or a copy of it where a
+    link cannot be made (another filesystem)."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
 
 
 def _connect_from_environment() -> FilesClient:

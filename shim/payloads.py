@@ -4,7 +4,10 @@ An Assign whose input has a `file_id` (the caller's input was over the size that
 inline) is read from the Files service with the runner's key before it is decoded; an output
 whose encoded bytes are over the server's `payload_ref_bytes` (FALRT_PAYLOAD_REF_BYTES) is
 uploaded to the Files service and its Result carries the file's id, size and URL instead of
-the bytes. So neither is bounded by the gRPC message limit. The bytes still pass through
+the bytes. So neither is bounded by the gRPC message limit. A runner on the server's host
+(FALRT_FILES_LOCAL) reads and writes those files in the server's local store instead
+(docs/files.md, "Runners on the server's host"), falling back to gRPC for good when that
+fails. The bytes still pass through
 memory once (the handler's input and output are values, not streams); the network and disk
 work runs in the loop's default thread pool, never on the event loop.
 
@@ -16,9 +19,11 @@ as the input's or the output's; the request's retry rules then apply as to any f
 from __future__ import annotations
 
 import asyncio
+import logging
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from falrt.errors import FalrtError
+from falrt.errors import FailedPreconditionError, FalrtError
 
 from .files import FilesConnection
 
@@ -26,6 +31,8 @@ if TYPE_CHECKING:
     from falrt.v1 import files_pb2
 
 __all__ = ["PayloadFiles"]
+
+log = logging.getLogger(__name__)
 
 
 class PayloadFiles:
@@ -41,7 +48,7 @@ class PayloadFiles:
     async def read(self, file_id: str) -> bytes:
         """The bytes of the input in file `file_id`."""
         try:
-            return await asyncio.to_thread(lambda: self._connection.client().read_bytes(file_id))
+            return await asyncio.to_thread(self._read, file_id)
         except FalrtError as exc:
             raise type(exc)(f"the request's input (file {file_id}) could not be read: "
                             f"{exc.message}") from None
@@ -49,10 +56,36 @@ class PayloadFiles:
     async def store(self, data: bytes, content_type: str) -> files_pb2.FileInfo:
         """Uploads an encoded output; the complete file's info."""
         try:
-            return await asyncio.to_thread(
-                lambda: self._connection.client().upload_bytes(
-                    data, content_type=content_type, name="output",
-                    expires_in_s=self._expires_in_s))
+            return await asyncio.to_thread(self._store, data, content_type)
         except FalrtError as exc:
             raise type(exc)(f"the output ({len(data)} bytes, over the size that travels "
                             f"inline) could not be stored: {exc.message}") from None
+
+    # -- in a worker thread -----------------------------------------------------------
+
+    def _read(self, file_id: str) -> bytes:
+        """On the server's host, from its local store (the sha256 is the store's: the
+        bytes cross no transport); else over gRPC, sha256-checked."""
+        client = self._connection.client()
+        if self._connection.local:
+            try:
+                data = Path(client.open_local(file_id).path).read_bytes()
+                log.info("input file %s: read from the server's store on this host", file_id)
+                return data
+            except (OSError, FailedPreconditionError) as exc:
+                self._connection.local_failed(exc)
+        return client.read_bytes(file_id)
+
+    def _store(self, data: bytes, content_type: str) -> files_pb2.FileInfo:
+        """On the server's host, written into the local store's staging file and adopted;
+        else uploaded over gRPC."""
+        client = self._connection.client()
+        if self._connection.local:
+            try:
+                return client.upload_local(
+                    lambda staging: staging.write_bytes(data), len(data),
+                    content_type=content_type, name="output", expires_in_s=self._expires_in_s)
+            except (OSError, FailedPreconditionError) as exc:
+                self._connection.local_failed(exc)
+        return client.upload_bytes(data, content_type=content_type, name="output",
+                                   expires_in_s=self._expires_in_s)

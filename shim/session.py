@@ -130,7 +130,7 @@ class RunnerSession:
         self._payload_limit = payload_limit(settings.max_message_bytes)
         self._payload_ref_bytes = settings.payload_ref_bytes
         # One Files client for the app's File fields and its large payloads (shim/payloads.py).
-        files = FilesConnection()
+        files = FilesConnection(local=settings.files_local)
         self._payloads = PayloadFiles(settings.payload_expiry_s, files)
         self._app = app
         self._endpoints: dict[str, Endpoint] = dict(type(app).endpoints())

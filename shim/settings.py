@@ -24,6 +24,8 @@ variables), so they keep their defaults unless the shim is started by hand.
 | FALRT_RECONNECT_S         | seconds to keep dialling after the stream is lost   | 0 (exit)    |
 | FALRT_PAYLOAD_REF_BYTES   | an output over this goes by reference (0: never)    | 1048576     |
 | FALRT_PAYLOAD_EXPIRY_S    | seconds such an output's file is kept (0: server's) | 0           |
+| FALRT_FILES_LOCAL         | "1": on the server's host, files move through its   | unset: gRPC |
+|                           | local store's directory (process backend)           |             |
 | FALRT_TLS_ROOTS_PEM       | PEM roots to verify the server with: dial over TLS  | unset: plain|
 | FALRT_TLS_CERT_PEM        | PEM client certificate, for a mutual-TLS server     | unset       |
 | FALRT_TLS_KEY_PEM         | its private key (the runner's, never the server's)  | unset       |
@@ -151,6 +153,9 @@ class ShimSettings(msgspec.Struct, frozen=True):
     payload_ref_bytes: int = PAYLOAD_REF_BYTES
     # Seconds such an output's file is kept (the server's result retention; 0: its default).
     payload_expiry_s: int = 0
+    # Files and payloads by reference move through the server's local store on this host
+    # (FALRT_FILES_LOCAL; shim/files.py), not over gRPC.
+    files_local: bool = False
     tls: LinkTls | None = None  # None: a plaintext link
     # "stream": the server's stream link (falrt/streamlink.py; FALRT_SERVER's "stream:"),
     # never over TLS; "grpc": the RunnerLink service.
@@ -180,5 +185,6 @@ class ShimSettings(msgspec.Struct, frozen=True):
             payload_ref_bytes=int(_number(
                 env, "FALRT_PAYLOAD_REF_BYTES", PAYLOAD_REF_BYTES, 0.0)),
             payload_expiry_s=int(_number(env, "FALRT_PAYLOAD_EXPIRY_S", 0, 0.0)),
+            files_local=env.get("FALRT_FILES_LOCAL", "") == "1",
             tls=_tls(env),
         )

@@ -7,6 +7,7 @@ unreachable endpoint stops the server at start with a message naming it."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import shutil
@@ -23,6 +24,8 @@ from falrt.client import SyncClient, credentials
 from falrt.client.files import FilesClient, file_sha256
 from falrt.files.signing import KEY_FILE
 from falrt.v1 import files_pb2
+from shim.files import FilesConnection
+from shim.payloads import PayloadFiles
 from tests.harness import FALRT, ServerProcess, stop_cleanly, wait_for
 from tests.s3server import S3Server
 from tests.test_files import random_file
@@ -188,3 +191,21 @@ def test_bad_s3_options_are_refused_before_the_server_starts(
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and says in result.stderr, result.stderr
     assert "k:s@" not in result.stderr
+
+
+def test_a_runner_told_it_is_on_the_host_falls_back_to_grpc_with_an_s3_store(
+    first: FilesClient,
+) -> None:
+    """The server refuses same-host transfers when its store is S3 (its bytes are not on
+    this disk); a runner that tries them anyway (docs/files.md, "Runners on the server's
+    host") moves the same bytes over gRPC, from then on."""
+    data = b"by reference " * 1000
+    stored = first.upload_bytes(data)
+    with pytest.raises(errors.FailedPreconditionError, match="not on its host"):
+        first.open_local(stored.file_id)
+    connection = FilesConnection(lambda: first, local=True)
+    payloads = PayloadFiles(connection=connection)
+    assert asyncio.run(payloads.read(stored.file_id)) == data
+    assert connection.local is False
+    output = asyncio.run(payloads.store(data, "application/json"))
+    assert first.read_bytes(output.file_id) == data

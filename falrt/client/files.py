@@ -1,13 +1,14 @@
 """The blocking client of the Files service (docs/files.md): upload (resumed after an
 interruption), download, stat, list, delete.
 
-Memory stays bounded: files are read and written in CHUNK_BYTES pieces as they stream. An
+Memory stays bounded: files are read and written in pieces of a few MiB as they stream. An
 upload ends by checking the server's sha256 against the local file's; a download checks
 the bytes it received against the server's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import mimetypes
 import os
@@ -23,9 +24,9 @@ from falrt.client.rpc_errors import translate_rpc_errors
 from falrt.v1 import files_pb2, files_pb2_grpc
 
 CHUNK_BYTES = 1024 * 1024
-# The chunks of an upload from memory (`upload_bytes`): the most files.proto advises, as
-# fewer, larger messages move bytes in memory about twice as fast (bench/files.py).
-MEMORY_CHUNK_BYTES = 4 * CHUNK_BYTES
+# The chunks of an upload (from a file or from memory): the most files.proto advises, as
+# fewer, larger messages move bytes about twice as fast (bench/files.py).
+UPLOAD_CHUNK_BYTES = 4 * CHUNK_BYTES
 # Interrupted uploads are resumed this many times (each from the server's offset).
 RESUMES = 3
 # How long a resume waits for the server to be reachable again (a restart).
@@ -83,8 +84,8 @@ class FilesClient:
         def requests() -> Iterator[files_pb2.UploadRequest]:
             yield files_pb2.UploadRequest(header=header)
             view = memoryview(data)
-            for start in range(0, len(data), MEMORY_CHUNK_BYTES):
-                chunk = bytes(view[start:start + MEMORY_CHUNK_BYTES])
+            for start in range(0, len(data), UPLOAD_CHUNK_BYTES):
+                chunk = bytes(view[start:start + UPLOAD_CHUNK_BYTES])
                 yield files_pb2.UploadRequest(chunk=chunk)
 
         with translate_rpc_errors():
@@ -138,6 +139,38 @@ class FilesClient:
                 # next call waits (wait_for_ready) for a connection to the server now there.
                 if time.monotonic() >= deadline:
                     raise
+
+    # -- same-host transfers (docs/files.md, "Runners on the server's host") ----------
+
+    def open_local(self, file_id: str) -> files_pb2.LocalFile:
+        """A complete file's info and the path of its bytes in the server's local store,
+        for a caller on the server's host (copy them; never write there).
+        FailedPreconditionError when the server's store is not local."""
+        with translate_rpc_errors():
+            return self._stub.OpenLocal(files_pb2.OpenLocalRequest(file_id=file_id))
+
+    def upload_local(
+        self, write: Callable[[Path], object], size: int, *, content_type: str = "",
+        name: str = "output", expires_in_s: int = 0,
+    ) -> files_pb2.FileInfo:
+        """Uploads `size` bytes without sending them: the server makes the file and names
+        its staging file, `write(path)` fills it (on this host), and the server hashes and
+        completes it. Returns the complete file's info. The file is deleted when `write`
+        raises (which is re-raised) or the server refuses the staging file.
+        FailedPreconditionError when the server's store is not local."""
+        header = files_pb2.UploadHeader(name=name, content_type=content_type, size=size,
+                                        expires_in_s=expires_in_s)
+        with translate_rpc_errors():
+            local = self._stub.StartLocalUpload(header)
+        try:
+            write(Path(local.path))
+            with translate_rpc_errors():
+                return self._stub.FinishLocal(
+                    files_pb2.FinishLocalRequest(file_id=local.file.file_id))
+        except BaseException:
+            with contextlib.suppress(errors.FalrtError):
+                self.delete(local.file.file_id)
+            raise
 
     def stat(self, file_id: str) -> files_pb2.FileInfo:
         with translate_rpc_errors():
@@ -193,7 +226,7 @@ def _upload_requests(
 ) -> Iterator[files_pb2.UploadRequest]:
     yield files_pb2.UploadRequest(resume=files_pb2.UploadResume(file_id=file_id, offset=offset))
     done = offset
-    while chunk := source.read(CHUNK_BYTES):
+    while chunk := source.read(UPLOAD_CHUNK_BYTES):
         if hasher is not None:
             hasher.update(chunk)
         yield files_pb2.UploadRequest(chunk=chunk)

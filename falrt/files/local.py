@@ -10,20 +10,27 @@ complete, then `.part` is renamed `.data`; a crash between the last two is repai
 `open` (a complete record with a `.part` gets its rename). Without a record, bytes are
 invisible and `open` removes them.
 
-Every blocking call runs in a thread (`asyncio.to_thread`); reads and writes move at most
-CHUNK_BYTES at a time. `list` and the expiry sweep read every record: fine for thousands of
-files; an index (SQLite) is the step after that.
+A complete file's bytes are read-only (mode 0444): a runner on the server's host may hold a
+hard link to them (`data_path`); `adopt` completes a file whose `.part` (`staging_path`)
+such a runner wrote (docs/files.md, "Runners on the server's host").
+
+Every blocking call runs in a thread (`asyncio.to_thread`); a write moves what the caller
+gathered (falrt/server/files.py: about 8 MiB), a download reads READ_AHEAD_BYTES per hop,
+the next block while the last is sent. `list` and the expiry sweep read every record: fine
+for thousands of files; an index (SQLite) is the step after that.
 """
 
 from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import errno
 import hashlib
 import logging
 import os
 import secrets
+import stat
 from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
@@ -45,6 +52,8 @@ from falrt.files.base import (
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _DECODE = msgspec.json.Decoder(FileRecord)
+# The bytes one worker-thread hop of a download reads (as CHUNK_BYTES chunks).
+READ_AHEAD_BYTES = 4 * CHUNK_BYTES
 
 
 class LocalFileStore:
@@ -86,6 +95,74 @@ class LocalFileStore:
         finally:
             self._hashes.pop(file_id, None)
 
+    # -- same-host transfers (docs/files.md, "Runners on the server's host") -----------
+
+    def data_path(self, file_id: str) -> Path:
+        """Where a complete file's bytes are (read-only for everyone but this store)."""
+        return self._path(check_id(file_id), ".data")
+
+    def staging_path(self, file_id: str) -> Path:
+        """Where an incomplete file's bytes are: the file `adopt` completes."""
+        return self._path(check_id(file_id), ".part")
+
+    async def adopt(self, file_id: str) -> FileRecord:
+        """Completes a file whose staging file another process filled: it must be a plain
+        file with one link (not a symbolic or hard link to something else) of the announced
+        size. Hashes it (in a thread), then completes it as `finish` does. Raises
+        FailedPreconditionError when the staging file is not that, and what `finish`
+        raises."""
+        check_id(file_id)
+        try:
+            # (the disk writes the bytes while they are hashed: `_finish`'s fsync is then
+            # quick)
+            inode, _ = await asyncio.gather(_io(self._hash_staged, file_id),
+                                            _io(self._sync_staged, file_id))
+            done = await _io(self._finish, file_id)
+            await _io(self._check_inode, file_id, inode)
+            return done
+        finally:
+            self._hashes.pop(file_id, None)
+
+    def _hash_staged(self, file_id: str) -> int:
+        """Hashes the staging file through one descriptor opened without following links
+        and keeps the hash for `_finish`; returns its inode number."""
+        record = self._stat(file_id)
+        if record is None:
+            raise not_found(file_id)
+        try:
+            fd = os.open(self._path(file_id, ".part"), os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                raise not_found(file_id) from None
+            raise _not_staged(file_id, f"it cannot be opened ({exc.strerror})") from None
+        with os.fdopen(fd, "rb") as file:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+                raise _not_staged(file_id, "it is not a plain file with one link")
+            if info.st_size != record.size:
+                raise _not_staged(file_id, f"it has {info.st_size} bytes, not the "
+                                  f"{record.size} announced")
+            hasher = hashlib.sha256()
+            while chunk := file.read(READ_AHEAD_BYTES):
+                hasher.update(chunk)
+        self._hashes[file_id] = (record.size, hasher)
+        return info.st_ino
+
+    def _sync_staged(self, file_id: str) -> None:
+        """Starts the staging file's bytes to disk (its checks are `_hash_staged`'s)."""
+        with contextlib.suppress(OSError):
+            fd = os.open(self._path(file_id, ".part"), os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def _check_inode(self, file_id: str, inode: int) -> None:
+        """The completed bytes are the file that was hashed (not one swapped in since)."""
+        if self._path(file_id, ".data").lstat().st_ino != inode:
+            self._delete(file_id)
+            raise _not_staged(file_id, "it was replaced while it was completed")
+
     async def stat(self, file_id: str, now: float | None = None) -> FileRecord:
         check_id(file_id)
         record = await _io(self._stat, file_id)
@@ -94,22 +171,27 @@ class LocalFileStore:
         return record
 
     async def read(self, file_id: str, start: int, end: int) -> AsyncGenerator[bytes, None]:
+        """Reads READ_AHEAD_BYTES per worker-thread hop, the next block while the caller
+        sends the last one (so at most two blocks are held)."""
         check_id(file_id)
         try:
-            file = await _io(_open_bytes, self._path(file_id, ".data"))
+            fd = await _io(os.open, self._path(file_id, ".data"), os.O_RDONLY)
         except FileNotFoundError:
             raise not_found(file_id) from None
+        ahead: asyncio.Future[list[bytes]] | None = \
+            _read_ahead(fd, start, end) if start < end else None
         try:
-            await _io(file.seek, start)
             position = start
-            while position < end:
-                chunk = await _io(file.read, min(CHUNK_BYTES, end - position))
-                if not chunk:
+            while ahead is not None:
+                chunks = await ahead
+                position += sum(map(len, chunks))
+                if not chunks or position > end:
                     raise errors.InternalError(f"file {file_id} is shorter than its record")
-                position += len(chunk)
-                yield chunk
+                ahead = _read_ahead(fd, position, end) if position < end else None
+                for chunk in chunks:
+                    yield chunk
         finally:
-            await asyncio.shield(_io(file.close))
+            await asyncio.shield(_close_after(ahead, fd))
 
     async def list(self, now: float, limit: int = LIST_LIMIT) -> list[FileRecord]:
         records = await _io(self._records)
@@ -183,6 +265,8 @@ class LocalFileStore:
         with open(part, "rb") as file:
             digest = self._hasher(file_id, file, record.size).hexdigest()
             os.fsync(file.fileno())
+            # Read-only: a same-host runner may hold a hard link to the bytes.
+            os.fchmod(file.fileno(), 0o444)
         if record.sha256 and digest != record.sha256:
             self._delete(file_id)
             raise errors.InvalidArgumentError(
@@ -263,5 +347,28 @@ async def _io(fn: Callable[..., T], *args: Any) -> T:
         raise
 
 
-def _open_bytes(path: Path) -> BinaryIO:
-    return path.open("rb")
+def _not_staged(file_id: str, why: str) -> errors.FailedPreconditionError:
+    return errors.FailedPreconditionError(f"the staging file of {file_id} is not adopted: {why}")
+
+
+def _read_ahead(fd: int, start: int, end: int) -> asyncio.Future[list[bytes]]:
+    """Bytes [start, end) of `fd`, at most READ_AHEAD_BYTES of them, as chunks of at most
+    CHUNK_BYTES, read in a worker thread (started now)."""
+    return asyncio.ensure_future(_io(_pread_chunks, fd, start, min(end, start + READ_AHEAD_BYTES)))
+
+
+def _pread_chunks(fd: int, start: int, end: int) -> builtins.list[bytes]:
+    chunks = []
+    while start < end and (chunk := os.pread(fd, min(CHUNK_BYTES, end - start), start)):
+        chunks.append(chunk)
+        start += len(chunk)
+    return chunks
+
+
+async def _close_after(ahead: asyncio.Future[builtins.list[bytes]] | None, fd: int) -> None:
+    """Closes `fd` once the read in flight on it (if any) ended."""
+    if ahead is not None:
+        await asyncio.wait([ahead])
+        if not ahead.cancelled():
+            ahead.exception()  # (retrieved: the reader went away, nobody wants it)
+    os.close(fd)

@@ -14,7 +14,7 @@ from typing import Any
 from grpc import aio
 
 from falrt import errors
-from falrt.files.base import FileRecord
+from falrt.files.base import FileRecord, NewFile
 from falrt.server.api.auth import Authenticator
 from falrt.server.api.convert import timestamp
 from falrt.server.api.rpc import server_stream, unary
@@ -60,9 +60,11 @@ class FilesService(files_pb2_grpc.FilesServicer):
         return self._info(await self._create(owner, request))
 
     async def _create(self, owner: str, header: files_pb2.UploadHeader) -> FileRecord:
-        return await self._files.create(self._files.new_file(
-            owner, header.name, header.content_type, header.size, header.sha256,
-            header.expires_in_s))
+        return await self._files.create(self._new_file(owner, header))
+
+    def _new_file(self, owner: str, header: files_pb2.UploadHeader) -> NewFile:
+        return self._files.new_file(owner, header.name, header.content_type, header.size,
+                                    header.sha256, header.expires_in_s)
 
     @unary
     async def Upload(
@@ -110,6 +112,29 @@ class FilesService(files_pb2_grpc.FilesServicer):
                     yield files_pb2.DownloadResponse(chunk=chunk)
         if first is not None:  # (nothing to send from the offset: the metadata alone)
             yield first
+
+    @unary
+    async def OpenLocal(
+        self, request: files_pb2.OpenLocalRequest, context: Context
+    ) -> files_pb2.LocalFile:
+        await self._owner(context)
+        record, path = await self._files.open_local(request.file_id)
+        return files_pb2.LocalFile(file=self._info(record), path=path)
+
+    @unary
+    async def StartLocalUpload(
+        self, request: files_pb2.UploadHeader, context: Context
+    ) -> files_pb2.LocalFile:
+        owner = await self._owner(context)
+        record, path = await self._files.start_local(self._new_file(owner, request))
+        return files_pb2.LocalFile(file=self._info(record), path=path)
+
+    @unary
+    async def FinishLocal(
+        self, request: files_pb2.FinishLocalRequest, context: Context
+    ) -> files_pb2.FileInfo:
+        await self._owner(context)
+        return self._info(await self._files.finish_local(request.file_id))
 
     @unary
     async def Stat(self, request: files_pb2.StatRequest, context: Context) -> files_pb2.FileInfo:

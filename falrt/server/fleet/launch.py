@@ -32,6 +32,14 @@ RUNNER_KEY_PREFIX = "runner "
 _ON_SERVER = " on server "
 
 
+def files_local(settings: ServerSettings) -> bool:
+    """Whether runners move files through the server's local store's directory instead
+    of gRPC (docs/files.md, "Runners on the server's host"): only process runners, which
+    run on the server's host, and only with the local store. Docker and Ray runners (in a
+    container, on other hosts) and every runner of an S3 store use gRPC."""
+    return settings.backend == "process" and settings.file_store == "local"
+
+
 class Launcher:
     """Builds runner specs and starts them on the backend. Loop-affine; no state of its own."""
 
@@ -116,6 +124,8 @@ class Launcher:
         # as the results are (docs/files.md, "Payloads by reference").
         env["FALRT_PAYLOAD_REF_BYTES"] = str(self._settings.payload_ref_bytes)
         env["FALRT_PAYLOAD_EXPIRY_S"] = str(max(1, int(self._settings.result_retention_s)))
+        if files_local(self._settings):
+            env["FALRT_FILES_LOCAL"] = "1"
         if self._settings.otlp_endpoint:  # the handler's spans go where the server's go
             env["FALRT_OTLP_ENDPOINT"] = self._settings.otlp_endpoint
         return env | await self._tls_env()

@@ -102,8 +102,9 @@ class FilesClient:
         for message in self.chunks(file_id):
             if message.HasField("file"):
                 info = message.file
-            parts.append(message.chunk)
-            hasher.update(message.chunk)
+            chunk = message.chunk  # (each read of the field copies the bytes)
+            parts.append(chunk)
+            hasher.update(chunk)
         if hasher.hexdigest() != info.sha256:
             raise errors.InternalError(
                 f"the bytes of file {file_id} hash to {hasher.hexdigest()}, not {info.sha256}")
@@ -207,9 +208,10 @@ class FilesClient:
                 for message in self.chunks(file_id):
                     if message.HasField("file"):
                         info = message.file
-                    out.write(message.chunk)
-                    hasher.update(message.chunk)
-                    done += len(message.chunk)
+                    chunk = message.chunk  # (each read of the field copies the bytes)
+                    out.write(chunk)
+                    hasher.update(chunk)
+                    done += len(chunk)
                     if progress is not None:
                         progress(done)
             if hasher.hexdigest() != info.sha256:

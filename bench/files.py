@@ -8,11 +8,18 @@ the first two) writes a file of random bytes and times, on that disk:
 - `cp` of the file and an fsync of the copy (the store fsyncs a file when it completes);
 - a gRPC upload (`FilesClient.upload`: chunks of 1 MiB, sha256 checked) and download;
 - an HTTP `PUT /files/NAME` (streamed from the file) and a `GET` of the signed URL;
-and the server's RSS (VmRSS from /proc) after each. Then, for a request whose input and
-output are 100 MiB (`--payload-mib`) of JSON (bench/apps/echo_app.py answers its input), the
-time from `submit` to the decoded result through the Python client (both payloads travel by
-file reference: docs/files.md, "Payloads by reference"), beside a `cp` of the same bytes, and
-the server's peak RSS growth meanwhile (VmHWM). Prints one JSON document (MiB/s, the ratio of
+and the server's RSS (VmRSS from /proc) after each. Then two requests through the queue, each
+beside a `cp` of the same bytes (`--payload-mib`, 100 MiB):
+- the issue's case, a request whose input and output are files (bench/apps/file_app.py): a
+  `falrt.File` input given by the URL of an uploaded file (the upload timed apart) and a
+  new `falrt.File` output; the time from `submit` to the response with the output's URL,
+  and with the caller's download of the output added;
+- a request whose input and output are 100 MiB of JSON (bench/apps/echo_app.py answers its
+  input): `submit` to the decoded result (both payloads travel by file reference:
+  docs/files.md, "Payloads by reference");
+and the server's peak RSS meanwhile (VmHWM). The runner is a process runner on this host, so
+it moves files through the server's local store (docs/files.md, "Runners on the server's
+host"). Prints one JSON document (MiB/s, the ratio of
 each to `cp`, RSS in MiB). Ratios, not absolute figures, compare across machines.
 """
 
@@ -135,33 +142,103 @@ def measure(mib: int, root: Path, pid: int, files: FilesClient, http: httpx.Clie
     }
 
 
-def measure_request(
-    mib: int, root: Path, pid: int, client: SyncClient, address: str, rounds: int = 3,
-) -> dict[str, Any]:
-    """Submit to result of a request whose input and output are `mib` MiB, beside `cp`
-    of the same bytes (the encoded input); medians of `rounds`."""
+def deploy(address: str, target: str) -> str:
     deployed = subprocess.run(
-        [str(Path(sys.executable).parent / "falrt"), "deploy", "bench/apps/echo_app.py::Echo"],
+        [str(Path(sys.executable).parent / "falrt"), "deploy", target],
         env={**os.environ, "FALRT_HOST": address}, capture_output=True, text=True, check=True,
         cwd=Path(__file__).resolve().parent.parent)
-    endpoint = deployed.stdout.split()[-1]
+    return deployed.stdout.split()[-1]
+
+
+def median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
+def delete_all(files: FilesClient) -> None:
+    """Deletes the files of the last round (its payloads by reference too), as `cp`'s copy
+    is deleted: on this VM, memory the guest never touched costs about 10 ms per MiB on
+    first use (bench/RESULTS.md), so every round writes into recycled page cache, not only
+    `cp`."""
+    for info in files.list():
+        files.delete(info.file_id)
+
+
+def measure_request(
+    mib: int, root: Path, pid: int, client: SyncClient, address: str, rounds: int = 5,
+) -> dict[str, Any]:
+    """Submit to result of a request whose input and output are `mib` MiB of JSON (payloads
+    by reference), beside `cp` of the same bytes (the encoded input); medians of `rounds`
+    after one uncounted round, each `cp` just before its request."""
+    endpoint = deploy(address, "bench/apps/echo_app.py::Echo")
     client.subscribe(endpoint, {"text": "warm"})  # (starts the runner)
     text = "0123456789abcdef" * (mib * MIB // 16 - 1)  # (+ the JSON around it: about mib)
     source = root / "payload.json"
     source.write_bytes(json.dumps({"text": text}).encode())
+    files = FilesClient(client._channel)
     cp_times, request_times = [], []
     before = rss_mib(pid)
-    for _ in range(rounds):
+    for _ in range(rounds + 1):
         cp_times.append(timed(lambda: cp(source, root / "copy.json"))[0])
         (root / "copy.json").unlink()
         seconds, output = timed(lambda: client.submit(endpoint, {"text": text}).get())
         assert output == {"text": text}
         request_times.append(seconds)
+        delete_all(files)
     source.unlink()
-    cp_s, request_s = sorted(cp_times)[rounds // 2], sorted(request_times)[rounds // 2]
+    cp_s, request_s = median(cp_times[1:]), median(request_times[1:])
     return {
         "mib": mib, "rounds": rounds, "cp_s": round(cp_s, 3),
         "submit_to_result_s": round(request_s, 3), "x_cp": round(request_s / cp_s, 2),
+        "server_rss_mib": {"before": round(before, 1), "peak": round(hwm_mib(pid), 1)},
+    }
+
+
+def measure_file_request(
+    mib: int, root: Path, pid: int, client: SyncClient, address: str, rounds: int = 5,
+) -> dict[str, Any]:
+    """The issue's case: a request whose input and output are `mib` MiB files
+    (bench/apps/file_app.py: a `falrt.File` input given by the URL of an uploaded file,
+    a new `falrt.File` output with the same bytes). Per round, on a file of fresh bytes
+    (so no runner cache helps): `cp` (+ fsync) of the file, its upload (reported apart),
+    submit to the response with the output's URL, and the caller's download of the
+    output after it; medians of `rounds` after one uncounted round."""
+    endpoint = deploy(address, "bench/apps/file_app.py::FileEcho")
+    files = FilesClient(client._channel)
+    source = root / "input.bin"
+    random_file(source, mib)
+    warm = files.upload(source)
+    client.subscribe(endpoint, {"file": warm.url})  # (starts the runner)
+    times: dict[str, list[float]] = {"cp": [], "upload": [], "request": [], "download": []}
+    before = rss_mib(pid)
+    for round_ in range(rounds + 1):  # (the first round warms up: not counted)
+        with source.open("r+b") as out:  # (fresh bytes: another sha256, another file)
+            out.write(os.urandom(64) + round_.to_bytes(8, "big"))
+        times["cp"].append(timed(lambda: cp(source, root / "copy.bin"))[0])
+        (root / "copy.bin").unlink()
+        seconds, info = timed(lambda: files.upload(source))
+        times["upload"].append(seconds)
+        url = info.url
+        seconds, output = timed(lambda: client.submit(endpoint, {"file": url}).get())  # noqa: B023
+        times["request"].append(seconds)
+        output_id: str = output["file"]["url"].split("/files/")[1].split("?")[0]
+        seconds, back = timed(lambda: files.download(output_id, root / "back.bin"))  # noqa: B023
+        times["download"].append(seconds)
+        assert back.sha256 == info.sha256 and back.size == mib * MIB
+        (root / "back.bin").unlink()
+        delete_all(files)
+    source.unlink()
+    times = {name: values[1:] for name, values in times.items()}
+    cp_s = median(times["cp"])
+    request_s, download_s = median(times["request"]), median(times["download"])
+    with_download = median([r + d for r, d in zip(times["request"], times["download"],
+                                                  strict=True)])
+    return {
+        "mib": mib, "rounds": rounds, "cp_s": round(cp_s, 3),
+        "upload_s": round(median(times["upload"]), 3),
+        "submit_to_result_s": round(request_s, 3), "x_cp": round(request_s / cp_s, 2),
+        "download_s": round(download_s, 3),
+        "submit_to_result_and_download_s": round(with_download, 3),
+        "with_download_x_cp": round(with_download / cp_s, 2),
         "server_rss_mib": {"before": round(before, 1), "peak": round(hwm_mib(pid), 1)},
     }
 
@@ -192,9 +269,12 @@ def main() -> None:
             with SyncClient(address) as client, httpx.Client(base_url=base, timeout=600) as http:
                 files = FilesClient(client._channel)
                 rows = [measure(mib, root, pid, files, http, key) for mib in sizes]
+                file_request = measure_file_request(args.payload_mib, root, pid, client,
+                                                    address)
                 request = measure_request(args.payload_mib, root, pid, client, address)
     result = {"bench": "files", "machine": machine(), "server_rss_mib_before": round(before, 1),
-              "sizes": rows, "request_by_reference": request}
+              "sizes": rows, "request_with_files": file_request,
+              "request_by_reference": request}
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

@@ -47,22 +47,25 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from falrt.errors import FailedPreconditionError, FalrtError, ValidationFailedError
+from falrt.errors import FalrtError, ValidationFailedError
 from falrt.sdk.app import App
 from falrt.sdk.codec import is_pydantic_model
 from falrt.sdk.files import File, Image, mentions_files
 
+from .files_connection import FilesConnection
+
 if TYPE_CHECKING:  # (imported when first used: only apps with File fields need the client)
     from falrt.client.files import FilesClient
 
-__all__ = ["FETCH_TIMEOUT_S", "MAX_FETCH_BYTES", "FetchError", "RunnerFiles", "files_in"]
+__all__ = ["FETCH_TIMEOUT_S", "MAX_FETCH_BYTES", "FetchError", "FilesConnection", "RunnerFiles",
+           "files_in"]
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +73,6 @@ MAX_FETCH_BYTES = 1 << 30  # an input file of an http(s), data or own URL: at mo
 FETCH_TIMEOUT_S = 60.0  # an http(s) fetch, from the request to the last byte
 CHUNK_BYTES = 1 << 20
 _OWN_PATH = re.compile(r"/files/([0-9a-f]{32})")
-
-
-# What the server answers when its store is not on this host's disk (S3): over gRPC then.
-_NOT_LOCAL = (FailedPreconditionError,)
 
 
 class FetchError(Exception):
@@ -106,38 +105,6 @@ def files_in(value: Any, at: str = "$") -> Iterator[tuple[str, File]]:
     elif isinstance(value, dict):
         for key, item in value.items():
             yield from files_in(item, f"{at}.{key}")
-
-
-class FilesConnection:
-    """A runner's one Files client, made on first use (an app that never moves a file
-    never makes one), from threads as well as the loop. Shared by the File fields here and
-    the payloads by reference (shim/payloads.py)."""
-
-    def __init__(
-        self, connect: Callable[[], FilesClient] | None = None, local: bool = False,
-    ) -> None:
-        """`connect` makes the client (default: the server and key of the runner's
-        environment, `falrt.client.connection`). `local`: the runner is on the server's
-        host and may move bytes through the server's local store (FALRT_FILES_LOCAL:
-        `falrt/server/fleet/launch.py` says when)."""
-        self._connect = connect or _connect_from_environment
-        self._lock = threading.Lock()
-        self._client: FilesClient | None = None
-        self.local = local
-
-    def local_failed(self, exc: BaseException) -> None:
-        """A same-host transfer failed (a store that is not local, a path this runner
-        cannot see): this runner moves bytes over gRPC from now on."""
-        if self.local:
-            self.local = False
-            log.warning("files move over gRPC from now on: a transfer through the server's "
-                        "local store failed (%s)", exc)
-
-    def client(self) -> FilesClient:
-        with self._lock:
-            if self._client is None:
-                self._client = self._connect()
-            return self._client
 
 
 class RunnerFiles:
@@ -248,13 +215,9 @@ class RunnerFiles:
         return Fetched(path, len(data), media.split(";")[0] or "text/plain", ""), had
 
     def _from_store(self, file_id: str) -> tuple[Fetched, bool]:
-        if self._connection.local:
-            try:
-                return self._from_local_store(file_id)
-            except (OSError, FalrtError) as exc:
-                if isinstance(exc, FalrtError) and not isinstance(exc, _NOT_LOCAL):
-                    raise  # (NOT_FOUND, say: the same over gRPC)
-                self._connection.local_failed(exc)
+        local = self._connection.try_local(lambda client: self._from_local_store(client, file_id))
+        if local is not None:
+            return local
         client = self._connection.client()
         info = client.stat(file_id)
         self._check_size(info.size)
@@ -266,11 +229,11 @@ class RunnerFiles:
             path, _ = self._adopt(temp, info.sha256 or _sha256_of(temp))
         return Fetched(path, info.size, info.content_type, info.name), had
 
-    def _from_local_store(self, file_id: str) -> tuple[Fetched, bool]:
+    def _from_local_store(self, client: FilesClient, file_id: str) -> tuple[Fetched, bool]:
         """The file's bytes from the server's local store, with no gRPC download: a hard
         link to them (read-only, mode 0444), else a kernel copy; their sha256 is the one
         the store computed."""
-        local = self._connection.client().open_local(file_id)
+        local = client.open_local(file_id)
         info = local.file
         self._check_size(info.size)
         path = self._cache_folder() / info.sha256
@@ -370,14 +333,8 @@ class RunnerFiles:
     def _upload(self, file: File) -> None:
         """Uploads one output file (in a worker thread: the handler is done with it, and
         nothing else touches it until the output is encoded)."""
-        if self._connection.local:
-            try:
-                self._upload_local(file)
-                return
-            except (OSError, FalrtError) as exc:
-                if isinstance(exc, FalrtError) and not isinstance(exc, _NOT_LOCAL):
-                    raise
-                self._connection.local_failed(exc)
+        if self._connection.try_local(lambda client: _upload_local(client, file)):
+            return
         path = temp = None
         if file.local_path is None:  # (bytes in memory: through a temporary file, not kept)
             path = temp = self._temp_path()
@@ -392,22 +349,22 @@ class RunnerFiles:
         file.uploaded(_url_of(info), info.size)  # (an Image reads its size here, if unknown)
 
 
-    def _upload_local(self, file: File) -> None:
-        """Writes one output file straight into the server's local store (its bytes, or
-        a kernel copy of its local file) and has the server adopt it."""
-        source, data = file.local_path, file.data
-        size = source.stat().st_size if source is not None else len(data or b"")
+def _upload_local(client: FilesClient, file: File) -> bool:
+    """Writes one output file straight into the server's local store (its bytes, or a
+    kernel copy of its local file) and has the server adopt it."""
+    source, data = file.local_path, file.data
+    size = source.stat().st_size if source is not None else len(data or b"")
 
-        def write(staging: Path) -> None:
-            if source is not None:
-                shutil.copyfile(source, staging)
-            else:
-                staging.write_bytes(data or b"")
+    def write(staging: Path) -> None:
+        if source is not None:
+            shutil.copyfile(source, staging)
+        else:
+            staging.write_bytes(data or b"")
 
-        name = file.file_name or (source.name if source is not None else "output")
-        info = self._connection.client().upload_local(
-            write, size, content_type=file.content_type, name=name)
-        file.uploaded(_url_of(info), info.size)
+    name = file.file_name or (source.name if source is not None else "output")
+    info = client.upload_local(write, size, content_type=file.content_type, name=name)
+    file.uploaded(_url_of(info), info.size)
+    return True
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
@@ -417,14 +374,6 @@ def _link_or_copy(source: Path, target: Path) -> None:
         os.link(source, target)
     except OSError:
         shutil.copyfile(source, target)
-
-
-def _connect_from_environment() -> FilesClient:
-    """The Files client of the runner's server and key (FALRT_HOST, FALRT_KEY)."""
-    from falrt.client import connection
-    from falrt.client.files import FilesClient
-
-    return FilesClient(connection.channel(connection.resolve_target()))
 
 
 def _chunks(response: Any, deadline: float, too_slow: str) -> Iterator[bytes]:

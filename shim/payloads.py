@@ -23,11 +23,12 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from falrt.errors import FailedPreconditionError, FalrtError
+from falrt.errors import FalrtError
 
-from .files import FilesConnection
+from .files_connection import FilesConnection
 
 if TYPE_CHECKING:
+    from falrt.client.files import FilesClient
     from falrt.v1 import files_pb2
 
 __all__ = ["PayloadFiles"]
@@ -66,26 +67,20 @@ class PayloadFiles:
     def _read(self, file_id: str) -> bytes:
         """On the server's host, from its local store (the sha256 is the store's: the
         bytes cross no transport); else over gRPC, sha256-checked."""
-        client = self._connection.client()
-        if self._connection.local:
-            try:
-                data = Path(client.open_local(file_id).path).read_bytes()
-                log.info("input file %s: read from the server's store on this host", file_id)
-                return data
-            except (OSError, FailedPreconditionError) as exc:
-                self._connection.local_failed(exc)
-        return client.read_bytes(file_id)
+        data = self._connection.try_local(lambda client: _read_local(client, file_id))
+        return data if data is not None else self._connection.client().read_bytes(file_id)
 
     def _store(self, data: bytes, content_type: str) -> files_pb2.FileInfo:
         """On the server's host, written into the local store's staging file and adopted;
         else uploaded over gRPC."""
-        client = self._connection.client()
-        if self._connection.local:
-            try:
-                return client.upload_local(
-                    lambda staging: staging.write_bytes(data), len(data),
-                    content_type=content_type, name="output", expires_in_s=self._expires_in_s)
-            except (OSError, FailedPreconditionError) as exc:
-                self._connection.local_failed(exc)
-        return client.upload_bytes(data, content_type=content_type, name="output",
-                                   expires_in_s=self._expires_in_s)
+        local = self._connection.try_local(lambda client: client.upload_local(
+            lambda staging: staging.write_bytes(data), len(data),
+            content_type=content_type, name="output", expires_in_s=self._expires_in_s))
+        return local or self._connection.client().upload_bytes(
+            data, content_type=content_type, name="output", expires_in_s=self._expires_in_s)
+
+
+def _read_local(client: FilesClient, file_id: str) -> bytes:
+    data = Path(client.open_local(file_id).path).read_bytes()
+    log.info("input file %s: read from the server's store on this host", file_id)
+    return data

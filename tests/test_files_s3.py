@@ -24,7 +24,7 @@ from falrt.client import SyncClient, credentials
 from falrt.client.files import FilesClient, file_sha256
 from falrt.files.signing import KEY_FILE
 from falrt.v1 import files_pb2
-from shim.files import FilesConnection
+from shim.files_connection import FilesConnection
 from shim.payloads import PayloadFiles
 from tests.harness import FALRT, ServerProcess, stop_cleanly, wait_for
 from tests.s3server import S3Server

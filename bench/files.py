@@ -6,7 +6,7 @@ Starts a `falrt server --http-listen 127.0.0.1:0` (its own data directory under 
 folder on the same disk as the files), then for each size (1 MiB, 64 MiB, 1 GiB; `--quick`:
 the first two) writes a file of random bytes and times, on that disk:
 - `cp` of the file and an fsync of the copy (the store fsyncs a file when it completes);
-- a gRPC upload (`FilesClient.upload`: chunks of 4 MiB, sha256 checked) and download (to a
+- a gRPC upload (`FilesClient.upload`: chunks of 1 MiB, sha256 checked) and download (to a
   file, sha256 checked);
 - an HTTP `PUT /files/NAME` (streamed from the file) and a `GET` of the signed URL (hashed,
   not written);

@@ -1,7 +1,7 @@
 """The blocking client of the Files service (docs/files.md): upload (resumed after an
 interruption), download, stat, list, delete.
 
-Memory stays bounded: files are read and written in pieces of a few MiB as they stream. An
+Memory stays bounded: files are read and written in CHUNK_BYTES pieces as they stream. An
 upload ends by checking the server's sha256 against the local file's; a download checks
 the bytes it received against the server's.
 """
@@ -24,9 +24,12 @@ from falrt.client.rpc_errors import translate_rpc_errors
 from falrt.v1 import files_pb2, files_pb2_grpc
 
 CHUNK_BYTES = 1024 * 1024
-# The chunks of an upload (from a file or from memory): the most files.proto advises, as
-# fewer, larger messages move bytes about twice as fast (bench/files.py).
-UPLOAD_CHUNK_BYTES = 4 * CHUNK_BYTES
+# The chunks of an upload from memory (`upload_bytes`): the most files.proto advises, as
+# fewer, larger messages move bytes in memory about twice as fast (bench/files.py). A file
+# is sent in CHUNK_BYTES: 4 MiB messages (with the server writing 8 MiB at a time) gained
+# nothing measurable there and grew the server's RSS during a 1 GiB upload by 87 MiB instead
+# of 15 to 31 (tests/test_files.py, bench/RESULTS.md).
+MEMORY_CHUNK_BYTES = 4 * CHUNK_BYTES
 # Interrupted uploads are resumed this many times (each from the server's offset).
 RESUMES = 3
 # How long a resume waits for the server to be reachable again (a restart).
@@ -84,8 +87,8 @@ class FilesClient:
         def requests() -> Iterator[files_pb2.UploadRequest]:
             yield files_pb2.UploadRequest(header=header)
             view = memoryview(data)
-            for start in range(0, len(data), UPLOAD_CHUNK_BYTES):
-                chunk = bytes(view[start:start + UPLOAD_CHUNK_BYTES])
+            for start in range(0, len(data), MEMORY_CHUNK_BYTES):
+                chunk = bytes(view[start:start + MEMORY_CHUNK_BYTES])
                 yield files_pb2.UploadRequest(chunk=chunk)
 
         with translate_rpc_errors():
@@ -228,7 +231,7 @@ def _upload_requests(
 ) -> Iterator[files_pb2.UploadRequest]:
     yield files_pb2.UploadRequest(resume=files_pb2.UploadResume(file_id=file_id, offset=offset))
     done = offset
-    while chunk := source.read(UPLOAD_CHUNK_BYTES):
+    while chunk := source.read(CHUNK_BYTES):
         if hasher is not None:
             hasher.update(chunk)
         yield files_pb2.UploadRequest(chunk=chunk)

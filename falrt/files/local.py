@@ -15,8 +15,8 @@ hard link to them (`data_path`); `adopt` completes a file whose `.part` (`stagin
 such a runner wrote (docs/files.md, "Runners on the server's host").
 
 Every blocking call runs in a thread (`asyncio.to_thread`); a write moves what the caller
-gathered (falrt/server/files.py: about 8 MiB), a download reads READ_AHEAD_BYTES per hop,
-the next block while the last is sent. `list` and the expiry sweep read every record: fine
+gathered (falrt/server/files.py: about CHUNK_BYTES), a download reads READ_AHEAD_BYTES per
+hop, the next block while the last is sent. `list` and the expiry sweep read every record: fine
 for thousands of files; an index (SQLite) is the step after that.
 """
 

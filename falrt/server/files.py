@@ -41,9 +41,6 @@ MAX_EXPIRY_S = 10 * 365 * 24 * 3600
 NAME_CHARS = 255
 DEFAULT_TYPE = "application/octet-stream"
 FILES_PATH = "/files"
-# The bytes an upload gathers before one write (and the hashing with it) in a worker
-# thread: a thread hop per 1 MiB message capped uploads at about 100 MB/s (bench/files.py).
-WRITE_BYTES = 8 * CHUNK_BYTES
 
 
 class FilePlane:
@@ -129,7 +126,7 @@ class FilePlane:
         self, file_id: str, offset: int, chunks: AsyncIterator[bytes]
     ) -> FileRecord:
         """Writes `chunks` into the file from `offset` (the bytes it has), buffering at most
-        WRITE_BYTES plus one chunk; completes the file when all its bytes arrived. Waits for
+        CHUNK_BYTES plus one chunk; completes the file when all its bytes arrived. Waits for
         another upload of the same file to end first. Returns the file's record. On
         cancellation (the caller went away) the bytes written so far stay: resume them."""
         if offset < 0:
@@ -176,22 +173,22 @@ class FilePlane:
     async def _write(
         self, file_id: str, offset: int, size: int, chunks: AsyncIterator[bytes]
     ) -> int:
-        """Writes `chunks` from `offset` in writes of about WRITE_BYTES (the last one
-        shorter): one worker-thread hop writes and hashes several chunks at once. Returns
-        the offset reached."""
-        batch: list[bytes] = []
-        pending = 0
+        """Writes `chunks` from `offset` in writes of at least CHUNK_BYTES (but the last);
+        returns the offset reached."""
+        buffer = bytearray()
         async for chunk in chunks:
-            if offset + pending + len(chunk) > size:
+            if offset + len(buffer) + len(chunk) > size:
                 raise errors.InvalidArgumentError(
                     f"more bytes than the {size} the upload announced")
-            batch.append(chunk)
-            pending += len(chunk)
-            if pending >= WRITE_BYTES:
-                offset = await self.store.write(file_id, offset, _joined(batch))
-                batch, pending = [], 0
-        if batch:
-            offset = await self.store.write(file_id, offset, _joined(batch))
+            if not buffer and len(chunk) >= CHUNK_BYTES:  # (a whole chunk: no copy)
+                offset = await self.store.write(file_id, offset, chunk)
+                continue
+            buffer += chunk
+            if len(buffer) >= CHUNK_BYTES:
+                offset = await self.store.write(file_id, offset, bytes(buffer))
+                buffer.clear()
+        if buffer:
+            offset = await self.store.write(file_id, offset, bytes(buffer))
         return offset
 
     # -- same-host transfers ------------------------------------------------------------
@@ -285,10 +282,6 @@ async def open_files(settings: ServerSettings, tasks: Tasks) -> FilePlane:
         raise ValueError(str(exc)) from None
     signer = await asyncio.to_thread(UrlSigner.load_or_create, settings.data_dir / KEY_FILE)
     return FilePlane(store, signer, settings, tasks)
-
-
-def _joined(batch: list[bytes]) -> bytes:
-    return batch[0] if len(batch) == 1 else b"".join(batch)
 
 
 def _check_name(name: str) -> str:

@@ -30,6 +30,8 @@ class AppConfig(msgspec.Struct, frozen=True, omit_defaults=True):
     requirements: tuple[str, ...] = ()
     machine_types: tuple[str, ...] = ()
     num_gpus: int | None = None
+    # How many of the app's one-GPU runners may share a GPU (None: 1, each has its own).
+    runners_per_gpu: int | None = None
     app_auth: str = ""
     keep_alive_s: float | None = None
     min_concurrency: int | None = None

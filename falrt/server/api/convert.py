@@ -31,9 +31,9 @@ from falrt.store.records import (
 from falrt.v1 import common_pb2, control_pb2, queue_pb2, runner_pb2
 
 _OPTIONAL_FIELDS = (
-    "num_gpus", "keep_alive_s", "min_concurrency", "max_concurrency", "concurrency_buffer",
-    "concurrency_buffer_perc", "scaling_delay_s", "max_multiplexing", "request_timeout_s",
-    "startup_timeout_s", "termination_grace_period_s",
+    "num_gpus", "runners_per_gpu", "keep_alive_s", "min_concurrency", "max_concurrency",
+    "concurrency_buffer", "concurrency_buffer_perc", "scaling_delay_s", "max_multiplexing",
+    "request_timeout_s", "startup_timeout_s", "termination_grace_period_s",
 )
 
 

@@ -270,6 +270,23 @@ def test_a_data_dir_too_deep_for_a_socket_address_listens_in_a_private_temporary
 
 
 @pytest.mark.unit
+def test_a_temporary_folder_too_deep_as_well_gives_way_to_tmp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    deep = tmp_path / ("t" * 120)
+    deep.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(deep))  # (what TMPDIR would set)
+    path, temporary = private_socket(tmp_path / ("d" * 120))
+    try:
+        assert temporary is not None and temporary.parent == Path("/tmp")
+        assert path == temporary / SOCKET_NAME
+        assert stat.S_IMODE(temporary.stat().st_mode) == 0o700
+    finally:
+        if temporary is not None:
+            temporary.rmdir()
+
+
+@pytest.mark.unit
 def test_a_socket_another_server_listens_on_is_not_taken_over() -> None:
     with tempfile.TemporaryDirectory(prefix="fl-") as short:
         listen = f"unix:{short}/{SOCKET_NAME}"

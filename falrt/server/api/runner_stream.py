@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 Connection = FrameConnection[runner_pb2.RunnerMessage]
 LINK_FOLDER = "link"  # <data_dir>/link/runner.sock: the stream link's default socket
 SOCKET_NAME = "runner.sock"
+TEMPORARY_PREFIX = "falrt-link-"  # (tempfile.mkdtemp adds 8 characters)
 # A Unix socket's address holds at most 107 bytes of path on Linux (sun_path, with its NUL)
 # and 103 on macOS: a longer default path moves to a new folder of the temporary one.
 MAX_SOCKET_PATH = 100
@@ -101,14 +102,23 @@ def private_socket(data_dir: Path) -> tuple[Path, Path | None]:
     """Where the stream link listens by default, and the temporary folder made for it
     (None: none): runner.sock in `data_dir`/link, a folder only this user may enter (made,
     or set, 0700); where that path is too long for a Unix socket's address, in a new 0700
-    folder of the temporary one (the link removes it when it closes). Blocking."""
+    folder of the temporary one (or of /tmp, where that is too deep too; the link removes it
+    when it closes). Blocking. Raises ValueError when no such path is short enough."""
     folder = data_dir.absolute() / LINK_FOLDER
-    if len(os.fsencode(folder / SOCKET_NAME)) > MAX_SOCKET_PATH:
-        temporary = Path(tempfile.mkdtemp(prefix="falrt-link-"))
-        return temporary / SOCKET_NAME, temporary
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    folder.chmod(0o700)  # (one made by an older server, or under another umask)
-    return folder / SOCKET_NAME, None
+    if _fits(folder):
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        folder.chmod(0o700)  # (one made by an older server, or under another umask)
+        return folder / SOCKET_NAME, None
+    for base in (Path(tempfile.gettempdir()), Path("/tmp")):
+        if _fits(base / f"{TEMPORARY_PREFIX}12345678") and base.is_dir():
+            temporary = Path(tempfile.mkdtemp(prefix=TEMPORARY_PREFIX, dir=base))
+            return temporary / SOCKET_NAME, temporary
+    raise ValueError(f"{folder / SOCKET_NAME} is too long for a Unix socket's address, and "
+                     "so is the temporary folder's: choose one with --runner-link-listen")
+
+
+def _fits(folder: Path) -> bool:
+    return len(os.fsencode(folder / SOCKET_NAME)) <= MAX_SOCKET_PATH
 
 
 class StreamLink:

@@ -12,6 +12,8 @@ of length, big-endian) and the body.
 - MESSAGE: a serialized RunnerMessage (runner to server) or ServerMessage (server to runner).
 - STATUS: how the stream ended, as gRPC's trailers: one byte, the grpc.StatusCode's number,
   then the details in UTF-8. Only the server sends it, last, then closes the connection.
+A frame of another kind, or a STATUS the server receives, ends the connection with
+INVALID_ARGUMENT (a STATUS), and nothing that arrives after it is read.
 The runner half-closes the connection (`write_eof`) where gRPC's call would `done_writing`.
 
 `FrameConnection` is the protocol both ends share. Loop-affine.
@@ -86,6 +88,8 @@ class FrameConnection(asyncio.Protocol, Generic[M]):
             self._on_made(self)
 
     def data_received(self, data: bytes) -> None:
+        if self._done:
+            return  # (the messages have ended: what follows is not read)
         if self._buffer:
             self._buffer += data
             if len(self._buffer) < self._need:
@@ -143,7 +147,7 @@ class FrameConnection(asyncio.Protocol, Generic[M]):
         """Takes the whole frames in `data`; returns where the first incomplete one starts
         (and sets how many bytes it needs)."""
         offset, size = 0, len(data)
-        while size - offset >= HEADER.size:
+        while size - offset >= HEADER.size and not self._done:
             kind, length = HEADER.unpack_from(data, offset)
             end = offset + HEADER.size + length
             if length > self._max:
@@ -163,9 +167,12 @@ class FrameConnection(asyncio.Protocol, Generic[M]):
         return offset
 
     def _status(self, kind: int, body: bytes) -> None:
-        code = _CODES.get(body[0]) if kind == STATUS and body else None
+        """A frame other than MESSAGE: the server's STATUS at the runner's end (`strict`);
+        anything else is refused."""
+        code = _CODES.get(body[0]) if kind == STATUS and body and self._strict else None
         if code is None:
-            self.end(grpc.StatusCode.INTERNAL, f"a frame of unknown kind {kind}")
+            self.end(grpc.StatusCode.INVALID_ARGUMENT, f"a frame of kind {kind} is not "
+                     "expected here")
             return
         details = body[1:].decode("utf-8", "replace")
         self._finish(None if code is grpc.StatusCode.OK else LinkEnded(code, details))

@@ -129,6 +129,21 @@ def test_a_frame_over_the_size_limit_is_refused_with_resource_exhausted(
 
 
 @pytest.mark.e2e
+@pytest.mark.parametrize("frame", [
+    HEADER.pack(7, 1) + b"x",  # a kind the link does not have
+    HEADER.pack(STATUS, 1) + bytes([grpc.StatusCode.INTERNAL.value[0]]),  # the server's own
+], ids=["unknown-kind", "status-from-a-runner"])
+def test_a_frame_the_server_does_not_expect_is_refused_with_invalid_argument(
+    stream_server: ServerProcess, frame: bytes,
+) -> None:
+    hello = runner_pb2.RunnerMessage(hello=runner_pb2.Hello(runner_id="r-x", token="t"))
+    kind, body = asyncio.run(_status_after(link_socket(stream_server), frame + _frames(hello)))
+    assert (kind, body[0]) == (STATUS, grpc.StatusCode.INVALID_ARGUMENT.value[0]), body
+    assert b"not expected here" in body  # (and the Hello after it was not read)
+    assert stream_server.is_running()
+
+
+@pytest.mark.e2e
 def test_the_stream_link_refuses_to_listen_where_other_hosts_could_reach_it(
     tmp_path: Path,
 ) -> None:

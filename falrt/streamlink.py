@@ -1,11 +1,13 @@
-"""The runner link over a plain stream instead of gRPC (`falrt server --runner-link stream`).
+"""The runner link over a plain stream instead of gRPC: the default carrier of the process
+backend's runners (`falrt server --runner-link auto`; docs/architecture.md, "The runner link:
+one contract, two carriers").
 
 Why: on the direct path each request costs the server four gRPC messages, and each gRPC
 message costs a hand-off between grpc's poller thread and the event loop (writes, futex
-wake-ups, `getpid` calls; bench/RESULTS.md, issue 18). The runner link is internal (the
-server and its own runners, on one host), so it can be a TCP connection on loopback or a
-Unix socket read and written on the loop itself: a message is one `transport.write` and is
-read in `data_received`, with no thread in between.
+wake-ups, `getpid` calls; bench/RESULTS.md, issue 18). For runners on the server's own host
+the link can be a Unix socket (or a TCP connection on loopback) read and written on the loop
+itself: a message is one `transport.write` and is read in `data_received`, with no thread in
+between.
 
 The same protobuf messages travel, each in a frame: a 5-byte header (one byte of kind, four
 of length, big-endian) and the body.

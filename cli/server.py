@@ -38,8 +38,9 @@ _DEFAULTS = ServerSettings(data_dir=Path("."))
                    "HOST:6379 (its GCS) or ray://HOST:10001 (Ray Client)")
 @click.option("--advertise", "advertise", envvar="FALRT_ADVERTISE", default="",
               metavar="HOST:PORT",
-              help="the address runners dial (runners on other hosts: the ray backend); "
-                   "default: the --listen address (port 0: the port bound)")
+              help="the gRPC address runners dial (runners on other hosts: the ray "
+                   "backend) and their app code calls; default: the --listen address (port "
+                   "0: the port bound)")
 @click.option("--runner-link", "runner_link", envvar="FALRT_RUNNER_LINK",
               type=click.Choice(["auto", "grpc", "stream"]), default=_DEFAULTS.runner_link,
               show_default=True,

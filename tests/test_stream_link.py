@@ -12,6 +12,7 @@ tests/test_shim.py then serves its in-test link as a gRPC service.
 from __future__ import annotations
 
 import asyncio
+import socket
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -319,6 +320,24 @@ def test_a_socket_another_server_listens_on_is_not_taken_over() -> None:
             await second.close()
 
         asyncio.run(twice())
+
+
+@pytest.mark.unit
+def test_a_socket_file_a_killed_server_left_is_replaced() -> None:
+    with tempfile.TemporaryDirectory(prefix="fl-") as short:
+        path = Path(short) / SOCKET_NAME
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as left:
+            left.bind(str(path))  # (bound, never listening: what a SIGKILL leaves)
+
+        async def start() -> str:
+            link = StreamLink(cast(RunnerLinkService, None), 1 << 20)
+            await link.start(f"unix:{path}")
+            mode = path.stat().st_mode
+            await link.close()
+            return oct(stat.S_IMODE(mode))
+
+        assert asyncio.run(start()) == oct(0o600)
+        assert not path.exists()
 
 
 def _runner_dials(extra: list[str], monkeypatch: pytest.MonkeyPatch) -> tuple[str, str, str]:

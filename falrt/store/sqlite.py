@@ -37,6 +37,7 @@ from falrt.store.records import (
     Revision,
     SecretRecord,
     Status,
+    without_outcome,
 )
 
 log = logging.getLogger(__name__)
@@ -355,14 +356,15 @@ class SQLiteStore:
     # -- requests ----------------------------------------------------------------------
 
     def insert_request(self, request: RequestRecord) -> asyncio.Future[None]:
-        data = _encode(request)
+        outcome = None if request.outcome is None else _encode(request.outcome)
         row = (request.request_id, request.app_name, request.seq, int(request.status),
-               request.attempts, request.created_at, data, request.idempotency_key or None,
-               int(bool(request.webhook_url)))
+               request.attempts, request.created_at, _encode(without_outcome(request)),
+               request.idempotency_key or None, int(bool(request.webhook_url)),
+               request.completed_at, outcome)
         return self._run(_Rows(
             "INSERT INTO requests (request_id, app_name, seq, status, attempts, "
-            "created_at, data, idempotency_key, webhook_pending) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "created_at, data, idempotency_key, webhook_pending, completed_at, outcome) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             row,
         ))
 

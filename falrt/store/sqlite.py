@@ -63,7 +63,8 @@ CREATE TABLE IF NOT EXISTS requests (
   status INTEGER NOT NULL, attempts INTEGER NOT NULL, created_at REAL NOT NULL,
   completed_at REAL, data BLOB NOT NULL, outcome BLOB, idempotency_key TEXT,
   webhook_pending INTEGER NOT NULL DEFAULT 0);
-CREATE INDEX IF NOT EXISTS requests_unfinished ON requests (status, seq);
+DROP INDEX IF EXISTS requests_unfinished;
+CREATE INDEX IF NOT EXISTS requests_waiting ON requests (seq) WHERE status != 3;
 CREATE INDEX IF NOT EXISTS requests_app ON requests (app_name);
 CREATE INDEX IF NOT EXISTS requests_completed ON requests (completed_at)
   WHERE completed_at IS NOT NULL;
@@ -431,8 +432,8 @@ class SQLiteStore:
     async def load_unfinished(self) -> list[RequestRecord]:
         rows = await self._run(
             lambda conn: conn.execute(
-                f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE status != ? ORDER BY seq",
-                (int(Status.COMPLETED),),
+                # (3, COMPLETED, written out: only then does SQLite use requests_waiting)
+                f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE status != 3 ORDER BY seq",
             ).fetchall()
         )
         return [_request_from_row(row) for row in rows]

@@ -11,6 +11,9 @@ every other round, so that the load of a shared machine falls on both alike. Per
 level: its CPU per call (from /proc, every thread: the SQLite writer's too; per round as
 well), requests per second and p50. CPU per call is the figure to read on a busy machine.
 `--fsync` adds the number of fdatasync calls per call at c=1 (strace, 500 calls).
+`--submit C` adds durable submits alone (`Queue.Submit` at concurrency C to an app that
+never gets a runner, as bench/queue_bench.py measures them, but driven by h2load, whose own
+cost stays off the server's core): "submit" in the table.
 """
 
 from __future__ import annotations
@@ -24,17 +27,47 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import grpc
 import uvloop
 from breakdown import strace
-from h2drive import Run, Target, drive, h2load_binary
-from h2targets import WORKLOADS, workload_targets
-from servers import falrt_server, guarded
+from h2drive import GRPC_HEADERS, Run, Target, drive, grpc_frame, h2load_binary, listening_pid
+from h2targets import NOOP_BODY, WORKLOADS, workload_targets
+from loadgen import CALL_TIMEOUT_S, CHANNEL_OPTIONS, payload
+from servers import PARKED_APP, deploy, falrt_server, guarded
+
+from falrt.client.credentials import metadata_for
+from falrt.v1 import queue_pb2, queue_pb2_grpc
 
 SIDES = ("A", "B")
 
 
+async def submit_target(stack: contextlib.AsyncExitStack, folder: Path, address: str) -> Target:
+    """Queue.Submit of an app with max_concurrency 0 on the server at `address`."""
+    (folder / "parked.py").write_text(PARKED_APP)
+    endpoint_id = await deploy(address, f"{folder / 'parked.py'}::Parked")
+    channel = await stack.enter_async_context(
+        grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS))
+    key = metadata_for(address)
+    request = queue_pb2.SubmitRequest(endpoint_id=endpoint_id, path="/",
+                                      input=payload(NOOP_BODY))
+    server_pid = listening_pid(int(address.rpartition(":")[2]))
+
+    async def check() -> int:
+        answer = await queue_pb2_grpc.QueueStub(channel).Submit(
+            request, timeout=CALL_TIMEOUT_S, metadata=key)
+        assert answer.request_id
+        return len(grpc_frame(answer.SerializeToString()))
+
+    target = Target("falrt_submit", f"http://{address}/falrt.v1.Queue/Submit",
+                    grpc_frame(request.SerializeToString()),
+                    (*GRPC_HEADERS, *(f"{name}: {value}" for name, value in key)),
+                    lambda: {"server": [server_pid]}, check)
+    return await target.checked()
+
+
 async def measure(
     base: Path, rounds: int, levels: list[int], calls: dict[int, int], fsync: bool,
+    submit: int = 0,
 ) -> dict[str, Any]:
     binary = h2load_binary()
     with tempfile.TemporaryDirectory(prefix="falrt-queue-ab-") as tmp:
@@ -48,16 +81,22 @@ async def measure(
                     folder / "data", folder / "server.log", env=env))
                 found = await workload_targets(stack, folder, address, WORKLOADS["echo"])
                 targets[side] = found["falrt_subscribe"]
-            runs: dict[str, dict[int, list[Run]]] = {
-                side: {level: [] for level in levels} for side in SIDES}
+                if submit:
+                    targets[f"{side}/submit"] = await submit_target(stack, folder, address)
+            plan = [(level, "", calls[level]) for level in levels]
+            if submit:
+                plan.append((submit, "/submit", calls.get(submit, 3000) * 2))
+            runs: dict[str, dict[int, list[Run]]] = {name: {} for name in targets}
             for number in range(rounds):
                 order = SIDES if number % 2 == 0 else tuple(reversed(SIDES))
-                for level in levels:
+                for level, kind, count in plan:
                     for side in order:
-                        await drive(binary, targets[side], level, max(100, 10 * level))
-                        runs[side][level].append(
-                            await drive(binary, targets[side], level, calls[level]))
-                        print(f"-- round {number + 1} c={level} {side} done", file=sys.stderr)
+                        target = targets[side + kind]
+                        await drive(binary, target, level, max(100, 10 * level))
+                        runs[side + kind].setdefault(level, []).append(
+                            await drive(binary, target, level, count))
+                        print(f"-- round {number + 1} c={level} {side}{kind} done",
+                              file=sys.stderr)
                 for target in targets.values():
                     await target.verify()
             out: dict[str, Any] = {
@@ -67,7 +106,7 @@ async def measure(
                 out["syscalls_c1"] = {
                     side: await strace({"server": target.pids()["server"][0]},
                                        lambda t=target: drive(binary, t, 1, 500), 500, Path(tmp))
-                    for side, target in targets.items()}
+                    for side, target in targets.items() if side in SIDES}
             return out
 
 
@@ -85,8 +124,8 @@ def _figures(runs: list[Run]) -> dict[str, Any]:
 def print_table(results: dict[str, Any]) -> None:
     print("| side | c | server CPU ms/req (median) | (by round) | req/s | p50 ms | p99 ms |")
     print("|---|---|---|---|---|---|---|")
-    for side in SIDES:
-        for level, f in results[side].items():
+    for side, by_level in results.items():
+        for level, f in by_level.items():
             print(f"| {side} | {level} | {f['server_cpu_ms_median']:.3f} | "
                   f"{' / '.join(f'{x:.3f}' for x in f['server_cpu_ms_by_round'])} | "
                   f"{f['rps']:,.0f} | {f['p50_ms']:.3f} | {f['p99_ms']:.3f} |")
@@ -102,11 +141,13 @@ def main() -> None:
                         help="calls per run (default: 1,000 at c=1, 3,000 above)")
     parser.add_argument("--fsync", action="store_true",
                         help="then strace each server over 500 calls at c=1")
+    parser.add_argument("--submit", type=int, default=0, metavar="C",
+                        help="durable submits alone too, at concurrency C (e.g. 64)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     calls = {level: args.calls or (1000 if level == 1 else 3000) for level in args.levels}
     results = uvloop.run(guarded(measure(
-        args.base.resolve(), args.rounds, args.levels, calls, args.fsync)))
+        args.base.resolve(), args.rounds, args.levels, calls, args.fsync, args.submit)))
     syscalls = results.pop("syscalls_c1", None)
     print_table(results)
     if syscalls:

@@ -207,7 +207,8 @@ class Scheduler:
         position = app.queue.position(item)
         self._dispatcher.dispatch(app)
         # A followed request a runner took at once may be written once, completed
-        # (Recorder.insert); a shared store's servers claim requests by their rows.
+        # (Recorder.insert: its outcome's write is then its INSERT, or, once the INSERT was
+        # queued, an UPDATE after it); a shared store's servers claim requests by their rows.
         wait = options.followed and self._shared is None and item.status is Status.IN_PROGRESS
         stored = self._recorder.insert(item, record, wait_s=FOLLOWED_INSERT_WAIT_S if wait else 0)
         try:

@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ import pytest
 from falrt.server.api.queue_service import QueueService
 from falrt.server.queue.recorder import FOLLOWED_INSERT_WAIT_S
 from falrt.server.queue.requests import Requests
-from falrt.server.state.runners import CancelEvent, RunnerState
+from falrt.server.state.runners import CancelEvent, RunnerHandle, RunnerState
 from falrt.server.state.transitions import IllegalTransition
 from falrt.store.records import Priority, Status
 from falrt.store.sqlite import SQLiteStore
@@ -207,6 +208,19 @@ def test_a_subscribe_whose_result_is_there_once_it_is_stored_gets_one_message(
     run(scenario)
 
 
+@asynccontextmanager
+async def _echo_lab(tmp_path: Path) -> AsyncIterator[tuple[Lab, SQLiteStore, RunnerHandle]]:
+    """The planes over a SQLite store, with the app "echo" and its runner attached."""
+    store = SQLiteStore(tmp_path / "falrt.db")
+    await store.open()
+    try:
+        async with lab(tmp_path, store=store) as world:
+            world.deploy("echo", min_concurrency=1)
+            yield world, store, await world.runner("echo")
+    finally:
+        await store.close()
+
+
 def _subscribe(world: Lab) -> AsyncIterator[queue_pb2.WatchResponse]:
     request = queue_pb2.SubscribeRequest(submit=queue_pb2.SubmitRequest(
         endpoint_id="local/echo", input=common_pb2.Payload(data=b"{}")))
@@ -220,11 +234,7 @@ def test_a_subscribe_whose_request_ends_at_once_is_stored_completed_in_one_write
     FOLLOWED_INSERT_WAIT_S: its row is written once, completed, and the caller's first
     message (sent once that write is durable) is the completion."""
     async def scenario() -> None:
-        store = SQLiteStore(tmp_path / "falrt.db")
-        await store.open()
-        async with lab(tmp_path, store=store) as world:
-            world.deploy("echo", min_concurrency=1)
-            runner = await world.runner("echo")
+        async with _echo_lab(tmp_path) as (world, store, runner):
             batches: list[int] = []
             store.on_batch = lambda size, seconds: batches.append(size)
             updates = _subscribe(world)
@@ -240,7 +250,6 @@ def test_a_subscribe_whose_request_ends_at_once_is_stored_completed_in_one_write
             assert stored is not None and stored.status is Status.COMPLETED
             assert stored.attempts == 1 and stored.outcome is not None
             assert stored.outcome.output == b'{"ok": 1}' and stored.completed_at is not None
-        await store.close()
 
     run(scenario)
 
@@ -251,11 +260,7 @@ def test_a_subscribe_whose_request_runs_longer_is_acknowledged_after_the_wait(
     """Past FOLLOWED_INSERT_WAIT_S the request is stored as it stands (IN_PROGRESS, its
     attempt counted) and its caller told so; its result is stored later, as usual."""
     async def scenario() -> None:
-        store = SQLiteStore(tmp_path / "falrt.db")
-        await store.open()
-        async with lab(tmp_path, store=store) as world:
-            world.deploy("echo", min_concurrency=1)
-            runner = await world.runner("echo")
+        async with _echo_lab(tmp_path) as (world, store, runner):
             updates = _subscribe(world)
             began = time.monotonic()
             first = asyncio.ensure_future(anext(updates))
@@ -270,7 +275,6 @@ def test_a_subscribe_whose_request_runs_longer_is_acknowledged_after_the_wait(
             assert last.status == common_pb2.REQUEST_STATUS_COMPLETED
             stored = await store.get_request(item.request_id)
             assert stored is not None and stored.status is Status.COMPLETED
-        await store.close()
 
     run(scenario)
 
@@ -281,17 +285,12 @@ def test_a_followed_request_still_waiting_to_be_written_is_stored_when_the_serve
     written: list[str] = []
 
     async def scenario() -> None:
-        store = SQLiteStore(tmp_path / "falrt.db")
-        await store.open()
-        async with lab(tmp_path, store=store) as world:
-            world.deploy("echo", min_concurrency=1)
-            runner = await world.runner("echo")
+        async with _echo_lab(tmp_path) as (world, _store, runner):
             updates = _subscribe(world)
             first = asyncio.ensure_future(anext(updates))
             item = await world.assigned(runner)
             await world.planes.recorder.close()  # (before the wait ends)
             assert (await first).state.status == common_pb2.REQUEST_STATUS_IN_PROGRESS
-        await store.close()
         written.append(item.request_id)
 
     run(scenario)

@@ -172,6 +172,14 @@ class RequestRecord(msgspec.Struct):
     owner: str = ""
 
 
+def without_outcome(record: RequestRecord) -> RequestRecord:
+    """`record` as its `data` column keeps it: the outcome has a column of its own (a
+    request stored completed would otherwise keep its output twice)."""
+    if record.outcome is None:
+        return record
+    return msgspec.structs.replace(record, outcome=None)
+
+
 class ClusterEventKind(enum.StrEnum):
     """What a ClusterEvent says."""
 

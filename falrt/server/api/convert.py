@@ -73,9 +73,9 @@ def seconds(value: Duration, name: str) -> float:
     return value.seconds + value.nanos / 1e9
 
 
-def submit_options(request: queue_pb2.SubmitRequest) -> SubmitOptions:
+def submit_options(request: queue_pb2.SubmitRequest, *, followed: bool = False) -> SubmitOptions:
     """The caller's options of a Submit, checked (`falrt.server.queue.options`, the rules
-    the HTTP edge applies too). Raises InvalidArgumentError."""
+    the HTTP edge applies too); `followed`: a Subscribe's. Raises InvalidArgumentError."""
     start_timeout_s = 0.0
     if request.HasField("start_timeout"):
         start_timeout_s = seconds(request.start_timeout, "start_timeout")
@@ -83,7 +83,7 @@ def submit_options(request: queue_pb2.SubmitRequest) -> SubmitOptions:
         priority=priority(request.priority), no_retry=request.no_retry,
         retry_config=request.retry_config, start_timeout_s=start_timeout_s,
         webhook_url=request.webhook_url, max_queue_length=request.max_queue_length,
-        idempotency_key=request.idempotency_key,
+        idempotency_key=request.idempotency_key, followed=followed,
     )
 
 

@@ -1,6 +1,6 @@
 """A real model served by falrt, batched and unbatched, on a GPU when there is one.
 
-    python bench/gpu.py [--quick] [--out bench/gpu.json] [--host-packages]
+    python bench/gpu.py [--quick] [--out bench/gpu.json] [--host-packages] [--runners-per-gpu K]
 
 Starts one `falrt server`, deploys examples/embeddings.py (all-MiniLM-L6-v2) and
 examples/mlp.py, and measures, at concurrency 1, 16 and 64 (closed loop, direct calls,
@@ -18,6 +18,8 @@ sampled every 50 ms for the GPU's utilisation and memory in use; "n/a" without a
 
 On a host without a GPU it runs a short CPU version (as `--quick`). examples/mlp.py is
 deployed with GPU machine types first (falling back to "S"), like the embedding example.
+`--runners-per-gpu K` serves the embedding example from K runners sharing its GPU (falrt's
+`runners_per_gpu`; docs/runners.md), each its own process, so K cores feed the GPU.
 `--host-packages` deploys both apps with no requirements, so that their runners use this
 interpreter's packages: for a GPU machine that has CUDA torch and sentence-transformers but
 no network (bench/gpu_run.sh); otherwise the server builds each app's environment from its
@@ -263,9 +265,15 @@ async def run_all(plan: Plan, args: argparse.Namespace, sampler: GpuSampler) -> 
     with tempfile.TemporaryDirectory(prefix="falrt-bench-gpu-") as tmp_name:
         tmp = Path(tmp_name)
         (tmp / "apps").mkdir()
-        host = {"    requirements = REQUIREMENTS\n": "    requirements: list[str] = []\n"}
-        embeddings = (app_variant(REPO / "examples/embeddings.py", tmp / "apps", host)
-                      if args.host_packages else str(REPO / "examples/embeddings.py"))
+        changes = {"    requirements = REQUIREMENTS\n": "    requirements: list[str] = []\n"
+                   } if args.host_packages else {}
+        if args.runners_per_gpu > 1:  # K runners, all started, sharing the GPU
+            k = args.runners_per_gpu
+            changes["    max_concurrency = 1\n"] = (
+                f"    max_concurrency = {k}\n    min_concurrency = {k}\n"
+                f"    runners_per_gpu = {k}\n")
+        embeddings = (app_variant(REPO / "examples/embeddings.py", tmp / "apps", changes)
+                      if changes else str(REPO / "examples/embeddings.py"))
         mlp_changes = {"    max_concurrency = 1\n":
                        f"    max_concurrency = 1\n    machine_type = {GPU_TYPES}\n"}
         if args.host_packages:
@@ -399,6 +407,9 @@ def main() -> None:
     parser.add_argument("--queue", action="store_true",
                         help="also /embed through the queue (Queue.Subscribe)")
     parser.add_argument("--no-mlp", action="store_true", help="skip examples/mlp.py")
+    parser.add_argument("--runners-per-gpu", type=int, default=1, metavar="K",
+                        help="the embedding example with K runners sharing its GPU "
+                             "(runners_per_gpu, min and max_concurrency K)")
     parser.add_argument("--host-packages", action="store_true",
                         help="deploy the apps without requirements: runners use this "
                              "interpreter's torch and model packages")

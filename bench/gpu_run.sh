@@ -14,6 +14,9 @@
 #                              #   carry [".gpu/model-2"]: installs the model and runs
 #                              #   bench/gpu.py --host-packages --queue (table on stdout,
 #                              #   JSON and the log in $OUT); about 3 minutes
+#   bench/gpu_run.sh share     # THERE, after `run` (no carry): the embedding example from
+#                              #   1 and then 4 runners sharing the GPU (runners_per_gpu) at
+#                              #   c=64 and 256, to show the GPU busier; about 3 minutes
 #   bench/gpu_run.sh ray-1     # THERE, call 3, carry [".gpu/ray-1"]: keeps part 1 of Ray's
 #                              #   wheel (79 MB, split in two as the model's) in /tmp
 #   bench/gpu_run.sh ray       # THERE, call 4, carry [".gpu/ray-2", ".gpu/ray-deps"]:
@@ -82,6 +85,15 @@ print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
   out="${OUT:-$STAGE}"
   PYTHONUNBUFFERED=1 timeout 420 "$STAGE/venv/bin/python" bench/gpu.py --host-packages --queue \
     --out "$out/gpu.json" 2>&1 | tee "$out/gpu.log"
+  ;;
+share)
+  test -x "$STAGE/venv/bin/python" || { echo "run 'bench/gpu_run.sh check' first" >&2; exit 2; }
+  out="${OUT:-$STAGE}"
+  for k in 1 4; do
+    PYTHONUNBUFFERED=1 timeout 240 "$STAGE/venv/bin/python" bench/gpu.py --host-packages \
+      --no-mlp --concurrency 64 256 --runners-per-gpu "$k" --out "$out/gpu-share-$k.json" \
+      2>&1 | tee "$out/gpu-share-$k.log"
+  done
   ;;
 ray-1)
   mkdir -p "$STAGE" && cp .gpu/ray-1 "$STAGE/"

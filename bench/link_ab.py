@@ -1,16 +1,18 @@
 """The runner link over gRPC against the stream link (issue 18), interleaved in one run.
 
-    python bench/link_ab.py [--rounds 3] [--levels 1 16] [--out bench/link_ab.json]
+    python bench/link_ab.py [--rounds 3] [--levels 1 16 64] [--links grpc auto tcp]
+                            [--out bench/link_ab.json]
 
-Three `falrt server`s serve examples/noop.py: with the gRPC RunnerLink (the default), and
-with `--runner-link stream` (falrt/streamlink.py) on loopback TCP and on a Unix socket.
-h2load drives `Queue.Run` (direct) and `Queue.Subscribe` (durable) on each, and the bare
-grpc.aio echo for reference (bench/h2targets.py). Per round and level every target runs
-once, the links of a path one right after the other, their order reversed every other
-round, so that the machine's load (shared with others' work) falls on all alike. Per link,
-path and level: the server's and the runner's CPU per call (from /proc, every thread; the
-server's per round too), requests per second and p50. CPU per call is the figure to read on
-a busy machine.
+`falrt server`s serve examples/noop.py, one per link: `grpc` (`--runner-link grpc`, the
+gRPC RunnerLink service), `auto` (the default: the process backend's runners on the stream
+link, falrt/streamlink.py, over a Unix socket in the data dir) and `tcp` (`--runner-link
+stream` on loopback TCP). h2load drives `Queue.Run` (direct) and `Queue.Subscribe`
+(durable) on each, and the bare grpc.aio echo for reference (bench/h2targets.py). Per round
+and level every target runs once, the links of a path one right after the other, their
+order reversed every other round, so that the machine's load (shared with others' work)
+falls on all alike. Per link, path and level: the server's and the runner's CPU per call
+(from /proc, every thread; the server's per round too), requests per second and p50. CPU
+per call is the figure to read on a busy machine.
 """
 
 from __future__ import annotations
@@ -29,24 +31,24 @@ from h2drive import Run, Target, drive, h2load_binary
 from h2targets import WORKLOADS, workload_targets
 from servers import falrt_server, guarded
 
-LINKS = {"grpc": (), "stream": ("--runner-link", "stream"),
-         "stream-unix": ("--runner-link", "stream", "--runner-link-listen", "unix:{folder}/link")}
+LINKS = {"grpc": ("--runner-link", "grpc"), "auto": (),
+         "tcp": ("--runner-link", "stream", "--runner-link-listen", "127.0.0.1:0")}
 PATHS = {"direct": "falrt_direct", "subscribe": "falrt_subscribe"}
 
 
 async def measure(
-    rounds: int, levels: list[int], calls: dict[int, int], syscalls: bool
+    links: dict[str, tuple[str, ...]], rounds: int, levels: list[int], calls: dict[int, int],
+    syscalls: bool,
 ) -> dict[str, Any]:
     binary = h2load_binary()
     with tempfile.TemporaryDirectory(prefix="falrt-link-ab-") as tmp:
         async with contextlib.AsyncExitStack() as stack:
             targets: dict[str, Target] = {}
-            for link, options in LINKS.items():
+            for link, options in links.items():
                 folder = Path(tmp) / link
                 folder.mkdir()
                 address = await stack.enter_async_context(falrt_server(
-                    folder / "data", folder / "server.log",
-                    *(option.format(folder=folder) for option in options)))
+                    folder / "data", folder / "server.log", *options))
                 found = await workload_targets(stack, folder, address, WORKLOADS["echo"])
                 targets["echo"] = targets.get("echo", found["grpc_echo"])
                 for path, name in PATHS.items():
@@ -54,7 +56,7 @@ async def measure(
             runs: dict[str, dict[int, list[Run]]] = {
                 name: {level: [] for level in levels} for name in targets}
             for number in range(rounds):
-                order = list(LINKS) if number % 2 == 0 else list(reversed(LINKS))
+                order = list(links) if number % 2 == 0 else list(reversed(links))
                 for level in levels:
                     names = ["echo", *(f"{link}/{path}" for path in PATHS for link in order)]
                     for name in names:
@@ -110,7 +112,8 @@ def print_table(results: dict[str, Any]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--levels", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--levels", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--links", nargs="+", choices=list(LINKS), default=["grpc", "auto"])
     parser.add_argument("--calls", type=int, default=0,
                         help="calls per run (default: 1,500 at c=1, 5,000 above)")
     parser.add_argument("--syscalls", action="store_true",
@@ -118,7 +121,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     calls = {level: args.calls or (1500 if level == 1 else 5000) for level in args.levels}
-    results = uvloop.run(guarded(measure(args.rounds, args.levels, calls, args.syscalls)))
+    links = {link: LINKS[link] for link in args.links}
+    results = uvloop.run(guarded(measure(links, args.rounds, args.levels, calls,
+                                         args.syscalls)))
     syscalls = results.pop("syscalls_c16", None)
     print_table(results)
     if syscalls:

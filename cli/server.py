@@ -38,17 +38,21 @@ _DEFAULTS = ServerSettings(data_dir=Path("."))
                    "HOST:6379 (its GCS) or ray://HOST:10001 (Ray Client)")
 @click.option("--advertise", "advertise", envvar="FALRT_ADVERTISE", default="",
               metavar="HOST:PORT",
-              help="the address runners dial (runners on other hosts: the ray backend); "
-                   "default: the --listen address (port 0: the port bound)")
+              help="the gRPC address runners dial (runners on other hosts: the ray "
+                   "backend) and their app code calls; default: the --listen address (port "
+                   "0: the port bound)")
 @click.option("--runner-link", "runner_link", envvar="FALRT_RUNNER_LINK",
-              type=click.Choice(["grpc", "stream"]), default="grpc", show_default=True,
-              help="how runners reach the server: the gRPC RunnerLink service, or (a "
-                   "prototype, process backend only) length-prefixed frames on a plain "
-                   "connection to --runner-link-listen (env FALRT_RUNNER_LINK)")
+              type=click.Choice(["auto", "grpc", "stream"]), default=_DEFAULTS.runner_link,
+              show_default=True,
+              help="how runners reach the server: auto, the process backend's runners over "
+                   "the stream link (length-prefixed frames on a Unix socket) and docker and "
+                   "ray runners over gRPC; grpc, the gRPC RunnerLink service for all; stream, "
+                   "the stream link (process backend only; docs/runners.md; env "
+                   "FALRT_RUNNER_LINK)")
 @click.option("--runner-link-listen", "runner_link_listen", envvar="FALRT_RUNNER_LINK_LISTEN",
-              default=_DEFAULTS.runner_link_listen, show_default=True,
-              metavar="HOST:PORT|unix:PATH",
-              help="--runner-link stream: where it listens (loopback or a Unix socket)")
+              default=_DEFAULTS.runner_link_listen, metavar="HOST:PORT|unix:PATH",
+              help="where the stream link listens: a loopback address or a Unix socket "
+                   "(default: a Unix socket in a 0700 folder of the data dir)")
 @click.option("--docker-base", "docker_base", envvar="FALRT_DOCKER_BASE", default="",
               help="the docker backend's base image (`falrt images build-base` prints one)")
 @click.option("--registry", envvar="FALRT_REGISTRY", default="",

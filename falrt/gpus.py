@@ -7,9 +7,12 @@ inventory is empty and GPU machine types have no capacity. An explicit inventory
 "memory_bytes"}) replaces NVML: it describes GPUs for tests of the allocator, or a subset of
 the host's GPUs for one server.
 
-`GpuAllocator` hands out whole GPUs: a runner asks for a machine type and a count and gets
-that many GPUs of the type that no other runner holds, or none; it gives them back when it
-ends. Runners see their GPUs through `CUDA_VISIBLE_DEVICES` (UUIDs).
+`GpuAllocator` hands out GPUs: a runner asks for a machine type and a count and gets that
+many GPUs of the type that no other runner holds, or none; it gives them back when it ends.
+An app with `runners_per_gpu = K` (a `GpuShare`) lets up to K of its one-GPU runners share
+one GPU (time-sliced by CUDA, its memory shared): a runner process's CPU side (tokenising,
+Python, one event loop) then stops being what bounds a fast GPU. Runners see their GPUs
+through `CUDA_VISIBLE_DEVICES` (UUIDs).
 """
 
 from __future__ import annotations
@@ -79,54 +82,99 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+@dataclass(frozen=True)
+class GpuShare:
+    """Runners of one app that may share a GPU (the app's `runners_per_gpu`): up to
+    `runners` of `app`'s one-GPU runners on each GPU, never with another app's."""
+
+    app: str
+    runners: int = 1
+
+
 class NoCapacityError(Exception):
     """No free GPUs of the machine type a runner asked for (the message says why)."""
 
 
+@dataclass(frozen=True)
+class _Hold:
+    runner_id: str
+    share: GpuShare | None
+
+
 class GpuAllocator:
-    """Whole GPUs for runners, never one GPU for two. Not thread-safe (loop-affine)."""
+    """GPUs for runners: whole, or shared by up to `GpuShare.runners` runners of one app.
+    Not thread-safe (loop-affine).
+
+    The rule for a shared runner: a GPU nobody holds when there is one (each runner alone
+    while GPUs last), else the GPU of its app with the fewest runners, below the limit."""
 
     def __init__(self, gpus: Iterable[Gpu]) -> None:
         self.gpus = list(gpus)
-        self._holder: dict[str, str] = {}  # GPU uuid -> runner id
+        self._holds: dict[str, list[_Hold]] = {}  # GPU uuid -> its runners
 
-    def capacity(self, machine_type: str, count: int) -> str:
-        """"" when `count` GPUs of the type are free now, else why not."""
+    def capacity(self, machine_type: str, count: int, share: GpuShare | None = None) -> str:
+        """"" when `count` GPUs of the type are free now (for `share`), else why not."""
         of_type = [g for g in self.gpus if g.machine_type == machine_type]
         if not of_type:
             found = sorted({g.machine_type or g.name for g in self.gpus}) or ["none"]
             return (f"no capacity for {machine_type}: this host has no {machine_type} "
                     f"(its GPUs: {', '.join(found)})")
-        free = [g for g in of_type if g.uuid not in self._holder]
-        if len(free) < count:
-            return (f"no capacity for {machine_type}: {len(of_type) - len(free)} of "
-                    f"{len(of_type)} in use, {count} needed")
+        usable = self._usable(of_type, share if count == 1 else None)
+        if len(usable) < count:
+            busy = sum(1 for g in of_type if self._holds.get(g.uuid))
+            shared = (f" ({share.app} shares a GPU among {share.runners} runners, and each "
+                      f"of its GPUs is full)" if share is not None and share.runners > 1 else "")
+            return (f"no capacity for {machine_type}: {busy} of {len(of_type)} in use, "
+                    f"{count} needed{shared}")
         return ""
 
-    def acquire(self, machine_type: str, count: int, runner_id: str) -> list[Gpu]:
-        """`count` free GPUs of the type for `runner_id`; raises NoCapacityError."""
-        reason = self.capacity(machine_type, count)
+    def acquire(self, machine_type: str, count: int, runner_id: str,
+                share: GpuShare | None = None) -> list[Gpu]:
+        """`count` GPUs of the type for `runner_id`; raises NoCapacityError."""
+        reason = self.capacity(machine_type, count, share)
         if reason:
             raise NoCapacityError(reason)
-        free = [g for g in self.gpus
-                if g.machine_type == machine_type and g.uuid not in self._holder][:count]
-        for gpu in free:
-            self._holder[gpu.uuid] = runner_id
-        return free
+        share = share if count == 1 and share is not None and share.runners > 1 else None
+        usable = self._usable([g for g in self.gpus if g.machine_type == machine_type], share)
+        taken = usable[:count]
+        for gpu in taken:
+            self._holds.setdefault(gpu.uuid, []).append(_Hold(runner_id, share))
+        return taken
 
-    def hold(self, uuids: Iterable[str], runner_id: str) -> None:
+    def _usable(self, gpus: list[Gpu], share: GpuShare | None) -> list[Gpu]:
+        """The GPUs a runner may take, best first: free ones, then (shared) the app's GPUs
+        with room, fewest runners first."""
+        free = [g for g in gpus if not self._holds.get(g.uuid)]
+        if share is None or share.runners <= 1:
+            return free
+        joinable = [g for g in gpus if self._joinable(self._holds.get(g.uuid, []), share)]
+        return free + sorted(joinable, key=lambda g: len(self._holds[g.uuid]))
+
+    @staticmethod
+    def _joinable(holds: list[_Hold], share: GpuShare) -> bool:
+        if not holds or any(h.share is None or h.share.app != share.app for h in holds):
+            return False
+        limit = min([share.runners] + [h.share.runners for h in holds if h.share])
+        return len(holds) < limit
+
+    def hold(self, uuids: Iterable[str], runner_id: str, share: GpuShare | None = None) -> None:
         """Marks GPUs as `runner_id`'s: a runner adopted after a restart holds them still."""
         known = {g.uuid for g in self.gpus}
         for uuid in uuids:
             if uuid in known:
-                self._holder[uuid] = runner_id
+                self._holds.setdefault(uuid, []).append(_Hold(runner_id, share))
 
     def release(self, runner_id: str) -> None:
-        for uuid in [u for u, holder in self._holder.items() if holder == runner_id]:
-            del self._holder[uuid]
+        for uuid in list(self._holds):
+            kept = [h for h in self._holds[uuid] if h.runner_id != runner_id]
+            if kept:
+                self._holds[uuid] = kept
+            else:
+                del self._holds[uuid]
 
     def held_by(self, runner_id: str) -> list[Gpu]:
-        return [g for g in self.gpus if self._holder.get(g.uuid) == runner_id]
+        return [g for g in self.gpus
+                if any(h.runner_id == runner_id for h in self._holds.get(g.uuid, []))]
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 `falrt server` reads its options in `cli/server.py`, each from its flag or its `FALRT_*`
 variable (click's `envvar`: FALRT_LISTEN, FALRT_DATA_DIR, FALRT_OWNER, FALRT_BACKEND,
-FALRT_RAY_ADDRESS, FALRT_ADVERTISE, FALRT_DOCKER_BASE, FALRT_REGISTRY, FALRT_STORE,
+FALRT_RAY_ADDRESS, FALRT_ADVERTISE, FALRT_RUNNER_LINK, FALRT_RUNNER_LINK_LISTEN,
+FALRT_DOCKER_BASE, FALRT_REGISTRY, FALRT_STORE,
 FALRT_RETRY_BACKOFF_S,
 FALRT_RESULT_RETENTION_S, FALRT_GPU_INVENTORY, FALRT_LEASE_S, FALRT_RECONNECT_WINDOW_S,
 FALRT_WEBHOOK_ALLOW, FALRT_TLS_CERT, FALRT_TLS_KEY, FALRT_TLS_CLIENT_CA, FALRT_TLS_RUNNER_*,
@@ -93,11 +94,14 @@ class ServerSettings(msgspec.Struct, frozen=True):
     ray_address: str = "auto"
     # HOST:PORT runners dial ("": the listen address; port 0: the port bound).
     advertise: str = ""
-    # How runners reach the server (issue 18's prototype): "grpc", the RunnerLink service on
-    # the gRPC port; "stream", frames on a plain connection to `runner_link_listen`
-    # (HOST:PORT on loopback, or unix:PATH; falrt/streamlink.py), process backend only.
-    runner_link: str = "grpc"
-    runner_link_listen: str = "127.0.0.1:0"
+    # How runners reach the server (docs/runners.md, "The runner link"): "auto", the
+    # process backend's runners over the stream link and the others over gRPC; "grpc", the
+    # RunnerLink service on the gRPC port for all; "stream", the stream link (frames on a
+    # plain connection, falrt/streamlink.py), process backend only. The stream link listens
+    # on `runner_link_listen`: HOST:PORT on loopback or unix:PATH; "": a Unix socket in a
+    # 0700 folder of the data dir (falrt/server/api/runner_stream.py).
+    runner_link: str = "auto"
+    runner_link_listen: str = ""
     # The docker backend: the base of environment images, and the registry they go to.
     docker_base: str = ""
     registry: str = ""

@@ -1,17 +1,21 @@
-"""The runner link over a plain stream instead of gRPC (`falrt server --runner-link stream`).
+"""The runner link over a plain stream instead of gRPC: the default carrier of the process
+backend's runners (`falrt server --runner-link auto`; docs/architecture.md, "The runner link:
+one contract, two carriers").
 
 Why: on the direct path each request costs the server four gRPC messages, and each gRPC
 message costs a hand-off between grpc's poller thread and the event loop (writes, futex
-wake-ups, `getpid` calls; bench/RESULTS.md, issue 18). The runner link is internal (the
-server and its own runners, on one host), so it can be a TCP connection on loopback or a
-Unix socket read and written on the loop itself: a message is one `transport.write` and is
-read in `data_received`, with no thread in between.
+wake-ups, `getpid` calls; bench/RESULTS.md, issue 18). For runners on the server's own host
+the link can be a Unix socket (or a TCP connection on loopback) read and written on the loop
+itself: a message is one `transport.write` and is read in `data_received`, with no thread in
+between.
 
 The same protobuf messages travel, each in a frame: a 5-byte header (one byte of kind, four
 of length, big-endian) and the body.
 - MESSAGE: a serialized RunnerMessage (runner to server) or ServerMessage (server to runner).
 - STATUS: how the stream ended, as gRPC's trailers: one byte, the grpc.StatusCode's number,
   then the details in UTF-8. Only the server sends it, last, then closes the connection.
+A frame of another kind, or a STATUS the server receives, ends the connection with
+INVALID_ARGUMENT (a STATUS), and nothing that arrives after it is read.
 The runner half-closes the connection (`write_eof`) where gRPC's call would `done_writing`.
 
 `FrameConnection` is the protocol both ends share. Loop-affine.
@@ -86,6 +90,8 @@ class FrameConnection(asyncio.Protocol, Generic[M]):
             self._on_made(self)
 
     def data_received(self, data: bytes) -> None:
+        if self._done:
+            return  # (the messages have ended: what follows is not read)
         if self._buffer:
             self._buffer += data
             if len(self._buffer) < self._need:
@@ -143,7 +149,7 @@ class FrameConnection(asyncio.Protocol, Generic[M]):
         """Takes the whole frames in `data`; returns where the first incomplete one starts
         (and sets how many bytes it needs)."""
         offset, size = 0, len(data)
-        while size - offset >= HEADER.size:
+        while size - offset >= HEADER.size and not self._done:
             kind, length = HEADER.unpack_from(data, offset)
             end = offset + HEADER.size + length
             if length > self._max:
@@ -163,9 +169,12 @@ class FrameConnection(asyncio.Protocol, Generic[M]):
         return offset
 
     def _status(self, kind: int, body: bytes) -> None:
-        code = _CODES.get(body[0]) if kind == STATUS and body else None
+        """A frame other than MESSAGE: the server's STATUS at the runner's end (`strict`);
+        anything else is refused."""
+        code = _CODES.get(body[0]) if kind == STATUS and body and self._strict else None
         if code is None:
-            self.end(grpc.StatusCode.INTERNAL, f"a frame of unknown kind {kind}")
+            self.end(grpc.StatusCode.INVALID_ARGUMENT, f"a frame of kind {kind} is not "
+                     "expected here")
             return
         details = body[1:].decode("utf-8", "replace")
         self._finish(None if code is grpc.StatusCode.OK else LinkEnded(code, details))

@@ -103,7 +103,8 @@ def test_submit_options_refuse_a_duration_outside_protobufs_range() -> None:
 @pytest.mark.parametrize("config", [
     AppConfig(keep_alive_s=float("nan")), AppConfig(request_timeout_s=float("inf")),
     AppConfig(termination_grace_period_s=315_576_000_001.0), AppConfig(num_gpus=-1),
-    AppConfig(scaling_delay_s=-0.5),
+    AppConfig(scaling_delay_s=-0.5), AppConfig(runners_per_gpu=0),
+    AppConfig(runners_per_gpu=2, num_gpus=2),
 ])
 def test_app_settings_must_be_finite_durations_in_protobufs_range(config: AppConfig) -> None:
     with pytest.raises(errors.InvalidArgumentError, match="must be"):

@@ -126,6 +126,11 @@ def test_examples_run_in_containers_on_every_path(server: ServerProcess) -> None
     assert (config["NanoCpus"], config["Memory"]) == (10**9, 2**30)  # machine type S
     mounts = {m["Destination"]: m for m in container.attrs["Mounts"]}  # type: ignore[attr-defined]
     assert mounts["/bundle"]["RW"] is False and mounts["/data"]["Name"] == "falrt-data"
+    # Containers keep the gRPC runner link by default: no stream link listens for them.
+    env = dict(v.partition("=")[::2] for v in container.attrs["Config"]["Env"])  # type: ignore[attr-defined]
+    assert env["FALRT_SERVER"].rpartition(":")[2].isdigit(), env["FALRT_SERVER"]
+    assert not env["FALRT_SERVER"].startswith("stream:")
+    assert not (server.data_dir / "link").exists()
 
 
 def test_a_code_only_redeploy_builds_nothing_and_serves_the_new_code(

@@ -1,4 +1,5 @@
-"""GPUs: the inventory, whole GPUs per runner (never shared), and what waits says why.
+"""GPUs: the inventory, whole GPUs per runner (shared only by an app's `runners_per_gpu`),
+and what waits says why.
 
 This host has no GPU and no NVML: the real inventory is empty. The allocator is tested with
 an explicit inventory file describing GPUs (`falrt server --gpu-inventory`), which is how a
@@ -52,6 +53,7 @@ class OnGpu(falrt.App):
     app_name = "{name}"
     machine_type = {machine_type!r}
     num_gpus = {num_gpus}
+    runners_per_gpu = {share}
     max_concurrency = 3
     keep_alive = 300
 
@@ -102,9 +104,10 @@ def gpu_server(tmp_path: Path) -> Iterator[ServerProcess]:
 
 
 def deploy(server: ServerProcess, tmp_path: Path, name: str, machine_type: object,
-           num_gpus: int = 1) -> str:
+           num_gpus: int = 1, share: int = 1) -> str:
     path = tmp_path / f"{name.replace('-', '_')}.py"
-    path.write_text(APP.format(name=name, machine_type=machine_type, num_gpus=num_gpus))
+    path.write_text(APP.format(name=name, machine_type=machine_type, num_gpus=num_gpus,
+                               share=share))
     return server.deploy(f"{path}::OnGpu")
 
 
@@ -160,3 +163,42 @@ def test_num_gpus_fallbacks_and_cpu_runners_see_no_gpu(
         assert "no capacity for GPU-B200: this host has no GPU-B200" in waiting_reason(
             client, request_id)
         client.cancel(request_id)
+
+
+def test_runners_per_gpu_lets_an_apps_runners_share_one_gpu_and_no_other_app(
+    gpu_server: ServerProcess, tmp_path: Path
+) -> None:
+    shared = deploy(gpu_server, tmp_path, "shared", "GPU-A100", share=2)
+    gates = [make_gate(tmp_path / f"gate{n}") for n in range(3)]
+    with SyncClient(gpu_server.address) as client, \
+            ControlClient(gpu_server.address) as control, ThreadPoolExecutor(3) as pool:
+        held = [pool.submit(client.subscribe, shared, {"gate": str(g)}) for g in gates[:2]]
+        wait_for(lambda: len([r for r in control.list_runners("shared")
+                              if r.in_flight_request_ids]) == 2, timeout=60,
+                 what="two runners busy")
+        runners = control.list_runners("shared")
+        assert [list(r.gpus) for r in runners] == [["GPU-a100-cccc"], ["GPU-a100-cccc"]]
+        # A third runner would make three on the GPU: its request waits, saying why.
+        third = client.submit(shared, {"gate": str(gates[2])}).request_id
+        assert "shares a GPU among 2 runners" in waiting_reason(client, third)
+        # Another app never joins a shared GPU, even one that shares its own.
+        other = deploy(gpu_server, tmp_path, "other", "GPU-A100", share=4)
+        blocked = client.submit(other, {}).request_id
+        assert "no capacity for GPU-A100: 1 of 1 in use" in waiting_reason(client, blocked)
+        for gate in gates:
+            release(gate)
+        assert [f.result(timeout=60)["visible"] for f in held] == ["GPU-a100-cccc"] * 2
+        assert client.wait(third, timeout=60).output["visible"] == "GPU-a100-cccc"
+        client.cancel(blocked)
+
+
+def test_runners_per_gpu_with_several_gpus_per_runner_is_refused_at_deploy(
+    gpu_server: ServerProcess, tmp_path: Path
+) -> None:
+    path = tmp_path / "both.py"
+    path.write_text(APP.format(name="both", machine_type="GPU-H100", num_gpus=2, share=2))
+    result = gpu_server.cli("deploy", f"{path}::OnGpu", check=False)
+    assert result.returncode != 0
+    assert "runners_per_gpu (2) shares one GPU among runners, so num_gpus must be 1" in (
+        result.stdout + result.stderr)
+    assert gpu_server.proc is not None and gpu_server.proc.poll() is None  # still serving

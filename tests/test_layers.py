@@ -20,8 +20,10 @@ PACKAGES = {"falrt": ROOT / "falrt", "falrt.shim": ROOT / "shim", "falrt.cli": R
 # The server's layers, lowest first: a module may import its own layer and those below
 # (`webhooks` only keeps an old import path of `verify` working; `metrics` is beside the
 # state it reads, below the planes that report events to it; so is `tracing`; `files`, the
-# file store's rules, is below the planes that will keep payloads in it).
-LAYERS = [("tasks", "webhooks"), ("state", "metrics", "tracing"), ("files",), ("fleet",),
+# file store's rules, is below the planes that will keep payloads in it; `gc_tuning` sets
+# the process's collector and imports nothing of falrt).
+LAYERS = [("tasks", "webhooks", "gc_tuning"), ("state", "metrics", "tracing"), ("files",),
+          ("fleet",),
           ("queue",),
           ("control",),
           ("api", "http"), ("main",)]

@@ -19,6 +19,8 @@ in `make fuzz` (bench/fuzz.py).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import itertools
 import os
@@ -40,6 +42,7 @@ from hypothesis import strategies as st
 from falrt.bundle import unpack
 from falrt.client import credentials
 from falrt.errors import InvalidArgumentError
+from falrt.streamlink import HEADER, MESSAGE, STATUS
 from falrt.v1 import (
     common_pb2,
     control_pb2,
@@ -387,6 +390,65 @@ def test_health_lists_every_service(world: World) -> None:
         name: health_pb2.HealthCheckResponse.SERVING
         for name in ("", "falrt.v1.Queue", "falrt.v1.Control", "falrt.v1.Files",
                      "falrt.app/hello")}
+    world.check()
+
+
+# --- the stream link's socket (runners of the process backend, docs/runners.md) -------------
+
+STREAM_LINK = re.compile(r"runners dial the stream link at stream:unix:(\S+)")
+
+
+def _frame(body: bytes, kind: int = MESSAGE) -> bytes:
+    return HEADER.pack(kind, len(body)) + body
+
+
+def link_bytes() -> st.SearchStrategy[bytes]:
+    """What a process that is not a runner may send the stream link: frames of runner
+    messages (any, or bytes that are none), frames of any kind and length, random bytes."""
+    runner_message = runner_pb2.RunnerMessage.DESCRIPTOR
+    frames = st.lists(st.one_of(
+        messages(runner_message).map(lambda m: _frame(m.SerializeToString())),
+        raw_requests(runner_message).map(_frame),
+        st.tuples(st.binary(max_size=16), st.integers(0, 255)).map(lambda f: _frame(*f)),
+    ), min_size=1, max_size=3).map(b"".join)
+    return st.one_of(frames, frames.flatmap(lambda data: st.integers(0, len(data)).map(
+        lambda n: data[:n])), st.binary(max_size=64))
+
+
+async def stream_link_answer(path: str, sent: bytes) -> bytes:
+    """What the stream link at `path` answers `sent` and a half-close with, to its end (the
+    server may refuse, answer and close before it has read all of `sent`)."""
+    reader, writer = await asyncio.open_unix_connection(path)
+    answer = b""
+    try:
+        with contextlib.suppress(ConnectionError):
+            writer.write(sent)
+            writer.write_eof()
+        async with asyncio.timeout(CALL_TIMEOUT_S):
+            while chunk := await reader.read(65536):
+                answer += chunk
+    except ConnectionError:
+        pass  # (the server closed with `sent` unread: what it wrote before is `answer`)
+    finally:
+        writer.close()
+    return answer
+
+
+@pytest.mark.e2e
+@given(sent=link_bytes())
+def test_any_bytes_on_the_stream_link_get_a_chosen_status_and_the_server_serves_on(
+    world: World, sent: bytes
+) -> None:
+    found = STREAM_LINK.search(world.server.log())
+    if found is None:  # (FALRT_RUNNER_LINK=grpc in the tests' environment)
+        pytest.skip("the server's runners use the gRPC link")
+    world.begin()
+    answer = asyncio.run(stream_link_answer(found.group(1), sent))
+    kind, length = HEADER.unpack_from(answer)
+    assert (kind, len(answer)) == (STATUS, HEADER.size + length), answer
+    code = next(c for c in grpc.StatusCode if c.value[0] == answer[HEADER.size])
+    event(code.name)
+    assert code not in BROKEN, answer
     world.check()
 
 

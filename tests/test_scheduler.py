@@ -5,20 +5,24 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 
 from falrt.server.api.queue_service import QueueService
+from falrt.server.queue.recorder import FOLLOWED_INSERT_WAIT_S
 from falrt.server.queue.requests import Requests
-from falrt.server.state.runners import CancelEvent, RunnerState
+from falrt.server.state.runners import CancelEvent, RunnerHandle, RunnerState
 from falrt.server.state.transitions import IllegalTransition
 from falrt.store.records import Priority, Status
 from falrt.store.sqlite import SQLiteStore
 from falrt.v1 import common_pb2, queue_pb2
 from falrt.vocabulary import CancelOutcome
-from tests.inprocess import completed, lab, run
+from tests.inprocess import Lab, completed, lab, run
 
 pytestmark = pytest.mark.unit
 
@@ -202,3 +206,100 @@ def test_a_subscribe_whose_result_is_there_once_it_is_stored_gets_one_message(
         await store.close()
 
     run(scenario)
+
+
+@asynccontextmanager
+async def _echo_lab(tmp_path: Path) -> AsyncIterator[tuple[Lab, SQLiteStore, RunnerHandle]]:
+    """The planes over a SQLite store, with the app "echo" and its runner attached."""
+    store = SQLiteStore(tmp_path / "falrt.db")
+    await store.open()
+    try:
+        async with lab(tmp_path, store=store) as world:
+            world.deploy("echo", min_concurrency=1)
+            yield world, store, await world.runner("echo")
+    finally:
+        await store.close()
+
+
+def _subscribe(world: Lab) -> AsyncIterator[queue_pb2.WatchResponse]:
+    request = queue_pb2.SubscribeRequest(submit=queue_pb2.SubmitRequest(
+        endpoint_id="local/echo", input=common_pb2.Payload(data=b"{}")))
+    return QueueService(world.planes.scheduler).Subscribe(request, None)  # type: ignore[arg-type]
+
+
+def test_a_subscribe_whose_request_ends_at_once_is_stored_completed_in_one_write(
+    tmp_path: Path,
+) -> None:
+    """A request a runner took at once, followed by its caller, whose result comes within
+    FOLLOWED_INSERT_WAIT_S: its row is written once, completed, and the caller's first
+    message (sent once that write is durable) is the completion."""
+    async def scenario() -> None:
+        async with _echo_lab(tmp_path) as (world, store, runner):
+            batches: list[int] = []
+            store.on_batch = lambda size, seconds: batches.append(size)
+            updates = _subscribe(world)
+            first = asyncio.ensure_future(anext(updates))
+            item = await world.assigned(runner)
+            world.answer(runner, item, b'{"ok": 1}')
+            state = (await first).state
+            assert state.status == common_pb2.REQUEST_STATUS_COMPLETED
+            assert state.output.data == b'{"ok": 1}'
+            assert [update async for update in updates] == []
+            assert batches == [1]  # one statement, one commit
+            stored = await store.get_request(item.request_id)
+            assert stored is not None and stored.status is Status.COMPLETED
+            assert stored.attempts == 1 and stored.outcome is not None
+            assert stored.outcome.output == b'{"ok": 1}' and stored.completed_at is not None
+
+    run(scenario)
+
+
+def test_a_subscribe_whose_request_runs_longer_is_acknowledged_after_the_wait(
+    tmp_path: Path,
+) -> None:
+    """Past FOLLOWED_INSERT_WAIT_S the request is stored as it stands (IN_PROGRESS, its
+    attempt counted) and its caller told so; its result is stored later, as usual."""
+    async def scenario() -> None:
+        async with _echo_lab(tmp_path) as (world, store, runner):
+            updates = _subscribe(world)
+            began = time.monotonic()
+            first = asyncio.ensure_future(anext(updates))
+            item = await world.assigned(runner)
+            assert (await first).state.status == common_pb2.REQUEST_STATUS_IN_PROGRESS
+            assert time.monotonic() - began >= FOLLOWED_INSERT_WAIT_S
+            stored = await store.get_request(item.request_id)
+            assert stored is not None and stored.status is Status.IN_PROGRESS
+            assert stored.attempts == 1
+            world.answer(runner, item, b'{"ok": 2}')
+            last = [update async for update in updates][-1].state
+            assert last.status == common_pb2.REQUEST_STATUS_COMPLETED
+            stored = await store.get_request(item.request_id)
+            assert stored is not None and stored.status is Status.COMPLETED
+
+    run(scenario)
+
+
+def test_a_followed_request_still_waiting_to_be_written_is_stored_when_the_server_stops(
+    tmp_path: Path,
+) -> None:
+    written: list[str] = []
+
+    async def scenario() -> None:
+        async with _echo_lab(tmp_path) as (world, _store, runner):
+            updates = _subscribe(world)
+            first = asyncio.ensure_future(anext(updates))
+            item = await world.assigned(runner)
+            await world.planes.recorder.close()  # (before the wait ends)
+            assert (await first).state.status == common_pb2.REQUEST_STATUS_IN_PROGRESS
+        written.append(item.request_id)
+
+    run(scenario)
+
+    async def read() -> None:
+        store = SQLiteStore(tmp_path / "falrt.db")
+        await store.open()
+        stored = await store.get_request(written[0])  # (requeued when its runner went)
+        assert stored is not None and stored.status is not Status.COMPLETED
+        await store.close()
+
+    run(read)

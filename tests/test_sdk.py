@@ -28,6 +28,7 @@ from falrt.sdk.wire import (
     settings_to_proto,
     to_deploy_header,
 )
+from falrt.server.api.convert import app_config, app_settings
 from falrt.v1 import control_pb2
 
 pytestmark = pytest.mark.unit
@@ -320,6 +321,20 @@ def test_settings_round_trip_through_proto_with_unset_fields_left_unset() -> Non
     assert settings_from_proto(message) == desc.settings
     again = control_pb2.AppSettings.FromString(message.SerializeToString())
     assert settings_from_proto(again) == desc.settings
+
+
+def test_runners_per_gpu_travels_from_the_class_to_the_servers_config() -> None:
+    class Shared(falrt.App):
+        machine_type = "GPU-H100"
+        runners_per_gpu = 4
+
+    settings = describe(Shared).settings
+    assert settings.runners_per_gpu == 4
+    message = control_pb2.AppSettings.FromString(settings_to_proto(settings).SerializeToString())
+    assert settings_from_proto(message) == settings
+    assert app_config(message).runners_per_gpu == 4
+    assert app_settings(app_config(message)).runners_per_gpu == 4
+    assert not settings_to_proto(describe(MyTextApp).settings).HasField("runners_per_gpu")
 
 
 def test_zero_values_survive_the_proto_round_trip() -> None:

@@ -17,7 +17,7 @@ import grpc
 import msgspec
 import pytest
 
-from falrt.server.api.runner_stream import StreamLink
+from falrt.server.api.runner_stream import StreamLink, private_socket
 from falrt.v1 import common_pb2, runner_pb2, runner_pb2_grpc
 
 pytestmark = pytest.mark.e2e
@@ -277,19 +277,21 @@ async def shim(
 ) -> AsyncIterator[Runner]:
     """Starts a RunnerLink server on port 0 and a shim subprocess attached to it."""
     link = Link(refuse, welcome)
-    async with (_link_server(link) as address,
+    async with (_link_server(link, root) as address,
                 _shim_process(root, link, address, env) as runner):
         yield runner
 
 
 @contextlib.asynccontextmanager
-async def _link_server(link: Link) -> AsyncIterator[str]:
-    """Serves `link` on a free port; yields the address the shim is given (FALRT_SERVER).
-    With FALRT_RUNNER_LINK=stream in the tests' environment, over a stream link
-    (falrt/server/api/runner_stream.py), else as a gRPC service."""
-    if os.environ.get("FALRT_RUNNER_LINK") == "stream":
+async def _link_server(link: Link, root: Path) -> AsyncIterator[str]:
+    """Serves `link`; yields the address the shim is given (FALRT_SERVER). As a server
+    serves its process runners by default, over a stream link on a Unix socket under `root`
+    (falrt/server/api/runner_stream.py); with FALRT_RUNNER_LINK=grpc in the tests'
+    environment, as a gRPC service on a free port."""
+    if os.environ.get("FALRT_RUNNER_LINK", "auto") != "grpc":
         stream = StreamLink(link, 64 * 1024 * 1024)
-        await stream.start("127.0.0.1:0")
+        path, temporary = private_socket(root)
+        await stream.start(f"unix:{path}", temporary)
         try:
             yield stream.address
         finally:

@@ -252,6 +252,43 @@ def test_a_completed_outcome_with_bytes_output_and_logs_round_trips(
     assert [r.request_id for r in unfinished] == ["id3"]
 
 
+def test_a_request_that_ended_before_it_was_stored_is_inserted_completed_in_one_write(
+    make_durable_store: Callable[[], Store],
+) -> None:
+    outcome = Outcome(output=b'{"y": 2}', content_type="application/json",
+                      logs=(LogRecord(1.5, "ran", "stdout"),))
+
+    async def write() -> None:
+        store = make_durable_store()
+        await store.open()
+        batches: list[int] = []
+        store.on_batch = lambda size, seconds: batches.append(size)
+        ended = request(1)
+        ended.status, ended.attempts = Status.COMPLETED, 1
+        ended.outcome, ended.completed_at = outcome, 9.5
+        ended.webhook_url = "https://example.com/hook"
+        await store.insert_request(ended)
+        assert batches == [1]
+        await store.insert_request(request(2))
+        await store.close()
+
+    async def read() -> tuple[RequestRecord | None, list[RequestRecord], list[RequestRecord]]:
+        store = make_durable_store()
+        await store.open()
+        try:
+            return (await store.get_request("id1"), await store.load_unfinished(),
+                    await store.load_pending_webhooks())
+        finally:
+            await store.close()
+
+    asyncio.run(write())
+    done, unfinished, owed = asyncio.run(read())
+    assert done is not None and done.status is Status.COMPLETED and done.attempts == 1
+    assert done.outcome == outcome and done.completed_at == 9.5
+    assert [r.request_id for r in unfinished] == ["id2"]
+    assert [r.request_id for r in owed] == ["id1"] and owed[0].outcome == outcome
+
+
 def test_a_failing_write_fails_alone_and_the_others_in_its_batch_land(
     make_durable_store: Callable[[], Store],
 ) -> None:

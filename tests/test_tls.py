@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -167,6 +168,10 @@ def test_under_mutual_tls_clients_and_runners_with_certificates_work(
     assert environ["FALRT_TLS_ROOTS_PEM"] == certs.path("server.pem").read_text()
     server_key = certs.path("server.key").read_text()
     assert not any(server_key in value for value in environ.values())
+    # The runner's link to the server: by default the stream link on a Unix socket (file
+    # permissions guard it, not TLS); the gRPC port, over TLS, with --runner-link grpc.
+    on_stream = os.environ.get("FALRT_RUNNER_LINK", "auto") != "grpc"
+    assert environ["FALRT_SERVER"].startswith("stream:unix:") == on_stream, environ
 
 
 def test_a_mutual_tls_server_refuses_to_start_without_a_runner_certificate(

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from falrt.gpus import GpuShare
+
 
 @dataclass(frozen=True)
 class RunnerSpec:
@@ -26,8 +28,10 @@ class RunnerSpec:
     grace_period_s: float
     log_path: Path
     machine_type: str = ""
-    # GPUs it needs (of machine_type); the backend hands out whole GPUs.
+    # GPUs it needs (of machine_type); the backend hands out whole GPUs, or, with
+    # `runners_per_gpu` > 1, one GPU shared with at most that many runners of its app.
     num_gpus: int = 0
+    runners_per_gpu: int = 1
     # Whose runner it is (a backend whose runners outlive the server records them).
     app_name: str = ""
     # The revision's requirements: a backend that builds the environment on another host
@@ -36,6 +40,11 @@ class RunnerSpec:
     revision_id: str = ""
     # Extra environment variables: the app's secrets among them, so never in a repr.
     env: dict[str, str] = field(default_factory=dict, repr=False)
+
+    @property
+    def gpu_share(self) -> GpuShare | None:
+        """How the runner may share its GPU (None: it has its GPUs whole)."""
+        return GpuShare(self.app_name, self.runners_per_gpu) if self.runners_per_gpu > 1 else None
 
 
 class RunnerProcess(Protocol):
@@ -90,9 +99,9 @@ class Backend(Protocol):
     async def open(self) -> None:
         """Connects to what the backend runs on (before `capacity` is asked). Idempotent."""
 
-    def capacity(self, machine_type: str, num_gpus: int) -> str:
-        """"" when a runner of this machine type (with `num_gpus` GPUs) can start now, else
-        why not."""
+    def capacity(self, machine_type: str, num_gpus: int, share: GpuShare | None = None) -> str:
+        """"" when a runner of this machine type (with `num_gpus` GPUs, or one shared as
+        `share` says) can start now, else why not."""
 
     async def fetch(self, spec: RunnerSpec, pulling: Callable[[], None]) -> None:
         """Makes what the runner runs present on this host; calls `pulling()` first when it

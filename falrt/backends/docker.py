@@ -45,7 +45,7 @@ from docker.types import DeviceRequest
 from falrt import machines
 from falrt.backends.base import RunnerProcess, RunnerSpec, Survivor
 from falrt.backends.process import HOST_NAME
-from falrt.gpus import GpuAllocator
+from falrt.gpus import GpuAllocator, GpuShare
 from falrt.images.engine import ImageError
 
 log = logging.getLogger(__name__)
@@ -167,13 +167,13 @@ class DockerBackend:
 
         self._nvidia = "nvidia" in await asyncio.to_thread(runtimes)
 
-    def capacity(self, machine_type: str, num_gpus: int) -> str:
+    def capacity(self, machine_type: str, num_gpus: int, share: GpuShare | None = None) -> str:
         if not machines.is_gpu(machine_type):
             return ""
         if not self._nvidia:
             return (f"no capacity for {machine_type}: the Docker engine has no NVIDIA runtime "
                     "(install the NVIDIA Container Toolkit)")
-        return self.gpus.capacity(machine_type, max(1, num_gpus))
+        return self.gpus.capacity(machine_type, max(1, num_gpus), share)
 
     async def fetch(self, spec: RunnerSpec, pulling: Callable[[], None]) -> None:
         """Pulls the runner's image (`spec.python`) from its registry when the engine lacks
@@ -203,7 +203,7 @@ class DockerBackend:
         held: list[str] = []
         if machines.is_gpu(spec.machine_type):
             held = [g.uuid for g in self.gpus.acquire(spec.machine_type, max(1, spec.num_gpus),
-                                                       spec.runner_id)]
+                                                       spec.runner_id, spec.gpu_share)]
         try:
             container = await asyncio.to_thread(self._run, spec, held)
         except BaseException:
@@ -230,6 +230,7 @@ class DockerBackend:
                 "falrt.app": spec.app_name, "falrt.revision": spec.revision_id,
                 "falrt.machine": spec.machine_type, "falrt.slots": str(spec.max_multiplexing),
                 "falrt.started": f"{time.time():.3f}", "falrt.gpus": ",".join(gpus),
+                "falrt.runners_per_gpu": str(spec.runners_per_gpu),
             },
             name=f"falrt-{spec.runner_id}", **limits,
         )
@@ -248,7 +249,7 @@ class DockerBackend:
                 log.info("removing the ended container %s of a previous run", container.name)
                 await asyncio.to_thread(_remove, container)
                 continue
-            self.gpus.hold(gpus, runner_id)
+            self.gpus.hold(gpus, runner_id, _share(container.labels))
             _follow_logs(container, runner_id, log_path(runner_id), since=int(time.time()))
             survivors.append(survivor)
         return survivors
@@ -346,3 +347,10 @@ async def _in_daemon_thread(work: Callable[[], T]) -> T:
 
     threading.Thread(target=run, daemon=True, name="falrt-container-wait").start()
     return await future
+
+
+def _share(labels: dict[str, str]) -> GpuShare | None:
+    """How an adopted container shares its GPU (its labels say; older ones: not at all)."""
+    runners = labels.get("falrt.runners_per_gpu", "1")
+    share = int(runners) if runners.isdigit() else 1
+    return GpuShare(labels.get("falrt.app", ""), share) if share > 1 else None

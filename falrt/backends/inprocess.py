@@ -18,6 +18,7 @@ from pathlib import Path
 
 from falrt import machines as machine_types
 from falrt.backends.base import RunnerSpec, Survivor
+from falrt.gpus import GpuShare
 
 
 class InProcessRunner:
@@ -72,7 +73,7 @@ class InProcessBackend:
     async def open(self) -> None:
         return None
 
-    def capacity(self, machine_type: str, num_gpus: int) -> str:
+    def capacity(self, machine_type: str, num_gpus: int, share: GpuShare | None = None) -> str:
         if machine_types.is_gpu(machine_type):
             return f"the inprocess backend has no GPUs (machine type {machine_type})"
         return ""

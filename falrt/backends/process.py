@@ -26,7 +26,7 @@ from falrt import machines as machine_types
 from falrt.backends.base import RunnerProcess, RunnerSpec, Survivor
 from falrt.backends.spawn import Child, spawn
 from falrt.backends.zygote import ForkedChild, ZygoteError, Zygotes
-from falrt.gpus import GpuAllocator
+from falrt.gpus import GpuAllocator, GpuShare
 
 log = logging.getLogger(__name__)
 
@@ -94,18 +94,19 @@ class ProcessBackend:
     async def fetch(self, spec: RunnerSpec, pulling: Callable[[], None]) -> None:
         return None  # the interpreter of its environment is on this host already
 
-    def capacity(self, machine_type: str, num_gpus: int) -> str:
+    def capacity(self, machine_type: str, num_gpus: int, share: GpuShare | None = None) -> str:
         """CPU tiers always fit (the process backend sets no CPU or memory limits); GPU
-        types need `num_gpus` free GPUs of the type."""
+        types need `num_gpus` free GPUs of the type (or room on one shared as `share` says)."""
         if machine_types.is_gpu(machine_type):
-            return self.gpus.capacity(machine_type, max(1, num_gpus))
+            return self.gpus.capacity(machine_type, max(1, num_gpus), share)
         return ""
 
     async def start(self, spec: RunnerSpec) -> RunnerProcess:
         """Raises NoCapacityError when the GPUs it needs were taken meanwhile."""
         held: list[str] = []
         if machine_types.is_gpu(spec.machine_type):
-            gpus = self.gpus.acquire(spec.machine_type, max(1, spec.num_gpus), spec.runner_id)
+            gpus = self.gpus.acquire(spec.machine_type, max(1, spec.num_gpus), spec.runner_id,
+                                     spec.gpu_share)
             held = [gpu.uuid for gpu in gpus]
         try:
             env = shim_env(spec, held)

@@ -47,6 +47,7 @@ from typing import Any, BinaryIO
 from falrt import machines
 from falrt.backends.base import RunnerProcess, RunnerSpec, Survivor
 from falrt.backends.ray_node import Exited, NodeEvent, NodeRunner, Output, Placed
+from falrt.gpus import GpuShare
 
 log = logging.getLogger(__name__)
 
@@ -63,15 +64,18 @@ KILL_CONFIRM_S = 15.0
 INSTALL_HINT = "the ray backend needs Ray on the server: pip install 'falrt[ray]'"
 
 
-def resources(machine_type: str, num_gpus: int) -> dict[str, float]:
-    """What one runner of `machine_type` asks Ray for (Ray's names: CPU, GPU, memory)."""
-    need: dict[str, float] = {f"{RESOURCE_PREFIX}{machine_type}": 1.0}
+def resources(machine_type: str, num_gpus: int, share: GpuShare | None = None) -> dict[str, float]:
+    """What one runner of `machine_type` asks Ray for (Ray's names: CPU, GPU, memory). A
+    runner sharing its GPU among K asks for 1/K of one (Ray's fractional GPUs; Ray does not
+    keep another app off the GPU as the process and docker backends do)."""
     tier = machines.CPU_TIERS.get(machine_type)
     if tier is not None:
-        need |= {"CPU": tier.cpus, "memory": float(tier.memory_bytes)}
-    else:
-        need |= {"CPU": 0.0, "GPU": float(max(1, num_gpus))}
-    return need
+        return {f"{RESOURCE_PREFIX}{machine_type}": 1.0, "CPU": tier.cpus,
+                "memory": float(tier.memory_bytes)}
+    if share is not None and share.runners > 1:
+        part = 1.0 / share.runners
+        return {f"{RESOURCE_PREFIX}{machine_type}": part, "CPU": 0.0, "GPU": part}
+    return {f"{RESOURCE_PREFIX}{machine_type}": 1.0, "CPU": 0.0, "GPU": float(max(1, num_gpus))}
 
 
 def missing(need: dict[str, float], nodes: list[dict[str, float]], machine_type: str) -> str:
@@ -361,10 +365,10 @@ class RayBackend:
     def _silent_s(self) -> float:
         return time.monotonic() - self._answered_at
 
-    def capacity(self, machine_type: str, num_gpus: int) -> str:
+    def capacity(self, machine_type: str, num_gpus: int, share: GpuShare | None = None) -> str:
         if self._silent_s() > UNREACHABLE_S:
             return unreachable(self._address, self._silent_s(), self._error)
-        return missing(resources(machine_type, num_gpus), self._nodes, machine_type)
+        return missing(resources(machine_type, num_gpus, share), self._nodes, machine_type)
 
     async def fetch(self, spec: RunnerSpec, pulling: Callable[[], None]) -> None:
         return None  # the runner's actor fetches its bundle and environment on its node
@@ -382,7 +386,7 @@ class RayBackend:
 
     def _create(self, spec: RunnerSpec) -> Any:
         """The runner's actor, started. Blocking (Ray may talk to its GCS)."""
-        need = resources(spec.machine_type, spec.num_gpus)
+        need = resources(spec.machine_type, spec.num_gpus, spec.gpu_share)
         custom = {k: v for k, v in need.items() if k not in ("CPU", "GPU", "memory")}
         options: dict[str, Any] = {"num_cpus": need["CPU"], "num_gpus": need.get("GPU", 0.0),
                                    "resources": custom, "max_restarts": 0}

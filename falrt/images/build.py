@@ -58,7 +58,7 @@ from falrt.images.engine import (
 from falrt.requirement_stages import join_stages, sorted_stage, split_stages
 
 ENV_NAME = "falrt-env"
-RECIPE = "falrt-env/2"  # change when the Dockerfile below changes
+RECIPE = "falrt-env/3"  # change when the Dockerfile below changes
 VENV = "/opt/falrt/venv"
 SRC = "/opt/falrt/src"
 SHIM_DEPENDENCIES = ("grpcio", "protobuf", "msgspec", "uvloop")
@@ -137,6 +137,9 @@ def dockerfile(base: str, requirements: Sequence[str]) -> str:
     ]
     lines += [
         f"COPY falrt {SRC}/falrt",
+        # Bytecode in the image: a container's own writes die with it, so without this
+        # every runner compiled falrt's modules again at start (0.15-0.3 s of a cold start).
+        f"RUN python -m compileall -q -j 0 {SRC}",
         'CMD ["python", "-m", "falrt.shim"]',
     ]
     stages = split_stages(requirements)

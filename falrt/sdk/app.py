@@ -45,6 +45,9 @@ class App:
     requirements: ClassVar[list[str] | list[list[str]]] = []
     machine_type: ClassVar[str | list[str]] = "S"
     num_gpus: ClassVar[int | None] = None
+    # How many of this app's one-GPU runners may share one GPU (falrt's own; fal has no
+    # such option): more runner processes, hence more CPU, feeding one fast GPU.
+    runners_per_gpu: ClassVar[int | None] = None
     app_name: ClassVar[str | None] = None
     app_auth: ClassVar[str | None] = None
     keep_alive: ClassVar[float | None] = None

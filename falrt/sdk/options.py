@@ -177,6 +177,7 @@ _CHECKS: dict[str, Check] = {
     "requirements": _check_requirements,
     "machine_type": _check_machine_type,
     "num_gpus": _int_at_least(0),
+    "runners_per_gpu": _int_at_least(1),
     "app_name": _check_app_name,
     "app_auth": _check_app_auth,
     "keep_alive": _number(positive=False),

@@ -28,6 +28,7 @@ class AppSettingsSpec(msgspec.Struct, frozen=True, omit_defaults=True, forbid_un
 
     machine_types: tuple[str, ...] = ("S",)
     num_gpus: int | None = None
+    runners_per_gpu: int | None = None
     app_auth: str | None = None
     keep_alive_s: float | None = None
     min_concurrency: int | None = None
@@ -81,6 +82,7 @@ def _settings(cls: type[App]) -> AppSettingsSpec:
     return AppSettingsSpec(
         machine_types=(machine,) if isinstance(machine, str) else tuple(machine),
         num_gpus=cls.num_gpus,
+        runners_per_gpu=cls.runners_per_gpu,
         app_auth=cls.app_auth,
         secrets=tuple(cls.secrets or ()),
         dockerfile=cls.dockerfile or "",

@@ -26,6 +26,7 @@ __all__ = [
 
 _OptionalField = Literal[
     "num_gpus",
+    "runners_per_gpu",
     "keep_alive_s",
     "min_concurrency",
     "max_concurrency",
@@ -39,6 +40,7 @@ _OptionalField = Literal[
 ]
 _OPTIONAL_FIELDS: tuple[_OptionalField, ...] = (
     "num_gpus",
+    "runners_per_gpu",
     "keep_alive_s",
     "min_concurrency",
     "max_concurrency",

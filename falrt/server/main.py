@@ -29,6 +29,7 @@ from falrt.backends.base import Backend
 from falrt.backends.environments import EnvironmentBuilder, Environments, ImageEnvironments
 from falrt.client import credentials
 from falrt.gpus import Gpu, GpuAllocator, GpuMonitor, discover
+from falrt.server import gc_tuning
 from falrt.server.api import files_service, rpc, runner_stream
 from falrt.server.api.auth import Authenticator
 from falrt.server.api.control_service import ControlService
@@ -84,8 +85,8 @@ class StartupError(Exception):
 
 
 def run(settings: ServerSettings) -> None:
-    """Runs the server until SIGTERM or SIGINT. Blocks. Raises StartupError when it cannot
-    start."""
+    """Runs the server until SIGTERM or SIGINT. Blocks. Raises StartupError if it cannot start."""
+    gc_tuning.tune()
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -306,8 +307,7 @@ async def _join_cluster(
     planes: Planes, shared: SharedStore | None, sid: str, environments: Environments,
     settings: ServerSettings,
 ) -> Cluster | None:
-    """With a PostgreSQL store, joins the servers that share it
-    (falrt/server/control/cluster.py)."""
+    """With a PostgreSQL store, joins the servers sharing it (falrt/server/control/cluster.py)."""
     if shared is None:
         return None
     from falrt.store.postgres import PostgresStore  # asyncpg loads only when used

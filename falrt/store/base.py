@@ -101,7 +101,10 @@ class Store(Protocol):
         """Deletes the app, its revisions and its requests."""
 
     def insert_request(self, request: RequestRecord) -> Awaitable[None]:
-        """Stores a new request durably."""
+        """Stores a new request durably: as it is, with its status and attempts, or, when
+        it has an outcome and `completed_at`, completed, in one write (a request that ended
+        before it was stored; never one of a SharedStore, which stores requests before they
+        run)."""
 
     def mark_started(self, request_id: str, attempts: int) -> Awaitable[None]:
         """Records that attempt `attempts` started (IN_PROGRESS); never reopens a COMPLETED

@@ -48,6 +48,7 @@ from falrt.store.records import (
     Revision,
     SecretRecord,
     Status,
+    without_outcome,
 )
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,8 @@ _KEY_COLUMNS = "key_id, secret_hash, scope, owner, description, created_at, revo
 _config = msgspec.msgpack.Decoder(AppConfig)
 _INSERT_REQUEST = (
     "INSERT INTO falrt.requests (request_id, app_name, seq, status, attempts, created_at, data, "
-    "idempotency_key, webhook_pending) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+    "idempotency_key, webhook_pending, completed_at, outcome) "
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
 )
 _WEBHOOK_DONE = "UPDATE falrt.requests SET webhook_pending = false WHERE request_id = $1"
 _REQUEUE = (
@@ -447,11 +449,14 @@ class PostgresStore:
     def insert_request(self, request: RequestRecord) -> asyncio.Future[None]:
         row = (
             request.request_id, request.app_name, request.seq, int(request.status),
-            request.attempts, request.created_at, _encode(request),
+            request.attempts, request.created_at, _encode(without_outcome(request)),
             request.idempotency_key or None, bool(request.webhook_url),
         )
         if not self.server_id:
-            return self._submit((_INSERT_REQUEST, row))
+            outcome = None if request.outcome is None else _encode(request.outcome)
+            return self._submit((_INSERT_REQUEST, (*row, request.completed_at, outcome)))
+        if request.outcome is not None:
+            raise ValueError("a shared store inserts requests before they run, never completed")
         # Shared: a request dispatched at once is inserted as claimed by this server; a
         # queued one is announced (in the same statement) so that any server may claim it.
         owner = self.server_id if request.status is Status.IN_PROGRESS else None

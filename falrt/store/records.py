@@ -30,6 +30,8 @@ class AppConfig(msgspec.Struct, frozen=True, omit_defaults=True):
     requirements: tuple[str, ...] = ()
     machine_types: tuple[str, ...] = ()
     num_gpus: int | None = None
+    # How many of the app's one-GPU runners may share a GPU (None: 1, each has its own).
+    runners_per_gpu: int | None = None
     app_auth: str = ""
     keep_alive_s: float | None = None
     min_concurrency: int | None = None
@@ -168,6 +170,14 @@ class RequestRecord(msgspec.Struct):
     idempotency_key: str = ""
     # The server that holds the request when several share a PostgreSQL store ("": none).
     owner: str = ""
+
+
+def without_outcome(record: RequestRecord) -> RequestRecord:
+    """`record` as its `data` column keeps it: the outcome has a column of its own (a
+    request stored completed would otherwise keep its output twice)."""
+    if record.outcome is None:
+        return record
+    return msgspec.structs.replace(record, outcome=None)
 
 
 class ClusterEventKind(enum.StrEnum):

@@ -37,6 +37,7 @@ from falrt.store.records import (
     Revision,
     SecretRecord,
     Status,
+    without_outcome,
 )
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,8 @@ CREATE TABLE IF NOT EXISTS requests (
   status INTEGER NOT NULL, attempts INTEGER NOT NULL, created_at REAL NOT NULL,
   completed_at REAL, data BLOB NOT NULL, outcome BLOB, idempotency_key TEXT,
   webhook_pending INTEGER NOT NULL DEFAULT 0);
-CREATE INDEX IF NOT EXISTS requests_unfinished ON requests (status, seq);
+DROP INDEX IF EXISTS requests_unfinished;
+CREATE INDEX IF NOT EXISTS requests_waiting ON requests (seq) WHERE status != 3;
 CREATE INDEX IF NOT EXISTS requests_app ON requests (app_name);
 CREATE INDEX IF NOT EXISTS requests_completed ON requests (completed_at)
   WHERE completed_at IS NOT NULL;
@@ -355,14 +357,15 @@ class SQLiteStore:
     # -- requests ----------------------------------------------------------------------
 
     def insert_request(self, request: RequestRecord) -> asyncio.Future[None]:
-        data = _encode(request)
+        outcome = None if request.outcome is None else _encode(request.outcome)
         row = (request.request_id, request.app_name, request.seq, int(request.status),
-               request.attempts, request.created_at, data, request.idempotency_key or None,
-               int(bool(request.webhook_url)))
+               request.attempts, request.created_at, _encode(without_outcome(request)),
+               request.idempotency_key or None, int(bool(request.webhook_url)),
+               request.completed_at, outcome)
         return self._run(_Rows(
             "INSERT INTO requests (request_id, app_name, seq, status, attempts, "
-            "created_at, data, idempotency_key, webhook_pending) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "created_at, data, idempotency_key, webhook_pending, completed_at, outcome) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             row,
         ))
 
@@ -429,8 +432,8 @@ class SQLiteStore:
     async def load_unfinished(self) -> list[RequestRecord]:
         rows = await self._run(
             lambda conn: conn.execute(
-                f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE status != ? ORDER BY seq",
-                (int(Status.COMPLETED),),
+                # (3, COMPLETED, written out: only then does SQLite use requests_waiting)
+                f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE status != 3 ORDER BY seq",
             ).fetchall()
         )
         return [_request_from_row(row) for row in rows]

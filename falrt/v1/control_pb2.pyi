@@ -175,6 +175,7 @@ class AppSettings(_message.Message):
     SECRETS_FIELD_NUMBER: _builtins.int
     DOCKERFILE_FIELD_NUMBER: _builtins.int
     PRIVATE_LOGS_FIELD_NUMBER: _builtins.int
+    RUNNERS_PER_GPU_FIELD_NUMBER: _builtins.int
     num_gpus: _builtins.int
     app_auth: _builtins.str
     """"private", "public" or "shared"."""
@@ -196,6 +197,10 @@ class AppSettings(_message.Message):
     """fal's private_logs: request logs are sent only to callers whose key (API or ADMIN)
     belongs to the app's owner; any other caller allowed to read a request gets it without
     logs.
+    """
+    runners_per_gpu: _builtins.int
+    """How many of the app's one-GPU runners may share one GPU (1: each runner has its GPUs
+    whole). Shared GPUs are time-sliced by CUDA and their memory is shared.
     """
     @_builtins.property
     def requirements(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -244,10 +249,11 @@ class AppSettings(_message.Message):
         secrets: _abc.Iterable[_builtins.str] | None = ...,
         dockerfile: _builtins.str = ...,
         private_logs: _builtins.bool = ...,
+        runners_per_gpu: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_concurrency_buffer", b"_concurrency_buffer", "_concurrency_buffer_perc", b"_concurrency_buffer_perc", "_keep_alive_s", b"_keep_alive_s", "_max_concurrency", b"_max_concurrency", "_max_multiplexing", b"_max_multiplexing", "_min_concurrency", b"_min_concurrency", "_num_gpus", b"_num_gpus", "_request_timeout_s", b"_request_timeout_s", "_scaling_delay_s", b"_scaling_delay_s", "_startup_timeout_s", b"_startup_timeout_s", "_termination_grace_period_s", b"_termination_grace_period_s", "concurrency_buffer", b"concurrency_buffer", "concurrency_buffer_perc", b"concurrency_buffer_perc", "keep_alive_s", b"keep_alive_s", "max_concurrency", b"max_concurrency", "max_multiplexing", b"max_multiplexing", "min_concurrency", b"min_concurrency", "num_gpus", b"num_gpus", "request_timeout_s", b"request_timeout_s", "scaling_delay_s", b"scaling_delay_s", "startup_timeout_s", b"startup_timeout_s", "termination_grace_period_s", b"termination_grace_period_s"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_concurrency_buffer", b"_concurrency_buffer", "_concurrency_buffer_perc", b"_concurrency_buffer_perc", "_keep_alive_s", b"_keep_alive_s", "_max_concurrency", b"_max_concurrency", "_max_multiplexing", b"_max_multiplexing", "_min_concurrency", b"_min_concurrency", "_num_gpus", b"_num_gpus", "_request_timeout_s", b"_request_timeout_s", "_runners_per_gpu", b"_runners_per_gpu", "_scaling_delay_s", b"_scaling_delay_s", "_startup_timeout_s", b"_startup_timeout_s", "_termination_grace_period_s", b"_termination_grace_period_s", "concurrency_buffer", b"concurrency_buffer", "concurrency_buffer_perc", b"concurrency_buffer_perc", "keep_alive_s", b"keep_alive_s", "max_concurrency", b"max_concurrency", "max_multiplexing", b"max_multiplexing", "min_concurrency", b"min_concurrency", "num_gpus", b"num_gpus", "request_timeout_s", b"request_timeout_s", "runners_per_gpu", b"runners_per_gpu", "scaling_delay_s", b"scaling_delay_s", "startup_timeout_s", b"startup_timeout_s", "termination_grace_period_s", b"termination_grace_period_s"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_concurrency_buffer", b"_concurrency_buffer", "_concurrency_buffer_perc", b"_concurrency_buffer_perc", "_keep_alive_s", b"_keep_alive_s", "_max_concurrency", b"_max_concurrency", "_max_multiplexing", b"_max_multiplexing", "_min_concurrency", b"_min_concurrency", "_num_gpus", b"_num_gpus", "_request_timeout_s", b"_request_timeout_s", "_scaling_delay_s", b"_scaling_delay_s", "_startup_timeout_s", b"_startup_timeout_s", "_termination_grace_period_s", b"_termination_grace_period_s", "app_auth", b"app_auth", "concurrency_buffer", b"concurrency_buffer", "concurrency_buffer_perc", b"concurrency_buffer_perc", "dockerfile", b"dockerfile", "keep_alive_s", b"keep_alive_s", "machine_types", b"machine_types", "max_concurrency", b"max_concurrency", "max_multiplexing", b"max_multiplexing", "min_concurrency", b"min_concurrency", "num_gpus", b"num_gpus", "private_logs", b"private_logs", "request_timeout_s", b"request_timeout_s", "requirements", b"requirements", "retry_config", b"retry_config", "scaling_delay_s", b"scaling_delay_s", "secrets", b"secrets", "skip_retry_conditions", b"skip_retry_conditions", "startup_timeout_s", b"startup_timeout_s", "termination_grace_period_s", b"termination_grace_period_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_concurrency_buffer", b"_concurrency_buffer", "_concurrency_buffer_perc", b"_concurrency_buffer_perc", "_keep_alive_s", b"_keep_alive_s", "_max_concurrency", b"_max_concurrency", "_max_multiplexing", b"_max_multiplexing", "_min_concurrency", b"_min_concurrency", "_num_gpus", b"_num_gpus", "_request_timeout_s", b"_request_timeout_s", "_runners_per_gpu", b"_runners_per_gpu", "_scaling_delay_s", b"_scaling_delay_s", "_startup_timeout_s", b"_startup_timeout_s", "_termination_grace_period_s", b"_termination_grace_period_s", "app_auth", b"app_auth", "concurrency_buffer", b"concurrency_buffer", "concurrency_buffer_perc", b"concurrency_buffer_perc", "dockerfile", b"dockerfile", "keep_alive_s", b"keep_alive_s", "machine_types", b"machine_types", "max_concurrency", b"max_concurrency", "max_multiplexing", b"max_multiplexing", "min_concurrency", b"min_concurrency", "num_gpus", b"num_gpus", "private_logs", b"private_logs", "request_timeout_s", b"request_timeout_s", "requirements", b"requirements", "retry_config", b"retry_config", "runners_per_gpu", b"runners_per_gpu", "scaling_delay_s", b"scaling_delay_s", "secrets", b"secrets", "skip_retry_conditions", b"skip_retry_conditions", "startup_timeout_s", b"startup_timeout_s", "termination_grace_period_s", b"termination_grace_period_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__concurrency_buffer: _TypeAlias = _typing.Literal["concurrency_buffer"]  # noqa: Y015
     _WhichOneofArgType__concurrency_buffer: _TypeAlias = _typing.Literal["_concurrency_buffer", b"_concurrency_buffer"]  # noqa: Y015
@@ -265,6 +271,8 @@ class AppSettings(_message.Message):
     _WhichOneofArgType__num_gpus: _TypeAlias = _typing.Literal["_num_gpus", b"_num_gpus"]  # noqa: Y015
     _WhichOneofReturnType__request_timeout_s: _TypeAlias = _typing.Literal["request_timeout_s"]  # noqa: Y015
     _WhichOneofArgType__request_timeout_s: _TypeAlias = _typing.Literal["_request_timeout_s", b"_request_timeout_s"]  # noqa: Y015
+    _WhichOneofReturnType__runners_per_gpu: _TypeAlias = _typing.Literal["runners_per_gpu"]  # noqa: Y015
+    _WhichOneofArgType__runners_per_gpu: _TypeAlias = _typing.Literal["_runners_per_gpu", b"_runners_per_gpu"]  # noqa: Y015
     _WhichOneofReturnType__scaling_delay_s: _TypeAlias = _typing.Literal["scaling_delay_s"]  # noqa: Y015
     _WhichOneofArgType__scaling_delay_s: _TypeAlias = _typing.Literal["_scaling_delay_s", b"_scaling_delay_s"]  # noqa: Y015
     _WhichOneofReturnType__startup_timeout_s: _TypeAlias = _typing.Literal["startup_timeout_s"]  # noqa: Y015
@@ -287,6 +295,8 @@ class AppSettings(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__num_gpus) -> _WhichOneofReturnType__num_gpus | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__request_timeout_s) -> _WhichOneofReturnType__request_timeout_s | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__runners_per_gpu) -> _WhichOneofReturnType__runners_per_gpu | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__scaling_delay_s) -> _WhichOneofReturnType__scaling_delay_s | None: ...
     @_typing.overload

@@ -17,6 +17,7 @@ class Input(msgspec.Struct):
     key: str
     n: int
     marks: str
+    sleep_s: float = 0.05  # how long the handler works
 
 
 class Output(msgspec.Struct):
@@ -32,7 +33,7 @@ class Ledger(falrt.App):
 
     @falrt.endpoint("/")
     def run(self, request: Input) -> Output:
-        time.sleep(0.05)
+        time.sleep(request.sleep_s)
         mark = Path(request.marks) / f"{request.key}.{os.getpid()}.{uuid.uuid4().hex}"
         mark.touch()
         return Output(key=request.key, double=request.n * 2)

@@ -31,9 +31,9 @@ from falrt.store.records import (
 from falrt.v1 import common_pb2, control_pb2, queue_pb2, runner_pb2
 
 _OPTIONAL_FIELDS = (
-    "num_gpus", "keep_alive_s", "min_concurrency", "max_concurrency", "concurrency_buffer",
-    "concurrency_buffer_perc", "scaling_delay_s", "max_multiplexing", "request_timeout_s",
-    "startup_timeout_s", "termination_grace_period_s",
+    "num_gpus", "runners_per_gpu", "keep_alive_s", "min_concurrency", "max_concurrency",
+    "concurrency_buffer", "concurrency_buffer_perc", "scaling_delay_s", "max_multiplexing",
+    "request_timeout_s", "startup_timeout_s", "termination_grace_period_s",
 )
 
 
@@ -73,9 +73,9 @@ def seconds(value: Duration, name: str) -> float:
     return value.seconds + value.nanos / 1e9
 
 
-def submit_options(request: queue_pb2.SubmitRequest) -> SubmitOptions:
+def submit_options(request: queue_pb2.SubmitRequest, *, followed: bool = False) -> SubmitOptions:
     """The caller's options of a Submit, checked (`falrt.server.queue.options`, the rules
-    the HTTP edge applies too). Raises InvalidArgumentError."""
+    the HTTP edge applies too); `followed`: a Subscribe's. Raises InvalidArgumentError."""
     start_timeout_s = 0.0
     if request.HasField("start_timeout"):
         start_timeout_s = seconds(request.start_timeout, "start_timeout")
@@ -83,7 +83,7 @@ def submit_options(request: queue_pb2.SubmitRequest) -> SubmitOptions:
         priority=priority(request.priority), no_retry=request.no_retry,
         retry_config=request.retry_config, start_timeout_s=start_timeout_s,
         webhook_url=request.webhook_url, max_queue_length=request.max_queue_length,
-        idempotency_key=request.idempotency_key,
+        idempotency_key=request.idempotency_key, followed=followed,
     )
 
 

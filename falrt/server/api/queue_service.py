@@ -84,7 +84,7 @@ class QueueService(queue_pb2_grpc.QueueServicer):
         self, request: queue_pb2.SubmitRequest, context: Context, call: str
     ) -> tuple[str, int, bool]:
         """Submit and Subscribe's store: (request id, queue position, deduplicated)."""
-        options = convert.submit_options(request)
+        options = convert.submit_options(request, followed=call == "subscribe")
         data, by_ref = await self._input(request.input, context)
         if by_ref:
             options = dataclasses.replace(options, input_by_ref=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 from falrt import errors
 from falrt.backends.base import Backend, RunnerProcess, RunnerSpec, Survivor
 from falrt.backends.environments import Environments
+from falrt.gpus import GpuShare
 from falrt.names import split_name
 from falrt.server.fleet.secret_box import SecretBox
 from falrt.server.state.apps import AppState, EffectiveSettings
@@ -59,9 +60,9 @@ class Launcher:
         self.server_id = ""  # named in the runner keys' descriptions once set
         self.host = ""  # FALRT_HOST: the gRPC address ("": the one runners dial)
 
-    def capacity(self, machine_type: str, num_gpus: int) -> str:
+    def capacity(self, machine_type: str, num_gpus: int, share: GpuShare | None = None) -> str:
         """Why the backend cannot start a runner of `machine_type` now ("" when it can)."""
-        return self._backend.capacity(machine_type, num_gpus)
+        return self._backend.capacity(machine_type, num_gpus, share)
 
     def log_path(self, runner_id: str) -> Path:
         return self._settings.runner_logs_dir / f"{runner_id}.log"
@@ -84,6 +85,7 @@ class Launcher:
             log_path=self.log_path(runner.runner_id),
             machine_type=runner.machine_type,
             num_gpus=settings.num_gpus,
+            runners_per_gpu=settings.runners_per_gpu,
             app_name=runner.app_name,
             revision_id=revision.revision_id,
             requirements=revision.config.requirements,

@@ -64,7 +64,8 @@ class Starts:
         None (and the app waits no_capacity_wait, its callers told why) when none."""
         reasons = []
         for machine in machine_types or app.settings.machine_types:
-            reason = self._launcher.capacity(machine, app.settings.num_gpus)
+            share = app.settings.gpu_share(app.name)
+            reason = self._launcher.capacity(machine, app.settings.num_gpus, share)
             if not reason:
                 return machine
             reasons.append(reason)

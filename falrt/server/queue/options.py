@@ -24,6 +24,7 @@ def check_options(
     *, priority: Priority = Priority.NORMAL, no_retry: bool = False,
     retry_config: Mapping[str, int] | None = None, start_timeout_s: float = 0.0,
     webhook_url: str = "", max_queue_length: int = 0, idempotency_key: str = "",
+    followed: bool = False,
 ) -> SubmitOptions:
     """The options, checked. Raises InvalidArgumentError naming what is wrong.
 
@@ -53,7 +54,7 @@ def check_options(
     return SubmitOptions(
         priority=priority, no_retry=no_retry, retry_config=config,
         start_timeout_s=start_timeout_s, webhook_url=webhook_url,
-        max_queue_length=max_queue_length, idempotency_key=idempotency_key,
+        max_queue_length=max_queue_length, idempotency_key=idempotency_key, followed=followed,
     )
 
 

@@ -43,6 +43,9 @@ class SubmitOptions:
     # The input's bytes are a checked PayloadRef (falrt/files/refs.py), set by the edge that
     # checked the file, never by a caller.
     input_by_ref: bool = False
+    # The caller follows the request to its result in the same call (Subscribe), set by
+    # the edge: its first answer may wait briefly for the result (Recorder.insert).
+    followed: bool = False
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,13 @@ The recorder owns the background store writes of the request path, keeps complet
 in memory for a while (their later reads go to the store), deletes expired results, and
 keeps webhooks owed across restarts. Loop-affine.
 
+A new request is stored through `insert`. One whose caller follows it to its result
+(Subscribe) and that a runner took at once may wait a little (`FOLLOWED_INSERT_WAIT_S`) for its
+outcome: if it ends meanwhile, its row is written once, completed, instead of inserted and then
+updated (one commit, and at low load one fsync, instead of two). Its caller is answered only
+once that write is durable, as any other; a crash before it loses only a request nobody was
+told of (it may have run: the queue path runs a request at least once).
+
 A result is shown only once it is stored. A result whose write fails is kept in memory (its
 request still shows IN_PROGRESS) and written again: once the store can write (after a full
 disk, `StoreHealth` says when) or after a backoff (any other failure). If the server stops
@@ -20,6 +27,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable
+from dataclasses import dataclass
 from typing import Any
 
 from falrt import errors
@@ -42,6 +50,19 @@ COMPLETED_IN_MEMORY_S = 120.0
 # this long, doubling up to the cap.
 REWRITE_FIRST_S = 0.2
 REWRITE_MAX_S = 5.0
+# How long a followed request's INSERT waits for its outcome (see the module docstring): its
+# caller's first answer comes at most this much later for a request that runs longer.
+FOLLOWED_INSERT_WAIT_S = 0.025
+
+
+@dataclass(slots=True)
+class _Unstored:
+    """A new request whose INSERT waits for its outcome (`Recorder.insert`)."""
+
+    item: QueuedRequest
+    record: RequestRecord
+    durable: asyncio.Future[None]  # resolved once its row is committed
+    timer: asyncio.TimerHandle | None = None
 
 
 class Recorder:
@@ -62,6 +83,7 @@ class Recorder:
         self.shared = shared  # several servers share the store (falrt/server/control/cluster.py)
         self._requests = requests
         self._tasks = tasks
+        self._unstored: dict[str, _Unstored] = {}  # by request id
 
     def start(self) -> None:
         """Starts deleting expired results."""
@@ -70,6 +92,8 @@ class Recorder:
     async def close(self) -> None:
         """Waits for the pending store writes (at most `shutdown_grace_s`: results kept for
         a full store may never be written), then stops the rest and the housekeeping."""
+        for request_id in list(self._unstored):
+            self._insert_waiting(request_id)
         try:
             await asyncio.wait_for(self._tasks.drain(), self.settings.shutdown_grace_s)
         except TimeoutError:
@@ -77,6 +101,54 @@ class Recorder:
                         "whose results were not stored run again after the restart")
         await self._tasks.close()
         await self.store_health.close()
+
+    def insert(
+        self, item: QueuedRequest, record: RequestRecord, *, wait_s: float = 0.0,
+    ) -> asyncio.Future[None]:
+        """Stores a new request (`record`, with `item`'s status and attempts when it is
+        written); the future resolves once its row is durable, and fails if it could not be
+        written. `wait_s`: the write waits up to that long for the request's outcome (see the
+        module docstring); a request that ends meanwhile is written completed, and shown
+        COMPLETED once that write has committed, before the future resolves."""
+        if not wait_s:
+            return self._insert_now(item, record)
+        loop = asyncio.get_running_loop()
+        unstored = _Unstored(item, record, loop.create_future())
+        unstored.timer = loop.call_later(wait_s, self._insert_waiting, item.request_id)
+        self._unstored[item.request_id] = unstored
+        return unstored.durable
+
+    def _insert_now(self, item: QueuedRequest, record: RequestRecord) -> asyncio.Future[None]:
+        record.status, record.attempts = item.status, item.attempts
+        item.persisted = True
+        return self.background(self.store.insert_request(record))
+
+    def _insert_waiting(self, request_id: str) -> None:
+        """A waiting INSERT whose request has not ended (or the server stops): written as
+        the request stands."""
+        unstored = self._unstored.pop(request_id, None)
+        if unstored is not None:
+            _chain(self._insert_now(unstored.item, unstored.record), unstored.durable)
+
+    def _insert_completed(self, unstored: _Unstored) -> None:
+        """A waiting INSERT whose request has ended: one write, of the completed row."""
+        assert unstored.timer is not None
+        unstored.timer.cancel()
+        item, record = unstored.item, unstored.record
+        record.status, record.attempts = Status.COMPLETED, item.attempts
+        record.outcome, record.completed_at = item.outcome, time.time()
+        item.persisted = True
+        stored = self.background(self.store.insert_request(record))
+        stored.add_done_callback(functools.partial(self._inserted_completed, item))
+        item.storing = stored
+        _chain(stored, unstored.durable)
+
+    def _inserted_completed(self, item: QueuedRequest, stored: asyncio.Future[Any]) -> None:
+        """Shown if committed; else nothing is: the request was never acknowledged, and its
+        Submit answers the failure (falrt/server/queue/scheduler.py withdraws it)."""
+        item.storing = None
+        if not stored.cancelled() and stored.exception() is None:
+            self._completed(item)
 
     def finish(self, item: WorkItem, outcome: Outcome, *, store: bool = True) -> None:
         item.stop_timers()
@@ -90,21 +162,31 @@ class Recorder:
                 if item.partials is not None:
                     item.partials.put_nowait(None)
         elif isinstance(item, QueuedRequest) and item.outcome is None:
-            if self._metrics is not None:
-                self._metrics.finished(item, outcome)
-            item.outcome = with_logs(item, outcome)
-            if store and self.shared is None and item.persisted:
-                # The write is queued now (after the request's INSERT: stores apply writes
-                # in call order), and the outcome shown from its future's callback once it
-                # is committed: no task, no extra turn of the loop. (A request whose INSERT
-                # is not queued yet, ended while Submit dispatches it, goes the task's way:
-                # its write is queued on a later turn.)
-                stored = self.background(
-                    self.store.complete(item.request_id, item.outcome, time.time()))
-                stored.add_done_callback(functools.partial(self._stored, item))
-                item.storing = stored
-            else:
-                self.background(self._store_outcome(item, store=store))
+            self._finish_queued(item, outcome, store=store)
+
+    def _finish_queued(self, item: QueuedRequest, outcome: Outcome, *, store: bool) -> None:
+        """Stores a queued request's outcome (`store`: else its app was deleted) and then
+        shows it."""
+        if self._metrics is not None:
+            self._metrics.finished(item, outcome)
+        item.outcome = with_logs(item, outcome)
+        if self._unstored and item.request_id in self._unstored:
+            if store:
+                self._insert_completed(self._unstored.pop(item.request_id))
+                return
+            self._insert_waiting(item.request_id)  # (as it stands: its rows go with the app)
+        if store and self.shared is None and item.persisted:
+            # The write is queued now (after the request's INSERT: stores apply writes in
+            # call order), and the outcome shown from its future's callback once it is
+            # committed: no task, no extra turn of the loop. (A request whose INSERT is not
+            # queued yet, ended while Submit dispatches it, goes the task's way: its write
+            # is queued on a later turn.)
+            stored = self.background(
+                self.store.complete(item.request_id, item.outcome, time.time()))
+            stored.add_done_callback(functools.partial(self._stored, item))
+            item.storing = stored
+        else:
+            self.background(self._store_outcome(item, store=store))
 
     def _stored(self, item: QueuedRequest, stored: asyncio.Future[Any]) -> None:
         """The outcome's write ended: shown if it was committed, else kept and written
@@ -231,3 +313,18 @@ class Recorder:
         """Runs a store write (or another short piece of work) as the recorder's task; a
         failure is logged."""
         return self._tasks.spawn(work)
+
+
+def _chain(source: asyncio.Future[Any], target: asyncio.Future[None]) -> None:
+    """Resolves `target` as `source` ends (its failure passed on)."""
+    def done(source: asyncio.Future[Any]) -> None:
+        if target.done():
+            return
+        if source.cancelled():
+            target.cancel()
+        elif (error := source.exception()) is not None:
+            target.set_exception(error)
+        else:
+            target.set_result(None)
+
+    source.add_done_callback(done)

@@ -19,7 +19,7 @@ from falrt.sdk.endpoints import EndpointKind
 from falrt.server.queue.dispatch import Dispatcher
 from falrt.server.queue.input_check import InputChecks
 from falrt.server.queue.outcomes import SubmitOptions, content_type_of, error_record
-from falrt.server.queue.recorder import Recorder
+from falrt.server.queue.recorder import FOLLOWED_INSERT_WAIT_S, Recorder
 from falrt.server.queue.requests import Requests
 from falrt.server.queue.retries import MAX_ATTEMPTS
 from falrt.server.queue.webhook_targets import TargetPolicy
@@ -206,9 +206,11 @@ class Scheduler:
         self._dispatcher.enqueue(app, item)
         position = app.queue.position(item)
         self._dispatcher.dispatch(app)
-        record.status, record.attempts = item.status, item.attempts
-        stored = self._recorder.background(self._store.insert_request(record))
-        item.persisted = True
+        # A followed request a runner took at once may be written once, completed
+        # (Recorder.insert: its outcome's write is then its INSERT, or, once the INSERT was
+        # queued, an UPDATE after it); a shared store's servers claim requests by their rows.
+        wait = options.followed and self._shared is None and item.status is Status.IN_PROGRESS
+        stored = self._recorder.insert(item, record, wait_s=FOLLOWED_INSERT_WAIT_S if wait else 0)
         try:
             await asyncio.shield(stored)
         except Exception as exc:

@@ -12,6 +12,7 @@ import msgspec
 
 from falrt import errors, machines
 from falrt.autoscaler.policy import ScalingSettings
+from falrt.gpus import GpuShare
 from falrt.limits import MAX_DURATION_SECONDS
 from falrt.server.state.appqueue import AppQueue
 from falrt.server.state.work import QueuedRequest
@@ -67,6 +68,7 @@ def check_config(config: AppConfig) -> None:
         )
     if config.num_gpus is not None and config.num_gpus < 0:
         raise errors.InvalidArgumentError(f"num_gpus must be >= 0, got {config.num_gpus}")
+    _check_gpu_share(config)
     for name in ("keep_alive_s", "scaling_delay_s", "request_timeout_s", "startup_timeout_s",
                  "termination_grace_period_s", "concurrency_buffer_perc"):
         value = getattr(config, name)
@@ -80,6 +82,18 @@ def check_config(config: AppConfig) -> None:
             raise errors.InvalidArgumentError(str(exc)) from None
 
 
+def _check_gpu_share(config: AppConfig) -> None:
+    share = config.runners_per_gpu
+    if share is None:
+        return
+    if share < 1:
+        raise errors.InvalidArgumentError(f"runners_per_gpu must be >= 1, got {share}")
+    if share > 1 and (config.num_gpus or 1) > 1:
+        raise errors.InvalidArgumentError(
+            f"runners_per_gpu ({share}) shares one GPU among runners, so num_gpus must be 1, "
+            f"got {config.num_gpus}")
+
+
 @dataclass(frozen=True)
 class EffectiveSettings:
     """An app's settings with the server defaults filled in."""
@@ -90,6 +104,11 @@ class EffectiveSettings:
     grace_period_s: float
     machine_types: tuple[str, ...]
     num_gpus: int  # per runner, for GPU machine types (at least 1 there)
+    runners_per_gpu: int = 1  # of the app's one-GPU runners on one GPU
+
+    def gpu_share(self, app_name: str) -> GpuShare | None:
+        """How the app's runners share GPUs (None: each has its GPUs whole)."""
+        return GpuShare(app_name, self.runners_per_gpu) if self.runners_per_gpu > 1 else None
 
     @classmethod
     def resolve(cls, config: AppConfig, defaults: AppDefaults) -> EffectiveSettings:
@@ -116,6 +135,7 @@ class EffectiveSettings:
             ),
             machine_types=config.machine_types or ("S",),
             num_gpus=config.num_gpus or 1,
+            runners_per_gpu=config.runners_per_gpu or 1,
         )
 
 

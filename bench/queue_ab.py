@@ -1,4 +1,5 @@
-"""Two trees' durable queue path side by side, interleaved in one run (issue 18).
+"""Two trees' queue path (durable, or direct with `--direct`) side by side, interleaved in one
+run (issue 18).
 
     python bench/queue_ab.py --base DIR [--rounds 4] [--levels 1 16] [--out FILE]
 
@@ -11,6 +12,8 @@ every other round, so that the load of a shared machine falls on both alike. Per
 level: its CPU per call (from /proc, every thread: the SQLite writer's too; per round as
 well), requests per second and p50. CPU per call is the figure to read on a busy machine.
 `--fsync` adds the number of fdatasync calls per call at c=1 (strace, 500 calls).
+`--direct` drives `Queue.Run` (the direct path) instead of Subscribe; `--echo` adds the
+bare grpc.aio echo (one hop, what the caller-facing edge alone costs) to every round.
 `--submit C` adds durable submits alone (`Queue.Submit` at concurrency C to an app that
 never gets a runner, as bench/queue_bench.py measures them, but driven by h2load, whose own
 cost stays off the server's core): "submit" in the table.
@@ -67,7 +70,7 @@ async def submit_target(stack: contextlib.AsyncExitStack, folder: Path, address:
 
 async def measure(
     base: Path, rounds: int, levels: list[int], calls: dict[int, int], fsync: bool,
-    submit: int = 0,
+    submit: int = 0, direct: bool = False, echo: bool = False,
 ) -> dict[str, Any]:
     binary = h2load_binary()
     with tempfile.TemporaryDirectory(prefix="falrt-queue-ab-") as tmp:
@@ -80,7 +83,9 @@ async def measure(
                 address = await stack.enter_async_context(falrt_server(
                     folder / "data", folder / "server.log", env=env))
                 found = await workload_targets(stack, folder, address, WORKLOADS["echo"])
-                targets[side] = found["falrt_subscribe"]
+                targets[side] = found["falrt_direct" if direct else "falrt_subscribe"]
+                if echo and side == "B":
+                    targets["echo"] = found["grpc_echo"]
                 if submit:
                     targets[f"{side}/submit"] = await submit_target(stack, folder, address)
             plan = [(level, "", calls[level]) for level in levels]
@@ -90,7 +95,7 @@ async def measure(
             for number in range(rounds):
                 order = SIDES if number % 2 == 0 else tuple(reversed(SIDES))
                 for level, kind, count in plan:
-                    for side in order:
+                    for side in (*order, "echo") if echo and not kind else order:
                         target = targets[side + kind]
                         await drive(binary, target, level, max(100, 10 * level))
                         runs[side + kind].setdefault(level, []).append(
@@ -143,11 +148,16 @@ def main() -> None:
                         help="then strace each server over 500 calls at c=1")
     parser.add_argument("--submit", type=int, default=0, metavar="C",
                         help="durable submits alone too, at concurrency C (e.g. 64)")
+    parser.add_argument("--direct", action="store_true",
+                        help="drive Queue.Run (the direct path) instead of Queue.Subscribe")
+    parser.add_argument("--echo", action="store_true",
+                        help="the bare grpc.aio echo too, in every round")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     calls = {level: args.calls or (1000 if level == 1 else 3000) for level in args.levels}
     results = uvloop.run(guarded(measure(
-        args.base.resolve(), args.rounds, args.levels, calls, args.fsync, args.submit)))
+        args.base.resolve(), args.rounds, args.levels, calls, args.fsync, args.submit, args.direct,
+        args.echo)))
     syscalls = results.pop("syscalls_c1", None)
     print_table(results)
     if syscalls:

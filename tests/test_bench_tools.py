@@ -17,6 +17,7 @@ pytestmark = pytest.mark.unit
 
 sys.path.append(str(REPO / "bench"))  # (last: bench/ must not shadow anything)
 import breakdown  # noqa: E402
+import direct_python  # noqa: E402
 import h2drive  # noqa: E402
 import overhead  # noqa: E402
 
@@ -115,3 +116,13 @@ def test_strace_tables_give_calls_per_system_call() -> None:
 100.00    0.223456          18     12000       100 total
 """
     assert breakdown.syscall_counts(table) == {"epoll_wait": 10000, "write": 2000}
+
+
+def test_direct_python_times_direct_calls_that_each_get_their_answer() -> None:
+    # (in-process: 160 calls through the handler, the scheduler and a played runner)
+    import asyncio
+
+    import uvloop
+
+    micros = uvloop.run(asyncio.wait_for(direct_python.measure(160, profile=False), 30.0))
+    assert 0 < micros < 10_000

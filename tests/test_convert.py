@@ -133,3 +133,14 @@ def test_a_caller_cannot_send_the_marker_of_a_reference_as_a_content_type() -> N
     with pytest.raises(errors.InvalidArgumentError, match="unsupported content type"):
         content_type_of(refs.marked("application/json"))
     assert content_type_of("application/json", by_ref=True) == refs.marked("application/json")
+
+
+@pytest.mark.parametrize("inference_s", [0.0, 0.000123, 1.5, 3601.999999999])
+def test_inference_time_round_trips_from_a_result_to_a_reply(inference_s: float) -> None:
+    result = runner_pb2.Result(request_id="r")
+    result.inference_time.FromNanoseconds(round(inference_s * 1e9))
+    outcome = convert.outcome(result)
+    assert outcome.inference_time_s == pytest.approx(inference_s, abs=1e-9)
+    reply = queue_pb2.RunResponse()
+    convert.fill_metrics(reply.metrics, outcome)
+    assert reply.metrics.inference_time == result.inference_time

@@ -45,12 +45,6 @@ def timestamp(seconds: float) -> Timestamp:
     return Timestamp(seconds=whole + micros // 1_000_000, nanos=(micros % 1_000_000) * 1000)
 
 
-def duration(seconds: float) -> Duration:
-    d = Duration()
-    d.FromNanoseconds(round(seconds * 1e9))
-    return d
-
-
 def priority(value: int) -> Priority:
     """The queue priority a message names (unspecified is NORMAL). Raises
     InvalidArgumentError for a number the contract does not define."""
@@ -138,8 +132,13 @@ def outcome(result: runner_pb2.Result) -> Outcome:
         output=output,
         content_type=content_type,
         error=error_record(result.error) if result.HasField("error") else None,
-        inference_time_s=result.inference_time.ToNanoseconds() / 1e9,
+        inference_time_s=_seconds_of(result.inference_time),
     )
+
+
+def _seconds_of(value: Duration) -> float:
+    """A Duration as seconds, read from its fields (protobuf's ToNanoseconds is Python)."""
+    return value.seconds + value.nanos / 1e9
 
 
 def fill_payload(message: common_pb2.Payload, data: bytes, content_type: str) -> None:
@@ -153,8 +152,11 @@ def fill_payload(message: common_pb2.Payload, data: bytes, content_type: str) ->
         message.data, message.content_type = data, content_type
 
 
-def metrics(record: Outcome) -> common_pb2.RequestMetrics:
-    return common_pb2.RequestMetrics(inference_time=duration(record.inference_time_s))
+def fill_metrics(message: common_pb2.RequestMetrics, record: Outcome) -> None:
+    """Sets a reply's metrics in place (no Duration built and copied: the direct path's
+    reply is made once per call)."""
+    seconds, nanos = divmod(round(record.inference_time_s * 1e9), 1_000_000_000)
+    message.inference_time.seconds, message.inference_time.nanos = seconds, nanos
 
 
 def request_state(
@@ -183,7 +185,7 @@ def _fill_outcome(
         message.error.CopyFrom(error_info(record.error))
     else:
         fill_payload(message.output, record.output, record.content_type)
-    message.metrics.inference_time.FromNanoseconds(round(record.inference_time_s * 1e9))
+    fill_metrics(message.metrics, record)
 
 
 def result_response(request_id: str, record: Outcome) -> queue_pb2.GetResultResponse:

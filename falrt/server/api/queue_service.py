@@ -168,10 +168,11 @@ class QueueService(queue_pb2_grpc.QueueServicer):
             stream=False, origin=self._origin(context, "run"), by_ref=by_ref,
         )
         outcome = await self._wait(call)
-        await _raise_error(context, outcome)
+        if outcome.error is not None:
+            await _raise_error(context, outcome)
         response = queue_pb2.RunResponse(request_id=call.request_id)
         convert.fill_payload(response.output, outcome.output, outcome.content_type)
-        response.metrics.CopyFrom(convert.metrics(outcome))
+        convert.fill_metrics(response.metrics, outcome)
         return response
 
     @server_stream

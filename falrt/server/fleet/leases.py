@@ -41,6 +41,8 @@ class AppLease:
     remote_waiting: int = 0  # other live servers waiting for a slot
 
 
+NO_LEASE = AppLease()  # (an app this server does not lead, or leads alone)
+
 class ScalingLeases:
     """The apps this server leads, and the runner slots its runners hold."""
 
@@ -68,7 +70,7 @@ class ScalingLeases:
 
     def lease(self, app_name: str) -> AppLease:
         """The other servers' runners and waits for an app this server leads."""
-        return self._held.get(app_name, AppLease())
+        return self._held.get(app_name, NO_LEASE)
 
     def update(self, held: Mapping[str, AppLease], asked: Iterable[str]) -> bool:
         """The apps this server leads now, of those the cluster's renewal `asked` for

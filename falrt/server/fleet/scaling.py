@@ -71,16 +71,17 @@ class ScalingLoop:
         - another server waits for one of the runner slots of an app this server leads, or
         - its own direct calls need more runners here than it has (they run only here).
         A server that does not lead the app counts only its waiting direct calls."""
-        lease = self._leases.lease(app.name)
+        name, revision_id = app.name, app.revision.revision_id
+        lease = self._leases.lease(name)
         if lease.remote_waiting:
             return True
-        leads = self._leases.leads(app.name)
+        leads = self._leases.leads(name)
         scaling = app.settings.scaling if leads else follower_settings(app.settings.scaling)
         waiting = len(app.queue) if leads else app.queue.direct
-        planned = self._planned.get(app.name)
-        alive, active = self._leases.starting(app.name), 0
+        planned = self._planned.get(name)
+        alive, active = self._leases.starting(name), 0
         for runner in self._runners.values():
-            if runner.app_name != app.name or runner.revision_id != app.revision.revision_id:
+            if runner.app_name != name or runner.revision_id != revision_id:
                 continue
             if runner.state is RunnerState.CRASH_BACKOFF:
                 return True

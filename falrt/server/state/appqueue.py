@@ -73,6 +73,8 @@ class AppQueue:
         self.changed.fire()
 
     def peek(self) -> WorkItem | None:
+        if not self._items:
+            return None
         for lane in self._lanes.values():
             seq = lane.first()
             if seq is not None:

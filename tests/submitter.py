@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -71,3 +72,27 @@ class Submitter:
             except grpc.RpcError as exc:
                 if exc.code() is not grpc.StatusCode.UNAVAILABLE:
                     raise
+
+
+def check_completed_once(
+    submitter: Submitter, total: int, extra_runs: int, workers: int = 32,
+) -> dict[str, queue_pb2.RequestState]:
+    """What the crash tests promise, after the crashes: every one of `total` keys was
+    acknowledged with one request id, each completed with its right answer, each ran, and at
+    most `extra_runs` runs were repeats (attempts a crash cut). Returns the states by key."""
+    assert sorted(submitter.acked) == [f"k{n:03d}" for n in range(total)]
+    assert len(set(submitter.acked.values())) == total  # one request per key
+    with ThreadPoolExecutor(workers) as pool:
+        states = dict(zip(submitter.acked, pool.map(submitter.result,
+                                                    submitter.acked.values()), strict=True))
+    for key, state in states.items():
+        assert not state.HasField("error"), (key, state.error)
+        assert json.loads(state.output.data) == {"key": key, "double": int(key[1:]) * 2}
+    runs: dict[str, int] = {}
+    for mark in submitter.marks.iterdir():
+        key = mark.name.split(".")[0]
+        runs[key] = runs.get(key, 0) + 1
+    assert set(runs) == set(submitter.acked)  # every request ran
+    extra = sum(runs.values()) - total
+    assert extra <= extra_runs, f"{extra} repeated executions, at most {extra_runs} expected"
+    return states

@@ -20,7 +20,7 @@ import pytest
 
 from falrt.v1 import common_pb2, queue_pb2
 from tests.harness import ServerProcess
-from tests.submitter import Submitter
+from tests.submitter import Submitter, check_completed_once
 
 pytestmark = pytest.mark.e2e
 
@@ -74,22 +74,7 @@ def test_a_crash_loses_no_subscribed_request_and_completes_none_twice(tmp_path: 
         for future in futures:
             future.result()
     try:
-        assert sorted(subscriber.acked) == [f"k{n:03d}" for n in range(TOTAL)]
-        assert len(set(subscriber.acked.values())) == TOTAL  # one request per key
-        with ThreadPoolExecutor(WORKERS) as pool:
-            states = dict(zip(subscriber.acked, pool.map(subscriber.result,
-                                                         subscriber.acked.values()),
-                              strict=True))
-        for key, state in states.items():
-            assert not state.HasField("error"), (key, state.error)
-            assert json.loads(state.output.data) == {"key": key, "double": int(key[1:]) * 2}
-        runs: dict[str, int] = {}
-        for mark in marks.iterdir():
-            key = mark.name.split(".")[0]
-            runs[key] = runs.get(key, 0) + 1
-        assert set(runs) == set(subscriber.acked)  # every request ran
-        extra = sum(runs.values()) - TOTAL
-        assert extra <= SLOTS, f"{extra} repeated executions for 1 crash"
+        check_completed_once(subscriber, TOTAL, SLOTS, WORKERS)  # 1 crash
     finally:
         subscriber.channel.close()
         live.stop()

@@ -41,7 +41,6 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import grpc
 from grpc import aio
@@ -50,7 +49,7 @@ from falrt import bundle
 from falrt.backends.base import RunnerSpec
 from falrt.backends.environments import EnvironmentBuilder, environment_key
 from falrt.backends.process import shim_env
-from falrt.backends.spawn import Child, spawn
+from falrt.backends.spawn import Child, read_pipe, spawn
 from falrt.gpus import Gpu, discover
 from falrt.v1 import runner_pb2, runner_pb2_grpc
 
@@ -190,9 +189,8 @@ class NodeRunner:
                 new_session=True)
         finally:
             os.close(write_end)
-        with open(read_end, "rb", buffering=0) as pipe:
-            async for data in _read_pipe(pipe):
-                self._emit(Output(data))
+        async for data in read_pipe(read_end, OUTPUT_CHUNK_BYTES):
+            self._emit(Output(data))
         return await self._child.wait()
 
 
@@ -240,19 +238,6 @@ def _channel(spec: RunnerSpec) -> aio.Channel:
     name = env.get("FALRT_TLS_SERVER_NAME", "")
     options = [("grpc.ssl_target_name_override", name)] if name else []
     return aio.secure_channel(spec.server_address, credentials, options=options)
-
-
-async def _read_pipe(pipe: Any) -> AsyncIterator[bytes]:
-    """The pipe's bytes as they come, until every writer closed it."""
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    transport, _ = await loop.connect_read_pipe(
-        lambda: asyncio.StreamReaderProtocol(reader), pipe)
-    try:
-        while data := await reader.read(OUTPUT_CHUNK_BYTES):
-            yield data
-    finally:
-        transport.close()
 
 
 @contextlib.asynccontextmanager

@@ -14,7 +14,7 @@ import asyncio
 import os
 import signal
 import subprocess
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -88,16 +88,45 @@ async def spawn(
 
 async def run_streaming(argv: Sequence[str], on_line: Callable[[str], Awaitable[None]]) -> int:
     """Runs a command to its end, passing each line of its output to `on_line`."""
-    child = await spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    assert child.stdout is not None
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    transport, _ = await loop.connect_read_pipe(
-        lambda: asyncio.StreamReaderProtocol(reader), child.stdout
-    )
+    read_end, write_end = os.pipe()
     try:
-        async for raw in reader:
-            await on_line(raw.decode(errors="replace").rstrip())
+        child = await spawn(argv, stdout=write_end, stderr=subprocess.STDOUT)
+    except BaseException:
+        os.close(read_end)
+        raise
     finally:
-        transport.close()
+        os.close(write_end)
+    rest = b""
+    async for data in read_pipe(read_end):
+        *lines, rest = (rest + data).split(b"\n")
+        for raw in lines:
+            await on_line(raw.decode(errors="replace").rstrip())
+    if rest:
+        await on_line(rest.decode(errors="replace").rstrip())
     return await child.wait()
+
+
+async def read_pipe(fd: int, chunk_bytes: int = 64 * 1024) -> AsyncIterator[bytes]:
+    """The bytes of the pipe `fd` as they come, until every writer has closed it; then
+    closes `fd`, once. (Not `loop.connect_read_pipe`: uvloop's pipe transport closes the
+    descriptor through libuv and then its file object closes the same number again, which
+    by then may be another thread's new descriptor: a `subprocess.run` in a worker thread
+    failed with EBADF that way.)"""
+    os.set_blocking(fd, False)
+    loop = asyncio.get_running_loop()
+    readable = asyncio.Event()
+    loop.add_reader(fd, readable.set)
+    try:
+        while True:
+            try:
+                data = os.read(fd, chunk_bytes)
+            except BlockingIOError:
+                readable.clear()
+                await readable.wait()
+                continue
+            if not data:
+                return
+            yield data
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
